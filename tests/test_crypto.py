@@ -14,7 +14,9 @@ from wireguard import crypto
 from wireguard.errors import DecryptionError, InvalidDHError, WireGuardError
 
 RFC7748 = load_vector("rfc7748_x25519.json")
-X25519_CASES = [t for g in load_vector("wycheproof_x25519_test.json")["testGroups"] for t in g["tests"]]
+X25519_CASES = [
+    t for g in load_vector("wycheproof_x25519_test.json")["testGroups"] for t in g["tests"]
+]
 CHACHA = load_vector("wycheproof_chacha20_poly1305_test.json")
 XCHACHA = load_vector("wycheproof_xchacha20_poly1305_test.json")
 BLAKE2S = load_vector("blake2s_kat.json")["vectors"]
@@ -103,10 +105,7 @@ def test_wycheproof_xchacha20_poly1305(case):
 def test_blake2s_kat():
     for case in BLAKE2S:
         data, key = bytes.fromhex(case["in"]), bytes.fromhex(case["key"])
-        if key:
-            got = hashlib.blake2s(data, key=key).digest()
-        else:
-            got = crypto.hash_(data)
+        got = hashlib.blake2s(data, key=key).digest() if key else crypto.hash_(data)
         assert got.hex() == case["out"]
 
 

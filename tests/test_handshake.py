@@ -120,9 +120,7 @@ def test_any_bit_flip_in_initiation_is_rejected(bit):
     checker = CookieChecker(dh_public(sr))
     # mac1 covers everything before it, mac2 is checked against a cookie, and
     # the Noise body is authenticated: no flip leaves an acceptable message.
-    if bit < 116 * 8:
-        assert not checker.check_mac1(flipped)
-    elif bit < 132 * 8:
+    if bit < 116 * 8 or bit < 132 * 8:
         assert not checker.check_mac1(flipped)
     else:
         assert not checker.check_mac2(flipped, ("192.0.2.1", 51820), 0.0)
@@ -163,7 +161,7 @@ def test_any_bit_flip_in_response_is_rejected(bit):
 
 
 def test_cookie_round_trip_gives_mac2():
-    si, sr, initiation, _ = _fresh_pair()
+    _si, sr, initiation, _ = _fresh_pair()
     source = ("2001:db8::7", 40000)
     checker = CookieChecker(dh_public(sr))
     assert checker.check_mac1(initiation)

@@ -26,8 +26,8 @@ from noise.connection import Keypair, NoiseConnection
 INPUTS = {
     "initiator_static_private": "e84d0d3a6f3a6f8bd4b2d3f1b6e1f0f6a3b0c6c1d2e3f405162738495a6b7c4d",
     "responder_static_private": "c0ffee00112233445566778899aabbccddeeff00112233445566778899aabb4e",
-    "initiator_ephemeral_private": "5851a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e6f",
-    "responder_ephemeral_private": "40112233445566778899aabbccddeeff00112233445566778899aabbccddee7f",
+    "initiator_ephemeral_private": "5851a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e6f",  # noqa: E501
+    "responder_ephemeral_private": "40112233445566778899aabbccddeeff00112233445566778899aabbccddee7f",  # noqa: E501
     "preshared_key": "fa1afe1fa1afe1fa1afe1fa1afe1fa1afe1fa1afe1fa1afe1fa1afe1fa1afe1f",
     "initiator_index": 0x1A2B3C4D,
     "responder_index": 0x0BADCAFE,
