@@ -1,0 +1,284 @@
+"""Cryptokey routing: the allowed-IPs table (whitepaper section 2).
+
+Every peer owns a set of IP prefixes. Sending, the destination address of a
+packet from the tunnel picks the peer by longest-prefix match; receiving, a
+decrypted packet is only let in if its source address maps back to the peer it
+came from. The kernel keeps this as a compressed binary trie
+(``drivers/net/wireguard/allowedips.c``); here it is one dict per prefix length
+and address family, keyed by the network part of the address as an int, probed
+from the longest length present to the shortest. In Python a handful of dict
+probes is much faster than walking a trie bit by bit, and it only costs one
+dict slot and one int per prefix.
+
+Semantics follow the kernel and ``wg``:
+
+- host bits are masked off on insert (``10.0.0.1/24`` is stored as
+  ``10.0.0.0/24``), as ``wg_allowedips_insert_v4`` does;
+- a prefix belongs to exactly one peer: inserting it for another peer moves it;
+- IPv4 and IPv6 are separate tables: ``::ffff:10.0.0.1`` is an IPv6 address and
+  never matches ``10.0.0.0/8`` (an IPv6 packet is routed by its IPv6 header);
+- values are compared by identity (``is``), never with ``==``, so a peer type
+  with its own equality cannot make one peer's removal drop another's routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from .errors import LocalProtocolError
+
+__all__ = ["AddressFormatError", "AllowedIPs", "Network"]
+
+V = TypeVar("V")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddressFormatError(LocalProtocolError, ValueError):
+    """An address or prefix given to the table is malformed (bad text, wrong
+    length, prefix length out of range)."""
+
+
+# Each prefix is also remembered per value as a (key, code) pair: the same int
+# object as the table's key, and a small int naming the family and length
+# (v4: code = prefix length 0..32; v6: code = 33 + prefix length, 33..161).
+# Python caches ints up to 256, so the code costs no object of its own.
+_V6_CODE = 33
+
+
+class _Family:
+    """The tables of one address family."""
+
+    __slots__ = ("bits", "scan", "tables")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        # prefix length -> {network part of the address: value}
+        self.tables: dict[int, dict[int, object]] = {}
+        # (shift, table) from the longest prefix length present to the shortest:
+        # the hot path iterates this tuple and nothing else.
+        self.scan: tuple[tuple[int, dict[int, object]], ...] = ()
+
+    def rescan(self) -> None:
+        bits = self.bits
+        self.scan = tuple(
+            (bits - length, self.tables[length]) for length in sorted(self.tables, reverse=True)
+        )
+
+
+class AllowedIPs(Generic[V]):
+    """Longest-prefix-match table from IPv4/IPv6 prefixes to values (peers).
+
+    ``lookup`` takes the 4 or 16 raw address bytes straight out of an IP header;
+    that is the per-packet path and is kept short. Everything else (insert,
+    remove, listing) is configuration time.
+    """
+
+    __slots__ = ("_by_value", "_count", "_v4", "_v6")
+
+    def __init__(self) -> None:
+        self._v4 = _Family(32)
+        self._v6 = _Family(128)
+        # id(value) -> (value, [key, code, key, code, ...]) in insertion order;
+        # holding the value keeps its id from being reused while it is here.
+        self._by_value: dict[int, tuple[V, list[int]]] = {}
+        self._count = 0
+
+    # -- per packet -----------------------------------------------------------
+
+    def lookup(self, address: bytes | str | Address) -> V | None:
+        """The value whose prefix is the longest match for ``address``, or None.
+
+        ``address`` is normally the destination (sending) or source (receiving)
+        address as 4 or 16 bytes, in network order; text and ``ipaddress``
+        objects are accepted too.
+        """
+        if address.__class__ is bytes:
+            size = len(address)
+            if size == 4:
+                scan = self._v4.scan
+            elif size == 16:
+                scan = self._v6.scan
+            else:
+                raise AddressFormatError(f"an address is 4 or 16 bytes, got {size}")
+            number = int.from_bytes(address)
+        else:
+            family, number = self._parse_address(address)
+            scan = family.scan
+        for shift, table in scan:
+            value = table.get(number >> shift)
+            if value is not None:
+                return value  # type: ignore[return-value]
+        return None
+
+    # -- configuration ----------------------------------------------------------
+
+    def insert(self, network: str | Network, value: V) -> None:
+        """Route ``network`` to ``value``, taking it from any other value.
+
+        Host bits are masked off, as the kernel does (``10.0.0.1/24`` becomes
+        ``10.0.0.0/24``). Inserting a prefix its value already owns is a no-op
+        and keeps its place in :meth:`entries_for`.
+        """
+        if value is None:
+            raise LocalProtocolError("None cannot be routed to: it means 'no match'")
+        family, length, key, code = self._parse_network(network)
+        table = family.tables.get(length)
+        if table is None:
+            table = family.tables[length] = {}
+            family.rescan()
+        old = table.get(key)
+        if old is value:
+            return
+        if old is None:
+            self._count += 1
+        else:
+            self._forget(old, key, code)
+        table[key] = value
+        record = self._by_value.get(id(value))
+        if record is None:
+            self._by_value[id(value)] = (value, [key, code])
+        else:
+            record[1].extend((key, code))
+
+    def remove(self, network: str | Network, value: V | None = None) -> bool:
+        """Remove the exact prefix ``network`` (host bits masked off).
+
+        With ``value``, only if the prefix currently belongs to that value, as
+        ``wg set ... allowed-ips -10.0.0.0/24`` removes a prefix from one peer
+        only. Returns whether something was removed.
+        """
+        family, length, key, code = self._parse_network(network)
+        table = family.tables.get(length)
+        if table is None:
+            return False
+        old = table.get(key)
+        if old is None or (value is not None and old is not value):
+            return False
+        del table[key]
+        if not table:
+            del family.tables[length]
+            family.rescan()
+        self._forget(old, key, code)
+        self._count -= 1
+        return True
+
+    def remove_value(self, value: V) -> int:
+        """Remove every prefix of ``value`` (a peer being removed, or its
+        allowed IPs being replaced). Returns how many were removed."""
+        record = self._by_value.pop(id(value), None)
+        if record is None:
+            return 0
+        pairs = record[1]
+        for index in range(0, len(pairs), 2):
+            key, code = pairs[index], pairs[index + 1]
+            family, length = self._family_of(code)
+            table = family.tables[length]
+            del table[key]
+            if not table:
+                del family.tables[length]
+                family.rescan()
+        removed = len(pairs) // 2
+        self._count -= removed
+        return removed
+
+    def clear(self) -> None:
+        """Remove every prefix."""
+        self._v4 = _Family(32)
+        self._v6 = _Family(128)
+        self._by_value.clear()
+        self._count = 0
+
+    # -- listing ---------------------------------------------------------------
+
+    def entries_for(self, value: V) -> list[Network]:
+        """The prefixes of ``value``, in the order they were given to it (what
+        ``wg show allowed-ips`` and the UAPI ``get=1`` list for a peer)."""
+        record = self._by_value.get(id(value))
+        if record is None:
+            return []
+        pairs = record[1]
+        return [self._network(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[tuple[Network, V]]:
+        """Every (prefix, value), grouped by value in the order values first got
+        a prefix, each value's prefixes as in :meth:`entries_for`."""
+        for value, pairs in list(self._by_value.values()):
+            for index in range(0, len(pairs), 2):
+                yield self._network(pairs[index], pairs[index + 1]), value
+
+    def __repr__(self) -> str:
+        return f"<AllowedIPs {self._count} prefixes, {len(self._by_value)} values>"
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _forget(self, value: object, key: int, code: int) -> None:
+        """Drop (key, code) from ``value``'s list of prefixes."""
+        record = self._by_value[id(value)]
+        pairs = record[1]
+        # Keys of different lengths may be equal ints, so match the pair.
+        for index in range(0, len(pairs), 2):
+            if pairs[index + 1] == code and pairs[index] == key:
+                del pairs[index : index + 2]
+                break
+        if not pairs:
+            del self._by_value[id(value)]
+
+    def _family_of(self, code: int) -> tuple[_Family, int]:
+        if code < _V6_CODE:
+            return self._v4, code
+        return self._v6, code - _V6_CODE
+
+    def _network(self, key: int, code: int) -> Network:
+        if code < _V6_CODE:
+            return ipaddress.IPv4Network((key << (32 - code), code))
+        length = code - _V6_CODE
+        return ipaddress.IPv6Network((key << (128 - length), length))
+
+    def _parse_network(self, network: str | Network) -> tuple[_Family, int, int, int]:
+        """(family, prefix length, table key, code) for a prefix."""
+        if isinstance(network, str):
+            try:
+                network = ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError as exc:
+                raise AddressFormatError(f"not an IP prefix: {network!r}") from exc
+        if isinstance(network, ipaddress.IPv4Network):
+            family, code_base = self._v4, 0
+        elif isinstance(network, ipaddress.IPv6Network):
+            family, code_base = self._v6, _V6_CODE
+        else:
+            raise AddressFormatError(
+                f"a prefix is a string or an ipaddress network, got {type(network).__name__}"
+            )
+        length = network.prefixlen
+        # The network address of an IPvXNetwork is already masked; shifting
+        # keeps only the network part, which is also the table key.
+        key = int(network.network_address) >> (family.bits - length)
+        return family, length, key, code_base + length
+
+    def _parse_address(self, address: object) -> tuple[_Family, int]:
+        if isinstance(address, (bytes, bytearray, memoryview)):
+            size = len(address)
+            if size == 4:
+                return self._v4, int.from_bytes(address)
+            if size == 16:
+                return self._v6, int.from_bytes(address)
+            raise AddressFormatError(f"an address is 4 or 16 bytes, got {size}")
+        if isinstance(address, str):
+            try:
+                address = ipaddress.ip_address(address.strip())
+            except ValueError as exc:
+                raise AddressFormatError(f"not an IP address: {address!r}") from exc
+        if isinstance(address, ipaddress.IPv4Address):
+            return self._v4, int(address)
+        if isinstance(address, ipaddress.IPv6Address):
+            return self._v6, int(address)
+        raise AddressFormatError(
+            f"an address is bytes, a string or an ipaddress address, got {type(address).__name__}"
+        )

@@ -1,0 +1,148 @@
+"""The receive replay window of a transport keypair (whitepaper section 5.4.6).
+
+Transport data messages travel over UDP, so they may arrive late, twice or out
+of order. Each carries a 64-bit counter; the receiver accepts a counter at most
+once, and only if it is not too far behind the greatest counter accepted so far.
+This is the kernel's ``counter_validate`` (``drivers/net/wireguard/receive.c``),
+an RFC 6479 bitmap: ``COUNTER_BITS_TOTAL`` bits kept as a ring of 64-bit words,
+of which one word is redundant so that sliding forwards only ever clears whole
+words. The usable window is therefore ``COUNTER_WINDOW_SIZE`` = 8128 counters.
+
+Accept/reject results are identical to the kernel's, step for step (the kernel
+self-test cases are in ``vectors/kernel_replay_counter.json``); equivalently, a
+counter is accepted iff it is below ``REJECT_AFTER_MESSAGES``, was never
+accepted before, and ``counter + COUNTER_WINDOW_SIZE >= greatest accepted``.
+
+Checking and recording are separate on purpose: the caller runs :meth:`check`
+before decrypting (cheap rejection of replays and stale packets, so an attacker
+cannot make us spend AEAD work on them), and :meth:`update` only after the
+Poly1305 tag verified. Recording an unauthenticated counter would let anyone
+who can send datagrams slide the window forward and make us drop real traffic.
+"""
+
+from __future__ import annotations
+
+from .constants import COUNTER_BITS_TOTAL, COUNTER_WINDOW_SIZE, REJECT_AFTER_MESSAGES
+
+__all__ = ["ReplayWindow"]
+
+# The kernel's ring is COUNTER_BITS_TOTAL / BITS_PER_LONG = 128 words of 64 bits.
+# We keep the same ring as a bytearray (8 bytes per word, little-endian bit
+# order), so reading and writing one bit only ever handles small cached ints,
+# and clearing words is a slice assignment. 1 KiB per window, allocated on the
+# first accepted packet (a keypair that never receives costs nothing).
+_WORD_BITS = 64
+_WORD_SHIFT = 6
+_WORDS = COUNTER_BITS_TOTAL // _WORD_BITS
+_WORD_MASK = _WORDS - 1
+_RING_BYTES = COUNTER_BITS_TOTAL // 8
+_BYTE_MASK = _RING_BYTES - 1
+_ZEROS = bytes(_RING_BYTES)
+
+assert _WORDS & _WORD_MASK == 0, "the ring length must be a power of two"
+assert COUNTER_WINDOW_SIZE == COUNTER_BITS_TOTAL - _WORD_BITS
+
+
+class ReplayWindow:
+    """Sliding window of accepted transport counters for one receiving keypair.
+
+    Internally the state is the kernel's: ``counter`` is one more than the
+    greatest counter accepted (0 when none was), and every counter is stored
+    shifted by one, exactly as ``counter_validate`` does with ``++their_counter``,
+    so bit positions and word clearing match the kernel's bitmap.
+    """
+
+    __slots__ = ("_bitmap", "_counter")
+
+    def __init__(self) -> None:
+        self._counter = 0
+        self._bitmap: bytearray | None = None
+
+    @property
+    def counter(self) -> int:
+        """One more than the greatest counter accepted so far, 0 if none.
+
+        This is the kernel's ``receiving_counter.counter``, the value it prints
+        as "max" when it drops a packet with an invalid nonce.
+        """
+        return self._counter
+
+    def reset(self) -> None:
+        """Forget every counter, as for a freshly derived keypair."""
+        self._counter = 0
+        self._bitmap = None
+
+    def check(self, counter: int) -> bool:
+        """Would :meth:`update` accept ``counter`` now? Never changes state.
+
+        Call it before decrypting: a replayed or too-old counter is dropped
+        without spending ChaCha20-Poly1305 work on it.
+        """
+        # The kernel's other guard, counter->counter >= REJECT_AFTER_MESSAGES + 1,
+        # can never hold here: only counters below the limit are ever recorded.
+        if not 0 <= counter < REJECT_AFTER_MESSAGES:
+            return False
+        shifted = counter + 1
+        current = self._counter
+        if shifted > current:
+            # Ahead of everything seen: update() would slide and accept.
+            return True
+        if shifted + COUNTER_WINDOW_SIZE < current:
+            return False
+        bitmap = self._bitmap
+        assert bitmap is not None  # current > 0, so a packet was recorded
+        return not (bitmap[(shifted >> 3) & _BYTE_MASK] >> (shifted & 7)) & 1
+
+    def update(self, counter: int) -> bool:
+        """Accept and record ``counter``; False (and no change) if it is rejected.
+
+        Call it only after the packet's AEAD tag verified (see the module
+        docstring). It re-validates, because between :meth:`check` and here
+        another packet with the same counter may have been accepted.
+        """
+        if not 0 <= counter < REJECT_AFTER_MESSAGES:
+            return False
+        shifted = counter + 1
+        current = self._counter
+        if shifted > current:
+            bitmap = self._bitmap
+            if bitmap is None:
+                bitmap = self._bitmap = bytearray(_RING_BYTES)
+            index = shifted >> _WORD_SHIFT
+            index_current = current >> _WORD_SHIFT
+            if index != index_current:
+                # Sliding forwards: clear the words index_current+1 .. index
+                # of the ring (all of them if we moved a whole ring or more).
+                # Those words held only counters now outside the window.
+                top = index - index_current
+                if top >= _WORDS:
+                    bitmap[:] = _ZEROS
+                else:
+                    start = ((index_current + 1) & _WORD_MASK) << 3
+                    stop = start + (top << 3)
+                    if stop <= _RING_BYTES:
+                        bitmap[start:stop] = _ZEROS[: stop - start]
+                    else:
+                        bitmap[start:] = _ZEROS[: _RING_BYTES - start]
+                        bitmap[: stop - _RING_BYTES] = _ZEROS[: stop - _RING_BYTES]
+            self._counter = shifted
+            # The bit is necessarily clear: its word was either just cleared or
+            # is the current word, which holds only counters <= the old maximum.
+            # This is the kernel's test_and_set_bit, which here always succeeds.
+            bitmap[(shifted >> 3) & _BYTE_MASK] |= 1 << (shifted & 7)
+            return True
+        if shifted + COUNTER_WINDOW_SIZE < current:
+            return False
+        bitmap = self._bitmap
+        assert bitmap is not None  # current > 0, so a packet was recorded
+        byte = (shifted >> 3) & _BYTE_MASK
+        bit = 1 << (shifted & 7)
+        old = bitmap[byte]
+        if old & bit:
+            return False
+        bitmap[byte] = old | bit
+        return True
+
+    def __repr__(self) -> str:
+        greatest = self._counter - 1 if self._counter else None
+        return f"<ReplayWindow greatest={greatest}>"
