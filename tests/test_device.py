@@ -1,0 +1,391 @@
+"""The sans-I/O endpoint in a simulated network with a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.sim import Link, Network, ipv4_packet, payload_id
+from wireguard.constants import (
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME,
+)
+from wireguard.device import (
+    Drop,
+    EndpointChanged,
+    HandshakeCompleted,
+    HandshakeFailed,
+    KeypairRotated,
+    PeerExpired,
+)
+from wireguard.keys import PresharedKey
+
+
+def pair(seed=1, link=None, **kw):
+    net = Network(seed, link)
+    a, b = net.add("a", 1), net.add("b", 2)
+    net.connect(a, b, **kw)
+    return net, a, b
+
+
+def ids(node):
+    return [payload_id(p) for p in node.delivered]
+
+
+def test_first_packet_starts_handshake_and_is_delivered():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    assert ids(b) == [1]
+    assert any(isinstance(e, HandshakeCompleted) and e.is_initiator for e in a.events)
+    assert any(isinstance(e, HandshakeCompleted) and not e.is_initiator for e in b.events)
+    net.send(b, a, 2)
+    net.run_for(1)
+    assert ids(a) == [2]
+    pa = a.device.peers[b.device.public_key]
+    pb = b.device.peers[a.device.public_key]
+    assert pa.tx_bytes == pb.rx_bytes and pb.tx_bytes == pa.rx_bytes
+    assert pa.last_handshake is not None and pb.last_handshake is not None
+
+
+def test_preshared_key_must_match():
+    net, a, b = pair(psk=PresharedKey.generate(os.urandom))
+    net.send(a, b, 1)
+    net.run_for(1)
+    assert ids(b) == [1]
+    net2 = Network(2)
+    c, d = net2.add("c", 1), net2.add("d", 2)
+    c.device.add_peer(d.device.public_key, allowed_ips=["10.0.0.2/32"], endpoint=d.address,
+                      preshared_key=PresharedKey.generate(os.urandom))  # fmt: skip
+    d.device.add_peer(c.device.public_key, allowed_ips=["10.0.0.1/32"], endpoint=c.address)
+    net2.send(c, d, 1)
+    net2.run_for(3)
+    assert ids(d) == []
+    assert c.device.drops[Drop.HANDSHAKE_INVALID] >= 1
+
+
+def test_responder_waits_for_key_confirmation():
+    # The responder's new keypair is "next" until the initiator sends on it;
+    # its own data waits (staged) rather than go out on an unconfirmed key.
+    net, a, b = pair(link=Link(delay=0.05))
+    out = a.device.initiate_handshake(b.device.public_key, net.now)
+    net.apply(a, out)
+    net.run_for(0.06)  # initiation arrived at b, response on its way
+    pb = b.device.peers[a.device.public_key]
+    assert pb.next is not None and pb.current is None
+    net.send(b, a, 7)
+    assert pb.staged and len(pb.staged) == 1
+    net.run_for(1)
+    assert ids(a) == [7]
+    assert pb.current is not None and pb.next is None
+
+
+def test_passive_keepalive_after_10s():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    tap_start = len(net.tap)
+    net.run_for(11)
+    # b received data and sent nothing: one keepalive (32 bytes) 10 s later.
+    sent = [(t, s, len(d)) for t, s, _, d in net.tap[tap_start:]]
+    assert [(s, n) for _, s, n in sent] == [(b.address, 32)]
+    assert sent[0][0] == pytest.approx(1000.0 + 0.03 + 10, abs=0.05)
+
+
+def test_persistent_keepalive_on_schedule():
+    net, a, b = pair(keepalive=25)
+    net.send(a, b, 1)
+    net.run_for(1)
+    start = len(net.tap)
+    net.run_for(100)
+    # Any authenticated packet either way restarts the interval, so whichever
+    # side's timer runs out first keeps the link busy: one keepalive per 25 s.
+    times = [t for t, _, _, d in net.tap[start:] if len(d) == 32]
+    gaps = [round(y - x, 2) for x, y in itertools.pairwise(times)]
+    assert len(times) >= 3 and all(g == 25.0 for g in gaps)
+    # With one side silent (its datagrams lost), the other still sends on time.
+    net.blackholes.add(a.address)
+    start = len(net.tap)
+    net.run_for(80)
+    times = [t for t, s, _, d in net.tap[start:] if s == a.address and len(d) == 32]
+    gaps = [round(y - x, 2) for x, y in itertools.pairwise(times)]
+    assert len(times) >= 2 and all(g == 25.0 for g in gaps)
+
+
+def test_rekey_after_120s_loses_nothing_on_clean_link():
+    net, a, b = pair()
+    ident = 0
+    rotations = 0
+    for _ in range(int(3 * REKEY_AFTER_TIME / 0.5)):
+        ident += 1
+        net.send(a, b, ident)
+        ident += 1
+        net.send(b, a, ident)
+        net.run_for(0.5)
+    net.run_for(1)
+    rotations = sum(isinstance(e, KeypairRotated) for e in a.events)
+    assert rotations >= 2
+    assert sorted(ids(a) + ids(b)) == list(range(1, ident + 1))
+
+
+def test_keys_expire_after_reject_after_time():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    pa = a.device.peers[b.device.public_key]
+    old = pa.current
+    assert old is not None
+    # b disappears; a's keypair may neither send nor receive after 180 s.
+    net.blackholes.add(b.address)
+    net.run_for(REJECT_AFTER_TIME)
+    assert not old.can_send(net.now) and not old.can_receive(net.now)
+    # Sending is refused, so the packet waits and a new handshake is sought.
+    before = len(net.tap)
+    pa.last_sent_handshake = None
+    net.send(a, b, 2)
+    sent = [len(d) for _, s, _, d in net.tap[before:] if s == a.address]
+    assert sent == [148]
+    # And a packet made with the old keypair is refused on arrival.
+    pb = b.device.peers[a.device.public_key]
+    stale = pb.current.encrypt(ipv4_packet(b.tunnel_ip, a.tunnel_ip, bytes(8)))
+    out = a.device.receive_datagram(stale, b.address, net.now)
+    assert out.packets == [] and a.device.drops[Drop.KEYPAIR_EXPIRED] == 1
+
+
+def test_key_material_erased_after_540s():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    net.blackholes.update({a.address, b.address})
+    net.run_for(3 * REJECT_AFTER_TIME + 1)
+    pa = a.device.peers[b.device.public_key]
+    assert pa.keypairs() == [] and pa.handshake is None
+    assert any(isinstance(e, PeerExpired) for e in a.events)
+    assert any(isinstance(e, HandshakeFailed) for e in a.events)
+    assert a.device._index == {}
+
+
+def test_handshake_retries_then_gives_up():
+    net, a, b = pair()
+    net.blackholes.add(b.address)
+    net.send(a, b, 1)
+    net.run_for(REKEY_ATTEMPT_TIME + 20)
+    initiations = [t for t, s, _, d in net.tap if s == a.address and len(d) == 148]
+    # The kernel gives up when attempts > MAX_TIMER_HANDSHAKES (18), counting
+    # retries from 0: the first initiation and 19 retries, each after
+    # REKEY_TIMEOUT plus up to 333 ms jitter.
+    assert len(initiations) == 20
+    gaps = [y - x for x, y in itertools.pairwise(initiations)]
+    assert all(5.0 <= g <= 5.334 for g in gaps)
+    assert any(isinstance(e, HandshakeFailed) for e in a.events)
+    assert a.device.drops[Drop.HANDSHAKE_TIMEOUT] == 1
+
+
+def test_new_handshake_when_sent_data_is_not_answered():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    net.blackholes.add(a.address)  # b's answers vanish
+    start = len(net.tap)
+    net.send(a, b, 2)
+    net.run_for(16)
+    inits = [t for t, s, _, d in net.tap[start:] if s == a.address and len(d) == 148]
+    # Data first went out at ~1000.02 (after the handshake) and nothing
+    # authenticated came back: KEEPALIVE + REKEY_TIMEOUT + jitter later, a
+    # new handshake.
+    assert inits and 1015.0 <= inits[0] <= 1000.03 + 15.334
+
+
+def test_roaming_moves_endpoint():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    # a moves to a new address; its next packet tells b.
+    del net.nodes[a.address]
+    a.address = ("198.51.100.9", 40000)
+    net.nodes[a.address] = a
+    packet = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 2))
+    for data, _ in a.device.send_packet(packet, net.now).datagrams:
+        net.apply(b, b.device.receive_datagram(data, a.address, net.now))
+    assert b.device.peers[a.device.public_key].endpoint == a.address
+    assert any(isinstance(e, EndpointChanged) and e.new == a.address for e in b.events)
+    net.send(b, a, 3)
+    net.run_for(1)
+    assert 3 in ids(a)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    loss=st.floats(0, 0.3),
+    dup=st.floats(0, 0.2),
+    jitter=st.floats(0, 0.5),
+)
+def test_lossy_links_deliver_at_most_once(seed, loss, dup, jitter):
+    net, a, b = pair(seed, Link(loss=loss, duplicate=dup, delay=0.02, jitter=jitter))
+    for i in range(1, 61):
+        net.send(a, b, i)
+        net.send(b, a, 1000 + i)
+        net.run_for(1.0)
+    net.run_for(5)
+    got_b, got_a = ids(b), ids(a)
+    assert len(got_b) == len(set(got_b)) and len(got_a) == len(set(got_a))
+    assert set(got_b) <= set(range(1, 61)) and set(got_a) <= set(range(1001, 1061))
+    # Every delivered packet was decrypted inside a session both sides derived.
+    assert any(isinstance(e, HandshakeCompleted) for e in a.events + b.events) or not got_b
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_handshake_completes_under_30_percent_loss(seed):
+    net, a, b = pair(seed, Link(loss=0.3, delay=0.02))
+    net.send(a, b, 1)
+    net.run_for(REKEY_ATTEMPT_TIME)
+    assert any(isinstance(e, HandshakeCompleted) for e in a.events)
+
+
+def test_three_devices_route_by_allowed_ips():
+    net = Network(3)
+    a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
+    net.connect(a, b)
+    net.connect(a, c)
+    net.send(a, b, 1)
+    net.send(a, c, 2)
+    net.run_for(1)
+    assert ids(b) == [1] and ids(c) == [2]
+    # b may not claim c's address as its source: a drops it.
+    spoof = ipv4_packet(c.tunnel_ip, a.tunnel_ip, struct.pack(">Q", 3))
+    pb = b.device.peers[a.device.public_key]
+    message = pb.current.encrypt(spoof)
+    net.apply(a, a.device.receive_datagram(message, b.address, net.now))
+    assert 3 not in ids(a)
+    assert a.device.drops[Drop.ALLOWED_IPS_MISMATCH] == 1
+
+
+# --- forged and malformed input ----------------------------------------------
+
+
+def state_of(device):
+    return (
+        dict(device._index),
+        {k: (p.endpoint, p.latest_timestamp, p.current, p.next, p.previous, p.rx_bytes)
+         for k, p in device.peers.items()},
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from([None, 1, 2, 3, 4]))
+def test_random_datagrams_change_nothing(data, kind):
+    net, a, b = _established = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    if kind is not None and len(data) >= 4:
+        data = bytes([kind, 0, 0, 0]) + data[4:]
+    before = state_of(b.device)
+    drops = sum(b.device.drops.values())
+    out = b.device.receive_datagram(data, ("203.0.113.5", 1), net.now)
+    assert not out.packets and not out.events
+    assert state_of(b.device) == before
+    assert sum(b.device.drops.values()) == drops + 1
+
+
+def test_replays_are_dropped_and_counted():
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    initiation = next(d for _, s, _, d in net.tap if s == a.address and len(d) == 148)
+    transport = [d for _, s, _, d in net.tap if s == a.address and d[0] == 4 and len(d) > 32]
+    assert transport
+    before = state_of(b.device)
+    # A replayed transport packet is not delivered again.
+    out = b.device.receive_datagram(transport[0], a.address, net.now)
+    assert out.packets == [] and b.device.drops[Drop.REPLAYED_COUNTER] == 1
+    # A replayed initiation (same timestamp) is refused after the DH, before
+    # any state changes.
+    out = b.device.receive_datagram(initiation, a.address, net.now + 1)
+    assert out.datagrams == [] and b.device.drops[Drop.REPLAYED_TIMESTAMP] == 1
+    assert state_of(b.device) == before
+    # Unknown receiver index.
+    bad = bytearray(transport[0])
+    bad[4:8] = b"\xde\xad\xbe\xef"
+    b.device.receive_datagram(bytes(bad), a.address, net.now)
+    assert b.device.drops[Drop.UNKNOWN_INDEX] == 1
+    # A fresh packet with one bit of its tag flipped fails, and does not burn
+    # its counter: the genuine packet is still accepted afterwards.
+    fresh = a.device.peers[b.device.public_key].current.encrypt(
+        ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 99))
+    )
+    bad = bytearray(fresh)
+    bad[-1] ^= 1
+    out = b.device.receive_datagram(bytes(bad), a.address, net.now)
+    assert out.packets == [] and b.device.drops[Drop.DECRYPTION_FAILED] == 1
+    out = b.device.receive_datagram(fresh, a.address, net.now)
+    assert [payload_id(p) for p in out.packets] == [99]
+
+
+def test_old_timestamp_initiation_rejected():
+    net, a, b = pair()
+    net.now = 5000.0
+    net.send(a, b, 1)
+    net.run_for(1)
+    # An initiation made with an earlier clock (a restarted peer whose clock
+    # went back, or a recorded one) is refused.
+    a.device.wall_clock_offset = -100.0
+    pa = a.device.peers[b.device.public_key]
+    pa.last_sent_handshake = None
+    out = a.device.initiate_handshake(b.device.public_key, net.now)
+    net.apply(a, out)
+    net.run_for(0.5)
+    assert b.device.drops[Drop.REPLAYED_TIMESTAMP] == 1
+
+
+def test_initiation_flood_from_one_peer_is_limited():
+    net, a, b = pair()
+    pa = a.device.peers[b.device.public_key]
+    accepted = 0
+    # 17 ms apart: each timestamp is new (the kernel's whitening is 2**24 ns,
+    # 16.8 ms), but INITIATIONS_PER_SECOND allows one per 20 ms, so every
+    # second one is a flood.
+    for i in range(10):
+        pa.last_sent_handshake = None
+        now = net.now + i * 0.017
+        for data, _ in a.device.initiate_handshake(b.device.public_key, now).datagrams:
+            accepted += len(b.device.receive_datagram(data, a.address, now).datagrams)
+    assert accepted == 5
+    assert b.device.drops[Drop.INITIATION_FLOOD] == 5
+    assert b.device.drops[Drop.REPLAYED_TIMESTAMP] == 0
+
+
+def test_handshake_flood_switches_to_cookies_and_peer_still_connects():
+    net = Network(4)
+    a = net.add("a", 1)
+    b = net.add("b", 2, under_load_threshold=20)
+    net.connect(a, b)
+    # An attacker replays a valid-mac1 initiation from many addresses.
+    attacker = net.add("x", 3)
+    attacker.device.add_peer(b.device.public_key, endpoint=b.address)
+    flood = attacker.device.initiate_handshake(b.device.public_key, net.now).datagrams[0][0]
+    cookies = 0
+    for i in range(200):
+        out = b.device.receive_datagram(flood, (f"203.0.113.{i % 250}", 1000 + i), net.now)
+        cookies += sum(len(d) == 64 for d, _ in out.datagrams)
+    assert cookies > 100
+    assert b.device.drops[Drop.COOKIE_SENT] == cookies
+    # The legitimate peer gets a cookie reply, then completes with mac2.
+    for _ in range(40):
+        b.device.receive_datagram(flood, ("203.0.113.77", 9), net.now)
+    net.send(a, b, 1)
+    for _ in range(200):
+        for i in range(30):
+            b.device.receive_datagram(flood, (f"203.0.113.{i}", 2000 + i), net.now)
+        net.run_for(0.1)
+        if ids(b):
+            break
+    assert ids(b) == [1]
+    assert a.device.peers[b.device.public_key].cookies.has_cookie

@@ -1,0 +1,796 @@
+"""The endpoint: datagrams and tunnel packets in, effects out (sans-I/O).
+
+Shaped like boringtun's ``Tunn`` and aioquic's ``QuicConnection``: the
+binding feeds it
+
+- :meth:`Device.receive_datagram` (bytes, source address, now): a UDP
+  datagram from the network,
+- :meth:`Device.send_packet` (bytes, now): an IP packet from the tunnel,
+- :meth:`Device.handle_timer` (now): when :meth:`Device.next_deadline` came,
+
+and each returns an :class:`Effects`: datagrams to send where, IP packets to
+deliver to the tunnel, and events. Nothing here reads a clock, draws random
+bytes except through the injected source, or touches a socket.
+
+Malformed, forged, replayed and unauthenticated input never raises out of
+the device: it is dropped and counted in :attr:`Device.drops` by reason, and
+no state changes before a message is authenticated.
+
+The decisions follow the whitepaper (section 5 and 6) and where the paper is
+silent the Linux kernel (``receive.c``, ``send.c``, ``noise.c``,
+``timers.c``, ``cookie.c``, ``ratelimiter.c``).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from heapq import heappop, heappush
+
+from cryptography.exceptions import InvalidTag
+
+from .allowedips import AllowedIPs
+from .constants import (
+    COOKIE_REPLY_LEN,
+    INITIATION_LEN,
+    INITIATIONS_PER_SECOND,
+    KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT_DATA,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+    RESPONSE_LEN,
+    TRANSPORT_MIN_LEN,
+    UNDER_LOAD_AFTER_TIME,
+)
+from .cookie import CookieChecker
+from .crypto import DHPrivateKey, RandomSource, dh_generate, tai64n
+from .errors import RemoteProtocolError, WireGuardError
+from .handshake import consume_initiation, consume_response, create_initiation, create_response
+from .keys import PresharedKey, PrivateKey, PublicKey
+from .messages import CookieReply
+from .noise import Trace
+from .peer import Address, Peer, PendingHandshake
+from .ratelimit import RateLimiter
+from .session import Keypair
+from .timers import Timer
+
+_u32 = struct.Struct("<I").unpack_from
+_u16be = struct.Struct(">H").unpack_from
+_unpack_transport = struct.Struct("<IIQ").unpack_from
+_LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+_HANDSHAKE_LEN = {MESSAGE_INITIATION: INITIATION_LEN, MESSAGE_RESPONSE: RESPONSE_LEN}
+
+
+# --- what a call returns -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """A new keypair is in use with *peer* (we initiated, or the initiator
+    confirmed it by sending on it)."""
+
+    peer: PublicKey
+    is_initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeypairRotated:
+    """A new keypair became current for *peer*; the old one is now previous."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanged:
+    """An authenticated packet came from a new address (roaming)."""
+
+    peer: PublicKey
+    old: Address | None
+    new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """No handshake completed within REKEY_ATTEMPT_TIME: staged packets dropped."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class PeerExpired:
+    """3 x REJECT_AFTER_TIME after the last session: all key material erased."""
+
+    peer: PublicKey
+
+
+Event = HandshakeCompleted | KeypairRotated | EndpointChanged | HandshakeFailed | PeerExpired
+
+
+@dataclass(slots=True)
+class Effects:
+    """What must happen after a call: send these datagrams, deliver these
+    packets to the tunnel, and these events happened. Pass one Effects to
+    several calls to collect a batch."""
+
+    datagrams: list[tuple[bytes, Address]] = field(default_factory=list)
+    packets: list[bytes] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.datagrams or self.packets or self.events)
+
+
+class Drop(enum.StrEnum):
+    """Why a datagram or packet was dropped (keys of :attr:`Device.drops`)."""
+
+    MALFORMED = "malformed"
+    INVALID_MAC1 = "invalid_mac1"
+    COOKIE_SENT = "cookie_reply_sent"
+    RATE_LIMITED = "rate_limited"
+    HANDSHAKE_INVALID = "handshake_invalid"
+    UNKNOWN_PEER = "unknown_peer"
+    REPLAYED_TIMESTAMP = "replayed_timestamp"
+    INITIATION_FLOOD = "initiation_flood"
+    UNKNOWN_INDEX = "unknown_index"
+    KEYPAIR_EXPIRED = "keypair_expired"
+    DECRYPTION_FAILED = "decryption_failed"
+    REPLAYED_COUNTER = "replayed_counter"
+    INVALID_INNER_PACKET = "invalid_inner_packet"
+    ALLOWED_IPS_MISMATCH = "allowed_ips_mismatch"
+    NO_ROUTE = "no_route"
+    NO_ENDPOINT = "no_endpoint"
+    STAGED_OVERFLOW = "staged_overflow"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    COOKIE_INVALID = "cookie_reply_invalid"
+
+
+def inner_destination(packet: bytes) -> bytes | None:
+    """Destination address bytes of an IPv4/IPv6 packet, None if it is not one."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4:
+        return packet[16:20]
+    if n >= 40 and packet[0] >> 4 == 6:
+        return packet[24:40]
+    return None
+
+
+class Device:
+    """A WireGuard interface without I/O: the private key, the peers (by
+    public key and by receiver index), allowed IPs, and every protocol
+    decision.
+
+    *now* is any monotonic time in seconds. TAI64N timestamps need wall-clock
+    time, which is ``now + wall_clock_offset``: a binding passes
+    ``time.time() - time.monotonic()``; a simulation can leave it at 0.
+    """
+
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        *,
+        random: RandomSource = os.urandom,
+        wall_clock_offset: float = 0.0,
+        mtu: int | None = 1420,
+        under_load_threshold: int = 512,
+        listen_port: int | None = None,
+    ) -> None:
+        self._random = random
+        self.wall_clock_offset = wall_clock_offset
+        self.mtu = mtu
+        self.listen_port = listen_port
+        self.fwmark = 0
+        self.under_load_threshold = under_load_threshold
+        self.peers: dict[PublicKey, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.drops: Counter[str] = Counter()
+        self.trace_handshakes = False
+        self.last_trace: list[tuple[str, Trace]] = []
+        # receiver index -> (peer, keypair or None for our pending handshake)
+        self._index: dict[int, tuple[Peer, Keypair | None]] = {}
+        self._timer_heap: list[tuple[float, int, Peer]] = []
+        self._scheduled: dict[int, float] = {}  # id(peer) -> heap time
+        self._seq = 0
+        self._handshake_window_start = 0.0
+        self._handshakes_in_window = 0
+        self._last_under_load: float | None = None
+        self._ratelimiter = RateLimiter()
+        self.set_private_key(private_key)
+
+    # --- configuration ---------------------------------------------------
+
+    def set_private_key(self, private_key: PrivateKey) -> None:
+        """Change the interface key; every peer's session is dropped (as
+        ``wg set private-key`` does), and a peer whose key equals our own
+        public key is removed."""
+        self.private_key = private_key
+        self._static = DHPrivateKey(private_key.raw)
+        self.public_key = private_key.public_key
+        self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
+        for peer in list(self.peers.values()):
+            if peer.public_key == self.public_key:
+                self.remove_peer(peer.public_key)
+                continue
+            self._forget_sessions(peer)
+            peer.static_static = self._static_static(peer.public_key)
+
+    def _static_static(self, public_key: PublicKey) -> bytes:
+        try:
+            return self._static.exchange(public_key.raw)
+        except WireGuardError:
+            # A low-order key can never complete a handshake; keep the peer
+            # configured (as wg does) with a value no DH can produce.
+            return bytes(32)
+
+    def add_peer(
+        self,
+        public_key: PublicKey,
+        *,
+        preshared_key: PresharedKey | None = None,
+        allowed_ips: Iterable[str | ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        endpoint: Address | None = None,
+        persistent_keepalive: int = 0,
+        now: float | None = None,
+    ) -> Peer:
+        """Add a peer (or update it if it exists). With *persistent_keepalive*
+        and *now*, the first keepalive goes out at once, as wg does when the
+        interval is set on a running interface."""
+        peer = self.peers.get(public_key)
+        if peer is None:
+            if public_key == self.public_key:
+                raise ValueError("a peer cannot have the interface's own public key")
+            peer = Peer(public_key, self._static_static(public_key))
+            peer.timers._notify = partial(self._schedule, peer)
+            self.peers[public_key] = peer
+        if preshared_key is not None:
+            peer.preshared_key = preshared_key
+        if endpoint is not None:
+            peer.endpoint = endpoint
+        for network in allowed_ips:
+            self.allowed_ips.insert(network, peer)
+        if persistent_keepalive:
+            peer.timers.persistent_keepalive_interval = persistent_keepalive
+            if now is not None:
+                peer.timers.persistent_keepalive = now
+                self._schedule(peer, now)
+        return peer
+
+    def set_persistent_keepalive(self, public_key: PublicKey, interval: int, now: float) -> None:
+        peer = self.peers[public_key]
+        peer.timers.persistent_keepalive_interval = interval
+        peer.timers.persistent_keepalive = now if interval else None
+        if interval:
+            self._schedule(peer, now)
+
+    def remove_peer(self, public_key: PublicKey) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed_ips.remove_value(peer)
+        self._forget_sessions(peer)
+        peer.timers.stop_all()
+        self._scheduled.pop(id(peer), None)
+
+    def clear_peers(self) -> None:
+        for key in list(self.peers):
+            self.remove_peer(key)
+
+    def _forget_sessions(self, peer: Peer) -> None:
+        if peer.handshake is not None:
+            self._index.pop(peer.handshake.local_index, None)
+            peer.handshake = None
+        for keypair in peer.clear_keypairs():
+            self._index.pop(keypair.local_index, None)
+        if peer.staged:
+            peer.staged.clear()
+
+    # --- timers ----------------------------------------------------------
+
+    def _schedule(self, peer: Peer, when: float) -> None:
+        """Make sure the heap wakes us for *peer* no later than *when*. A later
+        or cancelled deadline leaves an early entry, which wakes the device for
+        nothing once and is then replaced: cheaper than a heap update on every
+        packet (the persistent keepalive moves with each one)."""
+        key = id(peer)
+        scheduled = self._scheduled.get(key)
+        if scheduled is None or when < scheduled:
+            self._scheduled[key] = when
+            self._seq += 1
+            heappush(self._timer_heap, (when, self._seq, peer))
+
+    def _reschedule(self, peer: Peer) -> None:
+        when = peer.timers.earliest()
+        if when is not None:
+            self._schedule(peer, when)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        heap = self._timer_heap
+        while heap:
+            when, _, peer = heap[0]
+            if self._scheduled.get(id(peer)) == when and self.peers.get(peer.public_key) is peer:
+                return when
+            heappop(heap)
+        return None
+
+    def handle_timer(self, now: float, out: Effects | None = None) -> Effects:
+        """Run every timer that expired at *now*."""
+        out = Effects() if out is None else out
+        heap = self._timer_heap
+        while heap and heap[0][0] <= now:
+            when, _, peer = heappop(heap)
+            key = id(peer)
+            if self._scheduled.get(key) != when or self.peers.get(peer.public_key) is not peer:
+                continue
+            del self._scheduled[key]
+            for timer in peer.timers.due(now):
+                self._expire(peer, timer, now, out)
+            self._reschedule(peer)
+        return out
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self._random(2), "little") % 334 / 1000.0
+
+    def _expire(self, peer: Peer, timer: Timer, now: float, out: Effects) -> None:
+        timers = peer.timers
+        if timer is Timer.RETRANSMIT_HANDSHAKE:
+            if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
+                # REKEY_ATTEMPT_TIME is over: give up, drop what waited.
+                timers.send_keepalive = None
+                if peer.staged:
+                    self.drops[Drop.HANDSHAKE_TIMEOUT] += len(peer.staged)
+                    peer.staged.clear()
+                if timers.zero_key_material is None:
+                    timers.zero_key_material = now + 3 * REJECT_AFTER_TIME
+                out.events.append(HandshakeFailed(peer.public_key))
+            else:
+                timers.handshake_attempts += 1
+                self._send_initiation(peer, now, out, is_retry=True)
+        elif timer is Timer.SEND_KEEPALIVE:
+            self._send_keepalive(peer, now, out)
+            if timers.need_another_keepalive:
+                timers.need_another_keepalive = False
+                timers.send_keepalive = now + KEEPALIVE_TIMEOUT
+        elif timer is Timer.NEW_HANDSHAKE:
+            # We sent data and heard nothing back for KEEPALIVE + REKEY_TIMEOUT.
+            self._send_initiation(peer, now, out, is_retry=False)
+        elif timer is Timer.ZERO_KEY_MATERIAL:
+            self._forget_sessions(peer)
+            peer.cookies = type(peer.cookies)(peer.public_key.raw)
+            out.events.append(PeerExpired(peer.public_key))
+        elif timer is Timer.PERSISTENT_KEEPALIVE and timers.persistent_keepalive_interval:
+            self._send_keepalive(peer, now, out)
+
+    # --- sending -----------------------------------------------------------
+
+    def send_packet(self, packet: bytes, now: float, out: Effects | None = None) -> Effects:
+        """An IP packet from the tunnel: route it by destination to a peer
+        (cryptokey routing), encrypt it, or stage it and start a handshake."""
+        out = Effects() if out is None else out
+        destination = inner_destination(packet)
+        peer = self.allowed_ips.lookup(destination) if destination is not None else None
+        if peer is None:
+            self.drops[Drop.NO_ROUTE] += 1
+            return out
+        keypair = peer.current
+        endpoint = peer.endpoint
+        if (
+            not peer.staged
+            and keypair is not None
+            and endpoint is not None
+            and keypair.sending_valid
+            and now - keypair.created < REJECT_AFTER_TIME
+        ):
+            # The common case, without the staging queue.
+            message = keypair.encrypt(packet, self.mtu)
+            peer.tx_bytes += len(message)
+            out.datagrams.append((message, endpoint))
+            self._sent(peer, keypair, now, out, True)
+            return out
+        if not peer.stage(packet):
+            self.drops[Drop.STAGED_OVERFLOW] += 1
+        self._send_staged(peer, now, out)
+        return out
+
+    def initiate_handshake(self, public_key: PublicKey, now: float) -> Effects:
+        """Start a handshake with a peer now (as a first packet would)."""
+        out = Effects()
+        self._send_initiation(self.peers[public_key], now, out, is_retry=False)
+        return out
+
+    def send_keepalive(self, public_key: PublicKey, now: float) -> Effects:
+        out = Effects()
+        self._send_keepalive(self.peers[public_key], now, out)
+        return out
+
+    def _send_keepalive(self, peer: Peer, now: float, out: Effects) -> None:
+        if not peer.staged:
+            peer.stage(b"")
+        self._send_staged(peer, now, out)
+
+    def _send_staged(self, peer: Peer, now: float, out: Effects) -> None:
+        keypair = peer.current
+        if keypair is None or not keypair.can_send(now):
+            self._send_initiation(peer, now, out, is_retry=False)
+            return
+        staged = peer.staged
+        if not staged:
+            return
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.drops[Drop.NO_ENDPOINT] += len(staged)
+            staged.clear()
+            return
+        data_sent = False
+        mtu = self.mtu
+        while staged:
+            packet = staged.popleft()
+            if packet:
+                data_sent = True
+            message = keypair.encrypt(packet, mtu)
+            peer.tx_bytes += len(message)
+            out.datagrams.append((message, endpoint))
+        self._sent(peer, keypair, now, out, data_sent)
+
+    def _sent(self, peer: Peer, keypair: Keypair, now: float, out: Effects, data: bool) -> None:
+        """Timers and keep_key_fresh after transport messages went out."""
+        timers = peer.timers
+        if data and timers.new_handshake is None:
+            timers.on_data_sent(now, self._jitter())
+        timers.send_keepalive = None  # on_authenticated_packet_sent
+        if timers.persistent_keepalive_interval:
+            timers.on_authenticated_packet_traversal(now)
+        # keep_key_fresh (send side): the initiator rekeys after REKEY_AFTER_TIME.
+        if keypair.send_counter > REKEY_AFTER_MESSAGES or (
+            keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
+        ):
+            self._send_initiation(peer, now, out, is_retry=False)
+
+    def _send_initiation(self, peer: Peer, now: float, out: Effects, *, is_retry: bool) -> None:
+        timers = peer.timers
+        if not is_retry:
+            timers.handshake_attempts = 0
+        # At most one initiation per REKEY_TIMEOUT to a peer.
+        last = peer.last_sent_handshake
+        if last is not None and now - last < REKEY_TIMEOUT:
+            return
+        if peer.endpoint is None:
+            self.drops[Drop.NO_ENDPOINT] += 1
+            return
+        peer.last_sent_handshake = now
+        if peer.handshake is not None:
+            self._index.pop(peer.handshake.local_index, None)
+        index = self._new_index()
+        trace = Trace("initiator") if self.trace_handshakes else None
+        message, initiator = create_initiation(
+            static_private=self._static,
+            peer_public=peer.public_key.raw,
+            psk=peer.psk,
+            sender_index=index,
+            ephemeral_private=dh_generate(self._random),
+            timestamp=tai64n(now + self.wall_clock_offset),
+            cookies=peer.cookies,
+            now=now,
+            trace=trace,
+            precomputed_ss=peer.static_static,
+        )
+        if trace is not None:
+            self.last_trace = [("initiation created", trace)]
+        peer.handshake = PendingHandshake(index, initiator, now)
+        self._index[index] = (peer, None)
+        timers.on_authenticated_packet_traversal(now)
+        timers.on_authenticated_packet_sent()
+        timers.on_handshake_initiated(now, self._jitter())
+        peer.tx_bytes += len(message)
+        out.datagrams.append((message, peer.endpoint))
+
+    def _new_index(self) -> int:
+        while True:
+            index = _u32(self._random(4))[0]
+            if index not in self._index:
+                return index
+
+    # --- receiving ---------------------------------------------------------
+
+    def receive_datagram(
+        self, data: bytes, source: Address, now: float, out: Effects | None = None
+    ) -> Effects:
+        """A UDP datagram from *source*. Never raises for what the network
+        sent: a bad datagram is counted in :attr:`drops` and ignored."""
+        out = Effects() if out is None else out
+        if len(data) < 4:
+            self.drops[Drop.MALFORMED] += 1
+            return out
+        kind = _u32(data)[0]
+        try:
+            if kind == MESSAGE_TRANSPORT_DATA:
+                self._receive_transport(data, source, now, out)
+            elif len(data) == _HANDSHAKE_LEN.get(kind):
+                self._receive_handshake(kind, data, source, now, out)
+            elif kind == MESSAGE_COOKIE_REPLY and len(data) == COOKIE_REPLY_LEN:
+                self._receive_cookie_reply(data, now)
+            else:
+                self.drops[Drop.MALFORMED] += 1
+        except RemoteProtocolError:
+            self.drops[Drop.MALFORMED] += 1
+        return out
+
+    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> Effects:
+        """A batch of datagrams read in one wake-up, one Effects for all."""
+        out = Effects()
+        for data, source in datagrams:
+            self.receive_datagram(data, source, now, out)
+        return out
+
+    def _under_load(self, now: float) -> bool:
+        """The kernel counts queued handshakes; without a queue we count the
+        handshake messages of the last second. Once over the threshold, the
+        device stays under load for UNDER_LOAD_AFTER_TIME (1 s)."""
+        if now - self._handshake_window_start >= 1.0:
+            self._handshake_window_start = now
+            self._handshakes_in_window = 0
+        self._handshakes_in_window += 1
+        if self._handshakes_in_window > self.under_load_threshold:
+            self._last_under_load = now
+            return True
+        last = self._last_under_load
+        return last is not None and now - last < UNDER_LOAD_AFTER_TIME
+
+    def _receive_handshake(
+        self, kind: int, data: bytes, source: Address, now: float, out: Effects
+    ) -> None:
+        checker = self._cookie_checker
+        if not checker.check_mac1(data):
+            self.drops[Drop.INVALID_MAC1] += 1
+            return
+        if self._under_load(now):
+            # Only mac1 work so far. Under load we do no Diffie-Hellman for a
+            # sender that has not proved its address with mac2 (cookie.c).
+            if not checker.check_mac2(data, source, now):
+                sender = _u32(data, 4)[0]
+                reply = checker.create_reply(data, sender, source, now)
+                out.datagrams.append((reply.pack(), source))
+                self.drops[Drop.COOKIE_SENT] += 1
+                return
+            if not self._ratelimiter.allow(source[0], now):
+                self.drops[Drop.RATE_LIMITED] += 1
+                return
+        if kind == MESSAGE_INITIATION:
+            self._consume_initiation(data, source, now, out)
+        else:
+            self._consume_response(data, source, now, out)
+
+    def _consume_initiation(self, data: bytes, source: Address, now: float, out: Effects) -> None:
+        trace = Trace("responder") if self.trace_handshakes else None
+        try:
+            consumed = consume_initiation(data, static_private=self._static, trace=trace)
+        except RemoteProtocolError:
+            self.drops[Drop.HANDSHAKE_INVALID] += 1
+            return
+        peer = self.peers.get(PublicKey(consumed.initiator_static))
+        if peer is None:
+            self.drops[Drop.UNKNOWN_PEER] += 1
+            return
+        # Replay: the TAI64N timestamp must grow (whitepaper 5.1). Flood: at
+        # most INITIATIONS_PER_SECOND from one peer.
+        if consumed.timestamp <= peer.latest_timestamp:
+            self.drops[Drop.REPLAYED_TIMESTAMP] += 1
+            return
+        last = peer.last_initiation_consumed
+        if last is not None and now - last < 1.0 / INITIATIONS_PER_SECOND:
+            self.drops[Drop.INITIATION_FLOOD] += 1
+            return
+        # Authenticated: from here on the state may change.
+        peer.latest_timestamp = consumed.timestamp
+        peer.last_initiation_consumed = now
+        self._set_endpoint(peer, source, out)
+        # Our own pending initiation, if any, stays answerable. The kernel
+        # forgets it here, which makes two peers that initiate at the same
+        # instant drop each other's responses; kept, the later of the two
+        # sessions wins on both sides (begin_session's next -> previous rule).
+        index = self._new_index()
+        if trace is not None:
+            consumed.responder.trace = trace_r = Trace("responder")
+        response, result = create_response(
+            consumed,
+            psk=peer.psk,
+            sender_index=index,
+            ephemeral_private=dh_generate(self._random),
+            cookies=peer.cookies,
+            now=now,
+        )
+        if trace is not None:
+            self.last_trace = [("initiation consumed", trace), ("response created", trace_r)]
+        keypair = Keypair(result, now)
+        self._install(peer, keypair, now)
+        peer.rx_bytes += len(data)
+        timers = peer.timers
+        timers.on_authenticated_packet_received()
+        timers.on_authenticated_packet_traversal(now)
+        timers.on_authenticated_packet_sent()
+        peer.tx_bytes += len(response)
+        out.datagrams.append((response, source))
+
+    def _consume_response(self, data: bytes, source: Address, now: float, out: Effects) -> None:
+        receiver = _u32(data, 8)[0]
+        entry = self._index.get(receiver)
+        if entry is None or entry[1] is not None:
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+            return
+        peer = entry[0]
+        pending = peer.handshake
+        assert pending is not None and pending.local_index == receiver
+        trace = Trace("initiator") if self.trace_handshakes else None
+        pending.initiator.trace = trace
+        try:
+            result = consume_response(data, pending.initiator, receiver)
+        except RemoteProtocolError:
+            self.drops[Drop.HANDSHAKE_INVALID] += 1
+            return
+        if trace is not None:
+            self.last_trace.append(("response consumed", trace))
+        peer.handshake = None
+        self._index.pop(receiver, None)
+        self._set_endpoint(peer, source, out)
+        peer.rx_bytes += len(data)
+        keypair = Keypair(result, now)
+        self._install(peer, keypair, now)
+        peer.timers.on_handshake_complete()
+        peer.last_handshake = now
+        out.events.append(HandshakeCompleted(peer.public_key, True))
+        if peer.previous is not None:
+            out.events.append(KeypairRotated(peer.public_key))
+        peer.timers.on_authenticated_packet_received()
+        peer.timers.on_authenticated_packet_traversal(now)
+        # Confirm the session at once: staged data, or else a keepalive.
+        self._send_keepalive(peer, now, out)
+
+    def _install(self, peer: Peer, keypair: Keypair, now: float) -> None:
+        for old in peer.begin_session(keypair):
+            self._index.pop(old.local_index, None)
+        self._index[keypair.local_index] = (peer, keypair)
+        peer.timers.on_session_derived(now)
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        reply = CookieReply.parse(data)
+        entry = self._index.get(reply.receiver_index)
+        if entry is None:
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+            return
+        try:
+            entry[0].cookies.consume_reply(reply, now)
+        except RemoteProtocolError:
+            self.drops[Drop.COOKIE_INVALID] += 1
+
+    def _set_endpoint(self, peer: Peer, source: Address, out: Effects) -> None:
+        if peer.endpoint != source:
+            out.events.append(EndpointChanged(peer.public_key, peer.endpoint, source))
+            peer.endpoint = source
+
+    def _receive_transport(self, data: bytes, source: Address, now: float, out: Effects) -> None:
+        # The type word was checked by receive_datagram. This path runs once
+        # per packet, so the session's steps are inlined: replay check before
+        # the tag, window update only after it verified.
+        if len(data) < TRANSPORT_MIN_LEN:
+            self.drops[Drop.MALFORMED] += 1
+            return
+        _, receiver, counter = _unpack_transport(data)
+        entry = self._index.get(receiver)
+        if entry is None or entry[1] is None:
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+            return
+        peer, keypair = entry
+        if not keypair.receiving_valid or now - keypair.created >= REJECT_AFTER_TIME:
+            keypair.receiving_valid = False
+            self.drops[Drop.KEYPAIR_EXPIRED] += 1
+            return
+        replay = keypair.replay
+        if not replay.check(counter):
+            self.drops[Drop.REPLAYED_COUNTER] += 1
+            return
+        try:
+            plain = keypair.open(counter, data)
+        except InvalidTag:
+            self.drops[Drop.DECRYPTION_FAILED] += 1
+            return
+        if not replay.update(counter):  # pragma: no cover - checked above
+            self.drops[Drop.REPLAYED_COUNTER] += 1
+            return
+        # Authenticated from here on.
+        peer.rx_bytes += len(data)
+        if peer.endpoint != source:
+            self._set_endpoint(peer, source, out)
+        timers = peer.timers
+        if keypair is peer.next:
+            self._confirmed(peer, keypair, now, out)
+        # keep_key_fresh (receive side): an initiator whose keypair nears
+        # REJECT_AFTER_TIME starts a handshake once, before it is too late.
+        current = peer.current
+        if (
+            current is not None
+            and current.is_initiator
+            and now - current.created >= _LASTMINUTE_AGE
+            and not timers.sent_lastminute_handshake
+            and current.sending_valid
+        ):
+            timers.sent_lastminute_handshake = True
+            self._send_initiation(peer, now, out, is_retry=False)
+        timers.new_handshake = None  # on_authenticated_packet_received
+        if timers.persistent_keepalive_interval:
+            timers.on_authenticated_packet_traversal(now)
+        if plain:
+            if timers.send_keepalive is None:
+                timers.on_data_received(now)
+            else:
+                timers.need_another_keepalive = True
+            self._deliver(peer, plain, out)
+
+    def _confirmed(self, peer: Peer, keypair: Keypair, now: float, out: Effects) -> None:
+        """The initiator sent on our ``next`` keypair: it has our response, so
+        the keypair becomes current (key confirmation)."""
+        _, retired = peer.received_with(keypair)
+        if retired is not None:
+            self._index.pop(retired.local_index, None)
+        peer.timers.on_handshake_complete()
+        peer.last_handshake = now
+        out.events.append(HandshakeCompleted(peer.public_key, False))
+        if peer.previous is not None:
+            out.events.append(KeypairRotated(peer.public_key))
+        if peer.staged:
+            self._send_staged(peer, now, out)
+
+    def _deliver(self, peer: Peer, plain: bytes, out: Effects) -> None:
+        # A well-formed IPv4/IPv6 header whose length fits (kernel receive.c),
+        # then cryptokey routing inbound: the inner source must be one of the
+        # addresses this peer may use, or a peer could spoof another's.
+        n = len(plain)
+        version = plain[0] >> 4
+        if version == 4 and n >= 20:
+            length = _u16be(plain, 2)[0]
+            if length > n or length < 20 or (plain[0] & 15) < 5:
+                self.drops[Drop.INVALID_INNER_PACKET] += 1
+                return
+            src = plain[12:16]
+        elif version == 6 and n >= 40:
+            length = 40 + _u16be(plain, 4)[0]
+            if length > n:
+                self.drops[Drop.INVALID_INNER_PACKET] += 1
+                return
+            src = plain[8:24]
+        else:
+            self.drops[Drop.INVALID_INNER_PACKET] += 1
+            return
+        if self.allowed_ips.lookup(src) is not peer:
+            self.drops[Drop.ALLOWED_IPS_MISMATCH] += 1
+            return
+        out.packets.append(plain if length == n else plain[:length])
+
+    # --- inspection --------------------------------------------------------
+
+    def peer_for_index(self, index: int) -> Peer | None:
+        entry = self._index.get(index)
+        return entry[0] if entry is not None else None
+
+
+__all__ = [
+    "Device",
+    "Drop",
+    "Effects",
+    "EndpointChanged",
+    "Event",
+    "HandshakeCompleted",
+    "HandshakeFailed",
+    "KeypairRotated",
+    "PeerExpired",
+]

@@ -1,0 +1,56 @@
+"""Per-source rate limiting of handshake messages under load, as the
+kernel's ``ratelimiter.c``: a token bucket per source address (IPv4 /32,
+IPv6 /64) of RATELIMIT_PACKETS_PER_SECOND with a burst of
+RATELIMIT_PACKETS_BURSTABLE; idle buckets are forgotten after a second.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .constants import RATELIMIT_PACKETS_BURSTABLE, RATELIMIT_PACKETS_PER_SECOND
+
+PACKET_COST = 1.0 / RATELIMIT_PACKETS_PER_SECOND
+TOKEN_MAX = PACKET_COST * RATELIMIT_PACKETS_BURSTABLE
+_GC_INTERVAL = 1.0
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        packets_per_second: float = RATELIMIT_PACKETS_PER_SECOND,
+        burst: int = RATELIMIT_PACKETS_BURSTABLE,
+    ) -> None:
+        self._cost = 1.0 / packets_per_second
+        self._max = self._cost * burst
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (last, tokens)
+        self._last_gc = 0.0
+
+    @staticmethod
+    def _key(host: str) -> bytes:
+        try:
+            packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
+        except ValueError:
+            return host.encode()
+        # One bucket per IPv6 /64: an attacker holds a whole prefix.
+        return packed[:8] if len(packed) == 16 else packed
+
+    def allow(self, host: str, now: float) -> bool:
+        if now - self._last_gc >= _GC_INTERVAL:
+            self._last_gc = now
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[0] < _GC_INTERVAL}
+        key = self._key(host)
+        entry = self._buckets.get(key)
+        if entry is None:
+            self._buckets[key] = (now, self._max - self._cost)
+            return True
+        last, tokens = entry
+        tokens = min(self._max, tokens + (now - last))
+        if tokens >= self._cost:
+            self._buckets[key] = (now, tokens - self._cost)
+            return True
+        self._buckets[key] = (now, tokens)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._buckets)
