@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .crypto import seeded_random
 from .errors import WireGuardError
 from .keys import PresharedKey, PrivateKey
 
@@ -61,7 +62,7 @@ def cmd_walkthrough(args: argparse.Namespace) -> int:
         _optional_key(PrivateKey, args.responder_key, "--responder-key"),
         _optional_key(PresharedKey, args.psk, "--psk"),
         now=args.time if args.time is not None else time.time(),
-        random=os.urandom,
+        random=seeded_random(args.seed.encode()) if args.seed is not None else os.urandom,
     )
     print(format_walkthrough(w))
     return 0 if w.keys_agree else 1
@@ -88,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--responder-key", metavar="BASE64", help="responder's private key")
     w.add_argument("--psk", metavar="BASE64", help="preshared key")
     w.add_argument("--time", type=float, help="Unix time for the TAI64N timestamp")
+    w.add_argument(
+        "--seed",
+        help="draw keys, ephemerals and indices from this seed: the same output every run",
+    )
     w.set_defaults(func=cmd_walkthrough)
+    from .decrypt import add_parser as add_decrypt_parser
+
+    add_decrypt_parser(sub)
     d = sub.add_parser("demo", help="two endpoints on loopback: handshake, pings both ways, report")
     d.add_argument("--count", type=int, default=3, help="pings each way (default 3)")
     d.set_defaults(func=cmd_demo)

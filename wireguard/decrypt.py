@@ -1,0 +1,779 @@
+"""Follow WireGuard handshakes in a capture and decrypt what they protect.
+
+``python -m wireguard decrypt CAPTURE --keylog FILE`` (or ``--private-key``)
+reads a pcap or pcapng of WireGuard's UDP datagrams and prints one line per
+message; ``-w OUT.pcap`` writes the decrypted inner IP packets to a new
+capture, ``--trace`` prints each handshake step as the ``walkthrough`` command
+does.
+
+Which secrets open what is fixed by Noise_IKpsk2 (whitepaper 5.4.2-5.4.4), and
+this follows the same rules as Wireshark's dissector (``packet-wireguard.c``):
+
+================================  ============================================
+message                           opens with
+================================  ============================================
+initiation (static, timestamp)    the responder's static private key; or the
+                                  initiator's ephemeral and static private keys
+response, hence transport keys    the initiator's ephemeral and static private
+                                  keys; or the responder's ephemeral private
+                                  key once the initiation was opened
+transport data                    the transport keys of its handshake
+cookie reply                      nothing secret: the responder's public key
+                                  and the mac1 it answers
+================================  ============================================
+
+So the key log one endpoint writes (its static private key, the peer's static
+public key, each of its ephemeral private keys, the preshared key) opens every
+session it took part in, from either role.
+
+Every handshake computation is the core's own (:mod:`wireguard.noise` and
+:mod:`wireguard.handshake`): a passive observer holding one side's secrets
+*replays* that side. The responder's side is replayed by reading the initiation
+and writing the response again with the logged ephemeral key; the result must
+equal the captured response byte for byte, which authenticates it. The
+initiator's side is replayed by writing the initiation again; the one input
+the observer lacks, the timestamp, is recovered first because ChaCha20 is a
+stream cipher (the encryption of 12 zero bytes under the same key and nonce is
+the keystream), and the replayed message must again equal the captured one,
+tag included.
+
+:class:`CaptureDecryptor` is sans-I/O (datagrams in, :class:`Record` out); the
+command-line functions at the end own the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import os
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
+
+from .capture import (
+    SECRETS_TYPE_WIREGUARD,
+    Address,
+    KeyLog,
+    PcapReader,
+    PcapWriter,
+    extract_udp,
+    format_address,
+    ip_packet_length,
+    parse_ip,
+    parse_keylog,
+    read_keylog,
+)
+from .constants import KEY_LEN, MAC_LEN, TAG_LEN, TAI64N_LEN
+from .cookie import cookie_key, mac1_key
+from .crypto import DHPrivateKey, aead_decrypt, mac, tai64n_to_unix, xaead_decrypt
+from .errors import DecryptionError, WireGuardError
+from .handshake import consume_initiation
+from .keys import PresharedKey, PrivateKey
+from .messages import (
+    MAC1_OFFSET_INITIATION,
+    MAC1_OFFSET_RESPONSE,
+    CookieReply,
+    Initiation,
+    Response,
+    TransportData,
+    parse,
+)
+from .noise import Initiator, Responder, Trace
+
+__all__ = [
+    "CaptureDecryptor",
+    "KeyRing",
+    "Record",
+    "add_parser",
+    "decrypt_datagrams",
+    "describe_packet",
+    "main",
+]
+
+PROG = "python -m wireguard decrypt"
+
+# --- keys ------------------------------------------------------------------------
+
+
+class KeyRing:
+    """The secrets an observer holds, indexed the way the handshake looks
+    them up: static and ephemeral private keys by their public key, static
+    public keys for finding a message's receiver by its mac1, preshared keys
+    by the ephemeral key logged with them."""
+
+    def __init__(self) -> None:
+        self.static_private: dict[bytes, DHPrivateKey] = {}
+        self.ephemeral_private: dict[bytes, DHPrivateKey] = {}
+        self.psk_by_ephemeral: dict[bytes, list[bytes]] = {}
+        self.psks: list[bytes] = []
+        self._mac1_keys: dict[bytes, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._mac1_keys) + len(self.ephemeral_private) + len(self.psks)
+
+    def add_static_private(self, raw: bytes) -> None:
+        key = DHPrivateKey(raw)
+        self.static_private[key.public] = key
+        self.add_static_public(key.public)
+
+    def add_static_public(self, public: bytes) -> None:
+        if public not in self._mac1_keys:
+            self._mac1_keys[public] = mac1_key(public)
+
+    def add_ephemeral_private(self, raw: bytes) -> bytes:
+        key = DHPrivateKey(raw)
+        self.ephemeral_private[key.public] = key
+        return key.public
+
+    def add_psk(self, psk: bytes, ephemeral_public: bytes | None = None) -> None:
+        if ephemeral_public is None:
+            if psk not in self.psks:
+                self.psks.append(psk)
+        else:
+            self.psk_by_ephemeral.setdefault(ephemeral_public, []).append(psk)
+
+    def add_keylog(self, log: KeyLog) -> None:
+        for raw in log.static_private:
+            self.add_static_private(raw)
+        for raw in log.remote_static_public:
+            self.add_static_public(raw)
+        for raw in log.ephemeral_private:
+            self.add_ephemeral_private(raw)
+        for public, psks in log.psk_by_ephemeral.items():
+            for psk in psks:
+                self.add_psk(psk, public)
+        for psk in log.orphan_psks:
+            self.add_psk(psk)
+
+    def mac1_owner(self, message: bytes, mac1_offset: int) -> bytes | None:
+        """The static public key whose mac1 key authenticates *message*: the
+        receiver it was sent to (mac1 is keyed by the receiver's public key,
+        whitepaper 5.4.4), if that key is known."""
+        covered, tag = message[:mac1_offset], message[mac1_offset : mac1_offset + MAC_LEN]
+        for public, key in self._mac1_keys.items():
+            if mac(key, covered) == tag:
+                return public
+        return None
+
+    def psk_candidates(self, *ephemeral_publics: bytes | None) -> list[bytes]:
+        """Preshared keys to try, in Wireshark's order: those logged with the
+        initiator's ephemeral, then the responder's, then any given without an
+        ephemeral, then the all-zero key that means "none"."""
+        out: list[bytes] = []
+        for public in ephemeral_publics:
+            if public is not None:
+                out += self.psk_by_ephemeral.get(public, [])
+        out += self.psks
+        out.append(bytes(KEY_LEN))
+        return list(dict.fromkeys(out))
+
+
+# --- records -----------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """What one WireGuard datagram showed, with what the keys opened."""
+
+    frame: int
+    timestamp: float
+    src: Address
+    dst: Address
+    kind: str
+    """"initiation", "response", "cookie reply", "transport data" or "keepalive"."""
+    sender_index: int | None = None
+    receiver_index: int | None = None
+    counter: int | None = None
+    initiator_public: bytes | None = None
+    responder_public: bytes | None = None
+    tai64n: bytes | None = None
+    handshake_ok: bool | None = None
+    """For a response: True if the transport keys were derived, False if the
+    keys at hand did not open it, None if there were none to try."""
+    cookie: bytes | None = None
+    inner: bytes | None = None
+    """The decrypted inner IP packet with WireGuard's padding removed (empty
+    for a keepalive), None if the message was not decrypted."""
+    note: str = ""
+    traces: list[tuple[str, Trace]] = field(default_factory=list)
+
+    def describe(self, start: float = 0.0) -> str:
+        """One line: frame, time since *start*, addresses, message, contents."""
+        head = (
+            f"{self.frame:>4} {self.timestamp - start:10.6f} "
+            f"{format_address(self.src)} -> {format_address(self.dst)} {self.kind}"
+        )
+        parts: list[str] = []
+        if self.sender_index is not None:
+            parts.append(f"sender={self.sender_index:#010x}")
+        if self.receiver_index is not None:
+            parts.append(f"receiver={self.receiver_index:#010x}")
+        if self.counter is not None:
+            parts.append(f"counter={self.counter}")
+        if self.kind == "initiation":
+            if self.initiator_public is not None:
+                parts.append(f"initiator={_b64(self.initiator_public)}")
+            if self.tai64n is not None:
+                parts.append(f"timestamp={_format_tai64n(self.tai64n)}")
+        elif self.kind == "response" and self.handshake_ok:
+            parts.append("handshake ok, transport keys derived")
+        elif self.kind == "cookie reply" and self.cookie is not None:
+            parts.append(f"cookie={self.cookie.hex()}")
+        elif self.kind == "transport data" and self.inner is not None:
+            parts.append(describe_packet(self.inner))
+        if self.note:
+            parts.append(f"({self.note})")
+        return " ".join([head, *parts])
+
+
+def _b64(raw: bytes) -> str:
+    return PrivateKey(raw).to_base64()
+
+
+def _format_tai64n(stamp: bytes) -> str:
+    seconds = tai64n_to_unix(stamp)
+    try:
+        when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"TAI64N:{stamp.hex()}"
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# --- describing inner packets ------------------------------------------------------------
+
+_ICMP_NAMES = {
+    0: "echo reply",
+    3: "destination unreachable",
+    5: "redirect",
+    8: "echo request",
+    11: "time exceeded",
+    12: "parameter problem",
+}
+_ICMPV6_NAMES = {
+    1: "destination unreachable",
+    2: "packet too big",
+    3: "time exceeded",
+    4: "parameter problem",
+    128: "echo request",
+    129: "echo reply",
+    133: "router solicitation",
+    134: "router advertisement",
+    135: "neighbor solicitation",
+    136: "neighbor advertisement",
+}
+_TCP_FLAGS = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"))
+
+
+def describe_packet(packet: bytes) -> str:
+    """A one-line summary of an inner IP packet, in the spirit of tshark's
+    Info column: ``ICMP echo request 10.0.0.1 -> 10.0.0.2 id=1 seq=1``."""
+    if not packet:
+        return "keepalive"
+    ip = parse_ip(packet)
+    if ip is None:
+        return f"not an IP packet ({len(packet)} bytes)"
+    body = ip.payload
+    if ip.fragment:
+        return f"IPv{ip.version} fragment {ip.src} -> {ip.dst} proto={ip.protocol}"
+    if ip.protocol in (1, 58) and len(body) >= 4:
+        names = _ICMP_NAMES if ip.protocol == 1 else _ICMPV6_NAMES
+        label = "ICMP" if ip.protocol == 1 else "ICMPv6"
+        name = names.get(body[0], f"type {body[0]} code {body[1]}")
+        text = f"{label} {name} {ip.src} -> {ip.dst}"
+        if body[0] in (0, 8, 128, 129) and len(body) >= 8:
+            ident, seq = struct.unpack_from("!HH", body, 4)
+            text += f" id={ident} seq={seq}"
+        return text
+    if ip.protocol in (6, 17) and len(body) >= 8:
+        sport, dport = struct.unpack_from("!HH", body)
+        src, dst = format_address((ip.src, sport)), format_address((ip.dst, dport))
+        if ip.protocol == 17:
+            return f"UDP {src} -> {dst} len={len(body) - 8}"
+        if len(body) >= 20:
+            flags = body[13]
+            names = ", ".join(n for bit, n in _TCP_FLAGS if flags & bit)
+            data = len(body) - (body[12] >> 4) * 4
+            return f"TCP {src} -> {dst} [{names}] len={max(data, 0)}"
+    return f"IPv{ip.version} {ip.src} -> {ip.dst} proto={ip.protocol} len={len(body)}"
+
+
+# --- following handshakes ------------------------------------------------------------
+
+_H = TypeVar("_H", Initiator, Responder)
+
+
+def _fork(handshake: _H, psk: bytes, trace: Trace | None) -> _H:
+    """A copy of a handshake state that can be driven on without touching the
+    original, so each candidate preshared key starts from the same point."""
+    twin = copy.copy(handshake)
+    assert handshake.state is not None
+    twin.state = dataclasses.replace(handshake.state)
+    twin.psk = psk
+    twin.trace = trace
+    return twin
+
+
+def _replay_initiation(
+    static: DHPrivateKey,
+    responder_public: bytes,
+    ephemeral: DHPrivateKey,
+    message: Initiation,
+    trace: Trace | None,
+) -> tuple[Initiator, bytes] | None:
+    """Write the initiation again as its initiator did, from the initiator's
+    static and ephemeral private keys; return the initiator state and the
+    timestamp if the result is the captured message, byte for byte."""
+    body = message.noise_body
+    head = KEY_LEN + KEY_LEN + TAG_LEN  # ephemeral, then encrypted static
+    try:
+        probe = Initiator(static, responder_public).write_initiation(ephemeral, bytes(TAI64N_LEN))
+        if probe[:head] != body[:head]:
+            return None  # not this static key (or not this responder)
+        # Same key, nonce 0, same length: the ciphertext of zeros is the keystream.
+        stream = probe[head : head + TAI64N_LEN]
+        timestamp = bytes(a ^ b for a, b in zip(stream, body[head:], strict=False))
+        initiator = Initiator(static, responder_public, trace=trace)
+        if initiator.write_initiation(ephemeral, timestamp) != body:
+            return None
+    except WireGuardError:
+        return None
+    return initiator, timestamp
+
+
+@dataclass
+class _Pending:
+    """A handshake seen up to its initiation, waiting for the response."""
+
+    sender_index: int
+    ephemeral: bytes
+    initiator_public: bytes | None = None
+    responder_public: bytes | None = None
+    responder: Responder | None = None
+    initiator: Initiator | None = None
+
+
+@dataclass
+class _Keys:
+    key: bytes
+    initiator_public: bytes | None
+    responder_public: bytes | None
+
+
+class CaptureDecryptor:
+    """Datagrams in, :class:`Record` out: the handshakes it can follow with
+    the keys of its :class:`KeyRing`, and the transport data of those.
+
+    Sans-I/O, and the order of datagrams is the only state: feed them in
+    capture order. Keys may be added to the key ring between datagrams (a
+    pcapng carries its key log in blocks among the packets)."""
+
+    def __init__(self, keys: KeyRing, *, trace: bool = False) -> None:
+        self.keys = keys
+        self.trace = trace
+        self._pending: dict[int, list[_Pending]] = {}
+        self._sessions: dict[int, list[_Keys]] = {}
+        self._mac1_sent: dict[int, tuple[bytes, bytes]] = {}
+        self.stats = {"messages": 0, "handshakes": 0, "transport": 0, "decrypted": 0}
+
+    def feed(
+        self, frame: int, timestamp: float, src: Address, dst: Address, payload: bytes
+    ) -> Record | None:
+        """Process one UDP payload; None if it is not a WireGuard message.
+
+        A datagram counts as WireGuard when its type, reserved bytes and size
+        fit one of the four messages, as in Wireshark's heuristic."""
+        try:
+            message = parse(payload)
+        except WireGuardError:
+            return None
+        self.stats["messages"] += 1
+        record = Record(frame, timestamp, src, dst, "")
+        if isinstance(message, Initiation):
+            self._initiation(record, message, bytes(payload))
+        elif isinstance(message, Response):
+            self._response(record, message, bytes(payload))
+        elif isinstance(message, CookieReply):
+            self._cookie_reply(record, message)
+        else:
+            self._transport(record, message)
+        return record
+
+    def _new_trace(self, role: str) -> Trace | None:
+        return Trace(role) if self.trace else None
+
+    def _initiation(self, record: Record, msg: Initiation, data: bytes) -> None:
+        record.kind = "initiation"
+        record.sender_index = msg.sender_index
+        keys = self.keys
+        r_pub = keys.mac1_owner(data, MAC1_OFFSET_INITIATION)
+        record.responder_public = r_pub
+        if r_pub is not None:
+            self._mac1_sent[msg.sender_index] = (data[MAC1_OFFSET_INITIATION:][:MAC_LEN], r_pub)
+        pending = _Pending(msg.sender_index, msg.unencrypted_ephemeral, responder_public=r_pub)
+        # The responder's way: its static private key opens the message.
+        if r_pub is not None and r_pub in keys.static_private:
+            trace = self._new_trace("responder")
+            try:
+                consumed = consume_initiation(
+                    data, static_private=keys.static_private[r_pub], trace=trace
+                )
+            except WireGuardError as exc:
+                record.note = f"does not open with the responder's key: {exc}"
+            else:
+                pending.responder = consumed.responder
+                pending.initiator_public = consumed.initiator_static
+                record.tai64n = consumed.timestamp
+                if trace is not None:
+                    record.traces.append(("Responder consumes the handshake initiation", trace))
+        # The initiator's way: replay it from its ephemeral and static keys.
+        ephemeral = keys.ephemeral_private.get(msg.unencrypted_ephemeral)
+        if ephemeral is not None and r_pub is not None:
+            for public, static in keys.static_private.items():
+                if pending.initiator_public not in (None, public):
+                    continue
+                trace = None if record.traces else self._new_trace("initiator")
+                replayed = _replay_initiation(static, r_pub, ephemeral, msg, trace)
+                if replayed is not None:
+                    pending.initiator, record.tai64n = replayed
+                    pending.initiator_public = public
+                    record.note = ""
+                    if trace is not None:
+                        record.traces.append(
+                            ("Initiator creates the handshake initiation (replayed)", trace)
+                        )
+                    break
+        record.initiator_public = pending.initiator_public
+        if pending.responder is None and pending.initiator is None and not record.note:
+            record.note = _initiation_hint(r_pub, ephemeral is not None)
+        self._pending.setdefault(msg.sender_index, []).append(pending)
+
+    def _response(self, record: Record, msg: Response, data: bytes) -> None:
+        record.kind = "response"
+        record.sender_index = msg.sender_index
+        record.receiver_index = msg.receiver_index
+        i_pub = self.keys.mac1_owner(data, MAC1_OFFSET_RESPONSE)
+        if i_pub is not None:
+            self._mac1_sent[msg.sender_index] = (data[MAC1_OFFSET_RESPONSE:][:MAC_LEN], i_pub)
+        candidates = self._pending.get(msg.receiver_index, [])
+        if not candidates:
+            record.note = "no initiation with this index in the capture"
+            return
+        tried = False
+        for pending in reversed(candidates):
+            found, attempted = self._open_response(record, msg, pending)
+            tried = tried or attempted
+            if found is None:
+                continue
+            send_i, recv_i = found
+            # Messages to the responder carry its index; to the initiator, theirs.
+            who = (pending.initiator_public, pending.responder_public)
+            self._sessions.setdefault(msg.sender_index, []).append(_Keys(send_i, *who))
+            self._sessions.setdefault(pending.sender_index, []).append(_Keys(recv_i, *who))
+            candidates.remove(pending)
+            record.initiator_public, record.responder_public = who
+            record.handshake_ok = True
+            self.stats["handshakes"] += 1
+            return
+        record.handshake_ok = False if tried else None
+        record.note = (
+            "does not open with the keys given"
+            if tried
+            else "needs the initiator's static and ephemeral private keys, "
+            "or the responder's ephemeral private key"
+        )
+
+    def _open_response(
+        self, record: Record, msg: Response, pending: _Pending
+    ) -> tuple[tuple[bytes, bytes] | None, bool]:
+        """((initiator's sending key, its receiving key) or None, whether any
+        key could be tried)."""
+        psks = self.keys.psk_candidates(pending.ephemeral, msg.unencrypted_ephemeral)
+        tried = False
+        if pending.initiator is not None:
+            tried = True
+            for psk in psks:
+                trace = self._new_trace("initiator")
+                twin = _fork(pending.initiator, psk, trace)
+                try:
+                    twin.read_response(msg.noise_body)
+                except WireGuardError:
+                    continue
+                assert twin.transport_keys is not None
+                if trace is not None:
+                    record.traces.append(("Initiator consumes the handshake response", trace))
+                return (twin.transport_keys.sending_key, twin.transport_keys.receiving_key), True
+        ephemeral = self.keys.ephemeral_private.get(msg.unencrypted_ephemeral)
+        if pending.responder is not None and ephemeral is not None:
+            tried = True
+            for psk in psks:
+                trace = self._new_trace("responder")
+                twin = _fork(pending.responder, psk, trace)
+                try:
+                    replayed = twin.write_response(ephemeral, b"", psk=psk)
+                except WireGuardError:
+                    continue
+                if replayed != msg.noise_body:
+                    continue
+                assert twin.transport_keys is not None
+                if trace is not None:
+                    record.traces.append(
+                        ("Responder creates the handshake response (replayed)", trace)
+                    )
+                keys = twin.transport_keys
+                return (keys.receiving_key, keys.sending_key), True
+        return None, tried
+
+    def _cookie_reply(self, record: Record, msg: CookieReply) -> None:
+        # The cookie is encrypted under HASH("cookie--" || responder's public
+        # key) with the answered message's mac1 as associated data (5.4.7):
+        # nothing secret, only what an observer of that message saw.
+        record.kind = "cookie reply"
+        record.receiver_index = msg.receiver_index
+        sent = self._mac1_sent.get(msg.receiver_index)
+        if sent is None:
+            record.note = "the message it answers is not in the capture, or its receiver unknown"
+            return
+        mac1, public = sent
+        try:
+            record.cookie = xaead_decrypt(cookie_key(public), msg.nonce, msg.encrypted_cookie, mac1)
+        except DecryptionError:
+            record.note = "cookie does not open"
+
+    def _transport(self, record: Record, msg: TransportData) -> None:
+        record.kind = "transport data"
+        record.receiver_index = msg.receiver_index
+        record.counter = msg.counter
+        self.stats["transport"] += 1
+        if len(msg.encrypted_packet) == TAG_LEN:
+            record.kind = "keepalive"
+        sessions = self._sessions.get(msg.receiver_index)
+        if not sessions:
+            record.note = "no transport keys for this receiver"
+            return
+        for session in reversed(sessions):
+            try:
+                # Nonce: 32 zero bits || 64-bit little-endian counter; no
+                # associated data (whitepaper 5.4.6).
+                plain = aead_decrypt(session.key, msg.counter, msg.encrypted_packet, b"")
+            except DecryptionError:
+                continue
+            self.stats["decrypted"] += 1
+            length = ip_packet_length(plain)
+            record.inner = plain[:length] if length is not None and length <= len(plain) else plain
+            return
+        record.note = "does not decrypt with this receiver's transport keys"
+
+
+def _initiation_hint(responder_public: bytes | None, have_ephemeral: bool) -> str:
+    if responder_public is None:
+        return "receiver's static key unknown (no key matches mac1)"
+    if have_ephemeral:
+        return "needs the initiator's static private key with its ephemeral"
+    return "needs the responder's static private key, or the initiator's ephemeral private key"
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+class _UsageError(Exception):
+    """A bad argument or input file: one line on stderr, exit status 1."""
+
+
+def _key_argument(text: str, what: str) -> bytes:
+    """A key given as base64 or as the path of a file holding it, as ``wg``
+    takes private keys from files: a key on a command line is visible to
+    every user through ``ps``."""
+    source = text
+    if os.path.isfile(text):
+        try:
+            with open(text, encoding="ascii", errors="replace") as f:
+                source = f.read(4096)
+        except OSError as exc:
+            raise _UsageError(f"{what} {text}: {exc.strerror}") from None
+    try:
+        return PresharedKey.from_base64(source).raw
+    except WireGuardError as exc:
+        raise _UsageError(f"{what}: {exc}") from None
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("capture", metavar="CAPTURE", help="pcap or pcapng file of UDP traffic")
+    parser.add_argument(
+        "--keylog",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="key log (Wireshark's wg.keylog_file format); may be repeated",
+    )
+    parser.add_argument(
+        "--private-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="a static private key, base64 or a file holding it; may be repeated",
+    )
+    parser.add_argument(
+        "--psk",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="a preshared key to try, base64 or a file holding it; may be repeated",
+    )
+    parser.add_argument(
+        "-w", "--write", metavar="OUT", help="write the decrypted inner IP packets to this pcap"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="print every handshake step, as walkthrough does"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        default=[],
+        help="only UDP datagrams from or to this port (default: any WireGuard-shaped datagram)",
+    )
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``decrypt`` on the ``python -m wireguard`` sub-command set
+    (the result of ``parser.add_subparsers()``); it sets ``func`` to a
+    function of the parsed arguments that returns the exit status."""
+    parser = subparsers.add_parser(
+        "decrypt",
+        help="follow the handshakes in a capture and decrypt its transport data",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Follow the WireGuard handshakes in a capture and decrypt them."
+    )
+    _add_arguments(parser)
+    return parser
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _load_keys(args: argparse.Namespace) -> KeyRing:
+    keys = KeyRing()
+    for path in args.keylog:
+        try:
+            log = read_keylog(path)
+        except OSError as exc:
+            raise _UsageError(f"--keylog {path}: {exc.strerror}") from None
+        if not len(log):
+            raise _UsageError(f"--keylog {path}: no WireGuard keys in it")
+        keys.add_keylog(log)
+    for text in args.private_key:
+        keys.add_static_private(_key_argument(text, "--private-key"))
+    for text in args.psk:
+        keys.add_psk(_key_argument(text, "--psk"))
+    return keys
+
+
+def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
+    keys = _load_keys(args)
+    decryptor = CaptureDecryptor(keys, trace=args.trace)
+    ports = set(args.port)
+    writer: PcapWriter | None = None
+    secrets_seen = 0
+    start: float | None = None
+    try:
+        reader = PcapReader(args.capture)
+    except OSError as exc:
+        raise _UsageError(f"{args.capture}: {exc.strerror}") from None
+    with reader:
+        try:
+            if args.write:
+                writer = PcapWriter(args.write)
+            for timestamp, packet in reader:
+                # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
+                # come before the packets they open.
+                while secrets_seen < len(reader.secrets):
+                    kind, data = reader.secrets[secrets_seen]
+                    secrets_seen += 1
+                    if kind == SECRETS_TYPE_WIREGUARD:
+                        text = data.decode("ascii", "replace")
+                        keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
+                udp = extract_udp(packet)
+                if udp is None:
+                    continue
+                src, dst, payload = udp
+                if ports and src[1] not in ports and dst[1] not in ports:
+                    continue
+                record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
+                if record is None:
+                    continue
+                if start is None:
+                    start = timestamp
+                print(record.describe(start), file=out)
+                for title, trace in record.traces:
+                    print(f"     == {title} ==", file=out)
+                    print(_indent(trace.format(), "     "), file=out)
+                if writer is not None and record.inner:
+                    writer.write_ip(timestamp, record.inner)
+        except OSError as exc:
+            raise _UsageError(f"{exc.filename or args.write}: {exc.strerror}") from None
+        finally:
+            if writer is not None:
+                writer.close()
+    s = decryptor.stats
+    print(
+        f"{_plural(s['messages'], 'WireGuard message')}, "
+        f"{_plural(s['handshakes'], 'handshake')} followed, "
+        f"{s['decrypted']} of {_plural(s['transport'], 'transport data message')} decrypted",
+        file=out,
+    )
+    return 0
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def run(args: argparse.Namespace, *, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Run ``decrypt`` on parsed arguments; bad input is one line on *err*
+    and exit status 1."""
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        return _decrypt(args, out)
+    except (_UsageError, WireGuardError) as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m wireguard decrypt ...`` as a function: the exit status."""
+    return run(build_parser().parse_args(argv))
+
+
+def decrypt_datagrams(
+    keys: KeyRing,
+    datagrams: Iterable[tuple[float, Address, Address, bytes]],
+    *,
+    trace: bool = False,
+) -> list[Record]:
+    """Decrypt a sequence of ``(timestamp, src, dst, payload)`` datagrams in
+    memory (frames numbered from 1): the library form of the command."""
+    decryptor = CaptureDecryptor(keys, trace=trace)
+    records = []
+    for number, (timestamp, src, dst, payload) in enumerate(datagrams, 1):
+        record = decryptor.feed(number, timestamp, src, dst, payload)
+        if record is not None:
+            records.append(record)
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(main())
