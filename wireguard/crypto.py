@@ -48,6 +48,23 @@ _ZERO_NONCE_PREFIX = b"\x00\x00\x00\x00"
 _pack_counter = struct.Struct("<Q").pack
 
 
+def seeded_random(seed: bytes) -> RandomSource:
+    """A deterministic random source (BLAKE2s in counter mode) for
+    reproducible walkthroughs, tests and simulations. Never for real keys."""
+    counter = 0
+    buffer = b""
+
+    def draw(n: int) -> bytes:
+        nonlocal counter, buffer
+        while len(buffer) < n:
+            buffer += _blake2s(counter.to_bytes(8, "little"), key=_blake2s(seed).digest()).digest()
+            counter += 1
+        out, buffer = buffer[:n], buffer[n:]
+        return out
+
+    return draw
+
+
 # --- Diffie-Hellman ---------------------------------------------------------
 
 

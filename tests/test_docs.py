@@ -1,0 +1,19 @@
+"""The documentation shows real output: check it still is."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from wireguard.crypto import seeded_random
+from wireguard.walkthrough import format_walkthrough, run
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_walkthrough_page_is_the_commands_output():
+    text = (DOCS / "walkthrough.md").read_text()
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M)
+    shown = next(b for b in blocks if b.startswith("WireGuard handshake walkthrough"))
+    expected = format_walkthrough(run(now=1_700_000_000.0, random=seeded_random(b"docs")))
+    assert shown.rstrip("\n") == expected
