@@ -1,0 +1,282 @@
+"""The asyncio binding: two StackDrivers joined in-process, real StreamReader/StreamWriter."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from wireguard.netstack import NetStack, TcpConfig
+from wireguard.netstack.aio import StackDriver
+
+
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
+    async def main() -> None:
+        async with asyncio.timeout(timeout):
+            await coro_fn()
+
+    asyncio.run(main())
+
+
+def pair(
+    family: int = 4,
+    *,
+    drop: Callable[[bytes], bool] | None = None,
+    **tcp: object,
+) -> tuple[StackDriver, StackDriver]:
+    """Two drivers whose tunnels are joined by the event loop (one packet per callback)."""
+    addrs = ("10.0.0.1", "10.0.0.2") if family == 4 else ("fd00::1", "fd00::2")
+    cfg = TcpConfig(**tcp)  # type: ignore[arg-type]
+    a = NetStack([addrs[0]], tcp_config=cfg)
+    b = NetStack([addrs[1]], tcp_config=cfg)
+    loop = asyncio.get_running_loop()
+    drivers: list[StackDriver] = []
+
+    def link(i: int) -> Callable[[bytes], None]:
+        def send(packet: bytes) -> None:
+            if drop is not None and drop(packet):
+                return
+            loop.call_soon(drivers[1 - i].deliver_ip, packet)
+
+        return send
+
+    drivers.append(StackDriver(a, link(0)))
+    drivers.append(StackDriver(b, link(1)))
+    return drivers[0], drivers[1]
+
+
+async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write_eof()
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_echo_one_megabyte_sha256(family: int) -> None:
+    async def main() -> None:
+        da, db = pair(family)
+        server_addr = "10.0.0.2" if family == 4 else "fd00::2"
+        server = await db.start_server(echo_handler, server_addr, 7)
+        reader, writer = await da.open_connection(server_addr, 7)
+        assert writer.get_extra_info("peername") == (server_addr, 7)
+        data = os.urandom(1 << 20)
+
+        async def send_all() -> None:
+            view = memoryview(data)
+            for i in range(0, len(data), 100_000):
+                writer.write(view[i : i + 100_000])
+                await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.create_task(send_all())
+        echoed = await reader.read()  # until EOF
+        await sender
+        assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(data).hexdigest()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        da.close()
+        db.close()
+
+    run(main)
+
+
+def test_many_concurrent_echo_clients() -> None:
+    async def main() -> None:
+        da, db = pair()
+        await db.start_server(echo_handler, "10.0.0.2", 7)
+
+        async def client(n: int) -> None:
+            reader, writer = await da.open_connection("10.0.0.2", 7)
+            payload = random.Random(n).randbytes(20_000 + n)
+            writer.write(payload)
+            writer.write_eof()
+            assert await reader.read() == payload
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.gather(*(client(n) for n in range(25)))
+
+    run(main)
+
+
+def test_connection_refused() -> None:
+    async def main() -> None:
+        da, _db = pair()
+        with pytest.raises(ConnectionRefusedError):
+            await da.open_connection("10.0.0.2", 9)
+
+    run(main)
+
+
+def test_half_close_request_response() -> None:
+    async def main() -> None:
+        da, db = pair()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.read()  # EOF: the client is done sending
+            writer.write(b"got " + str(len(request)).encode())
+            writer.close()
+
+        await db.start_server(handler, "10.0.0.2", 80)
+        reader, writer = await da.open_connection("10.0.0.2", 80)
+        writer.write(b"x" * 5000)
+        writer.write_eof()
+        assert writer.can_write_eof()
+        with pytest.raises(RuntimeError):
+            writer.write(b"more")
+        assert await reader.read() == b"got 5000"
+        assert reader.at_eof()
+        writer.close()
+
+    run(main)
+
+
+def test_backpressure_reader_pause_closes_window_and_drain_waits() -> None:
+    """A server that does not read makes the client's drain() wait: the StreamReader
+    pauses the transport, the TCP receive buffer fills, the window closes, the
+    client's send buffer fills, and finally its transport buffer passes the high
+    water mark. Reading again lets everything through."""
+
+    async def main() -> None:
+        da, db = pair(send_buffer=64 * 1024, receive_buffer=64 * 1024)
+        release = asyncio.Event()
+        received = bytearray()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await release.wait()
+            while data := await reader.read(65536):
+                received.extend(data)
+            writer.close()
+
+        await db.start_server(handler, "10.0.0.2", 80, limit=16 * 1024)
+        _reader, writer = await da.open_connection("10.0.0.2", 80)
+        data = os.urandom(2 << 20)
+        writer.write(data)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(writer.drain(), 0.5)
+        stalled = writer.transport.get_write_buffer_size()
+        # Only buffers' worth is in flight: the rest waits in our transport.
+        assert stalled > len(data) - 4 * 64 * 1024
+        release.set()
+        await writer.drain()
+        writer.write_eof()
+        while len(received) < len(data):
+            await asyncio.sleep(0.01)
+        assert bytes(received) == data
+        writer.close()
+
+    run(main)
+
+
+def test_retransmission_timer_runs_on_the_loop() -> None:
+    """The first data packet is dropped; the RTO timer (armed with call_at) resends it."""
+    dropped: list[bytes] = []
+
+    def drop(packet: bytes) -> bool:
+        # Drop the first packet with 1000+ bytes (a data segment), once.
+        if len(packet) > 1000 and not dropped:
+            dropped.append(packet)
+            return True
+        return False
+
+    async def main() -> None:
+        da, db = pair(drop=drop, min_rto=0.05, initial_rto=0.2)
+        await db.start_server(echo_handler, "10.0.0.2", 7)
+        reader, writer = await da.open_connection("10.0.0.2", 7)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        writer.write(b"a" * 1200)
+        writer.write_eof()
+        assert await reader.read() == b"a" * 1200
+        assert dropped
+        assert loop.time() - start >= 0.05  # recovered by a timer, not instantly
+        conn = writer.get_extra_info("tcp_connection")
+        assert conn.retransmits >= 1
+
+    run(main)
+
+
+def test_udp_datagram_endpoint() -> None:
+    async def main() -> None:
+        da, db = pair()
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[tuple[bytes, tuple[str, int]]] = loop.create_future()
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                self.transport.sendto(data.upper(), addr)  # type: ignore[attr-defined]
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got.set_result((data, addr))
+
+        await db.create_datagram_endpoint(Echo, local_addr=("10.0.0.2", 5353))
+        transport, _ = await da.create_datagram_endpoint(Client, remote_addr=("10.0.0.2", 5353))
+        transport.sendto(b"hello")
+        assert await got == (b"HELLO", ("10.0.0.2", 5353))
+        transport.close()
+
+    run(main)
+
+
+def test_ping() -> None:
+    async def main() -> None:
+        da, _db = pair(6)
+        rtt = await da.ping("fd00::2", data=b"x" * 56)
+        assert 0 <= rtt < 1.0
+        with pytest.raises(TimeoutError):
+            await da.ping("fd00::99", timeout=0.1)  # nobody there
+
+    run(main)
+
+
+def test_abort_resets_peer() -> None:
+    async def main() -> None:
+        da, db = pair()
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[BaseException | bytes] = loop.create_future()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                outcome.set_result(await reader.read())
+            except ConnectionResetError as exc:
+                outcome.set_result(exc)
+
+        await db.start_server(handler, "10.0.0.2", 80)
+        _reader, writer = await da.open_connection("10.0.0.2", 80)
+        writer.write(b"partial")
+        await asyncio.sleep(0.01)
+        writer.transport.abort()
+        assert isinstance(await outcome, ConnectionResetError)
+
+    run(main)
+
+
+def test_idle_driver_arms_no_timer() -> None:
+    async def main() -> None:
+        da, db = pair(msl=0.05)
+        await db.start_server(echo_handler, "10.0.0.2", 7)
+        reader, writer = await da.open_connection("10.0.0.2", 7)
+        writer.write(b"hi")
+        writer.write_eof()
+        assert await reader.read() == b"hi"
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.3)  # TIME-WAIT (2*MSL = 0.1 s) runs out
+        assert da.stack.tcp_connections == [] and db.stack.tcp_connections == []
+        assert da._timer is None and db._timer is None  # nothing left to wake up for
+
+    run(main)

@@ -1,0 +1,299 @@
+"""IP parsing and building, checksums, UDP and ICMP echo."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wireguard.errors import LocalProtocolError, RemoteProtocolError
+from wireguard.netstack import EchoReplyReceived, MalformedPacketError, NetStack, UdpReadable
+from wireguard.netstack.icmp import (
+    ICMP_DEST_UNREACHABLE,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMPV6_DEST_UNREACHABLE,
+    ICMPV6_ECHO_REPLY,
+    build_echo,
+    build_icmp,
+    parse_icmp,
+)
+from wireguard.netstack.ip import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    build_ipv4,
+    build_ipv6,
+    checksum,
+    parse_ip,
+    pseudo_header_sum,
+    verify_checksum,
+)
+from wireguard.netstack.tcp import SYN, build_segment
+from wireguard.netstack.udp import build_udp, parse_udp
+
+A4 = ipaddress.ip_address("10.0.0.1").packed
+B4 = ipaddress.ip_address("10.0.0.2").packed
+A6 = ipaddress.ip_address("fd00::1").packed
+B6 = ipaddress.ip_address("fd00::2").packed
+
+
+def naive_checksum(data: bytes, initial: int = 0) -> int:
+    """RFC 1071 section 4.1, word by word, as the obviously-correct model."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = initial
+    for i in range(0, len(data), 2):
+        total += (data[i] << 8) | data[i + 1]
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@given(st.binary(max_size=2000), st.integers(0, 0x3FFFF))
+def test_checksum_matches_rfc1071_model(data: bytes, initial: int) -> None:
+    ours = checksum(data, initial)
+    model = naive_checksum(data, initial)
+    # 0x0000 and 0xFFFF are the same number in ones' complement; we send 0xFFFF.
+    assert ours == (model or 0xFFFF)
+    # Inserting the checksum makes the data verify.
+    padded = data + b"\x00" * (len(data) % 2)
+    assert verify_checksum(padded + ours.to_bytes(2, "big"), initial)
+
+
+def test_ipv4_header_checksum_known_value() -> None:
+    # The classic example header from RFC 1071 discussions (checksum 0xB861).
+    header = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
+    assert naive_checksum(header) == 0xB861
+    assert checksum(header) == 0xB861
+
+
+def test_ipv4_roundtrip() -> None:
+    packet = build_ipv4(A4, B4, IPPROTO_UDP, b"payload")
+    assert naive_checksum(packet[:20]) == 0  # header verifies
+    pkt = parse_ip(packet + b"\x00\x00")  # trailing link padding is ignored
+    assert (pkt.version, pkt.src, pkt.dst, pkt.proto, pkt.payload) == (
+        4,
+        A4,
+        B4,
+        IPPROTO_UDP,
+        b"payload",
+    )
+    assert packet[6] & 0x40  # DF: we never fragment
+
+
+def test_ipv6_roundtrip_and_extension_headers() -> None:
+    packet = build_ipv6(A6, B6, IPPROTO_UDP, b"payload")
+    pkt = parse_ip(packet)
+    assert (pkt.version, pkt.src, pkt.dst, pkt.proto, pkt.payload) == (
+        6,
+        A6,
+        B6,
+        IPPROTO_UDP,
+        b"payload",
+    )
+    # A hop-by-hop options header (next header 0) in front of UDP is skipped.
+    hbh = bytes((IPPROTO_UDP, 0)) + b"\x01\x04\x00\x00\x00\x00"
+    packet = build_ipv6(A6, B6, 0, hbh + b"payload")
+    pkt = parse_ip(packet)
+    assert pkt.proto == IPPROTO_UDP and pkt.payload == b"payload"
+
+
+def _v4(**changes: int) -> bytearray:
+    packet = bytearray(build_ipv4(A4, B4, IPPROTO_UDP, b"x" * 12))
+    for offset, value in changes.items():
+        packet[int(offset[1:])] = value
+    return packet
+
+
+def _fix_v4_checksum(packet: bytearray) -> bytes:
+    packet[10:12] = b"\x00\x00"
+    ihl = (packet[0] & 0xF) * 4
+    packet[10:12] = checksum(bytes(packet[:ihl])).to_bytes(2, "big")
+    return bytes(packet)
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x45",
+        bytes(19),
+        b"\x75" + bytes(30),  # version 7
+        _fix_v4_checksum(_v4(b0=0x44)),  # IHL 4
+        _fix_v4_checksum(_v4(b3=200)),  # total length beyond the data
+        bytes(_v4(b12=11)),  # header checksum wrong
+        _fix_v4_checksum(_v4(b6=0x20)),  # MF: a fragment
+        _fix_v4_checksum(_v4(b7=0x10)),  # fragment offset
+        build_ipv6(A6, B6, IPPROTO_UDP, b"x")[:39],
+        build_ipv6(A6, B6, IPPROTO_UDP, b"xyz")[:42],  # payload length beyond the data
+        build_ipv6(A6, B6, 44, bytes((IPPROTO_UDP, 0, 0, 1)) + bytes(12)),  # fragment
+        build_ipv6(A6, B6, 0, bytes((IPPROTO_UDP, 5)) + bytes(6)),  # ext header overrun
+    ],
+)
+def test_malformed_ip_is_rejected_with_project_error(packet: bytes) -> None:
+    with pytest.raises(MalformedPacketError) as info:
+        parse_ip(packet)
+    assert isinstance(info.value, RemoteProtocolError)
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack.receive_packet(packet, 0.0)  # never raises: counted and dropped
+    assert stack.stats.malformed + stack.stats.not_for_us == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_never_escapes_as_another_exception(data: bytes) -> None:
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack.tcp_listen(80)
+    stack.udp_bind(53)
+    stack.receive_packet(data, 0.0)
+    for version in (0x45, 0x60):
+        stack.receive_packet(bytes((version,)) + data, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 59), st.integers(1, 255))
+def test_any_corrupted_byte_of_a_tcp_packet_is_caught(index: int, xor: int) -> None:
+    stack = NetStack(["10.0.0.2"])
+    stack.tcp_listen(80)
+    packet = bytearray(build_segment(A4, B4, 1234, 80, 99, 0, SYN, 1000, b"0123456789abcdefghij"))
+    packet[index] ^= xor
+    stack.receive_packet(bytes(packet), 0.0)
+    assert stack.stats.malformed + stack.stats.not_for_us + stack.stats.unknown_protocol == 1
+
+
+def test_packets_for_other_addresses_are_dropped() -> None:
+    stack = NetStack(["10.0.0.2/32"])
+    stack.receive_packet(build_segment(A4, A4, 1, 80, 0, 0, SYN, 100), 0.0)
+    assert stack.stats.not_for_us == 1
+    assert stack.packets_to_send() == []
+
+
+def test_addresses_in_wg_quick_form_and_mtu_limits() -> None:
+    s = NetStack(["10.0.0.2/24", "fd00::2/64"], mtu=1280)
+    assert s.addresses == (B4, B6)
+    with pytest.raises(ValueError):
+        NetStack(["fd00::2"], mtu=1000)
+    with pytest.raises(ValueError):
+        NetStack([])
+
+
+# --------------------------------------------------------------------- UDP
+
+
+def test_udp_receive_and_send() -> None:
+    stack = NetStack(["10.0.0.2"])
+    sock = stack.udp_bind(53)
+    assert sock.local_address == ("", 53)
+    stack.receive_packet(build_udp(A4, B4, 5000, 53, b"query"), 1.0)
+    assert stack.next_event() == UdpReadable(sock)
+    stack.receive_packet(build_udp(A4, B4, 5000, 53, b"again"), 1.0)
+    assert stack.next_event() is None  # edge triggered
+    assert sock.recvfrom() == (b"query", ("10.0.0.1", 5000))
+    assert sock.recvfrom() == (b"again", ("10.0.0.1", 5000))
+    assert sock.recvfrom() is None
+    assert sock.sendto(b"answer", ("10.0.0.1", 5000)) == 6
+    (out,) = stack.packets_to_send()
+    pkt = parse_ip(out)
+    assert (pkt.src, pkt.dst) == (B4, A4)
+    assert parse_udp(pkt) == (53, 5000, b"answer")
+
+
+def test_udp_ipv6_and_ephemeral_port() -> None:
+    stack = NetStack(["fd00::2"])
+    sock = stack.udp_bind()
+    assert 49152 <= sock.port <= 65535
+    sock.sendto(b"hi", ("fd00::1", 9))
+    pkt = parse_ip(stack.packets_to_send()[0])
+    assert pkt.version == 6 and parse_udp(pkt)[2] == b"hi"
+
+
+def test_udp_checksum_rules() -> None:
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    sock = stack.udp_bind(53)
+    # IPv4: zero means "no checksum" (RFC 768).
+    no_csum = struct.pack("!HHHH", 1, 53, 10, 0) + b"ok"
+    stack.receive_packet(build_ipv4(A4, B4, IPPROTO_UDP, no_csum), 0.0)
+    assert sock.recvfrom() == (b"ok", ("10.0.0.1", 1))
+    # IPv6: zero is invalid (RFC 8200 8.1).
+    stack.receive_packet(build_ipv6(A6, B6, IPPROTO_UDP, no_csum), 0.0)
+    assert sock.recvfrom() is None and stack.stats.malformed == 1
+    bad = bytearray(build_udp(A4, B4, 1, 53, b"data"))
+    bad[-1] ^= 0xFF
+    stack.receive_packet(bytes(bad), 0.0)
+    assert stack.stats.malformed == 2
+
+
+def test_udp_to_closed_port_gets_port_unreachable() -> None:
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    original = build_udp(A4, B4, 5000, 99, b"hello")
+    stack.receive_packet(original, 0.0)
+    original6 = build_udp(A6, B6, 5000, 99, b"hello")
+    stack.receive_packet(original6, 0.0)
+    v4, v6 = (parse_ip(p) for p in stack.packets_to_send())
+    m4, m6 = parse_icmp(v4), parse_icmp(v6)
+    assert (m4.type, m4.code) == (ICMP_DEST_UNREACHABLE, 3)
+    assert m4.body == original  # the invoking packet is quoted (RFC 1122 3.2.2.1)
+    assert (m6.type, m6.code) == (ICMPV6_DEST_UNREACHABLE, 4)
+    assert m6.body == original6
+
+
+def test_udp_limits() -> None:
+    stack = NetStack(["10.0.0.2"], mtu=1420, udp_queue_limit=2)
+    sock = stack.udp_bind(53)
+    with pytest.raises(LocalProtocolError):
+        sock.sendto(bytes(1420 - 28 + 1), ("10.0.0.1", 1))
+    sock.sendto(bytes(1420 - 28), ("10.0.0.1", 1))
+    with pytest.raises(LocalProtocolError):
+        stack.udp_bind(53)
+    for _ in range(3):
+        stack.receive_packet(build_udp(A4, B4, 1, 53, b"x"), 0.0)
+    assert sock.pending == 2 and sock.dropped == 1
+    sock.close()
+    stack.udp_bind(53)  # the port is free again
+
+
+# -------------------------------------------------------------------- ICMP
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_echo_request_is_answered(family: int) -> None:
+    a, b = (A4, B4) if family == 4 else (A6, B6)
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack.receive_packet(build_echo(a, b, 0x1234, 7, b"ping data", reply=False), 0.0)
+    (out,) = stack.packets_to_send()
+    pkt = parse_ip(out)
+    msg = parse_icmp(pkt)
+    assert (pkt.src, pkt.dst) == (b, a)
+    assert msg.type == (ICMP_ECHO_REPLY if family == 4 else ICMPV6_ECHO_REPLY)
+    assert (msg.ident, msg.seq, msg.body) == (0x1234, 7, b"ping data")
+    assert stack.stats.icmp_echo_answered == 1
+
+
+def test_ping_from_the_application() -> None:
+    stack = NetStack(["10.0.0.2"])
+    stack.ping("10.0.0.1", 42, 1, b"abc")
+    request = parse_ip(stack.packets_to_send()[0])
+    msg = parse_icmp(request)
+    assert (msg.type, msg.ident, msg.seq, msg.body) == (ICMP_ECHO_REQUEST, 42, 1, b"abc")
+    stack.receive_packet(build_echo(A4, B4, 42, 1, b"abc", reply=True), 3.5)
+    assert stack.next_event() == EchoReplyReceived("10.0.0.1", 42, 1, b"abc", 3.5)
+
+
+def test_icmp_bad_checksum_and_other_types_are_dropped() -> None:
+    stack = NetStack(["10.0.0.2", "fd00::2"])
+    bad = bytearray(build_echo(A4, B4, 1, 1, b"x", reply=False))
+    bad[-1] ^= 1
+    stack.receive_packet(bytes(bad), 0.0)
+    assert stack.stats.malformed == 1
+    # An ICMPv6 router advertisement (134): no link layer here, ignored.
+    stack.receive_packet(build_icmp(A6, B6, 134, 0, bytes(4), bytes(8)), 0.0)
+    assert stack.packets_to_send() == []
+
+
+def test_pseudo_header_sum_is_family_independent_in_form() -> None:
+    # Both pseudo-headers reduce to: addresses + protocol + length (RFC 9293 3.1, RFC 8200 8.1).
+    v6 = A6 + B6 + (20).to_bytes(4, "big") + bytes(3) + bytes((IPPROTO_TCP,))
+    assert int.from_bytes(v6, "big") % 0xFFFF == pseudo_header_sum(A6, B6, IPPROTO_TCP, 20) % 0xFFFF

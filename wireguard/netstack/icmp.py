@@ -1,0 +1,147 @@
+"""ICMP (RFC 792) and ICMPv6 (RFC 4443): echo both ways, and "port unreachable".
+
+Only what a host behind a tunnel needs: answer pings to our own addresses, let
+the application ping through the tunnel, and report a closed UDP port. There is
+no link layer under WireGuard, so no ARP and no Neighbor Discovery: every other
+ICMPv6 message (router advertisements, MLD, NDP) is dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from .ip import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPacket,
+    MalformedPacketError,
+    build_ipv4,
+    build_ipv6,
+    checksum,
+    pseudo_header_sum,
+    verify_checksum,
+)
+
+__all__ = [
+    "ICMPV6_DEST_UNREACHABLE",
+    "ICMPV6_ECHO_REPLY",
+    "ICMPV6_ECHO_REQUEST",
+    "ICMP_DEST_UNREACHABLE",
+    "ICMP_ECHO_REPLY",
+    "ICMP_ECHO_REQUEST",
+    "IcmpMessage",
+    "build_echo",
+    "build_icmp",
+    "build_port_unreachable",
+    "echo_reply_for",
+    "parse_icmp",
+]
+
+ICMP_ECHO_REPLY: Final = 0
+ICMP_DEST_UNREACHABLE: Final = 3
+ICMP_PORT_UNREACHABLE: Final = 3  # code
+ICMP_ECHO_REQUEST: Final = 8
+
+ICMPV6_DEST_UNREACHABLE: Final = 1
+ICMPV6_PORT_UNREACHABLE: Final = 4  # code
+ICMPV6_ECHO_REQUEST: Final = 128
+ICMPV6_ECHO_REPLY: Final = 129
+
+_HDR = struct.Struct("!BBHHH")
+
+# RFC 4443 section 2.4 (c): an ICMPv6 error carries as much of the invoking packet
+# as fits in the minimum IPv6 MTU (1280); RFC 1812 4.3.2.3 lets IPv4 quote more
+# than 8 bytes but 576 is the classic bound.
+_V4_ERROR_QUOTE: Final = 576 - 20 - 8
+_V6_ERROR_QUOTE: Final = 1280 - 40 - 8
+
+
+class IcmpMessage:
+    """A parsed ICMP or ICMPv6 message; *ident*/*seq* are meaningful for echo only."""
+
+    __slots__ = ("body", "code", "ident", "seq", "type")
+
+    def __init__(self, type_: int, code: int, ident: int, seq: int, body: bytes) -> None:
+        self.type = type_
+        self.code = code
+        self.ident = ident
+        self.seq = seq
+        self.body = body
+
+
+def parse_icmp(packet: IPPacket) -> IcmpMessage:
+    """Parse and checksum-verify the ICMP(v6) payload of *packet*.
+
+    ICMPv6 includes the pseudo-header in its checksum (RFC 4443 section 2.3),
+    ICMPv4 does not (RFC 792).
+    """
+    data = packet.payload
+    if len(data) < 8:
+        raise MalformedPacketError("ICMP message truncated")
+    if packet.version == 4:
+        ok = verify_checksum(data)
+    else:
+        ok = verify_checksum(
+            data, pseudo_header_sum(packet.src, packet.dst, IPPROTO_ICMPV6, len(data))
+        )
+    if not ok:
+        raise MalformedPacketError("ICMP checksum mismatch")
+    type_, code, _csum, ident, seq = _HDR.unpack_from(data)
+    return IcmpMessage(type_, code, ident, seq, data[8:])
+
+
+def build_icmp(src: bytes, dst: bytes, type_: int, code: int, rest: bytes, body: bytes) -> bytes:
+    """A whole IP packet carrying one ICMP (4-byte *src*) or ICMPv6 (16-byte) message."""
+    msg = bytes((type_, code)) + b"\x00\x00" + rest + body
+    if len(src) == 4:
+        csum = checksum(msg)
+        return build_ipv4(src, dst, IPPROTO_ICMP, msg[:2] + csum.to_bytes(2, "big") + msg[4:])
+    csum = checksum(msg, pseudo_header_sum(src, dst, IPPROTO_ICMPV6, len(msg)))
+    return build_ipv6(src, dst, IPPROTO_ICMPV6, msg[:2] + csum.to_bytes(2, "big") + msg[4:])
+
+
+def build_echo(src: bytes, dst: bytes, ident: int, seq: int, data: bytes, *, reply: bool) -> bytes:
+    """An echo request or reply (RFC 792 / RFC 4443 sections 4.1 and 4.2)."""
+    if len(src) == 4:
+        type_ = ICMP_ECHO_REPLY if reply else ICMP_ECHO_REQUEST
+    else:
+        type_ = ICMPV6_ECHO_REPLY if reply else ICMPV6_ECHO_REQUEST
+    return build_icmp(src, dst, type_, 0, struct.pack("!HH", ident, seq), data)
+
+
+def echo_reply_for(packet: IPPacket, msg: IcmpMessage) -> bytes | None:
+    """The reply to an echo request addressed to us, or None if *msg* is not one.
+
+    The reply echoes identifier, sequence number and data unchanged and is sent
+    from the address the request was sent to (RFC 1122 3.2.2.6, RFC 4443 4.2).
+    """
+    request = ICMP_ECHO_REQUEST if packet.version == 4 else ICMPV6_ECHO_REQUEST
+    if msg.type != request or msg.code != 0:
+        return None
+    return build_echo(packet.dst, packet.src, msg.ident, msg.seq, msg.body, reply=True)
+
+
+def build_port_unreachable(original: bytes, packet: IPPacket) -> bytes:
+    """ "Port unreachable" for a UDP datagram to a port nobody has bound.
+
+    *original* is the invoking IP packet as received; its start is quoted so the
+    sender can match the error to its socket (RFC 1122 3.2.2.1, RFC 4443 3.1).
+    """
+    if packet.version == 4:
+        return build_icmp(
+            packet.dst,
+            packet.src,
+            ICMP_DEST_UNREACHABLE,
+            ICMP_PORT_UNREACHABLE,
+            b"\x00\x00\x00\x00",
+            original[:_V4_ERROR_QUOTE],
+        )
+    return build_icmp(
+        packet.dst,
+        packet.src,
+        ICMPV6_DEST_UNREACHABLE,
+        ICMPV6_PORT_UNREACHABLE,
+        b"\x00\x00\x00\x00",
+        original[:_V6_ERROR_QUOTE],
+    )

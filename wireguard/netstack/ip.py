@@ -1,0 +1,277 @@
+"""IPv4 and IPv6 headers: parse, build, and the Internet checksum.
+
+The tunnel hands us whole IP packets (there is no link layer under WireGuard),
+so this is the bottom of the stack. Addresses are kept as raw ``bytes`` (4 or 16
+of them) on the hot path: building :mod:`ipaddress` objects per packet would
+cost more than the rest of the header work; the socket API converts at its edge.
+
+Checksums (RFC 1071) use one observation: the ones'-complement sum of 16-bit
+words is the value of the big-endian integer modulo 0xFFFF (because
+2**16 == 1 mod 0xFFFF), up to the +0/-0 ambiguity. So a whole segment is summed
+by one ``int.from_bytes`` and one ``%``, both in C, with no per-word Python loop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Final
+
+from ..errors import RemoteProtocolError
+
+__all__ = [
+    "IPPROTO_ICMP",
+    "IPPROTO_ICMPV6",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
+    "IPPacket",
+    "MalformedPacketError",
+    "NetstackError",
+    "addr_bytes",
+    "addr_str",
+    "build_ip",
+    "build_ipv4",
+    "build_ipv6",
+    "checksum",
+    "header_template",
+    "parse_ip",
+    "pseudo_header_sum",
+    "verify_checksum",
+]
+
+IPPROTO_ICMP: Final = 1
+IPPROTO_TCP: Final = 6
+IPPROTO_UDP: Final = 17
+IPPROTO_ICMPV6: Final = 58
+
+# RFC 8200 section 4: extension headers that may precede the upper layer and that
+# we can skip. The fragment header (44) is recognised and refused (no reassembly).
+_IPV6_EXT_SKIPPABLE: Final = frozenset({0, 43, 60})
+_IPV6_FRAGMENT: Final = 44
+_IPV6_NO_NEXT_HEADER: Final = 59
+
+DEFAULT_TTL: Final = 64  # RFC 1700 / Linux default for both TTL and hop limit
+
+_V4_HDR = struct.Struct("!BBHHHBBH4s4s")
+_V6_HDR = struct.Struct("!IHBB16s16s")
+
+
+class NetstackError(RemoteProtocolError):
+    """A packet out of the tunnel cannot be accepted by the network stack."""
+
+
+class MalformedPacketError(NetstackError):
+    """Truncated, inconsistent lengths, bad checksum, unsupported version or fragment."""
+
+
+def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The Internet checksum (RFC 1071) of *data*, with *initial* already summed in.
+
+    *initial* is any non-negative integer congruent to a partial sum (for example
+    :func:`pseudo_header_sum`). The result is in 1..0xFFFF: a computed 0 is sent as
+    0xFFFF, which is the same value in ones' complement and is what UDP requires
+    (RFC 768: a transmitted 0 means "no checksum").
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # pad with one zero byte at the end (RFC 1071 section 4.1)
+    return 0xFFFF - ((value + initial) % 0xFFFF)
+
+
+def verify_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> bool:
+    """True if *data* (checksum field included) sums to ones'-complement zero."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return (value + initial) % 0xFFFF == 0
+
+
+def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
+    """The partial sum of the TCP/UDP/ICMPv6 pseudo-header.
+
+    RFC 9293 section 3.1 (IPv4: src, dst, zero, protocol, TCP length) and RFC 8200
+    section 8.1 (IPv6: src, dst, 32-bit length, 24 zero bits, next header). Both
+    add up to the same words: the addresses, the protocol and the length.
+    """
+    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + proto + length
+
+
+class IPPacket:
+    """One parsed IP packet. *payload* is the upper-layer bytes (exact length)."""
+
+    __slots__ = ("dst", "hop_limit", "payload", "proto", "src", "version")
+
+    def __init__(
+        self, version: int, src: bytes, dst: bytes, proto: int, hop_limit: int, payload: bytes
+    ) -> None:
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.hop_limit = hop_limit
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return (
+            f"IPPacket(v{self.version}, proto={self.proto}, "
+            f"{self.src.hex()}->{self.dst.hex()}, {len(self.payload)} bytes)"
+        )
+
+
+def parse_ip(packet: bytes) -> IPPacket:
+    """Parse an IPv4 or IPv6 packet; raise :class:`MalformedPacketError` if it is not one.
+
+    Trailing bytes beyond the length in the header are ignored (RFC 1122 3.2.1.2
+    permits link padding). Fragments are refused: WireGuard peers send packets
+    sized to the tunnel MTU, and a reassembly buffer is an attack surface that
+    rootless clients do not need.
+    """
+    if not packet:
+        raise MalformedPacketError("empty packet")
+    version = packet[0] >> 4
+    if version == 4:
+        return _parse_ipv4(packet)
+    if version == 6:
+        return _parse_ipv6(packet)
+    raise MalformedPacketError(f"unsupported IP version {version}")
+
+
+def _parse_ipv4(packet: bytes) -> IPPacket:
+    # RFC 791 section 3.1.
+    if len(packet) < 20:
+        raise MalformedPacketError("IPv4 header truncated")
+    vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _V4_HDR.unpack_from(packet)
+    ihl = (vihl & 0x0F) * 4
+    if ihl < 20:
+        raise MalformedPacketError("IPv4 IHL below 5")
+    if total < ihl or total > len(packet):
+        raise MalformedPacketError("IPv4 total length inconsistent")
+    if int.from_bytes(packet[:ihl], "big") % 0xFFFF != 0:
+        raise MalformedPacketError("IPv4 header checksum mismatch")
+    if frag & 0x3FFF:  # MF set or a non-zero offset
+        raise MalformedPacketError("IPv4 fragments are not supported")
+    return IPPacket(4, src, dst, proto, ttl, packet[ihl:total])
+
+
+def _parse_ipv6(packet: bytes) -> IPPacket:
+    # RFC 8200 section 3.
+    if len(packet) < 40:
+        raise MalformedPacketError("IPv6 header truncated")
+    _vtf, plen, nxt, hlim, src, dst = _V6_HDR.unpack_from(packet)
+    end = 40 + plen
+    if plen == 0 or end > len(packet):
+        # A zero payload length means a jumbogram (RFC 2675), never on a tunnel.
+        raise MalformedPacketError("IPv6 payload length inconsistent")
+    off = 40
+    while nxt in _IPV6_EXT_SKIPPABLE:
+        if off + 8 > end:
+            raise MalformedPacketError("IPv6 extension header truncated")
+        nxt_next = packet[off]
+        off += (packet[off + 1] + 1) * 8
+        if off > end:
+            raise MalformedPacketError("IPv6 extension header truncated")
+        nxt = nxt_next
+    if nxt == _IPV6_FRAGMENT:
+        raise MalformedPacketError("IPv6 fragments are not supported")
+    if nxt == _IPV6_NO_NEXT_HEADER:
+        raise MalformedPacketError("IPv6 packet without upper-layer header")
+    return IPPacket(6, src, dst, nxt, hlim, packet[off:end])
+
+
+class IPv4HeaderTemplate:
+    """A precomputed IPv4 header for one (src, dst, protocol) flow.
+
+    Every field but the total length and the checksum is fixed for a connection,
+    so their sum is computed once; per packet only the length is added. DF is set
+    and the identification is 0, as RFC 6864 section 4.1 allows for atomic
+    datagrams (the stack never fragments; MSS and UDP size are bounded by the MTU).
+    """
+
+    __slots__ = ("_addrs", "_fixed_sum", "_tail")
+
+    def __init__(self, src: bytes, dst: bytes, proto: int, ttl: int = DEFAULT_TTL) -> None:
+        head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0x4000, ttl, proto, 0, src, dst)
+        self._fixed_sum = int.from_bytes(head, "big") % 0xFFFF
+        self._tail = head[8:10]  # ttl, proto
+        self._addrs = src + dst
+
+    def build(self, payload: bytes, tail: bytes = b"") -> bytes:
+        """The packet carrying *payload* followed by *tail* (saves a concatenation)."""
+        total = 20 + len(payload) + len(tail)
+        csum = 0xFFFF - ((self._fixed_sum + total) % 0xFFFF)
+        return b"".join(
+            (
+                b"\x45\x00",
+                total.to_bytes(2, "big"),
+                b"\x00\x00\x40\x00",
+                self._tail,
+                csum.to_bytes(2, "big"),
+                self._addrs,
+                payload,
+                tail,
+            )
+        )
+
+
+class IPv6HeaderTemplate:
+    """A precomputed IPv6 header for one (src, dst, next header) flow."""
+
+    __slots__ = ("_addrs", "_head")
+
+    def __init__(self, src: bytes, dst: bytes, proto: int, hop_limit: int = DEFAULT_TTL) -> None:
+        self._head = b"\x60\x00\x00\x00"
+        self._addrs = bytes((proto, hop_limit)) + src + dst
+
+    def build(self, payload: bytes, tail: bytes = b"") -> bytes:
+        """The packet carrying *payload* followed by *tail* (saves a concatenation)."""
+        return b"".join(
+            (self._head, (len(payload) + len(tail)).to_bytes(2, "big"), self._addrs, payload, tail)
+        )
+
+
+def header_template(
+    src: bytes, dst: bytes, proto: int, ttl: int = DEFAULT_TTL
+) -> IPv4HeaderTemplate | IPv6HeaderTemplate:
+    """The header builder for the family of *src* (4 or 16 bytes)."""
+    if len(src) == 4:
+        return IPv4HeaderTemplate(src, dst, proto, ttl)
+    return IPv6HeaderTemplate(src, dst, proto, ttl)
+
+
+def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = DEFAULT_TTL) -> bytes:
+    """One IPv4 packet (RFC 791) with DF set and a correct header checksum."""
+    if len(payload) > 65535 - 20:
+        raise ValueError("IPv4 payload too large")
+    return IPv4HeaderTemplate(src, dst, proto, ttl).build(payload)
+
+
+def build_ipv6(
+    src: bytes, dst: bytes, proto: int, payload: bytes, hop_limit: int = DEFAULT_TTL
+) -> bytes:
+    """One IPv6 packet (RFC 8200) without extension headers."""
+    if len(payload) > 65535:
+        raise ValueError("IPv6 payload too large")
+    return IPv6HeaderTemplate(src, dst, proto, hop_limit).build(payload)
+
+
+def build_ip(src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int = DEFAULT_TTL) -> bytes:
+    """One IPv4 or IPv6 packet, by the length of *src*."""
+    if len(src) == 4:
+        return build_ipv4(src, dst, proto, payload, ttl)
+    return build_ipv6(src, dst, proto, payload, ttl)
+
+
+def addr_bytes(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address | bytes) -> bytes:
+    """The packed form of an address given as text, an :mod:`ipaddress` object or bytes."""
+    if isinstance(addr, bytes):
+        if len(addr) not in (4, 16):
+            raise ValueError("a packed address is 4 or 16 bytes")
+        return addr
+    if isinstance(addr, str):
+        addr = ipaddress.ip_address(addr.split("%", 1)[0])
+    return addr.packed
+
+
+def addr_str(addr: bytes) -> str:
+    """The text form of a packed address."""
+    return str(ipaddress.ip_address(addr))

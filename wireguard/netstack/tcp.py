@@ -1,0 +1,1374 @@
+"""TCP (RFC 9293) as a sans-I/O state machine: segments and ``now`` in, segments out.
+
+What is implemented, with the section that asks for it:
+
+* Three-way handshake both ways, simultaneous open (RFC 9293 3.5), the segment
+  arrival rules of 3.10.7 in every state, half close and simultaneous close (3.6).
+* MSS option derived from the MTU (3.7.1) and window scaling (RFC 7323 section 2).
+* Sliding window honouring the peer's window, zero-window probes on a persist
+  timer with one octet of new data (3.8.6.1), receiver and sender silly-window
+  avoidance (3.8.6.2), window updates when the application reads.
+* Retransmission timeout per RFC 6298: SRTT/RTTVAR, exponential backoff, Karn's
+  algorithm (no samples from retransmitted segments, timing one segment at a
+  time), RTO re-initialised to 3 s when the SYN had to be retransmitted (5.7).
+* Congestion control per RFC 5681 (slow start, congestion avoidance, the loss
+  window after a timeout) with fast retransmit on the third duplicate ACK and
+  NewReno recovery (RFC 6582).
+* Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
+  ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
+  second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
+* RST generation and validation (3.10.7 and RFC 5961: exact-match RST, challenge
+  ACK for in-window RST and for SYN in a synchronized state, ACK range check).
+* TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
+  (as Linux's tcp_fin_timeout), abort after too many retransmissions (3.8.3).
+
+Not implemented: SACK, timestamps (RFC 7323 section 3), urgent data (URG is
+ignored and its data delivered inline, as RFC 6093 recommends for new
+applications), keep-alives, ECN, IP fragmentation.
+
+Sequence numbers are kept *unwrapped*: the internal ``snd_*``/``rcv_*`` values are
+unbounded Python integers that start at the 32-bit ISS/IRS and only grow, and
+every incoming 32-bit number is unwrapped next to the value it is compared with.
+Comparisons are then plain ``<``, which removes a whole class of modulo bugs.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .events import TcpClosed, TcpEstablished, TcpIncoming, TcpReadable, TcpWritable
+from .ip import (
+    IPPROTO_TCP,
+    IPPacket,
+    MalformedPacketError,
+    addr_str,
+    build_ip,
+    header_template,
+    pseudo_header_sum,
+    verify_checksum,
+)
+
+if TYPE_CHECKING:
+    from .stack import NetStack
+
+__all__ = [
+    "ConnectionRefused",
+    "ConnectionReset",
+    "ConnectionTimedOut",
+    "TcpConfig",
+    "TcpConnection",
+    "TcpConnectionError",
+    "TcpListener",
+    "TcpSegment",
+    "TcpState",
+    "build_segment",
+    "parse_tcp",
+    "rst_for_unexpected",
+]
+
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+
+_MASK: Final = 0xFFFFFFFF
+_HALF: Final = 0x80000000
+_WRAP: Final = 0x100000000
+
+_HDR = struct.Struct("!HHIIBBHHH")
+
+# RFC 9293 3.7.1: without an MSS option the peer accepts 536 (IPv4) or 1220 (IPv6).
+_DEFAULT_MSS_V4: Final = 536
+_DEFAULT_MSS_V6: Final = 1220
+_MAX_WSCALE: Final = 14  # RFC 7323 2.3
+_CLOCK_GRANULARITY: Final = 0.001  # G in RFC 6298 2.2/2.3; our clock is a float of seconds
+_SYN_RETRANSMITTED_RTO: Final = 3.0  # RFC 6298 5.7
+
+
+class TcpState(enum.Enum):
+    """The connection states of RFC 9293 section 3.3.2."""
+
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+
+_S = TcpState
+_CLOSED = _S.CLOSED
+_SYN_SENT = _S.SYN_SENT
+_SYN_RECEIVED = _S.SYN_RECEIVED
+_ESTABLISHED = _S.ESTABLISHED
+_FIN_WAIT_1 = _S.FIN_WAIT_1
+_FIN_WAIT_2 = _S.FIN_WAIT_2
+_CLOSE_WAIT = _S.CLOSE_WAIT
+_CLOSING = _S.CLOSING
+_LAST_ACK = _S.LAST_ACK
+_TIME_WAIT = _S.TIME_WAIT
+
+# States in which data may be sent (RFC 9293 3.10.2) and received (3.10.7.4 step 7).
+_SEND_STATES: Final = frozenset({_ESTABLISHED, _CLOSE_WAIT, _FIN_WAIT_1, _CLOSING, _LAST_ACK})
+_RECEIVE_STATES: Final = frozenset({_ESTABLISHED, _FIN_WAIT_1, _FIN_WAIT_2})
+
+
+class TcpConnectionError(RemoteProtocolError):
+    """A connection ended abnormally because of what the peer did (or did not do)."""
+
+
+class ConnectionReset(TcpConnectionError, ConnectionResetError):
+    """The peer sent an acceptable RST (ECONNRESET)."""
+
+
+class ConnectionRefused(TcpConnectionError, ConnectionRefusedError):
+    """The peer answered our SYN with a RST (ECONNREFUSED)."""
+
+
+class ConnectionTimedOut(TcpConnectionError, TimeoutError):
+    """Too many retransmissions without an acknowledgment (ETIMEDOUT)."""
+
+
+@dataclass
+class TcpConfig:
+    """Tunables. Defaults follow the RFCs; where Linux differs the docstring says so."""
+
+    send_buffer: int = 256 * 1024
+    """Bytes ``send()`` accepts before it returns short (unsent plus unacknowledged)."""
+    receive_buffer: int = 256 * 1024
+    """Receive buffer; the advertised window is its free space (RFC 9293 3.8.6.2.2)."""
+    initial_rto: float = 1.0
+    """RFC 6298 2.1."""
+    min_rto: float = 1.0
+    """RFC 6298 2.4 asks for 1 s; Linux uses 200 ms. Lower it for snappier recovery."""
+    max_rto: float = 60.0
+    """RFC 6298 2.5 allows an upper bound of at least 60 s."""
+    max_retransmits: int = 10
+    """R2 of RFC 9293 3.8.3: with backoff from 1 s this is over 5 minutes (> 100 s)."""
+    max_syn_retransmits: int = 6
+    """R2 for SYN, at least 3 minutes per RFC 9293 3.8.3 (1+2+...+64 = 127 s after the
+    last, like Linux's tcp_syn_retries=6)."""
+    msl: float = 30.0
+    """Maximum segment lifetime: TIME-WAIT lasts 2*MSL = 60 s, Linux's fixed value.
+    RFC 9293 3.4.2 suggests 2 minutes, but a userspace stack behind a tunnel gains
+    nothing from holding ports that long."""
+    fin_wait_2_timeout: float = 60.0
+    """How long a connection the application has closed waits for the peer's FIN."""
+    delayed_ack: float = 0.04
+    """Delayed-ACK timeout (RFC 1122 4.2.3.2 requires < 0.5 s; 40 ms is Linux's
+    minimum). 0 acknowledges every segment at once."""
+    nagle: bool = False
+    """Nagle's algorithm (RFC 9293 3.7.4). Off by default: output is already
+    coalesced per flush, and Nagle with delayed ACKs stalls request/response."""
+    window_scaling: bool = True
+    """Offer the window scale option (RFC 7323)."""
+    backlog: int = 128
+    """Default accept queue plus half-open connections per listener."""
+    initial_window: int | None = None
+    """Initial congestion window in segments; None is RFC 5681 3.1's
+    min(4*SMSS, max(2*SMSS, 4380 bytes)). RFC 6928 allows 10."""
+
+
+def _unwrap(value: int, reference: int) -> int:
+    """The unbounded sequence number closest to *reference* whose low 32 bits are *value*."""
+    d = (value - reference) & _MASK
+    if d & _HALF:
+        d -= _WRAP
+    return reference + d
+
+
+class TcpSegment:
+    """A parsed TCP header and its payload (RFC 9293 3.1). Numbers are still 32-bit."""
+
+    __slots__ = ("ack", "dport", "flags", "mss", "payload", "seq", "sport", "wnd", "wscale")
+
+    def __init__(
+        self,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        wnd: int,
+        payload: bytes,
+        mss: int | None = None,
+        wscale: int | None = None,
+    ) -> None:
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.wnd = wnd
+        self.payload = payload
+        self.mss = mss
+        self.wscale = wscale
+
+    def __repr__(self) -> str:
+        names = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
+                                         (ACK, "."), (URG, "U")) if self.flags & bit)  # fmt: skip
+        return (
+            f"TcpSegment({self.sport}->{self.dport} [{names}] seq={self.seq} ack={self.ack} "
+            f"wnd={self.wnd} len={len(self.payload)} mss={self.mss} ws={self.wscale})"
+        )
+
+
+def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None]:
+    """MSS and window scale from the option list (RFC 9293 3.2, RFC 7323 2.2)."""
+    mss = wscale = None
+    i = 20
+    while i < end:
+        kind = data[i]
+        if kind == 0:  # end of option list
+            break
+        if kind == 1:  # no-operation
+            i += 1
+            continue
+        if i + 1 >= end:
+            raise MalformedPacketError("TCP option truncated")
+        length = data[i + 1]
+        if length < 2 or i + length > end:
+            raise MalformedPacketError("TCP option length invalid")
+        if kind == 2 and length == 4:
+            mss = (data[i + 2] << 8) | data[i + 3]
+        elif kind == 3 and length == 3:
+            wscale = data[i + 2]
+        i += length
+    return mss, wscale
+
+
+def parse_tcp(packet: IPPacket) -> TcpSegment:
+    """Parse and checksum-verify the TCP segment in *packet* (RFC 9293 3.1).
+
+    Options are only decoded on SYN segments: MSS and window scale mean nothing
+    elsewhere (RFC 7323 2.2), and skipping them keeps the data path short.
+    """
+    data = packet.payload
+    n = len(data)
+    if n < 20:
+        raise MalformedPacketError("TCP header truncated")
+    if not verify_checksum(data, pseudo_header_sum(packet.src, packet.dst, IPPROTO_TCP, n)):
+        raise MalformedPacketError("TCP checksum mismatch")
+    sport, dport, seq, ack, off, flags, wnd, _csum, _urp = _HDR.unpack_from(data)
+    hlen = (off >> 4) << 2
+    if hlen < 20 or hlen > n:
+        raise MalformedPacketError("TCP data offset invalid")
+    mss = wscale = None
+    if hlen > 20 and flags & SYN:
+        mss, wscale = _parse_options(data, hlen)
+    return TcpSegment(sport, dport, seq, ack, flags, wnd, data[hlen:], mss, wscale)
+
+
+def build_segment(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    wnd: int,
+    payload: bytes = b"",
+    options: bytes = b"",
+) -> bytes:
+    """A whole IP packet carrying one TCP segment (used for RSTs and by tests)."""
+    hlen = 20 + len(options)
+    if hlen & 3:
+        raise ValueError("TCP options must be padded to 4 bytes")
+    head = _HDR.pack(sport, dport, seq & _MASK, ack & _MASK, hlen << 2, flags, wnd, 0, 0) + options
+    value = int.from_bytes(head, "big") + (
+        int.from_bytes(payload, "big") << (8 if len(payload) & 1 else 0)
+    )
+    csum = 0xFFFF - (
+        (value + pseudo_header_sum(src, dst, IPPROTO_TCP, hlen + len(payload))) % 0xFFFF
+    )
+    return build_ip(
+        src, dst, IPPROTO_TCP, head[:16] + csum.to_bytes(2, "big") + head[18:] + payload
+    )
+
+
+def rst_for_unexpected(packet: IPPacket, seg: TcpSegment) -> bytes | None:
+    """The RST answering a segment for which no connection exists (RFC 9293 3.10.7.1).
+
+    An incoming RST is never answered (that could loop). If the segment had an
+    ACK, the RST takes its sequence number from it so the peer finds it
+    acceptable; otherwise it acknowledges everything the segment occupied.
+    """
+    flags = seg.flags
+    if flags & RST:
+        return None
+    if flags & ACK:
+        return build_segment(packet.dst, packet.src, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+    seg_len = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
+    return build_segment(
+        packet.dst, packet.src, seg.dport, seg.sport, 0, seg.seq + seg_len, RST | ACK, 0
+    )
+
+
+class TcpListener:
+    """A passive open (RFC 9293 3.10.1 with no foreign socket) with an accept queue.
+
+    Connections complete their handshake here and wait in the queue until
+    :meth:`accept`. When queue plus half-open connections reach *backlog*, new SYNs
+    are dropped without answer, so the client retries (what Linux does), rather
+    than being refused.
+    """
+
+    def __init__(self, stack: NetStack, addr: bytes | None, port: int, backlog: int) -> None:
+        self._stack = stack
+        self._addr = addr
+        self.port = port
+        self.backlog = backlog
+        self._queue: deque[TcpConnection] = deque()
+        self._embryos: set[TcpConnection] = set()  # half-open, in SYN-RECEIVED
+        self.closed = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The listening (address, port); the address is "" for all of ours."""
+        return (addr_str(self._addr) if self._addr else "", self.port)
+
+    @property
+    def pending(self) -> int:
+        """Established connections waiting to be accepted."""
+        return len(self._queue)
+
+    def accept(self) -> TcpConnection | None:
+        """The oldest established connection, or None if the queue is empty."""
+        while self._queue:
+            conn = self._queue.popleft()
+            if conn.state is not _CLOSED:
+                return conn
+        return None
+
+    def close(self) -> None:
+        """Stop listening; connections never accepted are reset (RFC 9293 3.10.4)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stack._tcp_unlisten(self)
+        while self._queue:
+            self._queue.popleft().abort()
+        for conn in list(self._embryos):
+            conn.abort()
+
+    def _syn_arrives(self, packet: IPPacket, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 3.10.7.2, third check: a SYN creates a connection in SYN-RECEIVED.
+        if self.closed or len(self._queue) + len(self._embryos) >= self.backlog:
+            self._stack.stats.listen_overflows += 1
+            return
+        conn = TcpConnection(
+            self._stack, packet.dst, seg.dport, packet.src, seg.sport, now, listener=self
+        )
+        self._embryos.add(conn)
+        conn._passive_open(seg, now)
+
+    def _established(self, conn: TcpConnection) -> None:
+        self._embryos.discard(conn)
+        if self.closed:
+            conn.abort()
+            return
+        conn._visible = True
+        self._queue.append(conn)
+        if len(self._queue) == 1:
+            self._stack._event(TcpIncoming(self))
+
+    def _embryo_gone(self, conn: TcpConnection) -> None:
+        self._embryos.discard(conn)
+
+
+class TcpConnection:
+    """One TCP connection (a TCB, RFC 9293 3.3.1) and its application-side API.
+
+    The application calls :meth:`send`, :meth:`receive`, :meth:`shutdown`,
+    :meth:`close` and :meth:`abort` at any time; segments are produced when the
+    stack flushes (``NetStack.packets_to_send``), so several writes and ACKs
+    that happen in one turn leave as few segments as possible.
+    """
+
+    def __init__(
+        self,
+        stack: NetStack,
+        local_addr: bytes,
+        local_port: int,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        *,
+        listener: TcpListener | None = None,
+    ) -> None:
+        cfg = stack.tcp_config
+        self._stack = stack
+        self._cfg = cfg
+        self._listener = listener
+        self._visible = listener is None  # does the application know this connection?
+        self.local_addr = local_addr
+        self.local_port = local_port
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.key = (local_addr, local_port, remote_addr, remote_port)
+        self._ip = header_template(local_addr, remote_addr, IPPROTO_TCP)
+        self._pseudo = (
+            int.from_bytes(local_addr, "big") + int.from_bytes(remote_addr, "big") + IPPROTO_TCP
+        )
+        v4 = len(local_addr) == 4
+        # RFC 9293 3.7.1: MMS_S is the MTU less IP header; our MSS option advertises
+        # the largest segment we accept, the MTU less the IP and TCP headers.
+        self.rmss = stack.mtu - (20 if v4 else 40) - 20
+        self.smss = min(_DEFAULT_MSS_V4 if v4 else _DEFAULT_MSS_V6, self.rmss)
+        self.state = _CLOSED
+        self.error: Exception | None = None
+
+        self.iss = int.from_bytes(stack._random(4), "big")
+        self.snd_una = self.iss
+        self.snd_nxt = self.iss
+        self.snd_max = self.iss  # highest sequence number sent (BSD's snd_max)
+        self._probe_end = self.iss  # end of the last zero-window probe octet
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = self.iss
+        self.snd_wscale = 0
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0  # right edge of the window we last advertised
+        self.rcv_wscale = 0
+        self._offer_wscale = 0
+        if cfg.window_scaling:
+            while (cfg.receive_buffer >> self._offer_wscale) > 0xFFFF and (
+                self._offer_wscale < _MAX_WSCALE
+            ):
+                self._offer_wscale += 1
+
+        self._sndbuf = bytearray()
+        self._sndbuf_seq = self.iss + 1  # sequence number of _sndbuf[0]
+        self._fin_queued = False
+        self._rcvbuf = bytearray()
+        self._ooo: list[tuple[int, bytes]] = []
+        self._ooo_fin: int | None = None
+        self._peer_fin = False
+        self._app_closed = False  # close() (not shutdown()): no more reads
+
+        # Congestion control, RFC 5681 / RFC 6582.
+        self.cwnd = 0
+        self.ssthresh = 1 << 30  # "arbitrarily high" (RFC 5681 3.1)
+        self._dupacks = 0
+        self._recover = self.iss
+        self._in_recovery = False
+
+        # RTO, RFC 6298.
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rto = cfg.initial_rto
+        self._rtt_seq: int | None = None
+        self._rtt_time = 0.0
+        self._retries = 0
+        self._syn_retransmitted = False
+        self._persist_backoff = 0
+
+        self._rto_at: float | None = None
+        self._persist_at: float | None = None
+        self._delack_at: float | None = None
+        self._close_at: float | None = None
+        self._heap_at: float | None = None  # owned by the stack's timer heap
+
+        self._ack_now = False
+        self._ack_pending = 0
+        self._readable_signalled = False
+        self._want_writable = False
+        self._closed_signalled = False
+        self._released = False
+        self._ever_established = False
+        self._ws_in_syn = False
+
+        self.segments_sent = 0
+        self.segments_received = 0
+        self.retransmits = 0
+
+    # ----------------------------------------------------------------- inspection
+
+    def __repr__(self) -> str:
+        return (
+            f"<TcpConnection {addr_str(self.local_addr)}:{self.local_port} -> "
+            f"{addr_str(self.remote_addr)}:{self.remote_port} {self.state.value}>"
+        )
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return (addr_str(self.local_addr), self.local_port)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return (addr_str(self.remote_addr), self.remote_port)
+
+    @property
+    def established(self) -> bool:
+        """True once the handshake completed (whatever happened afterwards)."""
+        return self._ever_established
+
+    @property
+    def closed(self) -> bool:
+        """True when the connection no longer exists (CLOSED) or lingers in TIME-WAIT."""
+        return self.state is _CLOSED or self.state is _TIME_WAIT
+
+    @property
+    def readable_bytes(self) -> int:
+        """Bytes ``receive()`` can return now."""
+        return len(self._rcvbuf)
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the peer's FIN arrived and every byte before it has been read."""
+        return self._peer_fin and not self._rcvbuf
+
+    @property
+    def send_space(self) -> int:
+        """How many bytes ``send()`` would accept now."""
+        return max(0, self._cfg.send_buffer - len(self._sndbuf))
+
+    @property
+    def send_buffered(self) -> int:
+        """Bytes accepted by ``send()`` and not yet acknowledged by the peer."""
+        return len(self._sndbuf)
+
+    @property
+    def can_send(self) -> bool:
+        """True while ``send()`` is allowed (before shutdown, close or an error)."""
+        return not self._fin_queued and self.state in (
+            _SYN_SENT,
+            _SYN_RECEIVED,
+            _ESTABLISHED,
+            _CLOSE_WAIT,
+        )
+
+    # ---------------------------------------------------------- application calls
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of *data* as the send buffer takes; return that count.
+
+        RFC 9293 3.10.2: data may be queued in SYN-SENT and SYN-RECEIVED and goes
+        out once the connection is established. A short count means the buffer is
+        full; a :class:`TcpWritable` event follows when it has room again.
+        """
+        if self.error is not None:
+            raise self.error
+        if not self.can_send:
+            raise LocalProtocolError(f"cannot send in state {self.state.value} after shutdown")
+        room = self._cfg.send_buffer - len(self._sndbuf)
+        n = len(data)
+        if n > room:
+            n = max(room, 0)
+            self._want_writable = True
+        if n:
+            self._sndbuf += data[:n] if n < len(data) else data
+            if self.state in _SEND_STATES:
+                self._stack._want_output(self)
+        return n
+
+    def receive(self, max_bytes: int = -1) -> bytes:
+        """Up to *max_bytes* received bytes (all if negative); b"" if none (see ``at_eof``).
+
+        Reading frees buffer space. A pure window update goes out when the right
+        edge can move by at least min(buffer/2, MSS) (RFC 9293 3.8.6.2.2) and the
+        new window is at least twice what the peer was last offered, as Linux's
+        tcp_cleanup_rbuf does; otherwise the next ACK carries the larger window,
+        which keeps a reader that drains the buffer promptly from doubling the
+        number of ACKs.
+        """
+        buf = self._rcvbuf
+        if not buf:
+            self._readable_signalled = False
+            return b""
+        if max_bytes < 0 or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
+        if not buf:
+            self._readable_signalled = False
+        if self.state in _RECEIVE_STATES:
+            size = self._cfg.receive_buffer
+            offered = self.rcv_adv - self.rcv_nxt
+            new = size - len(buf)
+            if new - offered >= min(size >> 1, self.rmss) and new >= 2 * offered:
+                self._ack_soon()
+        return data
+
+    def shutdown(self) -> None:
+        """Half close: send FIN after the queued data; receiving goes on (RFC 9293 3.10.4)."""
+        state = self.state
+        if self._fin_queued or state in (_CLOSED, _TIME_WAIT):
+            return
+        if state is _SYN_SENT:
+            # Nothing was exchanged yet: just delete the TCB (RFC 9293 3.10.4).
+            self._terminate(None)
+            return
+        self._fin_queued = True
+        if state is _ESTABLISHED:
+            self.state = _FIN_WAIT_1
+        elif state is _CLOSE_WAIT:
+            self.state = _LAST_ACK
+        # In SYN-RECEIVED the FIN waits until the handshake completes.
+        self._stack._want_output(self)
+
+    def close(self) -> None:
+        """Full close: FIN after queued data, and the application reads no more.
+
+        RFC 1122 4.2.2.13: if received data is still unread, or new data arrives
+        later, the connection is reset so the peer learns that data was lost.
+        """
+        if self.state is _CLOSED:
+            return
+        self._app_closed = True
+        if self._rcvbuf:
+            self.abort()
+            return
+        self.shutdown()
+        if self.state is _FIN_WAIT_2:
+            self._close_at = self._stack._now + self._cfg.fin_wait_2_timeout
+            self._stack._reschedule(self)
+
+    def abort(self) -> None:
+        """Reset the connection now (RFC 9293 3.10.5): RST, buffers dropped."""
+        if self.state is _CLOSED:
+            return
+        if self.state not in (_SYN_SENT, _TIME_WAIT):
+            self._emit(self.snd_max, RST | ACK)
+        self._app_closed = True
+        self._terminate(None)
+
+    # ------------------------------------------------------------- opening
+
+    def _syn_options(self, include_ws: bool) -> bytes:
+        opts = b"\x02\x04" + self.rmss.to_bytes(2, "big")
+        if include_ws:
+            opts += b"\x01\x03\x03" + bytes((self._offer_wscale,))
+        return opts
+
+    def _active_open(self, now: float) -> None:
+        # RFC 9293 3.10.1: send SYN, enter SYN-SENT.
+        self.state = _SYN_SENT
+        self.snd_nxt = self.snd_max = self.iss + 1
+        self._send_syn(now, ack=False)
+        self._rtt_seq = self.iss
+        self._rtt_time = now
+
+    def _passive_open(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 3.10.7.2: LISTEN receives SYN.
+        self.irs = seg.seq
+        self.rcv_nxt = self.rcv_adv = seg.seq + 1
+        self._take_syn_options(seg)
+        self.snd_wnd = self.max_snd_wnd = seg.wnd  # never scaled in a SYN (RFC 7323 2.2)
+        self.snd_wl1 = seg.seq
+        self.state = _SYN_RECEIVED
+        self._stack._tcp_register(self)
+        self.snd_nxt = self.snd_max = self.iss + 1
+        self._send_syn(now, ack=True)
+        self._rtt_seq = self.iss
+        self._rtt_time = now
+
+    def _take_syn_options(self, seg: TcpSegment) -> None:
+        if seg.mss is not None and seg.mss > 0:
+            self.smss = min(seg.mss, self.rmss)
+        if seg.wscale is not None and self._cfg.window_scaling:
+            # RFC 7323 2.2: scaling is on only if both sides sent the option.
+            self.snd_wscale = min(seg.wscale, _MAX_WSCALE)
+            self.rcv_wscale = self._offer_wscale
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self._ws_in_syn = seg.wscale is not None
+
+    def _send_syn(self, now: float, *, ack: bool) -> None:
+        if ack:
+            include_ws = self._ws_in_syn and self._cfg.window_scaling
+            self._emit(self.iss, SYN | ACK, b"", self._syn_options(include_ws))
+        else:
+            self._emit(self.iss, SYN, b"", self._syn_options(self._cfg.window_scaling))
+        self._rto_at = now + self.rto
+
+    def _initial_cwnd(self) -> int:
+        # RFC 5681 3.1 (RFC 3390): IW = min(4*SMSS, max(2*SMSS, 4380 bytes)).
+        smss = self.smss
+        if self._cfg.initial_window is not None:
+            return self._cfg.initial_window * smss
+        return min(4 * smss, max(2 * smss, 4380))
+
+    def _become_established(self, now: float) -> None:
+        self.state = _ESTABLISHED
+        self._ever_established = True
+        self.cwnd = self._initial_cwnd()
+        self._retries = 0
+        if self._syn_retransmitted and self.srtt is None:
+            self.rto = max(self._cfg.initial_rto, _SYN_RETRANSMITTED_RTO)
+        self._rto_at = None
+        if self._fin_queued:
+            self.state = _FIN_WAIT_1
+        if self._sndbuf or self._fin_queued:
+            self._stack._want_output(self)
+        if self._listener is not None:
+            self._listener._established(self)
+        else:
+            self._stack._event(TcpEstablished(self))
+
+    # ------------------------------------------------------------ segment arrival
+
+    def _segment_arrives(self, seg: TcpSegment, now: float) -> None:
+        """RFC 9293 3.10.7.3 and 3.10.7.4, in the order the RFC gives."""
+        self.segments_received += 1
+        state = self.state
+        if state is _SYN_SENT:
+            self._syn_sent_arrives(seg, now)
+            return
+        flags = seg.flags
+        rcv_nxt = self.rcv_nxt
+        seq = _unwrap(seg.seq, rcv_nxt)
+        payload = seg.payload
+        plen = len(payload)
+
+        if flags & SYN and state is _SYN_RECEIVED and seq == self.irs and not flags & RST:
+            if not flags & ACK:
+                # Our SYN-ACK was lost and the peer retransmitted its SYN: answer again.
+                self._send_syn(now, ack=True)
+                return
+            # Simultaneous open (RFC 9293 figure 7): the peer's SYN-ACK repeats a SYN
+            # we already have; only its ACK is new. Strip the old SYN and go on.
+            flags &= ~SYN
+            seq += 1
+        if state is _TIME_WAIT and flags & FIN and not flags & RST and seq + plen + 1 == rcv_nxt:
+            # RFC 9293 3.10.7.4 eighth: a retransmitted FIN in TIME-WAIT is
+            # acknowledged and restarts the 2 MSL timeout.
+            self._emit(self.snd_max, ACK)
+            self._close_at = now + 2 * self._cfg.msl
+            return
+
+        # First: sequence number check (RFC 9293 3.10.7.4, the four-case table).
+        # RCV.WND is the free buffer space: it is never less than what we advertised.
+        wnd = self._cfg.receive_buffer - len(self._rcvbuf)
+        if wnd < 0:
+            wnd = 0
+        fin = flags & FIN
+        if seq == rcv_nxt and (plen == 0 or wnd >= plen):
+            pass  # the common case: in order and fits
+        else:
+            seg_len = plen + (1 if flags & SYN else 0) + (1 if fin else 0)
+            if seg_len == 0:
+                acceptable = seq == rcv_nxt if wnd == 0 else rcv_nxt <= seq < rcv_nxt + wnd
+            elif wnd == 0:
+                # "special allowance should be made to accept valid ACKs, URGs and RSTs":
+                # process the control part of an in-sequence segment, drop its data.
+                acceptable = seq == rcv_nxt
+                if acceptable and plen:
+                    payload = b""
+                    plen = 0
+                    fin = 0
+                    self._ack_soon()
+            else:
+                acceptable = (rcv_nxt <= seq < rcv_nxt + wnd) or (
+                    rcv_nxt <= seq + seg_len - 1 < rcv_nxt + wnd
+                )
+            if not acceptable:
+                if not flags & RST:
+                    self._emit(self.snd_max, ACK)
+                return
+            # Trim to the window: drop what was already received and what lies
+            # beyond the right edge (RFC 9293 3.10.7.4, "trimmed to the window").
+            start = seq + (1 if flags & SYN else 0)
+            if start < rcv_nxt:
+                cut = rcv_nxt - start
+                payload = payload[cut:]
+                if cut > plen:
+                    fin = 0  # the FIN was already received
+                plen = len(payload)
+                seq = rcv_nxt
+                if not flags & SYN:
+                    self._ack_soon()  # a retransmission: tell the peer where we are
+            if seq + plen > rcv_nxt + wnd:
+                payload = payload[: max(0, rcv_nxt + wnd - seq)]
+                plen = len(payload)
+                fin = 0
+
+        # Second: RST (RFC 9293 3.10.7.4 second, RFC 5961 3.2).
+        if flags & RST:
+            if _unwrap(seg.seq, rcv_nxt) != rcv_nxt:
+                self._emit(self.snd_max, ACK)  # challenge ACK
+                return
+            self._rst_arrives()
+            return
+        # Fourth: SYN in a synchronized state -> challenge ACK (RFC 5961 4.2).
+        if flags & SYN:
+            self._emit(self.snd_max, ACK)
+            return
+        # Fifth: ACK.
+        if not flags & ACK:
+            return
+        ack = _unwrap(seg.ack, self.snd_una)
+        if state is _SYN_RECEIVED:
+            if not self.snd_una < ack <= self.snd_max:
+                self._emit(ack, RST)
+                return
+            self.snd_wnd = seg.wnd << self.snd_wscale
+            self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            self._become_established(now)
+            state = self.state
+        if ack > self.snd_max and ack > self._probe_end:
+            self._emit(self.snd_max, ACK)  # acks something not yet sent
+            return
+        if ack < self.snd_una - max(self.max_snd_wnd, 1):
+            self._emit(self.snd_max, ACK)  # RFC 5961 5.2: far too old
+            return
+        if not self._ack_arrives(seg, seq, ack, plen, now):
+            return
+        state = self.state
+
+        # Seventh: segment text.
+        if plen and state in _RECEIVE_STATES:
+            if self._app_closed:
+                # RFC 1122 4.2.2.13: data after close() is lost; say so with a RST.
+                self._emit(self.snd_max, RST | ACK)
+                self._terminate(None)
+                return
+            if seq == self.rcv_nxt:
+                self._data_in_order(payload)
+            else:
+                self._data_out_of_order(seq, payload)
+                if fin:
+                    self._ooo_fin = seq + plen
+                return
+        # Eighth: FIN.
+        if fin and state is not _TIME_WAIT:
+            fin_seq = seq + plen
+            if fin_seq == self.rcv_nxt:
+                self._fin_arrives(now)
+            elif fin_seq > self.rcv_nxt:
+                self._ooo_fin = fin_seq
+                self._emit(self.snd_max, ACK)
+
+    def _syn_sent_arrives(self, seg: TcpSegment, now: float) -> None:
+        # RFC 9293 3.10.7.3.
+        flags = seg.flags
+        ack = 0
+        if flags & ACK:
+            ack = _unwrap(seg.ack, self.snd_una)
+            if ack <= self.iss or ack > self.snd_max:
+                if not flags & RST:
+                    self._emit(ack, RST)
+                return
+        if flags & RST:
+            if flags & ACK:  # acceptable ACK checked above
+                self._terminate(ConnectionRefused("connection refused"))
+            return
+        if not flags & SYN:
+            return
+        self.irs = seg.seq
+        self.rcv_nxt = self.rcv_adv = seg.seq + 1
+        self._take_syn_options(seg)
+        self.snd_wnd = self.max_snd_wnd = seg.wnd  # a SYN's window is not scaled
+        self.snd_wl1 = seg.seq
+        if flags & ACK:
+            self.snd_wl2 = ack
+            self.snd_una = ack
+            if self._rtt_seq is not None and ack > self._rtt_seq:
+                self._rtt_sample(now - self._rtt_time)
+            self._rtt_seq = None
+            self._become_established(now)
+            self._ack_now = True
+            self._stack._want_output(self)
+        else:
+            # Simultaneous open (RFC 9293 3.5, figure 7).
+            self.state = _SYN_RECEIVED
+            self._rtt_seq = None
+            self._send_syn(now, ack=True)
+
+    def _rst_arrives(self) -> None:
+        # RFC 9293 3.10.7.4 second check, per state.
+        state = self.state
+        if state is _SYN_RECEIVED:
+            if self._listener is not None:
+                # From a passive open: the embryo silently goes away ("return to LISTEN").
+                self._terminate(None)
+            else:
+                self._terminate(ConnectionRefused("connection refused"))
+        elif state in (_CLOSING, _LAST_ACK, _TIME_WAIT):
+            self._terminate(None)
+        else:
+            self._terminate(ConnectionReset("connection reset by peer"))
+
+    def _ack_arrives(self, seg: TcpSegment, seq: int, ack: int, plen: int, now: float) -> bool:
+        """RFC 9293 3.10.7.4 fifth check for synchronized states; False to stop."""
+        snd_una = self.snd_una
+        wnd = seg.wnd << self.snd_wscale
+        if ack > snd_una:
+            acked = ack - snd_una
+            # RTT sample (RFC 6298 3 and Karn: _rtt_seq is cleared on retransmit).
+            if self._rtt_seq is not None and ack > self._rtt_seq:
+                self._rtt_sample(now - self._rtt_time)
+                self._rtt_seq = None
+            buf_end = self._sndbuf_seq + len(self._sndbuf)
+            n = (ack if ack < buf_end else buf_end) - self._sndbuf_seq
+            if n > 0:
+                del self._sndbuf[:n]
+                self._sndbuf_seq += n
+            self.snd_una = ack
+            if self.snd_nxt < ack:
+                self.snd_nxt = ack
+                if self.snd_max < ack:
+                    self.snd_max = ack  # the peer took a zero-window probe octet
+            self._retries = 0
+            self._persist_backoff = 0
+            self._on_new_ack(acked, ack, now)
+            # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart.
+            self._rto_at = None if ack == self.snd_max else now + self.rto
+            if self._want_writable and len(self._sndbuf) < self._cfg.send_buffer:
+                self._want_writable = False
+                self._stack._event(TcpWritable(self))
+            if self._sndbuf or self._fin_queued:
+                self._stack._want_output(self)
+        elif (
+            ack == snd_una
+            and plen == 0
+            and not seg.flags & (SYN | FIN)
+            and self.snd_max > snd_una
+            and wnd == self.snd_wnd
+            and wnd != 0  # ACKs of zero-window probes are not loss signals
+        ):
+            self._on_dupack(now)  # RFC 5681 section 2, "DUPLICATE ACKNOWLEDGMENT"
+
+        # Window update (RFC 9293 3.10.7.4: only from a segment not older than the last).
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            old = self.snd_wnd
+            self.snd_wnd = wnd
+            self.snd_wl1 = seq
+            self.snd_wl2 = ack
+            if wnd > self.max_snd_wnd:
+                self.max_snd_wnd = wnd
+            if wnd > old:
+                self._persist_at = None
+                self._persist_backoff = 0
+                if len(self._sndbuf) > self.snd_nxt - self._sndbuf_seq or self._fin_queued:
+                    self._stack._want_output(self)
+
+        # State changes when our FIN is acknowledged.
+        if self._fin_queued and self.snd_una == self._sndbuf_seq + len(self._sndbuf) + 1:
+            state = self.state
+            if state is _FIN_WAIT_1:
+                self.state = _FIN_WAIT_2
+                if self._app_closed:
+                    self._close_at = now + self._cfg.fin_wait_2_timeout
+            elif state is _CLOSING:
+                self._enter_time_wait(now)
+                return False
+            elif state is _LAST_ACK:
+                self._terminate(None)
+                return False
+        return True
+
+    def _on_new_ack(self, acked: int, ack: int, now: float) -> None:
+        smss = self.smss
+        if self._in_recovery:
+            if ack >= self._recover:
+                # Full acknowledgment (RFC 6582 3.2 step 3): deflate the window.
+                self._in_recovery = False
+                flight = self.snd_max - ack
+                self.cwnd = min(self.ssthresh, max(flight, smss) + smss)
+                self._dupacks = 0
+            else:
+                # Partial acknowledgment (step 3, partial): retransmit the next hole.
+                self._retransmit_first()
+                self.cwnd = max(self.cwnd - acked, 0) + (smss if acked >= smss else 0)
+                if self.cwnd < smss:
+                    self.cwnd = smss
+            return
+        self._dupacks = 0
+        if self.cwnd < self.ssthresh:
+            self.cwnd += acked if acked < smss else smss  # slow start, RFC 5681 eq. (2)
+        else:
+            self.cwnd += max(1, smss * smss // self.cwnd)  # congestion avoidance, eq. (3)
+
+    def _on_dupack(self, now: float) -> None:
+        if self._in_recovery:
+            self.cwnd += self.smss  # RFC 6582 3.2 step 4 (RFC 5681 3.2 step 4): inflate
+            self._stack._want_output(self)
+            return
+        self._dupacks += 1
+        if self._dupacks == 3 and self.snd_una > self._recover - 1:
+            # Fast retransmit (RFC 5681 3.2 steps 2-3) and NewReno recovery entry
+            # (RFC 6582 3.2 step 2), unless this loss was already handled.
+            flight = self.snd_max - self.snd_una
+            self.ssthresh = max(flight // 2, 2 * self.smss)
+            self._recover = self.snd_max
+            self._in_recovery = True
+            self._retransmit_first()
+            self.cwnd = self.ssthresh + 3 * self.smss
+            self._rto_at = now + self.rto
+            self._stack._want_output(self)
+
+    def _retransmit_first(self) -> None:
+        """Send again the segment at SND.UNA (fast retransmit and partial ACKs)."""
+        self._rtt_seq = None  # Karn: never time a retransmitted segment
+        self.retransmits += 1
+        self._stack.stats.tcp_retransmits += 1
+        off = self.snd_una - self._sndbuf_seq
+        if off < 0:  # SYN not acknowledged: nothing of ours to retransmit here
+            return
+        data = self._sndbuf[off : off + self.smss]
+        flags = ACK
+        data_end = self._sndbuf_seq + len(self._sndbuf)
+        if self._fin_queued and off + len(data) == len(self._sndbuf) and self.snd_max > data_end:
+            flags |= FIN  # only a FIN that was sent before: it is inside SND.MAX
+        if data or flags & FIN:
+            self._emit(self.snd_una, flags, bytes(data))
+
+    def _ack_soon(self) -> None:
+        """An ACK is due at the next flush (coalesced with any data going out)."""
+        self._ack_now = True
+        self._stack._want_output(self)
+
+    def _data_in_order(self, payload: bytes) -> None:
+        buf = self._rcvbuf
+        buf += payload
+        self.rcv_nxt += len(payload)
+        if self._ooo:
+            self._pull_ooo()
+            self._ack_now = True  # RFC 5681 4.2: ACK at once when a gap is filled
+        if not self._readable_signalled:
+            self._readable_signalled = True
+            self._stack._event(TcpReadable(self))
+        # RFC 9293 3.8.6.3: ACK at least every second full segment, else within the delay.
+        self._ack_pending += 1
+        if self._ack_pending >= 2 or self._cfg.delayed_ack <= 0:
+            self._ack_now = True
+        if self._ack_now:
+            self._stack._want_output(self)
+        elif self._delack_at is None:
+            self._delack_at = self._stack._now + self._cfg.delayed_ack
+
+    def _data_out_of_order(self, seq: int, payload: bytes) -> None:
+        """Keep a segment beyond RCV.NXT and send an immediate duplicate ACK."""
+        end = seq + len(payload)
+        merged: list[tuple[int, bytes]] = []
+        for s, d in self._ooo:
+            e = s + len(d)
+            if e < seq or s > end:
+                merged.append((s, d))
+                continue
+            if s < seq:
+                payload = d[: seq - s] + payload
+                seq = s
+            if e > end:
+                payload = payload + d[end - s :]
+                end = e
+        insort(merged, (seq, payload))
+        self._ooo = merged
+        # RFC 5681 4.2: an immediate duplicate ACK, emitted now rather than at the
+        # flush so that a burst of out-of-order segments yields as many dup ACKs.
+        self._emit(self.snd_max, ACK)
+
+    def _pull_ooo(self) -> None:
+        ooo = self._ooo
+        buf = self._rcvbuf
+        i = 0
+        while i < len(ooo):
+            s, d = ooo[i]
+            if s > self.rcv_nxt:
+                break
+            tail = d[self.rcv_nxt - s :]
+            if tail:
+                buf += tail
+                self.rcv_nxt += len(tail)
+            i += 1
+        del ooo[:i]
+        if self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
+            self._ooo_fin = None
+            self._fin_arrives(self._stack._now)
+
+    def _fin_arrives(self, now: float) -> None:
+        # RFC 9293 3.10.7.4 eighth check.
+        self.rcv_nxt += 1
+        self._peer_fin = True
+        self._ooo.clear()
+        self._ack_now = True
+        self._stack._want_output(self)
+        if not self._readable_signalled:
+            self._readable_signalled = True
+            self._stack._event(TcpReadable(self))
+        state = self.state
+        if state is _ESTABLISHED or state is _SYN_RECEIVED:
+            self.state = _CLOSE_WAIT
+        elif state is _FIN_WAIT_1:
+            self.state = _CLOSING  # our FIN is not acknowledged yet (else FIN-WAIT-2)
+        elif state is _FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = _TIME_WAIT
+        self._rto_at = self._persist_at = self._delack_at = None
+        self._close_at = now + 2 * self._cfg.msl
+        self._sndbuf.clear()
+        self._signal_closed(None)
+
+    # ------------------------------------------------------------------- timers
+
+    def _deadline(self) -> float | None:
+        d = self._rto_at
+        for t in (self._persist_at, self._delack_at, self._close_at):
+            if t is not None and (d is None or t < d):
+                d = t
+        return d
+
+    def _on_timer(self, now: float) -> None:
+        if self._close_at is not None and now >= self._close_at:
+            # TIME-WAIT expiry (RFC 9293 3.10.8) or FIN-WAIT-2 timeout.
+            self._terminate(None)
+            return
+        if self._rto_at is not None and now >= self._rto_at:
+            self._rto_expired(now)
+            if self.state is _CLOSED:
+                return
+        if self._persist_at is not None and now >= self._persist_at:
+            self._persist_expired(now)
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._ack_now = True
+            self._stack._want_output(self)
+
+    def _rto_expired(self, now: float) -> None:
+        """RFC 6298 5.4-5.7 and RFC 5681 3.1 (loss window)."""
+        self._retries += 1
+        limit = (
+            self._cfg.max_syn_retransmits
+            if self.state in (_SYN_SENT, _SYN_RECEIVED)
+            else self._cfg.max_retransmits
+        )
+        if self._retries > limit:
+            if self.state is not _SYN_SENT:
+                self._emit(self.snd_max, RST | ACK)
+            self._terminate(ConnectionTimedOut("connection timed out"))
+            return
+        self.rto = min(self.rto * 2, self._cfg.max_rto)  # 5.5: back off
+        self._rtt_seq = None  # Karn
+        self.retransmits += 1
+        self._stack.stats.tcp_retransmits += 1
+        if self.state is _SYN_SENT or self.state is _SYN_RECEIVED:
+            self._syn_retransmitted = True
+            self._send_syn(now, ack=self.state is _SYN_RECEIVED)
+            return
+        if self._retries == 1:
+            flight = self.snd_max - self.snd_una
+            self.ssthresh = max(flight // 2, 2 * self.smss)  # RFC 5681 eq. (4)
+        self.cwnd = self.smss  # loss window
+        self._in_recovery = False
+        self._dupacks = 0
+        self._recover = self.snd_max  # RFC 6582 3.2 step 4 ... avoid false fast retransmit
+        self.snd_nxt = self.snd_una  # go back: resend from the first unacknowledged byte
+        self._rto_at = now + self.rto
+        before = self.segments_sent
+        self._output(now)
+        if self.segments_sent == before and self.snd_max > self.snd_una:
+            # The window is shut: retransmit anyway, the segment doubles as a window
+            # probe (RFC 9293 3.8.6.1: probe even if the send window is zero).
+            self._retransmit_first()
+
+    def _persist_expired(self, now: float) -> None:
+        """Zero-window probe with one octet of new data (RFC 9293 3.8.6.1)."""
+        self._persist_at = None
+        if self.state not in _SEND_STATES or self.snd_wnd > 0:
+            self._stack._want_output(self)
+            return
+        off = self.snd_nxt - self._sndbuf_seq
+        if 0 <= off < len(self._sndbuf):
+            self._emit(self.snd_nxt, ACK, bytes(self._sndbuf[off : off + 1]))
+            # SND.NXT and SND.MAX stay (pure ACKs carry SND.MAX, which must stay
+            # acceptable to a peer whose window is shut); if the peer takes the
+            # octet, an ACK up to _probe_end is still valid and moves them on.
+            self._probe_end = self.snd_nxt + 1
+        self._persist_backoff += 1
+        self._persist_at = now + min(self.rto * (1 << self._persist_backoff), self._cfg.max_rto)
+
+    def _rtt_sample(self, r: float) -> None:
+        """RFC 6298 2.2 and 2.3."""
+        if r < 0:
+            r = 0.0
+        if self.srtt is None:
+            self.srtt = r
+            self.rttvar = r / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
+            self.srtt = 0.875 * self.srtt + 0.125 * r
+        rto = self.srtt + max(_CLOCK_GRANULARITY, 4 * self.rttvar)
+        cfg = self._cfg
+        self.rto = min(max(rto, cfg.min_rto), cfg.max_rto)
+
+    # ------------------------------------------------------------------- output
+
+    def _output(self, now: float) -> None:
+        """Send what the windows allow, or a pure ACK if one is due (RFC 9293 3.10.2).
+
+        Called by the stack when it flushes, so one call covers all the writes and
+        ACK arrivals since the last flush.
+        """
+        state = self.state
+        if state is _CLOSED:
+            return
+        sent = False
+        if state in _SEND_STATES:
+            smss = self.smss
+            sndbuf = self._sndbuf
+            buf_seq = self._sndbuf_seq
+            data_end = buf_seq + len(sndbuf)
+            wnd = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
+            right = self.snd_una + wnd
+            fin_queued = self._fin_queued
+            while True:
+                nxt = self.snd_nxt
+                avail = data_end - nxt
+                if avail > 0:
+                    n = right - nxt
+                    if n <= 0:
+                        break
+                    if n > smss:
+                        n = smss
+                    if n > avail:
+                        n = avail
+                    flight = self.snd_max > self.snd_una
+                    if n < smss and n < avail and flight:
+                        break  # sender SWS avoidance (RFC 9293 3.8.6.2.1): wait for ACKs
+                    if n < smss and self._cfg.nagle and flight and nxt >= self.snd_max:
+                        break  # Nagle (RFC 9293 3.7.4)
+                    flags = ACK
+                    if n == avail:
+                        flags |= PSH
+                        if fin_queued:
+                            flags |= FIN
+                    off = nxt - buf_seq
+                    self._emit(nxt, flags, bytes(sndbuf[off : off + n]))
+                    new = nxt + n + (1 if flags & FIN else 0)
+                elif fin_queued and avail == 0:
+                    # The FIN takes no buffer space, so it goes regardless of the window.
+                    self._emit(nxt, FIN | ACK)
+                    new = nxt + 1
+                else:
+                    break
+                sent = True
+                if nxt >= self.snd_max:
+                    if self._rtt_seq is None:
+                        self._rtt_seq = nxt  # time this segment (RFC 6298 3)
+                        self._rtt_time = now
+                    self.snd_max = new
+                else:
+                    self.retransmits += 1
+                    if new > self.snd_max:
+                        self.snd_max = new
+                self.snd_nxt = new
+                if self._rto_at is None:
+                    self._rto_at = now + self.rto  # RFC 6298 5.1
+            # Persist timer: data waits, the window is shut and nothing is in flight
+            # that would bring a window update with its ACK (RFC 9293 3.8.6.1).
+            if (
+                self.snd_wnd == 0
+                and self.snd_nxt < data_end
+                and self._rto_at is None
+                and self._persist_at is None
+            ):
+                self._persist_at = now + min(
+                    self.rto * (1 << self._persist_backoff), self._cfg.max_rto
+                )
+        if not sent and self._ack_now and state is not _SYN_SENT and state is not _SYN_RECEIVED:
+            self._emit(self.snd_max, ACK)
+
+    def _advertise(self) -> int:
+        """The window field for a non-SYN segment, updating RCV.ADV (RFC 9293 3.8.6.2.2).
+
+        The right edge moves only by at least min(buffer/2, MSS) (receiver SWS
+        avoidance) and never moves left (no shrinking, RFC 9293 3.8.6).
+        """
+        rcv_nxt = self.rcv_nxt
+        size = self._cfg.receive_buffer
+        edge = rcv_nxt + size - len(self._rcvbuf)
+        adv = self.rcv_adv
+        if edge - adv < min(size >> 1, self.rmss) and adv >= rcv_nxt:
+            edge = adv
+        field = (edge - rcv_nxt) >> self.rcv_wscale
+        if field > 0xFFFF:
+            field = 0xFFFF
+        edge = rcv_nxt + (field << self.rcv_wscale)
+        if edge > adv:
+            self.rcv_adv = edge
+        return field
+
+    def _emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
+        """Build one segment and hand it to the stack. ACK carries RCV.NXT."""
+        if flags & SYN:
+            free = self._cfg.receive_buffer - len(self._rcvbuf)
+            wnd = free if free < 0xFFFF else 0xFFFF  # never scaled in a SYN
+            if flags & ACK:
+                self.rcv_adv = self.rcv_nxt + wnd
+        elif flags & RST and not flags & ACK:
+            wnd = 0
+        else:
+            wnd = self._advertise()
+        ack = self.rcv_nxt & _MASK if flags & ACK else 0
+        hlen = 20 + len(options)
+        head = _HDR.pack(
+            self.local_port,
+            self.remote_port,
+            seq & _MASK,
+            ack,
+            hlen << 2,
+            flags,
+            wnd,
+            0,
+            0,
+        )
+        if options:
+            head += options
+        plen = len(payload)
+        value = int.from_bytes(head, "big") + self._pseudo + hlen + plen
+        if plen:
+            value += int.from_bytes(payload, "big") << (8 if plen & 1 else 0)
+        csum = 0xFFFF - value % 0xFFFF
+        head = head[:16] + csum.to_bytes(2, "big") + head[18:]
+        self._stack._output(self._ip.build(head, payload))
+        self.segments_sent += 1
+        if flags & ACK:
+            self._ack_now = False
+            self._ack_pending = 0
+            self._delack_at = None
+
+    # ----------------------------------------------------------------- teardown
+
+    def _signal_closed(self, error: Exception | None) -> None:
+        if not self._closed_signalled and self._visible:
+            self._closed_signalled = True
+            self._stack._event(TcpClosed(self, error))
+
+    def _terminate(self, error: Exception | None) -> None:
+        """Enter CLOSED and delete the TCB (RFC 9293 3.3.2)."""
+        if self._released:
+            return
+        self._released = True
+        self.state = _CLOSED
+        if error is not None:
+            self.error = error
+        self._rto_at = self._persist_at = self._delack_at = self._close_at = None
+        self._sndbuf.clear()
+        self._ooo.clear()
+        self._stack._tcp_release(self)
+        if self._listener is not None:
+            self._listener._embryo_gone(self)
+        self._signal_closed(error)

@@ -1,0 +1,134 @@
+"""UDP (RFC 768): datagrams to and from bound ports."""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from ..errors import LocalProtocolError
+from .events import UdpReadable
+from .ip import (
+    IPPROTO_UDP,
+    IPPacket,
+    MalformedPacketError,
+    addr_bytes,
+    addr_str,
+    build_ip,
+    checksum,
+    pseudo_header_sum,
+    verify_checksum,
+)
+
+if TYPE_CHECKING:
+    from .stack import NetStack
+
+__all__ = ["UdpSocket", "build_udp", "parse_udp"]
+
+_HDR = struct.Struct("!HHHH")
+
+DEFAULT_UDP_QUEUE: Final = 512
+"""Datagrams a socket holds before dropping new ones (like a full SO_RCVBUF)."""
+
+
+def parse_udp(packet: IPPacket) -> tuple[int, int, bytes]:
+    """``(source port, destination port, data)`` of a checksum-verified datagram.
+
+    An IPv4 checksum of zero means the sender did not compute one (RFC 768); in
+    IPv6 the checksum is mandatory (RFC 8200 section 8.1) and zero is an error.
+    """
+    data = packet.payload
+    if len(data) < 8:
+        raise MalformedPacketError("UDP header truncated")
+    sport, dport, length, csum = _HDR.unpack_from(data)
+    if length < 8 or length > len(data):
+        raise MalformedPacketError("UDP length inconsistent")
+    data = data[:length]
+    if csum == 0:
+        if packet.version == 6:
+            raise MalformedPacketError("UDP over IPv6 without checksum")
+    elif not verify_checksum(data, pseudo_header_sum(packet.src, packet.dst, IPPROTO_UDP, length)):
+        raise MalformedPacketError("UDP checksum mismatch")
+    return sport, dport, data[8:]
+
+
+def build_udp(src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> bytes:
+    """A whole IP packet carrying one UDP datagram with its checksum."""
+    length = 8 + len(data)
+    csum = checksum(
+        _HDR.pack(sport, dport, length, 0) + data,
+        pseudo_header_sum(src, dst, IPPROTO_UDP, length),
+    )
+    return build_ip(src, dst, IPPROTO_UDP, _HDR.pack(sport, dport, length, csum) + data)
+
+
+class UdpSocket:
+    """A UDP port bound on the stack: ``sendto`` and ``recvfrom``, never blocking.
+
+    Received datagrams wait in a bounded queue; when it is full new ones are
+    dropped and counted, as a kernel does when the socket buffer is full.
+    """
+
+    def __init__(self, stack: NetStack, addr: bytes | None, port: int, queue_limit: int) -> None:
+        self._stack = stack
+        self._addr = addr
+        self.port = port
+        self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self._queue_limit = queue_limit
+        self.dropped = 0
+        self.closed = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The bound (address, port); the address is "" when bound to all of ours."""
+        return (addr_str(self._addr) if self._addr else "", self.port)
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        """Queue one datagram to *address*; return its length.
+
+        Datagrams that would not fit in one tunnel packet are refused (EMSGSIZE):
+        the stack does not fragment.
+        """
+        if self.closed:
+            raise LocalProtocolError("socket is closed")
+        dst = addr_bytes(address[0])
+        port = address[1]
+        if not 0 < port < 65536:
+            raise LocalProtocolError(f"invalid port {port}")
+        src = self._addr or self._stack._source_address(dst)
+        if len(src) != len(dst):
+            raise LocalProtocolError("address family mismatch")
+        header = 20 if len(dst) == 4 else 40
+        if header + 8 + len(data) > self._stack.mtu:
+            raise LocalProtocolError(
+                f"datagram of {len(data)} bytes exceeds the MTU of {self._stack.mtu}"
+            )
+        self._stack._output(build_udp(src, dst, self.port, port, bytes(data)))
+        return len(data)
+
+    def recvfrom(self) -> tuple[bytes, tuple[str, int]] | None:
+        """The oldest received datagram and its sender, or None if there is none."""
+        if self._queue:
+            return self._queue.popleft()
+        return None
+
+    @property
+    def pending(self) -> int:
+        """How many datagrams wait in the receive queue."""
+        return len(self._queue)
+
+    def close(self) -> None:
+        """Unbind the port; queued datagrams are discarded."""
+        if not self.closed:
+            self.closed = True
+            self._queue.clear()
+            self._stack._udp_unbind(self)
+
+    def _deliver(self, data: bytes, src: bytes, sport: int) -> None:
+        if len(self._queue) >= self._queue_limit:
+            self.dropped += 1
+            return
+        was_empty = not self._queue
+        self._queue.append((data, (addr_str(src), sport)))
+        if was_empty:
+            self._stack._event(UdpReadable(self))
