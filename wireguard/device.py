@@ -266,6 +266,20 @@ class Device:
                 self._schedule(peer, now)
         return peer
 
+    def set_preshared_key(self, public_key: PublicKey, psk: PresharedKey | None) -> None:
+        """Set or (with None) clear a peer's preshared key; takes effect at
+        the next handshake."""
+        self.peers[public_key].preshared_key = psk
+
+    def send_staged(self, public_key: PublicKey, now: float, out: Effects | None = None) -> Effects:
+        """Send what waits for this peer if it can go now (after a
+        configuration change gave it an endpoint, say)."""
+        out = Effects() if out is None else out
+        peer = self.peers[public_key]
+        if peer.staged:
+            self._send_staged(peer, now, out)
+        return out
+
     def set_persistent_keepalive(self, public_key: PublicKey, interval: int, now: float) -> None:
         peer = self.peers[public_key]
         peer.timers.persistent_keepalive_interval = interval

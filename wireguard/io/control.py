@@ -1,0 +1,191 @@
+"""The ``wg`` control socket: an asyncio Unix-socket server for the UAPI.
+
+``wg`` finds a userspace interface NAME by the socket
+``/var/run/wireguard/NAME.sock`` and speaks the ``get=1`` / ``set=1``
+protocol of :mod:`wireguard.uapi` over it; this module only moves bytes
+between that socket and a :class:`~wireguard.uapi.UAPIConnection`.
+
+Whoever can write to the socket can read the private key and reroute the
+tunnel, so it is created owner-only (0600) under a restrictive umask, so that
+no other user can connect in the moment between ``bind`` and a ``chmod``. As
+wireguard-go does (``ipc/uapi_linux.go``), a socket a live process still
+answers on is never taken over, and a stale one left by a crash is replaced.
+
+The server runs in the event loop that drives the device: requests are
+handled one at a time, between datagrams, so the device needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from types import TracebackType
+
+from ..uapi import UAPI, UAPIConnection
+
+__all__ = ["SOCKET_DIRECTORY", "ControlServer", "socket_path"]
+
+log = logging.getLogger("wireguard")
+
+SOCKET_DIRECTORY = "/var/run/wireguard"
+_READ_SIZE = 64 * 1024
+
+
+def socket_path(name: str, directory: str = SOCKET_DIRECTORY) -> str:
+    """Where ``wg`` looks for interface *name*: ``DIRECTORY/NAME.sock``.
+    The name is an interface name (at most 15 bytes, IFNAMSIZ - 1), so it
+    cannot climb out of the directory."""
+    if (
+        not name
+        or len(name.encode()) > 15
+        or name in (".", "..")
+        or any(c in name for c in "/\0")
+        or any(c.isspace() for c in name)
+    ):
+        raise ValueError(f"not an interface name: {name!r}")
+    return os.path.join(directory, f"{name}.sock")
+
+
+def _listen(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen()
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_live(path: str) -> bool:
+    """Does a process still accept connections on *path*?"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except TimeoutError:
+        return True  # someone is there, with a full backlog
+    finally:
+        probe.close()
+    return True
+
+
+def _bind(path: str) -> socket.socket:
+    # 0o177: the socket inode is created 0600 by bind() itself. The umask is
+    # process-wide, so it is restored at once.
+    old_umask = os.umask(0o177)
+    try:
+        try:
+            return _listen(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+        if _is_live(path):
+            raise OSError(errno.EADDRINUSE, f"{path} is in use by a running interface")
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+        os.unlink(path)  # stale: its process is gone
+        return _listen(path)
+    finally:
+        os.umask(old_umask)
+
+
+class ControlServer:
+    """Serves *uapi* on the Unix socket *path* (see :func:`socket_path`).
+
+    ``await start()`` creates the directory (0755) if needed and the socket
+    (0600); it raises OSError (EADDRINUSE) if another live process serves
+    *path*. ``await close()`` stops serving, hangs up on clients and removes
+    the socket file, unless it is no longer ours. Also an async context
+    manager.
+    """
+
+    def __init__(self, uapi: UAPI, path: str | os.PathLike[str]) -> None:
+        self.uapi = uapi
+        self.path = os.fspath(path)
+        self._server: asyncio.AbstractServer | None = None
+        self._identity: tuple[int, int] | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the control server is already started")
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        sock = _bind(self.path)
+        try:
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        except BaseException:
+            sock.close()
+            self._unlink()
+            raise
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        await server.wait_closed()
+        self._unlink()
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
+    def _unlink(self) -> None:
+        """Remove the socket file if it is still the one we created: after a
+        successor replaced it (our process looked dead to it), it is theirs."""
+        identity, self._identity = self._identity, None
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if identity == (st.st_dev, st.st_ino):
+                os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        connection = UAPIConnection(self.uapi)
+        try:
+            while not connection.closed:
+                data = await reader.read(_READ_SIZE)
+                answer = connection.receive_data(data) if data else connection.receive_eof()
+                if answer:
+                    writer.write(answer)
+                    await writer.drain()
+        except ConnectionError:
+            pass  # the client went away; wg never waits for more than one answer
+        except Exception:
+            log.exception("control socket %s: request failed", self.path)
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
