@@ -19,15 +19,17 @@ import struct
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wireguard.device import Device
+from wireguard.keys import PrivateKey, PublicKey
+from wireguard.netstack.ip import IPPROTO_UDP, addr_bytes, build_ipv4
 
-from tests.sim import ipv4_packet  # noqa: E402
-from wireguard.device import Device  # noqa: E402
-from wireguard.keys import PrivateKey, PublicKey  # noqa: E402
+
+def ipv4_packet(src: str, dst: str, payload: bytes) -> bytes:
+    return build_ipv4(addr_bytes(src), addr_bytes(dst), IPPROTO_UDP, payload)
+
 
 SIZE = 1420
 
@@ -112,9 +114,8 @@ def main() -> None:
             f"round {r + 1}: device {ours[-1]:8.0f}/s  raw AEAD {raw[-1]:8.0f}/s", file=sys.stderr
         )
     o, w = statistics.median(ours), statistics.median(raw)
-    print(
-        f"device -> device, {SIZE}-byte packets: {o:8.0f} packets/s ({o * SIZE * 8 / 1e6:.0f} Mbit/s)"
-    )
+    mbit = o * SIZE * 8 / 1e6
+    print(f"device -> device, {SIZE}-byte packets: {o:8.0f} packets/s ({mbit:.0f} Mbit/s)")
     print(f"raw ChaCha20-Poly1305 enc+dec:        {w:8.0f} packets/s")
     print(f"ratio:                                {o / w:8.2f}")
     per_peer = memory_per_peer(args.peers)
