@@ -47,6 +47,8 @@ class AddressFormatError(LocalProtocolError, ValueError):
 # (v4: code = prefix length 0..32; v6: code = 33 + prefix length, 33..161).
 # Python caches ints up to 256, so the code costs no object of its own.
 _V6_CODE = 33
+_MISS = object()
+_CACHE_MAX = 4096
 
 
 class _Family:
@@ -77,7 +79,7 @@ class AllowedIPs(Generic[V]):
     remove, listing) is configuration time.
     """
 
-    __slots__ = ("_by_value", "_count", "_v4", "_v6")
+    __slots__ = ("_by_value", "_cache", "_count", "_v4", "_v6")
 
     def __init__(self) -> None:
         self._v4 = _Family(32)
@@ -86,6 +88,9 @@ class AllowedIPs(Generic[V]):
         # holding the value keeps its id from being reused while it is here.
         self._by_value: dict[int, tuple[V, list[int]]] = {}
         self._count = 0
+        # address bytes -> result: a flow sends many packets to one address, so
+        # most lookups are one dict probe. Any change to the table clears it.
+        self._cache: dict[bytes, V | None] = {}
 
     # -- per packet -----------------------------------------------------------
 
@@ -97,6 +102,10 @@ class AllowedIPs(Generic[V]):
         objects are accepted too.
         """
         if address.__class__ is bytes:
+            cache = self._cache
+            hit = cache.get(address, _MISS)
+            if hit is not _MISS:
+                return hit  # type: ignore[return-value]
             size = len(address)
             if size == 4:
                 scan = self._v4.scan
@@ -105,10 +114,17 @@ class AllowedIPs(Generic[V]):
             else:
                 raise AddressFormatError(f"an address is 4 or 16 bytes, got {size}")
             number = int.from_bytes(address)
-        else:
-            family, number = self._parse_address(address)
-            scan = family.scan
-        for shift, table in scan:
+            found = None
+            for shift, table in scan:
+                found = table.get(number >> shift)
+                if found is not None:
+                    break
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[address] = found  # type: ignore[assignment]
+            return found  # type: ignore[return-value]
+        family, number = self._parse_address(address)
+        for shift, table in family.scan:
             value = table.get(number >> shift)
             if value is not None:
                 return value  # type: ignore[return-value]
@@ -126,6 +142,7 @@ class AllowedIPs(Generic[V]):
         if value is None:
             raise LocalProtocolError("None cannot be routed to: it means 'no match'")
         family, length, key, code = self._parse_network(network)
+        self._cache.clear()
         table = family.tables.get(length)
         if table is None:
             table = family.tables[length] = {}
@@ -152,6 +169,7 @@ class AllowedIPs(Generic[V]):
         only. Returns whether something was removed.
         """
         family, length, key, code = self._parse_network(network)
+        self._cache.clear()
         table = family.tables.get(length)
         if table is None:
             return False
@@ -172,6 +190,7 @@ class AllowedIPs(Generic[V]):
         record = self._by_value.pop(id(value), None)
         if record is None:
             return 0
+        self._cache.clear()
         pairs = record[1]
         for index in range(0, len(pairs), 2):
             key, code = pairs[index], pairs[index + 1]
@@ -191,6 +210,7 @@ class AllowedIPs(Generic[V]):
         self._v6 = _Family(128)
         self._by_value.clear()
         self._count = 0
+        self._cache.clear()
 
     # -- listing ---------------------------------------------------------------
 

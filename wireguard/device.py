@@ -28,7 +28,7 @@ import ipaddress
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heappop, heappush
@@ -63,12 +63,14 @@ from .messages import CookieReply
 from .noise import Trace
 from .peer import Address, Peer, PendingHandshake
 from .ratelimit import RateLimiter
-from .session import Keypair
+from .session import Keypair, KeypairExhausted
 from .timers import Timer
 
 _u32 = struct.Struct("<I").unpack_from
 _u16be = struct.Struct(">H").unpack_from
 _unpack_transport = struct.Struct("<IIQ").unpack_from
+_nonce = struct.Struct("<4xQ").pack
+_TRANSPORT_WORD = struct.pack("<I", MESSAGE_TRANSPORT_DATA)
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 _HANDSHAKE_LEN = {MESSAGE_INITIATION: INITIATION_LEN, MESSAGE_RESPONSE: RESPONSE_LEN}
 
@@ -156,16 +158,6 @@ class Drop(enum.StrEnum):
     COOKIE_INVALID = "cookie_reply_invalid"
 
 
-def inner_destination(packet: bytes) -> bytes | None:
-    """Destination address bytes of an IPv4/IPv6 packet, None if it is not one."""
-    n = len(packet)
-    if n >= 20 and packet[0] >> 4 == 4:
-        return packet[16:20]
-    if n >= 40 and packet[0] >> 4 == 6:
-        return packet[24:40]
-    return None
-
-
 class Device:
     """A WireGuard interface without I/O: the private key, the peers (by
     public key and by receiver index), allowed IPs, and every protocol
@@ -196,6 +188,8 @@ class Device:
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.drops: Counter[str] = Counter()
         self.trace_handshakes = False
+        # Called with (peer public key, ephemeral private key) for each handshake.
+        self.on_ephemeral_key: Callable[[PublicKey, bytes], None] | None = None
         self.last_trace: list[tuple[str, Trace]] = []
         # receiver index -> (peer, keypair or None for our pending handshake)
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
@@ -392,8 +386,14 @@ class Device:
         """An IP packet from the tunnel: route it by destination to a peer
         (cryptokey routing), encrypt it, or stage it and start a handshake."""
         out = Effects() if out is None else out
-        destination = inner_destination(packet)
-        peer = self.allowed_ips.lookup(destination) if destination is not None else None
+        n = len(packet)
+        version = packet[0] >> 4 if n else 0
+        if version == 4 and n >= 20:
+            peer = self.allowed_ips.lookup(packet[16:20])
+        elif version == 6 and n >= 40:
+            peer = self.allowed_ips.lookup(packet[24:40])
+        else:
+            peer = None
         if peer is None:
             self.drops[Drop.NO_ROUTE] += 1
             return out
@@ -407,11 +407,15 @@ class Device:
             and now - keypair.created < REJECT_AFTER_TIME
         ):
             # The common case, without the staging queue.
-            message = keypair.encrypt(packet, self.mtu)
-            peer.tx_bytes += len(message)
-            out.datagrams.append((message, endpoint))
-            self._sent(peer, keypair, now, out, True)
-            return out
+            try:
+                message = keypair.encrypt(packet, self.mtu)
+            except KeypairExhausted:
+                pass  # 2**64 messages: stage and rekey below
+            else:
+                peer.tx_bytes += len(message)
+                out.datagrams.append((message, endpoint))
+                self._sent(peer, keypair, now, out, True)
+                return out
         if not peer.stage(packet):
             self.drops[Drop.STAGED_OVERFLOW] += 1
         self._send_staged(peer, now, out)
@@ -492,7 +496,7 @@ class Device:
             peer_public=peer.public_key.raw,
             psk=peer.psk,
             sender_index=index,
-            ephemeral_private=dh_generate(self._random),
+            ephemeral_private=self._ephemeral(peer),
             timestamp=tai64n(now + self.wall_clock_offset),
             cookies=peer.cookies,
             now=now,
@@ -509,6 +513,15 @@ class Device:
         peer.tx_bytes += len(message)
         out.datagrams.append((message, peer.endpoint))
 
+    def _ephemeral(self, peer: Peer) -> bytes:
+        """A fresh ephemeral private key for a handshake with *peer*. Reported
+        to :attr:`on_ephemeral_key` when set: that is how a key log for
+        Wireshark is written, and only when the user asks for one."""
+        key = dh_generate(self._random)
+        if self.on_ephemeral_key is not None:
+            self.on_ephemeral_key(peer.public_key, key)
+        return key
+
     def _new_index(self) -> int:
         while True:
             index = _u32(self._random(4))[0]
@@ -523,6 +536,9 @@ class Device:
         """A UDP datagram from *source*. Never raises for what the network
         sent: a bad datagram is counted in :attr:`drops` and ignored."""
         out = Effects() if out is None else out
+        if data[:4] == _TRANSPORT_WORD:
+            self._receive_transport(data, source, now, out)
+            return out
         if len(data) < 4:
             self.drops[Drop.MALFORMED] += 1
             return out
@@ -620,7 +636,7 @@ class Device:
             consumed,
             psk=peer.psk,
             sender_index=index,
-            ephemeral_private=dh_generate(self._random),
+            ephemeral_private=self._ephemeral(peer),
             cookies=peer.cookies,
             now=now,
         )
@@ -693,9 +709,10 @@ class Device:
             peer.endpoint = source
 
     def _receive_transport(self, data: bytes, source: Address, now: float, out: Effects) -> None:
-        # The type word was checked by receive_datagram. This path runs once
-        # per packet, so the session's steps are inlined: replay check before
-        # the tag, window update only after it verified.
+        # The type word was checked by receive_datagram. This runs once per
+        # packet, so the session's steps are inlined. As in the kernel, the
+        # counter is checked against the replay window after the tag verified:
+        # the window only ever moves for authenticated packets.
         if len(data) < TRANSPORT_MIN_LEN:
             self.drops[Drop.MALFORMED] += 1
             return
@@ -709,16 +726,12 @@ class Device:
             keypair.receiving_valid = False
             self.drops[Drop.KEYPAIR_EXPIRED] += 1
             return
-        replay = keypair.replay
-        if not replay.check(counter):
-            self.drops[Drop.REPLAYED_COUNTER] += 1
-            return
         try:
-            plain = keypair.open(counter, data)
+            plain = keypair.receiving.decrypt(_nonce(counter), data[16:], None)
         except InvalidTag:
             self.drops[Drop.DECRYPTION_FAILED] += 1
             return
-        if not replay.update(counter):  # pragma: no cover - checked above
+        if not keypair.replay.update(counter):
             self.drops[Drop.REPLAYED_COUNTER] += 1
             return
         # Authenticated from here on.

@@ -55,21 +55,21 @@ class Keypair:
     ``remote_index`` the one we put on what we send."""
 
     __slots__ = (
-        "_recv",
-        "_send",
         "created",
         "is_initiator",
         "local_index",
+        "receiving",
         "receiving_valid",
         "remote_index",
         "replay",
         "send_counter",
+        "sending",
         "sending_valid",
     )
 
     def __init__(self, result: HandshakeResult, now: float) -> None:
-        self._send = ChaCha20Poly1305(result.sending_key)
-        self._recv = ChaCha20Poly1305(result.receiving_key)
+        self.sending = ChaCha20Poly1305(result.sending_key)
+        self.receiving = ChaCha20Poly1305(result.receiving_key)
         self.local_index = result.local_index
         self.remote_index = result.remote_index
         self.is_initiator = result.is_initiator
@@ -98,12 +98,17 @@ class Keypair:
             self.sending_valid = False
             raise KeypairExhausted("keypair may not send any more")
         self.send_counter = counter + 1
-        pad = padded_length(len(packet), mtu) - len(packet)
-        if pad:
-            packet = packet + _ZEROS[:pad] if pad <= 16 else packet + bytes(pad)
+        n = len(packet)
+        if n & 15:
+            # Zero padding to a multiple of 16, but not beyond the MTU (see
+            # padded_length; written out because this runs for every packet).
+            pad = 16 - (n & 15)
+            if mtu is not None and n + pad > mtu >= n:
+                pad = mtu - n
+            packet += _ZEROS[:pad]
         return _pack_header(
             MESSAGE_TRANSPORT_DATA, self.remote_index, counter
-        ) + self._send.encrypt(_nonce(counter), packet, None)
+        ) + self.sending.encrypt(_nonce(counter), packet, None)
 
     # --- receiving -------------------------------------------------------
 
@@ -117,7 +122,7 @@ class Keypair:
     def open(self, counter: int, message: bytes) -> bytes:
         """AEAD-open the body of a transport message; raises InvalidTag.
         Nothing else: the caller owns the replay window (see :meth:`decrypt`)."""
-        return self._recv.decrypt(_nonce(counter), message[TRANSPORT_HEADER_LEN:], None)
+        return self.receiving.decrypt(_nonce(counter), message[TRANSPORT_HEADER_LEN:], None)
 
     def decrypt(self, message: bytes, counter: int) -> bytes:
         """The padded plaintext of a transport data message whose header was
@@ -127,7 +132,7 @@ class Keypair:
         if not replay.check(counter):
             raise ReplayError(f"counter {counter} replayed or too old")
         try:
-            plain = self._recv.decrypt(_nonce(counter), message[TRANSPORT_HEADER_LEN:], None)
+            plain = self.receiving.decrypt(_nonce(counter), message[TRANSPORT_HEADER_LEN:], None)
         except InvalidTag:
             raise DecryptionError("transport data tag did not verify") from None
         if not replay.update(counter):  # pragma: no cover - checked just above
