@@ -62,13 +62,17 @@ def test_rfc7748_diffie_hellman():
 @pytest.mark.parametrize("case", X25519_CASES, ids=lambda c: f"tc{c['tcId']}")
 def test_wycheproof_x25519(case):
     private, public = bytes.fromhex(case["private"]), bytes.fromhex(case["public"])
-    if case["shared"] == "00" * 32:
-        # Low-order point: WireGuard must refuse an all-zero shared secret.
-        with pytest.raises(InvalidDHError):
-            crypto.dh(private, public)
-    else:
-        # valid and acceptable (twist points, non-canonical u) give the secret.
-        assert crypto.dh(private, public).hex() == case["shared"]
+    # Both implementations: cryptography's (static keys) and libsodium's
+    # (ephemeral keys, see crypto.EphemeralDHKey).
+    for key in (crypto.DHPrivateKey(private), crypto.EphemeralDHKey(private)):
+        if case["shared"] == "00" * 32:
+            # Low-order point: WireGuard must refuse an all-zero shared secret.
+            with pytest.raises(InvalidDHError):
+                key.exchange(public)
+        else:
+            # valid and acceptable (twist points, non-canonical u) give the secret.
+            assert key.exchange(public).hex() == case["shared"]
+    assert crypto.DHPrivateKey(private).public == crypto.EphemeralDHKey(private).public
 
 
 @pytest.mark.parametrize("case", _cases(CHACHA), ids=lambda c: f"tc{c['tcId']}")

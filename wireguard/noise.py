@@ -29,7 +29,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .constants import CONSTRUCTION, HASH_LEN, IDENTIFIER, KEY_LEN, TAG_LEN
-from .crypto import DHPrivateKey, aead_decrypt, aead_encrypt, aead_nonce, hash_, kdf1, kdf2, kdf3
+from .crypto import (
+    DHPrivateKey,
+    EphemeralDHKey,
+    aead_decrypt,
+    aead_encrypt,
+    aead_nonce,
+    hash_,
+    kdf1,
+    kdf2,
+    kdf3,
+)
 from .errors import DecryptionError, LocalProtocolError, MessageFormatError
 
 # --- trace ------------------------------------------------------------------
@@ -207,7 +217,7 @@ class _Handshake:
         self.trace = trace
         self.s = _as_key(static_private)
         self.s_pub = self.s.public
-        self.e: DHPrivateKey | None = None
+        self.e: DHPrivateKey | EphemeralDHKey | None = None
         self.e_pub: bytes | None = None
         self.re: bytes | None = None
         self.rs: bytes | None = None
@@ -224,7 +234,11 @@ class _Handshake:
     def _token_e_out(self, ephemeral_private: bytes | DHPrivateKey) -> bytes:
         st = self.state
         assert st is not None
-        self.e = _as_key(ephemeral_private)
+        self.e = (
+            EphemeralDHKey(ephemeral_private)
+            if isinstance(ephemeral_private, (bytes, bytearray))
+            else ephemeral_private
+        )
         self.e_pub = self.e.public
         st.mix_hash(self.e_pub)
         if self.psk is not None:
@@ -241,7 +255,9 @@ class _Handshake:
             st.ck = kdf1(st.ck, e_pub)
         self._t("e: h = HASH(h || E_pub); ck = KDF1(ck, E_pub)", e_pub=e_pub)
 
-    def _token_dh(self, token: str, private: DHPrivateKey, public: bytes, roles: str) -> None:
+    def _token_dh(
+        self, token: str, private: DHPrivateKey | EphemeralDHKey, public: bytes, roles: str
+    ) -> None:
         st = self.state
         assert st is not None
         shared = private.exchange(public)
