@@ -761,7 +761,30 @@ class Device:
                 timers.on_data_received(now)
             else:
                 timers.need_another_keepalive = True
-            self._deliver(peer, plain, out)
+            # A well-formed IPv4/IPv6 header whose length fits (kernel
+            # receive.c), then cryptokey routing inbound: the inner source must
+            # be one of this peer's allowed IPs, or a peer could spoof another.
+            n = len(plain)
+            version = plain[0] >> 4
+            if version == 4 and n >= 20:
+                length = _u16be(plain, 2)[0]
+                if length > n or length < 20 or (plain[0] & 15) < 5:
+                    self.drops[Drop.INVALID_INNER_PACKET] += 1
+                    return
+                src = plain[12:16]
+            elif version == 6 and n >= 40:
+                length = 40 + _u16be(plain, 4)[0]
+                if length > n:
+                    self.drops[Drop.INVALID_INNER_PACKET] += 1
+                    return
+                src = plain[8:24]
+            else:
+                self.drops[Drop.INVALID_INNER_PACKET] += 1
+                return
+            if self.allowed_ips.lookup(src) is not peer:
+                self.drops[Drop.ALLOWED_IPS_MISMATCH] += 1
+                return
+            out.packets.append(plain if length == n else plain[:length])
 
     def _confirmed(self, peer: Peer, keypair: Keypair, now: float, out: Effects) -> None:
         """The initiator sent on our ``next`` keypair: it has our response, so
@@ -776,32 +799,6 @@ class Device:
             out.events.append(KeypairRotated(peer.public_key))
         if peer.staged:
             self._send_staged(peer, now, out)
-
-    def _deliver(self, peer: Peer, plain: bytes, out: Effects) -> None:
-        # A well-formed IPv4/IPv6 header whose length fits (kernel receive.c),
-        # then cryptokey routing inbound: the inner source must be one of the
-        # addresses this peer may use, or a peer could spoof another's.
-        n = len(plain)
-        version = plain[0] >> 4
-        if version == 4 and n >= 20:
-            length = _u16be(plain, 2)[0]
-            if length > n or length < 20 or (plain[0] & 15) < 5:
-                self.drops[Drop.INVALID_INNER_PACKET] += 1
-                return
-            src = plain[12:16]
-        elif version == 6 and n >= 40:
-            length = 40 + _u16be(plain, 4)[0]
-            if length > n:
-                self.drops[Drop.INVALID_INNER_PACKET] += 1
-                return
-            src = plain[8:24]
-        else:
-            self.drops[Drop.INVALID_INNER_PACKET] += 1
-            return
-        if self.allowed_ips.lookup(src) is not peer:
-            self.drops[Drop.ALLOWED_IPS_MISMATCH] += 1
-            return
-        out.packets.append(plain if length == n else plain[:length])
 
     # --- inspection --------------------------------------------------------
 
