@@ -414,7 +414,17 @@ class Device:
             else:
                 peer.tx_bytes += len(message)
                 out.datagrams.append((message, endpoint))
-                self._sent(peer, keypair, now, out, True)
+                timers = peer.timers
+                if (
+                    timers.new_handshake is None
+                    or timers.send_keepalive is not None
+                    or timers.persistent_keepalive_interval
+                    or now - keypair.created >= REKEY_AFTER_TIME
+                    or keypair.send_counter > REKEY_AFTER_MESSAGES
+                ):
+                    # Only then does _sent have anything to do (a timer to
+                    # set or clear, a rekey to start).
+                    self._sent(peer, keypair, now, out, True)
                 return out
         if not peer.stage(packet):
             self.drops[Drop.STAGED_OVERFLOW] += 1

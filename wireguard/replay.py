@@ -100,6 +100,19 @@ class ReplayWindow:
         docstring). It re-validates, because between :meth:`check` and here
         another packet with the same counter may have been accepted.
         """
+        shifted = counter + 1
+        current = self._counter
+        bitmap = self._bitmap
+        # The common case, in order and within the current 64-bit word: no
+        # word to clear, the bit is necessarily clear (see below).
+        if (
+            current < shifted < REJECT_AFTER_MESSAGES
+            and shifted >> _WORD_SHIFT == current >> _WORD_SHIFT
+            and bitmap is not None
+        ):
+            self._counter = shifted
+            bitmap[(shifted >> 3) & _BYTE_MASK] |= 1 << (shifted & 7)
+            return True
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         shifted = counter + 1
