@@ -43,6 +43,8 @@ from .constants import KEY_LEN
 from .crypto import DHPrivateKey
 from .errors import KeyFormatError, WireGuardError
 from .keys import PresharedKey, PrivateKey, PublicKey
+from .netstack.ip import checksum as internet_checksum
+from .netstack.udp import build_udp
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -119,20 +121,6 @@ class CaptureFormatError(WireGuardError, ValueError):
 # --- checksums and headers (pure) --------------------------------------------
 
 
-def internet_checksum(data: bytes) -> int:
-    """The RFC 1071 ones'-complement checksum of *data*.
-
-    Summing 16-bit words is the big-endian integer modulo 0xFFFF (because
-    2**16 = 1 mod 0xFFFF), so one ``int.from_bytes`` does the whole fold in C;
-    a non-zero multiple of 0xFFFF stands for the sum 0xFFFF, not 0."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = int.from_bytes(data, "big") % 0xFFFF
-    if total == 0 and any(data):
-        total = 0xFFFF
-    return ~total & 0xFFFF
-
-
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -146,54 +134,22 @@ def _ip(host: str | _IPAddress) -> _IPAddress:
         raise ValueError(f"not an IP address: {host!r}") from None
 
 
-def build_udp_packet(
-    src: Address, dst: Address, payload: bytes, *, ttl: int = _DEFAULT_TTL, ident: int = 0
-) -> bytes:
+def build_udp_packet(src: Address, dst: Address, payload: bytes) -> bytes:
     """An IPv4 or IPv6 packet carrying one UDP datagram, with every length
-    and checksum right.
+    and checksum right (the userspace stack's builder: one place for it).
 
-    The UDP checksum is computed over the pseudo-header even for IPv4 (where
-    it is optional), because a capture with zero checksums looks like checksum
-    offload to a reader and hides real corruption; for IPv6 it is mandatory
-    (RFC 8200 section 8.1). IPv4 packets carry DF and identification *ident*,
-    as Linux sends them."""
+    The UDP checksum is computed even for IPv4 (where it is optional), because
+    a capture with zero checksums looks like checksum offload to a reader and
+    hides real corruption; for IPv6 it is mandatory (RFC 8200 section 8.1)."""
     s, d = _ip(src[0]), _ip(dst[0])
     if s.version != d.version:
         raise ValueError(f"source {src[0]} and destination {dst[0]} are not the same IP version")
     for port in (src[1], dst[1]):
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"UDP port {port} out of range")
-    udp_len = 8 + len(payload)
-    limit = 0xFFFF - (20 if s.version == 4 else 0)
-    if udp_len > limit:
+    if 8 + len(payload) > 0xFFFF - (20 if s.version == 4 else 0):
         raise ValueError(f"UDP payload of {len(payload)} bytes does not fit in one IP packet")
-    if s.version == 4:
-        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, IPPROTO_UDP, udp_len)
-    else:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", udp_len, IPPROTO_UDP)
-    header = struct.pack("!HHHH", src[1], dst[1], udp_len, 0)
-    csum = internet_checksum(pseudo + header + payload)
-    # RFC 768: a computed zero is sent as all ones; zero means "no checksum".
-    udp = struct.pack("!HHHH", src[1], dst[1], udp_len, csum or 0xFFFF) + payload
-    if s.version == 4:
-        ip = struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + udp_len,
-            ident & 0xFFFF,
-            0x4000,  # DF
-            ttl,
-            IPPROTO_UDP,
-            0,
-            s.packed,
-            d.packed,
-        )
-        ip = ip[:10] + struct.pack("!H", internet_checksum(ip)) + ip[12:]
-        return ip + udp
-    return (
-        struct.pack("!IHBB16s16s", 0x60000000, udp_len, IPPROTO_UDP, ttl, s.packed, d.packed) + udp
-    )
+    return build_udp(s.packed, d.packed, src[1], dst[1], payload)
 
 
 # --- parsing IP and UDP (pure) -------------------------------------------------
