@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .show import add_parser as add_show_parser
 
     add_show_parser(sub)
+    from .testing import add_parser as add_misbehave_parser
+
+    add_misbehave_parser(sub)
     d = sub.add_parser("demo", help="two endpoints on loopback: handshake, pings both ways, report")
     d.add_argument("--count", type=int, default=3, help="pings each way (default 3)")
     d.set_defaults(func=cmd_demo)

@@ -1,0 +1,241 @@
+"""Captures and key logs from a live endpoint (wireguard.io.tap), on loopback.
+
+Two asyncio endpoints; A is tapped. What A's pcap and key log hold is read
+back by our decrypt and, independently, by Wireshark's dissector (tshark).
+The same capture of a session with the Linux kernel is checked in
+tests/interop/test_kernel.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_tool
+from wireguard import decrypt
+from wireguard.capture import PcapReader, read_keylog
+from wireguard.device import Device, Drop, HandshakeCompleted
+from wireguard.io.tap import SOL_UDP, UDP_GRO, UDP_SEGMENT, EndpointTap, TappedSocket, attach
+from wireguard.io.tunnel import Tunnel
+from wireguard.keys import PresharedKey, PrivateKey
+from wireguard.netstack.icmp import build_echo, echo_reply_for, parse_icmp
+from wireguard.netstack.ip import addr_bytes, parse_ip
+from wireguard.testing import Delay, Duplicate, Policy, Rule
+
+A_IP, B_IP = "10.5.0.1", "10.5.0.2"
+
+
+class End:
+    def __init__(self, name: str, ip: str) -> None:
+        self.name, self.ip = name, ip
+        self.device = Device(PrivateKey.generate())
+        self.tunnel = Tunnel(self.device, host="127.0.0.1", listen_port=0)
+        self.tunnel.on_packet = self._on_packet
+        self.sent: list[bytes] = []
+        self.received: list[bytes] = []
+        self.replies: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
+
+    def _on_packet(self, packet: bytes) -> None:
+        self.received.append(packet)
+        ip = parse_ip(packet)
+        msg = parse_icmp(ip)
+        reply = echo_reply_for(ip, msg)
+        if reply is not None:
+            self.send(reply)
+        else:
+            self.replies.put_nowait((msg.seq, time.monotonic()))
+
+    def send(self, packet: bytes) -> None:
+        self.sent.append(packet)
+        self.tunnel.send_packet(packet)
+
+    async def ping(self, dst: str, seq: int) -> float:
+        start = time.monotonic()
+        self.send(build_echo(addr_bytes(self.ip), addr_bytes(dst), 7, seq, b"tap", reply=False))
+        while True:
+            got, when = await asyncio.wait_for(self.replies.get(), 5)
+            if got == seq:
+                return when - start
+
+
+async def pair(psk: PresharedKey | None = None, **tap) -> tuple[End, End, EndpointTap]:  # type: ignore[no-untyped-def]
+    a, b = End("a", A_IP), End("b", B_IP)
+    t = attach(a.tunnel, **tap)
+    await a.tunnel.start()
+    await b.tunnel.start()
+    a.device.add_peer(
+        b.device.public_key,
+        preshared_key=psk,
+        allowed_ips=[f"{B_IP}/32"],
+        endpoint=("127.0.0.1", b.tunnel.listen_port),
+    )
+    b.device.add_peer(
+        a.device.public_key,
+        preshared_key=psk,
+        allowed_ips=[f"{A_IP}/32"],
+        endpoint=("127.0.0.1", a.tunnel.listen_port),
+    )
+    return a, b, t
+
+
+async def close(*ends: End) -> None:
+    for end in ends:
+        await end.tunnel.close()
+
+
+FIELDS = ["frame.number", "wg.type", "wg.handshake_ok", "wg.decryption_error", "_ws.malformed",
+          "_ws.expert.severity", "icmp.type", "ip.src", "udp.srcport"]  # fmt: skip
+
+
+@pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
+def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> None:
+    cap, keys, inner = tmp_path / "a.pcap", tmp_path / "a.keys", tmp_path / "inner.pcap"
+    preshared = PresharedKey.generate() if psk else None
+
+    ports: list[int] = []
+
+    async def body() -> tuple[End, End, EndpointTap]:
+        a, b, tap = await pair(preshared, pcap=cap, keylog=keys)
+        ports.extend((a.tunnel.listen_port, b.tunnel.listen_port))
+        try:
+            await a.ping(B_IP, 1)  # A initiates
+            # B initiates the second handshake (as the responder side of A's key log).
+            await asyncio.sleep(0.05)
+            b.device.peers[a.device.public_key].last_sent_handshake = None
+            b.tunnel.initiate_handshake(a.device.public_key)
+            await asyncio.sleep(0.2)
+            await b.ping(A_IP, 2)
+            await a.ping(B_IP, 3)
+        finally:
+            await close(a, b)
+            tap.close()
+        return a, b, tap
+
+    a, b, tap = asyncio.run(body())
+    handshakes = [e for e in a.tunnel.events if isinstance(e, HandshakeCompleted)]
+    assert [e.is_initiator for e in handshakes] == [True, False]
+
+    with PcapReader(cap) as reader:
+        datagrams = list(reader.udp_datagrams())
+    assert len(datagrams) == tap.sent + tap.received
+    a_port, b_port = ports
+    ends = {(d.src, d.dst) for d in datagrams}
+    assert ends == {(("127.0.0.1", a_port), ("127.0.0.1", b_port)),
+                    (("127.0.0.1", b_port), ("127.0.0.1", a_port))}  # fmt: skip
+
+    # Keys only where asked: the file is private, and holds what Wireshark needs.
+    assert keys.stat().st_mode & 0o777 == 0o600
+    log = read_keylog(keys)
+    assert set(log.static_private) == {a.device.private_key.raw}
+    assert set(log.remote_static_public) == {b.device.public_key.raw}
+    assert len(log.ephemeral_private) == 2  # one per handshake, either role
+    assert bool(log.psk_by_ephemeral) == psk
+    assert a.device.on_ephemeral_key is None  # close() took the hook away
+
+    # Our decrypt reproduces A's inner packets exactly.
+    assert decrypt.main([str(cap), "--keylog", str(keys), "-w", str(inner)]) == 0
+    with PcapReader(inner) as reader:
+        got = [p.packet for p in reader]
+    assert sorted(got) == sorted(a.sent + a.received)
+
+    # Wireshark's dissector, with our key log, opens every message.
+    tshark = need_tool("tshark")
+    args = [tshark, "-n", "-r", str(cap), "-o", f"wg.keylog_file:{keys}",
+            "-o", "wg.dissect_packet:TRUE", "-T", "fields", "-E", "occurrence=a",
+            "-E", "aggregator=,"]  # fmt: skip
+    for f in FIELDS:
+        args += ["-e", f]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [dict(zip(FIELDS, r.split("\t"), strict=True)) for r in out.stdout.splitlines()]
+    assert len(rows) == len(datagrams)
+    assert sorted(r["wg.type"] for r in rows if r["wg.type"] in "12") == ["1", "1", "2", "2"]
+    for row in rows:
+        assert row["_ws.malformed"] == "" and row["wg.decryption_error"] == "", row
+        assert all(int(x) < 0x600000 for x in row["_ws.expert.severity"].split(",") if x), row
+        if row["wg.type"] == "2":
+            assert row["wg.handshake_ok"] in ("1", "True"), row
+    icmp = [r["icmp.type"] for r in rows if r["icmp.type"]]
+    assert sorted(icmp) == ["0", "0", "0", "8", "8", "8"]
+
+
+def test_no_keys_unless_asked(tmp_path: Path) -> None:
+    async def body() -> None:
+        seen: list[bytes] = []
+        a, b, tap = await pair(pcap=tmp_path / "only.pcap")
+        assert a.device.on_ephemeral_key is None
+        a.device.on_ephemeral_key = lambda _peer, key: seen.append(key)
+        await a.ping(B_IP, 1)
+        await close(a, b)
+        tap.close()
+        assert len(seen) == 1
+        # A key log chains to a hook that was already there, and close() restores it.
+        device = Device(PrivateKey.generate())
+        hook = device.on_ephemeral_key = lambda _peer, key: seen.append(key)
+        t = EndpointTap(device, keylog=tmp_path / "k")
+        assert device.on_ephemeral_key != hook
+        t.close()
+        assert device.on_ephemeral_key is hook
+
+    asyncio.run(body())
+    assert not list(tmp_path.glob("*.keys"))
+
+
+def test_policy_on_a_live_endpoint(tmp_path: Path) -> None:
+    """Outgoing data duplicated (B drops the copy as a replay; the capture
+    shows both), and the first incoming data delayed."""
+    policy = Policy(
+        [
+            Rule("data", Duplicate(), count=1),
+            Rule("data", Delay(0.3), direction="in", count=1),
+        ]
+    )
+
+    async def body() -> None:
+        a, b, tap = await pair(pcap=tmp_path / "p.pcap", policy=policy)
+        try:
+            took = await a.ping(B_IP, 1)
+            assert took >= 0.3  # B's reply was held back on arrival
+            await a.ping(B_IP, 2)
+            assert b.device.drops == {Drop.REPLAYED_COUNTER: 1}
+            assert len(b.received) == 2
+        finally:
+            await close(a, b)
+            tap.close()
+        with PcapReader(tmp_path / "p.pcap") as reader:
+            payloads = [d.payload for d in reader.udp_datagrams()]
+        first_data = policy.history[("out", "data")][0][0]
+        assert payloads.count(first_data) == 2
+        assert [e.note for e in policy.log] == ["duplicate x1", "delay 0.3s"]
+
+    asyncio.run(body())
+
+
+def test_offloads_are_seen_datagram_by_datagram(tmp_path: Path) -> None:
+    """A GSO send is the datagrams it stands for; GRO is refused, so the
+    tunnel reads (and the tap sees) one datagram at a time."""
+    seen: list[tuple[bytes, object]] = []
+
+    class Recorder(EndpointTap):
+        def _outgoing(self, data: bytes, address: object) -> None:  # type: ignore[override]
+            seen.append((data, address))
+
+    real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock = TappedSocket(real, Recorder(Device(PrivateKey.generate())))
+        with pytest.raises(OSError):
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # others pass through
+        data = b"a" * 100 + b"b" * 100 + b"c" * 40
+        n = sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 100))], 0, ("x", 1))
+        assert n == 240
+        assert [d for d, _ in seen] == [b"a" * 100, b"b" * 100, b"c" * 40]
+        assert sock.family == socket.AF_INET  # everything else is the real socket's
+    finally:
+        real.close()
