@@ -12,6 +12,7 @@ from tests.sim import ipv4_packet
 from wireguard.device import Device
 from wireguard.device import Drop as DropReason
 from wireguard.keys import PrivateKey
+from wireguard.misbehave import add_parser
 from wireguard.testing import (
     FIELDS,
     Corrupt,
@@ -23,7 +24,6 @@ from wireguard.testing import (
     Replay,
     Rule,
     StaleTimestamp,
-    add_parser,
     classify,
     field_range,
     parse_rule,

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .show import add_parser as add_show_parser
 
     add_show_parser(sub)
-    from .testing import add_parser as add_misbehave_parser
+    from .misbehave import add_parser as add_misbehave_parser
 
     add_misbehave_parser(sub)
     d = sub.add_parser("demo", help="two endpoints on loopback: handshake, pings both ways, report")
