@@ -670,7 +670,9 @@ class Device:
             return
         peer = entry[0]
         pending = peer.handshake
-        assert pending is not None and pending.local_index == receiver
+        if pending is None or pending.local_index != receiver:  # pragma: no cover - index invariant
+            self.drops[Drop.UNKNOWN_INDEX] += 1
+            return
         trace = Trace("initiator") if self.trace_handshakes else None
         pending.initiator.trace = trace
         try:
