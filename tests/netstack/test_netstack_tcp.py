@@ -443,6 +443,28 @@ def test_fast_retransmit_on_exactly_three_duplicate_acks() -> None:
     assert x.c.send_buffered == 0
 
 
+def test_limited_transmit_sends_one_new_segment_per_first_two_duplicates() -> None:
+    """RFC 3042: with more data waiting, each of the first two duplicate ACKs lets
+    one new segment out beyond cwnd, so a small window still reaches three."""
+    x = active(initial_window=4)
+    x.c.send(bytes(10 * 1380))
+    segs = x.p.take(1.0)
+    assert len(segs) == 4  # cwnd
+    x.p.send(ACK, x.rcv, x.snd + 1380, now=1.1)  # the second segment was lost
+    new = x.p.take(1.1)  # slow start: the ACK of the first lets two more go
+    assert len(new) == 2
+    x.p.send(ACK, x.rcv, x.snd + 1380, now=1.11)
+    (lt1,) = x.p.take(1.11)
+    assert lt1.seq == new[-1].seq + 1380 and len(lt1.payload) == 1380
+    x.p.send(ACK, x.rcv, x.snd + 1380, now=1.12)
+    (lt2,) = x.p.take(1.12)
+    assert lt2.seq == lt1.seq + 1380
+    assert x.c.cwnd == 5 * 1380  # limited transmit leaves cwnd alone
+    x.p.send(ACK, x.rcv, x.snd + 1380, now=1.13)
+    (re,) = x.p.take(1.13)  # the third: fast retransmit, nothing new
+    assert re.seq == segs[1].seq
+
+
 def test_newreno_partial_ack_retransmits_next_hole() -> None:
     x = active(initial_window=10)
     x.c.send(bytes(10 * 1380))
@@ -536,6 +558,79 @@ def test_out_of_order_reassembly_and_duplicate_acks() -> None:
     x.p.send(ACK, x.rcv, x.snd, payload=b"A" * 100)
     assert x.p.take_one().ack == x.rcv + 300  # gap filled: ACK at once
     assert x.c.receive() == b"A" * 100 + b"B" * 100 + b"C" * 100
+
+
+def sack_blocks(x: Conn) -> list[list[tuple[int, int]] | None]:
+    """For each segment the stack sends now: its SACK blocks (None: no option)."""
+    out: list[list[tuple[int, int]] | None] = []
+    for packet in x.s.packets_to_send():
+        data = parse_ip(packet).payload
+        end = (data[12] >> 4) * 4
+        i, blocks = 20, None
+        while i < end and data[i] != 0:
+            if data[i] == 1:
+                i += 1
+                continue
+            kind, length = data[i], data[i + 1]
+            if kind == 5:
+                body = data[i + 2 : i + length]
+                blocks = [
+                    (
+                        int.from_bytes(body[j : j + 4], "big"),
+                        int.from_bytes(body[j + 4 : j + 8], "big"),
+                    )
+                    for j in range(0, len(body), 8)
+                ]
+            i += length
+        out.append(blocks)
+    return out
+
+
+def test_sack_permitted_is_offered_and_answered_only_when_offered() -> None:
+    s = make_stack("10.0.0.2", 1)
+    p = Peer(s, stack_port=50000)
+    s.tcp_connect("10.0.0.1", 40000, 0.0, local_port=50000)
+    assert p.take_one().raw.sack_ok  # RFC 2018 2: in our SYN
+    s = make_stack("10.0.0.2", 2)
+    s.tcp_listen(80)
+    p = Peer(s)
+    p.send(SYN, P, options=mss_option(1460) + b"\x01\x01\x04\x02")
+    assert p.take_one().raw.sack_ok
+    p = Peer(s, port=40001)
+    p.send(SYN, P, options=mss_option(1460))
+    assert not p.take_one().raw.sack_ok  # only if the SYN had it
+    s = make_stack("10.0.0.2", 3, sack=False)
+    s.tcp_listen(80)
+    p = Peer(s)
+    p.send(SYN, P, options=mss_option(1460) + b"\x01\x01\x04\x02")
+    assert not p.take_one().raw.sack_ok
+
+
+def test_sack_blocks_report_out_of_order_data_most_recent_first() -> None:
+    x = passive(options=mss_option(1460) + b"\x01\x01\x04\x02")
+    r = x.rcv
+    x.p.send(ACK, r + 100, x.snd, payload=b"B" * 100)
+    assert sack_blocks(x) == [[(r + 100, r + 200)]]
+    x.p.send(ACK, r + 300, x.snd, payload=b"D" * 100)
+    assert sack_blocks(x) == [[(r + 300, r + 400), (r + 100, r + 200)]]  # RFC 2018 4
+    x.p.send(ACK, r + 200, x.snd, payload=b"C" * 100)  # joins both blocks into one
+    assert sack_blocks(x) == [[(r + 100, r + 400)]]
+    for k in range(5):  # more holes than blocks fit: at most 4, the latest first
+        x.p.send(ACK, r + 500 + 200 * k, x.snd, payload=b"E" * 100)
+        x.s.packets_to_send()
+    x.p.send(ACK, r + 1500, x.snd, payload=b"F" * 100)
+    (blocks,) = sack_blocks(x)
+    assert blocks is not None and len(blocks) == 4 and blocks[0] == (r + 1500, r + 1600)
+    x.p.send(ACK, r, x.snd, payload=b"A" * 100)  # the first hole filled
+    assert sack_blocks(x) == [[(r + 1500, r + 1600), (r + 1300, r + 1400), (r + 1100, r + 1200),
+                               (r + 900, r + 1000)]]  # fmt: skip
+    assert x.c.receive() == b"A" * 100 + b"B" * 100 + b"C" * 100 + b"D" * 100
+
+
+def test_no_sack_blocks_without_agreement() -> None:
+    x = passive()  # the peer's SYN had no SACK-permitted
+    x.p.send(ACK, x.rcv + 100, x.snd, payload=b"B" * 100)
+    assert sack_blocks(x) == [None]
 
 
 def test_overlapping_retransmissions_are_trimmed() -> None:

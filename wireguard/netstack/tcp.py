@@ -12,8 +12,11 @@ What is implemented, with the section that asks for it:
   algorithm (no samples from retransmitted segments, timing one segment at a
   time), RTO re-initialised to 3 s when the SYN had to be retransmitted (5.7).
 * Congestion control per RFC 5681 (slow start, congestion avoidance, the loss
-  window after a timeout) with fast retransmit on the third duplicate ACK and
-  NewReno recovery (RFC 6582).
+  window after a timeout) with fast retransmit on the third duplicate ACK,
+  Limited Transmit on the first two (RFC 3042) and NewReno recovery (RFC 6582).
+* SACK as a receiver (RFC 2018): SACK-permitted offered, out-of-order data
+  reported in SACK blocks on pure ACKs, so a SACK sender (Linux) can repair
+  several holes per round trip.
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
   second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
@@ -22,7 +25,8 @@ What is implemented, with the section that asks for it:
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
   (as Linux's tcp_fin_timeout), abort after too many retransmissions (3.8.3).
 
-Not implemented: SACK, timestamps (RFC 7323 section 3), urgent data (URG is
+Not implemented: SACK-based loss recovery in our sender (RFC 6675: the peer's
+SACK blocks are not used), D-SACK, timestamps (RFC 7323 section 3), urgent data (URG is
 ignored and its data delivered inline, as RFC 6093 recommends for new
 applications), keep-alives, ECN, IP fragmentation.
 
@@ -84,6 +88,7 @@ _HALF: Final = 0x80000000
 _WRAP: Final = 0x100000000
 
 _HDR = struct.Struct("!HHIIBBHHH")
+_SACK_BLOCK = struct.Struct("!II")
 
 # RFC 9293 3.7.1: without an MSS option the peer accepts 536 (IPv4) or 1220 (IPv6).
 _DEFAULT_MSS_V4: Final = 536
@@ -180,6 +185,13 @@ class TcpConfig:
     initial_window: int | None = None
     """Initial congestion window in segments; None is RFC 5681 3.1's
     min(4*SMSS, max(2*SMSS, 4380 bytes)). RFC 6928 allows 10."""
+    sack: bool = True
+    """Offer SACK-permitted (RFC 2018) and, when the peer agrees, report
+    out-of-order data in SACK blocks on our ACKs, so the peer's sender can
+    repair several holes per round trip (and use RACK/TLP, as Linux does)
+    instead of one per round trip or a timeout. Receiver side only: SACK blocks
+    the peer sends us are not used (RFC 2018 makes their use a SHOULD), our
+    sender recovers with NewReno."""
 
 
 def _unwrap(value: int, reference: int) -> int:
@@ -193,7 +205,18 @@ def _unwrap(value: int, reference: int) -> int:
 class TcpSegment:
     """A parsed TCP header and its payload (RFC 9293 3.1). Numbers are still 32-bit."""
 
-    __slots__ = ("ack", "dport", "flags", "mss", "payload", "seq", "sport", "wnd", "wscale")
+    __slots__ = (
+        "ack",
+        "dport",
+        "flags",
+        "mss",
+        "payload",
+        "sack_ok",
+        "seq",
+        "sport",
+        "wnd",
+        "wscale",
+    )
 
     def __init__(
         self,
@@ -206,6 +229,7 @@ class TcpSegment:
         payload: bytes,
         mss: int | None = None,
         wscale: int | None = None,
+        sack_ok: bool = False,
     ) -> None:
         self.sport = sport
         self.dport = dport
@@ -216,6 +240,7 @@ class TcpSegment:
         self.payload = payload
         self.mss = mss
         self.wscale = wscale
+        self.sack_ok = sack_ok  # SACK-permitted (RFC 2018 2), SYNs only
 
     def __repr__(self) -> str:
         names = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
@@ -226,9 +251,11 @@ class TcpSegment:
         )
 
 
-def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None]:
-    """MSS and window scale from the option list (RFC 9293 3.2, RFC 7323 2.2)."""
+def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None, bool]:
+    """MSS, window scale and SACK-permitted from the option list (RFC 9293 3.2,
+    RFC 7323 2.2, RFC 2018 2)."""
     mss = wscale = None
+    sack_ok = False
     i = 20
     while i < end:
         kind = data[i]
@@ -246,8 +273,10 @@ def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None]:
             mss = (data[i + 2] << 8) | data[i + 3]
         elif kind == 3 and length == 3:
             wscale = data[i + 2]
+        elif kind == 4 and length == 2:
+            sack_ok = True
         i += length
-    return mss, wscale
+    return mss, wscale, sack_ok
 
 
 def parse_tcp(packet: IPPacket) -> TcpSegment:
@@ -267,9 +296,10 @@ def parse_tcp(packet: IPPacket) -> TcpSegment:
     if hlen < 20 or hlen > n:
         raise MalformedPacketError("TCP data offset invalid")
     mss = wscale = None
+    sack_ok = False
     if hlen > 20 and flags & SYN:
-        mss, wscale = _parse_options(data, hlen)
-    return TcpSegment(sport, dport, seq, ack, flags, wnd, data[hlen:], mss, wscale)
+        mss, wscale, sack_ok = _parse_options(data, hlen)
+    return TcpSegment(sport, dport, seq, ack, flags, wnd, data[hlen:], mss, wscale, sack_ok)
 
 
 def build_segment(
@@ -459,6 +489,9 @@ class TcpConnection:
         self._rcvbuf = bytearray()
         self._ooo: list[tuple[int, bytes]] = []
         self._ooo_fin: int | None = None
+        self._sack = False  # both sides sent SACK-permitted
+        self._sack_in_syn = False
+        self._sack_last = 0  # start of the block that took the latest out-of-order data
         self._peer_fin = False
         self._app_closed = False  # close() (not shutdown()): no more reads
 
@@ -653,10 +686,12 @@ class TcpConnection:
 
     # ------------------------------------------------------------- opening
 
-    def _syn_options(self, include_ws: bool) -> bytes:
+    def _syn_options(self, include_ws: bool, include_sack: bool) -> bytes:
         opts = b"\x02\x04" + self.rmss.to_bytes(2, "big")
         if include_ws:
             opts += b"\x01\x03\x03" + bytes((self._offer_wscale,))
+        if include_sack:
+            opts += b"\x01\x01\x04\x02"  # NOP, NOP, SACK-permitted (RFC 2018 2)
         return opts
 
     def _active_open(self, now: float) -> None:
@@ -691,13 +726,18 @@ class TcpConnection:
         else:
             self.snd_wscale = self.rcv_wscale = 0
         self._ws_in_syn = seg.wscale is not None
+        # RFC 2018 2: SACK only if both SYNs carried SACK-permitted.
+        self._sack_in_syn = seg.sack_ok
+        self._sack = seg.sack_ok and self._cfg.sack
 
     def _send_syn(self, now: float, *, ack: bool) -> None:
+        cfg = self._cfg
         if ack:
-            include_ws = self._ws_in_syn and self._cfg.window_scaling
-            self._emit(self.iss, SYN | ACK, b"", self._syn_options(include_ws))
+            include_ws = self._ws_in_syn and cfg.window_scaling
+            include_sack = self._sack_in_syn and cfg.sack
+            self._emit(self.iss, SYN | ACK, b"", self._syn_options(include_ws, include_sack))
         else:
-            self._emit(self.iss, SYN, b"", self._syn_options(self._cfg.window_scaling))
+            self._emit(self.iss, SYN, b"", self._syn_options(cfg.window_scaling, cfg.sack))
         self._rto_at = now + self.rto
 
     def _initial_cwnd(self) -> int:
@@ -1006,6 +1046,13 @@ class TcpConnection:
             self._stack._want_output(self)
             return
         self._dupacks += 1
+        if self._dupacks < 3:
+            # Limited Transmit (RFC 3042): each of the first two duplicate ACKs
+            # lets one new segment out beyond cwnd (see _output), so a small
+            # window still yields the three duplicates fast retransmit needs
+            # instead of waiting for the retransmission timer.
+            self._stack._want_output(self)
+            return
         if self._dupacks == 3 and self.snd_una > self._recover - 1:
             # Fast retransmit (RFC 5681 3.2 steps 2-3) and NewReno recovery entry
             # (RFC 6582 3.2 step 2), unless this loss was already handled.
@@ -1075,6 +1122,7 @@ class TcpConnection:
                 end = e
         insort(merged, (seq, payload))
         self._ooo = merged
+        self._sack_last = seq
         # RFC 5681 4.2: an immediate duplicate ACK, emitted now rather than at the
         # flush so that a burst of out-of-order segments yields as many dup ACKs.
         self._emit(self.snd_max, ACK)
@@ -1231,7 +1279,10 @@ class TcpConnection:
             sndbuf = self._sndbuf
             buf_seq = self._sndbuf_seq
             data_end = buf_seq + len(sndbuf)
-            wnd = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
+            cwnd = self.cwnd
+            if 0 < self._dupacks < 3 and not self._in_recovery:
+                cwnd += self._dupacks * smss  # Limited Transmit (RFC 3042 section 2)
+            wnd = self.snd_wnd if self.snd_wnd < cwnd else cwnd
             right = self.snd_una + wnd
             fin_queued = self._fin_queued
             while True:
@@ -1322,6 +1373,8 @@ class TcpConnection:
             wnd = 0
         else:
             wnd = self._advertise()
+            if self._ooo and self._sack and not payload and not options and flags & ACK:
+                options = self._sack_option()
         ack = self.rcv_nxt & _MASK if flags & ACK else 0
         hlen = 20 + len(options)
         head = _HDR.pack(
@@ -1349,6 +1402,22 @@ class TcpConnection:
             self._ack_now = False
             self._ack_pending = 0
             self._delack_at = None
+
+    def _sack_option(self) -> bytes:
+        """SACK blocks for the out-of-order data (RFC 2018 3-4): the block
+        holding the most recent arrival first, then the others from the
+        highest down; at most 4 (36 bytes with the two NOPs, no timestamps).
+        Only pure ACKs carry them, so a full-size data segment never grows."""
+        blocks = self._ooo
+        last = self._sack_last
+        first = [(s, d) for s, d in blocks if s == last]
+        rest = [(s, d) for s, d in reversed(blocks) if s != last]
+        chosen = (first + rest)[:4]
+        out = bytearray(b"\x01\x01\x05")
+        out.append(2 + 8 * len(chosen))
+        for s, d in chosen:
+            out += _SACK_BLOCK.pack(s & _MASK, (s + len(d)) & _MASK)
+        return bytes(out)
 
     # ----------------------------------------------------------------- teardown
 
