@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .misbehave import add_parser as add_misbehave_parser
 
     add_misbehave_parser(sub)
+    from .forward import add_parser as add_forward_parser
+
+    add_forward_parser(sub)
     d = sub.add_parser("demo", help="two endpoints on loopback: handshake, pings both ways, report")
     d.add_argument("--count", type=int, default=3, help="pings each way (default 3)")
     d.set_defaults(func=cmd_demo)

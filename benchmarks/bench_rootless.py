@@ -1,0 +1,330 @@
+"""Throughput of the rootless path (``forward -L``, userspace TCP/IP stack, no
+TUN) against the TUN path, measured alternately in the same run.
+
+Two network namespaces joined by a veth pair; B runs wireguard-go and an
+iperf3 server on its tunnel address for the whole run. A runs, in turn:
+
+* **rootless**: ``python -m wireguard.forward CONFIG -L 5201:B:5201`` (what
+  ``python -m wireguard forward`` runs) as user nobody when the interpreter is
+  reachable by nobody, else as root (the code path is the same: no privilege is
+  used). iperf3 in A connects to 127.0.0.1:5201, so every byte crosses A's
+  loopback into the forwarder, our userspace TCP, our WireGuard and the UDP
+  socket; B's side is kernel TCP behind wireguard-go.
+* **tun**: our endpoint with a TUN device (``python -m wireguard.io.up up``),
+  iperf3 in A straight to B's tunnel address: kernel TCP on both ends, our
+  WireGuard in between. Skipped (and said so) when that module is missing.
+* **wireguard-go**: wireguard-go in A as well: the reference implementation
+  on the same path.
+
+Each measures iperf3 TCP A->B and B->A (``-R``) and the CPU seconds the A-side
+process used per GB. Prints medians and the ratios rootless/tun and
+rootless/wireguard-go (the issue's goal: rootless >= 0.5 of the TUN path).
+
+    sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WG_GO_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+UNDER = ("192.168.232.1", "192.168.232.2")
+INNER = ("10.232.0.1", "10.232.0.2")
+PORT = 51820
+MTU = 1420
+IPERF_PORT = 5201
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def genkey() -> tuple[str, str]:
+    private = run("wg", "genkey").stdout.strip()
+    public = subprocess.run(
+        ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return private, public
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def nobody_prefix() -> list[str]:
+    """setpriv to nobody, if nobody can run this interpreter with this tree."""
+    if shutil.which("setpriv") is None:
+        return []
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import wireguard.forward"],
+                           cwd="/", capture_output=True)  # fmt: skip
+    return prefix if probe.returncode == 0 else []
+
+
+class Bench:
+    def __init__(self, seconds: float, workdir: Path) -> None:
+        self.seconds = seconds
+        self.dir = workdir
+        tag = secrets.token_hex(3)
+        self.tag = tag
+        self.a, self.b = f"br-{tag}-a", f"br-{tag}-b"
+        self.name_a, self.name_b = f"pyr{tag}", f"wgr{tag}"
+        self.procs: list[subprocess.Popen[str]] = []
+        self.key_a, self.pub_a = genkey()
+        self.key_b, self.pub_b = genkey()
+        self.as_nobody = nobody_prefix()
+
+    # --- setup ------------------------------------------------------------
+
+    def create(self) -> None:
+        run("ip", "netns", "add", self.a)
+        run("ip", "netns", "add", self.b)
+        va, vb = f"vr{self.tag}a", f"vr{self.tag}b"
+        run("ip", "link", "add", va, "netns", self.a, "type", "veth", "peer", "name", vb,
+            "netns", self.b)  # fmt: skip
+        for ns, dev, addr in ((self.a, va, UNDER[0]), (self.b, vb, UNDER[1])):
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        self.start_wireguard_go(self.b, self.name_b, self.key_b, self.pub_a, INNER[0], UNDER[0],
+                                INNER[1])  # fmt: skip
+        self.spawn("ip", "netns", "exec", self.b, "iperf3", "-s", "-B", INNER[1])
+        time.sleep(0.3)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.remove(proc)
+
+    def start_wireguard_go(self, ns, name, key, peer, peer_ip, peer_host, address):  # type: ignore[no-untyped-def]
+        proc = self.spawn("ip", "netns", "exec", ns, "wireguard-go", "-f", name,
+                          env=dict(os.environ, **WG_GO_ENV))  # fmt: skip
+        sock = Path(f"/var/run/wireguard/{name}.sock")
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wireguard-go {name} did not start")
+            time.sleep(0.02)
+        conf = self.dir / f"{name}.setconf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {key}\nListenPort = {PORT}\n"
+            f"[Peer]\nPublicKey = {peer}\nAllowedIPs = {peer_ip}/32\n"
+            f"Endpoint = {peer_host}:{PORT}\n"
+        )
+        run("ip", "netns", "exec", ns, "wg", "setconf", name, str(conf))
+        run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", name)
+        run("ip", "-n", ns, "link", "set", name, "mtu", str(MTU), "up")
+        return proc
+
+    def destroy(self) -> None:
+        for proc in list(reversed(self.procs)):
+            self.stop(proc)
+        for ns in (self.a, self.b):
+            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)  # only what this run started lives there
+            run("ip", "netns", "del", ns, check=False)
+        for name in (self.name_a, self.name_b):
+            for suffix in (".sock", ".pid"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"/var/run/wireguard/{name}{suffix}").unlink()
+
+    def config_a(self) -> Path:
+        conf = self.dir / f"{self.name_a}.conf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {self.key_a}\nListenPort = {PORT}\n"
+            f"Address = {INNER[0]}/24\nMTU = {MTU}\n"
+            f"[Peer]\nPublicKey = {self.pub_b}\nAllowedIPs = {INNER[1]}/32\n"
+            f"Endpoint = {UNDER[1]}:{PORT}\n"
+        )
+        conf.chmod(0o644 if self.as_nobody else 0o600)  # a throwaway key
+        return conf
+
+    # --- the A side: (pid, iperf3 target, teardown) -------------------------
+
+    def up_rootless(self):  # type: ignore[no-untyped-def]
+        log = self.dir / "forward.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.a, *self.as_nobody, sys.executable, "-m",
+                 "wireguard.forward", str(self.config_a()), "-L",
+                 f"{IPERF_PORT}:{INNER[1]}:{IPERF_PORT}", "--status", "0"],
+                stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/",
+            )  # fmt: skip
+        self.procs.append(proc)
+        deadline = time.monotonic() + 30
+        while "forward: ready" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the forwarder did not start: {log.read_text()}")
+            time.sleep(0.05)
+        return proc.pid, "127.0.0.1", lambda: self.stop(proc)
+
+    def up_tun(self):  # type: ignore[no-untyped-def]
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "up",
+            "--log", str(self.dir / "tun.log"), str(self.config_a()))  # fmt: skip
+        pid = int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
+
+        def down() -> None:
+            run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "down",
+                self.name_a)  # fmt: skip
+
+        return pid, INNER[1], down
+
+    def up_wggo(self):  # type: ignore[no-untyped-def]
+        proc = self.start_wireguard_go(self.a, self.name_a, self.key_a, self.pub_b, INNER[1],
+                                       UNDER[1], INNER[0])  # fmt: skip
+        pids = run("ip", "netns", "pids", self.a).stdout.split()
+        pid = next(int(p) for p in pids
+                   if Path(f"/proc/{p}/comm").read_text().strip() == "wireguard-go")  # fmt: skip
+
+        def down() -> None:
+            self.stop(proc)
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"/var/run/wireguard/{self.name_a}.sock").unlink()
+            deadline = time.monotonic() + 5
+            while Path(f"/sys/class/net/{self.name_a}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        return pid, INNER[1], down
+
+    # --- measurements -------------------------------------------------------
+
+    def iperf(self, target: str, *extra: str) -> dict:  # type: ignore[type-arg]
+        for _attempt in range(3):
+            result = run("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", target,
+                         "-p", str(IPERF_PORT), "-t", str(self.seconds), *extra,
+                         check=False, timeout=self.seconds + 60)  # fmt: skip
+            if result.returncode == 0:
+                return json.loads(result.stdout)["end"]  # type: ignore[no-any-return]
+            time.sleep(1)  # the first try may carry the handshake, or the server is busy
+        raise RuntimeError(f"iperf3 {' '.join(extra)} failed: {result.stdout[-500:]}")
+
+    def measure(self, pid: int, target: str) -> dict[str, float]:
+        self.iperf(target, "-t", "1")  # warm-up: handshake, slow start
+        result: dict[str, float] = {}
+        for label, extra in (("tcp_up", ()), ("tcp_down", ("-R",))):
+            before = cpu_seconds(pid)
+            end = self.iperf(target, *extra)
+            cpu = cpu_seconds(pid) - before
+            bits = end["sum_received"]["bits_per_second"]
+            result[f"{label}_mbit"] = bits / 1e6
+            gbytes = bits * self.seconds / 8e9
+            result[f"{label}_cpu_s_per_gb"] = cpu / gbytes if gbytes else float("nan")
+        return result
+
+
+METRICS = [
+    ("tcp_up_mbit", "TCP A->B, Mbit/s"),
+    ("tcp_down_mbit", "TCP B->A, Mbit/s"),
+    ("tcp_up_cpu_s_per_gb", "A process CPU s/GB, A->B"),
+    ("tcp_down_cpu_s_per_gb", "A process CPU s/GB, B->A"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
+    parser.add_argument("--no-tun", action="store_true", help="leave out the TUN path")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_rootless: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    for tool in ("ip", "wg", "wireguard-go", "iperf3"):
+        if shutil.which(tool) is None:
+            print(f"bench_rootless: `{tool}` is not installed", file=sys.stderr)
+            return 1
+    sides = ["rootless", "tun", "wireguard-go"]
+    if args.no_tun or importlib.util.find_spec("wireguard.io.up") is None:
+        print("bench_rootless: no TUN path (wireguard.io.up): comparing with wireguard-go only",
+              file=sys.stderr)  # fmt: skip
+        sides.remove("tun")
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory(prefix="bench-rootless-") as tmp:
+        os.chmod(tmp, 0o755)
+        bench = Bench(args.seconds, Path(tmp))
+        who = "nobody" if bench.as_nobody else "root (nobody cannot run this interpreter)"
+        print(f"bench_rootless: the forwarder runs as {who}", file=sys.stderr)
+        try:
+            bench.create()
+            for r in range(args.rounds):
+                # Rotate the order, so a drift in machine load weighs on all alike.
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
+                for side in order:
+                    if side not in sides:
+                        continue
+                    up = {"rootless": bench.up_rootless, "tun": bench.up_tun,
+                          "wireguard-go": bench.up_wggo}[side]  # fmt: skip
+                    try:
+                        pid, target, down = up()
+                    except RuntimeError as exc:
+                        if side != "tun":
+                            raise
+                        # The TUN binding is young: measure the rest, say why.
+                        print(f"bench_rootless: TUN path left out: {exc}", file=sys.stderr)
+                        sides.remove("tun")
+                        del results["tun"]
+                        continue
+                    try:
+                        figures = bench.measure(pid, target)
+                    finally:
+                        down()
+                    results[side].append(figures)
+                    shown = "  ".join(f"{k}={v:.1f}" for k, v in figures.items())
+                    print(f"round {r + 1} {side:>12}: {shown}", file=sys.stderr)
+        finally:
+            bench.destroy()
+    med = {s: {k: statistics.median(r[k] for r in results[s]) for k, _ in METRICS} for s in sides}
+    print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
+          "B = wireguard-go + kernel TCP; A = the side under test")  # fmt: skip
+    head = "".join(f" {s:>12} |" for s in sides)
+    ratios = [s for s in sides if s != "rootless"]
+    print(f"| {'metric':<28} |{head}" + "".join(f" {'rootless/' + s[:7]:>16} |" for s in ratios))
+    print(
+        "|" + "-" * 30 + "|" + "--------------|" * len(sides) + "------------------|" * len(ratios)
+    )
+    for key, label in METRICS:
+        cells = "".join(f" {med[s][key]:12.1f} |" for s in sides)
+        rs = "".join(
+            f" {med['rootless'][key] / med[s][key]:16.2f} |" if med[s][key] else f" {'-':>16} |"
+            for s in ratios
+        )
+        print(f"| {label:<28} |{cells}{rs}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

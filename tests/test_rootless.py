@@ -1,0 +1,394 @@
+"""RootlessTunnel in-process: two Devices on loopback UDP, a userspace stack on each.
+
+No namespaces and no privileges: this is what an unprivileged user runs.
+The interop tests (tests/interop/test_forward.py) put wireguard-go and the
+kernel's TCP on the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from wireguard.config import parse_wg_quick
+from wireguard.device import Device
+from wireguard.forward import main as forward_main
+from wireguard.io.rootless import RootlessTunnel, open_tunnel
+from wireguard.keys import PrivateKey
+
+A_ADDR = ("10.99.0.1", "fd99::1")
+B_ADDR = ("10.99.0.2", "fd99::2")
+
+
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
+    async def main() -> None:
+        async with asyncio.timeout(timeout):
+            await coro_fn()
+
+    asyncio.run(main())
+
+
+def udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def pair() -> tuple[RootlessTunnel, RootlessTunnel]:
+    """Two rootless tunnels that are each other's peer over loopback."""
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    sock_a, sock_b = udp_socket(), udp_socket()
+    dev_a, dev_b = Device(key_a), Device(key_b)
+    dev_a.add_peer(
+        key_b.public_key,
+        allowed_ips=[f"{B_ADDR[0]}/32", f"{B_ADDR[1]}/128"],
+        endpoint=sock_b.getsockname(),
+    )
+    dev_b.add_peer(
+        key_a.public_key,
+        allowed_ips=[f"{A_ADDR[0]}/32", f"{A_ADDR[1]}/128"],
+        endpoint=sock_a.getsockname(),
+    )
+    a = RootlessTunnel(dev_a, [f"{A_ADDR[0]}/24", f"{A_ADDR[1]}/64"], sock=sock_a)
+    b = RootlessTunnel(dev_b, [f"{B_ADDR[0]}/24", f"{B_ADDR[1]}/64"], sock=sock_b)
+    return a, b
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.parametrize("family", [0, 1], ids=["ipv4", "ipv6"])
+def test_tcp_echo_two_megabytes(family: int) -> None:
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            server = await b.start_server(echo, B_ADDR[family], 7)
+            reader, writer = await a.open_connection(B_ADDR[family], 7)
+            assert writer.get_extra_info("peername") == (B_ADDR[family], 7)
+            assert writer.get_extra_info("sockname")[0] == A_ADDR[family]
+            data = os.urandom(2 << 20)
+
+            async def send() -> None:
+                writer.write(data)
+                await writer.drain()
+                writer.write_eof()
+
+            task = asyncio.create_task(send())
+            got = await reader.read()
+            await task
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            status = a.status()
+            assert status.peers[0].last_handshake_age is not None
+            assert status.peers[0].tx_bytes > len(data)
+            assert "handshake" in status.summary()
+
+    run(body)
+
+
+def test_parallel_connections() -> None:
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            await b.start_server(echo, port=9)
+
+            async def one(i: int) -> None:
+                reader, writer = await a.open_connection(B_ADDR[0], 9)
+                payload = os.urandom(50_000 + i)
+                writer.write(payload)
+                writer.write_eof()
+                assert await reader.read() == payload
+                writer.close()
+
+            await asyncio.gather(*(one(i) for i in range(20)))
+
+    run(body)
+
+
+def test_udp_datagram_endpoint() -> None:
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+            self.transport: asyncio.DatagramTransport | None = None
+
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            self.got.put_nowait((data, addr))
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            _, server = await b.create_datagram_endpoint(Collect, local_addr=(B_ADDR[0], 53))
+            ta, client = await a.create_datagram_endpoint(Collect, remote_addr=(B_ADDR[0], 53))
+            ta.sendto(b"question")
+            data, addr = await server.got.get()
+            assert data == b"question" and addr[0] == A_ADDR[0]
+            server.transport.sendto(b"answer", addr)
+            data, addr = await client.got.get()
+            assert (data, addr) == (b"answer", (B_ADDR[0], 53))
+            ta.close()
+
+    run(body)
+
+
+def test_ping_both_ways_and_errors() -> None:
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            assert await a.ping(B_ADDR[0]) < 5
+            assert await b.ping(A_ADDR[1]) < 5
+            assert b.stack.stats.icmp_echo_answered == 1
+            assert a.stack.stats.icmp_echo_answered == 1
+            # No peer covers this address: refused at once, like a missing route.
+            with pytest.raises(OSError) as info:
+                await a.open_connection("192.0.2.1", 80)
+            assert info.value.errno == errno.ENETUNREACH
+            with pytest.raises(ValueError, match="not an IP address"):
+                await a.open_connection("example.com", 80)
+            # A port nobody listens on: the peer's stack answers with RST.
+            with pytest.raises(ConnectionRefusedError):
+                await a.open_connection(B_ADDR[0], 1)
+
+    run(body)
+
+
+def test_not_started_and_from_config(tmp_path) -> None:
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    conf = tmp_path / "a.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {key_a}\nAddress = {A_ADDR[0]}/24\nMTU = 1380\n"
+        f"[Peer]\nPublicKey = {key_b.public_key}\nAllowedIPs = {B_ADDR[0]}/32\n"
+        "Endpoint = 127.0.0.1:9\n"
+    )
+    no_address = parse_wg_quick(f"[Interface]\nPrivateKey = {key_a}\n")
+
+    async def body() -> None:
+        t = await RootlessTunnel.from_config(conf)
+        with pytest.raises(RuntimeError, match="not running"):
+            await t.open_connection(B_ADDR[0], 80)
+        assert t.addresses == [A_ADDR[0]] and t.stack.mtu == 1380
+        with pytest.raises(ValueError, match="Address"):
+            await RootlessTunnel.from_config(no_address)
+        async with await open_tunnel(conf, host="127.0.0.1") as started:
+            assert started.listen_port > 0
+            assert started.status().peers[0].endpoint == ("127.0.0.1", 9)
+
+    run(body)
+
+
+def test_control_socket_at_a_path(tmp_path) -> None:
+    """--control with a path: the UAPI answers there (no /var/run needed)."""
+
+    async def body() -> None:
+        a, _b = pair()
+        path = tmp_path / "a.sock"
+        a2 = RootlessTunnel(a.device, ["10.99.0.1/24"], sock=udp_socket(), control=str(path))
+        async with a2:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b"get=1\n\n")
+            reply = (await reader.readuntil(b"\n\n")).decode()
+            assert "public_key=" in reply and reply.endswith("errno=0\n\n")
+            writer.close()
+        assert not path.exists()
+
+    run(body)
+
+
+# ------------------------------------------------------------- the forward command
+
+FORWARD = [sys.executable, "-m", "wireguard", "forward"]
+
+
+def forward_config(tmp_path, key_a: PrivateKey, key_b: PrivateKey, endpoint_b, port_a: int) -> str:
+    conf = tmp_path / "a.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {key_a}\nListenPort = {port_a}\n"
+        f"Address = {A_ADDR[0]}/24, {A_ADDR[1]}/64\n"
+        f"[Peer]\nPublicKey = {key_b.public_key}\n"
+        f"AllowedIPs = {B_ADDR[0]}/32, {B_ADDR[1]}/128\n"
+        f"Endpoint = {endpoint_b[0]}:{endpoint_b[1]}\n"
+    )
+    return str(conf)
+
+
+def free_udp_port() -> int:
+    with udp_socket() as s:
+        return int(s.getsockname()[1])
+
+
+def test_forward_command_end_to_end(tmp_path) -> None:
+    """The CLI in a subprocess against an in-process peer: -L tcp, -L udp,
+    -R tcp, a ping to the stack, SIGUSR1 and the exit report."""
+
+    class UdpEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+            self.transport.sendto(b"echo:" + data, addr)
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        port_a = free_udp_port()
+        sock_b = udp_socket()
+        dev_b = Device(key_b)
+        dev_b.add_peer(key_a.public_key, allowed_ips=[f"{A_ADDR[0]}/32", f"{A_ADDR[1]}/128"],
+                       endpoint=("127.0.0.1", port_a))  # fmt: skip
+        b = RootlessTunnel(dev_b, [f"{B_ADDR[0]}/24", f"{B_ADDR[1]}/64"], sock=sock_b)
+        local = await asyncio.start_server(echo, "127.0.0.1", 0)
+        local_port = local.sockets[0].getsockname()[1]
+        config = forward_config(tmp_path, key_a, key_b, sock_b.getsockname(), port_a)
+        async with b:
+            await b.start_server(echo, port=7)
+            await b.create_datagram_endpoint(UdpEcho, local_addr=(None, 53))
+            proc = await asyncio.create_subprocess_exec(
+                *FORWARD, config, "-L", f"0:{B_ADDR[0]}:7", "-L", f"udp:0:{B_ADDR[0]}:53",
+                "-R", f"2222:127.0.0.1:{local_port}", "-L", f"0:{B_ADDR[0]}:1",
+                "--status", "0.5",
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            lines: list[str] = []
+
+            async def line_matching(pattern: str) -> re.Match[str]:
+                for seen in lines:
+                    if (m := re.search(pattern, seen)) is not None:
+                        return m
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(proc.stderr.readline(), 20)  # type: ignore[union-attr]
+                    except TimeoutError:
+                        raise AssertionError(f"no {pattern!r} in:\n" + "\n".join(lines)) from None
+                    assert raw, "\n".join(lines)
+                    lines.append(raw.decode().rstrip())
+                    if (m := re.search(pattern, lines[-1])) is not None:
+                        return m
+
+            try:
+                tcp_port = int((await line_matching(r"-L tcp .*listening on 127.0.0.1:(\d+)"))[1])
+                udp_port = int((await line_matching(r"-L udp .*listening on 127.0.0.1:(\d+)"))[1])
+                refused_port = int(
+                    (await line_matching(rf"-L tcp .*-> {B_ADDR[0]}:1: listening on .*:(\d+)"))[1]
+                )
+                await line_matching("forward: ready")
+                # Nobody listens behind -L ...:1: the client is reset, the forward counts it.
+                reader, writer = await asyncio.open_connection("127.0.0.1", refused_port)
+                with contextlib.suppress(ConnectionResetError):
+                    assert await reader.read() == b""
+                writer.close()
+                await line_matching(rf"{B_ADDR[0]}:1: cannot connect through the tunnel: "
+                                    "Connection refused")  # fmt: skip
+                # -L tcp: a kernel client here, the echo server in B's stack.
+                reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+                data = os.urandom(1 << 20)
+                writer.write(data)
+                writer.write_eof()
+                assert await reader.read() == data
+                writer.close()
+                # -L udp.
+                loop = asyncio.get_running_loop()
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Collect(got), remote_addr=("127.0.0.1", udp_port)
+                )
+                transport.sendto(b"hello")
+                assert await asyncio.wait_for(got.get(), 10) == b"echo:hello"
+                transport.close()
+                # -R tcp: B connects to the stack's address, a local service answers.
+                reader, writer = await b.open_connection(A_ADDR[1], 2222)
+                writer.write(b"through -R")
+                writer.write_eof()
+                assert await reader.read() == b"through -R"
+                writer.close()
+                # The stack answers pings.
+                assert await b.ping(A_ADDR[0]) < 5
+                # A periodic status line, then the SIGUSR1 report.
+                await line_matching(r"\d\d:\d\d:\d\d peer .* handshake \d+s ago")
+                proc.send_signal(signal.SIGUSR1)
+                await line_matching("forward: status: addresses 10.99.0.1, fd99::1")
+                await line_matching(r"-L tcp 127.0.0.1:\d+ -> 10.99.0.2:7: 0 conns open, 1 total, "
+                                    r"to tunnel 1.0 MiB, from tunnel 1.0 MiB")  # fmt: skip
+                await line_matching(r"-R tcp stack:2222 -> 127.0.0.1:\d+: 0 conns open, 1 total")
+                await line_matching(r"1 pings answered")
+                proc.send_signal(signal.SIGTERM)
+                await line_matching("forward: exiting")
+                assert await asyncio.wait_for(proc.wait(), 10) == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        local.close()
+
+    run(body)
+
+
+class _Collect(asyncio.DatagramProtocol):
+    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+        self.queue = queue
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.queue.put_nowait(data)
+
+
+def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
+    """Each mistake is one line on stderr and exit status 1 (checked in-process
+    through the same entry point; once through `python -m wireguard`)."""
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    good = forward_config(tmp_path, key_a, key_b, ("127.0.0.1", 9), 0)
+    no_address = tmp_path / "bare.conf"
+    no_address.write_text(f"[Interface]\nPrivateKey = {key_a}\n")
+    broken = tmp_path / "broken.conf"
+    broken.write_text("[Interface]\nPrivateKey = nope\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        cases = [
+            ([str(tmp_path / "missing.conf")], "missing.conf: No such file or directory"),
+            ([good, "-L", "8080:example.com:80"], "-L 8080:example.com:80: destination"),
+            ([good, "-L", "80:10.99.0.2"], "expected [udp:][bind_address:]port:host:hostport"),
+            ([good, "-R", "udp:99999:localhost:53"], "listening port 99999 is out of range"),
+            ([good, "-L", "[::1:80:10.99.0.2:80"], "unclosed '['"),
+            ([good, "--status", "-1"], "--status must not be negative"),
+            ([str(no_address)], "no [Interface] Address"),
+            ([str(broken)], "broken.conf:2: PrivateKey"),
+            ([good, "-L", f"{busy}:10.99.0.2:80"], "cannot listen: Address already in use"),
+            ([good, "-R", "192.0.2.7:80:localhost:80"], "cannot listen"),
+            ([good, "-L", "1:192.0.2.1:80"], None),  # parsed fine: no route is a runtime matter
+        ]
+        for args, expected in cases:
+            if expected is None:
+                continue
+            status = forward_main(args)
+            stderr = capsys.readouterr().err
+            lines = stderr.splitlines()
+            assert status == 1, (args, stderr)
+            assert len(lines) == 1, (args, stderr)
+            assert lines[0].startswith("python -m wireguard forward: "), lines
+            assert expected in lines[0], (args, lines[0])
+    result = subprocess.run([*FORWARD, good, "-L", "x:1.2.3.4:5"], capture_output=True,
+                            text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr == "python -m wireguard forward: -L x:1.2.3.4:5: listening port 'x'"
+        " is not a port number\n"
+    )

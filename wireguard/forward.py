@@ -1,0 +1,782 @@
+"""``python -m wireguard forward CONFIG -L ... -R ...``: port forwarding through a rootless tunnel.
+
+Like ``ssh -L`` / ``ssh -R``, with a WireGuard peer on the other end and no
+privileges here: the tunnel is a :class:`~wireguard.io.rootless.RootlessTunnel`
+whose userspace TCP/IP stack owns the configuration's ``[Interface] Address``.
+
+``-L [udp:][BIND_ADDR:]PORT:HOST:HOSTPORT``
+    Listen on this host's BIND_ADDR:PORT (default 127.0.0.1, ``*`` for all);
+    every connection is carried through the tunnel to HOST:HOSTPORT (an IP
+    address behind a peer).
+``-R [udp:][STACK_ADDR:]PORT:LOCAL_HOST:LOCAL_PORT``
+    Listen on the stack's address PORT (reachable by peers through the
+    tunnel); every connection is passed to LOCAL_HOST:LOCAL_PORT on this host.
+
+IPv6 addresses go in brackets: ``-L [::1]:8080:[fd00::1]:80``. UDP forwards
+keep one flow per client address (its own port on the other side), expired
+after ``--udp-timeout`` seconds without traffic.
+
+The tunnel state and per-forward counters are printed to stderr every
+``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ConfigError
+from .errors import LocalProtocolError
+from .io.rootless import RootlessTunnel, format_bytes
+
+PROG = "python -m wireguard forward"
+
+__all__ = ["ForwardSpec", "UsageError", "add_parser", "parse_forward", "run"]
+
+
+class UsageError(Exception):
+    """A bad argument or an impossible setup: one line on stderr, exit status 1."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """One ``-L`` or ``-R`` argument."""
+
+    kind: str  # "L": local listener -> tunnel; "R": stack listener -> local service
+    proto: str  # "tcp" or "udp"
+    bind_host: str | None  # None: all addresses
+    bind_port: int
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        bind = _fmt(self.bind_host or ("*" if self.kind == "L" else "stack"), self.bind_port)
+        return f"-{self.kind} {self.proto} {bind} -> {_fmt(self.host, self.port)}"
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split_fields(text: str) -> list[str]:
+    """Split on ':' outside brackets; a bracketed field loses its brackets."""
+    fields: list[str] = []
+    i = 0
+    while True:
+        if text.startswith("[", i):
+            end = text.find("]", i)
+            if end < 0:
+                raise UsageError("unclosed '[' in an IPv6 address")
+            fields.append(text[i + 1 : end])
+            i = end + 1
+            if i < len(text) and text[i] != ":":
+                raise UsageError(f"':' expected after ']' in {text!r}")
+        else:
+            end = text.find(":", i)
+            if end < 0:
+                end = len(text)
+            fields.append(text[i:end])
+            i = end
+        if i >= len(text):
+            return fields
+        i += 1  # the ':'
+
+
+def _port(text: str, what: str, *, zero: bool = False) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a port number") from None
+    if not (0 if zero else 1) <= value <= 65535:
+        raise UsageError(f"{what} {value} is out of range (1..65535)")
+    return value
+
+
+def _ip(text: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(
+            f"{what} {text!r} is not an IP address (names are not resolved inside the tunnel)"
+        ) from None
+
+
+def parse_forward(text: str, kind: str) -> ForwardSpec:
+    """Parse one ``-L`` (*kind* "L") or ``-R`` (*kind* "R") argument."""
+    flag = f"-{kind} {text}"
+    proto = "tcp"
+    body = text
+    for prefix in ("udp:", "tcp:"):
+        if body.lower().startswith(prefix):
+            proto, body = prefix[:3], body[4:]
+            break
+    try:
+        fields = _split_fields(body)
+        if len(fields) == 3:
+            bind_text, (port_text, host, hostport_text) = None, fields
+        elif len(fields) == 4:
+            bind_text, port_text, host, hostport_text = fields
+        else:
+            form = "port:host:hostport" if kind == "L" else "port:local_host:local_port"
+            raise UsageError(f"expected [udp:][bind_address:]{form}")
+        bind_port = _port(port_text, "listening port", zero=kind == "L")
+        port = _port(hostport_text, "destination port")
+        if not host:
+            raise UsageError("the destination host is empty")
+        if kind == "L":
+            # The local listener: ssh's default is the loopback address.
+            if bind_text is None:
+                bind: str | None = "127.0.0.1"
+            elif bind_text in ("", "*"):
+                bind = None
+            else:
+                bind = _ip(bind_text, "bind address") if bind_text != "localhost" else bind_text
+            host = _ip(host, "destination")
+        else:
+            # The listener is on the stack (one of its addresses, or all); the
+            # destination a local service, which the host's resolver may name.
+            bind = None if bind_text in (None, "", "*") else _ip(bind_text, "stack address")
+    except UsageError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return ForwardSpec(kind, proto, bind, bind_port, host, port)
+
+
+# ------------------------------------------------------------------------ counters
+
+
+@dataclass
+class Counters:
+    active: int = 0  # open connections or live UDP flows
+    total: int = 0
+    failed: int = 0  # connections whose other side could not be reached
+    to_tunnel: int = 0  # bytes carried into the tunnel
+    from_tunnel: int = 0  # bytes carried out of it
+    datagrams_to_tunnel: int = 0
+    datagrams_from_tunnel: int = 0
+
+    def line(self, proto: str) -> str:
+        what = "conns" if proto == "tcp" else "flows"
+        text = (
+            f"{self.active} {what} open, {self.total} total"
+            + (f", {self.failed} failed" if self.failed else "")
+            + f", to tunnel {format_bytes(self.to_tunnel)}"
+            + f", from tunnel {format_bytes(self.from_tunnel)}"
+        )
+        if proto == "udp":
+            text += f" ({self.datagrams_to_tunnel}/{self.datagrams_from_tunnel} datagrams)"
+        return text
+
+
+# ----------------------------------------------------------------- TCP relaying
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a relayed connection (the kernel's or the stack's)."""
+
+    def __init__(self, link: _Link, index: int) -> None:
+        self.link = link
+        self.index = index
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.link.made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.data(self.index, data)
+
+    def eof_received(self) -> bool:
+        return self.link.eof(self.index)
+
+    def pause_writing(self) -> None:
+        # Our write buffer to this side is full: stop reading the other side, so
+        # back-pressure reaches the sender (a closing TCP window on either stack).
+        other = self.link.sides[1 - self.index]
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.link.sides[1 - self.index]
+        if other is not None and other.transport is not None and not self.link.held:
+            other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.lost(self.index, exc)
+
+
+class _Link:
+    """A relayed connection: side 0 accepted, side 1 opened for it.
+    *to_tunnel_from* is the side whose bytes go into the tunnel."""
+
+    def __init__(self, counters: Counters, to_tunnel_from: int) -> None:
+        self.counters = counters
+        self.sides: list[_Side | None] = [None, None]
+        self.to_tunnel_from = to_tunnel_from
+        self.eofs = [False, False]
+        self.held = True  # reading of side 0 waits until side 1 is connected
+        self.done = False
+        counters.active += 1
+        counters.total += 1
+
+    def made(self, side: _Side) -> None:
+        self.sides[side.index] = side
+        if side.index == 0:
+            assert side.transport is not None
+            side.transport.pause_reading()
+
+    def connected(self) -> None:
+        self.held = False
+        side0 = self.sides[0]
+        if self.done or side0 is None or side0.transport is None:
+            other = self.sides[1]
+            if other is not None and other.transport is not None:
+                other.transport.close()
+            return
+        side0.transport.resume_reading()
+
+    def failed(self) -> None:
+        self.counters.failed += 1
+        side0 = self.sides[0]
+        if side0 is not None and side0.transport is not None:
+            side0.transport.abort()
+
+    def data(self, index: int, data: bytes) -> None:
+        other = self.sides[1 - index]
+        if other is None or other.transport is None:
+            return
+        if index == self.to_tunnel_from:
+            self.counters.to_tunnel += len(data)
+        else:
+            self.counters.from_tunnel += len(data)
+        other.transport.write(data)
+
+    def eof(self, index: int) -> bool:
+        self.eofs[index] = True
+        other = self.sides[1 - index]
+        if all(self.eofs):
+            for side in self.sides:
+                if side is not None and side.transport is not None:
+                    side.transport.close()
+            return False
+        if other is not None and other.transport is not None:
+            if other.transport.can_write_eof():
+                other.transport.write_eof()
+            else:  # pragma: no cover - both transports here can
+                other.transport.close()
+        return True  # keep our writing half open (TCP half-close)
+
+    def lost(self, index: int, exc: Exception | None) -> None:
+        other = self.sides[1 - index]
+        if other is not None and other.transport is not None and not other.transport.is_closing():
+            if exc is not None:
+                other.transport.abort()
+            else:
+                other.transport.close()
+        if not self.done:
+            self.done = True
+            self.counters.active -= 1
+
+
+# ----------------------------------------------------------------------- forwards
+
+
+class Forward:
+    def __init__(self, spec: ForwardSpec, tunnel: RootlessTunnel, options: argparse.Namespace):
+        self.spec = spec
+        self.tunnel = tunnel
+        self.options = options
+        self.counters = Counters()
+        self.where = ""  # what is listening, after start()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def expire(self, now: float) -> None:
+        """Drop idle UDP flows."""
+
+    def line(self) -> str:
+        return f"{self.spec}: {self.counters.line(self.spec.proto)}"
+
+
+class TcpLocalForward(Forward):
+    """-L: kernel listener here, connections opened through the tunnel."""
+
+    server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._accept, spec.bind_host, spec.bind_port, reuse_address=True
+        )
+        names = sorted({_fmt(*s.getsockname()[:2]) for s in self.server.sockets})
+        self.where = ", ".join(names)
+
+    def _accept(self) -> asyncio.Protocol:
+        link = _Link(self.counters, to_tunnel_from=0)
+        self._spawn(self._connect(link))
+        return _Side(link, 0)
+
+    async def _connect(self, link: _Link) -> None:
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self.tunnel.create_connection(
+                    lambda: _Side(link, 1), self.spec.host, self.spec.port
+                )
+        except (OSError, TimeoutError, LocalProtocolError) as exc:
+            _log(f"{self.spec}: cannot connect through the tunnel: {_why(exc)}")
+            link.failed()
+            return
+        link.connected()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        await super().close()
+
+
+class TcpRemoteForward(Forward):
+    """-R: listener on the stack, connections passed to a local service."""
+
+    server: Any = None
+
+    async def start(self) -> None:
+        spec = self.spec
+        self.server = await self.tunnel.create_server(self._accept, spec.bind_host, spec.bind_port)
+        hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
+        self.where = ", ".join(_fmt(h, self.server.port) for h in hosts) + " (in the tunnel)"
+
+    def _accept(self) -> asyncio.Protocol:
+        link = _Link(self.counters, to_tunnel_from=1)
+        self._spawn(self._connect(link))
+        return _Side(link, 0)
+
+    async def _connect(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await loop.create_connection(lambda: _Side(link, 1), self.spec.host, self.spec.port)
+        except (OSError, TimeoutError) as exc:
+            _log(f"{self.spec}: cannot connect to the local service: {_why(exc)}")
+            link.failed()
+            return
+        link.connected()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        await super().close()
+
+
+_OnDatagram = Callable[[bytes, Any], None]
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: _OnDatagram) -> None:
+        self.on_datagram = on_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors (port unreachable) on a connected UDP socket: UDP drops
+
+
+class _Flow:
+    __slots__ = ("last", "pending", "transport")
+
+    def __init__(self, now: float) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: list[bytes] | None = []  # datagrams waiting for the transport
+        self.last = now
+
+
+_FLOW_BACKLOG = 64
+
+
+class _UdpForward(Forward):
+    """A UDP forward: one listening endpoint, one flow per client address,
+    each flow its own endpoint towards the destination."""
+
+    listener: asyncio.DatagramTransport | None = None
+    client_to_tunnel = True  # -L: clients are local; -R: clients are in the tunnel
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.flows: dict[Any, _Flow] = {}
+
+    def _count(self, to_tunnel: bool, n: int) -> None:
+        c = self.counters
+        if to_tunnel:
+            c.to_tunnel += n
+            c.datagrams_to_tunnel += 1
+        else:
+            c.from_tunnel += n
+            c.datagrams_from_tunnel += 1
+
+    def _from_client(self, data: bytes, addr: Any) -> None:
+        loop = asyncio.get_running_loop()
+        flow = self.flows.get(addr)
+        if flow is None:
+            flow = self.flows[addr] = _Flow(loop.time())
+            self.counters.active += 1
+            self.counters.total += 1
+            self._spawn(self._open_flow(addr, flow))
+        flow.last = loop.time()
+        if flow.transport is not None:
+            self._count(self.client_to_tunnel, len(data))
+            flow.transport.sendto(data)
+        elif flow.pending is not None and len(flow.pending) < _FLOW_BACKLOG:
+            flow.pending.append(data)
+
+    def _from_destination(self, addr: Any, flow: _Flow, data: bytes) -> None:
+        if self.listener is None or self.flows.get(addr) is not flow:
+            return
+        flow.last = asyncio.get_running_loop().time()
+        self._count(not self.client_to_tunnel, len(data))
+        self.listener.sendto(data, addr)
+
+    async def _open_flow(self, addr: Any, flow: _Flow) -> None:
+        try:
+            transport = await self._endpoint(
+                lambda data, _src: self._from_destination(addr, flow, data)
+            )
+        except (OSError, LocalProtocolError) as exc:
+            _log(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {_why(exc)}")
+            self.counters.failed += 1
+            self._drop(addr)
+            return
+        if self.flows.get(addr) is not flow:
+            transport.close()
+            return
+        flow.transport = transport
+        pending, flow.pending = flow.pending or [], None
+        for data in pending:
+            self._count(self.client_to_tunnel, len(data))
+            transport.sendto(data)
+
+    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+        raise NotImplementedError
+
+    def _drop(self, addr: Any) -> None:
+        flow = self.flows.pop(addr, None)
+        if flow is not None:
+            self.counters.active -= 1
+            if flow.transport is not None:
+                flow.transport.close()
+
+    def expire(self, now: float) -> None:
+        timeout = self.options.udp_timeout
+        for addr, flow in list(self.flows.items()):
+            if now - flow.last > timeout:
+                self._drop(addr)
+
+    async def close(self) -> None:
+        for addr in list(self.flows):
+            self._drop(addr)
+        if self.listener is not None:
+            self.listener.close()
+        await super().close()
+
+
+class UdpLocalForward(_UdpForward):
+    """-L udp: a kernel UDP socket here; each client's datagrams go out
+    through the tunnel from their own stack port."""
+
+    client_to_tunnel = True
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host = self.spec.bind_host
+        family = socket.AF_INET6 if host is None or ":" in host else socket.AF_UNSPEC
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._from_client),
+            local_addr=(host or "::", self.spec.bind_port),
+            family=family,
+        )
+        self.listener = transport
+        sockname = transport.get_extra_info("sockname")
+        self.where = _fmt(sockname[0], sockname[1])
+
+    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+        transport, _ = await self.tunnel.create_datagram_endpoint(
+            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+        )
+        return transport
+
+
+class UdpRemoteForward(_UdpForward):
+    """-R udp: a UDP port on the stack; each remote sender gets its own kernel
+    socket towards the local service."""
+
+    client_to_tunnel = False
+
+    async def start(self) -> None:
+        spec = self.spec
+        transport, _ = await self.tunnel.create_datagram_endpoint(
+            lambda: _Datagrams(self._from_client), local_addr=(spec.bind_host, spec.bind_port)
+        )
+        self.listener = transport
+        hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
+        self.where = ", ".join(_fmt(h, spec.bind_port) for h in hosts) + " (in the tunnel)"
+
+    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+        )
+        return transport
+
+
+_KINDS: dict[tuple[str, str], type[Forward]] = {
+    ("L", "tcp"): TcpLocalForward,
+    ("R", "tcp"): TcpRemoteForward,
+    ("L", "udp"): UdpLocalForward,
+    ("R", "udp"): UdpRemoteForward,
+}
+
+
+# ---------------------------------------------------------------------- reporting
+
+
+def _log(text: str) -> None:
+    print(f"forward: {text}", file=sys.stderr, flush=True)
+
+
+def _why(exc: BaseException) -> str:
+    """The C library's words for an error (the stack's errors carry no errno)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # asyncio's bind errors wrap it in a long sentence
+    for kind, code in (
+        (ConnectionRefusedError, errno.ECONNREFUSED),
+        (ConnectionResetError, errno.ECONNRESET),
+        (TimeoutError, errno.ETIMEDOUT),
+    ):
+        if isinstance(exc, kind):
+            return os.strerror(code)
+    return str(exc) or type(exc).__name__
+
+
+def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
+    parts = [tunnel.status().summary()]
+    for f in forwards:
+        c = f.counters
+        parts.append(
+            f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
+            f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+        )
+    return " | ".join(parts)
+
+
+def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
+    status = tunnel.status()
+    _log(f"{title}: addresses {', '.join(status.addresses)}, UDP port {status.listen_port}")
+    for line in status.summary().split("; "):
+        _log(f"  {line}")
+    st = status.stack
+    if st is not None:
+        _log(
+            f"  stack: {st.packets_received} packets in, {st.packets_sent} out, "
+            f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits, "
+            f"{st.icmp_echo_answered} pings answered"
+        )
+    drops = {k: v for k, v in tunnel.device.drops.items() if v}
+    if drops:
+        _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    for f in forwards:
+        _log(f"  {f.line()}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
+    try:
+        tunnel = await RootlessTunnel.from_config(args.config, control=args.control)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{args.config}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
+    try:
+        await tunnel.start()
+    except OSError as exc:
+        raise UsageError(f"cannot open the tunnel: {_why(exc)}") from None
+    forwards: list[Forward] = []
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        for spec in specs:
+            forward = _KINDS[(spec.kind, spec.proto)](spec, tunnel, args)
+            try:
+                await forward.start()
+            except (OSError, LocalProtocolError) as exc:
+                raise UsageError(f"{spec}: cannot listen: {_why(exc)}") from None
+            forwards.append(forward)
+            _log(f"{spec}: listening on {forward.where}")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
+        _report(tunnel, forwards, "ready")
+        interval = args.status
+        next_status = loop.time() + interval if interval > 0 else None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+            now = loop.time()
+            for forward in forwards:
+                forward.expire(now)
+            if next_status is not None and now >= next_status:
+                next_status = now + interval
+                _log(time.strftime("%H:%M:%S ") + _status_line(tunnel, forwards))
+        _report(tunnel, forwards, "exiting")
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        for forward in forwards:
+            await forward.close()
+        await tunnel.close()
+
+
+_DESCRIPTION = """\
+Forward ports through WireGuard like ssh -L / -R, as an unprivileged user: no
+TUN device, a userspace TCP/IP stack owns the config's [Interface] Address."""
+
+_EPILOG = """\
+examples:
+  -L 8080:10.0.0.1:80            127.0.0.1:8080 here -> 10.0.0.1:80 behind the peer
+  -L '*:8080:10.0.0.1:80'        the same on all local addresses
+  -L [::1]:8080:[fd00::1]:80     IPv6 in brackets
+  -L udp:5353:10.0.0.1:53        UDP, one flow per client
+  -R 2222:127.0.0.1:22           peers reach our local sshd at <Address>:2222
+  -R udp:10.0.0.2:514:localhost:514
+
+The tunnel state and per-forward counters go to stderr every --status seconds,
+on SIGUSR1 and at exit. SIGINT or SIGTERM stops it."""
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="wg-quick file; Address = the stack's own")
+    parser.add_argument(
+        "-L",
+        dest="local",
+        action="append",
+        default=[],
+        metavar="[udp:][BIND:]PORT:HOST:HOSTPORT",
+        help="listen here on BIND:PORT (default 127.0.0.1), connect through the tunnel to HOST",
+    )
+    parser.add_argument(
+        "-R",
+        dest="remote",
+        action="append",
+        default=[],
+        metavar="[udp:][ADDR:]PORT:LOCAL_HOST:LOCAL_PORT",
+        help="listen in the tunnel on the stack's PORT, pass connections to LOCAL_HOST:LOCAL_PORT",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="NAME|PATH",
+        help="open the `wg` control socket: NAME for /var/run/wireguard/NAME.sock, or a path",
+    )
+    parser.add_argument(
+        "--status",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="print a status line this often (0: only on SIGUSR1 and at exit; default 10)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on a connection's other side after this long (default 30)",
+    )
+    parser.add_argument(
+        "--udp-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="forget a UDP flow idle this long (default 60)",
+    )
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
+    result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
+    parser = subparsers.add_parser(
+        "forward",
+        help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        specs = [parse_forward(t, "L") for t in args.local]
+        specs += [parse_forward(t, "R") for t in args.remote]
+        for value, flag in ((args.status, "--status"), (args.udp_timeout, "--udp-timeout")):
+            if value < 0:
+                raise UsageError(f"{flag} must not be negative")
+        if args.connect_timeout <= 0:
+            raise UsageError("--connect-timeout must be positive")
+        if not os.path.exists(args.config):
+            raise UsageError(f"{args.config}: No such file or directory")
+        return asyncio.run(serve(args, specs))
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wireguard.forward`` (the same as ``python -m wireguard forward``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

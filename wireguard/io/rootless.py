@@ -1,0 +1,387 @@
+"""Rootless tunnels: asyncio streams and datagrams through WireGuard, no TUN, no privileges.
+
+:class:`RootlessTunnel` joins three pieces that each already stand alone:
+
+* a :class:`~wireguard.io.interface.Interface` (the sans-I/O
+  :class:`~wireguard.device.Device` on a UDP socket, and optionally the ``wg``
+  control socket),
+* a userspace :class:`~wireguard.netstack.NetStack` that owns the
+  ``[Interface] Address`` of the configuration, and
+* the stack's asyncio binding :class:`~wireguard.netstack.aio.StackDriver`.
+
+IP packets that come out of the tunnel go to the stack; packets the stack
+builds go into the tunnel. On top, the API mirrors asyncio's own::
+
+    async with await RootlessTunnel.from_config("wg0.conf") as tunnel:
+        reader, writer = await tunnel.open_connection("10.0.0.1", 80)
+        server = await tunnel.start_server(handler, port=8080)   # on our address
+        transport, protocol = await tunnel.create_datagram_endpoint(
+            MyProtocol, remote_addr=("10.0.0.1", 53))
+        rtt = await tunnel.ping("10.0.0.1")
+
+Everything runs in the calling process as an ordinary user: the only socket is
+the UDP one (an unprivileged port unless the config says otherwise). The stack
+answers ICMP echo requests to its addresses, so the peer can ping us.
+
+Hosts are IP literals: there is no resolver inside the tunnel. A destination
+no peer's AllowedIPs cover fails at once with ``ENETUNREACH``, as a kernel
+socket without a route would, rather than after a minute of SYN retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from ..config import Config, load
+from ..device import Device, Effects
+from ..netstack import NetStack, NetStackStats, TcpConfig
+from ..netstack.aio import ClientConnectedCallback, StackDriver, TcpServer
+from .control import socket_path
+from .interface import Interface
+from .tunnel import device_from_config
+
+__all__ = [
+    "PeerStatus",
+    "RootlessTunnel",
+    "TunnelStatus",
+    "format_bytes",
+    "open_tunnel",
+    "rootless_tcp_config",
+]
+
+_DEFAULT_LIMIT = 2**16
+
+
+def rootless_tcp_config() -> TcpConfig:
+    """The stack's TCP defaults here: Linux's choices where they differ from the
+    RFCs' conservative ones (200 ms minimum RTO, an initial window of 10
+    segments per RFC 6928), and 1 MiB buffers so one connection can fill a
+    path whose round trip is stretched by Python's per-packet cost."""
+    return TcpConfig(
+        min_rto=0.2,
+        initial_window=10,
+        send_buffer=1 << 20,
+        receive_buffer=1 << 20,
+    )
+
+
+@dataclass
+class PeerStatus:
+    public_key: str
+    endpoint: tuple[str, int] | None
+    last_handshake_age: float | None  # seconds since the last handshake, None if never
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass
+class TunnelStatus:
+    addresses: list[str]
+    listen_port: int
+    peers: list[PeerStatus] = field(default_factory=list)
+    stack: NetStackStats | None = None
+    tcp_connections: int = 0
+
+    def summary(self) -> str:
+        """One line: the handshake state and traffic of every peer."""
+        parts = []
+        for p in self.peers:
+            key = p.public_key[:8] + "…"
+            if p.last_handshake_age is None:
+                hs = "no handshake"
+            else:
+                hs = f"handshake {p.last_handshake_age:.0f}s ago"
+            ep = f"{p.endpoint[0]}:{p.endpoint[1]}" if p.endpoint else "no endpoint"
+            parts.append(
+                f"peer {key} {ep} {hs}, rx {format_bytes(p.rx_bytes)} tx {format_bytes(p.tx_bytes)}"
+            )
+        return "; ".join(parts) if parts else "no peers"
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _literal(host: str, what: str = "host") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(
+            f"{what} {host!r} is not an IP address (names are not resolved inside the tunnel)"
+        ) from None
+
+
+class RootlessTunnel:
+    """A WireGuard endpoint with a userspace TCP/IP stack on its addresses.
+
+    *device* is a configured :class:`Device`; *addresses* are the stack's own
+    (wg-quick's ``Address``: ``"10.0.0.2/24"`` or plain addresses). *sock*,
+    *listen_port* and *host* choose the UDP socket as for
+    :class:`~wireguard.io.tunnel.Tunnel`. *control* publishes the ``wg``
+    control socket: an interface name (``/var/run/wireguard/NAME.sock``, which
+    ``wg show NAME`` finds) or a path containing ``/``; None (the default)
+    opens none, since an unprivileged user cannot write /var/run/wireguard.
+    *tcp_config* tunes the stack (default :func:`rootless_tcp_config`).
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        addresses: Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+        *,
+        mtu: int | None = None,
+        sock: socket.socket | None = None,
+        listen_port: int | None = None,
+        host: str | None = None,
+        control: str | os.PathLike[str] | None = None,
+        tcp_config: TcpConfig | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        addresses = list(addresses)
+        if not addresses:
+            raise ValueError("a rootless tunnel needs at least one address ([Interface] Address)")
+        self.device = device
+        self.mtu = mtu or device.mtu or 1420
+        self.stack = NetStack(
+            addresses, self.mtu, tcp_config=tcp_config or rootless_tcp_config(), random=random
+        )
+        name, control_path = "rootless", None
+        if control is not None:
+            text = os.fspath(control)
+            if "/" in text:
+                control_path = text
+            else:
+                socket_path(text)  # validates the name
+                name = text
+        self.interface = Interface(
+            name,
+            device,
+            listen_port=listen_port,
+            host=host,
+            sock=sock,
+            control=control is not None,
+            control_path=control_path,
+        )
+        self.tunnel = self.interface.tunnel
+        self.tunnel.on_packet = self._from_tunnel
+        self.driver: StackDriver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._out: Effects | None = None
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    async def from_config(
+        cls, config: Config | str | os.PathLike[str], **options: Any
+    ) -> RootlessTunnel:
+        """A tunnel (not yet started) as *config* (a :class:`Config` or a file
+        path) says: its ``[Interface] Address`` entries are the stack's
+        addresses, its MTU the stack's MTU, ``ListenPort`` the UDP port."""
+        if not isinstance(config, Config):
+            config = load(config)
+        if not config.interface.addresses:
+            raise ValueError(
+                "the configuration has no [Interface] Address: the stack needs its own address"
+            )
+        device = await device_from_config(config)
+        options.setdefault("listen_port", config.interface.listen_port or 0)
+        options.setdefault("mtu", config.interface.mtu)
+        return cls(device, config.interface.addresses, **options)
+
+    # --------------------------------------------------------------- lifetime
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self.driver = StackDriver(self.stack, self._to_tunnel, loop=self._loop)
+        await self.interface.start()
+        self._started = True
+
+    async def close(self) -> None:
+        """Reset every connection (the RSTs leave first), then close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.driver is not None:
+            self.driver.close()
+            self._apply_out()
+        await self.interface.close()
+
+    async def __aenter__(self) -> RootlessTunnel:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def addresses(self) -> list[str]:
+        return [str(ipaddress.ip_address(a)) for a in self.stack.addresses]
+
+    @property
+    def listen_port(self) -> int:
+        return self.tunnel.listen_port
+
+    # ---------------------------------------------------------------- packets
+
+    def _from_tunnel(self, packet: bytes) -> None:
+        assert self.driver is not None
+        self.driver.deliver_ip(packet)
+
+    def _to_tunnel(self, packet: bytes) -> None:
+        # The driver hands over its packets one by one in a flush; collect them
+        # into one Effects so the UDP sends and the timer update happen once.
+        out = self._out
+        if out is None:
+            out = self._out = Effects()
+            assert self._loop is not None
+            self._loop.call_soon(self._apply_out)
+        self.device.send_packet(packet, self._loop.time(), out)  # type: ignore[union-attr]
+
+    def _apply_out(self) -> None:
+        out, self._out = self._out, None
+        if out is not None:
+            self.tunnel.apply(out)
+
+    def _driver(self) -> StackDriver:
+        if self.driver is None or self._closed:
+            raise RuntimeError("the rootless tunnel is not running (use `async with`)")
+        return self.driver
+
+    def _check_route(self, host: str) -> str:
+        address = _literal(host)
+        if self.device.allowed_ips.lookup(address.packed) is None:
+            raise OSError(
+                errno.ENETUNREACH,
+                f"{address} is not in any peer's AllowedIPs (network is unreachable)",
+            )
+        return str(address)
+
+    # -------------------------------------------------------------------- TCP
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = _DEFAULT_LIMIT, local_port: int | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Like :func:`asyncio.open_connection`, through the tunnel."""
+        return await self._driver().open_connection(
+            self._check_route(host), port, limit=limit, local_port=local_port
+        )
+
+    async def create_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        host: str,
+        port: int,
+        *,
+        local_port: int | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """Like :meth:`asyncio.loop.create_connection`, through the tunnel."""
+        return await self._driver().create_connection(
+            protocol_factory, self._check_route(host), port, local_port=local_port
+        )
+
+    async def start_server(
+        self,
+        client_connected_cb: ClientConnectedCallback,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        limit: int = _DEFAULT_LIMIT,
+        backlog: int | None = None,
+    ) -> TcpServer:
+        """Like :func:`asyncio.start_server`, listening on the stack's address
+        *host* (default: all of them): peers reach it through the tunnel."""
+        if host is not None:
+            host = str(_literal(host))
+        return await self._driver().start_server(
+            client_connected_cb, host, port, limit=limit, backlog=backlog
+        )
+
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int | None = None,
+    ) -> TcpServer:
+        """Like :meth:`asyncio.loop.create_server` on the stack's address(es)."""
+        if host is not None:
+            host = str(_literal(host))
+        return await self._driver().create_server(protocol_factory, host, port, backlog=backlog)
+
+    # -------------------------------------------------------------------- UDP
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str | None, int] | None = None,
+        remote_addr: tuple[str, int] | None = None,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        """Like :meth:`asyncio.loop.create_datagram_endpoint`: *local_addr* is
+        on the stack (default: an ephemeral port on all its addresses),
+        *remote_addr* a host through the tunnel."""
+        if remote_addr is not None:
+            remote_addr = (self._check_route(remote_addr[0]), remote_addr[1])
+        if local_addr is not None and local_addr[0] not in (None, ""):
+            local_addr = (str(_literal(local_addr[0])), local_addr[1])  # type: ignore[arg-type]
+        return await self._driver().create_datagram_endpoint(
+            protocol_factory, local_addr, remote_addr
+        )
+
+    # ------------------------------------------------------------------- ICMP
+
+    async def ping(self, host: str, *, timeout: float = 5.0, data: bytes = b"") -> float:
+        """One ICMP echo through the tunnel; the round-trip time in seconds."""
+        return await self._driver().ping(self._check_route(host), timeout=timeout, data=data)
+
+    # ----------------------------------------------------------------- status
+
+    def status(self) -> TunnelStatus:
+        """Peers (endpoint, handshake age, bytes) and the stack's counters."""
+        now = self._loop.time() if self._loop is not None else 0.0
+        peers = [
+            PeerStatus(
+                public_key=str(peer.public_key),
+                endpoint=peer.endpoint,
+                last_handshake_age=(
+                    None if peer.last_handshake is None else max(0.0, now - peer.last_handshake)
+                ),
+                rx_bytes=peer.rx_bytes,
+                tx_bytes=peer.tx_bytes,
+            )
+            for peer in self.device.peers.values()
+        ]
+        return TunnelStatus(
+            addresses=self.addresses,
+            listen_port=self.listen_port,
+            peers=peers,
+            stack=self.stack.stats,
+            tcp_connections=len(self.stack.tcp_connections),
+        )
+
+
+async def open_tunnel(config: Config | str | os.PathLike[str], **options: Any) -> RootlessTunnel:
+    """Build and start a :class:`RootlessTunnel` from *config* (use it with
+    ``async with`` to close it, as with :func:`asyncio.start_server`)."""
+    tunnel = await RootlessTunnel.from_config(config, **options)
+    await tunnel.start()
+    return tunnel
