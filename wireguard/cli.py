@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .decrypt import add_parser as add_decrypt_parser
 
     add_decrypt_parser(sub)
+    from .io.up import add_parser as add_up_parser
+
+    add_up_parser(sub)
     from .show import add_parser as add_show_parser
 
     add_show_parser(sub)

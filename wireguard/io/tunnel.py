@@ -11,14 +11,28 @@ and no privileges.
 
 Time for the device is ``loop.time()`` (monotonic); its wall-clock offset is
 set so TAI64N timestamps are real time.
+
+The data path works in batches: each wake-up reads every datagram waiting,
+feeds them all to the device with one :class:`~wireguard.device.Effects`, and
+acts once. Where the kernel offers them, the socket uses UDP segmentation
+offload (GSO: a run of equal-size datagrams to one endpoint leaves in one
+``sendmsg`` with a ``UDP_SEGMENT`` control message, and the kernel cuts it)
+and receive offload (GRO: ``UDP_GRO`` lets the kernel hand over several
+datagrams of one flow in one buffer, with their size in a control message).
+Either falls back to one system call per datagram when it is missing or the
+kernel refuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -30,6 +44,21 @@ from ..keys import PresharedKey
 log = logging.getLogger("wireguard")
 
 Address = tuple[str, int]
+
+# linux/udp.h: options at level SOL_UDP (17).
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+# The kernel takes at most 64 segments per GSO send (UDP_MAX_SEGMENTS; 128
+# on newer kernels) and at most 64 KB in all.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+# Socket buffers as wireguard-go asks for them (conn/controlfns_linux.go).
+SOCKET_BUFFER = 7 << 20
+_native_u16 = struct.Struct("=H").pack
+_native_i32 = struct.Struct("=i").unpack_from
+# Errors meaning "this socket or route cannot do GSO": fall back for good.
+_GSO_ERRORS = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 def _plain(address: tuple) -> Address:  # type: ignore[type-arg]
@@ -92,6 +121,15 @@ class Tunnel:
         self.dropped_datagrams = 0
         self.batch = 256
         self.events: list[Event] = []
+        # A batch consumer for packets out of the tunnel (a TUN writes them
+        # with one call); takes precedence over on_packet and the queue.
+        self.on_packets: Callable[[list[bytes]], None] | None = None
+        # Offloads: wanted (switch off with WG_PY_UDP_GSO=0 / WG_PY_UDP_GRO=0);
+        # gso turns False for good if the kernel refuses it.
+        self.gso = os.environ.get("WG_PY_UDP_GSO", "1") != "0"
+        self.gro = os.environ.get("WG_PY_UDP_GRO", "1") != "0"
+        self._gro_on = False
+        self._sockaddrs: dict[Address, tuple] = {}  # type: ignore[type-arg]
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -107,6 +145,15 @@ class Tunnel:
         sock.setblocking(False)
         self._sock = sock
         self._family = sock.family
+        self._sockaddrs.clear()
+        _grow_buffers(sock)
+        self._gro_on = False
+        if self.gro:
+            try:
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self._gro_on = True
+            except OSError:
+                pass
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self.device.listen_port = self.listen_port
 
@@ -206,41 +253,139 @@ class Tunnel:
         device = self.device
         out = Effects()
         now = self.now
-        recv = sock.recvfrom
-        for _ in range(self.batch):
+        receive = device.receive_datagram
+        if self._gro_on:
+            self._read_gro(sock, receive, now, out)
+        else:
+            recv = sock.recvfrom
+            for _ in range(self.batch):
+                try:
+                    data, addr = recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # ICMP errors surface here on Linux
+                    log.debug("UDP receive error: %s", exc)
+                    break
+                receive(data, _plain(addr), now, out)
+        self.apply(out)
+
+    def _read_gro(self, sock: socket.socket, receive, now: float, out: Effects) -> None:  # type: ignore[no-untyped-def]
+        """recvmsg with UDP_GRO: one buffer may hold several datagrams of
+        ``gso_size`` bytes each (the last may be shorter), from one source."""
+        recv = sock.recvmsg
+        space = self._gro_space
+        n = 0
+        batch = self.batch
+        last_addr = None
+        source: Address = ("", 0)
+        while n < batch:
             try:
-                data, addr = recv(65535)
+                data, anc, _flags, addr = recv(65535, space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
                 log.debug("UDP receive error: %s", exc)
                 break
-            device.receive_datagram(data, _plain(addr), now, out)
-        self.apply(out)
+            if addr != last_addr:
+                last_addr = addr
+                source = _plain(addr)
+            if anc:
+                size = 0
+                for level, kind, value in anc:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        size = _native_i32(value)[0]
+                if size and len(data) > size:
+                    view = memoryview(data)
+                    for i in range(0, len(data), size):
+                        receive(bytes(view[i : i + size]), source, now, out)
+                        n += 1
+                    continue
+            receive(data, source, now, out)
+            n += 1
+
+    _gro_space = socket.CMSG_SPACE(4)
+
+    def _sockaddr(self, endpoint: Address) -> tuple:  # type: ignore[type-arg]
+        host, port = endpoint
+        if self._family == socket.AF_INET6 and ":" not in host:
+            host = "::ffff:" + host
+        address = (host, port)
+        if len(self._sockaddrs) > 4096:
+            self._sockaddrs.clear()
+        self._sockaddrs[endpoint] = address
+        return address
+
+    def _send_datagrams(self, sock: socket.socket, datagrams: list[tuple[bytes, Address]]) -> None:
+        sockaddrs = self._sockaddrs
+        send = sock.sendto
+        if self.gso and len(datagrams) > 1:
+            self._send_gso(sock, datagrams)
+            return
+        for data, endpoint in datagrams:
+            address = sockaddrs.get(endpoint) or self._sockaddr(endpoint)
+            try:
+                send(data, address)
+            except (BlockingIOError, InterruptedError):
+                self.dropped_datagrams += 1  # a full socket buffer drops, as UDP does
+            except OSError as exc:
+                log.debug("UDP send to %s:%s failed: %s", *address[:2], exc)
+
+    def _send_gso(self, sock: socket.socket, datagrams: list[tuple[bytes, Address]]) -> None:
+        """Runs of equal-size datagrams to one endpoint go out as one GSO send
+        (the last of a run may be shorter, as the kernel allows)."""
+        sockaddrs = self._sockaddrs
+        i, total = 0, len(datagrams)
+        while i < total:
+            data, endpoint = datagrams[i]
+            size = len(data)
+            j = i + 1
+            limit = min(total, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // size)
+            while j < limit:
+                nxt, where = datagrams[j]
+                if where != endpoint or len(nxt) > size:
+                    break
+                j += 1
+                if len(nxt) < size:
+                    break
+            address = sockaddrs.get(endpoint) or self._sockaddr(endpoint)
+            try:
+                if j - i == 1:
+                    sock.sendto(data, address)
+                else:
+                    sock.sendmsg(
+                        [b"".join([d for d, _ in datagrams[i:j]])],
+                        [(SOL_UDP, UDP_SEGMENT, _native_u16(size))],
+                        0,
+                        address,
+                    )
+            except (BlockingIOError, InterruptedError):
+                self.dropped_datagrams += j - i
+            except OSError as exc:
+                if j - i > 1 and exc.errno in _GSO_ERRORS:
+                    log.info("UDP GSO unavailable (%s): one datagram per send", exc.strerror)
+                    self.gso = False
+                    self._send_datagrams(sock, datagrams[i:])
+                    return
+                log.debug("UDP send to %s:%s failed: %s", *address[:2], exc)
+            i = j
 
     def apply(self, effects: Effects) -> None:
         """Carry out what the device decided, then rearm the timer."""
         sock = self._sock
-        if sock is not None:
-            v6 = self._family == socket.AF_INET6
-            send = sock.sendto
-            for data, (host, port) in effects.datagrams:
-                if v6 and ":" not in host:
-                    host = "::ffff:" + host
-                try:
-                    send(data, (host, port))
-                except (BlockingIOError, InterruptedError):
-                    self.dropped_datagrams += 1  # a full socket buffer drops, as UDP does
-                except OSError as exc:
-                    log.debug("UDP send to %s:%s failed: %s", host, port, exc)
-        for packet in effects.packets:
-            if self.on_packet is not None:
-                self.on_packet(packet)
+        if sock is not None and effects.datagrams:
+            self._send_datagrams(sock, effects.datagrams)
+        if effects.packets:
+            if self.on_packets is not None:
+                self.on_packets(effects.packets)
+            elif self.on_packet is not None:
+                for packet in effects.packets:
+                    self.on_packet(packet)
             else:
-                try:
-                    self._packets.put_nowait(packet)
-                except asyncio.QueueFull:
-                    self.dropped_packets += 1
+                for packet in effects.packets:
+                    try:
+                        self._packets.put_nowait(packet)
+                    except asyncio.QueueFull:
+                        self.dropped_packets += 1
         for event in effects.events:
             log.info("%s", event)
             self.events.append(event)
@@ -263,6 +408,20 @@ class Tunnel:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.apply(self.device.handle_timer(self.now))
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    """Large socket buffers, so a burst is queued rather than dropped: FORCE
+    (beyond net.core.rmem_max) when we may, else as much as allowed."""
+    for force, plain in (
+        (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
+        (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 async def device_from_config(config: Config, **device_options) -> Device:  # type: ignore[no-untyped-def]

@@ -1,0 +1,277 @@
+"""Tunnel throughput through a real TUN: our interface against wireguard-go,
+and wireguard-go against wireguard-go, measured alternately in the same run.
+
+Two network namespaces joined by a veth pair. B always runs wireguard-go.
+A runs, in turn, (a) our endpoint, brought up with ``python -m wireguard.io.up
+up`` (what ``python -m wireguard up`` runs), and (b) wireguard-go. Each
+round measures, for each side in turn: ping RTT, iperf3 TCP A->B and B->A,
+and iperf3 UDP A->B at an unlimited rate (received rate and loss), plus the
+CPU seconds the A-side endpoint process used per GB carried. Reports medians
+over the rounds and the ratio ours / wireguard-go.
+
+    sudo python benchmarks/bench_tunnel.py [--rounds 3] [--seconds 5]
+
+Needs root, ``ip``, ``wg``, ``wireguard-go`` and ``iperf3``. Everything it
+creates is removed at the end; it kills only processes it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WG_GO_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+UNDER = ("192.168.231.1", "192.168.231.2")
+INNER = ("10.231.0.1", "10.231.0.2")
+PORT = 51820
+MTU = 1420
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+def genkey() -> tuple[str, str]:
+    private = run("wg", "genkey").stdout.strip()
+    public = subprocess.run(
+        ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return private, public
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Bench:
+    def __init__(self, seconds: float, workdir: Path) -> None:
+        self.seconds = seconds
+        self.dir = workdir
+        tag = secrets.token_hex(3)
+        self.a, self.b = f"bt-{tag}-a", f"bt-{tag}-b"
+        self.name_a, self.name_b = f"pyb{tag}", f"wgb{tag}"
+        self.procs: list[subprocess.Popen[str]] = []
+        self.key_a, self.pub_a = genkey()
+        self.key_b, self.pub_b = genkey()
+
+    # --- setup ------------------------------------------------------------
+
+    def create(self) -> None:
+        run("ip", "netns", "add", self.a)
+        run("ip", "netns", "add", self.b)
+        va, vb = f"v{self.a[3:9]}a", f"v{self.a[3:9]}b"
+        run("ip", "link", "add", va, "netns", self.a, "type", "veth", "peer", "name", vb,
+            "netns", self.b)  # fmt: skip
+        for ns, dev, addr in ((self.a, va, UNDER[0]), (self.b, vb, UNDER[1])):
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+        # B: wireguard-go for the whole run, and the iperf3 server.
+        self.wg_b = self.start_wireguard_go(self.b, self.name_b, self.key_b, self.pub_a,
+                                            INNER[0], UNDER[0], INNER[1])  # fmt: skip
+        self.iperf_server = self.spawn(
+            "ip", "netns", "exec", self.b, "iperf3", "-s", "-B", INNER[1]
+        )
+        time.sleep(0.3)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def start_wireguard_go(self, ns, name, key, peer, peer_ip, peer_host, address):  # type: ignore[no-untyped-def]
+        proc = self.spawn("ip", "netns", "exec", ns, "wireguard-go", "-f", name,
+                          env=dict(os.environ, **WG_GO_ENV))  # fmt: skip
+        sock = Path(f"/var/run/wireguard/{name}.sock")
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wireguard-go {name} did not start")
+            time.sleep(0.02)
+        conf = self.dir / f"{name}.setconf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {key}\nListenPort = {PORT}\n"
+            f"[Peer]\nPublicKey = {peer}\nAllowedIPs = {peer_ip}/32\n"
+            f"Endpoint = {peer_host}:{PORT}\n"
+        )
+        run("ip", "netns", "exec", ns, "wg", "setconf", name, str(conf))
+        run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", name)
+        run("ip", "-n", ns, "link", "set", name, "mtu", str(MTU), "up")
+        return proc
+
+    def destroy(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+        for ns in (self.a, self.b):
+            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)  # only what this run started lives there
+            run("ip", "netns", "del", ns, check=False)
+        for name in (self.name_a, self.name_b):
+            for suffix in (".sock", ".pid"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"/var/run/wireguard/{name}{suffix}").unlink()
+
+    # --- the A side -------------------------------------------------------
+
+    def up_ours(self) -> int:
+        conf = self.dir / f"{self.name_a}.conf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {self.key_a}\nListenPort = {PORT}\n"
+            f"Address = {INNER[0]}/24\nMTU = {MTU}\n"
+            f"[Peer]\nPublicKey = {self.pub_b}\nAllowedIPs = {INNER[1]}/32\n"
+            f"Endpoint = {UNDER[1]}:{PORT}\n"
+        )
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "up",
+            "--log", str(self.dir / "ours.log"), str(conf))  # fmt: skip
+        return int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
+
+    def down_ours(self) -> None:
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "down",
+            self.name_a)  # fmt: skip
+
+    def up_wggo(self) -> int:
+        self.wg_a = self.start_wireguard_go(self.a, self.name_a, self.key_a, self.pub_b,
+                                            INNER[1], UNDER[1], INNER[0])  # fmt: skip
+        # `ip netns exec` forks wireguard-go: its pid is the child's.
+        pids = run("ip", "netns", "pids", self.a).stdout.split()
+        return next(int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip()
+                    == "wireguard-go")  # fmt: skip
+
+    def down_wggo(self) -> None:
+        self.wg_a.terminate()
+        self.wg_a.wait(5)
+        self.procs.remove(self.wg_a)
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"/var/run/wireguard/{self.name_a}.sock").unlink()
+        deadline = time.monotonic() + 5
+        while Path(f"/sys/class/net/{self.name_a}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # --- measurements -----------------------------------------------------
+
+    def ping(self) -> float:
+        # The first pings carry the handshake; measure after it.
+        run("ip", "netns", "exec", self.a, "ping", "-c", "3", "-i", "0.2", "-W", "5", INNER[1],
+            check=False)  # fmt: skip
+        out = run("ip", "netns", "exec", self.a, "ping", "-c", "20", "-i", "0.05", "-W", "2",
+                  INNER[1]).stdout  # fmt: skip
+        match = re.search(r"= [\d.]+/([\d.]+)/", out)
+        assert match, out
+        return float(match.group(1))
+
+    def iperf(self, *extra: str) -> dict:  # type: ignore[type-arg]
+        for _ in range(3):
+            result = run("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", INNER[1],
+                         "-t", str(self.seconds), *extra, check=False,
+                         timeout=self.seconds + 30)  # fmt: skip
+            if result.returncode == 0:
+                return json.loads(result.stdout)["end"]
+            time.sleep(1)  # the server may still be busy with the last test
+        raise RuntimeError(f"iperf3 {' '.join(extra)} failed: {result.stdout[-500:]}")
+
+    def measure(self, pid: int) -> dict[str, float]:
+        result: dict[str, float] = {"rtt_ms": self.ping()}
+        for label, extra in (("tcp_up", ()), ("tcp_down", ("-R",))):
+            before = cpu_seconds(pid)
+            end = self.iperf(*extra)
+            cpu = cpu_seconds(pid) - before
+            bits = end["sum_received"]["bits_per_second"]
+            result[f"{label}_mbit"] = bits / 1e6
+            result[f"{label}_retr"] = end["sum_sent"].get("retransmits", 0)
+            gbytes = bits * self.seconds / 8e9
+            result[f"{label}_cpu_s_per_gb"] = cpu / gbytes if gbytes else float("nan")
+        end = self.iperf("-u", "-b", "0", "-l", str(MTU - 28 - 20))
+        udp = end.get("sum_received") or end["sum"]
+        result["udp_mbit"] = udp["bits_per_second"] / 1e6
+        result["udp_loss_pct"] = udp.get("lost_percent", 0.0)
+        return result
+
+
+METRICS = [
+    ("tcp_up_mbit", "TCP A->B, Mbit/s"),
+    ("tcp_down_mbit", "TCP B->A, Mbit/s"),
+    ("udp_mbit", "UDP A->B received, Mbit/s"),
+    ("udp_loss_pct", "UDP A->B loss, %"),
+    ("rtt_ms", "ping RTT, ms"),
+    ("tcp_up_retr", "TCP A->B retransmits"),
+    ("tcp_up_cpu_s_per_gb", "A endpoint CPU s/GB, TCP A->B"),
+    ("tcp_down_cpu_s_per_gb", "A endpoint CPU s/GB, TCP B->A"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_tunnel: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    for tool in ("ip", "wg", "wireguard-go", "iperf3"):
+        if shutil.which(tool) is None:
+            print(f"bench_tunnel: `{tool}` is not installed", file=sys.stderr)
+            return 1
+    results: dict[str, list[dict[str, float]]] = {"ours": [], "wireguard-go": []}
+    with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
+        bench = Bench(args.seconds, Path(tmp))
+        try:
+            bench.create()
+            for r in range(args.rounds):
+                # Alternate which goes first, so a drift in machine load
+                # weighs on both sides alike.
+                order = ["ours", "wireguard-go"] if r % 2 == 0 else ["wireguard-go", "ours"]
+                for side in order:
+                    pid = bench.up_ours() if side == "ours" else bench.up_wggo()
+                    try:
+                        figures = bench.measure(pid)
+                    finally:
+                        bench.down_ours() if side == "ours" else bench.down_wggo()
+                    results[side].append(figures)
+                    shown = "  ".join(f"{k}={v:.1f}" for k, v in figures.items())
+                    print(f"round {r + 1} {side:>12}: {shown}", file=sys.stderr)
+        finally:
+            bench.destroy()
+    print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
+          "A = the side under test, B = wireguard-go")  # fmt: skip
+    print(f"| {'metric':<34} | {'ours':>9} | {'wireguard-go':>12} | {'ratio':>6} |")
+    print(f"|{'-' * 36}|{'-' * 11}|{'-' * 14}|{'-' * 8}|")
+    for key, label in METRICS:
+        ours = statistics.median(r[key] for r in results["ours"])
+        theirs = statistics.median(r[key] for r in results["wireguard-go"])
+        ratio = f"{ours / theirs:6.2f}" if theirs else "     -"
+        print(f"| {label:<34} | {ours:9.2f} | {theirs:12.2f} | {ratio} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,572 @@
+"""Our TUN interface (``up`` in namespace A) against wireguard-go (namespace B).
+
+The interface is brought up the way a user would: ``ip netns exec A python -m
+wireguard.io.up up NAME.conf`` (what ``python -m wireguard up`` runs), which
+daemonizes. Then the kernels of A and B talk through it: pings both ways over
+IPv4 and IPv6, a 100 MB TCP transfer whose sha256 must match, ``wg show``
+through our control socket, restarts of either side, and ``down``.
+
+The first tests need no root: they check the TSO/GRO helpers of the TUN
+binding (segmentation of super-packets and coalescing of segments) against a
+plain RFC 1071 checksum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import UNDER_V4, Hosts, WireGuardGo, hosts, run, socket_in_netns
+from wireguard.io import tun as tunmod
+from wireguard.keys import PrivateKey
+
+TUN_A = ("10.79.0.1", "fd79::1")
+TUN_B = ("10.79.0.2", "fd79::2")
+PORT_A = 51821
+PORT_B = 51820
+UP = [sys.executable, "-m", "wireguard.io.up"]
+RUN_DIR = Path("/var/run/wireguard")
+
+
+# --------------------------------------------------------------------------- no root
+
+
+def ref_checksum(data: bytes) -> int:
+    """RFC 1071, word by word: the obviously correct model."""
+    if len(data) & 1:
+        data += b"\0"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def tcp_ok(packet: bytes) -> bool:
+    """IP header (v4) and TCP checksums verify."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 15) * 4
+        if ref_checksum(packet[:ihl]) != 0xFFFF:
+            return False
+        pseudo = packet[12:20] + struct.pack("!HH", 6, len(packet) - ihl)
+        return ref_checksum(pseudo + packet[ihl:]) == 0xFFFF
+    pseudo = packet[8:40] + struct.pack("!IxxxB", len(packet) - 40, 6)
+    return ref_checksum(pseudo + packet[40:]) == 0xFFFF
+
+
+def super_packet(v6: bool, payload: bytes, gso: int, flags: int = 0x18) -> bytes:
+    """What a TUN with TSO hands over: a virtio-net header, one IP/TCP header
+    (with timestamp options) and many segments' payload, the TCP checksum
+    field holding only the pseudo-header sum (CHECKSUM_PARTIAL)."""
+    options = b"\x01\x01\x08\x0a" + struct.pack("!II", 1234, 5678)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 0xFFFFFF00, 77, (20 + len(options)) << 2,
+                      flags, 501, 0, 0) + options  # fmt: skip
+    length = len(tcp) + len(payload)
+    if v6:
+        src, dst = (
+            bytes.fromhex("fd79" + "00" * 13 + "01"),
+            bytes.fromhex("fd79" + "00" * 13 + "02"),
+        )
+        ip = struct.pack("!IHBB", 6 << 28, length, 6, 64) + src + dst
+        pseudo = ref_checksum(src + dst + struct.pack("!IxxxB", length, 6))
+        gso_type = tunmod.VIRTIO_NET_HDR_GSO_TCPV6
+    else:
+        src, dst = bytes([10, 79, 0, 1]), bytes([10, 79, 0, 2])
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + length, 4321, 0x4000, 64, 6, 0) + src + dst
+        pseudo = ref_checksum(src + dst + struct.pack("!HH", 6, length))
+        gso_type = tunmod.VIRTIO_NET_HDR_GSO_TCPV4
+    tcp = tcp[:16] + struct.pack("!H", pseudo) + tcp[18:]
+    vnet = struct.pack("=BBHHHH", tunmod.VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type,
+                       len(ip) + len(tcp), gso, len(ip), 16)  # fmt: skip
+    return vnet + ip + tcp + payload
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("size", [1368, 1368 * 7, 1368 * 7 + 101, 64000])
+def test_split_gso_makes_valid_segments(v6, size):
+    payload = os.urandom(size)
+    out: list[bytes] = []
+    count = tunmod.split_gso(super_packet(v6, payload, 1368), out)
+    assert count == len(out) == -(-size // 1368)
+    ip_len = 40 if v6 else 20
+    seqs, data = [], b""
+    for i, segment in enumerate(out):
+        assert tcp_ok(segment), f"segment {i}: bad checksum"
+        seqs.append(struct.unpack_from("!I", segment, ip_len + 4)[0])
+        flags = segment[ip_len + 13]
+        # PSH only on the last segment.
+        assert flags == (0x18 if i == len(out) - 1 else 0x10)
+        if not v6:
+            assert struct.unpack_from("!H", segment, 2)[0] == len(segment)
+            assert struct.unpack_from("!H", segment, 4)[0] == 4321 + i
+        data += segment[ip_len + 32 :]
+    assert data == payload
+    assert seqs == [(0xFFFFFF00 + 1368 * i) & 0xFFFFFFFF for i in range(len(out))]  # wraps
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_partial_checksum_of_a_single_packet_is_completed(v6):
+    data = bytearray(super_packet(v6, os.urandom(777), 1368))
+    data[1] = tunmod.VIRTIO_NET_HDR_GSO_NONE  # one packet, TCP checksum left to us
+    if not v6:  # the kernel always completes the IPv4 header checksum itself
+        data[20:22] = struct.pack("!H", 0xFFFF - ref_checksum(bytes(data[10:30])))
+    out: list[bytes] = []
+    assert tunmod.split_gso(bytes(data), out) == 1
+    assert tcp_ok(out[0])
+    at = (40 if v6 else 20) + 16  # only the TCP checksum changed
+    assert out[0][:at] + out[0][at + 2 :] == bytes(data[10 : 10 + at] + data[12 + at :])
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_coalescer_joins_what_split_cut(v6):
+    payload = os.urandom(1368 * 10 + 5)
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(v6, payload, 1368), segments)
+    ping = bytes([0x45, 0, 0, 28]) + bytes(24)  # not TCP: passes through
+    chunks = tunmod.Coalescer.join([*segments[:4], ping, *segments[4:]])
+    # Another packet (not of the flow) passes; the flow goes on around it.
+    assert len(chunks) == 2
+    joined = next(c for c in chunks if c[1])
+    flags, gso_type, hdr_len, gso, start, offset = struct.unpack_from("=BBHHHH", joined)
+    ip_len = 40 if v6 else 20
+    assert flags == tunmod.VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert gso_type == (tunmod.VIRTIO_NET_HDR_GSO_TCPV6 if v6 else tunmod.VIRTIO_NET_HDR_GSO_TCPV4)
+    assert (hdr_len, gso, start, offset) == (ip_len + 32, 1368, ip_len, 16)
+    packet = joined[10:]
+    assert packet[hdr_len:] == payload
+    # Re-splitting the super-packet gives the segments back, byte for byte.
+    again: list[bytes] = []
+    tunmod.split_gso(joined, again)
+    assert again == segments
+
+
+def test_coalescer_keeps_gaps_and_other_flows_apart():
+    payload = os.urandom(1368 * 4)
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(False, payload, 1368, flags=0x10), segments)
+    # A lost segment: the flow is cut where the sequence number jumps.
+    chunks = tunmod.Coalescer.join([segments[0], segments[1], segments[3]])
+    sizes = [len(c) - 10 for c in chunks]
+    assert len(chunks) == 2 and sizes[1] == len(segments[3])
+    # A pure ACK (no payload) is never joined.
+    ack = segments[0][:52]
+    ack = ack[:2] + struct.pack("!H", 52) + ack[4:]
+    assert len(tunmod.Coalescer.join([ack, ack])) == 2
+
+
+def test_interface_names():
+    assert tunmod.interface_name("/etc/wireguard/wg0.conf") == "wg0"
+    assert tunmod.interface_name("a/b/x_y=z+1.conf") == "x_y=z+1"
+    for bad in ("/tmp/sixteen-chars-xx.conf", "/tmp/.conf", "/tmp/a b.conf", "/tmp/ä.conf"):
+        with pytest.raises(tunmod.TunError):
+            tunmod.interface_name(bad)
+
+
+def test_up_rejects_bad_name_and_bad_config(tmp_path):
+    long_name = tmp_path / "a-name-far-too-long.conf"
+    long_name.write_text("[Interface]\nPrivateKey = x\n")
+    result = subprocess.run([*UP, "up", str(long_name)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "invalid interface name" in result.stderr
+
+
+def run_up_main(argv: list[str], capsys) -> tuple[int, list[str]]:  # type: ignore[no-untyped-def]
+    from wireguard.io import up
+
+    code = up.main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_up_without_root_is_one_line(tmp_path, monkeypatch, capsys):
+    from wireguard.io import up
+
+    conf = tmp_path / "pynoroot.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PrivateKey.generate()}\n")
+    monkeypatch.setattr(up.os, "geteuid", lambda: 1000)
+    assert run_up_main(["up", str(conf)], capsys) == (
+        1,
+        ["python -m wireguard up: must be run as root (it creates a network interface)"],
+    )
+    assert run_up_main(["down", "pynoroot"], capsys)[0] == 1
+
+
+def test_up_without_dev_net_tun_is_one_line(tmp_path, monkeypatch, capsys):
+    from wireguard.io import up
+
+    conf = tmp_path / "pynotun.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PrivateKey.generate()}\n")
+    monkeypatch.setattr(up.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(up, "TUN_PATH", str(tmp_path / "no-such-tun"))
+    code, err = run_up_main(["up", str(conf)], capsys)
+    assert code == 1 and len(err) == 1 and "no-such-tun does not exist" in err[0]
+
+
+def test_up_with_bad_config_is_one_line(tmp_path, monkeypatch, capsys):
+    from wireguard.io import up
+
+    conf = tmp_path / "pybadconf.conf"
+    conf.write_text("[Interface]\nPrivateKey = not-a-key\n")
+    monkeypatch.setattr(up.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(up, "TUN_PATH", "/")
+    code, err = run_up_main(["up", str(conf)], capsys)
+    assert code == 1 and len(err) == 1 and "pybadconf.conf:2" in err[0]
+    conf.write_text("[Interface]\nListenPort = 1\n")
+    code, err = run_up_main(["up", str(conf)], capsys)
+    assert code == 1 and err == [f"python -m wireguard up: {conf}: [Interface] has no PrivateKey"]
+    code, err = run_up_main(["up", str(tmp_path / "missing.conf")], capsys)
+    assert code == 1 and len(err) == 1 and "cannot read" in err[0]
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+class Ours:
+    """Our interface in namespace A, driven through the command line."""
+
+    def __init__(self, h: Hosts, tmp: Path, key: PrivateKey, peer: PrivateKey) -> None:
+        self.h = h
+        self.name = f"pyt{h.tag}"
+        self.conf = tmp / f"{self.name}.conf"
+        self.log = tmp / f"{self.name}.log"
+        self.conf.write_text(
+            "[Interface]\n"
+            f"PrivateKey = {key}\n"
+            f"ListenPort = {PORT_A}\n"
+            f"Address = {TUN_A[0]}/24, {TUN_A[1]}/64\n"
+            "PostUp = echo never run\n"
+            "[Peer]\n"
+            f"PublicKey = {peer.public_key}\n"
+            f"AllowedIPs = {TUN_B[0]}/32, {TUN_B[1]}/128\n"
+            f"Endpoint = {UNDER_V4[1]}:{PORT_B}\n"
+        )
+        self.conf.chmod(0o600)
+
+    def up(self, *extra: str) -> subprocess.CompletedProcess:
+        return self.h.exec(self.h.a, *UP, "up", "--log", str(self.log), *extra, str(self.conf),
+                           check=False)  # fmt: skip
+
+    def down(self, target: str | None = None) -> subprocess.CompletedProcess:
+        return run(*UP, "down", target or self.name, check=False)
+
+    def pid(self) -> int:
+        return int((RUN_DIR / f"{self.name}.pid").read_text().split()[0])
+
+    def wg(self, *args: str) -> str:
+        return run("wg", *args).stdout
+
+    def latest_handshake(self) -> int:
+        line = self.wg("show", self.name, "latest-handshakes").split()
+        return int(line[1]) if len(line) >= 2 else 0
+
+    def link_exists(self) -> bool:
+        return run("ip", "-n", self.h.a, "link", "show", self.name, check=False).returncode == 0
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            self.down()
+        for suffix in (".sock", ".pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (RUN_DIR / f"{self.name}{suffix}").unlink()
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else "(no log)"
+
+
+def b_config(key_b: PrivateKey, key_a: PrivateKey) -> str:
+    return (
+        f"[Interface]\nPrivateKey = {key_b}\nListenPort = {PORT_B}\n"
+        f"[Peer]\nPublicKey = {key_a.public_key}\n"
+        f"AllowedIPs = {TUN_A[0]}/32, {TUN_A[1]}/128\n"
+        f"Endpoint = {UNDER_V4[0]}:{PORT_A}\n"
+    )
+
+
+B_ADDRESSES = [f"{TUN_B[0]}/24", f"{TUN_B[1]}/64"]
+
+
+@contextlib.contextmanager
+def pair(tmp_path: Path):
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        wg = WireGuardGo(h, h.b, f"wgt{h.tag}")
+        ours = Ours(h, tmp_path, key_a, key_b)
+        try:
+            wg.start(b_config(key_b, key_a), B_ADDRESSES)
+            result = ours.up()
+            assert result.returncode == 0, result.stderr + ours.log_text()
+            yield h, ours, wg, key_a, key_b
+        finally:
+            ours.cleanup()
+            wg.stop()
+
+
+def ping(h: Hosts, ns: str, dst: str, count: int = 3, deadline: int = 10) -> bool:
+    result = run("ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.2",
+                 "-w", str(deadline), dst, check=False, timeout=deadline + 5)  # fmt: skip
+    return result.returncode == 0
+
+
+def ping_until(h: Hosts, ns: str, dst: str, within: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if ping(h, ns, dst, count=1, deadline=2):
+            return time.monotonic() - start
+    raise AssertionError(f"no reply from {dst} within {within} s")
+
+
+def test_up_ping_both_ways_ipv4_and_ipv6(tmp_path):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        # The interface: named after the file, MTU 1420, both addresses, routes.
+        link = run("ip", "-n", h.a, "-d", "link", "show", ours.name).stdout
+        assert "mtu 1420" in link and "tun" in link
+        addrs = run("ip", "-n", h.a, "addr", "show", ours.name).stdout
+        assert f"{TUN_A[0]}/24" in addrs and f"{TUN_A[1]}/64" in addrs
+        routes = run("ip", "-n", h.a, "route", "show", "dev", ours.name).stdout
+        assert TUN_B[0] in routes or "10.79.0.0/24" in routes
+        assert ping(h, h.a, TUN_B[0])
+        assert ping(h, h.b, TUN_A[0])
+        assert ping(h, h.a, TUN_B[1])
+        assert ping(h, h.b, TUN_A[1])
+        # The hook was kept, not run; the log says so.
+        assert "PostUp" in ours.log_text()
+
+
+SERVER = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    h.update(d); n += len(d)
+print(n, h.hexdigest(), flush=True)
+"""
+
+CLIENT = r"""
+import hashlib, random, socket, sys
+size = int(sys.argv[3]); rng = random.Random(int(sys.argv[4])); h = hashlib.sha256()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+sent = 0
+while sent < size:
+    block = rng.randbytes(min(1 << 20, size - sent))
+    c.sendall(block); h.update(block); sent += len(block)
+c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
+print(sent, h.hexdigest(), flush=True)
+"""
+
+
+def transfer(h: Hosts, server_ns: str, client_ns: str, address: str, size: int) -> None:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, sys.executable, "-c", SERVER, address, "5999"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "listening"
+        start = time.monotonic()
+        client = run("ip", "netns", "exec", client_ns, sys.executable, "-c", CLIENT, address,
+                     "5999", str(size), "7", timeout=60)  # fmt: skip
+        got = server.stdout.readline().split()
+        took = time.monotonic() - start
+        sent = client.stdout.split()
+        assert int(sent[0]) == int(got[0]) == size
+        assert sent[1] == got[1], "sha256 differs"
+        print(f"{size / 1e6:.0f} MB in {took:.1f} s ({size * 8 / took / 1e6:.0f} Mbit/s)")
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(5)
+
+
+def test_tcp_100mb_sha256_both_directions(tmp_path):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        assert ping(h, h.a, TUN_B[0])
+        # A sends: TSO super-packets cut here, UDP GSO to B.
+        transfer(h, h.b, h.a, TUN_B[0], 100_000_000)
+        # B sends: segments coalesced into the TUN, over IPv6 inside.
+        transfer(h, h.a, h.b, TUN_A[1], 100_000_000)
+        peer = ours.wg("show", ours.name, "dump").splitlines()[1].split("\t")
+        assert int(peer[5]) > 100_000_000 and int(peer[6]) > 100_000_000
+
+
+def test_wg_show_through_our_socket(tmp_path):
+    with pair(tmp_path) as (h, ours, wg, key_a, key_b):
+        assert ping(h, h.a, TUN_B[0])
+        show = ours.wg("show", ours.name)
+        assert f"interface: {ours.name}" in show
+        assert f"public key: {key_a.public_key}" in show
+        assert f"listening port: {PORT_A}" in show
+        assert f"peer: {key_b.public_key}" in show
+        assert f"endpoint: {UNDER_V4[1]}:{PORT_B}" in show
+        assert "latest handshake: " in show and "transfer: " in show
+        fields = ours.wg("show", ours.name, "dump").splitlines()[1].split("\t")
+        assert abs(int(fields[4]) - time.time()) < 30
+        rx, tx = int(fields[5]), int(fields[6])
+        assert rx > 0 and tx > 0
+        # B counts what we sent the other way round.
+        b_fields = wg.wg("show", wg.name, "dump").splitlines()[1].split("\t")
+        assert int(b_fields[5]) == tx
+
+
+def test_restart_of_our_side_recovers(tmp_path):
+    with pair(tmp_path) as (h, ours, wg, _, _):
+        assert ping(h, h.a, TUN_B[0])
+        first = wg.latest_handshake()
+        assert ours.down().returncode == 0
+        time.sleep(1.1)  # handshake times have 1 s resolution
+        result = ours.up()
+        assert result.returncode == 0, result.stderr + ours.log_text()
+        took = ping_until(h, h.a, TUN_B[0], within=30)
+        assert took < 30
+        assert wg.latest_handshake() > first
+        assert ping(h, h.b, TUN_A[0])
+
+
+def test_restart_of_wireguard_go_recovers(tmp_path):
+    with pair(tmp_path) as (h, ours, wg, key_a, key_b):
+        assert ping(h, h.a, TUN_B[0])
+        first = ours.latest_handshake()
+        wg.stop()
+        time.sleep(1.1)
+        wg.start(b_config(key_b, key_a), B_ADDRESSES)
+        # Our old session is gone on B's side: our timers start a new
+        # handshake (KEEPALIVE + REKEY_TIMEOUT after data went unanswered).
+        took = ping_until(h, h.a, TUN_B[0], within=30)
+        assert took < 30
+        assert ours.latest_handshake() > first
+
+
+def test_down_removes_interface_socket_and_pid_file(tmp_path):
+    with pair(tmp_path) as (_h, ours, _wg, _, _):
+        pid = ours.pid()
+        sock = RUN_DIR / f"{ours.name}.sock"
+        assert sock.exists() and ours.link_exists()
+        # By config path, as wg-quick down takes it.
+        result = ours.down(str(ours.conf))
+        assert result.returncode == 0, result.stderr
+        assert not ours.link_exists()
+        assert not sock.exists()
+        assert not (RUN_DIR / f"{ours.name}.pid").exists()
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        # Down again: nothing to stop, one line, status 1.
+        again = ours.down()
+        assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_up_twice_and_errors_are_one_line(tmp_path):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        again = ours.up()
+        assert again.returncode == 1
+        assert len(again.stderr.strip().splitlines()) == 1
+        assert "already" in again.stderr
+        # Bad config: the error names file and line.
+        bad = tmp_path / "pybad.conf"
+        bad.write_text("[Interface]\nPrivateKey = not-a-key\n")
+        result = h.exec(h.a, *UP, "up", str(bad), check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip().count("\n") == 0 and "pybad.conf:2" in result.stderr
+
+
+def test_foreground_stops_cleanly_on_sigterm(tmp_path):
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        ours = Ours(h, tmp_path, key_a, key_b)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", h.a, *UP, "up", "--foreground", str(ours.conf)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            sock = RUN_DIR / f"{ours.name}.sock"
+            deadline = time.monotonic() + 15
+            while not (RUN_DIR / f"{ours.name}.pid").exists():
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "no pid file"
+                time.sleep(0.05)
+            assert sock.exists() and ours.link_exists()
+            # `ip netns exec` execs (no fork), so the pid is the service's.
+            assert ours.pid() == proc.pid
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=15)
+            assert proc.returncode == 0, output
+            assert "shutting down" in output
+            assert not sock.exists() and not ours.link_exists()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            ours.cleanup()
+
+
+def test_default_route_gets_wg_quick_policy_routing(tmp_path):
+    """AllowedIPs = 0.0.0.0/0, ::/0: routes in their own table, every packet
+    without our firewall mark looks it up, the tunnel's own datagrams (marked)
+    still take the main table; down removes the rules."""
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        wg = WireGuardGo(h, h.b, f"wgt{h.tag}")
+        ours = Ours(h, tmp_path, key_a, key_b)
+        text = ours.conf.read_text().replace(
+            f"AllowedIPs = {TUN_B[0]}/32, {TUN_B[1]}/128", "AllowedIPs = 0.0.0.0/0, ::/0"
+        )
+        ours.conf.write_text(text)
+        try:
+            wg.start(b_config(key_b, key_a), B_ADDRESSES)
+            result = ours.up()
+            assert result.returncode == 0, result.stderr + ours.log_text()
+            mark = ours.wg("show", ours.name, "fwmark").strip()
+            assert mark not in ("", "off")
+            for family in ("-4", "-6"):
+                rules = h.exec(h.a, "ip", family, "rule").stdout
+                assert f"not from all fwmark {mark} lookup {int(mark, 16)}" in rules
+                assert "lookup main suppress_prefixlength 0" in rules
+                table = h.exec(h.a, "ip", family, "route", "show", "table", str(int(mark, 16)))
+                assert f"default dev {ours.name}" in table.stdout
+            assert ping(h, h.a, TUN_B[0]) and ping(h, h.a, TUN_B[1])
+            assert ours.down().returncode == 0
+            for family in ("-4", "-6"):
+                assert "fwmark" not in h.exec(h.a, "ip", family, "rule").stdout
+        finally:
+            ours.cleanup()
+            wg.stop()
+
+
+def test_port_in_use_is_one_line_and_leaves_nothing(tmp_path):
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        ours = Ours(h, tmp_path, key_a, key_b)
+        taken = socket_in_netns(h.a, port=PORT_A)
+        try:
+            result = ours.up()
+            assert result.returncode == 1
+            lines = [x for x in result.stderr.splitlines() if not x.startswith("warning:")]
+            assert len(lines) == 1 and f"UDP port {PORT_A}" in lines[0], result.stderr
+            assert not ours.link_exists()
+            assert not (RUN_DIR / f"{ours.name}.sock").exists()
+            assert not (RUN_DIR / f"{ours.name}.pid").exists()
+        finally:
+            taken.close()
+            ours.cleanup()
+
+
+def test_interface_deleted_under_it_stops_the_service(tmp_path):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        pid = ours.pid()
+        h.exec(h.a, "ip", "link", "del", ours.name)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text():
+            assert time.monotonic() < deadline, ours.log_text()
+            time.sleep(0.05)
+        assert not (RUN_DIR / f"{ours.name}.sock").exists()
+        assert "shutting down" in ours.log_text()

@@ -1,0 +1,702 @@
+"""The Linux TUN binding: ``/dev/net/tun``, addresses and routes by netlink.
+
+:class:`Tun` opens a layer-3 TUN interface (``IFF_TUN | IFF_NO_PI``: raw IPv4
+and IPv6 packets, no link header) and :func:`configure` sets it up as
+``wg-quick`` would: MTU (1420 unless the config says otherwise), the
+``Address`` entries, link up, and a route for every peer's ``AllowedIPs``
+(through pyroute2, in the caller's network namespace). A default route
+(``0.0.0.0/0`` or ``::/0``) gets wg-quick's policy routing: its own table, a
+rule sending everything not carrying our firewall mark there, and the UDP
+socket marked so the tunnel's own datagrams still take the main table.
+
+:class:`TunPump` moves packets between the TUN file descriptor and a
+:class:`~wireguard.io.tunnel.Tunnel`: on each wake-up it reads the TUN until
+it would block, hands every packet to the device with one shared
+:class:`~wireguard.device.Effects`, and lets the tunnel act once for the whole
+batch; packets out of the tunnel are written back in one batch.
+
+Offloads (``IFF_VNET_HDR``). When the kernel offers it, the TUN is opened
+with a virtio-net header (``WG_PY_TUN_OFFLOAD``: ``gro``, the default;
+``tso``; ``off``). Out of the tunnel, consecutive in-order segments of one TCP
+flow are joined into one super-packet (:class:`Coalescer`, the GRO half, as
+wireguard-go's ``tun/offload_linux.go``) and written with one system call, so
+the kernel's TCP receives a few large packets; every packet written is marked
+``DATA_VALID``, since the AEAD already authenticated every byte (the kernel
+module skips the checksum the same way). Into the tunnel, ``tso`` also lets
+the kernel hand over 64 KB TCP super-packets, cut here into segments with
+their checksums (:func:`split_gso`). That costs more CPU in this process than
+it saves (the kernel segments and checksums in C, in the sender's context),
+so it is not the default; see ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import re
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..config import Config
+    from .tunnel import Tunnel
+
+log = logging.getLogger("wireguard")
+
+__all__ = [
+    "DEFAULT_MTU",
+    "Coalescer",
+    "NetlinkConfig",
+    "Tun",
+    "TunError",
+    "TunPump",
+    "configure",
+    "interface_name",
+    "split_gso",
+    "validate_name",
+]
+
+DEFAULT_MTU = 1420
+TUN_PATH = "/dev/net/tun"
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNGETFEATURES = 0x800454CF
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+
+# linux/virtio_net.h
+VNET_HDR_LEN = 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+_vnet_hdr = struct.Struct("=BBHHHH")
+_VALID_HDR = _vnet_hdr.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+
+# wg-quick's choice: the table and the firewall mark are both 51820 unless taken.
+POLICY_TABLE = 51820
+
+_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+
+
+class TunError(Exception):
+    """Setting up the interface failed; the message is one line for a user."""
+
+
+def validate_name(name: str) -> str:
+    """An interface name as wg-quick accepts it: 1 to 15 (IFNAMSIZ - 1)
+    characters from ``[a-zA-Z0-9_=+.-]``."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise TunError(
+            f"invalid interface name {name!r}: 1 to 15 characters from a-z A-Z 0-9 _ = + . -"
+        )
+    return name
+
+
+def interface_name(config_path: str | os.PathLike[str]) -> str:
+    """The interface a config file names: its file name without ``.conf``,
+    as ``wg-quick up /etc/wireguard/wg0.conf`` makes ``wg0``."""
+    base = os.path.basename(os.fspath(config_path))
+    stem = base[:-5] if base.endswith(".conf") else base
+    return validate_name(stem)
+
+
+# --------------------------------------------------------------------------- the device
+
+
+class Tun:
+    """An open layer-3 TUN interface. The file descriptor is non-blocking;
+    closing it removes the interface (it is never made persistent), and with
+    it every address and route the kernel tied to it."""
+
+    def __init__(self, fd: int, name: str, vnet_hdr: bool) -> None:
+        self.fd = fd
+        self.name = name
+        self.vnet_hdr = vnet_hdr
+        self.offload = "gro" if vnet_hdr else "off"
+
+    @classmethod
+    def create(cls, name: str, *, offload: str | None = None) -> Tun:
+        """Create interface *name*; fails if any interface of that name exists.
+
+        *offload* (default: ``WG_PY_TUN_OFFLOAD``, else ``"gro"``):
+
+        - ``"off"``: plain packets both ways;
+        - ``"gro"``: a virtio-net header, so segments out of the tunnel are
+          written coalesced; the kernel still hands over finished segments
+          (its TCP segments and checksums them in C, in the sender's context,
+          which is cheaper than doing it here);
+        - ``"tso"``: also TSO and checksum offload from the kernel: super-packets
+          cut here by :func:`split_gso`.
+        """
+        validate_name(name)
+        if offload is None:
+            offload = os.environ.get("WG_PY_TUN_OFFLOAD", "gro")
+        offload = {"0": "off", "1": "tso", "": "gro"}.get(offload, offload)
+        if offload not in ("off", "gro", "tso"):
+            raise TunError(f"unknown TUN offload mode {offload!r} (off, gro or tso)")
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TunError(f"{TUN_PATH} does not exist (no TUN support in this kernel?)") from None
+        except PermissionError:
+            raise TunError(f"cannot open {TUN_PATH}: permission denied (run as root)") from None
+        try:
+            vnet = False
+            if offload != "off":
+                try:
+                    features = struct.unpack("I", fcntl.ioctl(fd, TUNGETFEATURES, bytes(4)))[0]
+                    vnet = bool(features & IFF_VNET_HDR)
+                except OSError:
+                    vnet = False
+            flags = IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL | (IFF_VNET_HDR if vnet else 0)
+            try:
+                ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+            except OSError as exc:
+                if exc.errno in (errno.EBUSY, errno.EEXIST, errno.EINVAL):
+                    raise TunError(f"interface {name!r} already exists") from None
+                if exc.errno == errno.EPERM:
+                    raise TunError(
+                        f"cannot create {name!r}: permission denied (run as root)"
+                    ) from None
+                raise TunError(f"cannot create {name!r}: {exc.strerror}") from None
+            actual = ifr[:16].split(b"\0", 1)[0].decode()
+            mode = "off"
+            if vnet:
+                mode = "gro"
+                try:
+                    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+                    if offload == "tso":
+                        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                        mode = "tso"
+                    else:
+                        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+                except OSError as exc:
+                    # The header stays (it was chosen at TUNSETIFF); without TSO
+                    # the kernel just never sends super-packets.
+                    log.info("TUN offloads unavailable (%s); plain segments", exc.strerror)
+        except BaseException:
+            os.close(fd)
+            raise
+        tun = cls(fd, actual, vnet)
+        tun.offload = mode
+        return tun
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    # --- packets: the plain and the offload paths -------------------------
+
+    def read_packets(self, limit: int = 256) -> list[bytes]:
+        """Every IP packet waiting (up to about *limit*): super-packets are cut
+        into segments, partial checksums completed."""
+        fd = self.fd
+        read = os.read
+        packets: list[bytes] = []
+        if not self.vnet_hdr:
+            append = packets.append
+            for _ in range(limit):
+                try:
+                    append(read(fd, 65535))
+                except (BlockingIOError, InterruptedError):
+                    break
+            return packets
+        n = 0
+        while n < limit:
+            try:
+                data = read(fd, 65535 + VNET_HDR_LEN)
+            except (BlockingIOError, InterruptedError):
+                break
+            if data[0] == 0 and data[1] == 0:  # no GSO, checksum complete
+                packets.append(data[VNET_HDR_LEN:])
+                n += 1
+            else:
+                n += split_gso(data, packets)
+        return packets
+
+    def write_packets(self, packets: list[bytes]) -> int:
+        """Write packets out of the tunnel into the kernel; returns how many
+        were dropped (a full queue drops, as a NIC would)."""
+        fd = self.fd
+        write = os.write
+        dropped = 0
+        chunks = Coalescer.join(packets) if self.vnet_hdr else packets
+        for chunk in chunks:
+            try:
+                write(fd, chunk)
+            except (BlockingIOError, InterruptedError):
+                dropped += 1
+            except OSError as exc:
+                dropped += 1
+                log.debug("TUN write failed: %s", exc)
+        return dropped
+
+    def write_packet(self, packet: bytes) -> None:
+        if self.vnet_hdr:
+            packet = _VALID_HDR + packet
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.write(self.fd, packet)
+
+
+# --------------------------------------------------------------------------- TSO / GRO
+
+_u16 = struct.Struct("!H")
+_u32 = struct.Struct("!I")
+_pack_u16_into = _u16.pack_into
+_pack_u32_into = _u32.pack_into
+_unpack_u16 = _u16.unpack_from
+_unpack_u32 = _u32.unpack_from
+
+
+def _finish(total: int) -> int:
+    """Checksum field value from a sum congruent mod 0xFFFF (0 stands for
+    both 0x0000 and 0xFFFF in one's complement; TCP accepts either)."""
+    total %= 0xFFFF
+    return 0xFFFF - total if total else 0xFFFF
+
+
+def _sum(data: bytes | memoryview) -> int:
+    if len(data) & 1:
+        return int.from_bytes(data, "big") << 8
+    return int.from_bytes(data, "big")
+
+
+def _complete_checksum(packet: bytearray, start: int, offset: int) -> None:
+    """NEEDS_CSUM: the field at start+offset holds the pseudo-header sum;
+    the checksum covers everything from *start* (RFC 1071 over L4)."""
+    where = start + offset
+    _pack_u16_into(packet, where, _finish(_sum(memoryview(packet)[start:])))
+
+
+def split_gso(data: bytes, out: list[bytes]) -> int:
+    """Cut one read from a TUN with a virtio-net header into IP packets
+    appended to *out*; returns how many. A TCP super-packet becomes segments of
+    ``gso_size`` payload bytes with their own lengths, IPv4 ids, sequence
+    numbers and checksums (what the NIC would do for TSO)."""
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _vnet_hdr.unpack_from(data)
+    kind = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
+    if kind == VIRTIO_NET_HDR_GSO_NONE:
+        packet = data[VNET_HDR_LEN:]
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            buf = bytearray(packet)
+            _complete_checksum(buf, csum_start, csum_offset)
+            packet = bytes(buf)
+        out.append(packet)
+        return 1
+    if kind not in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6) or not gso_size:
+        log.debug("TUN: unsupported GSO type %d dropped", gso_type)
+        return 0
+    pkt = memoryview(data)[VNET_HDR_LEN:]
+    v4 = kind == VIRTIO_NET_HDR_GSO_TCPV4
+    ip_len = (pkt[0] & 15) * 4 if v4 else 40
+    # csum_start is authoritative for where TCP begins (IPv6 extension headers).
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_start:
+        ip_len = csum_start
+    tcp_len = (pkt[ip_len + 12] >> 4) * 4
+    hlen = ip_len + tcp_len
+    payload = pkt[hlen:]
+    total = len(payload)
+    template = bytearray(pkt[:hlen])
+    seq0 = _unpack_u32(template, ip_len + 4)[0]
+    tcp_flags = template[ip_len + 13]
+    # The headers differ per segment only in a few fields: their sums are
+    # taken once with those fields zero, and each segment adds its own.
+    if v4:
+        ip_id = _unpack_u16(template, 4)[0]
+        ip_hdr = bytearray(template[:ip_len])
+        ip_hdr[2:6] = bytes(4)  # total length, id
+        ip_hdr[10:12] = bytes(2)  # checksum
+        ip_base = int.from_bytes(ip_hdr, "big")
+        pseudo = int.from_bytes(template[12:20], "big") + 6 + tcp_len
+    else:
+        ip_id = ip_base = 0
+        pseudo = int.from_bytes(template[8:40], "big") + 6 + tcp_len
+    tcp_hdr = bytearray(template[ip_len:])
+    tcp_hdr[4:8] = bytes(4)  # sequence number
+    tcp_hdr[13] = 0  # flags
+    tcp_hdr[16:18] = bytes(2)  # checksum
+    tcp_base = pseudo + int.from_bytes(tcp_hdr, "big")
+    seq_at, flags_at, csum_at = ip_len + 4, ip_len + 13, ip_len + 16
+    count = 0
+    offset = 0
+    append = out.append
+    join = b"".join
+    while offset < total:
+        chunk = payload[offset : offset + gso_size]
+        n = len(chunk)
+        hdr = bytearray(template)
+        if v4:
+            ident = (ip_id + count) & 0xFFFF
+            _pack_u16_into(hdr, 2, hlen + n)
+            _pack_u16_into(hdr, 4, ident)
+            _pack_u16_into(hdr, 10, _finish(ip_base + hlen + n + ident))
+        else:
+            _pack_u16_into(hdr, 4, tcp_len + n)
+        seq = (seq0 + offset) & 0xFFFFFFFF
+        _pack_u32_into(hdr, seq_at, seq)
+        # CWR only on the first segment; FIN and PSH only on the last.
+        f = tcp_flags
+        if count:
+            f &= ~0x80
+        if offset + n < total:
+            f &= ~0x09
+        hdr[flags_at] = f
+        body = int.from_bytes(chunk, "big")
+        if n & 1:
+            body <<= 8
+        _pack_u16_into(
+            hdr, csum_at, _finish(body % 0xFFFF + tcp_base + n + (seq >> 16) + (seq & 0xFFFF) + f)
+        )
+        append(join((hdr, chunk)))
+        offset += n
+        count += 1
+    return count
+
+
+_NO_GSO = _vnet_hdr.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+
+
+class Coalescer:
+    """Joins in-order TCP segments of a flow into one super-packet for a TUN
+    with a virtio-net header (the GRO half, as wireguard-go's
+    ``tun/offload_linux.go`` and the kernel's ``tcp_gro_receive``). Only ACK
+    segments with payload are joined: equal sizes (the last may be shorter
+    and may carry PSH), consecutive sequence numbers, and headers identical
+    apart from length, IPv4 id, sequence number, PSH and checksums, so the
+    kernel's segmentation gives back exactly the packets that came in. Other
+    packets pass unchanged; flows are flushed before them so no flow's
+    packets are reordered."""
+
+    MAX_BYTES = 65535
+
+    @staticmethod
+    def join(packets: list[bytes]) -> list[bytes]:
+        chunks: list[bytes] = []
+        append = chunks.append
+        # flow (addresses and ports) -> [first packet, payloads, header length,
+        # segment size, total size, next sequence number, PSH of the last
+        # segment, and what must match: ack + data offset, window, urgent
+        # pointer + options, TOS/traffic class + flow label, TTL/hop limit]
+        flows: dict[bytes, list] = {}  # type: ignore[type-arg]
+        last_key = None
+        last = None
+        for packet in packets:
+            b0 = packet[0]
+            if b0 == 0x45:
+                # IPv4 TCP, no IP options, not a fragment.
+                if packet[9] != 6 or packet[6] & 0x3F or packet[7] or len(packet) <= 40:
+                    append(_NO_GSO + packet)
+                    continue
+                ip = 20
+                key = packet[12:24]
+            elif b0 >> 4 == 6 and packet[6] == 6 and len(packet) > 60:
+                ip = 40
+                key = packet[8:44]
+            else:
+                append(_NO_GSO + packet)
+                continue
+            th = ip + ((packet[ip + 12] >> 4) << 2)
+            plen = len(packet) - th
+            flags = packet[ip + 13]
+            flow = last if key == last_key else flows.get(key)
+            if plen <= 0 or flags & 0xF7 != 0x10:  # only ACK (and PSH) with data
+                if flow is not None:
+                    del flows[key]
+                    last_key = None
+                    append(_emit(flow, ip))
+                append(_NO_GSO + packet)
+                continue
+            seq = _unpack_u32(packet, ip + 4)[0]
+            if flow is not None:
+                if (
+                    seq == flow[5]
+                    and th == flow[2]
+                    and plen <= flow[3]
+                    and flow[4] + plen <= 65535
+                    and packet[ip + 8 : ip + 13] == flow[7]
+                    and packet[ip + 14 : ip + 16] == flow[8]
+                    and packet[ip + 18 : th] == flow[9]
+                    and (
+                        (packet[1] == flow[10] and packet[8] == flow[11])
+                        if ip == 20
+                        else (packet[:4] == flow[10] and packet[7] == flow[11])
+                    )
+                ):
+                    flow[1].append(packet[th:])
+                    flow[4] += plen
+                    flow[5] = (seq + plen) & 0xFFFFFFFF
+                    if plen < flow[3] or flags & 0x08:
+                        flow[6] = flags & 0x08  # PSH goes on the joined packet, as GRO does
+                        del flows[key]
+                        last_key = None
+                        append(_emit(flow, ip))
+                    continue
+                del flows[key]
+                last_key = None
+                append(_emit(flow, ip))
+            if flags & 0x08:  # PSH: a burst ends here
+                append(_NO_GSO + packet)
+                continue
+            flow = [
+                packet, [packet[th:]], th, plen, len(packet), (seq + plen) & 0xFFFFFFFF, 0,
+                packet[ip + 8 : ip + 13], packet[ip + 14 : ip + 16], packet[ip + 18 : th],
+                packet[1] if ip == 20 else packet[:4], packet[8] if ip == 20 else packet[7],
+            ]  # fmt: skip
+            flows[key] = last = flow
+            last_key = key
+        for flow in flows.values():
+            append(_emit(flow, 20 if flow[0][0] == 0x45 else 40))
+        return chunks
+
+
+def _emit(flow: list, ip_len: int) -> bytes:  # type: ignore[type-arg]
+    """One write: the virtio-net header, the first packet's headers with the
+    total length, and every payload."""
+    head, parts, hlen, gso, size = flow[0], flow[1], flow[2], flow[3], flow[4]
+    if len(parts) == 1:
+        return _NO_GSO + head
+    hdr = bytearray(head[:hlen])
+    hdr[ip_len + 13] |= flow[6]
+    if ip_len == 20:
+        _pack_u16_into(hdr, 2, size)
+        hdr[10] = hdr[11] = 0
+        _pack_u16_into(hdr, 10, _finish(int.from_bytes(hdr[:20], "big")))
+        pseudo = int.from_bytes(hdr[12:20], "big") + 6 + size - 20
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+    else:
+        _pack_u16_into(hdr, 4, size - 40)
+        pseudo = int.from_bytes(hdr[8:40], "big") + 6 + size - 40
+        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
+    # NEEDS_CSUM: the TCP checksum field holds the folded pseudo-header sum
+    # (not complemented); the kernel adds the rest when it segments.
+    p = pseudo % 0xFFFF
+    _pack_u16_into(hdr, ip_len + 16, p if p else 0xFFFF)
+    vnet = _vnet_hdr.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hlen, gso, ip_len, 16)
+    return b"".join([vnet, hdr, *parts])
+
+
+# --------------------------------------------------------------------------- the pump
+
+
+class TunPump:
+    """Moves packets between a :class:`Tun` and a started
+    :class:`~wireguard.io.tunnel.Tunnel`, in batches."""
+
+    def __init__(self, tun: Tun, tunnel: Tunnel, *, batch: int | None = None) -> None:
+        self.tun = tun
+        self.tunnel = tunnel
+        # Packets read from the TUN per wake-up at most (then the UDP socket
+        # gets its turn).
+        self.batch = batch or int(os.environ.get("WG_PY_TUN_BATCH", "64"))
+        self.dropped = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Called once if the TUN fails for good (the interface was deleted).
+        self.on_error: Callable[[OSError], None] | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ..device import Effects
+
+        self._effects = Effects
+        self._loop = loop
+        self.tunnel.on_packets = self._write
+        loop.add_reader(self.tun.fd, self._on_readable)
+
+    def stop(self) -> None:
+        if self._loop is not None and not self.tun.closed:
+            self._loop.remove_reader(self.tun.fd)
+        self._loop = None
+        if getattr(self.tunnel, "on_packets", None) == self._write:
+            self.tunnel.on_packets = None
+
+    def _write(self, packets: list[bytes]) -> None:
+        if not self.tun.closed:
+            self.dropped += self.tun.write_packets(packets)
+
+    def _on_readable(self) -> None:
+        try:
+            packets = self.tun.read_packets(self.batch)
+        except OSError as exc:
+            # EBADFD/EIO/ENODEV: the interface is gone (``ip link del``).
+            log.error("TUN %s: %s", self.tun.name, exc.strerror or exc)
+            self.stop()
+            if self.on_error is not None:
+                self.on_error(exc)
+            return
+        if not packets:
+            return
+        tunnel = self.tunnel
+        now = tunnel.now
+        out = self._effects()
+        send = tunnel.device.send_packet
+        for packet in packets:
+            send(packet, now, out)
+        tunnel.apply(out)
+
+
+# --------------------------------------------------------------------------- netlink
+
+
+@dataclass
+class NetlinkConfig:
+    """What :func:`configure` set up beyond the interface itself, so that
+    :meth:`undo` can take it down (routes and addresses go with the link)."""
+
+    name: str
+    index: int
+    fwmark: int = 0
+    table: int | None = None
+    rules: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
+
+    def undo(self) -> None:
+        if not self.rules:
+            return
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            for rule in reversed(self.rules):
+                with contextlib.suppress(Exception):
+                    ipr.rule("del", **rule)
+        self.rules.clear()
+
+
+def _is_default(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return network.prefixlen == 0
+
+
+def configure(
+    tun: Tun,
+    config: Config,
+    *,
+    mtu: int | None = None,
+    set_fwmark: Callable[[int], None] | None = None,
+) -> NetlinkConfig:
+    """Set MTU, addresses, link up and routes for *config* on *tun*, as
+    wg-quick's ``add_if``/``set_mtu_up``/``add_addr``/``add_route`` do.
+
+    ``Table = off`` adds no routes; ``Table = N`` puts them in table N; by
+    default a route to 0.0.0.0/0 or ::/0 gets wg-quick's policy routing, for
+    which *set_fwmark* is called to mark the tunnel's UDP socket."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    iface = config.interface
+    mtu = mtu or iface.mtu or DEFAULT_MTU
+    table_setting = (iface.table or "auto").lower()
+    if table_setting not in ("auto", "main", "off") and not table_setting.isdigit():
+        raise TunError(f"Table = {iface.table}: use a number, auto, main or off")
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=tun.name)
+        if not found:
+            raise TunError(f"interface {tun.name!r} vanished")
+        index = found[0]
+        result = NetlinkConfig(tun.name, index)
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+            for address in iface.addresses:
+                try:
+                    ipr.addr(
+                        "add",
+                        index=index,
+                        address=str(address.ip),
+                        prefixlen=address.network.prefixlen,
+                    )
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+            ipr.link("set", index=index, state="up")
+            if table_setting == "off":
+                return result
+            networks = sorted(
+                {n for peer in config.peers for n in peer.allowed_ips},
+                key=lambda n: (n.version, -n.prefixlen, int(n.network_address)),
+            )
+            # Most specific first, as wg-quick sorts them.
+            for network in networks:
+                if table_setting == "auto" and _is_default(network):
+                    _default_route(ipr, result, network, set_fwmark, config.interface.fwmark)
+                    continue
+                kwargs = {"dst": str(network), "oif": index}
+                if table_setting not in ("auto", "main"):
+                    kwargs["table"] = int(table_setting)
+                try:
+                    ipr.route("add", **kwargs)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+        except NetlinkError as exc:
+            result.undo()
+            raise TunError(f"netlink: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+    return result
+
+
+def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> None:  # type: ignore[no-untyped-def]
+    """wg-quick's ``add_default``: a table and a mark (51820 unless set),
+    everything without the mark looks up that table, and the main table is
+    consulted first for anything but its default route."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    if result.table is None:
+        table = fwmark or POLICY_TABLE
+        # The first table number with no routes, from 51820 up.
+        while fwmark is None and _table_in_use(ipr, table):
+            table += 1
+        result.table = table
+        result.fwmark = table
+        if set_fwmark is not None:
+            set_fwmark(table)
+    table = result.table
+    fam = socket.AF_INET if network.version == 4 else socket.AF_INET6
+    ipr.route("add", dst=str(network), oif=result.index, table=table)
+    # The priorities wg-quick's `ip rule add` ends up with, below main (32766).
+    rules = [
+        {"family": fam, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF,
+         "flags": 0x2, "priority": 32765},  # FIB_RULE_INVERT: "not fwmark"
+        {"family": fam, "table": 254, "suppress_prefixlen": 0, "priority": 32764},
+    ]  # fmt: skip
+    for rule in rules:
+        try:
+            ipr.rule("add", **rule)
+            result.rules.append(rule)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+    if network.version == 4:
+        # As wg-quick: let the mark take part in reverse-path filtering.
+        path = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
+        with contextlib.suppress(OSError), open(path, "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+
+
+def _table_in_use(ipr, table: int) -> bool:  # type: ignore[no-untyped-def]
+    for family in (2, 10):
+        with contextlib.suppress(Exception):
+            if ipr.get_routes(family=family, table=table):
+                return True
+    return False

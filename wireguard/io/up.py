@@ -1,0 +1,509 @@
+"""``python -m wireguard up CONFIG`` and ``down CONFIG|NAME``, as ``wg-quick``.
+
+``up`` checks what it can in the calling process (root, ``/dev/net/tun``, the
+configuration, the interface name), then starts the endpoint as a background
+process (a re-executed ``up --foreground``, its own session, output appended to
+``/var/log/wireguard-py/NAME.log``) and waits until that process reports the
+interface up, addresses and routes set and the control socket
+``/var/run/wireguard/NAME.sock`` answering; then it exits 0. An error on
+either side is one line on stderr and exit status 1.
+
+The service (``--foreground``) owns everything it made: the TUN interface
+(closing it removes the interface with its addresses and routes), the policy
+rules of a default route, the UDP socket, the control socket and the pid file
+``/var/run/wireguard/NAME.pid`` (pid and start time, so a reused pid is never
+mistaken for it). SIGTERM or SIGINT shuts it down cleanly.
+
+``down`` finds the process by the pid file (or, failing that, by the peer
+credentials of the control socket), sends SIGTERM, waits for it to go, and
+removes whatever a killed process left behind.
+
+PreUp/PostUp/PreDown/PostDown are kept in the configuration but not run, and
+DNS is not applied: each is reported as a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import Config, ConfigError, ConfigWarning, load
+from .control import SOCKET_DIRECTORY, socket_path
+from .tun import TUN_PATH, TunError, interface_name, validate_name
+
+log = logging.getLogger("wireguard")
+
+LOG_DIRECTORY = "/var/log/wireguard-py"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+__all__ = ["UpError", "add_parser", "cmd_down", "cmd_up", "main"]
+
+
+class UpError(Exception):
+    """A failure to report on one line, exit status 1."""
+
+
+def pid_path(name: str) -> str:
+    return os.path.join(SOCKET_DIRECTORY, f"{name}.pid")
+
+
+def log_path(name: str) -> str:
+    return os.path.join(LOG_DIRECTORY, f"{name}.log")
+
+
+def target_name(target: str) -> str:
+    """``down`` takes a config path (as wg-quick) or a bare interface name."""
+    if "/" in target or target.endswith(".conf") or os.path.isfile(target):
+        return interface_name(target)
+    return validate_name(target)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise UpError("must be run as root (it creates a network interface)")
+
+
+def _need_tun() -> None:
+    if not os.path.exists(TUN_PATH):
+        raise UpError(f"{TUN_PATH} does not exist (no TUN support here?)")
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        raise UpError(
+            "pyroute2 is needed to configure the interface: pip install 'wireguard-sansio[tun]'"
+        ) from None
+
+
+def load_config(path: str) -> tuple[Config, list[str]]:
+    """The parsed file and the warnings to show (hooks not run, DNS not set)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            config = load(path)
+        except ConfigError as exc:
+            raise UpError(str(exc)) from None
+        except OSError as exc:
+            raise UpError(f"cannot read {path}: {exc.strerror}") from None
+    notes = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+    iface = config.interface
+    if iface.private_key is None:
+        raise UpError(f"{path}: [Interface] has no PrivateKey")
+    if iface.dns or iface.dns_search:
+        notes.append(f"{path}: DNS is not applied by this implementation")
+    if iface.save_config:
+        notes.append(f"{path}: SaveConfig is not supported; the file is never written")
+    return config, notes
+
+
+def _link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the
+    process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2 :].split()
+    if rest[0] in ("Z", "X"):
+        return None
+    return rest[19]
+
+
+def _read_pid_file(name: str) -> int | None:
+    """The live process the pid file names, or None (absent, stale, reused)."""
+    try:
+        pid_text, start = Path(pid_path(name)).read_text().split()[:2]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return pid if _proc_start_time(pid) == start else None
+
+
+def _socket_owner(name: str) -> int | None:
+    """The pid serving the control socket (SO_PEERCRED), if any."""
+    path = socket_path(name)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2)
+    try:
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    pid = struct.unpack("3i", creds)[0]
+    return pid or None
+
+
+def _is_ours(pid: int) -> bool:
+    """Is *pid* a process of this package's up command (not, say, wireguard-go)?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"wireguard.io.up" in argv or (b"up" in argv and any(b"wireguard" in a for a in argv))
+
+
+def _find_process(name: str) -> int | None:
+    pid = _read_pid_file(name)
+    if pid is not None:
+        return pid
+    pid = _socket_owner(name)
+    if pid is not None and _is_ours(pid):
+        return pid
+    return None
+
+
+def _socket_answers(name: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect(socket_path(name))
+        sock.sendall(b"get=1\n\n")
+        data = b""
+        while b"\n\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return b"errno=0\n" in data
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+# --------------------------------------------------------------------------- up
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return _report("up", lambda: _up(args))
+
+
+def _report(command: str, action) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return int(action())
+    except (UpError, TunError) as exc:
+        print(f"python -m wireguard {command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _up(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.config)
+    name = interface_name(path)
+    _need_root()
+    _need_tun()
+    config, notes = load_config(path)
+    if _link_exists(name):
+        raise UpError(f"interface {name!r} already exists")
+    owner = _find_process(name)
+    if owner is not None:
+        raise UpError(f"{name} is already up (pid {owner})")
+    if _socket_answers(name):
+        raise UpError(f"{socket_path(name)} is in use by another WireGuard interface")
+    # Only once nothing stands in the way, so that an error stays one line.
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if args.foreground:
+        return run_foreground(name, config, ready_fd=args.ready_fd, verbose=args.verbose)
+    return _spawn(name, path, args.log or log_path(name), args.verbose)
+
+
+def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
+    """Start ``up --foreground`` in its own session and wait for its word."""
+    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    read_end, write_end = os.pipe()
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "wireguard.io.up", "up", "--foreground",
+            "--ready-fd", str(write_end), path]  # fmt: skip
+    if verbose:
+        argv.insert(5, "--verbose")
+    try:
+        with open(log_file, "ab") as out:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                pass_fds=(write_end,), start_new_session=True, cwd="/", env=env,
+            )  # fmt: skip
+    except OSError as exc:
+        os.close(read_end)
+        raise UpError(f"cannot start the service: {exc.strerror}") from None
+    finally:
+        os.close(write_end)
+    message = _read_ready(read_end, proc)
+    if message.startswith("ok"):
+        port = message.split()[1] if len(message.split()) > 1 else "?"
+        if not _socket_answers(name):
+            proc.terminate()
+            raise UpError(f"the control socket of {name} does not answer; see {log_file}")
+        print(f"[#] {name} is up: pid {proc.pid}, UDP port {port}, log {log_file}", file=sys.stderr)
+        return 0
+    if message.startswith("error "):
+        raise UpError(message[6:])
+    code = proc.poll()
+    if code is None:
+        proc.terminate()
+        raise UpError(f"{name} did not come up within {READY_TIMEOUT:.0f} s; see {log_file}")
+    raise UpError(f"the service exited with status {code}; see {log_file}")
+
+
+def _read_ready(fd: int, proc: subprocess.Popen) -> str:  # type: ignore[type-arg]
+    deadline = time.monotonic() + READY_TIMEOUT
+    data = b""
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(2)
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def run_foreground(
+    name: str, config: Config, *, ready_fd: int | None = None, verbose: bool = False
+) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    service = Service(name, config)
+
+    def ready(line: str) -> None:
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+
+    try:
+        asyncio.run(service.run(ready))
+    except (UpError, TunError) as exc:
+        if ready_fd is None:
+            raise
+        log.error("%s", exc)
+        ready(f"error {exc}")
+        return 1
+    except Exception as exc:
+        log.exception("failed")
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if ready_fd is None:
+            raise UpError(message) from None
+        ready(f"error {message}")
+        return 1
+    return 0
+
+
+class Service:
+    """One interface, from creation to teardown, in the running event loop."""
+
+    def __init__(self, name: str, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.stopping = asyncio.Event()
+
+    async def run(self, ready) -> None:  # type: ignore[no-untyped-def]
+        from .interface import Interface
+        from .tun import Tun, TunPump, configure
+        from .tunnel import device_from_config
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stopping.set)
+        name, config = self.name, self.config
+        tun = iface = netlink = pump = None
+        pid_written = False
+        try:
+            try:
+                device = await device_from_config(config)
+            except OSError as exc:
+                raise UpError(f"endpoint: {exc}") from None
+            tun = Tun.create(name)
+            iface = Interface(name, device, listen_port=config.interface.listen_port or 0)
+            try:
+                await iface.start()
+            except OSError as exc:
+                where = socket_path(name)
+                if where in str(exc):
+                    raise UpError(f"{where} is in use by a running interface") from None
+                if exc.errno == errno.EADDRINUSE:
+                    raise UpError(f"UDP port {config.interface.listen_port} is in use") from None
+                raise UpError(f"cannot start {name}: {exc.strerror or exc}") from None
+
+            def set_fwmark(mark: int) -> None:
+                device.fwmark = mark
+                iface._set_fwmark(mark)
+
+            if config.interface.fwmark:
+                set_fwmark(config.interface.fwmark)
+            # pyroute2's synchronous API runs its own event loop: in a thread.
+            netlink = await asyncio.to_thread(configure, tun, config, set_fwmark=set_fwmark)
+            pump = TunPump(tun, iface.tunnel)
+            pump.on_error = lambda exc: self.stopping.set()
+            pump.start(loop)
+            self._write_pid_file()
+            pid_written = True
+            log.info(
+                "up: %s, UDP port %d, %d peer(s), TUN offload %s, UDP GSO %s GRO %s",
+                name, iface.tunnel.listen_port, len(device.peers),
+                tun.offload, iface.tunnel.gso, iface.tunnel._gro_on,
+            )  # fmt: skip
+            ready(f"ok {iface.tunnel.listen_port}")
+            await self.stopping.wait()
+            log.info("shutting down")
+        finally:
+            if pump is not None:
+                pump.stop()
+            if netlink is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(netlink.undo)
+            if iface is not None:
+                with contextlib.suppress(Exception):
+                    await iface.close()
+            if tun is not None:
+                tun.close()
+            if pid_written:
+                self._remove_pid_file()
+
+    def _write_pid_file(self) -> None:
+        pid = os.getpid()
+        path = pid_path(self.name)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        tmp = f"{path}.{pid}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{pid} {_proc_start_time(pid)}\n")
+        os.replace(tmp, path)
+
+    def _remove_pid_file(self) -> None:
+        path = pid_path(self.name)
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().split()[0] == str(os.getpid()):
+                os.unlink(path)
+
+
+# --------------------------------------------------------------------------- down
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    return _report("down", lambda: _down(args.target))
+
+
+def _down(target: str) -> int:
+    name = target_name(target)
+    _need_root()
+    pid = _find_process(name)
+    if pid is None:
+        leftovers = _remove_leftovers(name)
+        if not leftovers:
+            raise UpError(f"{name!r} is not an interface of this implementation (not up?)")
+        print(f"[#] {name} was not running; removed {', '.join(leftovers)}", file=sys.stderr)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, STOP_TIMEOUT):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5)
+    _remove_leftovers(name)
+    print(f"[#] {name} is down", file=sys.stderr)
+    return 0
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _proc_start_time(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _remove_leftovers(name: str) -> list[str]:
+    """What a dead process left: its socket file and pid file. The TUN
+    interface went with its file descriptor."""
+    removed = []
+    sock = socket_path(name)
+    if os.path.exists(sock) and _socket_owner(name) is None:
+        with contextlib.suppress(OSError):
+            os.unlink(sock)
+            removed.append(sock)
+    pidf = pid_path(name)
+    if os.path.exists(pidf) and _read_pid_file(name) is None:
+        with contextlib.suppress(OSError):
+            os.unlink(pidf)
+            removed.append(pidf)
+    return removed
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers) -> None:  # type: ignore[no-untyped-def]
+    """Register ``up`` and ``down`` on an argparse subparsers object."""
+    up = subparsers.add_parser(
+        "up",
+        help="bring up a TUN interface from a wg-quick file (like wg-quick up)",
+        description="Create interface NAME (the file name without .conf), set its addresses "
+        "and routes, and run the endpoint in the background.",
+    )
+    up.add_argument("config", metavar="CONFIG", help="wg-quick file, e.g. /etc/wireguard/wg0.conf")
+    up.add_argument("--foreground", action="store_true", help="stay attached and log to stderr")
+    up.add_argument("--log", metavar="FILE", help=f"log file (default {LOG_DIRECTORY}/NAME.log)")
+    up.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+    down = subparsers.add_parser(
+        "down", help="stop an interface started by up (like wg-quick down)"
+    )
+    down.add_argument("target", metavar="CONFIG|NAME", help="its wg-quick file or its name")
+    down.set_defaults(func=cmd_down)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wireguard.io.up")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
