@@ -22,6 +22,7 @@ The tunnel state and per-forward counters are printed to stderr every
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -294,7 +295,7 @@ class _Link:
 # ----------------------------------------------------------------------- forwards
 
 
-class Forward:
+class Forward(abc.ABC):
     def __init__(self, spec: ForwardSpec, tunnel: RootlessTunnel, options: argparse.Namespace):
         self.spec = spec
         self.tunnel = tunnel
@@ -308,14 +309,15 @@ class Forward:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Open the listener (a local socket or one on the stack)."""
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:  # noqa: B027 - a hook: only UDP forwards have flows
         """Drop idle UDP flows."""
 
     def line(self) -> str:
@@ -483,8 +485,9 @@ class _UdpForward(Forward):
             self._count(self.client_to_tunnel, len(data))
             transport.sendto(data)
 
+    @abc.abstractmethod
     async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
-        raise NotImplementedError
+        """The datagram endpoint a new flow's replies come back through."""
 
     def _drop(self, addr: Any) -> None:
         flow = self.flows.pop(addr, None)
