@@ -61,16 +61,16 @@ def established_pair():
 
 
 def device_rate(seconds: float, batch: int = 32) -> float:
-    """Packets through both devices per second, *batch* packets per call
-    sequence with one Effects each way: what the asyncio/TUN bindings do per
-    wake-up (read until the socket would block, then act)."""
+    """Packets through both devices per second, *batch* packets per wake-up
+    with one Effects each way (``send_packets``, then ``receive_datagram``
+    into a shared Effects): what the asyncio/TUN bindings do (read until the
+    socket would block, then act)."""
     a, b, addr_a, now = established_pair()
     packet = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(SIZE - 20))
+    packets = [packet] * batch
     n, start = 0, time.process_time()
     while (elapsed := time.process_time() - start) < seconds:
-        sent = Effects()
-        for _ in range(batch):
-            a.send_packet(packet, now, sent)
+        sent = a.send_packets(packets, now)
         got = Effects()
         for data, _ in sent.datagrams:
             b.receive_datagram(data, addr_a, now, got)

@@ -389,3 +389,32 @@ def test_handshake_flood_switches_to_cookies_and_peer_still_connects():
             break
     assert ids(b) == [1]
     assert a.device.peers[b.device.public_key].cookies.has_cookie
+
+
+def test_send_packets_batch_equals_one_by_one():
+    """The batch form is an optimisation only: same datagrams, same
+    deliveries, same drops as packet by packet, across peers, before and
+    after the handshake, with unroutable packets mixed in."""
+    results = []
+    for batched in (False, True):
+        net = Network(7)
+        a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
+        net.connect(a, b)
+        net.connect(a, c)
+        ident = 0
+        for _round in range(3):
+            packets = []
+            for dst in ("10.0.0.2", "10.0.0.2", "10.0.0.3", "10.9.9.9", "10.0.0.3", "10.0.0.2"):
+                ident += 1
+                packets.append(ipv4_packet(a.tunnel_ip, dst, struct.pack(">Q", ident)))
+            if batched:
+                net.apply(a, a.device.send_packets(packets, net.now))
+            else:
+                for packet in packets:
+                    net.apply(a, a.device.send_packet(packet, net.now))
+            net.run_for(1)
+        results.append((ids(b), ids(c), dict(a.device.drops), len(net.tap)))
+    assert results[0] == results[1]
+    got_b, got_c, drops, _ = results[0]
+    assert len(got_b) == 9 and len(got_c) == 6
+    assert drops == {Drop.NO_ROUTE: 3}

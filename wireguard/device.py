@@ -431,6 +431,68 @@ class Device:
         self._send_staged(peer, now, out)
         return out
 
+    def send_packets(
+        self, packets: Iterable[bytes], now: float, out: Effects | None = None
+    ) -> Effects:
+        """Many packets from the tunnel (one wake-up's worth): as
+        :meth:`send_packet` for each, with the per-peer work (keypair checks,
+        timers, keep_key_fresh) done once per run of packets to one peer."""
+        out = Effects() if out is None else out
+        lookup = self.allowed_ips.lookup
+        append = out.datagrams.append
+        mtu = self.mtu
+        run_peer: Peer | None = None
+        keypair: Keypair | None = None
+        endpoint: Address | None = None
+        fast = sent = False
+        for packet in packets:
+            n = len(packet)
+            version = packet[0] >> 4 if n else 0
+            if version == 4 and n >= 20:
+                peer = lookup(packet[16:20])
+            elif version == 6 and n >= 40:
+                peer = lookup(packet[24:40])
+            else:
+                peer = None
+            if peer is not run_peer or peer is None:
+                if sent:
+                    assert run_peer is not None and keypair is not None
+                    self._sent(run_peer, keypair, now, out, True)
+                    sent = False
+                run_peer = peer
+                if peer is not None:
+                    keypair, endpoint = peer.current, peer.endpoint
+                    fast = (
+                        not peer.staged
+                        and keypair is not None
+                        and endpoint is not None
+                        and keypair.sending_valid
+                        and now - keypair.created < REJECT_AFTER_TIME
+                    )
+            if peer is not None and fast:
+                assert keypair is not None
+                try:
+                    message = keypair.encrypt(packet, mtu)
+                except KeypairExhausted:
+                    pass
+                else:
+                    peer.tx_bytes += len(message)
+                    append((message, endpoint))
+                    sent = True
+                    continue
+            # Anything else (no route, no session yet, staging): the general
+            # path, after which this peer's state must be looked at afresh.
+            if sent:
+                assert run_peer is not None and keypair is not None
+                self._sent(run_peer, keypair, now, out, True)
+                sent = False
+            self.send_packet(packet, now, out)
+            run_peer = None
+        if sent:
+            assert run_peer is not None and keypair is not None
+            self._sent(run_peer, keypair, now, out, True)
+        return out
+
     def initiate_handshake(self, public_key: PublicKey, now: float) -> Effects:
         """Start a handshake with a peer now (as a first packet would)."""
         out = Effects()

@@ -551,11 +551,7 @@ class TunPump:
             return
         tunnel = self.tunnel
         now = tunnel.now
-        out = self._effects()
-        send = tunnel.device.send_packet
-        for packet in packets:
-            send(packet, now, out)
-        tunnel.apply(out)
+        tunnel.apply(tunnel.device.send_packets(packets, now, self._effects()))
 
 
 # --------------------------------------------------------------------------- netlink
