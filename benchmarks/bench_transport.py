@@ -26,7 +26,7 @@ import tracemalloc
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from wireguard.device import Device, Effects
+from wireguard.device import Device
 from wireguard.keys import PrivateKey, PublicKey
 from wireguard.netstack.ip import IPPROTO_UDP, addr_bytes, build_ipv4
 
@@ -62,18 +62,15 @@ def established_pair():
 
 def device_rate(seconds: float, batch: int = 32) -> float:
     """Packets through both devices per second, *batch* packets per wake-up
-    with one Effects each way (``send_packets``, then ``receive_datagram``
-    into a shared Effects): what the asyncio/TUN bindings do (read until the
-    socket would block, then act)."""
+    with one Effects each way (``send_packets``, ``receive_datagrams``): what
+    the asyncio/TUN bindings do (read until the socket would block, then act)."""
     a, b, addr_a, now = established_pair()
     packet = ipv4_packet("10.0.0.1", "10.0.0.2", bytes(SIZE - 20))
     packets = [packet] * batch
     n, start = 0, time.process_time()
     while (elapsed := time.process_time() - start) < seconds:
         sent = a.send_packets(packets, now)
-        got = Effects()
-        for data, _ in sent.datagrams:
-            b.receive_datagram(data, addr_a, now, got)
+        got = b.receive_datagrams([(data, addr_a) for data, _ in sent.datagrams], now)
         n += batch
     assert got.packets == [packet] * batch
     return n / elapsed

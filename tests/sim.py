@@ -67,9 +67,11 @@ class Network:
     def random_bytes(self, n: int) -> bytes:
         return self.rng.randbytes(n)
 
-    def add(self, name: str, index: int, *, key: PrivateKey | None = None, **kw) -> Node:
+    def add(
+        self, name: str, index: int, *, key: PrivateKey | None = None, random=None, **kw
+    ) -> Node:
         key = key or PrivateKey.generate(self.random_bytes)
-        device = Device(key, random=self.random_bytes, **kw)
+        device = Device(key, random=random or self.random_bytes, **kw)
         node = Node(name, device, (f"192.0.2.{index}", 51820), f"10.0.0.{index}")
         self.nodes[node.address] = node
         self.by_name[name] = node

@@ -628,11 +628,17 @@ class Device:
             self.drops[Drop.MALFORMED] += 1
         return out
 
-    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> Effects:
-        """A batch of datagrams read in one wake-up, one Effects for all."""
-        out = Effects()
+    def receive_datagrams(
+        self, datagrams: Iterable[tuple[bytes, Address]], now: float, out: Effects | None = None
+    ) -> Effects:
+        """A batch of datagrams read in one wake-up, one Effects for all.
+
+        (A form that skipped the per-keypair checks within a run of datagrams
+        was tried: no difference measurable above the noise, so not kept.)"""
+        out = Effects() if out is None else out
+        receive = self.receive_datagram
         for data, source in datagrams:
-            self.receive_datagram(data, source, now, out)
+            receive(data, source, now, out)
         return out
 
     def _under_load(self, now: float) -> bool:

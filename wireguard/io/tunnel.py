@@ -245,19 +245,18 @@ class Tunnel:
     # --- driving the device ------------------------------------------------
 
     def _on_readable(self) -> None:
-        """Read every datagram waiting (up to a batch), then act once: one
-        Effects and one timer update per wake-up, not per datagram."""
+        """Read every datagram waiting (up to a batch), then hand them to the
+        device together and act once: one Effects and one timer update per
+        wake-up, not per datagram."""
         sock = self._sock
         if sock is None:
             return
-        device = self.device
-        out = Effects()
-        now = self.now
-        receive = device.receive_datagram
+        got: list[tuple[bytes, Address]] = []
         if self._gro_on:
-            self._read_gro(sock, receive, now, out)
+            self._read_gro(sock, got.append)
         else:
             recv = sock.recvfrom
+            add = got.append
             for _ in range(self.batch):
                 try:
                     data, addr = recv(65535)
@@ -266,10 +265,11 @@ class Tunnel:
                 except OSError as exc:  # ICMP errors surface here on Linux
                     log.debug("UDP receive error: %s", exc)
                     break
-                receive(data, _plain(addr), now, out)
-        self.apply(out)
+                add((data, _plain(addr)))
+        if got:
+            self.apply(self.device.receive_datagrams(got, self.now))
 
-    def _read_gro(self, sock: socket.socket, receive, now: float, out: Effects) -> None:  # type: ignore[no-untyped-def]
+    def _read_gro(self, sock: socket.socket, add: Callable[[tuple[bytes, Address]], None]) -> None:
         """recvmsg with UDP_GRO: one buffer may hold several datagrams of
         ``gso_size`` bytes each (the last may be shorter), from one source."""
         recv = sock.recvmsg
@@ -297,10 +297,10 @@ class Tunnel:
                 if size and len(data) > size:
                     view = memoryview(data)
                     for i in range(0, len(data), size):
-                        receive(bytes(view[i : i + size]), source, now, out)
+                        add((bytes(view[i : i + size]), source))
                         n += 1
                     continue
-            receive(data, source, now, out)
+            add((data, source))
             n += 1
 
     _gro_space = socket.CMSG_SPACE(4)
