@@ -1,6 +1,8 @@
 """A pure-Python, sans-I/O implementation of the WireGuard protocol."""
 
 from .errors import (
+    AddressFormatError,
+    CaptureFormatError,
     DecryptionError,
     HandshakeError,
     InvalidDHError,
@@ -15,6 +17,8 @@ from .errors import (
 from .keys import PresharedKey, PrivateKey, PublicKey
 
 __all__ = [
+    "AddressFormatError",
+    "CaptureFormatError",
     "DecryptionError",
     "HandshakeError",
     "InvalidDHError",

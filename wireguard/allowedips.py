@@ -27,7 +27,7 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from .errors import LocalProtocolError
+from .errors import AddressFormatError, LocalProtocolError
 
 __all__ = ["AddressFormatError", "AllowedIPs", "Network"]
 
@@ -35,11 +35,6 @@ V = TypeVar("V")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class AddressFormatError(LocalProtocolError, ValueError):
-    """An address or prefix given to the table is malformed (bad text, wrong
-    length, prefix length out of range)."""
 
 
 # Each prefix is also remembered per value as a (key, code) pair: the same int

@@ -41,7 +41,7 @@ from typing import IO, Final, NamedTuple
 
 from .constants import KEY_LEN
 from .crypto import DHPrivateKey
-from .errors import KeyFormatError, WireGuardError
+from .errors import CaptureFormatError, KeyFormatError
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .netstack.ip import checksum as internet_checksum
 from .netstack.udp import build_udp
@@ -110,12 +110,6 @@ _ETHERTYPE_IPV6: Final = 0x86DD
 _ETHERTYPE_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _DEFAULT_TTL: Final = 64
 _MAX_SNAPLEN: Final = 262144  # libpcap's MAXIMUM_SNAPLEN
-
-
-class CaptureFormatError(WireGuardError, ValueError):
-    """A capture or key log file is not in a format we read, or is cut short.
-
-    A ``ValueError`` too, so callers that treat any bad input alike can."""
 
 
 # --- checksums and headers (pure) --------------------------------------------

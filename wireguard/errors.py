@@ -23,6 +23,16 @@ class KeyFormatError(LocalProtocolError, ValueError):
     """A key is not 32 bytes or not valid base64 of 32 bytes."""
 
 
+class AddressFormatError(LocalProtocolError, ValueError):
+    """An address or prefix given to the allowed-IPs table is malformed (bad
+    text, wrong length, prefix length out of range)."""
+
+
+class CaptureFormatError(WireGuardError, ValueError):
+    """A capture or key log file is not in a format we read, or is cut short.
+    (Neither side's protocol fault: a file on disk.)"""
+
+
 class RemoteProtocolError(WireGuardError):
     """What the remote side sent cannot be accepted."""
 
