@@ -24,9 +24,9 @@ import logging
 import os
 import socket
 import stat
-from types import TracebackType
 
 from ..uapi import UAPI, UAPIConnection
+from .lifecycle import Lifecycle
 
 __all__ = ["SOCKET_DIRECTORY", "ControlServer", "socket_path"]
 
@@ -98,7 +98,7 @@ def _bind(path: str) -> socket.socket:
         os.umask(old_umask)
 
 
-class ControlServer:
+class ControlServer(Lifecycle):
     """Serves *uapi* on the Unix socket *path* (see :func:`socket_path`).
 
     ``await start()`` creates the directory (0755) if needed and the socket
@@ -142,18 +142,6 @@ class ControlServer:
             await asyncio.gather(*self._clients, return_exceptions=True)
         await server.wait_closed()
         self._unlink()
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def serving(self) -> bool:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
-from types import TracebackType
 
 from ..config import Config
 from ..device import Device
 from ..uapi import UAPI
 from .control import ControlServer, socket_path
+from .lifecycle import Lifecycle
 from .tunnel import Tunnel, device_from_config
 
 
-class Interface:
+class Interface(Lifecycle):
     def __init__(
         self,
         name: str,
@@ -68,15 +68,3 @@ class Interface:
         if self.control is not None:
             await self.control.close()
         await self.tunnel.close()
-
-    async def __aenter__(self) -> Interface:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

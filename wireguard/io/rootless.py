@@ -37,7 +37,6 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from ..config import Config, load
@@ -46,6 +45,7 @@ from ..netstack import NetStack, NetStackStats, TcpConfig
 from ..netstack.aio import ClientConnectedCallback, StackDriver, TcpServer
 from .control import socket_path
 from .interface import Interface
+from .lifecycle import Lifecycle
 from .tunnel import device_from_config
 
 __all__ = [
@@ -123,7 +123,7 @@ def _literal(host: str, what: str = "host") -> ipaddress.IPv4Address | ipaddress
         ) from None
 
 
-class RootlessTunnel:
+class RootlessTunnel(Lifecycle):
     """A WireGuard endpoint with a userspace TCP/IP stack on its addresses.
 
     *device* is a configured :class:`Device`; *addresses* are the stack's own
@@ -219,18 +219,6 @@ class RootlessTunnel:
             self.driver.close()
             self._apply_out()
         await self.interface.close()
-
-    async def __aenter__(self) -> RootlessTunnel:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def addresses(self) -> list[str]:

@@ -35,11 +35,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from ..config import Config
 from ..device import Device, Effects, Event
 from ..keys import PresharedKey
+from .lifecycle import Lifecycle
 
 log = logging.getLogger("wireguard")
 
@@ -86,7 +86,7 @@ async def resolve_endpoint(host: str, port: int) -> Address:
     return _plain(infos[0][4])
 
 
-class Tunnel:
+class Tunnel(Lifecycle):
     """A running WireGuard endpoint on a UDP socket.
 
     ``async with Tunnel(device, listen_port=51820) as tunnel:`` binds, and
@@ -211,18 +211,6 @@ class Tunnel:
             self._timer = None
         self._detach()
         self._closed.set()
-
-    async def __aenter__(self) -> Tunnel:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def now(self) -> float:
