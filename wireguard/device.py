@@ -55,7 +55,7 @@ from .constants import (
     UNDER_LOAD_AFTER_TIME,
 )
 from .cookie import CookieChecker
-from .crypto import DHPrivateKey, RandomSource, dh_generate, tai64n
+from .crypto import DHPrivateKey, RandomSource, aead_nonce, dh_generate, tai64n
 from .errors import RemoteProtocolError, WireGuardError
 from .handshake import consume_initiation, consume_response, create_initiation, create_response
 from .keys import PresharedKey, PrivateKey, PublicKey
@@ -69,7 +69,6 @@ from .timers import Timer
 _u32 = struct.Struct("<I").unpack_from
 _u16be = struct.Struct(">H").unpack_from
 _unpack_transport = struct.Struct("<IIQ").unpack_from
-_nonce = struct.Struct("<4xQ").pack
 _TRANSPORT_WORD = struct.pack("<I", MESSAGE_TRANSPORT_DATA)
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 _HANDSHAKE_LEN = {MESSAGE_INITIATION: INITIATION_LEN, MESSAGE_RESPONSE: RESPONSE_LEN}
@@ -802,12 +801,11 @@ class Device:
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         peer, keypair = entry
-        if not keypair.receiving_valid or now - keypair.created >= REJECT_AFTER_TIME:
-            keypair.receiving_valid = False
+        if not keypair.can_receive(now):
             self.drops[Drop.KEYPAIR_EXPIRED] += 1
             return
         try:
-            plain = keypair.receiving.decrypt(_nonce(counter), data[16:], None)
+            plain = keypair.receiving.decrypt(aead_nonce(counter), data[16:], None)
         except InvalidTag:
             self.drops[Drop.DECRYPTION_FAILED] += 1
             return
