@@ -85,7 +85,25 @@ def _where(filename: str | None, lineno: int | None, key: str | None, message: s
     return head + message
 
 
-class ConfigError(LocalProtocolError, ValueError):
+class _Located(Exception):
+    """Where in a file a problem is: ``filename``, ``lineno``, ``key``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        filename: str | None = None,
+        lineno: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.message = message
+        self.filename = filename
+        self.lineno = lineno
+        self.key = key
+        super().__init__(_where(filename, lineno, key, message))
+
+
+class ConfigError(_Located, LocalProtocolError, ValueError):
     """A configuration file, or a configuration built in code, is not valid.
 
     ``filename``, ``lineno`` and ``key`` say where, so that the message reads like
@@ -94,39 +112,11 @@ class ConfigError(LocalProtocolError, ValueError):
     is the bare problem without the location.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        filename: str | None = None,
-        lineno: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.message = message
-        self.filename = filename
-        self.lineno = lineno
-        self.key = key
-        super().__init__(_where(filename, lineno, key, message))
 
-
-class ConfigWarning(UserWarning):
+class ConfigWarning(_Located, UserWarning):
     """Something in a file is accepted but deserves the user's attention: hooks
     that are kept but never run, host bits dropped from an AllowedIP, a missing
     PrivateKey, an ignored empty value. Located like :class:`ConfigError`."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        filename: str | None = None,
-        lineno: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.message = message
-        self.filename = filename
-        self.lineno = lineno
-        self.key = key
-        super().__init__(_where(filename, lineno, key, message))
 
 
 class _Problem(Exception):
