@@ -101,8 +101,10 @@ class Keypair:
     # --- receiving -------------------------------------------------------
 
     def can_receive(self, now: float) -> bool:
-        if self.receiving_valid and (
-            now - self.created >= REJECT_AFTER_TIME or self.replay.counter >= REJECT_AFTER_MESSAGES
-        ):
-            self.receiving_valid = False
-        return self.receiving_valid
+        """REJECT_AFTER_TIME: a keypair this old accepts nothing more. (The
+        message limit needs no check here: the replay window never accepts a
+        counter at or above REJECT_AFTER_MESSAGES.)"""
+        if now - self.created < REJECT_AFTER_TIME:
+            return self.receiving_valid
+        self.receiving_valid = False
+        return False
