@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.sim import Link, Network, ipv4_packet, payload_id
 from wireguard.constants import (
+    KEEPALIVE_TIMEOUT,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
@@ -27,6 +28,7 @@ from wireguard.device import (
     PeerExpired,
 )
 from wireguard.keys import PresharedKey
+from wireguard.timers import PeerTimers
 
 
 def pair(seed=1, link=None, **kw):
@@ -422,6 +424,9 @@ def test_send_packets_batch_equals_one_by_one():
     assert drops == {Drop.NO_ROUTE: 3}
 
 
+TIMER_STATE = [n for n in PeerTimers.__slots__ if n != "_notify"]
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**32), dup=st.floats(0, 0.3), jitter=st.floats(0, 0.3))
 def test_receive_datagrams_batch_equals_one_by_one(seed, dup, jitter):
@@ -442,11 +447,20 @@ def test_receive_datagrams_batch_equals_one_by_one(seed, dup, jitter):
             net.apply(a, a.device.initiate_handshake(b.device.public_key, net.now))
         net.run_for(0.02)
     net.run_for(2)  # let a late handshake complete and the staged packets go
+    # Past two KEEPALIVE_TIMEOUTs, so b's passive keepalives went out and
+    # none is pending, then a burst.
+    net.run_for(2 * KEEPALIVE_TIMEOUT)
+    for i in range(40, 46):
+        net.send(a, b, i)
+    net.run_for(1)
     stream = [(t, d, src) for t, src, dst, d in net.tap if dst == b.address]
     forged = bytearray(stream[-1][1])
     forged[-1] ^= 1
     stream.insert(len(stream) // 2, (stream[len(stream) // 2][0], bytes(forged), a.address))
     stream.insert(3, (stream[3][0], b"\x04\x00\x00\x00" + bytes(40), ("203.0.113.9", 1)))
+    # a roams in the middle of the burst, and back.
+    t, data, _ = stream[-3]
+    stream[-3] = (t, data, ("198.51.100.7", 4242))
     # What one wake-up reads: up to 8 datagrams sent within 50 ms of each other.
     chunks: list[tuple[float, list]] = []
     for t, data, src in stream:
@@ -455,14 +469,26 @@ def test_receive_datagrams_batch_equals_one_by_one(seed, dup, jitter):
         else:
             chunks.append((t, [(data, src)]))
 
+    after_handshakes = 1 + max(
+        i for i, (_, chunk) in enumerate(chunks) if any(d[0] == 1 for d, _ in chunk)
+    )
+
     def replay(batched: bool):
         # A fresh b with the same key and randomness sees the same stream.
         net2 = Network(seed)
         a2 = net2.add("a", 1, key=a.device.private_key)
         b2 = net2.add("b", 2, key=b.device.private_key, random=seeded_random(b"b%d" % seed))
         net2.connect(a2, b2)
-        delivered, events = [], []
-        for now, chunk in chunks:
+        delivered, events, answers, timers = [], [], [], []
+        peer = b2.device.peers[a2.device.public_key]
+        for i, (now, chunk) in enumerate(chunks):
+            if i == after_handshakes:
+                # From here on b sends too, and keeps the path alive, so the
+                # receive path has timers to clear and restart. (Not before:
+                # the jitter b draws would change its later responses.)
+                b2.device.set_persistent_keepalive(a2.device.public_key, 3, now)
+            while (due := b2.device.next_deadline()) is not None and due <= now:
+                answers += b2.device.handle_timer(due).datagrams
             if batched:
                 out = b2.device.receive_datagrams(chunk, now)
             else:
@@ -471,9 +497,93 @@ def test_receive_datagrams_batch_equals_one_by_one(seed, dup, jitter):
                     b2.device.receive_datagram(data, src, now, out)
             delivered += out.packets
             events += out.events
-        peer = b2.device.peers[a2.device.public_key]
-        return delivered, events, dict(b2.device.drops), peer.rx_bytes, peer.endpoint
+            answers += out.datagrams
+            if i > after_handshakes and i % 4 == 3:
+                reply = ipv4_packet(b2.tunnel_ip, a2.tunnel_ip, b"reply %d" % i)
+                answers += b2.device.send_packet(reply, now).datagrams
+            timers.append({name: getattr(peer.timers, name) for name in TIMER_STATE})
+        windows = [
+            (k.local_index, k.replay.counter, k.replay.bitmap)
+            for k in (peer.current, peer.previous, peer.next)
+            if k is not None
+        ]
+        return (
+            delivered,
+            events,
+            answers,
+            timers,
+            windows,
+            dict(b2.device.drops),
+            peer.rx_bytes,
+            peer.endpoint,
+        )
 
     one_by_one, batched = replay(False), replay(True)
     assert one_by_one == batched
     assert len(one_by_one[0]) >= 30  # the sessions really were derived again
+
+
+def _window_pair():
+    """An established a -> b session whose receive window is fresh, and a
+    sealer of a's transport messages with any counter (even past
+    REJECT_AFTER_MESSAGES, as a peer could send)."""
+    from wireguard.crypto import aead_nonce
+
+    header = struct.Struct("<IIQ").pack
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    receiving = b.device.peers[a.device.public_key].current
+    assert sending is not None and receiving is not None
+    receiving.replay.reset()
+
+    def seal(counter: int, ident: int) -> tuple[bytes, tuple[str, int]]:
+        body = struct.pack(">Q", ident) + bytes(8)
+        packet = ipv4_packet(a.tunnel_ip, b.tunnel_ip, body) + bytes(12)  # 48: padded
+        sealed = sending.sending.encrypt(aead_nonce(counter), packet, None)
+        return header(4, sending.remote_index, counter) + sealed, a.address
+
+    def feed(messages: list) -> list[int]:
+        delivered = []
+        for start in range(0, len(messages), 13):
+            out = b.device.receive_datagrams(messages[start : start + 13], net.now)
+            delivered += [payload_id(p) for p in out.packets]
+        return delivered
+
+    return seal, feed
+
+
+def test_receive_datagrams_window_follows_the_kernel_vectors():
+    """The batch path updates the replay window inline (its common case):
+    every step of the kernel's replay self-test, fed as real transport
+    messages in batches, is delivered exactly when the kernel accepts it."""
+    from tests.test_replay import VECTORS, expand
+
+    steps = 0
+    for sequence in VECTORS["sequences"]:
+        seal, feed = _window_pair()
+        expected, messages = [], []
+        for counter, accepted in expand(sequence):
+            steps += 1
+            messages.append(seal(counter, steps))
+            if accepted:
+                expected.append(steps)
+        assert feed(messages) == expected
+    assert steps == 48_813
+
+
+@pytest.mark.parametrize("jump", [1, 64, 65, 8129, 8193])
+def test_receive_datagrams_window_after_dense_fill_and_jump(jump):
+    """Stale bits all over the ring, then a slide: the skipped words must read
+    as empty (the inline window update must clear them as update() does)."""
+    from tests.test_replay import ModelWindow
+    from wireguard.constants import COUNTER_BITS_TOTAL
+
+    seal, feed = _window_pair()
+    model = ModelWindow()
+    top = COUNTER_BITS_TOTAL - 1 + jump
+    counters = [*range(COUNTER_BITS_TOTAL), top, *range(top - COUNTER_BITS_TOTAL, top + 70)]
+    messages = [seal(counter, i) for i, counter in enumerate(counters)]
+    expected = [i for i, counter in enumerate(counters) if model.update(counter)]
+    assert feed(messages) == expected

@@ -37,6 +37,8 @@ _WORDS = COUNTER_BITS_TOTAL // _WORD_BITS
 _WORD_MASK = _WORDS - 1
 _RING_BYTES = COUNTER_BITS_TOTAL // 8
 _BYTE_MASK = _RING_BYTES - 1
+#: The mask that turns a (shifted) counter into its byte of the ring.
+BYTE_MASK = _BYTE_MASK
 _ZEROS = bytes(_RING_BYTES)
 
 assert _WORDS & _WORD_MASK == 0, "the ring length must be a power of two"
@@ -50,27 +52,26 @@ class ReplayWindow:
     greatest counter accepted (0 when none was), and every counter is stored
     shifted by one, exactly as ``counter_validate`` does with ``++their_counter``,
     so bit positions and word clearing match the kernel's bitmap.
+
+    The state is read-only to everyone but this class and
+    ``Device.receive_datagrams``, which inlines the common case of
+    :meth:`update` (see there) for speed.
     """
 
-    __slots__ = ("_bitmap", "_counter")
+    __slots__ = ("bitmap", "counter")
 
     def __init__(self) -> None:
-        self._counter = 0
-        self._bitmap: bytearray | None = None
-
-    @property
-    def counter(self) -> int:
-        """One more than the greatest counter accepted so far, 0 if none.
-
-        This is the kernel's ``receiving_counter.counter``, the value it prints
-        as "max" when it drops a packet with an invalid nonce.
-        """
-        return self._counter
+        #: One more than the greatest counter accepted so far, 0 if none: the
+        #: kernel's ``receiving_counter.counter``, which it prints as "max"
+        #: when it drops a packet with an invalid nonce.
+        self.counter = 0
+        #: The ring of words (None until the first counter is accepted).
+        self.bitmap: bytearray | None = None
 
     def reset(self) -> None:
         """Forget every counter, as for a freshly derived keypair."""
-        self._counter = 0
-        self._bitmap = None
+        self.counter = 0
+        self.bitmap = None
 
     def check(self, counter: int) -> bool:
         """Would :meth:`update` accept ``counter`` now? Never changes state.
@@ -83,13 +84,13 @@ class ReplayWindow:
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         shifted = counter + 1
-        current = self._counter
+        current = self.counter
         if shifted > current:
             # Ahead of everything seen: update() would slide and accept.
             return True
         if shifted + COUNTER_WINDOW_SIZE < current:
             return False
-        bitmap = self._bitmap
+        bitmap = self.bitmap
         assert bitmap is not None  # current > 0, so a packet was recorded
         return not (bitmap[(shifted >> 3) & _BYTE_MASK] >> (shifted & 7)) & 1
 
@@ -101,26 +102,27 @@ class ReplayWindow:
         another packet with the same counter may have been accepted.
         """
         shifted = counter + 1
-        current = self._counter
-        bitmap = self._bitmap
+        current = self.counter
+        bitmap = self.bitmap
         # The common case, in order and within the current 64-bit word: no
         # word to clear, the bit is necessarily clear (see below).
+        # Device.receive_datagrams inlines this block: keep the two alike.
         if (
             current < shifted < REJECT_AFTER_MESSAGES
             and shifted >> _WORD_SHIFT == current >> _WORD_SHIFT
             and bitmap is not None
         ):
-            self._counter = shifted
+            self.counter = shifted
             bitmap[(shifted >> 3) & _BYTE_MASK] |= 1 << (shifted & 7)
             return True
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         shifted = counter + 1
-        current = self._counter
+        current = self.counter
         if shifted > current:
-            bitmap = self._bitmap
+            bitmap = self.bitmap
             if bitmap is None:
-                bitmap = self._bitmap = bytearray(_RING_BYTES)
+                bitmap = self.bitmap = bytearray(_RING_BYTES)
             index = shifted >> _WORD_SHIFT
             index_current = current >> _WORD_SHIFT
             if index != index_current:
@@ -138,7 +140,7 @@ class ReplayWindow:
                     else:
                         bitmap[start:] = _ZEROS[: _RING_BYTES - start]
                         bitmap[: stop - _RING_BYTES] = _ZEROS[: stop - _RING_BYTES]
-            self._counter = shifted
+            self.counter = shifted
             # The bit is necessarily clear: its word was either just cleared or
             # is the current word, which holds only counters <= the old maximum.
             # This is the kernel's test_and_set_bit, which here always succeeds.
@@ -146,7 +148,7 @@ class ReplayWindow:
             return True
         if shifted + COUNTER_WINDOW_SIZE < current:
             return False
-        bitmap = self._bitmap
+        bitmap = self.bitmap
         assert bitmap is not None  # current > 0, so a packet was recorded
         byte = (shifted >> 3) & _BYTE_MASK
         bit = 1 << (shifted & 7)
@@ -157,5 +159,5 @@ class ReplayWindow:
         return True
 
     def __repr__(self) -> str:
-        greatest = self._counter - 1 if self._counter else None
+        greatest = self.counter - 1 if self.counter else None
         return f"<ReplayWindow greatest={greatest}>"
