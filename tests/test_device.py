@@ -587,3 +587,126 @@ def test_receive_datagrams_window_after_dense_fill_and_jump(jump):
     messages = [seal(counter, i) for i, counter in enumerate(counters)]
     expected = [i for i, counter in enumerate(counters) if model.update(counter)]
     assert feed(messages) == expected
+
+
+def _inner_expected(plain: bytes, allowed: bytes) -> tuple[str, bytes | None]:
+    """The kernel's checks on a decrypted packet (receive.c), from its rules:
+    a keepalive is empty; an IPv4 packet needs 20 bytes, IHL >= 5 and a total
+    length within what arrived; IPv6 needs 40 bytes and its payload length
+    within; the inner source must be the peer's (here one /32)."""
+    if not plain:
+        return "keepalive", None
+    version = plain[0] >> 4
+    if version == 4 and len(plain) >= 20 and plain[0] & 15 >= 5:
+        total = int.from_bytes(plain[2:4], "big")
+        if 20 <= total <= len(plain):
+            return ("ok", plain[:total]) if plain[12:16] == allowed else ("spoofed", None)
+    if version == 6 and len(plain) >= 40:
+        total = 40 + int.from_bytes(plain[4:6], "big")
+        if total <= len(plain):
+            return "spoofed", None  # no IPv6 address is allowed for a here
+    return "invalid", None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    version=st.sampled_from([4, 4, 6, 5, 0]),
+    ihl=st.sampled_from([5, 5, 4, 6]),
+    own_source=st.booleans(),
+    body=st.binary(max_size=60),
+    length_delta=st.sampled_from([0, 0, 0, -1, 1, -30, 100]),
+    padding=st.integers(0, 15),
+)
+def test_inner_packet_checks_alike_one_by_one_and_batched(
+    version, ihl, own_source, body, length_delta, padding
+):
+    """Authenticated packets with good and bad inner headers: the batch path
+    and the one-at-a-time path deliver and drop the same, as the rules say."""
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    source = bytes([10, 0, 0, 1]) if own_source else bytes([10, 0, 0, 9])
+    if version == 6:
+        header = bytes([0x60, 0, 0, 0]) + (len(body) + length_delta).to_bytes(2, "big", signed=True)
+        plain = header + bytes([17, 64]) + bytes(32) + body
+    else:
+        plain = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2", body))
+        plain[0] = version << 4 | ihl
+        plain[2:4] = (len(plain) + length_delta).to_bytes(2, "big", signed=True)
+        plain[12:16] = source
+        plain = bytes(plain)
+    plain += bytes(padding)  # as a peer may pad (inner length says what counts)
+    sending = a.device.peers[b.device.public_key].current
+    # What b decrypts: the sender pads to a multiple of 16.
+    kind, delivered = _inner_expected(plain + bytes(-len(plain) % 16), bytes([10, 0, 0, 1]))
+    reason = {"invalid": Drop.INVALID_INNER_PACKET, "spoofed": Drop.ALLOWED_IPS_MISMATCH}
+    for batched in (False, True):
+        message = sending.encrypt(plain)
+        drops = dict(b.device.drops)
+        if batched:
+            out = b.device.receive_datagrams([(message, a.address)], net.now)
+        else:
+            out = b.device.receive_datagram(message, a.address, net.now)
+        assert out.packets == ([] if delivered is None else [delivered])
+        changed = {k: v - drops.get(k, 0) for k, v in b.device.drops.items() if v != drops.get(k)}
+        assert changed == ({reason[kind]: 1} if kind in reason else {})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c_established=st.booleans(),
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from(["b", "b", "b", "c", "nowhere", "v6", "short", "empty"]),
+            st.sampled_from([20, 28, 33, 48, 1408, 1416, 1419, 1420, 1421, 1500]),
+        ),
+        max_size=40,
+    ),
+)
+def test_send_packets_byte_for_byte_as_one_by_one(c_established, packets):
+    """The batch send path (inline encryption, padding cached per size,
+    per-run bookkeeping) produces the same datagrams byte for byte, events,
+    drops, counters and timers as send_packet for each packet."""
+
+    def setup():
+        net = Network(5)
+        a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
+        net.connect(a, b)
+        net.connect(a, c)
+        net.send(a, b, 0)
+        if c_established:
+            net.send(a, c, 0)
+        net.run_for(1)
+        return net, a
+
+    def packet(dst: str, size: int) -> bytes:
+        if dst == "empty":
+            return b""
+        if dst == "short":
+            return ipv4_packet("10.0.0.1", "10.0.0.2", b"")[: size - 3]
+        if dst == "v6":
+            return bytes([0x60]) + bytes(size + 19)  # to ::, routed nowhere
+        address = {"b": "10.0.0.2", "c": "10.0.0.3", "nowhere": "10.9.9.9"}[dst]
+        return ipv4_packet("10.0.0.1", address, bytes(size - 20))
+
+    results = []
+    for batched in (False, True):
+        net, a = setup()
+        batch = [packet(dst, size) for dst, size in packets]
+        if batched:
+            out = a.device.send_packets(batch, net.now)
+        else:
+            out = Effects()
+            for p in batch:
+                a.device.send_packet(p, net.now, out)
+        peers = [
+            (
+                p.tx_bytes,
+                p.current.send_counter if p.current else None,
+                list(p.staged or ()),
+                {name: getattr(p.timers, name) for name in TIMER_STATE},
+            )
+            for p in a.device.peers.values()
+        ]
+        results.append((out.datagrams, out.events, dict(a.device.drops), peers))
+    assert results[0] == results[1]

@@ -73,6 +73,7 @@ _u16be = struct.Struct(">H").unpack_from
 _unpack_transport = struct.Struct("<IIQ").unpack_from
 _pack_transport = struct.Struct("<IIQ").pack
 _PADDING = bytes(16)
+_NO_RUN = object()  # send_packets: no run of packets under way
 _TRANSPORT_WORD = struct.pack("<I", MESSAGE_TRANSPORT_DATA)
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 _HANDSHAKE_LEN = {MESSAGE_INITIATION: INITIATION_LEN, MESSAGE_RESPONSE: RESPONSE_LEN}
@@ -450,30 +451,32 @@ class Device:
         nonce = aead_nonce
         header = _pack_transport
         zeros = _PADDING
-        kind = MESSAGE_TRANSPORT_DATA
-        last_dst: bytes | None = None
-        run_peer: Peer | None = None
+        kind, limit = MESSAGE_TRANSPORT_DATA, REJECT_AFTER_MESSAGES
+        no_run = _NO_RUN
+        run_peer: object = no_run
+        last_dst = b""  # no packet's destination
         peer: Peer | None = None
         keypair: Keypair | None = None
         encrypt = endpoint = None
-        remote = counter = tx = 0
+        remote = tx = size = 0
+        last_n = -1
+        padding = b""
         for packet in packets:
             n = len(packet)
-            version = packet[0] >> 4 if n else 0
-            if version == 4 and n >= 20:
+            if n >= 20 and packet[0] >> 4 == 4:
                 dst = packet[16:20]
-            elif version == 6 and n >= 40:
+            elif n >= 40 and packet[0] >> 4 == 6:
                 dst = packet[24:40]
             else:
                 dst = None
-            if dst != last_dst or dst is None:
+            if dst != last_dst:
                 last_dst = dst
                 peer = None if dst is None else lookup(dst)
-            if peer is not run_peer or peer is None:
+            if peer is not run_peer:
                 if tx:
                     self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
                     tx = 0
-                run_peer = None
+                run_peer = no_run
                 if peer is None:
                     self.drops[Drop.NO_ROUTE] += 1
                     continue
@@ -487,30 +490,33 @@ class Device:
                 ):
                     # No usable session: stage and handshake, as send_packet.
                     self.send_packet(packet, now, out)
-                    last_dst = None  # the peer's state may have changed
+                    last_dst = b""  # the peer's state may have changed
                     continue
                 run_peer = peer
                 encrypt, remote = keypair.sending.encrypt, keypair.remote_index
             counter = keypair.send_counter  # type: ignore[union-attr]
-            if counter >= REJECT_AFTER_MESSAGES:
+            if counter >= limit:
                 if tx:
-                    self._sent_run(peer, keypair, tx, now, out)  # type: ignore[arg-type]
+                    self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
                     tx = 0
                 self.send_packet(packet, now, out)  # 2**64 messages: stage and rekey
-                run_peer = last_dst = None
+                run_peer, last_dst = no_run, b""
                 continue
             # Counter first: a nonce is never used twice, whatever happens next.
             keypair.send_counter = counter + 1  # type: ignore[union-attr]
-            if n & 15:
+            if n != last_n:
                 # Zero padding as Keypair.encrypt: to a multiple of 16, not past the MTU.
-                pad = 16 - (n & 15)
-                if mtu is not None and n + pad > mtu >= n:
+                last_n = n
+                pad = -n & 15
+                if pad and mtu is not None and n + pad > mtu >= n:
                     pad = mtu - n
-                packet += zeros[:pad]
-                n += pad
+                padding = zeros[:pad]
+                size = n + pad + 32
+            if padding:
+                packet += padding
             message = header(kind, remote, counter) + encrypt(nonce(counter), packet, None)  # type: ignore[misc]
             append((message, endpoint))
-            tx += n + 32
+            tx += size
         if tx:
             self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
         return out
@@ -752,18 +758,15 @@ class Device:
             data_count += 1
             # The inner packet checks of _receive_transport.
             n = len(plain)
-            version = plain[0] >> 4
-            if version == 4 and n >= 20:
-                length = u16be(plain, 2)[0]
-                if length > n or length < 20 or (plain[0] & 15) < 5:
-                    drops[Drop.INVALID_INNER_PACKET] += 1
-                    continue
+            first = plain[0]
+            if (
+                first >> 4 == 4
+                and n >= 20
+                and first & 15 >= 5
+                and 20 <= (length := u16be(plain, 2)[0]) <= n
+            ):
                 src = plain[12:16]
-            elif version == 6 and n >= 40:
-                length = 40 + u16be(plain, 4)[0]
-                if length > n:
-                    drops[Drop.INVALID_INNER_PACKET] += 1
-                    continue
+            elif first >> 4 == 6 and n >= 40 and (length := 40 + u16be(plain, 4)[0]) <= n:
                 src = plain[8:24]
             else:
                 drops[Drop.INVALID_INNER_PACKET] += 1
