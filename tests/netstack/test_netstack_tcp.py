@@ -1096,3 +1096,19 @@ def test_rto_into_a_zero_window_still_retransmits() -> None:
     x.s.handle_timer(deadline)
     (re,) = x.p.take(deadline)
     assert re.seq == second.seq and re.payload == second.payload
+
+
+def test_retransmission_never_carries_octets_past_snd_max() -> None:
+    """A retransmission repeats what was sent and nothing more: octets never
+    sent would be acknowledged beyond SND.MAX, an ACK the sender must treat as
+    unacceptable (RFC 9293 3.10.7.4), which wedged both ends for good."""
+    x = active(rtt=0.5, peer_wnd=1000)
+    x.c.send(bytes(5000))
+    (first,) = x.p.take(1.0)
+    assert len(first.payload) == 1000  # the peer's window is the limit
+    x.p.send(ACK, x.rcv, x.snd, wnd=0, now=1.1)  # lost, and the window shuts
+    deadline = x.s.next_deadline()
+    x.s.handle_timer(deadline)
+    (re,) = x.p.take(deadline)
+    assert re.seq == first.seq and re.payload == first.payload
+    assert x.c.snd_max == x.snd + 1000

@@ -1073,7 +1073,11 @@ class TcpConnection:
         off = self.snd_una - self._sndbuf_seq
         if off < 0:  # SYN not acknowledged: nothing of ours to retransmit here
             return
-        data = self._sndbuf[off : off + self.smss]
+        # Only what was sent before: octets past SND.MAX in a retransmission
+        # would be acknowledged beyond what we think we sent, and such an ACK
+        # is unacceptable (RFC 9293 3.10.7.4), which would wedge the connection.
+        sent = self.snd_max - self.snd_una
+        data = self._sndbuf[off : off + (self.smss if self.smss < sent else sent)]
         flags = ACK
         data_end = self._sndbuf_seq + len(self._sndbuf)
         if self._fin_queued and off + len(data) == len(self._sndbuf) and self.snd_max > data_end:
