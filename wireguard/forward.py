@@ -608,7 +608,9 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
     if st is not None:
         _log(
             f"  stack: {st.packets_received} packets in, {st.packets_sent} out, "
-            f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits, "
+            f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits "
+            f"({st.tcp_fast_recoveries} fast recoveries, {st.tcp_loss_probes} loss probes, "
+            f"{st.tcp_timeouts} timeouts), "
             f"{st.icmp_echo_answered} pings answered"
         )
     drops = {k: v for k, v in tunnel.device.drops.items() if v}

@@ -324,6 +324,8 @@ def forward_setup(lossy: bool) -> Iterator[Setup]:
             wg.stop()
             if relay is not None:
                 print("relay:", {k: vars(v) for k, v in relay.stats().items()})
+                stack = [line for line in forwarder.lines if "  stack: " in line]
+                print("forwarder:", stack[-1].strip() if stack else "(no status)")
                 relay.stop()
 
 

@@ -1112,3 +1112,177 @@ def test_retransmission_never_carries_octets_past_snd_max() -> None:
     (re,) = x.p.take(deadline)
     assert re.seq == first.seq and re.payload == first.payload
     assert x.c.snd_max == x.snd + 1000
+
+
+# ------------------------------------------------ SACK sender (RFC 6675, RFC 8985)
+
+L = 1380  # the MSS the scripted peer's 1460 gives over IPv4 with our options
+
+
+def sack_option(blocks: list[tuple[int, int]]) -> bytes:
+    """A SACK option (RFC 2018 3) for 32-bit (left, right) edges."""
+    body = b"".join(
+        (left & M).to_bytes(4, "big") + (right & M).to_bytes(4, "big") for left, right in blocks
+    )
+    return b"\x01\x01\x05" + bytes([2 + len(body)]) + body
+
+
+def sack_active(**cfg) -> Conn:
+    """Active open whose SYN-ACK agrees to SACK, a measured RTT of 10 ms."""
+    cfg.setdefault("delayed_ack", 0)
+    s = make_stack("10.0.0.2", 1, **cfg)
+    p = Peer(s, stack_port=50000)
+    c = s.tcp_connect("10.0.0.1", 40000, 0.0, local_port=50000)
+    syn = p.take_one(0.0)
+    p.send(SYN | ACK, P, syn.seq + 1, options=mss_option(1460) + b"\x01\x01\x04\x02", now=0.01)
+    p.take_one(0.01)
+    assert c._sack and c.srtt == pytest.approx(0.01)
+    return Conn(s, p, c, (syn.seq + 1) & M, P + 1)
+
+
+def sacks_of(x: Conn, held: list[int]) -> list[tuple[int, int]]:
+    """The SACK blocks a receiver holding segments *held* (indices from
+    x.snd) reports: contiguous runs, the highest first, at most three."""
+    runs: list[list[int]] = []
+    for i in sorted(held):
+        if runs and runs[-1][1] == i:
+            runs[-1][1] = i + 1
+        else:
+            runs.append([i, i + 1])
+    return [(x.snd + a * L, x.snd + b * L) for a, b in reversed(runs)][:3]
+
+
+def dupack(x: Conn, held: list[int], now: float, wnd: int = 65535) -> list[int]:
+    """The peer still expects segment 0 and holds *held*: what goes out now,
+    as segment indices."""
+    x.p.send(ACK, x.rcv, x.snd, wnd=wnd, options=sack_option(sacks_of(x, held)), now=now)
+    return [((s.seq - x.snd) & M) // L for s in x.p.take(now)]
+
+
+def test_sack_recovery_repairs_every_reported_hole_in_one_round_trip() -> None:
+    """Segments 0, 4 and 8 of 20 lost: after the fast retransmit of 0, holes 4
+    and 8 go out as soon as the pipe allows (RFC 6675 NextSeg rule 1), before
+    any partial ACK, where NewReno would repair one hole per round trip; no
+    SACKed segment is sent again, and new data follows within the window."""
+    x = sack_active(initial_window=20)
+    x.c.send(bytes(40 * L))
+    assert len(x.p.take(1.0)) == 20
+    held: list[int] = []
+    sent: list[int] = []
+    for i in [n for n in range(20) if n not in (0, 4, 8)]:
+        held.append(i)
+        sent += dupack(x, held, 1.0 + i / 1000)
+    # Limited Transmit on the first two duplicates, the fast retransmit on the third.
+    assert sent[:3] == [20, 21, 0]
+    assert x.c.ssthresh == 11 * L  # half of the 22 segments then in flight
+    assert 4 in sent and 8 in sent
+    assert not set(sent) & set(held)  # nothing the peer holds is sent again
+    assert [n for n in sent if n >= 20] == list(range(20, 20 + len(sent) - 3))
+    assert x.c.retransmits == 3
+
+
+def test_sack_hole_is_not_retransmitted_until_three_segments_are_sacked_above() -> None:
+    """IsLost (RFC 6675 section 4): a hole with two segments or less SACKed
+    above it may be reordering, not loss."""
+    x = sack_active(initial_window=20)
+    x.c.send(bytes(20 * L))
+    x.p.take(1.0)
+    held = [n for n in range(1, 12)]  # 0 lost: recovery
+    for k in range(3, len(held) + 1):
+        dupack(x, held[:k], 1.01)
+    assert x.c._in_recovery
+    held += [13, 14]  # 12 missing, two above it: not lost yet
+    assert 12 not in dupack(x, held, 1.02)
+    held += [15]  # three above: lost
+    assert 12 in dupack(x, held, 1.03)
+
+
+def test_sack_duplicates_count_whatever_the_window() -> None:
+    """RFC 6675 section 2: an ACK that newly SACKs data is a duplicate even if
+    its window moved (Linux's does as it queues out-of-order data), where
+    RFC 5681 alone would not count it."""
+    x = sack_active(initial_window=10)
+    x.c.send(bytes(10 * L))
+    x.p.take(1.0)
+    for k, wnd in ((1, 60000), (2, 58000), (3, 56000)):
+        out = dupack(x, list(range(1, k + 1)), 1.0 + k / 1000, wnd=wnd)
+    assert out[0] == 0 and x.c._in_recovery
+
+
+def test_sack_lost_retransmission_is_sent_again() -> None:
+    """The retransmission of segment 0 is lost too: once three segments sent
+    after it are SACKed it goes again, without waiting for the RTO (the idea
+    of RACK, RFC 8985, by sequence instead of time)."""
+    x = sack_active(initial_window=10)
+    x.c.send(bytes(30 * L))
+    x.p.take(1.0)
+    held: list[int] = []
+    out: list[int] = []
+    for i in range(1, 10):
+        held.append(i)
+        out += dupack(x, held, 1.0 + i / 1000)
+    assert out.count(0) == 1
+    new = out[out.index(0) + 1 :]  # sent after the retransmission
+    assert len(new) >= 3
+    for n in new[:2]:
+        held.append(n)
+        assert 0 not in dupack(x, held, 1.02)
+    held.append(new[2])
+    assert 0 in dupack(x, held, 1.03)
+    assert x.c._rto_at is not None and x.c._rto_at > 1.03
+
+
+def test_early_retransmit_with_three_segments_outstanding() -> None:
+    """RFC 5827: nothing more to send and three segments out, the first lost:
+    two duplicates are all that can come, and they are enough."""
+    x = sack_active()
+    x.c.send(bytes(3 * L))
+    assert len(x.p.take(1.0)) == 3
+    assert dupack(x, [1], 1.01) == []
+    assert dupack(x, [1, 2], 1.02) == [0]
+
+
+def test_tail_loss_probe_sends_new_data_when_acks_stop() -> None:
+    """RFC 8985 7: no ACK for two round trips (20 ms here) while the window
+    holds more data: one new segment goes out as a probe, long before the
+    RTO (1 s), and only one until an ACK moves SND.UNA."""
+    x = sack_active(initial_window=4)
+    x.c.send(bytes(10 * L))
+    first = x.p.take(1.0)
+    assert len(first) == 4
+    deadline = x.s.next_deadline()
+    assert deadline == pytest.approx(1.0 + 2 * 0.01)
+    x.s.handle_timer(deadline)
+    (probe,) = x.p.take(deadline)
+    assert probe.seq == (x.snd + 4 * L) & M and len(probe.payload) == L
+    assert x.s.stats.tcp_loss_probes == 1
+    assert x.s.next_deadline() == pytest.approx(deadline + x.c.rto)  # then only the RTO
+    # The probe's ACK acknowledges everything: only the ACKs had been lost.
+    x.p.send(ACK, x.rcv, x.snd + 5 * L, now=deadline + 0.01)
+    assert x.p.take(deadline + 0.01)  # the next flight
+    assert x.c._tlp_at is not None  # and a probe armed for it
+
+
+def test_tail_loss_probe_repeats_the_last_segment_when_nothing_is_new() -> None:
+    x = sack_active()
+    x.c.send(bytes(3 * L))
+    segs = x.p.take(1.0)
+    deadline = x.s.next_deadline()
+    assert deadline == pytest.approx(1.02)
+    x.s.handle_timer(deadline)
+    (probe,) = x.p.take(deadline)
+    assert probe.seq == segs[-1].seq and probe.payload == segs[-1].payload
+
+
+def test_one_segment_out_waits_for_a_delayed_ack_before_probing() -> None:
+    x = sack_active()
+    x.c.send(bytes(100))
+    x.p.take(1.0)
+    assert x.s.next_deadline() == pytest.approx(1.0 + 2 * 0.01 + 0.2)
+
+
+def test_no_loss_probe_without_sack() -> None:
+    x = active(rtt=0.01)
+    x.c.send(bytes(3 * L))
+    x.p.take(1.0)
+    assert x.s.next_deadline() == pytest.approx(1.0 + x.c.rto)

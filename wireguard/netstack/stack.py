@@ -83,6 +83,9 @@ class NetStackStats:
     unknown_protocol: int = 0
     tcp_no_connection: int = 0
     tcp_retransmits: int = 0
+    tcp_timeouts: int = 0  # retransmission timeouts with data outstanding
+    tcp_fast_recoveries: int = 0  # fast retransmits (three duplicate ACKs)
+    tcp_loss_probes: int = 0  # tail loss probes (RFC 8985)
     listen_overflows: int = 0
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0

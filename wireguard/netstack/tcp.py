@@ -14,9 +14,12 @@ What is implemented, with the section that asks for it:
 * Congestion control per RFC 5681 (slow start, congestion avoidance, the loss
   window after a timeout) with fast retransmit on the third duplicate ACK,
   Limited Transmit on the first two (RFC 3042) and NewReno recovery (RFC 6582).
-* SACK as a receiver (RFC 2018): SACK-permitted offered, out-of-order data
-  reported in SACK blocks on pure ACKs, so a SACK sender (Linux) can repair
-  several holes per round trip.
+* SACK (RFC 2018): SACK-permitted offered, out-of-order data reported in SACK
+  blocks on pure ACKs, so a SACK sender (Linux) can repair several holes per
+  round trip; and as a sender, the peer's blocks kept in a scoreboard so that
+  NewReno recovery retransmits each reported hole once, one per duplicate
+  ACK, instead of one hole per round trip (RFC 6675's NextSeg rule 1, with
+  NewReno's window in place of RFC 6675's pipe).
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
   second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
@@ -25,10 +28,11 @@ What is implemented, with the section that asks for it:
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
   (as Linux's tcp_fin_timeout), abort after too many retransmissions (3.8.3).
 
-Not implemented: SACK-based loss recovery in our sender (RFC 6675: the peer's
-SACK blocks are not used), D-SACK, timestamps (RFC 7323 section 3), urgent data (URG is
-ignored and its data delivered inline, as RFC 6093 recommends for new
-applications), keep-alives, ECN, IP fragmentation.
+Not implemented: the rest of RFC 6675 (the pipe estimate, entering recovery on
+SACKed bytes alone, retransmitting by SACK after a timeout), D-SACK,
+timestamps (RFC 7323 section 3), urgent data (URG is ignored and its data
+delivered inline, as RFC 6093 recommends for new applications), keep-alives,
+ECN, IP fragmentation.
 
 Sequence numbers are kept *unwrapped*: the internal ``snd_*``/``rcv_*`` values are
 unbounded Python integers that start at the 32-bit ISS/IRS and only grow, and
@@ -89,6 +93,8 @@ _WRAP: Final = 0x100000000
 
 _HDR = struct.Struct("!HHIIBBHHH")
 _SACK_BLOCK = struct.Struct("!II")
+_MIN_PTO = 0.01  # tail loss probe: the least probe timeout, as Linux
+_DELAYED_ACK_ALLOWANCE = 0.2  # RFC 8985 WCDelAckT: a peer may delay an ACK this long
 
 # RFC 9293 3.7.1: without an MSS option the peer accepts 536 (IPv4) or 1220 (IPv6).
 _DEFAULT_MSS_V4: Final = 536
@@ -211,6 +217,7 @@ class TcpSegment:
         "flags",
         "mss",
         "payload",
+        "sack",
         "sack_ok",
         "seq",
         "sport",
@@ -241,6 +248,8 @@ class TcpSegment:
         self.mss = mss
         self.wscale = wscale
         self.sack_ok = sack_ok  # SACK-permitted (RFC 2018 2), SYNs only
+        # SACK blocks (RFC 2018 3) as 32-bit (left, right) pairs, non-SYNs only.
+        self.sack: list[tuple[int, int]] | None = None
 
     def __repr__(self) -> str:
         names = "".join(c for bit, c in ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"),
@@ -279,6 +288,28 @@ def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None, bool]
     return mss, wscale, sack_ok
 
 
+def _parse_sack(data: bytes, end: int) -> list[tuple[int, int]] | None:
+    """The SACK blocks of a non-SYN segment (RFC 2018 3), None if it has none.
+    Other options are skipped; a malformed option list yields no blocks."""
+    i = 20
+    while i < end:
+        kind = data[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end:
+            return None
+        length = data[i + 1]
+        if length < 2 or i + length > end:
+            return None
+        if kind == 5 and length >= 10 and (length - 2) % 8 == 0:
+            return [_SACK_BLOCK.unpack_from(data, j) for j in range(i + 2, i + length, 8)]
+        i += length
+    return None
+
+
 def parse_tcp(packet: IPPacket) -> TcpSegment:
     """Parse and checksum-verify the TCP segment in *packet* (RFC 9293 3.1).
 
@@ -299,7 +330,10 @@ def parse_tcp(packet: IPPacket) -> TcpSegment:
     sack_ok = False
     if hlen > 20 and flags & SYN:
         mss, wscale, sack_ok = _parse_options(data, hlen)
-    return TcpSegment(sport, dport, seq, ack, flags, wnd, data[hlen:], mss, wscale, sack_ok)
+    seg = TcpSegment(sport, dport, seq, ack, flags, wnd, data[hlen:], mss, wscale, sack_ok)
+    if hlen > 20 and not flags & SYN and flags & ACK:
+        seg.sack = _parse_sack(data, hlen)
+    return seg
 
 
 def build_segment(
@@ -501,6 +535,16 @@ class TcpConnection:
         self._dupacks = 0
         self._recover = self.iss
         self._in_recovery = False
+        # SACK-based loss recovery (RFC 6675, simplified; only with SACK agreed):
+        # the scoreboard of what the peer reported holding above SND.UNA, as
+        # sorted disjoint [left, right) ranges, and HighRxt, the end of what
+        # this recovery has retransmitted so far.
+        self._sacked: list[list[int]] = []
+        self._high_rxt = 0
+        # The segment at SND.UNA as last retransmitted: (its sequence number,
+        # SND.MAX then). Data sent after it being SACKed while it is not
+        # acknowledged means the retransmission was lost too.
+        self._una_rxt: tuple[int, int] | None = None
 
         # RTO, RFC 6298.
         self.srtt: float | None = None
@@ -514,6 +558,12 @@ class TcpConnection:
 
         self._rto_at: float | None = None
         self._persist_at: float | None = None
+        # Tail loss probe (RFC 8985 section 7), with SACK only: when the ACKs
+        # of a flight stop coming (the last ACK lost, or the tail of the
+        # flight), probe after about two round trips instead of waiting for
+        # the retransmission timeout. One probe until an ACK moves SND.UNA.
+        self._tlp_at: float | None = None
+        self._tlp_sent = False
         self._delack_at: float | None = None
         self._close_at: float | None = None
         self._heap_at: float | None = None  # owned by the stack's timer heap
@@ -953,6 +1003,9 @@ class TcpConnection:
         """RFC 9293 3.10.7.4 fifth check for synchronized states; False to stop."""
         snd_una = self.snd_una
         wnd = seg.wnd << self.snd_wscale
+        newly_sacked = 0
+        if seg.sack is not None and self._sack:
+            newly_sacked = self._take_sack(seg.sack)
         if ack > snd_una:
             acked = ack - snd_una
             # RTT sample (RFC 6298 3 and Karn: _rtt_seq is cleared on retransmit).
@@ -965,6 +1018,11 @@ class TcpConnection:
                 del self._sndbuf[:n]
                 self._sndbuf_seq += n
             self.snd_una = ack
+            sacked = self._sacked
+            while sacked and sacked[0][1] <= ack:
+                del sacked[0]
+            if sacked and sacked[0][0] < ack:
+                sacked[0][0] = ack
             if self.snd_nxt < ack:
                 self.snd_nxt = ack
                 if self.snd_max < ack:
@@ -974,6 +1032,8 @@ class TcpConnection:
             self._on_new_ack(acked, ack, now)
             # RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart.
             self._rto_at = None if ack == self.snd_max else now + self.rto
+            self._tlp_sent = False
+            self._arm_tlp(now)
             if self._want_writable and len(self._sndbuf) < self._cfg.send_buffer:
                 self._want_writable = False
                 self._stack._event(TcpWritable(self))
@@ -984,10 +1044,16 @@ class TcpConnection:
             and plen == 0
             and not seg.flags & (SYN | FIN)
             and self.snd_max > snd_una
-            and wnd == self.snd_wnd
-            and wnd != 0  # ACKs of zero-window probes are not loss signals
+            and (
+                # RFC 6675 section 2: with SACK, an ACK that newly SACKs data
+                # (whatever its window: a receiver's window moves as it
+                # queues out-of-order data, Linux's does)...
+                newly_sacked
+                # ... else RFC 5681 section 2, "DUPLICATE ACKNOWLEDGMENT"
+                or (wnd == self.snd_wnd and wnd != 0)  # zero-window probe ACKs are not
+            )
         ):
-            self._on_dupack(now)  # RFC 5681 section 2, "DUPLICATE ACKNOWLEDGMENT"
+            self._on_dupack(now)
 
         # Window update (RFC 9293 3.10.7.4: only from a segment not older than the last).
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
@@ -1028,6 +1094,11 @@ class TcpConnection:
                 self.cwnd = min(self.ssthresh, max(flight, smss) + smss)
                 self._dupacks = 0
             else:
+                if self._sack:
+                    # RFC 6675: no window arithmetic; _output sends what the
+                    # pipe estimate allows, holes first.
+                    self._stack._want_output(self)
+                    return
                 # Partial acknowledgment (step 3, partial): retransmit the next hole.
                 self._retransmit_first()
                 self.cwnd = max(self.cwnd - acked, 0) + (smss if acked >= smss else 0)
@@ -1042,28 +1113,145 @@ class TcpConnection:
 
     def _on_dupack(self, now: float) -> None:
         if self._in_recovery:
-            self.cwnd += self.smss  # RFC 6582 3.2 step 4 (RFC 5681 3.2 step 4): inflate
+            # Without SACK, NewReno inflates the window per duplicate (RFC 6582
+            # 3.2 step 4, RFC 5681 3.2 step 4); with SACK the scoreboard the
+            # ACK updated lowers the pipe estimate instead (RFC 6675 5 step 3).
+            if not self._sack:
+                self.cwnd += self.smss
             self._stack._want_output(self)
             return
         self._dupacks += 1
-        if self._dupacks < 3:
+        threshold = 3
+        if self._sack and self._sndbuf_seq + len(self._sndbuf) <= self.snd_nxt:
+            # Early Retransmit (RFC 5827 3.2, SACK variant): with nothing new to
+            # send and fewer than four segments outstanding, three duplicates
+            # can never come; the threshold is one less than outstanding.
+            outstanding = -(-(self.snd_max - self.snd_una) // self.smss)
+            if outstanding < 4:
+                threshold = max(outstanding - 1, 1)
+        if self._dupacks < threshold and not (
+            # RFC 6675 5: or IsLost(HighACK + 1), by the SACKed octets above it.
+            self._sack and self._sacked_above(self.snd_una) > 2 * self.smss
+        ):
             # Limited Transmit (RFC 3042): each of the first two duplicate ACKs
             # lets one new segment out beyond cwnd (see _output), so a small
             # window still yields the three duplicates fast retransmit needs
             # instead of waiting for the retransmission timer.
             self._stack._want_output(self)
             return
-        if self._dupacks == 3 and self.snd_una > self._recover - 1:
+        if self.snd_una > self._recover - 1:
             # Fast retransmit (RFC 5681 3.2 steps 2-3) and NewReno recovery entry
             # (RFC 6582 3.2 step 2), unless this loss was already handled.
             flight = self.snd_max - self.snd_una
             self.ssthresh = max(flight // 2, 2 * self.smss)
             self._recover = self.snd_max
             self._in_recovery = True
+            self._tlp_at = None
+            self._stack.stats.tcp_fast_recoveries += 1
             self._retransmit_first()
-            self.cwnd = self.ssthresh + 3 * self.smss
+            # NewReno counts the three duplicates' segments as gone; RFC 6675
+            # (with SACK) counts what the scoreboard says is gone, in _pipe().
+            self.cwnd = self.ssthresh + (0 if self._sack else 3 * self.smss)
             self._rto_at = now + self.rto
             self._stack._want_output(self)
+
+    def _take_sack(self, blocks: list[tuple[int, int]]) -> int:
+        """Merge the peer's SACK blocks into the scoreboard (RFC 6675 Update())
+        and return how many octets they newly SACKed. Blocks not within
+        SND.UNA..SND.MAX are ignored (RFC 2018 allows none outside; D-SACK
+        blocks below SND.UNA are not used)."""
+        una, top = self.snd_una, self.snd_max
+        sacked = self._sacked
+        before = sum(right - left for left, right in sacked)
+        for left32, right32 in blocks:
+            left = _unwrap(left32, una)
+            right = _unwrap(right32, una)
+            if not una < left < right <= top:
+                continue
+            i = 0
+            while i < len(sacked) and sacked[i][1] < left:
+                i += 1
+            j = i
+            while j < len(sacked) and sacked[j][0] <= right:
+                left = min(left, sacked[j][0])
+                right = max(right, sacked[j][1])
+                j += 1
+            sacked[i:j] = [[left, right]]
+        return sum(right - left for left, right in sacked) - before
+
+    def _lost_edge(self) -> int:
+        """RFC 6675 IsLost(), by octets: every hole below the returned
+        sequence number has more than (DupThresh - 1) * SMSS octets SACKed
+        above it and counts as lost; holes above it may just be reordered."""
+        above = 0
+        threshold = 2 * self.smss  # (DupThresh - 1) * SMSS, DupThresh = 3
+        for left, right in reversed(self._sacked):
+            above += right - left
+            if above > threshold:
+                return left
+        return self.snd_una
+
+    def _unsacked(self, start: int, end: int) -> int:
+        """Octets in [start, end) that the scoreboard does not hold."""
+        n = end - start
+        for left, right in self._sacked:
+            if left >= end:
+                break
+            if right > start:
+                n -= (right if right < end else end) - (left if left > start else start)
+        return n
+
+    def _sacked_above(self, seq: int) -> int:
+        """Octets at or above *seq* that the scoreboard holds."""
+        above = 0
+        for left, right in self._sacked:
+            if right > seq:
+                above += right - (left if left > seq else seq)
+        return above
+
+    def _una_rxt_lost(self) -> bool:
+        """Was the last retransmission of the segment at SND.UNA lost? Yes if
+        more than (DupThresh - 1) * SMSS octets sent after it were SACKed (the
+        idea of RACK, RFC 8985, by sequence instead of time)."""
+        mark = self._una_rxt
+        if mark is None or mark[0] != self.snd_una:
+            return False
+        return self._sacked_above(mark[1]) > 2 * self.smss
+
+    def _pipe(self) -> int:
+        """RFC 6675 SetPipe(): the octets not SACKed that are either not lost
+        or were retransmitted in this recovery (each counted once)."""
+        una = self.snd_una
+        lost_edge = self._lost_edge()
+        pipe = self._unsacked(lost_edge, self.snd_max)
+        rxt_end = self._high_rxt if self._high_rxt < lost_edge else lost_edge
+        if rxt_end > una:
+            pipe += self._unsacked(una, rxt_end)
+        return pipe
+
+    def _retransmit_hole(self, room: int) -> int:
+        """Retransmit up to *room* octets (at most a segment) of the first lost
+        hole at or above HighRxt (RFC 6675 NextSeg rule 1: not acknowledged,
+        not SACKed, IsLost). Returns the octets sent, 0 if there was none."""
+        start = self._high_rxt if self._high_rxt > self.snd_una else self.snd_una
+        lost_edge = self._lost_edge()
+        for left, right in self._sacked:
+            if start >= lost_edge:
+                break
+            if start < left:
+                end = min(start + self.smss, start + room, left)
+                self._rtt_seq = None  # Karn
+                self.retransmits += 1
+                self._stack.stats.tcp_retransmits += 1
+                off = start - self._sndbuf_seq
+                self._emit(start, ACK, bytes(self._sndbuf[off : off + end - start]))
+                self._high_rxt = end
+                if start == self.snd_una:
+                    self._una_rxt = (start, self.snd_max)
+                return end - start
+            if start < right:
+                start = right
+        return 0
 
     def _retransmit_first(self) -> None:
         """Send again the segment at SND.UNA (fast retransmit and partial ACKs)."""
@@ -1078,6 +1266,9 @@ class TcpConnection:
         # is unacceptable (RFC 9293 3.10.7.4), which would wedge the connection.
         sent = self.snd_max - self.snd_una
         data = self._sndbuf[off : off + (self.smss if self.smss < sent else sent)]
+        if self.snd_una + len(data) > self._high_rxt:
+            self._high_rxt = self.snd_una + len(data)
+        self._una_rxt = (self.snd_una, self.snd_max)
         flags = ACK
         data_end = self._sndbuf_seq + len(self._sndbuf)
         if self._fin_queued and off + len(data) == len(self._sndbuf) and self.snd_max > data_end:
@@ -1169,7 +1360,7 @@ class TcpConnection:
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = _TIME_WAIT
-        self._rto_at = self._persist_at = self._delack_at = None
+        self._rto_at = self._persist_at = self._delack_at = self._tlp_at = None
         self._close_at = now + 2 * self._cfg.msl
         self._sndbuf.clear()
         self._signal_closed(None)
@@ -1178,7 +1369,7 @@ class TcpConnection:
 
     def _deadline(self) -> float | None:
         d = self._rto_at
-        for t in (self._persist_at, self._delack_at, self._close_at):
+        for t in (self._persist_at, self._delack_at, self._close_at, self._tlp_at):
             if t is not None and (d is None or t < d):
                 d = t
         return d
@@ -1192,6 +1383,9 @@ class TcpConnection:
             self._rto_expired(now)
             if self.state is _CLOSED:
                 return
+        if self._tlp_at is not None and now >= self._tlp_at:
+            self._tlp_at = None
+            self._send_loss_probe(now)
         if self._persist_at is not None and now >= self._persist_at:
             self._persist_expired(now)
         if self._delack_at is not None and now >= self._delack_at:
@@ -1199,8 +1393,59 @@ class TcpConnection:
             self._ack_now = True
             self._stack._want_output(self)
 
+    def _arm_tlp(self, now: float) -> None:
+        """(Re)arm the probe timeout (RFC 8985 7.2): two smoothed round trips
+        (at least 10 ms, as Linux), plus the peer's delayed-ACK allowance when
+        only one segment is out, and never later than the RTO."""
+        self._tlp_at = None
+        if (
+            not self._sack
+            or self._tlp_sent
+            or self._in_recovery
+            or self.srtt is None
+            or self._rto_at is None
+            or self.snd_max <= self.snd_una
+            or self.state not in _SEND_STATES
+        ):
+            return
+        pto = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.smss:
+            pto += _DELAYED_ACK_ALLOWANCE
+        at = now + (pto if pto > _MIN_PTO else _MIN_PTO)
+        if at < self._rto_at:
+            self._tlp_at = at
+
+    def _send_loss_probe(self, now: float) -> None:
+        """RFC 8985 7.3: one new segment if the peer's window takes it, else
+        the last segment sent again. Its ACK either acknowledges the flight
+        (only the ACKs were lost) or SACKs the probe and starts recovery."""
+        if self.snd_max <= self.snd_una or self._in_recovery:
+            return
+        self._tlp_sent = True
+        self._stack.stats.tcp_loss_probes += 1
+        data_end = self._sndbuf_seq + len(self._sndbuf)
+        nxt = self.snd_nxt
+        room = self.snd_una + self.snd_wnd - nxt
+        if nxt == self.snd_max and data_end > nxt and room > 0:
+            n = min(self.smss, data_end - nxt, room)
+            off = nxt - self._sndbuf_seq
+            self._emit(nxt, ACK | PSH, bytes(self._sndbuf[off : off + n]))
+            self.snd_nxt = self.snd_max = nxt + n
+        else:
+            end = self.snd_max if self.snd_max < data_end else data_end
+            start = max(self.snd_una, end - self.smss)
+            if end <= start:
+                return  # only a FIN is out: the RTO takes care of it
+            self._rtt_seq = None  # Karn
+            self.retransmits += 1
+            self._stack.stats.tcp_retransmits += 1
+            off = start - self._sndbuf_seq
+            self._emit(start, ACK, bytes(self._sndbuf[off : off + end - start]))
+        self._rto_at = now + self.rto  # RFC 8985 7.3: the RTO after the probe
+
     def _rto_expired(self, now: float) -> None:
         """RFC 6298 5.4-5.7 and RFC 5681 3.1 (loss window)."""
+        self._tlp_at = None
         self._retries += 1
         limit = (
             self._cfg.max_syn_retransmits
@@ -1220,11 +1465,15 @@ class TcpConnection:
             self._syn_retransmitted = True
             self._send_syn(now, ack=self.state is _SYN_RECEIVED)
             return
+        self._stack.stats.tcp_timeouts += 1
         if self._retries == 1:
             flight = self.snd_max - self.snd_una
             self.ssthresh = max(flight // 2, 2 * self.smss)  # RFC 5681 eq. (4)
         self.cwnd = self.smss  # loss window
         self._in_recovery = False
+        self._sacked.clear()  # the peer may renege on what it SACKed (RFC 2018 8)
+        self._high_rxt = 0
+        self._una_rxt = None
         self._dupacks = 0
         self._recover = self.snd_max  # RFC 6582 3.2 step 4 ... avoid false fast retransmit
         self.snd_nxt = self.snd_una  # go back: resend from the first unacknowledged byte
@@ -1288,6 +1537,25 @@ class TcpConnection:
                 cwnd += self._dupacks * smss  # Limited Transmit (RFC 3042 section 2)
             wnd = self.snd_wnd if self.snd_wnd < cwnd else cwnd
             right = self.snd_una + wnd
+            if self._in_recovery and self._sack:
+                # RFC 6675 5 step 4: while cwnd - pipe >= 1 SMSS, holes first
+                # (NextSeg rule 1), then new data (rule 2) within the window.
+                room = cwnd - self._pipe()
+                if room >= smss and self._una_rxt_lost():
+                    # The retransmission at SND.UNA was lost as well: again.
+                    self._retransmit_first()
+                    room -= smss
+                    sent = True
+                while room >= smss and (n := self._retransmit_hole(room)):
+                    room -= n
+                    sent = True
+                if room < 0:
+                    room = 0
+                # New data: as far as the pipe allows, within the peer's window
+                # (not SND.UNA + cwnd, which the holes would hold back).
+                right = self.snd_una + self.snd_wnd
+                if self.snd_nxt + room < right:
+                    right = self.snd_nxt + room
             fin_queued = self._fin_queued
             while True:
                 nxt = self.snd_nxt
@@ -1332,6 +1600,8 @@ class TcpConnection:
                 self.snd_nxt = new
                 if self._rto_at is None:
                     self._rto_at = now + self.rto  # RFC 6298 5.1
+            if sent:
+                self._arm_tlp(now)  # RFC 8985 7.2: on sending new data
             # Persist timer: data waits, the window is shut and nothing is in flight
             # that would bring a window update with its ACK (RFC 9293 3.8.6.1).
             if (
@@ -1439,6 +1709,7 @@ class TcpConnection:
         if error is not None:
             self.error = error
         self._rto_at = self._persist_at = self._delack_at = self._close_at = None
+        self._tlp_at = None
         self._sndbuf.clear()
         self._ooo.clear()
         self._stack._tcp_release(self)
