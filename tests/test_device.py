@@ -38,6 +38,15 @@ def pair(seed=1, link=None, **kw):
     return net, a, b
 
 
+def star(seed):
+    """a connected to b and to c (no handshakes yet)."""
+    net = Network(seed)
+    a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
+    net.connect(a, b)
+    net.connect(a, c)
+    return net, a, b, c
+
+
 def ids(node):
     return [payload_id(p) for p in node.delivered]
 
@@ -255,10 +264,7 @@ def test_handshake_completes_under_30_percent_loss(seed):
 
 
 def test_three_devices_route_by_allowed_ips():
-    net = Network(3)
-    a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
-    net.connect(a, b)
-    net.connect(a, c)
+    net, a, b, c = star(3)
     net.send(a, b, 1)
     net.send(a, c, 2)
     net.run_for(1)
@@ -401,10 +407,7 @@ def test_send_packets_batch_equals_one_by_one():
     after the handshake, with unroutable packets mixed in."""
     results = []
     for batched in (False, True):
-        net = Network(7)
-        a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
-        net.connect(a, b)
-        net.connect(a, c)
+        net, a, b, c = star(7)
         ident = 0
         for _round in range(3):
             packets = []
@@ -669,10 +672,7 @@ def test_send_packets_byte_for_byte_as_one_by_one(c_established, packets):
     drops, counters and timers as send_packet for each packet."""
 
     def setup():
-        net = Network(5)
-        a, b, c = net.add("a", 1), net.add("b", 2), net.add("c", 3)
-        net.connect(a, b)
-        net.connect(a, c)
+        net, a, b, c = star(5)
         net.send(a, b, 0)
         if c_established:
             net.send(a, c, 0)

@@ -416,19 +416,8 @@ class Device:
             except KeypairExhausted:
                 pass  # 2**64 messages: stage and rekey below
             else:
-                peer.tx_bytes += len(message)
                 out.datagrams.append((message, endpoint))
-                timers = peer.timers
-                if (
-                    timers.new_handshake is None
-                    or timers.send_keepalive is not None
-                    or timers.persistent_keepalive_interval
-                    or now - keypair.created >= REKEY_AFTER_TIME
-                    or keypair.send_counter > REKEY_AFTER_MESSAGES
-                ):
-                    # Only then does _sent have anything to do (a timer to
-                    # set or clear, a rekey to start).
-                    self._sent(peer, keypair, now, out, True)
+                self._sent_run(peer, keypair, len(message), now, out)
                 return out
         if not peer.stage(packet):
             self.drops[Drop.STAGED_OVERFLOW] += 1
@@ -522,7 +511,7 @@ class Device:
         return out
 
     def _sent_run(self, peer: Peer, keypair: Keypair, tx: int, now: float, out: Effects) -> None:
-        """After a run of data messages (*tx* bytes) went out on *keypair*."""
+        """After one or a run of data messages (*tx* bytes) went out on *keypair*."""
         peer.tx_bytes += tx
         timers = peer.timers
         if (
