@@ -609,7 +609,8 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
         _log(
             f"  stack: {st.packets_received} packets in, {st.packets_sent} out, "
             f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits "
-            f"({st.tcp_fast_recoveries} fast recoveries, {st.tcp_loss_probes} loss probes, "
+            f"({st.tcp_fast_recoveries} fast recoveries, {st.tcp_recoveries_undone} undone, "
+            f"{st.tcp_loss_probes} loss probes, "
             f"{st.tcp_timeouts} timeouts), "
             f"{st.icmp_echo_answered} pings answered"
         )

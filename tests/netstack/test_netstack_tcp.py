@@ -1286,3 +1286,65 @@ def test_no_loss_probe_without_sack() -> None:
     x.c.send(bytes(3 * L))
     x.p.take(1.0)
     assert x.s.next_deadline() == pytest.approx(1.0 + x.c.rto)
+
+
+def _spurious_recovery(x: Conn, lost: tuple[int, ...]) -> tuple[int, int, list[int]]:
+    """Ten segments out; the peer SACKs all but *lost*, so the stack recovers.
+    Returns cwnd and ssthresh from before, and what was retransmitted."""
+    x.c.send(bytes(10 * L))
+    assert len(x.p.take(1.0)) == 10
+    before = (x.c.cwnd, x.c.ssthresh)
+    held: list[int] = []
+    out: list[int] = []
+    for i in [n for n in range(10) if n not in lost]:
+        held.append(i)
+        out += dupack(x, held, 1.0 + i / 1000)
+    assert x.c._in_recovery and x.c.ssthresh < before[0]
+    return before[0], before[1], [n for n in out if n in lost]
+
+
+def test_recovery_shown_spurious_by_dsack_is_undone() -> None:
+    """Segment 0 was only late: the ACK of everything ends the recovery, then
+    the peer reports the retransmission as a duplicate (a D-SACK block below
+    the cumulative ACK, RFC 2883). The window reduction is taken back
+    (RFC 3708, as Linux's undo)."""
+    x = sack_active(initial_window=10)
+    cwnd, ssthresh, retransmitted = _spurious_recovery(x, (0,))
+    assert retransmitted == [0]
+    top = x.snd + 10 * L
+    x.p.send(ACK, x.rcv, top, now=1.02)  # the late original filled the hole
+    assert not x.c._in_recovery and x.c.cwnd < cwnd
+    x.p.send(ACK, x.rcv, top, options=sack_option([(x.snd, x.snd + L)]), now=1.03)
+    assert (x.c.cwnd, x.c.ssthresh) == (cwnd, ssthresh)
+    assert x.s.stats.tcp_recoveries_undone == 1
+
+
+def test_recovery_with_a_real_loss_is_not_undone() -> None:
+    """Two segments retransmitted, only one reported twice: the other was
+    really lost, so the reduction stands."""
+    x = sack_active(initial_window=10)
+    cwnd, _, retransmitted = _spurious_recovery(x, (0, 4))
+    assert sorted(retransmitted) == [0, 4]
+    top = x.snd + 10 * L
+    x.p.send(ACK, x.rcv, top, now=1.02)
+    x.p.send(ACK, x.rcv, top, options=sack_option([(x.snd, x.snd + L)]), now=1.03)
+    assert x.c.cwnd < cwnd and x.s.stats.tcp_recoveries_undone == 0
+
+
+def test_duplicate_data_is_reported_in_a_dsack_block() -> None:
+    """RFC 2883 4: a segment that arrives again is reported, once, in the
+    first SACK block of the ACK it causes (below the cumulative ACK), ahead
+    of the blocks for out-of-order data; a partly old one, for its old part."""
+    x = passive(options=mss_option(1460) + b"\x01\x01\x04\x02")
+    r = x.rcv
+    x.p.send(ACK, r, x.snd, payload=b"A" * 100)
+    x.s.packets_to_send()
+    x.p.send(ACK, r + 300, x.snd, payload=b"C" * 100)
+    assert sack_blocks(x) == [[(r + 300, r + 400)]]
+    x.p.send(ACK, r, x.snd, payload=b"A" * 100)  # again
+    assert sack_blocks(x) == [[(r, r + 100), (r + 300, r + 400)]]
+    x.p.send(ACK, r + 50, x.snd, payload=b"A" * 50 + b"B" * 100)  # half old
+    assert sack_blocks(x) == [[(r + 50, r + 100), (r + 300, r + 400)]]
+    x.p.send(ACK, r + 200, x.snd, payload=b"B" * 100)  # fills the hole
+    assert sack_blocks(x) == [None]  # nothing out of order, no D-SACK left over
+    assert x.c.receive() == b"A" * 100 + b"B" * 200 + b"C" * 100

@@ -86,6 +86,7 @@ class NetStackStats:
     tcp_timeouts: int = 0  # retransmission timeouts with data outstanding
     tcp_fast_recoveries: int = 0  # fast retransmits (three duplicate ACKs)
     tcp_loss_probes: int = 0  # tail loss probes (RFC 8985)
+    tcp_recoveries_undone: int = 0  # fast recoveries shown spurious by D-SACK
     listen_overflows: int = 0
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0

@@ -14,12 +14,17 @@ What is implemented, with the section that asks for it:
 * Congestion control per RFC 5681 (slow start, congestion avoidance, the loss
   window after a timeout) with fast retransmit on the third duplicate ACK,
   Limited Transmit on the first two (RFC 3042) and NewReno recovery (RFC 6582).
-* SACK (RFC 2018): SACK-permitted offered, out-of-order data reported in SACK
-  blocks on pure ACKs, so a SACK sender (Linux) can repair several holes per
-  round trip; and as a sender, the peer's blocks kept in a scoreboard so that
-  NewReno recovery retransmits each reported hole once, one per duplicate
-  ACK, instead of one hole per round trip (RFC 6675's NextSeg rule 1, with
-  NewReno's window in place of RFC 6675's pipe).
+* SACK (RFC 2018) as a receiver: SACK-permitted offered, out-of-order data
+  reported in SACK blocks on pure ACKs, and duplicates reported in a D-SACK
+  block (RFC 2883), so a SACK sender (Linux) can repair several holes per
+  round trip and undo recoveries that reordering caused.
+* SACK as a sender: the peer's blocks kept in a scoreboard, and loss recovery
+  by RFC 6675 (the pipe estimate, lost holes first, IsLost by octets SACKed
+  above; an ACK that newly SACKs data counts as a duplicate whatever its
+  window). On top: a lost retransmission sent again once three segments sent
+  after it are SACKed, Early Retransmit (RFC 5827), tail loss probes (RFC 8985
+  section 7) and the undo of a recovery whose retransmissions all come back
+  in D-SACK blocks (RFC 3708). Without SACK agreed: NewReno as above.
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
   second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
@@ -28,11 +33,11 @@ What is implemented, with the section that asks for it:
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
   (as Linux's tcp_fin_timeout), abort after too many retransmissions (3.8.3).
 
-Not implemented: the rest of RFC 6675 (the pipe estimate, entering recovery on
-SACKed bytes alone, retransmitting by SACK after a timeout), D-SACK,
-timestamps (RFC 7323 section 3), urgent data (URG is ignored and its data
-delivered inline, as RFC 6093 recommends for new applications), keep-alives,
-ECN, IP fragmentation.
+Not implemented: time-based loss detection (RACK, RFC 8985 section 6),
+retransmitting by SACK after a timeout, F-RTO, congestion control other than
+Reno (no CUBIC), timestamps (RFC 7323 section 3), urgent data (URG is ignored
+and its data delivered inline, as RFC 6093 recommends for new applications),
+keep-alives, ECN, IP fragmentation.
 
 Sequence numbers are kept *unwrapped*: the internal ``snd_*``/``rcv_*`` values are
 unbounded Python integers that start at the 32-bit ISS/IRS and only grow, and
@@ -526,6 +531,7 @@ class TcpConnection:
         self._sack = False  # both sides sent SACK-permitted
         self._sack_in_syn = False
         self._sack_last = 0  # start of the block that took the latest out-of-order data
+        self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self._peer_fin = False
         self._app_closed = False  # close() (not shutdown()): no more reads
 
@@ -545,6 +551,14 @@ class TcpConnection:
         # SND.MAX then). Data sent after it being SACKed while it is not
         # acknowledged means the retransmission was lost too.
         self._una_rxt: tuple[int, int] | None = None
+        # Undoing a spurious fast recovery (RFC 3708 with D-SACK, RFC 2883):
+        # the window before the reduction, and the segments this recovery
+        # retransmitted that the peer has not yet reported receiving twice.
+        # When it reports all of them, every retransmission was needless (the
+        # "loss" was reordering) and the window comes back.
+        self._undo: tuple[int, int] | None = None  # (cwnd, ssthresh) before
+        self._undo_pending: set[int] = set()  # start of each retransmission
+        self._undo_ok = False
 
         # RTO, RFC 6298.
         self.srtt: float | None = None
@@ -872,6 +886,8 @@ class TcpConnection:
                 )
             if not acceptable:
                 if not flags & RST:
+                    if plen and seq + plen <= rcv_nxt:
+                        self._dsack = (seq, seq + plen)  # all of it came before
                     self._emit(self.snd_max, ACK)
                 return
             # Trim to the window: drop what was already received and what lies
@@ -879,6 +895,8 @@ class TcpConnection:
             start = seq + (1 if flags & SYN else 0)
             if start < rcv_nxt:
                 cut = rcv_nxt - start
+                if plen:
+                    self._dsack = (start, start + min(cut, plen))  # the part that came before
                 payload = payload[cut:]
                 if cut > plen:
                     fin = 0  # the FIN was already received
@@ -1005,7 +1023,7 @@ class TcpConnection:
         wnd = seg.wnd << self.snd_wscale
         newly_sacked = 0
         if seg.sack is not None and self._sack:
-            newly_sacked = self._take_sack(seg.sack)
+            newly_sacked = self._take_sack(seg.sack, _unwrap(seg.ack, snd_una))
         if ack > snd_una:
             acked = ack - snd_una
             # RTT sample (RFC 6298 3 and Karn: _rtt_seq is cleared on retransmit).
@@ -1093,6 +1111,8 @@ class TcpConnection:
                 flight = self.snd_max - ack
                 self.cwnd = min(self.ssthresh, max(flight, smss) + smss)
                 self._dupacks = 0
+                if self._undo_ok:
+                    self._undo_recovery()
             else:
                 if self._sack:
                     # RFC 6675: no window arithmetic; _output sends what the
@@ -1143,6 +1163,10 @@ class TcpConnection:
             # Fast retransmit (RFC 5681 3.2 steps 2-3) and NewReno recovery entry
             # (RFC 6582 3.2 step 2), unless this loss was already handled.
             flight = self.snd_max - self.snd_una
+            if self._sack:
+                self._undo = (self.cwnd, self.ssthresh)
+                self._undo_pending = set()
+                self._undo_ok = False
             self.ssthresh = max(flight // 2, 2 * self.smss)
             self._recover = self.snd_max
             self._in_recovery = True
@@ -1155,14 +1179,22 @@ class TcpConnection:
             self._rto_at = now + self.rto
             self._stack._want_output(self)
 
-    def _take_sack(self, blocks: list[tuple[int, int]]) -> int:
+    def _take_sack(self, blocks: list[tuple[int, int]], ack: int) -> int:
         """Merge the peer's SACK blocks into the scoreboard (RFC 6675 Update())
-        and return how many octets they newly SACKed. Blocks not within
-        SND.UNA..SND.MAX are ignored (RFC 2018 allows none outside; D-SACK
-        blocks below SND.UNA are not used)."""
+        and return how many octets they newly SACKed. A first block below the
+        cumulative *ack* is a D-SACK (RFC 2883 4): a segment that arrived
+        twice, which can show a recovery to have been spurious. Other blocks
+        not within SND.UNA..SND.MAX are ignored (RFC 2018 allows none)."""
         una, top = self.snd_una, self.snd_max
         sacked = self._sacked
         before = sum(right - left for left, right in sacked)
+        first = blocks[0]
+        if self._undo_pending and _unwrap(first[1], ack) <= ack:
+            self._undo_pending.discard(_unwrap(first[0], ack))
+            if not self._undo_pending:
+                self._undo_ok = True
+                if not self._in_recovery:
+                    self._undo_recovery()
         for left32, right32 in blocks:
             left = _unwrap(left32, una)
             right = _unwrap(right32, una)
@@ -1178,6 +1210,19 @@ class TcpConnection:
                 j += 1
             sacked[i:j] = [[left, right]]
         return sum(right - left for left, right in sacked) - before
+
+    def _undo_recovery(self) -> None:
+        """Every retransmission of the last fast recovery arrived twice: the
+        reduction was for nothing, take it back (RFC 3708 3, as Linux's
+        tcp_try_undo_dsack)."""
+        if self._undo is not None:
+            cwnd, ssthresh = self._undo
+            self.cwnd = max(self.cwnd, cwnd)
+            self.ssthresh = max(self.ssthresh, ssthresh)
+            self._stack.stats.tcp_recoveries_undone += 1
+            self._stack._want_output(self)
+        self._undo = None
+        self._undo_ok = False
 
     def _lost_edge(self) -> int:
         """RFC 6675 IsLost(), by octets: every hole below the returned
@@ -1248,6 +1293,8 @@ class TcpConnection:
                 self._high_rxt = end
                 if start == self.snd_una:
                     self._una_rxt = (start, self.snd_max)
+                if self._undo is not None:
+                    self._undo_pending.add(start)
                 return end - start
             if start < right:
                 start = right
@@ -1269,6 +1316,8 @@ class TcpConnection:
         if self.snd_una + len(data) > self._high_rxt:
             self._high_rxt = self.snd_una + len(data)
         self._una_rxt = (self.snd_una, self.snd_max)
+        if self._undo is not None:
+            self._undo_pending.add(self.snd_una)
         flags = ACK
         data_end = self._sndbuf_seq + len(self._sndbuf)
         if self._fin_queued and off + len(data) == len(self._sndbuf) and self.snd_max > data_end:
@@ -1474,6 +1523,9 @@ class TcpConnection:
         self._sacked.clear()  # the peer may renege on what it SACKed (RFC 2018 8)
         self._high_rxt = 0
         self._una_rxt = None
+        self._undo = None  # a timeout is not undone here (no F-RTO)
+        self._undo_pending.clear()
+        self._undo_ok = False
         self._dupacks = 0
         self._recover = self.snd_max  # RFC 6582 3.2 step 4 ... avoid false fast retransmit
         self.snd_nxt = self.snd_una  # go back: resend from the first unacknowledged byte
@@ -1647,7 +1699,13 @@ class TcpConnection:
             wnd = 0
         else:
             wnd = self._advertise()
-            if self._ooo and self._sack and not payload and not options and flags & ACK:
+            if (
+                (self._ooo or self._dsack is not None)
+                and self._sack
+                and not payload
+                and not options
+                and flags & ACK
+            ):
                 options = self._sack_option()
         ack = self.rcv_nxt & _MASK if flags & ACK else 0
         hlen = 20 + len(options)
@@ -1684,13 +1742,18 @@ class TcpConnection:
         Only pure ACKs carry them, so a full-size data segment never grows."""
         blocks = self._ooo
         last = self._sack_last
-        first = [(s, d) for s, d in blocks if s == last]
-        rest = [(s, d) for s, d in reversed(blocks) if s != last]
-        chosen = (first + rest)[:4]
+        first = [(s, s + len(d)) for s, d in blocks if s == last]
+        rest = [(s, s + len(d)) for s, d in reversed(blocks) if s != last]
+        chosen = first + rest
+        if self._dsack is not None:
+            # A duplicate arrived: its range first (D-SACK, RFC 2883 4), once.
+            chosen.insert(0, self._dsack)
+            self._dsack = None
+        chosen = chosen[:4]
         out = bytearray(b"\x01\x01\x05")
         out.append(2 + 8 * len(chosen))
-        for s, d in chosen:
-            out += _SACK_BLOCK.pack(s & _MASK, (s + len(d)) & _MASK)
+        for left, right in chosen:
+            out += _SACK_BLOCK.pack(left & _MASK, right & _MASK)
         return bytes(out)
 
     # ----------------------------------------------------------------- teardown
