@@ -46,6 +46,8 @@ from pathlib import Path
 GUEST_WG_PORT = 51820
 GUEST_TUN = "10.99.0.2"
 HOST_TUN = "10.99.0.1"
+GUEST_TUN6 = "fd99::2"
+HOST_TUN6 = "fd99::1"
 SLIRP_HOST = "10.0.2.2"  # the namespace's 127.0.0.1 as the guest sees it
 GUEST_ETH = "10.0.2.15"
 
@@ -430,17 +432,19 @@ class KernelVM:
 
     # wg0
 
-    def configure(self, wg_conf: str, *, address: str = f"{GUEST_TUN}/24") -> None:
+    def configure(
+        self, wg_conf: str, *, addresses: tuple[str, ...] = (f"{GUEST_TUN}/24", f"{GUEST_TUN6}/64")
+    ) -> None:
         """A fresh wg0 (so no state is left from an earlier test) set up
-        from a ``wg setconf`` file."""
+        from a ``wg setconf`` file, with an IPv4 and an IPv6 address."""
         self.sh(
             "ip link del wg0 2>/dev/null\n"
             "umask 077\n"
             f"cat > /tmp/wg0.conf <<'EOF'\n{wg_conf}EOF\n"
             "ip link add wg0 type wireguard\n"
             "wg setconf wg0 /tmp/wg0.conf\n"
-            f"ip addr add {address} dev wg0\n"
-            "ip link set wg0 up\n"
+            + "".join(f"ip addr add {address} dev wg0\n" for address in addresses)
+            + "ip link set wg0 up\n"
         )
 
     def wg(self, *args: str) -> str:

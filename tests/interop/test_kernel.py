@@ -27,7 +27,15 @@ import pytest
 from tests.conftest import need, need_tool
 from tests.interop import kernel_vm
 from tests.interop.harness import socket_in_netns
-from tests.interop.kernel_vm import GUEST_TUN, GUEST_WG_PORT, HOST_TUN, SLIRP_HOST, KernelVM
+from tests.interop.kernel_vm import (
+    GUEST_TUN,
+    GUEST_TUN6,
+    GUEST_WG_PORT,
+    HOST_TUN,
+    HOST_TUN6,
+    SLIRP_HOST,
+    KernelVM,
+)
 from wireguard.capture import PcapReader
 from wireguard.device import Device, HandshakeCompleted
 from wireguard.io.tap import EndpointTap, attach
@@ -69,7 +77,7 @@ def guest_config(guest: PrivateKey, ours: PrivateKey, psk, our_port: int | None)
         f"ListenPort = {GUEST_WG_PORT}",
         "[Peer]",
         f"PublicKey = {ours.public_key}",
-        f"AllowedIPs = {HOST_TUN}/32",
+        f"AllowedIPs = {HOST_TUN}/32, {HOST_TUN6}/128",
     ]
     if psk is not None:
         lines.append(f"PresharedKey = {psk}")
@@ -116,17 +124,16 @@ class Ours:
         self.device.add_peer(
             guest.public_key,
             preshared_key=psk,
-            allowed_ips=[f"{GUEST_TUN}/32"],
+            allowed_ips=[f"{GUEST_TUN}/32", f"{GUEST_TUN6}/128"],
             endpoint=("127.0.0.1", self.vm.host_port),
         )
 
-    async def ping(self, seq: int, timeout: float = 5.0) -> int:
+    async def ping(self, seq: int, timeout: float = 5.0, *, ipv6: bool = False) -> int:
         """Send echo request *seq*; the replies to it within *timeout* (after
         the first reply, up to 0.5 s more for a second copy)."""
+        src, dst = (HOST_TUN6, GUEST_TUN6) if ipv6 else (HOST_TUN, GUEST_TUN)
         self.send(
-            build_echo(
-                addr_bytes(HOST_TUN), addr_bytes(GUEST_TUN), PING_IDENT, seq, b"kernel", reply=False
-            )
+            build_echo(addr_bytes(src), addr_bytes(dst), PING_IDENT, seq, b"kernel", reply=False)
         )
         deadline = time.monotonic() + timeout
         while not self.echo_replies[seq] and (left := deadline - time.monotonic()) > 0:
@@ -227,6 +234,22 @@ def test_kernel_initiates(vm: KernelVM, psk: bool) -> None:
             assert dump[0] == str(ours.key.public_key)
             assert int(dump[4]) > 0  # latest handshake
             assert int(dump[5]) == ours.peer.tx_bytes  # what it received is what we sent
+
+    asyncio.run(body())
+
+
+def test_ipv6_inside_the_tunnel_both_ways(vm: KernelVM) -> None:
+    """ICMPv6 echo both ways between our IPv6 tunnel address and the kernel's,
+    on a session either side may have started."""
+
+    async def body() -> None:
+        async with session(vm, guest_knows_us=True) as (ours, _guest, _):
+            assert await ours.ping(21, ipv6=True) == 1
+            result = await vm.arun(f"ping -6 -c 3 -i 0.3 -W 5 {HOST_TUN6}", timeout=20)
+            assert result.status == 0, result.output
+            assert "3 packets received" in result.output, result.output
+            answered = [parse_ip(p) for p in ours.received_packets]
+            assert sum(p.version == 6 for p in answered) >= 4  # our echo's reply, 3 requests
 
     asyncio.run(body())
 
