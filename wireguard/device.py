@@ -160,6 +160,7 @@ class Drop(enum.StrEnum):
     STAGED_OVERFLOW = "staged_overflow"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     COOKIE_INVALID = "cookie_reply_invalid"
+    NO_PRIVATE_KEY = "no_private_key"  # a handshake while the device has no key
 
 
 class Device:
@@ -211,10 +212,20 @@ class Device:
     def set_private_key(self, private_key: PrivateKey) -> None:
         """Change the interface key; every peer's session is dropped (as
         ``wg set private-key`` does), and a peer whose key equals our own
-        public key is removed."""
+        public key is removed.
+
+        An all-zero key means "no key", as for the kernel and wireguard-go
+        (``wg set wg0 private-key /dev/null``): the device keeps its peers but
+        makes and answers no handshakes (:attr:`has_identity` is False,
+        :attr:`public_key` all zeros) until it is given a key again."""
         self.private_key = private_key
-        self._static = DHPrivateKey(private_key.raw)
-        self.public_key = private_key.public_key
+        self.has_identity = any(private_key.raw)
+        if self.has_identity:
+            self._static: DHPrivateKey | None = DHPrivateKey(private_key.raw)
+            self.public_key = private_key.public_key
+        else:
+            self._static = None
+            self.public_key = PublicKey(bytes(32))
         self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
         for peer in list(self.peers.values()):
             if peer.public_key == self.public_key:
@@ -224,6 +235,8 @@ class Device:
             peer.static_static = self._static_static(peer.public_key)
 
     def _static_static(self, public_key: PublicKey) -> bytes:
+        if self._static is None:
+            return bytes(32)  # no key of ours: recomputed when one is set
         try:
             return self._static.exchange(public_key.raw)
         except WireGuardError:
@@ -590,6 +603,9 @@ class Device:
         if peer.endpoint is None:
             self.drops[Drop.NO_ENDPOINT] += 1
             return
+        if self._static is None:
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
+            return
         peer.last_sent_handshake = now
         if peer.handshake is not None:
             self._index.pop(peer.handshake.local_index, None)
@@ -814,6 +830,9 @@ class Device:
     def _receive_handshake(
         self, kind: int, data: bytes, source: Address, now: float, out: Effects
     ) -> None:
+        if self._static is None:
+            self.drops[Drop.NO_PRIVATE_KEY] += 1
+            return
         checker = self._cookie_checker
         if not checker.check_mac1(data):
             self.drops[Drop.INVALID_MAC1] += 1

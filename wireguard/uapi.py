@@ -204,9 +204,9 @@ def _parse_device_line(key: str, value: str) -> _Operation:
     if key == "private_key":
         raw = _hex_key(value, "private_key")
         if not any(raw):
-            # wireguard-go takes an all-zero key (`wg set private-key
-            # /dev/null`) as "no key"; a Device always has one.
-            raise UAPIError(IPC_ERROR_INVALID, "this device cannot be left without a private key")
+            # All zeros is "no key" (`wg set wg0 private-key /dev/null`), as
+            # for wireguard-go and the kernel; not clamped, or it would not be.
+            return _Op.PRIVATE_KEY, PrivateKey(raw)
         # Stored clamped, as wireguard-go and the kernel do: `wg show` prints
         # the clamped form.
         return _Op.PRIVATE_KEY, PrivateKey(raw).clamped()

@@ -319,10 +319,14 @@ def test_wg_set_interface(served: Served, tmp_path: Path) -> None:
     assert run_wg("show", served.name, "public-key").stdout.strip() == new.public_key.to_base64()
     run_wg("set", served.name, "listen-port", "0", "fwmark", "off")
     assert served.call(lambda: (device.listen_port, device.fwmark)) == (43210, 0)
-    # wg sends an all-zero key for /dev/null; this Device cannot be keyless.
-    failed = run_wg("set", served.name, "private-key", "/dev/null", check=False)
-    assert failed.returncode != 0 and "Invalid argument" in failed.stderr
-    assert served.call(lambda: device.private_key) == new
+    # wg sends an all-zero key for /dev/null: the device has no key then, as
+    # for the kernel and wireguard-go, and `wg show` says so.
+    run_wg("set", served.name, "private-key", "/dev/null")
+    assert served.call(lambda: device.has_identity) is False
+    assert run_wg("show", served.name, "public-key").stdout.strip() == "(none)"
+    assert run_wg("show", served.name, "private-key").stdout.strip() == "(none)"
+    run_wg("set", served.name, "private-key", keyfile(tmp_path, new))
+    assert served.call(lambda: (device.has_identity, device.private_key)) == (True, new)
 
 
 def test_wg_set_peer(served: Served, tmp_path: Path) -> None:
@@ -468,15 +472,12 @@ def test_several_requests_on_one_connection(served: Served) -> None:
 # --- the same raw requests to wireguard-go -----------------------------------------------
 
 # Where we knowingly answer differently from wireguard-go:
-# - an all-zero private key (wg's `private-key /dev/null`) clears wireguard-go's
-#   key; a Device cannot be keyless, so it is refused;
 # - a prefix length with a sign or a leading zero ("/+8", "/08"): Go's
 #   net/netip refuses it since Go 1.22, as we do; a wireguard-go built with an
 #   older Go (Debian's) takes it;
 # - wireguard-go on Linux resolves an endpoint's zone to an interface index and
 #   refuses an unknown one; the sans-I/O parser cannot look interfaces up.
 KNOWN_DIFFERENCES = {
-    "private_key=" + "0" * 64,
     "allowed_ip=10.0.0.0/08",
     "allowed_ip=10.0.0.0/+8",
 }
@@ -524,10 +525,12 @@ def test_same_errno_as_wireguard_go(
         assert ours == theirs
 
 
-def test_same_get_as_wireguard_go(served: Served, wireguard_go: str) -> None:
+@pytest.mark.parametrize("keyless", [False, True], ids=["key", "no-key"])
+def test_same_get_as_wireguard_go(served: Served, wireguard_go: str, keyless: bool) -> None:
     """One configuration, given to both: the same get answer, line for line
-    (but the port, which wireguard-go binds for real)."""
-    private = PrivateKey.generate()
+    (but the port, which wireguard-go binds for real); also with the all-zero
+    private key `wg set private-key /dev/null` sends, which means no key."""
+    private = PrivateKey(bytes(32)) if keyless else PrivateKey.generate()
     peer_key = PrivateKey.generate().public_key
     psk = PresharedKey.generate()
     lines = [
@@ -550,6 +553,7 @@ def test_same_get_as_wireguard_go(served: Served, wireguard_go: str) -> None:
         ]
 
     assert lines_of(served.path) == lines_of(wireguard_go)
+    assert (b"private_key=" + private.to_hex().encode() in lines_of(served.path)) != keyless
     assert raw(wireguard_go, b"get=1\nx") == raw(served.path, b"get=1\nx") == b"errno=-22\n\n"
 
 
