@@ -80,11 +80,11 @@ def test_server_file() -> None:
     assert router.persistent_keepalive == 25
     assert router.allowed_ips[1] == net("192.168.50.0/24")
 
-    # Four hooks, each reported where it stands: kept, never run.
+    # Four hooks, each reported where it stands: kept, not run by the library.
     hooks = [w.message for w in record.list if w.category is ConfigWarning]
     hook_warnings = [w for w in config.warnings if w.key in ("PostUp", "PostDown")]
     assert [w.lineno for w in hook_warnings] == [12, 13, 14, 15]
-    assert all("never run" in w.message for w in hook_warnings)
+    assert all("only `python -m wireguard up` runs it" in w.message for w in hook_warnings)
     assert str(hook_warnings[0]).startswith(f"{DATA / 'server.conf'}:12: PostUp: ")
     assert len(hooks) == len(config.warnings) == 4
 
@@ -321,7 +321,7 @@ def test_hook_warning_is_issued_with_location() -> None:
     with pytest.warns(ConfigWarning) as record:
         parse_wg_quick(f"[Interface]\nPrivateKey={SERVER_PRIV}\nPostUp = iptables -L\n", "wg9.conf")
     assert [str(w.message) for w in record] == [
-        "wg9.conf:3: PostUp: hook command kept but never run by this library"
+        "wg9.conf:3: PostUp: hook command kept; only `python -m wireguard up` runs it"
     ]
     assert record[0].filename == __file__  # points at the caller, not at config.py
 

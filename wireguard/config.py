@@ -17,7 +17,8 @@ What this module will not do, on purpose:
 - resolve host names: an :class:`Endpoint` keeps the host as written, and the
   binding resolves it when it sends, as ``wg`` does at ``setconf`` time;
 - run PreUp/PostUp/PreDown/PostDown: they are kept verbatim so a file can be
-  written back unchanged, and every one is reported with a :class:`ConfigWarning`;
+  written back unchanged, and every one is reported with a :class:`ConfigWarning`
+  (``python -m wireguard up``, like ``wg-quick``, runs them; nothing else does);
 - touch the file system, except :func:`load`, which only reads the file it is given.
 
 Every error is a :class:`ConfigError` that names the file, the line and the key, so
@@ -113,9 +114,13 @@ class ConfigError(_Located, LocalProtocolError, ValueError):
     """
 
 
+HOOK_WARNING = "hook command kept; only `python -m wireguard up` runs it"
+HOOK_KEYS = frozenset({"PreUp", "PostUp", "PreDown", "PostDown"})
+
+
 class ConfigWarning(_Located, UserWarning):
     """Something in a file is accepted but deserves the user's attention: hooks
-    that are kept but never run, host bits dropped from an AllowedIP, a missing
+    that are kept but not run here, host bits dropped from an AllowedIP, a missing
     PrivateKey, an ignored empty value. Located like :class:`ConfigError`."""
 
 
@@ -413,7 +418,8 @@ class InterfaceConfig:
     The first three fields are the device's own (what ``wg setconf`` accepts);
     the rest belong to ``wg-quick`` and configure the host around the device.
     ``dns`` holds server addresses and ``dns_search`` search domains, which
-    wg-quick tells apart inside the same ``DNS =`` list. Hooks are kept, never run.
+    wg-quick tells apart inside the same ``DNS =`` list. Hooks are kept; only
+    ``python -m wireguard up`` runs them.
     """
 
     private_key: PrivateKey | None = None
@@ -761,7 +767,7 @@ class _Parser:
                 iface.table = _check_table(stripped)
             else:
                 iface.hooks[key].append(_check_hook(stripped))
-                self.warn(key, "hook command kept but never run by this library")
+                self.warn(key, HOOK_WARNING)
 
     def key(self, cls: type[_K], key: str, value: str, *, secret: bool) -> _K:
         try:

@@ -186,6 +186,19 @@ def run_up_main(argv: list[str], capsys) -> tuple[int, list[str]]:  # type: igno
     return code, capsys.readouterr().err.strip().splitlines()
 
 
+def test_up_warns_about_dns_but_not_about_the_hooks_it_runs(tmp_path):
+    from wireguard.io.up import load_config
+
+    conf = tmp_path / "pyhooks.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {PrivateKey.generate()}\nDNS = 10.0.0.53\n"
+        "PreUp = true\nPostUp = true\nPreDown = true\nPostDown = true\n"
+    )
+    config, notes = load_config(str(conf))
+    assert config.interface.post_up == ("true",)
+    assert notes == [f"{conf}: DNS is not applied by this implementation"]
+
+
 def test_up_without_root_is_one_line(tmp_path, monkeypatch, capsys):
     from wireguard.io import up
 
@@ -229,6 +242,10 @@ def test_up_with_bad_config_is_one_line(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- namespaces
 
 
+# A shell fragment for hooks: whether interface %i exists at that moment.
+LINK_STATE = "ip link show %i >/dev/null 2>&1 && echo present || echo absent"
+
+
 class Ours:
     """Our interface in namespace A, driven through the command line."""
 
@@ -237,12 +254,22 @@ class Ours:
         self.name = f"pyt{h.tag}"
         self.conf = tmp / f"{self.name}.conf"
         self.log = tmp / f"{self.name}.log"
+        self.hooks = tmp / f"{self.name}.hooks"  # what the wg-quick hooks write
+        hooks = "".join(
+            f"{hook} = echo {word} %i $({LINK_STATE}) >> {self.hooks}\n"
+            for hook, word in (
+                ("PreUp", "pre-up"),
+                ("PostUp", "post-up"),
+                ("PreDown", "pre-down"),
+                ("PostDown", "post-down"),
+            )
+        )
         self.conf.write_text(
             "[Interface]\n"
             f"PrivateKey = {key}\n"
             f"ListenPort = {PORT_A}\n"
             f"Address = {TUN_A[0]}/24, {TUN_A[1]}/64\n"
-            "PostUp = echo never run\n"
+            f"{hooks}"
             "[Peer]\n"
             f"PublicKey = {peer.public_key}\n"
             f"AllowedIPs = {TUN_B[0]}/32, {TUN_B[1]}/128\n"
@@ -336,8 +363,8 @@ def test_up_ping_both_ways_ipv4_and_ipv6(tmp_path):
         assert ping(h, h.b, TUN_A[0])
         assert ping(h, h.a, TUN_B[1])
         assert ping(h, h.b, TUN_A[1])
-        # The hook was kept, not run; the log says so.
-        assert "PostUp" in ours.log_text()
+        # The hooks ran, and the log shows each command, as wg-quick prints them.
+        assert f"[#] echo post-up {ours.name} $(ip link show {ours.name}" in ours.log_text()
 
 
 SERVER = r"""
@@ -463,6 +490,40 @@ def test_down_removes_interface_socket_and_pid_file(tmp_path):
         # Down again: nothing to stop, one line, status 1.
         again = ours.down()
         assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_hooks_run_as_wg_quick_runs_them(tmp_path):
+    """PreUp before the interface exists, PostUp once it is up, PreDown before
+    the teardown, PostDown after it; %i is the interface name."""
+    with pair(tmp_path) as (_h, ours, _wg, _, _):
+        assert ours.hooks.read_text().splitlines() == [
+            f"pre-up {ours.name} absent",
+            f"post-up {ours.name} present",
+        ]
+        assert ours.down().returncode == 0
+        assert ours.hooks.read_text().splitlines()[2:] == [
+            f"pre-down {ours.name} present",
+            f"post-down {ours.name} absent",
+        ]
+
+
+@pytest.mark.parametrize("key", ["PreUp", "PostUp"])
+def test_failing_up_hook_fails_up_and_leaves_nothing(tmp_path, key):
+    with hosts() as h:
+        name = f"pyh{h.tag}"
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {PrivateKey.generate()}\nAddress = {TUN_A[0]}/24\n"
+            f"{key} = exit 3\n"
+        )
+        result = h.exec(h.a, *UP, "up", "--log", str(tmp_path / "log"), str(conf), check=False)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"python -m wireguard up: {key} failed (status 3): exit 3"
+        ]
+        assert run("ip", "-n", h.a, "link", "show", name, check=False).returncode != 0
+        assert not (RUN_DIR / f"{name}.sock").exists()
+        assert not (RUN_DIR / f"{name}.pid").exists()
 
 
 def test_up_twice_and_errors_are_one_line(tmp_path):

@@ -18,8 +18,13 @@ mistaken for it). SIGTERM or SIGINT shuts it down cleanly.
 credentials of the control socket), sends SIGTERM, waits for it to go, and
 removes whatever a killed process left behind.
 
-PreUp/PostUp/PreDown/PostDown are kept in the configuration but not run, and
-DNS is not applied: each is reported as a warning.
+PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
+with ``%i`` replaced by the interface name, by bash (``sh`` if there is none),
+in the service, output to its log. PreUp runs before the interface exists and
+PostUp once addresses and routes are set; if either fails, ``up`` fails with
+one line naming it and nothing stays behind. PreDown runs before the teardown
+and PostDown after it; a failure there is logged and the teardown goes on.
+DNS is not applied: that is reported as a warning.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -41,7 +47,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import Config, ConfigError, ConfigWarning, load
+from ..config import HOOK_KEYS, Config, ConfigError, ConfigWarning, load
 from .control import SOCKET_DIRECTORY, socket_path
 from .tun import TUN_PATH, TunError, interface_name, validate_name
 
@@ -93,7 +99,8 @@ def _need_tun() -> None:
 
 
 def load_config(path: str) -> tuple[Config, list[str]]:
-    """The parsed file and the warnings to show (hooks not run, DNS not set)."""
+    """The parsed file and the warnings to show (DNS not set, and what the
+    parser noted but for the hooks, which the service runs)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
@@ -102,7 +109,12 @@ def load_config(path: str) -> tuple[Config, list[str]]:
             raise UpError(str(exc)) from None
         except OSError as exc:
             raise UpError(f"cannot read {path}: {exc.strerror}") from None
-    notes = [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+    notes = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, ConfigWarning)
+        and getattr(w.message, "key", None) not in HOOK_KEYS  # the service runs those
+    ]
     iface = config.interface
     if iface.private_key is None:
         raise UpError(f"{path}: [Interface] has no PrivateKey")
@@ -351,12 +363,14 @@ class Service:
             loop.add_signal_handler(sig, self.stopping.set)
         name, config = self.name, self.config
         tun = iface = netlink = pump = None
-        pid_written = False
+        pid_written = up = False
+        hooks = config.interface
         try:
             try:
                 device = await device_from_config(config)
             except OSError as exc:
                 raise UpError(f"endpoint: {exc}") from None
+            await self._hooks("PreUp", hooks.pre_up)
             tun = Tun.create(name)
             iface = Interface(name, device, listen_port=config.interface.listen_port or 0)
             try:
@@ -380,6 +394,8 @@ class Service:
             pump = TunPump(tun, iface.tunnel)
             pump.on_error = lambda exc: self.stopping.set()
             pump.start(loop)
+            await self._hooks("PostUp", hooks.post_up)
+            up = True
             self._write_pid_file()
             pid_written = True
             log.info(
@@ -391,6 +407,8 @@ class Service:
             await self.stopping.wait()
             log.info("shutting down")
         finally:
+            if up:
+                await self._hooks("PreDown", hooks.pre_down, fatal=False)
             if pump is not None:
                 pump.stop()
             if netlink is not None:
@@ -401,8 +419,30 @@ class Service:
                     await iface.close()
             if tun is not None:
                 tun.close()
+            if up:
+                await self._hooks("PostDown", hooks.post_down, fatal=False)
             if pid_written:
                 self._remove_pid_file()
+
+    async def _hooks(self, key: str, commands: Sequence[str], *, fatal: bool = True) -> None:
+        """Run one kind of hook, as wg-quick: ``%i`` is the interface name,
+        the shell is bash. A failure stops ``up`` (*fatal*) or is logged."""
+        shell = shutil.which("bash") or "/bin/sh"
+        for command in commands:
+            line = command.replace("%i", self.name)
+            log.info("[#] %s", line)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    shell, "-c", line, stdin=subprocess.DEVNULL
+                )
+                status = await proc.wait()
+            except OSError as exc:
+                status, line = -1, f"{line} ({exc.strerror})"
+            if status != 0:
+                message = f"{key} failed (status {status}): {line}"
+                if fatal:
+                    raise UpError(message)
+                log.error("%s", message)
 
     def _write_pid_file(self) -> None:
         pid = os.getpid()
