@@ -603,6 +603,41 @@ def test_default_route_gets_wg_quick_policy_routing(tmp_path):
             wg.stop()
 
 
+def test_down_after_sigkill_removes_the_policy_rules(tmp_path):
+    """A killed service cannot take its policy rules down; it noted them, and
+    down (in the same namespace) removes them with the other leftovers."""
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        ours = Ours(h, tmp_path, key_a, key_b)
+        text = ours.conf.read_text().replace(
+            f"AllowedIPs = {TUN_B[0]}/32, {TUN_B[1]}/128", "AllowedIPs = 0.0.0.0/0, ::/0"
+        )
+        ours.conf.write_text(text)
+        try:
+            result = ours.up()
+            assert result.returncode == 0, result.stderr + ours.log_text()
+            mark = int(ours.wg("show", ours.name, "fwmark").strip(), 16)
+            pid = ours.pid()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while ours.link_exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for family in ("-4", "-6"):
+                assert f"lookup {mark}" in h.exec(h.a, "ip", family, "rule").stdout
+            # From another namespace down touches no rules, and says so.
+            elsewhere = run(*UP, "down", ours.name, check=False)
+            assert "another network namespace" in elsewhere.stderr
+            assert f"lookup {mark}" in h.exec(h.a, "ip", "-4", "rule").stdout
+            down = h.exec(h.a, *UP, "down", ours.name, check=False)
+            assert down.returncode == 0 and "4 policy rule(s)" in down.stderr, down.stderr
+            for family in ("-4", "-6"):
+                rules = h.exec(h.a, "ip", family, "rule").stdout
+                assert f"lookup {mark}" not in rules and "suppress_prefixlength" not in rules
+            assert not (RUN_DIR / f"{ours.name}.rules").exists()
+        finally:
+            ours.cleanup()
+
+
 def test_port_in_use_is_one_line_and_leaves_nothing(tmp_path):
     with hosts() as h:
         key_a, key_b = PrivateKey.generate(), PrivateKey.generate()

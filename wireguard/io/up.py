@@ -16,7 +16,10 @@ mistaken for it). SIGTERM or SIGINT shuts it down cleanly.
 
 ``down`` finds the process by the pid file (or, failing that, by the peer
 credentials of the control socket), sends SIGTERM, waits for it to go, and
-removes whatever a killed process left behind.
+removes whatever a killed process left behind: the socket and pid files, and
+the policy rules of a default route, which the service notes in
+``/var/run/wireguard/NAME.rules`` (removed only from the network namespace
+they were added in).
 
 PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
 with ``%i`` replaced by the interface name, by bash (``sh`` if there is none),
@@ -33,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import select
@@ -70,6 +74,20 @@ def pid_path(name: str) -> str:
 
 def log_path(name: str) -> str:
     return os.path.join(LOG_DIRECTORY, f"{name}.log")
+
+
+def rules_path(name: str) -> str:
+    """Where a running service notes the policy rules it added (a default
+    route), so that ``down`` can remove them if the service was killed."""
+    return os.path.join(SOCKET_DIRECTORY, f"{name}.rules")
+
+
+def _netns_id() -> str:
+    """This process's network namespace (rules belong to one)."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return ""
 
 
 def target_name(target: str) -> str:
@@ -391,6 +409,8 @@ class Service:
                 set_fwmark(config.interface.fwmark)
             # pyroute2's synchronous API runs its own event loop: in a thread.
             netlink = await asyncio.to_thread(configure, tun, config, set_fwmark=set_fwmark)
+            if netlink.rules:
+                self._write_rules(netlink.rules)
             pump = TunPump(tun, iface.tunnel)
             pump.on_error = lambda exc: self.stopping.set()
             pump.start(loop)
@@ -414,6 +434,8 @@ class Service:
             if netlink is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(netlink.undo)
+                with contextlib.suppress(OSError):
+                    os.unlink(rules_path(name))
             if iface is not None:
                 with contextlib.suppress(Exception):
                     await iface.close()
@@ -443,6 +465,12 @@ class Service:
                 if fatal:
                     raise UpError(message)
                 log.error("%s", message)
+
+    def _write_rules(self, rules: list[dict]) -> None:  # type: ignore[type-arg]
+        path = rules_path(self.name)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"netns": _netns_id(), "pid": os.getpid(), "rules": rules}, f)
 
     def _write_pid_file(self) -> None:
         pid = os.getpid()
@@ -497,9 +525,10 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def _remove_leftovers(name: str) -> list[str]:
-    """What a dead process left: its socket file and pid file. The TUN
-    interface went with its file descriptor."""
-    removed = []
+    """What a dead process left: its socket file, pid file and the policy
+    rules of a default route. The TUN interface, its addresses and routes
+    went with its file descriptor."""
+    removed = _remove_stale_rules(name)
     sock = socket_path(name)
     if os.path.exists(sock) and _socket_owner(name) is None:
         with contextlib.suppress(OSError):
@@ -511,6 +540,41 @@ def _remove_leftovers(name: str) -> list[str]:
             os.unlink(pidf)
             removed.append(pidf)
     return removed
+
+
+def _remove_stale_rules(name: str) -> list[str]:
+    """The policy rules a killed service noted (see :func:`rules_path`),
+    removed if we are in the namespace they were added in."""
+    path = rules_path(name)
+    try:
+        with open(path) as f:
+            noted = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if _proc_start_time(int(noted.get("pid", 0))) is not None and _is_ours(noted["pid"]):
+        return []  # still running
+    if noted.get("netns") != _netns_id():
+        print(
+            f"[#] {name}: its policy rules are in another network namespace; "
+            "run down there to remove them",
+            file=sys.stderr,
+        )
+        return []
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        return []
+    count = 0
+    with IPRoute() as ipr:
+        for rule in reversed(noted.get("rules", [])):
+            try:
+                ipr.rule("del", **rule)
+                count += 1
+            except Exception:  # already gone
+                pass
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return [f"{count} policy rule(s)"] if count else []
 
 
 # --------------------------------------------------------------------------- command line
