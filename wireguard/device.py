@@ -65,7 +65,7 @@ from .noise import Trace
 from .peer import Address, Peer, PendingHandshake
 from .ratelimit import RateLimiter
 from .replay import BYTE_MASK as REPLAY_BYTE_MASK
-from .session import Keypair, KeypairExhausted
+from .session import Keypair, KeypairExhausted, padding_length
 from .timers import Timer
 
 _u32 = struct.Struct("<I").unpack_from
@@ -161,6 +161,23 @@ class Drop(enum.StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     COOKIE_INVALID = "cookie_reply_invalid"
     NO_PRIVATE_KEY = "no_private_key"  # a handshake while the device has no key
+
+
+def _inner_header(plain: bytes) -> tuple[int, bytes] | None:
+    """(length, source address) of a decrypted packet that is a well-formed
+    IPv4 or IPv6 packet whose stated length fits what arrived (kernel
+    receive.c); None for anything else. *plain* is not empty."""
+    n = len(plain)
+    first = plain[0]
+    if first >> 4 == 4 and n >= 20 and first & 15 >= 5:
+        length = _u16be(plain, 2)[0]
+        if 20 <= length <= n:
+            return length, plain[12:16]
+    elif first >> 4 == 6 and n >= 40:
+        length = 40 + _u16be(plain, 4)[0]
+        if length <= n:
+            return length, plain[8:24]
+    return None
 
 
 class Device:
@@ -506,12 +523,9 @@ class Device:
                 continue
             # Counter first: a nonce is never used twice, whatever happens next.
             keypair.send_counter = counter + 1  # type: ignore[union-attr]
-            if n != last_n:
-                # Zero padding as Keypair.encrypt: to a multiple of 16, not past the MTU.
+            if n != last_n:  # the padding, worked out once per packet size
                 last_n = n
-                pad = -n & 15
-                if pad and mtu is not None and n + pad > mtu >= n:
-                    pad = mtu - n
+                pad = padding_length(n, mtu)
                 padding = zeros[:pad]
                 size = n + pad + 32
             if padding:
@@ -695,7 +709,7 @@ class Device:
         lookup = self.allowed_ips.lookup
         deliver = out.packets.append
         drops = self.drops
-        u16be = _u16be
+        inner_header = _inner_header
         nonce = aead_nonce
         unpack = _unpack_transport
         transport, min_len = MESSAGE_TRANSPORT_DATA, TRANSPORT_MIN_LEN
@@ -761,48 +775,47 @@ class Device:
             if not plain:
                 continue  # a keepalive
             data_count += 1
-            # The inner packet checks of _receive_transport.
-            n = len(plain)
-            first = plain[0]
-            if (
-                first >> 4 == 4
-                and n >= 20
-                and first & 15 >= 5
-                and 20 <= (length := u16be(plain, 2)[0]) <= n
-            ):
-                src = plain[12:16]
-            elif first >> 4 == 6 and n >= 40 and (length := 40 + u16be(plain, 4)[0]) <= n:
-                src = plain[8:24]
-            else:
+            inner = inner_header(plain)
+            if inner is None:
                 drops[Drop.INVALID_INNER_PACKET] += 1
                 continue
+            length, src = inner
             if src != allowed_src:
                 if lookup(src) is not peer:
                     drops[Drop.ALLOWED_IPS_MISMATCH] += 1
                     continue
                 allowed_src = src
-            deliver(plain if length == n else plain[:length])
+            deliver(plain if length == len(plain) else plain[:length])
         if rx:
             self._received_run(peer, keypair, rx, data_count, now, out)  # type: ignore[arg-type]
         return out
 
     def _received_run(
-        self, peer: Peer, keypair: Keypair, rx: int, data_count: int, now: float, out: Effects
+        self,
+        peer: Peer,
+        current: Keypair | None,
+        rx: int,
+        data_count: int,
+        now: float,
+        out: Effects,
     ) -> None:
-        """What _receive_transport does after each authenticated packet, for a
-        run of them (*rx* bytes, *data_count* of them not keepalives) on the
-        current keypair from the known endpoint, all at *now*."""
+        """What every authenticated transport packet does to counters and
+        timers, for one or a run of them (*rx* bytes, *data_count* of them not
+        keepalives) all at *now*; *current* is the peer's current keypair."""
         peer.rx_bytes += rx
         timers = peer.timers
+        # keep_key_fresh (receive side): an initiator whose keypair nears
+        # REJECT_AFTER_TIME starts a handshake once, before it is too late.
         if (
-            keypair.is_initiator
-            and now - keypair.created >= _LASTMINUTE_AGE
+            current is not None
+            and current.is_initiator
+            and now - current.created >= _LASTMINUTE_AGE
             and not timers.sent_lastminute_handshake
-            and keypair.sending_valid
+            and current.sending_valid
         ):
             timers.sent_lastminute_handshake = True
             self._send_initiation(peer, now, out, is_retry=False)
-        timers.new_handshake = None
+        timers.new_handshake = None  # on_authenticated_packet_received
         if timers.persistent_keepalive_interval:
             timers.on_authenticated_packet_traversal(now)
         if data_count:
@@ -989,56 +1002,23 @@ class Device:
             self.drops[Drop.REPLAYED_COUNTER] += 1
             return
         # Authenticated from here on.
-        peer.rx_bytes += len(data)
         if peer.endpoint != source:
             self._set_endpoint(peer, source, out)
-        timers = peer.timers
         if keypair is peer.next:
             self._confirmed(peer, keypair, now, out)
-        # keep_key_fresh (receive side): an initiator whose keypair nears
-        # REJECT_AFTER_TIME starts a handshake once, before it is too late.
-        current = peer.current
-        if (
-            current is not None
-            and current.is_initiator
-            and now - current.created >= _LASTMINUTE_AGE
-            and not timers.sent_lastminute_handshake
-            and current.sending_valid
-        ):
-            timers.sent_lastminute_handshake = True
-            self._send_initiation(peer, now, out, is_retry=False)
-        timers.new_handshake = None  # on_authenticated_packet_received
-        if timers.persistent_keepalive_interval:
-            timers.on_authenticated_packet_traversal(now)
+        self._received_run(peer, peer.current, len(data), 1 if plain else 0, now, out)
         if plain:
-            if timers.send_keepalive is None:
-                timers.on_data_received(now)
-            else:
-                timers.need_another_keepalive = True
-            # A well-formed IPv4/IPv6 header whose length fits (kernel
-            # receive.c), then cryptokey routing inbound: the inner source must
-            # be one of this peer's allowed IPs, or a peer could spoof another.
-            n = len(plain)
-            version = plain[0] >> 4
-            if version == 4 and n >= 20:
-                length = _u16be(plain, 2)[0]
-                if length > n or length < 20 or (plain[0] & 15) < 5:
-                    self.drops[Drop.INVALID_INNER_PACKET] += 1
-                    return
-                src = plain[12:16]
-            elif version == 6 and n >= 40:
-                length = 40 + _u16be(plain, 4)[0]
-                if length > n:
-                    self.drops[Drop.INVALID_INNER_PACKET] += 1
-                    return
-                src = plain[8:24]
-            else:
+            # Cryptokey routing inbound: the inner source must be one of this
+            # peer's allowed IPs, or a peer could spoof another.
+            inner = _inner_header(plain)
+            if inner is None:
                 self.drops[Drop.INVALID_INNER_PACKET] += 1
                 return
+            length, src = inner
             if self.allowed_ips.lookup(src) is not peer:
                 self.drops[Drop.ALLOWED_IPS_MISMATCH] += 1
                 return
-            out.packets.append(plain if length == n else plain[:length])
+            out.packets.append(plain if length == len(plain) else plain[:length])
 
     def _confirmed(self, peer: Peer, keypair: Keypair, now: float, out: Effects) -> None:
         """The initiator sent on our ``next`` keypair: it has our response, so

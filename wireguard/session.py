@@ -31,6 +31,16 @@ _pack_header = _header.pack
 _ZEROS = bytes(MESSAGE_PADDING_MULTIPLE)
 
 
+def padding_length(n: int, mtu: int | None) -> int:
+    """Zero bytes to add to an *n*-byte packet: up to a multiple of 16, but
+    never beyond the MTU (kernel send.c calculate_skb_padding), so padding
+    cannot make a packet that fits the tunnel too big for it."""
+    pad = -n & 15
+    if pad and mtu is not None and n + pad > mtu >= n:
+        pad = mtu - n
+    return pad
+
+
 class KeypairExhausted(LocalProtocolError):
     """The keypair may not send any more (too old or too many messages)."""
 
@@ -85,14 +95,8 @@ class Keypair:
             self.sending_valid = False
             raise KeypairExhausted("keypair may not send any more")
         self.send_counter = counter + 1
-        n = len(packet)
-        if n & 15:
-            # Zero padding to a multiple of 16, but never beyond the MTU (kernel
-            # send.c calculate_skb_padding), so padding cannot make a packet that
-            # fits the tunnel too big for it.
-            pad = 16 - (n & 15)
-            if mtu is not None and n + pad > mtu >= n:
-                pad = mtu - n
+        pad = padding_length(len(packet), mtu)
+        if pad:
             packet += _ZEROS[:pad]
         return _pack_header(
             MESSAGE_TRANSPORT_DATA, self.remote_index, counter
