@@ -51,6 +51,7 @@ import enum
 import struct
 from bisect import insort
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -98,6 +99,7 @@ _WRAP: Final = 0x100000000
 
 _HDR = struct.Struct("!HHIIBBHHH")
 _SACK_BLOCK = struct.Struct("!II")
+_DUPTHRESH = 3  # duplicate ACKs (or segments SACKed above a hole) that mean loss
 _MIN_PTO = 0.01  # tail loss probe: the least probe timeout, as Linux
 _DELAYED_ACK_ALLOWANCE = 0.2  # RFC 8985 WCDelAckT: a peer may delay an ACK this long
 
@@ -265,16 +267,14 @@ class TcpSegment:
         )
 
 
-def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None, bool]:
-    """MSS, window scale and SACK-permitted from the option list (RFC 9293 3.2,
-    RFC 7323 2.2, RFC 2018 2)."""
-    mss = wscale = None
-    sack_ok = False
+def _options(data: bytes, end: int) -> Iterator[tuple[int, int, int]]:
+    """(kind, offset, length) of each option in the header's option list
+    (RFC 9293 3.1), up to end-of-list; MalformedPacketError if it overruns."""
     i = 20
     while i < end:
         kind = data[i]
         if kind == 0:  # end of option list
-            break
+            return
         if kind == 1:  # no-operation
             i += 1
             continue
@@ -283,35 +283,34 @@ def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None, bool]
         length = data[i + 1]
         if length < 2 or i + length > end:
             raise MalformedPacketError("TCP option length invalid")
+        yield kind, i, length
+        i += length
+
+
+def _parse_options(data: bytes, end: int) -> tuple[int | None, int | None, bool]:
+    """MSS, window scale and SACK-permitted from the option list (RFC 9293 3.2,
+    RFC 7323 2.2, RFC 2018 2)."""
+    mss = wscale = None
+    sack_ok = False
+    for kind, i, length in _options(data, end):
         if kind == 2 and length == 4:
             mss = (data[i + 2] << 8) | data[i + 3]
         elif kind == 3 and length == 3:
             wscale = data[i + 2]
         elif kind == 4 and length == 2:
             sack_ok = True
-        i += length
     return mss, wscale, sack_ok
 
 
 def _parse_sack(data: bytes, end: int) -> list[tuple[int, int]] | None:
     """The SACK blocks of a non-SYN segment (RFC 2018 3), None if it has none.
-    Other options are skipped; a malformed option list yields no blocks."""
-    i = 20
-    while i < end:
-        kind = data[i]
-        if kind == 0:
-            break
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= end:
-            return None
-        length = data[i + 1]
-        if length < 2 or i + length > end:
-            return None
-        if kind == 5 and length >= 10 and (length - 2) % 8 == 0:
-            return [_SACK_BLOCK.unpack_from(data, j) for j in range(i + 2, i + length, 8)]
-        i += length
+    A malformed option list yields no blocks (the segment itself stands)."""
+    try:
+        for kind, i, length in _options(data, end):
+            if kind == 5 and length >= 10 and (length - 2) % 8 == 0:
+                return [_SACK_BLOCK.unpack_from(data, j) for j in range(i + 2, i + length, 8)]
+    except MalformedPacketError:
+        pass
     return None
 
 
@@ -1141,7 +1140,7 @@ class TcpConnection:
             self._stack._want_output(self)
             return
         self._dupacks += 1
-        threshold = 3
+        threshold = _DUPTHRESH
         if self._sack and self._sndbuf_seq + len(self._sndbuf) <= self.snd_nxt:
             # Early Retransmit (RFC 5827 3.2, SACK variant): with nothing new to
             # send and fewer than four segments outstanding, three duplicates
@@ -1151,7 +1150,7 @@ class TcpConnection:
                 threshold = max(outstanding - 1, 1)
         if self._dupacks < threshold and not (
             # RFC 6675 5: or IsLost(HighACK + 1), by the SACKed octets above it.
-            self._sack and self._sacked_above(self.snd_una) > 2 * self.smss
+            self._sack and self._sacked_above(self.snd_una) > self._lost_octets
         ):
             # Limited Transmit (RFC 3042): each of the first two duplicate ACKs
             # lets one new segment out beyond cwnd (see _output), so a small
@@ -1224,12 +1223,18 @@ class TcpConnection:
         self._undo = None
         self._undo_ok = False
 
+    @property
+    def _lost_octets(self) -> int:
+        """RFC 6675 IsLost(): more than (DupThresh - 1) * SMSS octets SACKed
+        above a hole make it lost."""
+        return (_DUPTHRESH - 1) * self.smss
+
     def _lost_edge(self) -> int:
         """RFC 6675 IsLost(), by octets: every hole below the returned
         sequence number has more than (DupThresh - 1) * SMSS octets SACKed
         above it and counts as lost; holes above it may just be reordered."""
         above = 0
-        threshold = 2 * self.smss  # (DupThresh - 1) * SMSS, DupThresh = 3
+        threshold = self._lost_octets
         for left, right in reversed(self._sacked):
             above += right - left
             if above > threshold:
@@ -1261,50 +1266,62 @@ class TcpConnection:
         mark = self._una_rxt
         if mark is None or mark[0] != self.snd_una:
             return False
-        return self._sacked_above(mark[1]) > 2 * self.smss
+        return self._sacked_above(mark[1]) > self._lost_octets
 
-    def _pipe(self) -> int:
+    def _pipe(self, lost_edge: int) -> int:
         """RFC 6675 SetPipe(): the octets not SACKed that are either not lost
-        or were retransmitted in this recovery (each counted once)."""
+        (at or above *lost_edge*, see _lost_edge) or were retransmitted in
+        this recovery (each counted once)."""
         una = self.snd_una
-        lost_edge = self._lost_edge()
         pipe = self._unsacked(lost_edge, self.snd_max)
         rxt_end = self._high_rxt if self._high_rxt < lost_edge else lost_edge
         if rxt_end > una:
             pipe += self._unsacked(una, rxt_end)
         return pipe
 
-    def _retransmit_hole(self, room: int) -> int:
+    def _retransmit_hole(self, room: int, lost_edge: int) -> int:
         """Retransmit up to *room* octets (at most a segment) of the first lost
-        hole at or above HighRxt (RFC 6675 NextSeg rule 1: not acknowledged,
-        not SACKed, IsLost). Returns the octets sent, 0 if there was none."""
+        hole (below *lost_edge*) at or above HighRxt (RFC 6675 NextSeg rule 1:
+        not acknowledged, not SACKed, IsLost). Returns the octets sent, 0 if
+        there was none."""
         start = self._high_rxt if self._high_rxt > self.snd_una else self.snd_una
-        lost_edge = self._lost_edge()
         for left, right in self._sacked:
             if start >= lost_edge:
                 break
             if start < left:
                 end = min(start + self.smss, start + room, left)
-                self._rtt_seq = None  # Karn
-                self.retransmits += 1
-                self._stack.stats.tcp_retransmits += 1
-                off = start - self._sndbuf_seq
-                self._emit(start, ACK, bytes(self._sndbuf[off : off + end - start]))
-                self._high_rxt = end
-                if start == self.snd_una:
-                    self._una_rxt = (start, self.snd_max)
-                if self._undo is not None:
-                    self._undo_pending.add(start)
+                self._resend(start, end)
+                self._note_repair(start, end)
                 return end - start
             if start < right:
                 start = right
         return 0
 
-    def _retransmit_first(self) -> None:
-        """Send again the segment at SND.UNA (fast retransmit and partial ACKs)."""
+    def _count_retransmission(self) -> None:
         self._rtt_seq = None  # Karn: never time a retransmitted segment
         self.retransmits += 1
         self._stack.stats.tcp_retransmits += 1
+
+    def _resend(self, start: int, end: int) -> None:
+        """Send octets [start, end) of the send buffer again."""
+        self._count_retransmission()
+        off = start - self._sndbuf_seq
+        self._emit(start, ACK, bytes(self._sndbuf[off : off + end - start]))
+
+    def _note_repair(self, start: int, end: int) -> None:
+        """What a recovery keeps of a retransmission of [start, end): HighRxt,
+        the mark a lost retransmission at SND.UNA is found by, and the
+        segments an undo waits to see reported twice."""
+        if end > self._high_rxt:
+            self._high_rxt = end
+        if start == self.snd_una:
+            self._una_rxt = (start, self.snd_max)
+        if self._undo is not None:
+            self._undo_pending.add(start)
+
+    def _retransmit_first(self) -> None:
+        """Send again the segment at SND.UNA (fast retransmit and partial ACKs)."""
+        self._count_retransmission()
         off = self.snd_una - self._sndbuf_seq
         if off < 0:  # SYN not acknowledged: nothing of ours to retransmit here
             return
@@ -1313,11 +1330,7 @@ class TcpConnection:
         # is unacceptable (RFC 9293 3.10.7.4), which would wedge the connection.
         sent = self.snd_max - self.snd_una
         data = self._sndbuf[off : off + (self.smss if self.smss < sent else sent)]
-        if self.snd_una + len(data) > self._high_rxt:
-            self._high_rxt = self.snd_una + len(data)
-        self._una_rxt = (self.snd_una, self.snd_max)
-        if self._undo is not None:
-            self._undo_pending.add(self.snd_una)
+        self._note_repair(self.snd_una, self.snd_una + len(data))
         flags = ACK
         data_end = self._sndbuf_seq + len(self._sndbuf)
         if self._fin_queued and off + len(data) == len(self._sndbuf) and self.snd_max > data_end:
@@ -1485,11 +1498,7 @@ class TcpConnection:
             start = max(self.snd_una, end - self.smss)
             if end <= start:
                 return  # only a FIN is out: the RTO takes care of it
-            self._rtt_seq = None  # Karn
-            self.retransmits += 1
-            self._stack.stats.tcp_retransmits += 1
-            off = start - self._sndbuf_seq
-            self._emit(start, ACK, bytes(self._sndbuf[off : off + end - start]))
+            self._resend(start, end)
         self._rto_at = now + self.rto  # RFC 8985 7.3: the RTO after the probe
 
     def _rto_expired(self, now: float) -> None:
@@ -1592,13 +1601,14 @@ class TcpConnection:
             if self._in_recovery and self._sack:
                 # RFC 6675 5 step 4: while cwnd - pipe >= 1 SMSS, holes first
                 # (NextSeg rule 1), then new data (rule 2) within the window.
-                room = cwnd - self._pipe()
+                lost_edge = self._lost_edge()
+                room = cwnd - self._pipe(lost_edge)
                 if room >= smss and self._una_rxt_lost():
                     # The retransmission at SND.UNA was lost as well: again.
                     self._retransmit_first()
                     room -= smss
                     sent = True
-                while room >= smss and (n := self._retransmit_hole(room)):
+                while room >= smss and (n := self._retransmit_hole(room, lost_edge)):
                     room -= n
                     sent = True
                 if room < 0:
