@@ -36,9 +36,8 @@ _WORD_SHIFT = 6
 _WORDS = COUNTER_BITS_TOTAL // _WORD_BITS
 _WORD_MASK = _WORDS - 1
 _RING_BYTES = COUNTER_BITS_TOTAL // 8
-_BYTE_MASK = _RING_BYTES - 1
 #: The mask that turns a (shifted) counter into its byte of the ring.
-BYTE_MASK = _BYTE_MASK
+BYTE_MASK = _RING_BYTES - 1
 _ZEROS = bytes(_RING_BYTES)
 
 assert _WORDS & _WORD_MASK == 0, "the ring length must be a power of two"
@@ -92,7 +91,7 @@ class ReplayWindow:
             return False
         bitmap = self.bitmap
         assert bitmap is not None  # current > 0, so a packet was recorded
-        return not (bitmap[(shifted >> 3) & _BYTE_MASK] >> (shifted & 7)) & 1
+        return not (bitmap[(shifted >> 3) & BYTE_MASK] >> (shifted & 7)) & 1
 
     def update(self, counter: int) -> bool:
         """Accept and record ``counter``; False (and no change) if it is rejected.
@@ -113,7 +112,7 @@ class ReplayWindow:
             and bitmap is not None
         ):
             self.counter = shifted
-            bitmap[(shifted >> 3) & _BYTE_MASK] |= 1 << (shifted & 7)
+            bitmap[(shifted >> 3) & BYTE_MASK] |= 1 << (shifted & 7)
             return True
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
@@ -144,13 +143,13 @@ class ReplayWindow:
             # The bit is necessarily clear: its word was either just cleared or
             # is the current word, which holds only counters <= the old maximum.
             # This is the kernel's test_and_set_bit, which here always succeeds.
-            bitmap[(shifted >> 3) & _BYTE_MASK] |= 1 << (shifted & 7)
+            bitmap[(shifted >> 3) & BYTE_MASK] |= 1 << (shifted & 7)
             return True
         if shifted + COUNTER_WINDOW_SIZE < current:
             return False
         bitmap = self.bitmap
         assert bitmap is not None  # current > 0, so a packet was recorded
-        byte = (shifted >> 3) & _BYTE_MASK
+        byte = (shifted >> 3) & BYTE_MASK
         bit = 1 << (shifted & 7)
         old = bitmap[byte]
         if old & bit:

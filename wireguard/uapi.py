@@ -330,7 +330,7 @@ class UAPI:
         """The answer to ``get=1``: the interface, then each peer."""
         device = self.device
         lines: list[str] = []
-        if any(device.private_key.raw):
+        if device.has_identity:
             lines.append(f"private_key={device.private_key.to_hex()}")
         if device.listen_port:
             lines.append(f"listen_port={device.listen_port}")
