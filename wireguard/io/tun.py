@@ -568,16 +568,21 @@ class NetlinkConfig:
     table: int | None = None
     rules: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
 
-    def undo(self) -> None:
+    def undo(self) -> int:
+        """Delete the rules (routes and addresses went with the link); how
+        many were still there to delete."""
         if not self.rules:
-            return
+            return 0
         from pyroute2 import IPRoute
 
+        removed = 0
         with IPRoute() as ipr:
             for rule in reversed(self.rules):
                 with contextlib.suppress(Exception):
                     ipr.rule("del", **rule)
+                    removed += 1
         self.rules.clear()
+        return removed
 
 
 def _is_default(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

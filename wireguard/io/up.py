@@ -363,6 +363,15 @@ def run_foreground(
     return 0
 
 
+def _write_run_file(path: str, text: str) -> None:
+    """Write a file of /var/run/wireguard whole or not at all."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 class Service:
     """One interface, from creation to teardown, in the running event loop."""
 
@@ -382,13 +391,13 @@ class Service:
         name, config = self.name, self.config
         tun = iface = netlink = pump = None
         pid_written = up = False
-        hooks = config.interface
+        settings = config.interface
         try:
             try:
                 device = await device_from_config(config)
             except OSError as exc:
                 raise UpError(f"endpoint: {exc}") from None
-            await self._hooks("PreUp", hooks.pre_up)
+            await self._hooks("PreUp", settings.pre_up)
             tun = Tun.create(name)
             iface = Interface(name, device, listen_port=config.interface.listen_port or 0)
             try:
@@ -414,7 +423,7 @@ class Service:
             pump = TunPump(tun, iface.tunnel)
             pump.on_error = lambda exc: self.stopping.set()
             pump.start(loop)
-            await self._hooks("PostUp", hooks.post_up)
+            await self._hooks("PostUp", settings.post_up)
             up = True
             self._write_pid_file()
             pid_written = True
@@ -428,7 +437,7 @@ class Service:
             log.info("shutting down")
         finally:
             if up:
-                await self._hooks("PreDown", hooks.pre_down, fatal=False)
+                await self._hooks("PreDown", settings.pre_down, fatal=False)
             if pump is not None:
                 pump.stop()
             if netlink is not None:
@@ -442,7 +451,7 @@ class Service:
             if tun is not None:
                 tun.close()
             if up:
-                await self._hooks("PostDown", hooks.post_down, fatal=False)
+                await self._hooks("PostDown", settings.post_down, fatal=False)
             if pid_written:
                 self._remove_pid_file()
 
@@ -467,19 +476,12 @@ class Service:
                 log.error("%s", message)
 
     def _write_rules(self, rules: list[dict]) -> None:  # type: ignore[type-arg]
-        path = rules_path(self.name)
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"netns": _netns_id(), "pid": os.getpid(), "rules": rules}, f)
+        noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules}
+        _write_run_file(rules_path(self.name), json.dumps(noted))
 
     def _write_pid_file(self) -> None:
         pid = os.getpid()
-        path = pid_path(self.name)
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        tmp = f"{path}.{pid}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{pid} {_proc_start_time(pid)}\n")
-        os.replace(tmp, path)
+        _write_run_file(pid_path(self.name), f"{pid} {_proc_start_time(pid)}\n")
 
     def _remove_pid_file(self) -> None:
         path = pid_path(self.name)
@@ -561,17 +563,11 @@ def _remove_stale_rules(name: str) -> list[str]:
         )
         return []
     try:
-        from pyroute2 import IPRoute
-    except ImportError:
+        from .tun import NetlinkConfig
+
+        count = NetlinkConfig(name, 0, rules=list(noted.get("rules", []))).undo()
+    except ImportError:  # no pyroute2
         return []
-    count = 0
-    with IPRoute() as ipr:
-        for rule in reversed(noted.get("rules", [])):
-            try:
-                ipr.rule("del", **rule)
-                count += 1
-            except Exception:  # already gone
-                pass
     with contextlib.suppress(OSError):
         os.unlink(path)
     return [f"{count} policy rule(s)"] if count else []
