@@ -209,3 +209,36 @@ def test_walkthrough_keys_agree():
     w = run(now=1_700_000_000.0)
     assert w.keys_agree
     assert len(w.initiation) == 148 and len(w.response) == 92
+
+
+def test_handshake_objects_keep_their_keys_out_of_repr():
+    """A HandshakeResult, the states and the keypair built from it may end up
+    in a log line or a traceback: none of their reprs shows a key."""
+    from wireguard.session import Keypair
+
+    initiation, initiator = _golden_handshake()
+    consumed = consume_initiation(initiation, static_private=h("responder_static_private"))
+    response, r_result = create_response(
+        consumed,
+        psk=h("preshared_key"),
+        sender_index=INPUTS["responder_index"],
+        ephemeral_private=h("responder_ephemeral_private"),
+        cookies=CookieGenerator(dh_public(h("initiator_static_private"))),
+        now=0.0,
+    )
+    i_result = consume_response(response, initiator, INPUTS["initiator_index"])
+    secrets = [
+        bytes.fromhex(GOLDEN["transport_key_initiator_to_responder"]),
+        bytes.fromhex(GOLDEN["transport_key_responder_to_initiator"]),
+        h("preshared_key"),
+        h("initiator_static_private"),
+        h("responder_static_private"),
+        h("responder_ephemeral_private"),
+        initiator.state.ck,
+    ]
+    objects = [i_result, r_result, initiator.transport_keys, initiator.state, consumed,
+               consumed.responder.state, Keypair(i_result, 0.0)]  # fmt: skip
+    for obj in objects:
+        text = repr(obj)
+        for secret in secrets:
+            assert secret.hex() not in text and repr(secret)[2:-1] not in text, (obj, text)

@@ -12,7 +12,7 @@ from noise.connection import Keypair, NoiseConnection
 from tests.conftest import load_vector
 from wireguard.constants import CONSTRUCTION, IDENTIFIER
 from wireguard.crypto import dh_generate, dh_public, tai64n
-from wireguard.errors import DecryptionError, LocalProtocolError
+from wireguard.errors import DecryptionError, InvalidDHError, LocalProtocolError
 from wireguard.noise import CipherState, Initiator, Responder, Trace
 
 VECTORS = load_vector("noise_ik_blake2s.json")["vectors"]
@@ -155,3 +155,41 @@ def test_trace_records_every_token_with_chaining_key_and_hash():
 def test_read_response_without_initiation():
     with pytest.raises(LocalProtocolError):
         Initiator(dh_generate(), dh_public(dh_generate())).read_response(bytes(48))
+
+
+@pytest.mark.parametrize("psk", [bytes(32), os.urandom(32)], ids=["zero-psk", "psk"])
+def test_a_failed_response_leaves_the_initiator_as_it_was(psk):
+    """A forged message 2 (anyone can send one) must not cost the genuine
+    response: the kernel's consume_response works on copies of hash and
+    chaining key. The genuine answer comes from the independent reference."""
+    si, sr, ei, er = (dh_generate() for _ in range(4))
+    trace = Trace("initiator")
+    ours = Initiator(si, dh_public(sr), psk=psk, trace=trace)
+    theirs = _reference(False, sr, None, psk, er)
+    theirs.read_message(ours.write_initiation(ei, tai64n(1_700_000_002.0)))
+    before = (ours.state.ck, ours.state.h, ours.state.k, ours.state.n, ours.re, len(trace.steps))
+    for forged in (dh_public(dh_generate()) + os.urandom(16), bytes(48)):
+        with pytest.raises(Exception) as info:
+            ours.read_response(forged)
+        assert isinstance(info.value, (DecryptionError, InvalidDHError))
+        after = (ours.state.ck, ours.state.h, ours.state.k, ours.state.n, ours.re)
+        assert after + (len(trace.steps),) == before
+        assert ours.transport_keys is None and ours.trace is trace
+    assert ours.read_response(theirs.write_message(b"")) == b""
+    assert ours.transport_keys.handshake_hash == theirs.get_handshake_hash()
+
+
+def test_reprs_show_no_secrets():
+    si, sr = dh_generate(), dh_generate()
+    trace = Trace("initiator")
+    ours = Initiator(si, dh_public(sr), psk=os.urandom(32), trace=trace)
+    responder = Responder(sr)
+    responder.read_initiation(ours.write_initiation(dh_generate(), b"x" * 12))
+    state = ours.state
+    secrets = [state.ck, state.k, si]
+    for step in trace:
+        secrets += [v for k, v in step.values if k in ("k", "dh", "ck")]
+    texts = [repr(state), repr(trace), *(repr(step) for step in trace)]
+    for text in texts:
+        for secret in secrets:
+            assert secret.hex() not in text and repr(secret) not in text

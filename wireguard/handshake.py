@@ -18,7 +18,7 @@ from .messages import Initiation, Response
 from .noise import Initiator, Responder, Trace
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class HandshakeResult:
     """Transport keys and indices of one side after the handshake.
 
@@ -31,6 +31,13 @@ class HandshakeResult:
     remote_index: int
     is_initiator: bool
     handshake_hash: bytes
+
+    def __repr__(self) -> str:
+        # The two keys are the session: never in a log or a traceback.
+        return (
+            f"<HandshakeResult local_index={self.local_index} remote_index={self.remote_index}"
+            f" is_initiator={self.is_initiator} handshake_hash={self.handshake_hash.hex()}>"
+        )
 
 
 def create_initiation(
@@ -114,12 +121,20 @@ def create_response(
     return cookies.add_macs(msg, now), result
 
 
-def consume_response(data: bytes, initiator: Initiator, local_index: int) -> HandshakeResult:
-    """Open message 2 with the state of our initiation; raises on failure."""
+def consume_response(
+    data: bytes, initiator: Initiator, local_index: int, *, trace: Trace | None = None
+) -> HandshakeResult:
+    """Open message 2 with the state of our initiation; raises on failure,
+    and *initiator* is then unchanged (a forged response costs nothing).
+    *trace*, if given, records the attempt (else the initiator's own trace)."""
     msg = Response.parse(data)
     if msg.receiver_index != local_index:
         raise HandshakeError("response is not for our initiation")
-    payload = initiator.read_response(msg.noise_body)
+    payload = (
+        initiator.read_response(msg.noise_body)
+        if trace is None
+        else initiator.read_response(msg.noise_body, trace=trace)
+    )
     if payload:  # pragma: no cover - the message size fixes an empty payload
         raise HandshakeError("response payload must be empty")
     keys = initiator.transport_keys

@@ -53,6 +53,11 @@ class TraceStep:
     name: str
     values: tuple[tuple[str, bytes], ...]
 
+    def __repr__(self) -> str:
+        # The values are secrets (keys, DH results): shown by format(), on
+        # purpose, never by a repr that lands in a log or a traceback.
+        return f"<TraceStep {self.name!r}: {', '.join(k for k, _ in self.values)}>"
+
     def get(self, key: str) -> bytes | None:
         for k, v in self.values:
             if k == key:
@@ -67,6 +72,9 @@ class Trace:
 
     role: str = ""
     steps: list[TraceStep] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"<Trace {self.role!r}, {len(self.steps)} steps>"
 
     def add(self, name: str, **values: bytes) -> None:
         self.steps.append(TraceStep(name, tuple(values.items())))
@@ -93,7 +101,7 @@ def initial_chaining_key(protocol_name: bytes) -> bytes:
     return hash_(protocol_name)
 
 
-@dataclass
+@dataclass(repr=False)
 class SymmetricState:
     """ck, h and the current cipher key with its nonce (Noise CipherState
     folded in: in this pattern every key is used at nonce 0 only, but the
@@ -104,6 +112,15 @@ class SymmetricState:
     k: bytes | None = None
     n: int = 0
     trace: Trace | None = None
+
+    def __repr__(self) -> str:
+        # ck and k are secrets; h is not, but is of no use in a log either.
+        return f"<SymmetricState n={self.n} key={'set' if self.k is not None else 'none'}>"
+
+    def copy(self) -> SymmetricState:
+        """An independent copy, to try a message on without touching this
+        state (bytes are immutable, so a shallow copy is a full one)."""
+        return SymmetricState(self.ck, self.h, self.k, self.n, self.trace)
 
     @classmethod
     def initialize(
@@ -157,7 +174,7 @@ class SymmetricState:
 # --- the handshake -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TransportKeys:
     """The outcome of a handshake for one side: what it sends and receives
     with, and the final handshake hash (Noise's channel binding)."""
@@ -165,6 +182,9 @@ class TransportKeys:
     sending_key: bytes
     receiving_key: bytes
     handshake_hash: bytes
+
+    def __repr__(self) -> str:
+        return f"<TransportKeys handshake_hash={self.handshake_hash.hex()}>"
 
 
 class CipherState:
@@ -187,6 +207,14 @@ class CipherState:
             raise DecryptionError("transport tag did not verify") from None
         self.n += 1
         return pt
+
+
+class _Same:
+    """The default of :meth:`Initiator.read_response`'s *trace*: keep recording
+    into the initiator's own trace."""
+
+
+_SAME = _Same()
 
 
 def _as_key(key: bytes | DHPrivateKey) -> DHPrivateKey:
@@ -354,21 +382,36 @@ class Initiator(_Handshake):
         )
         return e_pub + enc_static + enc_payload
 
-    def read_response(self, message: bytes) -> bytes:
-        """<- e, ee, se, psk, then the payload. Raises on any failure, and
-        the state is then unusable (a new initiation must be written)."""
-        st = self.state
-        if st is None or self.e is None:
+    def read_response(self, message: bytes, *, trace: Trace | _Same | None = _SAME) -> bytes:
+        """<- e, ee, se, psk, then the payload. Raises on any failure and then
+        leaves this initiator exactly as it was, so the genuine response can
+        still be read after a forged one (the kernel's
+        ``wg_noise_handshake_consume_response`` works on copies of the hash
+        and chaining key, and writes them back only once the tag verified).
+        *trace* records this attempt (default: the initiator's own trace,
+        which a failed attempt leaves as it was)."""
+        if self.state is None or self.e is None:
             raise LocalProtocolError("no initiation was written")
         if len(message) < KEY_LEN + TAG_LEN:
             raise MessageFormatError("handshake response too short")
         message = bytes(message)
-        self._token_e_in(message[:KEY_LEN])
-        self._token_dh("ee", self.e, message[:KEY_LEN], "E_pub_r/E_priv_i")
-        self._token_dh("se", self.s, message[:KEY_LEN], "E_pub_r/S_priv_i")
-        if self.psk is not None:
-            self._token_psk()
-        payload = st.decrypt_and_hash(message[KEY_LEN:])
+        saved_state, saved_re, saved_trace = self.state, self.re, self.trace
+        record = saved_trace if isinstance(trace, _Same) else trace
+        recorded = len(record.steps) if record is not None else 0
+        self.state = st = saved_state.copy()
+        st.trace = self.trace = record
+        try:
+            self._token_e_in(message[:KEY_LEN])
+            self._token_dh("ee", self.e, message[:KEY_LEN], "E_pub_r/E_priv_i")
+            self._token_dh("se", self.s, message[:KEY_LEN], "E_pub_r/S_priv_i")
+            if self.psk is not None:
+                self._token_psk()
+            payload = st.decrypt_and_hash(message[KEY_LEN:])
+        except BaseException:
+            self.state, self.re, self.trace = saved_state, saved_re, saved_trace
+            if record is not None and record is saved_trace:
+                del record.steps[recorded:]
+            raise
         self._t(
             "payload: AEAD-open(k, 0, enc, h); h = HASH(h || enc)", enc_payload=message[KEY_LEN:]
         )
