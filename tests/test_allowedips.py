@@ -43,10 +43,11 @@ class Model:
         self.entries: list[tuple[Network, Peer]] = []
 
     def insert(self, network: Network, peer: Peer) -> None:
-        for index, (net, owner) in enumerate(self.entries):
+        # Inserted again, for its own peer or another, a prefix goes to the
+        # end of its peer's list (kernel allowedips.c add(): list_move_tail;
+        # wireguard-go allowedips.go insert()).
+        for index, (net, _) in enumerate(self.entries):
             if net == network:
-                if owner is peer:
-                    return
                 del self.entries[index]
                 break
         self.entries.append((network, peer))

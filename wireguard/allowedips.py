@@ -14,7 +14,8 @@ Semantics follow the kernel and ``wg``:
 
 - host bits are masked off on insert (``10.0.0.1/24`` is stored as
   ``10.0.0.0/24``), as ``wg_allowedips_insert_v4`` does;
-- a prefix belongs to exactly one peer: inserting it for another peer moves it;
+- a prefix belongs to exactly one peer: inserting it for another peer moves it,
+  and inserting it again moves it to the end of its peer's list;
 - IPv4 and IPv6 are separate tables: ``::ffff:10.0.0.1`` is an IPv6 address and
   never matches ``10.0.0.0/8`` (an IPv6 packet is routed by its IPv6 header);
 - values are compared by identity (``is``), never with ``==``, so a peer type
@@ -131,8 +132,10 @@ class AllowedIPs(Generic[V]):
         """Route ``network`` to ``value``, taking it from any other value.
 
         Host bits are masked off, as the kernel does (``10.0.0.1/24`` becomes
-        ``10.0.0.0/24``). Inserting a prefix its value already owns is a no-op
-        and keeps its place in :meth:`entries_for`.
+        ``10.0.0.0/24``). A prefix inserted again, for its own value or
+        another, goes to the end of that value's :meth:`entries_for`, as the
+        kernel's ``list_move_tail`` in allowedips.c and wireguard-go's
+        ``insert`` do.
         """
         if value is None:
             raise LocalProtocolError("None cannot be routed to: it means 'no match'")
@@ -143,8 +146,6 @@ class AllowedIPs(Generic[V]):
             table = family.tables[length] = {}
             family.rescan()
         old = table.get(key)
-        if old is value:
-            return
         if old is None:
             self._count += 1
         else:
