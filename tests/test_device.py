@@ -16,6 +16,7 @@ from wireguard.constants import (
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT,
 )
 from wireguard.crypto import seeded_random
 from wireguard.device import (
@@ -27,7 +28,8 @@ from wireguard.device import (
     KeypairRotated,
     PeerExpired,
 )
-from wireguard.keys import PresharedKey
+from wireguard.keys import PresharedKey, PublicKey
+from wireguard.keys import PrivateKey as PrivateKeyT
 from wireguard.timers import PeerTimers
 
 
@@ -710,3 +712,275 @@ def test_send_packets_byte_for_byte_as_one_by_one(c_established, packets):
         ]
         results.append((out.datagrams, out.events, dict(a.device.drops), peers))
     assert results[0] == results[1]
+
+
+# --- hardening: forged responses, low-order keys, kernel alignment -------------
+#
+# Each test names the kernel function (drivers/net/wireguard/) whose behaviour
+# it pins down.
+
+# A point of order 8 on Curve25519 (RFC 7748 section 5 and Wycheproof's
+# x25519 low-order cases): every DH with it gives all zeros.
+LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+
+
+def kinds_sent(net, node, start=0):
+    return [d[0] for _, s, _, d in net.tap[start:] if s == node.address]
+
+
+def forged_response(initiation: bytes, responder_public) -> bytes:
+    """A response anyone on the path can make: our sender index (the
+    initiation's, in the clear) as its receiver, a valid mac1 (it needs only
+    the initiator's public key, which is public), garbage where the Noise
+    message goes."""
+    from wireguard.cookie import CookieGenerator
+    from wireguard.messages import Initiation, Response
+
+    init = Initiation.parse(initiation)
+    body = Response(
+        0x1234, init.sender_index, PrivateKeyT.generate(os.urandom).public_key.raw, os.urandom(16)
+    ).pack()
+    return CookieGenerator(responder_public.raw).add_macs(body, 0.0)
+
+
+def test_forged_response_does_not_destroy_the_pending_initiation():
+    # kernel noise.c wg_noise_handshake_consume_response works on copies of
+    # hash and chaining key and writes them back only after the empty
+    # payload's tag verified.
+    net, a, b = pair(link=Link(delay=0.05))
+    out = a.device.initiate_handshake(b.device.public_key, net.now)
+    (initiation, _), = out.datagrams
+    net.apply(a, out)
+    # The forged response reaches a before b's genuine one.
+    forged = forged_response(initiation, a.device.public_key)
+    before = state_of(a.device)
+    got = a.device.receive_datagram(forged, b.address, net.now + 0.01)
+    assert not got and a.device.drops[Drop.HANDSHAKE_INVALID] == 1
+    assert state_of(a.device) == before
+    net.run_for(0.2)  # b's genuine response arrives: the handshake completes
+    assert any(isinstance(e, HandshakeCompleted) and e.is_initiator for e in a.events)
+    pa = a.device.peers[b.device.public_key]
+    assert pa.current is not None and pa.handshake is None
+
+
+def test_low_order_peer_key_raises_nothing_and_counts_the_initiation():
+    # kernel noise.c: wg_noise_precompute_static_static leaves zeros for a
+    # low-order key and wg_noise_handshake_create_initiation then fails;
+    # send.c wg_packet_send_handshake_initiation sends nothing.
+    net = Network(7)
+    a = net.add("a", 1)
+    bad = PublicKey(LOW_ORDER)
+    a.device.add_peer(bad, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.2", 51820),
+                      persistent_keepalive=25, now=net.now)  # fmt: skip
+    packet = ipv4_packet(a.tunnel_ip, "10.0.0.2", bytes(8))
+    outs = [
+        a.device.send_packet(packet, net.now),
+        a.device.send_packets([packet, packet], net.now + 6),
+        a.device.initiate_handshake(bad, net.now + 12),
+        a.device.handle_timer(net.now + 60),
+    ]
+    assert not any(o.datagrams for o in outs)
+    assert a.device.drops[Drop.INVALID_PEER_KEY] >= 2
+    peer = a.device.peers[bad]
+    assert peer.handshake is None and a.device._index == {}
+
+
+def test_low_order_peer_key_through_uapi_set_raises_nothing():
+    from wireguard.device import Device
+    from wireguard.uapi import UAPI
+
+    device = Device(PrivateKeyT.generate(os.urandom))
+    sent = []
+    uapi = UAPI(device, now=lambda: 100.0, on_effects=sent.append)
+    answer = uapi.handle(
+        "set=1\n"
+        f"public_key={LOW_ORDER.hex()}\n"
+        "endpoint=127.0.0.1:1\n"
+        "persistent_keepalive_interval=25\n"
+        "allowed_ip=10.9.0.0/24\n\n"
+    )
+    assert answer == "errno=0\n\n"
+    assert not any(e.datagrams for e in sent)
+    assert device.drops[Drop.INVALID_PEER_KEY] == 1
+
+
+def test_packet_for_a_peer_without_endpoint_is_dropped_not_queued():
+    # kernel device.c wg_xmit: no endpoint -> the packet is freed at once
+    # (tx_errors), never staged.
+    net = Network(3)
+    a, b = net.add("a", 1), net.add("b", 2)
+    a.device.add_peer(b.device.public_key, allowed_ips=[f"{b.tunnel_ip}/32"])  # no endpoint
+    b.device.add_peer(a.device.public_key, allowed_ips=[f"{a.tunnel_ip}/32"], endpoint=a.address)
+    net.send(a, b, 1)
+    net.apply(a, a.device.send_packets(
+        [ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 2))], net.now))  # fmt: skip
+    pa = a.device.peers[b.device.public_key]
+    assert a.device.drops[Drop.NO_ENDPOINT] == 2
+    assert not pa.staged
+    # A minute later b connects: the dropped packets are not delivered then.
+    net.run_for(60)
+    net.send(b, a, 3)
+    net.run_for(1)
+    assert ids(a) == [3] and ids(b) == []
+    net.send(a, b, 4)
+    net.run_for(1)
+    assert ids(b) == [4]
+
+
+def test_responder_does_not_initiate_right_after_responding():
+    # kernel send.c wg_packet_send_handshake_response sets last_sent_handshake,
+    # so data the responder sends before key confirmation waits for it
+    # instead of starting a second handshake.
+    net, a, b = pair(link=Link(delay=0.05))
+    net.apply(a, a.device.initiate_handshake(b.device.public_key, net.now))
+    net.run_for(0.06)  # b has answered
+    start = len(net.tap)
+    net.send(b, a, 7)
+    net.run_for(1)
+    assert 1 not in kinds_sent(net, b, start)
+    assert ids(a) == [7]
+
+
+def test_set_private_key_expires_sending_keeps_receiving():
+    # kernel netlink.c set_device -> noise.c wg_noise_expire_current_peer_keypairs:
+    # the handshake is cleared, last_sent_handshake reset, current and next
+    # keypairs stop sending; every keypair still receives.
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    pa = a.device.peers[b.device.public_key]
+    old = pa.current
+    # Same key again: nothing changes (netlink.c skips it).
+    a.device.set_private_key(a.device.private_key)
+    assert pa.current is old and old.sending_valid
+    new_key = PrivateKeyT.generate(os.urandom)
+    a.device.set_private_key(new_key)
+    assert pa.current is old and not old.sending_valid
+    # b still sends on the old session, and a still receives it.
+    net.send(b, a, 2)
+    net.run_for(0.1)
+    assert ids(a) == [2]
+    # a's next packet goes in a new handshake at once (rate limit reset,
+    # although a handshake was sent less than REKEY_TIMEOUT ago).
+    start = len(net.tap)
+    pa.last_sent_handshake = net.now - 1.0
+    a.device.set_private_key(PrivateKeyT.generate(os.urandom))
+    net.send(a, b, 3)
+    assert kinds_sent(net, a, start) == [1]
+    assert pa.staged and len(pa.staged) == 1
+
+
+def test_held_cookie_used_for_115_seconds():
+    # kernel cookie.c wg_cookie_add_mac_to_packet: the cookie is used while
+    # younger than COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY.
+    from wireguard.cookie import CookieChecker, CookieGenerator
+    from wireguard.messages import Initiation
+
+    theirs = PrivateKeyT.generate(os.urandom)
+    checker = CookieChecker(theirs.public_key.raw, os.urandom)
+    gen = CookieGenerator(theirs.public_key.raw)
+    body = Initiation(1, bytes(32), bytes(48), bytes(28)).pack()
+    msg = gen.add_macs(body, 0.0)
+    gen.consume_reply(checker.create_reply(msg, 1, ("192.0.2.1", 1), 0.0), 0.0)
+    assert gen.add_macs(body, 114.9)[-16:] != bytes(16)
+    assert gen.add_macs(body, 115.0)[-16:] == bytes(16)
+
+
+def test_zero_key_material_keeps_staged_packets_and_cookie():
+    # kernel timers.c wg_queued_expired_zero_key_material clears the handshake
+    # and the keypairs, nothing else.
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    pa = a.device.peers[b.device.public_key]
+    cookies = pa.cookies
+    net.blackholes.add(b.address)
+    deadline = pa.timers.zero_key_material
+    assert deadline is not None
+    net.run_until(deadline - 20)
+    net.send(a, b, 2)  # staged: no usable keypair, handshakes unanswered
+    assert pa.staged
+    net.run_until(deadline + 1)
+    assert any(isinstance(e, PeerExpired) for e in a.events)
+    assert pa.staged and pa.cookies is cookies
+    net.blackholes.discard(b.address)
+    net.run_for(REKEY_TIMEOUT + 1)
+    assert ids(b) == [1, 2]
+
+
+def test_readding_a_prefix_moves_it_to_the_end():
+    # kernel allowedips.c add(): an exact node gets list_move_tail on the
+    # peer's list; wireguard-go allowedips.go insert() likewise
+    # (removeFromPeerEntries + addToPeerEntries). UAPI get lists that order.
+    _, a, b = pair()
+    peer = a.device.peers[b.device.public_key]
+    a.device.add_peer(b.device.public_key, allowed_ips=["10.1.0.0/16", "10.2.0.0/16"])
+    a.device.add_peer(b.device.public_key, allowed_ips=[f"{b.tunnel_ip}/32"])
+    assert [str(n) for n in a.device.allowed_ips.entries_for(peer)] == [
+        "10.1.0.0/16", "10.2.0.0/16", f"{b.tunnel_ip}/32"]  # fmt: skip
+
+
+@pytest.mark.parametrize("wrap", [bytearray, memoryview])
+def test_device_takes_any_bytes_like_object(wrap):
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    packet = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 5))
+    original = bytes(packet)
+    buffer = wrap(bytearray(packet))
+    out = a.device.send_packet(buffer, net.now)
+    out2 = a.device.send_packets([wrap(bytearray(packet))], net.now)
+    assert bytes(buffer) == original  # the caller's buffer is not padded in place
+    got = []
+    for data, _ in out.datagrams + out2.datagrams:
+        got += b.device.receive_datagram(wrap(bytearray(data)), a.address, net.now).packets
+    assert [payload_id(p) for p in got] == [5, 5]
+    # Handshake messages too, and a batch.
+    pb = b.device.peers[a.device.public_key]
+    pb.last_sent_handshake = None
+    init = b.device.initiate_handshake(a.device.public_key, net.now).datagrams[0][0]
+    resp = a.device.receive_datagrams([(wrap(bytearray(init)), b.address)], net.now)
+    assert [len(d) for d, _ in resp.datagrams] == [92]
+    done = b.device.receive_datagram(wrap(bytearray(resp.datagrams[0][0])), a.address, net.now)
+    assert any(isinstance(e, HandshakeCompleted) for e in done.events)
+
+
+def test_simultaneous_initiation_loses_nothing_then_or_at_the_next_rekeys():
+    # Both sides initiate at the same instant. Done as the kernel does it
+    # (noise.c wg_noise_handshake_consume_initiation replaces our pending
+    # initiation), both responses are dropped, a retransmit completes one
+    # handshake, and both sides then send on the same session; a stream both
+    # ways through three rekeys loses nothing.
+    net, a, b = pair(seed=11, link=Link(delay=0.05))
+    net.send(a, b, 1)
+    net.send(b, a, 2)
+    net.run_for(2 * REKEY_TIMEOUT + 1)
+    assert ids(b) == [1] and ids(a) == [2]
+    pa, pb = a.device.peers[b.device.public_key], b.device.peers[a.device.public_key]
+    assert pa.current.local_index == pb.current.remote_index
+    ident = 2
+    for _ in range(int(3.5 * REKEY_AFTER_TIME / 0.02)):
+        ident += 1
+        net.send(a, b, ident)
+        ident += 1
+        net.send(b, a, ident)
+        net.run_for(0.02)
+    net.run_for(1)
+    got = ids(a) + ids(b)
+    assert len(got) == len(set(got))
+    assert sorted(got) == list(range(1, ident + 1))
+
+
+def test_rate_limiter_table_is_bounded():
+    # kernel ratelimiter.c wg_ratelimiter_allow: past max_entries a new
+    # source is refused (err_oom); known sources keep their buckets, and
+    # idle entries are collected after a second.
+    from wireguard.ratelimit import RateLimiter
+
+    limiter = RateLimiter(max_entries=100)
+    assert all(limiter.allow(f"10.0.{i // 250}.{i % 250}", 5.0) for i in range(100))
+    assert not any(limiter.allow(f"10.9.{i // 250}.{i % 250}", 5.0) for i in range(10_000))
+    assert len(limiter) == 100
+    assert limiter.allow("10.0.0.1", 5.5)  # a known source still has tokens
+    assert limiter.allow("10.9.0.1", 7.0)  # after collection, room again
+    assert len(limiter) == 1

@@ -346,16 +346,19 @@ def test_same_private_key_keeps_sessions() -> None:
     assert peer.current is not None
     uapi = UAPI(a.device, now=lambda: net.now)
     assert set_(uapi, f"private_key={a.device.private_key.to_hex()}") == OK
-    assert peer.current is not None
+    assert peer.current is not None and peer.current.sending_valid
+    # A new key: the session still receives but sends no more (kernel
+    # noise.c wg_noise_expire_current_peer_keypairs).
     assert set_(uapi, f"private_key={key(9).to_hex()}") == OK
-    assert peer.current is None
+    assert peer.current is not None and not peer.current.sending_valid
 
 
 def test_all_zero_private_key_leaves_the_device_without_one() -> None:
     """`wg set wg0 private-key /dev/null` sends an all-zero key: no key, as
-    for wireguard-go and the kernel. The peers stay, their sessions go, no
-    handshake is made or answered, and get has no private_key line; a key
-    given again makes the tunnel work again."""
+    for wireguard-go and the kernel. The peers stay, their sessions send no
+    more (what is in flight is still received), no handshake is made or
+    answered, and get has no private_key line; a key given again makes the
+    tunnel work again, and what waited meanwhile goes out."""
     net = Network(seed=4)
     a, b = net.add("a", 1), net.add("b", 2)
     net.connect(a, b)
@@ -365,18 +368,24 @@ def test_all_zero_private_key_leaves_the_device_without_one() -> None:
     uapi = UAPI(a.device, now=lambda: net.now)
     assert set_(uapi, "private_key=" + "0" * 64) == OK
     peer = a.device.peers[b.device.public_key]
-    assert not a.device.has_identity and peer.current is None
+    assert not a.device.has_identity and not peer.current.sending_valid
     assert "private_key" not in get(uapi)
-    net.send(a, b, 2)  # a cannot start a handshake...
-    net.send(b, a, 3)  # ...nor answer b's (b's session with a is gone on a's side)
+    net.send(a, b, 2)  # a cannot start a handshake: 2 waits
+    net.send(b, a, 3)  # b's session with a still delivers
     net.run_for(20)
-    assert a.device.drops[Drop.NO_PRIVATE_KEY] >= 2
+    assert a.device.drops[Drop.NO_PRIVATE_KEY] >= 1
     assert [payload_id(p) for p in b.delivered] == [1]
-    assert not a.delivered
+    assert [payload_id(p) for p in a.delivered] == [3]
+    # b's new handshake (its data went unanswered) is not answered either.
+    b_peer = b.device.peers[key_a.public_key]
+    b_peer.last_sent_handshake = None
+    net.apply(b, b.device.initiate_handshake(key_a.public_key, net.now))
+    net.run_for(1)
+    assert a.device.drops[Drop.NO_PRIVATE_KEY] >= 2
     assert set_(uapi, f"private_key={key_a.to_hex()}") == OK
     net.send(a, b, 4)
     net.run_for(10)
-    assert [payload_id(p) for p in b.delivered] == [1, 4]
+    assert [payload_id(p) for p in b.delivered] == [1, 2, 4]
 
 
 def test_persistent_keepalive_turned_on_sends_at_once(

@@ -9,7 +9,7 @@ Two sides, as in the kernel's ``cookie.c``:
 - :class:`CookieGenerator` belongs to each peer we *send* handshake messages
   to: it computes mac1 (keyed by the peer's public key), remembers the last
   mac1 it sent, takes the cookie out of a cookie reply, and uses it for mac2
-  for 120 s after receiving it.
+  for 115 s after receiving it (COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY).
 
 mac1 lets a responder drop garbage after one BLAKE2s, before any Curve25519;
 mac2 proves the initiator can receive at its source address, which is what the
@@ -25,6 +25,7 @@ import os
 from .constants import (
     COOKIE_LEN,
     COOKIE_NONCE_LEN,
+    COOKIE_SECRET_LATENCY,
     COOKIE_SECRET_MAX_AGE,
     KEY_LEN,
     LABEL_COOKIE,
@@ -111,6 +112,9 @@ class CookieChecker:
         )
 
 
+_COOKIE_USE_TIME = COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY
+
+
 class CookieGenerator:
     """The sending side, one per peer: adds mac1 and mac2, consumes cookies."""
 
@@ -131,7 +135,10 @@ class CookieGenerator:
         body = message[: len(message) - 2 * MAC_LEN]
         mac1 = mac(self._mac1_key, body)
         self._last_mac1 = mac1
-        if self._cookie is not None and now - self._cookie_birth < COOKIE_SECRET_MAX_AGE:
+        # A cookie is used a little less long than the responder's secret
+        # lives, so it is never sent just as that secret changes (kernel
+        # cookie.c wg_cookie_add_mac_to_packet).
+        if self._cookie is not None and now - self._cookie_birth < _COOKIE_USE_TIME:
             mac2 = mac(self._cookie, body + mac1)
         else:
             self._cookie = None

@@ -161,6 +161,12 @@ class Drop(enum.StrEnum):
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     COOKIE_INVALID = "cookie_reply_invalid"
     NO_PRIVATE_KEY = "no_private_key"  # a handshake while the device has no key
+    # An initiation to a peer whose public key is a low-order point: no
+    # Diffie-Hellman with it can succeed, so nothing is sent (kernel noise.c).
+    INVALID_PEER_KEY = "invalid_peer_key"
+    # Staged packets of a peer that was removed (kernel send.c
+    # wg_packet_purge_staged_packets counts them as tx_dropped).
+    STAGED_PURGED = "staged_purged"
 
 
 def _inner_header(plain: bytes) -> tuple[int, bytes] | None:
@@ -227,14 +233,21 @@ class Device:
     # --- configuration ---------------------------------------------------
 
     def set_private_key(self, private_key: PrivateKey) -> None:
-        """Change the interface key; every peer's session is dropped (as
-        ``wg set private-key`` does), and a peer whose key equals our own
-        public key is removed.
+        """Change the interface key, as the kernel's ``wg set private-key``
+        does (netlink.c ``set_device``): the same key again changes nothing;
+        a peer whose key equals our new public key is removed; every peer's
+        pending handshake is dropped and its current and next keypairs stop
+        sending (all of them still receive what is in flight), and the
+        handshake rate limit is reset, so the next packet starts a handshake
+        with the new key at once (noise.c
+        ``wg_noise_expire_current_peer_keypairs``).
 
         An all-zero key means "no key", as for the kernel and wireguard-go
         (``wg set wg0 private-key /dev/null``): the device keeps its peers but
         makes and answers no handshakes (:attr:`has_identity` is False,
         :attr:`public_key` all zeros) until it is given a key again."""
+        if getattr(self, "private_key", None) == private_key:
+            return
         self.private_key = private_key
         self.has_identity = any(private_key.raw)
         if self.has_identity:
@@ -243,13 +256,21 @@ class Device:
         else:
             self._static = None
             self.public_key = PublicKey(bytes(32))
-        self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
-        for peer in list(self.peers.values()):
-            if peer.public_key == self.public_key:
-                self.remove_peer(peer.public_key)
-                continue
-            self._forget_sessions(peer)
+        if self.has_identity and self.public_key in self.peers:
+            self.remove_peer(self.public_key)
+        if hasattr(self, "_cookie_checker"):
+            # The cookie secret stays; mac1 and cookie keys follow our key
+            # (cookie.c wg_cookie_checker_precompute_device_keys).
+            self._cookie_checker.set_public_key(self.public_key.raw)
+        else:
+            self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
+        for peer in self.peers.values():
             peer.static_static = self._static_static(peer.public_key)
+            self._forget_handshake(peer)
+            peer.last_sent_handshake = None
+            for keypair in (peer.current, peer.next):
+                if keypair is not None:
+                    keypair.sending_valid = False
 
     def _static_static(self, public_key: PublicKey) -> bytes:
         if self._static is None:
@@ -321,6 +342,9 @@ class Device:
             return
         self.allowed_ips.remove_value(peer)
         self._forget_sessions(peer)
+        if peer.staged:
+            self.drops[Drop.STAGED_PURGED] += len(peer.staged)
+            peer.staged.clear()
         peer.timers.stop_all()
         self._scheduled.pop(id(peer), None)
 
@@ -328,14 +352,20 @@ class Device:
         for key in list(self.peers):
             self.remove_peer(key)
 
-    def _forget_sessions(self, peer: Peer) -> None:
+    def _forget_handshake(self, peer: Peer) -> None:
+        """Our pending initiation, if any, can no longer be answered (kernel
+        noise.c wg_noise_handshake_clear)."""
         if peer.handshake is not None:
             self._index.pop(peer.handshake.local_index, None)
             peer.handshake = None
+
+    def _forget_sessions(self, peer: Peer) -> None:
+        """The pending handshake and every keypair (kernel
+        wg_noise_handshake_clear and wg_noise_keypairs_clear); staged packets
+        and cookie state are the caller's business."""
+        self._forget_handshake(peer)
         for keypair in peer.clear_keypairs():
             self._index.pop(keypair.local_index, None)
-        if peer.staged:
-            peer.staged.clear()
 
     # --- timers ----------------------------------------------------------
 
@@ -408,8 +438,10 @@ class Device:
             # We sent data and heard nothing back for KEEPALIVE + REKEY_TIMEOUT.
             self._send_initiation(peer, now, out, is_retry=False)
         elif timer is Timer.ZERO_KEY_MATERIAL:
+            # Keys only: staged packets still wait for a handshake, and a
+            # held cookie is still good (timers.c
+            # wg_queued_expired_zero_key_material).
             self._forget_sessions(peer)
-            peer.cookies = type(peer.cookies)(peer.public_key.raw)
             out.events.append(PeerExpired(peer.public_key))
         elif timer is Timer.PERSISTENT_KEEPALIVE and timers.persistent_keepalive_interval:
             self._send_keepalive(peer, now, out)
@@ -420,6 +452,10 @@ class Device:
         """An IP packet from the tunnel: route it by destination to a peer
         (cryptokey routing), encrypt it, or stage it and start a handshake."""
         out = Effects() if out is None else out
+        if packet.__class__ is not bytes:
+            # A bytearray or memoryview: copied, so padding never writes into
+            # the caller's buffer and a staged packet cannot change later.
+            packet = bytes(packet)
         n = len(packet)
         version = packet[0] >> 4 if n else 0
         if version == 4 and n >= 20:
@@ -433,6 +469,11 @@ class Device:
             return out
         keypair = peer.current
         endpoint = peer.endpoint
+        if endpoint is None:
+            # Nowhere to send it or a handshake: dropped now, not staged
+            # (kernel device.c wg_xmit).
+            self.drops[Drop.NO_ENDPOINT] += 1
+            return out
         if (
             not peer.staged
             and keypair is not None
@@ -481,6 +522,8 @@ class Device:
         last_n = -1
         padding = b""
         for packet in packets:
+            if packet.__class__ is not bytes:
+                packet = bytes(packet)  # never pad the caller's buffer in place
             n = len(packet)
             if n >= 20 and packet[0] >> 4 == 4:
                 dst = packet[16:20]
@@ -564,6 +607,9 @@ class Device:
         return out
 
     def _send_keepalive(self, peer: Peer, now: float, out: Effects) -> None:
+        if peer.endpoint is None:
+            self.drops[Drop.NO_ENDPOINT] += 1
+            return
         if not peer.staged:
             peer.stage(b"")
         self._send_staged(peer, now, out)
@@ -620,25 +666,36 @@ class Device:
         if self._static is None:
             self.drops[Drop.NO_PRIVATE_KEY] += 1
             return
+        # Rate-limited from here on even if the initiation cannot be made
+        # (kernel send.c wg_packet_send_handshake_initiation).
         peer.last_sent_handshake = now
-        if peer.handshake is not None:
-            self._index.pop(peer.handshake.local_index, None)
+        if not any(peer.static_static):
+            # DH(our key, the peer's key) is all zeros: a low-order public
+            # key, with which no handshake can ever complete (kernel noise.c
+            # wg_noise_precompute_static_static, then create_initiation fails).
+            self.drops[Drop.INVALID_PEER_KEY] += 1
+            return
         index = self._new_index()
         trace = Trace("initiator") if self.trace_handshakes else None
-        message, initiator = create_initiation(
-            static_private=self._static,
-            peer_public=peer.public_key.raw,
-            psk=peer.psk,
-            sender_index=index,
-            ephemeral_private=self._ephemeral(peer),
-            timestamp=tai64n(now + self.wall_clock_offset),
-            cookies=peer.cookies,
-            now=now,
-            trace=trace,
-            precomputed_ss=peer.static_static,
-        )
+        try:
+            message, initiator = create_initiation(
+                static_private=self._static,
+                peer_public=peer.public_key.raw,
+                psk=peer.psk,
+                sender_index=index,
+                ephemeral_private=self._ephemeral(peer),
+                timestamp=tai64n(now + self.wall_clock_offset),
+                cookies=peer.cookies,
+                now=now,
+                trace=trace,
+                precomputed_ss=peer.static_static,
+            )
+        except WireGuardError:
+            self.drops[Drop.INVALID_PEER_KEY] += 1
+            return
         if trace is not None:
             self.last_trace = [("initiation created", trace)]
+        self._forget_handshake(peer)
         peer.handshake = PendingHandshake(index, initiator, now)
         self._index[index] = (peer, None)
         timers.on_authenticated_packet_traversal(now)
@@ -670,6 +727,8 @@ class Device:
         """A UDP datagram from *source*. Never raises for what the network
         sent: a bad datagram is counted in :attr:`drops` and ignored."""
         out = Effects() if out is None else out
+        if data.__class__ is not bytes:
+            data = bytes(data)  # a bytearray or memoryview the caller may reuse
         if data[:4] == _TRANSPORT_WORD:
             self._receive_transport(data, source, now, out)
             return out
@@ -890,22 +949,29 @@ class Device:
         # Authenticated: from here on the state may change.
         peer.latest_timestamp = consumed.timestamp
         peer.last_initiation_consumed = now
-        self._set_endpoint(peer, source, out)
-        # Our own pending initiation, if any, stays answerable. The kernel
-        # forgets it here, which makes two peers that initiate at the same
-        # instant drop each other's responses; kept, the later of the two
-        # sessions wins on both sides (begin_session's next -> previous rule).
         index = self._new_index()
         if trace is not None:
             consumed.responder.trace = trace_r = Trace("responder")
-        response, result = create_response(
-            consumed,
-            psk=peer.psk,
-            sender_index=index,
-            ephemeral_private=self._ephemeral(peer),
-            cookies=peer.cookies,
-            now=now,
-        )
+        try:
+            response, result = create_response(
+                consumed,
+                psk=peer.psk,
+                sender_index=index,
+                ephemeral_private=self._ephemeral(peer),
+                cookies=peer.cookies,
+                now=now,
+            )
+        except WireGuardError:  # pragma: no cover - consume_initiation checked both DHs
+            self.drops[Drop.HANDSHAKE_INVALID] += 1
+            return
+        self._set_endpoint(peer, source, out)
+        # The peer's handshake replaces ours, as in the kernel (noise.c
+        # wg_noise_handshake_consume_initiation): a response to our own
+        # pending initiation is not accepted any more. If both sides
+        # initiated at once, both responses are dropped and a retransmit
+        # (its jitter tells the two apart) completes one handshake, so both
+        # sides end up sending on the same session.
+        self._forget_handshake(peer)
         if trace is not None:
             self.last_trace = [("initiation consumed", trace), ("response created", trace_r)]
         keypair = Keypair(result, now)
@@ -915,6 +981,9 @@ class Device:
         timers.on_authenticated_packet_received()
         timers.on_authenticated_packet_traversal(now)
         timers.on_authenticated_packet_sent()
+        # The response counts as a handshake sent: no initiation of ours
+        # within REKEY_TIMEOUT (kernel send.c wg_packet_send_handshake_response).
+        peer.last_sent_handshake = now
         peer.tx_bytes += len(response)
         out.datagrams.append((response, source))
 
@@ -930,9 +999,8 @@ class Device:
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return
         trace = Trace("initiator") if self.trace_handshakes else None
-        pending.initiator.trace = trace
         try:
-            result = consume_response(data, pending.initiator, receiver)
+            result = consume_response(data, pending.initiator, receiver, trace=trace)
         except RemoteProtocolError:
             self.drops[Drop.HANDSHAKE_INVALID] += 1
             return

@@ -2,6 +2,11 @@
 kernel's ``ratelimiter.c``: a token bucket per source address (IPv4 /32,
 IPv6 /64) of RATELIMIT_PACKETS_PER_SECOND with a burst of
 RATELIMIT_PACKETS_BURSTABLE; idle buckets are forgotten after a second.
+
+The table is bounded, as the kernel's is (``max_entries``, 8 x its hash table
+of 8192 buckets on a machine with more than 1 GiB): a source that would need
+a new bucket while the table is full is refused, so a flood of spoofed
+addresses costs bounded memory.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from .constants import RATELIMIT_PACKETS_BURSTABLE, RATELIMIT_PACKETS_PER_SECOND
 PACKET_COST = 1.0 / RATELIMIT_PACKETS_PER_SECOND
 TOKEN_MAX = PACKET_COST * RATELIMIT_PACKETS_BURSTABLE
 _GC_INTERVAL = 1.0
+MAX_ENTRIES = 8 * 8192
 
 
 class RateLimiter:
@@ -20,7 +26,9 @@ class RateLimiter:
         self,
         packets_per_second: float = RATELIMIT_PACKETS_PER_SECOND,
         burst: int = RATELIMIT_PACKETS_BURSTABLE,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
+        self.max_entries = max_entries
         self._cost = 1.0 / packets_per_second
         self._max = self._cost * burst
         self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (last, tokens)
@@ -42,6 +50,8 @@ class RateLimiter:
         key = self._key(host)
         entry = self._buckets.get(key)
         if entry is None:
+            if len(self._buckets) >= self.max_entries:
+                return False  # full: the kernel's err_oom path refuses it
             self._buckets[key] = (now, self._max - self._cost)
             return True
         last, tokens = entry
