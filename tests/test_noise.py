@@ -173,7 +173,7 @@ def test_a_failed_response_leaves_the_initiator_as_it_was(psk):
             ours.read_response(forged)
         assert isinstance(info.value, (DecryptionError, InvalidDHError))
         after = (ours.state.ck, ours.state.h, ours.state.k, ours.state.n, ours.re)
-        assert after + (len(trace.steps),) == before
+        assert (*after, len(trace.steps)) == before
         assert ours.transport_keys is None and ours.trace is trace
     assert ours.read_response(theirs.write_message(b"")) == b""
     assert ours.transport_keys.handshake_hash == theirs.get_handshake_hash()

@@ -108,7 +108,5 @@ class Keypair:
         """REJECT_AFTER_TIME: a keypair this old accepts nothing more. (The
         message limit needs no check here: the replay window never accepts a
         counter at or above REJECT_AFTER_MESSAGES.)"""
-        if now - self.created < REJECT_AFTER_TIME:
-            return self.receiving_valid
-        self.receiving_valid = False
-        return False
+        # Pure: a refused datagram must leave the keypair as it was.
+        return self.receiving_valid and now - self.created < REJECT_AFTER_TIME
