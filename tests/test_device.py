@@ -168,7 +168,7 @@ def test_keys_expire_after_reject_after_time():
     assert sent == [148]
     # And a packet made with the old keypair is refused on arrival.
     pb = b.device.peers[a.device.public_key]
-    stale = pb.current.encrypt(ipv4_packet(b.tunnel_ip, a.tunnel_ip, bytes(8)))
+    stale = pb.current.seal(ipv4_packet(b.tunnel_ip, a.tunnel_ip, bytes(8)))
     out = a.device.receive_datagram(stale, b.address, net.now)
     assert out.packets == [] and a.device.drops[Drop.KEYPAIR_EXPIRED] == 1
 
@@ -274,7 +274,7 @@ def test_three_devices_route_by_allowed_ips():
     # b may not claim c's address as its source: a drops it.
     spoof = ipv4_packet(c.tunnel_ip, a.tunnel_ip, struct.pack(">Q", 3))
     pb = b.device.peers[a.device.public_key]
-    message = pb.current.encrypt(spoof)
+    message = pb.current.seal(spoof)
     net.apply(a, a.device.receive_datagram(message, b.address, net.now))
     assert 3 not in ids(a)
     assert a.device.drops[Drop.ALLOWED_IPS_MISMATCH] == 1
@@ -330,7 +330,7 @@ def test_replays_are_dropped_and_counted():
     assert b.device.drops[Drop.UNKNOWN_INDEX] == 1
     # A fresh packet with one bit of its tag flipped fails, and does not burn
     # its counter: the genuine packet is still accepted afterwards.
-    fresh = a.device.peers[b.device.public_key].current.encrypt(
+    fresh = a.device.peers[b.device.public_key].current.seal(
         ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 99))
     )
     bad = bytearray(fresh)
@@ -646,7 +646,7 @@ def test_inner_packet_checks_alike_one_by_one_and_batched(
     kind, delivered = _inner_expected(plain + bytes(-len(plain) % 16), bytes([10, 0, 0, 1]))
     reason = {"invalid": Drop.INVALID_INNER_PACKET, "spoofed": Drop.ALLOWED_IPS_MISMATCH}
     for batched in (False, True):
-        message = sending.encrypt(plain)
+        message = sending.seal(plain)
         drops = dict(b.device.drops)
         if batched:
             out = b.device.receive_datagrams([(message, a.address)], net.now)

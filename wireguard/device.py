@@ -28,12 +28,11 @@ import ipaddress
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from heapq import heappop, heappush
-
-from cryptography.exceptions import InvalidTag
+from itertools import repeat
 
 from .allowedips import AllowedIPs
 from .constants import (
@@ -46,7 +45,6 @@ from .constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT_DATA,
-    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -56,23 +54,20 @@ from .constants import (
     UNDER_LOAD_AFTER_TIME,
 )
 from .cookie import CookieChecker
-from .crypto import DHPrivateKey, RandomSource, aead_nonce, dh_generate, tai64n
-from .errors import RemoteProtocolError, WireGuardError
+from .crypto import DHPrivateKey, RandomSource, dh_generate, tai64n
+from .errors import DecryptionError, RemoteProtocolError, ReplayError, WireGuardError
 from .handshake import consume_initiation, consume_response, create_initiation, create_response
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import CookieReply
 from .noise import Trace
 from .peer import Address, Peer, PendingHandshake
 from .ratelimit import RateLimiter
-from .replay import BYTE_MASK as REPLAY_BYTE_MASK
-from .session import Keypair, KeypairExhausted, padding_length
+from .session import Keypair, KeypairExhausted
 from .timers import Timer
 
 _u32 = struct.Struct("<I").unpack_from
 _u16be = struct.Struct(">H").unpack_from
-_unpack_transport = struct.Struct("<IIQ").unpack_from
-_pack_transport = struct.Struct("<IIQ").pack
-_PADDING = bytes(16)
+_unpack_head = struct.Struct("<II").unpack_from  # type word, receiver index
 _NO_RUN = object()  # send_packets: no run of packets under way
 _TRANSPORT_WORD = struct.pack("<I", MESSAGE_TRANSPORT_DATA)
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
@@ -167,23 +162,6 @@ class Drop(enum.StrEnum):
     # Staged packets of a peer that was removed (kernel send.c
     # wg_packet_purge_staged_packets counts them as tx_dropped).
     STAGED_PURGED = "staged_purged"
-
-
-def _inner_header(plain: bytes) -> tuple[int, bytes] | None:
-    """(length, source address) of a decrypted packet that is a well-formed
-    IPv4 or IPv6 packet whose stated length fits what arrived (kernel
-    receive.c); None for anything else. *plain* is not empty."""
-    n = len(plain)
-    first = plain[0]
-    if first >> 4 == 4 and n >= 20 and first & 15 >= 5:
-        length = _u16be(plain, 2)[0]
-        if 20 <= length <= n:
-            return length, plain[12:16]
-    elif first >> 4 == 6 and n >= 40:
-        length = 40 + _u16be(plain, 4)[0]
-        if length <= n:
-            return length, plain[8:24]
-    return None
 
 
 class Device:
@@ -483,7 +461,7 @@ class Device:
         ):
             # The common case, without the staging queue.
             try:
-                message = keypair.encrypt(packet, self.mtu)
+                message = keypair.seal(packet, self.mtu)
             except KeypairExhausted:
                 pass  # 2**64 messages: stage and rekey below
             else:
@@ -500,27 +478,17 @@ class Device:
     ) -> Effects:
         """Many packets from the tunnel (one wake-up's worth): as
         :meth:`send_packet` for each, but a run of packets to one peer with a
-        usable session (the steady state) is encrypted in a tight loop, with
-        the per-peer work (keypair checks, byte counters, timers,
-        keep_key_fresh) done once per run. Anything else goes through
-        :meth:`send_packet`."""
+        usable session (the steady state) is sealed by the keypair in one
+        call (:meth:`Keypair.seal_batch`), with the per-peer work (keypair
+        checks, byte counters, timers, keep_key_fresh) done once per run.
+        Anything else goes through :meth:`send_packet`."""
         out = Effects() if out is None else out
         lookup = self.allowed_ips.lookup
-        append = out.datagrams.append
-        mtu = self.mtu
-        nonce = aead_nonce
-        header = _pack_transport
-        zeros = _PADDING
-        kind, limit = MESSAGE_TRANSPORT_DATA, REJECT_AFTER_MESSAGES
         no_run = _NO_RUN
         run_peer: object = no_run
+        run: list[bytes] = []
         last_dst = b""  # no packet's destination
         peer: Peer | None = None
-        keypair: Keypair | None = None
-        encrypt = endpoint = None
-        remote = tx = size = 0
-        last_n = -1
-        padding = b""
         for packet in packets:
             if packet.__class__ is not bytes:
                 packet = bytes(packet)  # never pad the caller's buffer in place
@@ -534,51 +502,45 @@ class Device:
             if dst != last_dst:
                 last_dst = dst
                 peer = None if dst is None else lookup(dst)
-            if peer is not run_peer:
-                if tx:
-                    self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
-                    tx = 0
-                run_peer = no_run
-                if peer is None:
-                    self.drops[Drop.NO_ROUTE] += 1
-                    continue
-                keypair, endpoint = peer.current, peer.endpoint
-                if (
-                    peer.staged
-                    or keypair is None
-                    or endpoint is None
-                    or not keypair.sending_valid
-                    or now - keypair.created >= REJECT_AFTER_TIME
-                ):
-                    # No usable session: stage and handshake, as send_packet.
-                    self.send_packet(packet, now, out)
-                    last_dst = b""  # the peer's state may have changed
-                    continue
-                run_peer = peer
-                encrypt, remote = keypair.sending.encrypt, keypair.remote_index
-            counter = keypair.send_counter  # type: ignore[union-attr]
-            if counter >= limit:
-                if tx:
-                    self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
-                    tx = 0
-                self.send_packet(packet, now, out)  # 2**64 messages: stage and rekey
-                run_peer, last_dst = no_run, b""
+            if peer is run_peer:
+                run.append(packet)
                 continue
-            # Counter first: a nonce is never used twice, whatever happens next.
-            keypair.send_counter = counter + 1  # type: ignore[union-attr]
-            if n != last_n:  # the padding, worked out once per packet size
-                last_n = n
-                pad = padding_length(n, mtu)
-                padding = zeros[:pad]
-                size = n + pad + 32
-            if padding:
-                packet += padding
-            message = header(kind, remote, counter) + encrypt(nonce(counter), packet, None)  # type: ignore[misc]
-            append((message, endpoint))
-            tx += size
-        if tx:
-            self._sent_run(run_peer, keypair, tx, now, out)  # type: ignore[arg-type]
+            if run:
+                self._seal_run(run_peer, run, now, out)  # type: ignore[arg-type]
+                run = []
+            run_peer = no_run
+            if peer is None:
+                self.drops[Drop.NO_ROUTE] += 1
+                continue
+            keypair = peer.current
+            if (
+                peer.staged
+                or keypair is None
+                or peer.endpoint is None
+                or not keypair.sending_valid
+                or now - keypair.created >= REJECT_AFTER_TIME
+            ):
+                # No usable session: stage and handshake, as send_packet.
+                self.send_packet(packet, now, out)
+                last_dst = b""  # the peer's state may have changed
+                continue
+            run_peer = peer
+            run.append(packet)
+        if run:
+            self._seal_run(run_peer, run, now, out)  # type: ignore[arg-type]
         return out
+
+    def _seal_run(self, peer: Peer, run: list[bytes], now: float, out: Effects) -> None:
+        """A run of packets for *peer*, whose current keypair can send."""
+        keypair = peer.current
+        assert keypair is not None and peer.endpoint is not None
+        messages: list[bytes] = []
+        keypair.seal_batch(run, self.mtu, messages)
+        if messages:
+            out.datagrams.extend(zip(messages, repeat(peer.endpoint)))
+            self._sent_run(peer, keypair, sum(map(len, messages)), now, out)
+        for packet in run[len(messages) :]:
+            self.send_packet(packet, now, out)  # 2**64 messages: stage and rekey
 
     def _sent_run(self, peer: Peer, keypair: Keypair, tx: int, now: float, out: Effects) -> None:
         """After one or a run of data messages (*tx* bytes) went out on *keypair*."""
@@ -633,7 +595,7 @@ class Device:
             packet = staged.popleft()
             if packet:
                 data_sent = True
-            message = keypair.encrypt(packet, mtu)
+            message = keypair.seal(packet, mtu)
             peer.tx_bytes += len(message)
             out.datagrams.append((message, endpoint))
         self._sent(peer, keypair, now, out, data_sent)
@@ -756,98 +718,106 @@ class Device:
 
         The same deliveries, drops, events and state as :meth:`receive_datagram`
         for each in turn. Transport data on a peer's current keypair from its
-        known endpoint (the steady state) takes a fast path: the keypair and
-        peer are looked up once per run of such datagrams, and the
-        bookkeeping every authenticated packet triggers (byte counters,
-        timers, keep_key_fresh), which depends only on *now*, is done once at
-        the end of the run. Anything else goes through
-        :meth:`receive_datagram`."""
+        known endpoint (the steady state) takes a fast path: a run of such
+        datagrams is opened by the keypair in one call
+        (:meth:`Keypair.open_batch`), and the bookkeeping every authenticated
+        packet triggers (byte counters, timers, keep_key_fresh), which
+        depends only on *now*, is done once at the end of the run. Anything
+        else goes through :meth:`receive_datagram`."""
         out = Effects() if out is None else out
+        if not isinstance(datagrams, (list, tuple)):
+            datagrams = list(datagrams)
         slow = self.receive_datagram
         index_get = self._index.get
+        unpack = _unpack_head
+        transport, min_len = MESSAGE_TRANSPORT_DATA, TRANSPORT_MIN_LEN
+        i, n = 0, len(datagrams)
+        while i < n:
+            data, source = datagrams[i]
+            if len(data) < min_len or (head := unpack(data))[0] != transport:
+                slow(data, source, now, out)
+                i += 1
+                continue
+            entry = index_get(head[1])
+            if (
+                entry is None
+                or (keypair := entry[1]) is None
+                or keypair is not (peer := entry[0]).current
+                or peer.endpoint != source
+                or not keypair.can_receive(now)
+            ):
+                self._receive_transport(data, source, now, out)
+                i += 1
+                continue
+            i = self._open_run(peer, keypair, datagrams, i, source, now, out)
+        return out
+
+    def _open_run(
+        self,
+        peer: Peer,
+        keypair: Keypair,
+        datagrams: Sequence[tuple[bytes, Address]],
+        start: int,
+        source: Address,
+        now: float,
+        out: Effects,
+    ) -> int:
+        """The run of transport messages at *start* on *peer*'s current
+        keypair from its known endpoint: opened in one call, then the inner
+        packets checked and delivered, and the bookkeeping done once.
+        Returns where the run ended."""
+        plains: list[bytes] = []
+        end, rx, failed, replayed = keypair.open_batch(datagrams, start, source, plains)
+        drops = self.drops
+        if failed:
+            drops[Drop.DECRYPTION_FAILED] += failed
+        if replayed:
+            drops[Drop.REPLAYED_COUNTER] += replayed
+        if plains:
+            data_count = self._deliver(peer, plains, out)
+            self._received_run(peer, keypair, rx, data_count, now, out)
+        return end
+
+    def _deliver(self, peer: Peer, plains: list[bytes], out: Effects) -> int:
+        """Deliver the decrypted packets that are well-formed IPv4 or IPv6
+        packets whose stated length fits what arrived (the padding after it
+        cut off) and whose source is one of *peer*'s allowed IPs (kernel
+        receive.c: cryptokey routing inbound, or a peer could spoof
+        another); count the others. Returns how many were not keepalives."""
+        drops = self.drops
         lookup = self.allowed_ips.lookup
         deliver = out.packets.append
-        drops = self.drops
-        inner_header = _inner_header
-        nonce = aead_nonce
-        unpack = _unpack_transport
-        transport, min_len = MESSAGE_TRANSPORT_DATA, TRANSPORT_MIN_LEN
-        limit, byte_mask = REJECT_AFTER_MESSAGES, REPLAY_BYTE_MASK
-        run_receiver = -1
-        run_source: Address | None = None
-        peer: Peer | None = None
-        keypair: Keypair | None = None
-        decrypt = update = None
+        u16 = _u16be
         allowed_src = None
-        rx = data_count = 0
-        for data, source in datagrams:
-            if len(data) >= min_len:
-                kind, receiver, counter = unpack(data)
-            else:
-                kind = -1
-            if kind != transport:
-                if rx:
-                    self._received_run(peer, keypair, rx, data_count, now, out)  # type: ignore[arg-type]
-                    rx = data_count = 0
-                run_receiver = -1
-                slow(data, source, now, out)
-                continue
-            if receiver != run_receiver or source != run_source:
-                if rx:
-                    self._received_run(peer, keypair, rx, data_count, now, out)  # type: ignore[arg-type]
-                    rx = data_count = 0
-                run_receiver = -1
-                entry = index_get(receiver)
-                if (
-                    entry is None
-                    or (keypair := entry[1]) is None
-                    or keypair is not (peer := entry[0]).current
-                    or peer.endpoint != source
-                    or not keypair.can_receive(now)
-                ):
-                    self._receive_transport(data, source, now, out)
-                    continue
-                run_receiver, run_source = receiver, source
-                decrypt = keypair.receiving.decrypt
-                window = keypair.replay
-                update = window.update
-                top, bitmap = window.counter, window.bitmap
-                allowed_src = None
-            try:
-                plain = decrypt(nonce(counter), data[16:], None)  # type: ignore[misc]
-            except InvalidTag:
-                drops[Drop.DECRYPTION_FAILED] += 1
-                continue
-            # The replay window, after the tag verified. Its common case (the
-            # next counters, within the window's current 64-bit word) inline,
-            # exactly as ReplayWindow.update does it; anything else calls it.
-            shifted = counter + 1
-            if top < shifted < limit and shifted >> 6 == top >> 6 and bitmap is not None:
-                window.counter = top = shifted  # type: ignore[union-attr]
-                bitmap[(shifted >> 3) & byte_mask] |= 1 << (shifted & 7)
-            elif update(counter):  # type: ignore[misc]
-                top, bitmap = window.counter, window.bitmap  # type: ignore[union-attr]
-            else:
-                drops[Drop.REPLAYED_COUNTER] += 1
-                continue
-            rx += len(data)
-            if not plain:
+        data_count = 0
+        for plain in plains:
+            n = len(plain)
+            if not n:
                 continue  # a keepalive
             data_count += 1
-            inner = inner_header(plain)
-            if inner is None:
+            first = plain[0]
+            if first >> 4 == 4 and n >= 20 and first & 15 >= 5:
+                length = u16(plain, 2)[0]
+                if not 20 <= length <= n:
+                    drops[Drop.INVALID_INNER_PACKET] += 1
+                    continue
+                src = plain[12:16]
+            elif first >> 4 == 6 and n >= 40:
+                length = 40 + u16(plain, 4)[0]
+                if length > n:
+                    drops[Drop.INVALID_INNER_PACKET] += 1
+                    continue
+                src = plain[8:24]
+            else:
                 drops[Drop.INVALID_INNER_PACKET] += 1
                 continue
-            length, src = inner
             if src != allowed_src:
                 if lookup(src) is not peer:
                     drops[Drop.ALLOWED_IPS_MISMATCH] += 1
                     continue
                 allowed_src = src
-            deliver(plain if length == len(plain) else plain[:length])
-        if rx:
-            self._received_run(peer, keypair, rx, data_count, now, out)  # type: ignore[arg-type]
-        return out
+            deliver(plain if length == n else plain[:length])
+        return data_count
 
     def _received_run(
         self,
@@ -1045,14 +1015,12 @@ class Device:
             peer.endpoint = source
 
     def _receive_transport(self, data: bytes, source: Address, now: float, out: Effects) -> None:
-        # The type word was checked by receive_datagram. This runs once per
-        # packet, so the session's steps are inlined. As in the kernel, the
-        # counter is checked against the replay window after the tag verified:
-        # the window only ever moves for authenticated packets.
+        # The type word was checked by receive_datagram; the keypair opens
+        # the message and checks its counter (session.py).
         if len(data) < TRANSPORT_MIN_LEN:
             self.drops[Drop.MALFORMED] += 1
             return
-        _, receiver, counter = _unpack_transport(data)
+        receiver = _u32(data, 4)[0]
         entry = self._index.get(receiver)
         if entry is None or entry[1] is None:
             self.drops[Drop.UNKNOWN_INDEX] += 1
@@ -1062,11 +1030,11 @@ class Device:
             self.drops[Drop.KEYPAIR_EXPIRED] += 1
             return
         try:
-            plain = keypair.receiving.decrypt(aead_nonce(counter), data[16:], None)
-        except InvalidTag:
+            plain = keypair.open(data)
+        except DecryptionError:
             self.drops[Drop.DECRYPTION_FAILED] += 1
             return
-        if not keypair.replay.update(counter):
+        except ReplayError:
             self.drops[Drop.REPLAYED_COUNTER] += 1
             return
         # Authenticated from here on.
@@ -1076,17 +1044,7 @@ class Device:
             self._confirmed(peer, keypair, now, out)
         self._received_run(peer, peer.current, len(data), 1 if plain else 0, now, out)
         if plain:
-            # Cryptokey routing inbound: the inner source must be one of this
-            # peer's allowed IPs, or a peer could spoof another.
-            inner = _inner_header(plain)
-            if inner is None:
-                self.drops[Drop.INVALID_INNER_PACKET] += 1
-                return
-            length, src = inner
-            if self.allowed_ips.lookup(src) is not peer:
-                self.drops[Drop.ALLOWED_IPS_MISMATCH] += 1
-                return
-            out.packets.append(plain if length == len(plain) else plain[:length])
+            self._deliver(peer, [plain], out)
 
     def _confirmed(self, peer: Peer, keypair: Keypair, now: float, out: Effects) -> None:
         """The initiator sent on our ``next`` keypair: it has our response, so

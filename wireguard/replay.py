@@ -13,10 +13,11 @@ self-test cases are in ``vectors/kernel_replay_counter.json``); equivalently, a
 counter is accepted iff it is below ``REJECT_AFTER_MESSAGES``, was never
 accepted before, and ``counter + COUNTER_WINDOW_SIZE >= greatest accepted``.
 
-Checking and recording are separate on purpose: the caller runs :meth:`check`
-before decrypting (cheap rejection of replays and stale packets, so an attacker
-cannot make us spend AEAD work on them), and :meth:`update` only after the
-Poly1305 tag verified. Recording an unauthenticated counter would let anyone
+Checking and recording are separate on purpose: :meth:`check` answers without
+changing anything (for a reader of captures, or a test), and
+``Keypair.open`` calls :meth:`update` only after the Poly1305 tag verified, as
+the kernel does (a message whose tag fails is a decryption failure whatever its
+counter). Recording an unauthenticated counter would let anyone
 who can send datagrams slide the window forward and make us drop real traffic.
 """
 
@@ -53,8 +54,9 @@ class ReplayWindow:
     so bit positions and word clearing match the kernel's bitmap.
 
     The state is read-only to everyone but this class and
-    ``Device.receive_datagrams``, which inlines the common case of
-    :meth:`update` (see there) for speed.
+    ``Keypair.open_batch`` (session.py), which handles the common case (the
+    next counter, within the current 64-bit word) inline for speed and calls
+    :meth:`update` for everything else.
     """
 
     __slots__ = ("bitmap", "counter")
@@ -100,20 +102,6 @@ class ReplayWindow:
         docstring). It re-validates, because between :meth:`check` and here
         another packet with the same counter may have been accepted.
         """
-        shifted = counter + 1
-        current = self.counter
-        bitmap = self.bitmap
-        # The common case, in order and within the current 64-bit word: no
-        # word to clear, the bit is necessarily clear (see below).
-        # Device.receive_datagrams inlines this block: keep the two alike.
-        if (
-            current < shifted < REJECT_AFTER_MESSAGES
-            and shifted >> _WORD_SHIFT == current >> _WORD_SHIFT
-            and bitmap is not None
-        ):
-            self.counter = shifted
-            bitmap[(shifted >> 3) & BYTE_MASK] |= 1 << (shifted & 7)
-            return True
         if not 0 <= counter < REJECT_AFTER_MESSAGES:
             return False
         shifted = counter + 1

@@ -1,18 +1,24 @@
 """A transport keypair (whitepaper section 5.4.6): the two keys a handshake
-derived, the send counter, padding and encryption, the replay window, age and
-limits.
+derived, the send counter, padding, the replay window, age and limits, and
+the only code that seals and opens transport data messages.
 
-Written for the per-packet path: one ChaCha20-Poly1305 object per direction
-for the life of the keypair and the header packed with one struct call. The
-receive side is driven by ``Device._receive_transport``, which opens the
-packet with :attr:`Keypair.receiving` and only then moves :attr:`Keypair.replay`
-(a forged packet must not move the window).
+As boringtun's ``noise/session.rs``: :meth:`Keypair.seal` and
+:meth:`Keypair.open` (and their batch forms, for a run of packets on one
+keypair) are the only callers of the transport AEAD, and opening does the
+replay check, after the tag verified, so a forged message never moves the
+window. Written for the per-packet path: one ChaCha20-Poly1305 object per
+direction for the life of the keypair, the header packed with one struct
+call, and the replay window's common case (the next counter, within the
+window's current 64-bit word) inline in :meth:`Keypair.open_batch`.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from itertools import islice
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .constants import (
@@ -20,14 +26,17 @@ from .constants import (
     MESSAGE_TRANSPORT_DATA,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
+    TRANSPORT_MIN_LEN,
 )
 from .crypto import aead_nonce
-from .errors import LocalProtocolError
+from .errors import DecryptionError, LocalProtocolError, ReplayError
 from .handshake import HandshakeResult
-from .replay import ReplayWindow
+from .replay import BYTE_MASK, ReplayWindow
 
 _header = struct.Struct("<IIQ")
 _pack_header = _header.pack
+_unpack_counter = struct.Struct("<Q").unpack_from
+_unpack_header = _header.unpack_from
 _ZEROS = bytes(MESSAGE_PADDING_MULTIPLE)
 
 
@@ -87,13 +96,16 @@ class Keypair:
             self.sending_valid = False
         return self.sending_valid
 
-    def encrypt(self, packet: bytes, mtu: int | None = None) -> bytes:
+    def seal(self, packet: bytes, mtu: int | None = None) -> bytes:
         """A complete transport data message carrying *packet* (empty for a
-        keepalive). The caller checks :meth:`can_send` first."""
+        keepalive), zero-padded as the kernel pads. The caller checks
+        :meth:`can_send` first; past REJECT_AFTER_MESSAGES this raises
+        :class:`KeypairExhausted`."""
         counter = self.send_counter
         if counter >= REJECT_AFTER_MESSAGES or not self.sending_valid:
             self.sending_valid = False
             raise KeypairExhausted("keypair may not send any more")
+        # Counter first: a nonce is never used twice, whatever happens next.
         self.send_counter = counter + 1
         pad = padding_length(len(packet), mtu)
         if pad:
@@ -101,6 +113,35 @@ class Keypair:
         return _pack_header(
             MESSAGE_TRANSPORT_DATA, self.remote_index, counter
         ) + self.sending.encrypt(aead_nonce(counter), packet, None)
+
+    def seal_batch(self, packets: list[bytes], mtu: int | None, out: list[bytes]) -> None:
+        """:meth:`seal` for each of *packets* in turn, appending the messages
+        to *out*; stops early if the keypair reaches REJECT_AFTER_MESSAGES
+        (the number of packets sealed is what *out* grew by)."""
+        if not self.sending_valid:
+            return
+        counter = self.send_counter
+        room = REJECT_AFTER_MESSAGES - counter
+        if room < len(packets):
+            packets = packets[: max(room, 0)]
+            self.sending_valid = False  # the limit is reached within this run
+        # Every counter of the run is taken before anything is sealed: a nonce
+        # is never used twice, whatever happens next.
+        self.send_counter = counter + len(packets)
+        append = out.append
+        encrypt, nonce, header = self.sending.encrypt, aead_nonce, _pack_header
+        kind, remote, zeros = MESSAGE_TRANSPORT_DATA, self.remote_index, _ZEROS
+        last_n = -1
+        padding = b""
+        for packet in packets:
+            n = len(packet)
+            if n != last_n:  # the padding, worked out once per packet size
+                last_n = n
+                padding = zeros[: padding_length(n, mtu)]
+            if padding:
+                packet += padding
+            append(header(kind, remote, counter) + encrypt(nonce(counter), packet, None))
+            counter += 1
 
     # --- receiving -------------------------------------------------------
 
@@ -110,3 +151,77 @@ class Keypair:
         counter at or above REJECT_AFTER_MESSAGES.)"""
         # Pure: a refused datagram must leave the keypair as it was.
         return self.receiving_valid and now - self.created < REJECT_AFTER_TIME
+
+    def open(self, message: bytes) -> bytes:
+        """The padded packet inside transport data *message* (header
+        included, its receiver index already matched to this keypair).
+        Raises :class:`DecryptionError` if the tag does not verify and
+        :class:`ReplayError` if the counter was seen or is too old; either
+        way the keypair is unchanged. As in the kernel, the counter is
+        checked against the window only after the tag verified: the window
+        only ever moves for authenticated messages."""
+        counter = _unpack_counter(message, 8)[0]
+        try:
+            plain = self.receiving.decrypt(aead_nonce(counter), message[16:], None)
+        except InvalidTag:
+            raise DecryptionError("transport tag did not verify") from None
+        if not self.replay.update(counter):
+            raise ReplayError(f"counter {counter} was already received or is too old")
+        return plain
+
+    def open_batch(
+        self,
+        datagrams: Sequence[tuple[bytes, object]],
+        start: int,
+        source: object,
+        out: list[bytes],
+    ) -> tuple[int, int, int, int]:
+        """:meth:`open` for the run of transport messages in *datagrams*
+        (``(message, source)`` pairs, as a socket gives them) that begins at
+        *start*: it goes on while the messages carry this keypair's receiver
+        index and come from *source*, and ends at the first that does not.
+        What opened is appended to *out* (b"" for a keepalive). Returns (the
+        index where the run ended, bytes of the messages accepted, how many
+        failed the tag, how many were replays)."""
+        append = out.append
+        decrypt, nonce, unpack = self.receiving.decrypt, aead_nonce, _unpack_header
+        window = self.replay
+        update = window.update
+        kind, local, min_len = MESSAGE_TRANSPORT_DATA, self.local_index, TRANSPORT_MIN_LEN
+        limit, byte_mask = REJECT_AFTER_MESSAGES, BYTE_MASK
+        top, bitmap = window.counter, window.bitmap
+        rx = failed = replayed = 0
+        index = start
+        try:
+            for message, sender in islice(datagrams, start, None):
+                if sender != source or len(message) < min_len:
+                    break
+                word, receiver, counter = unpack(message)
+                if word != kind or receiver != local:
+                    break
+                index += 1
+                try:
+                    plain = decrypt(nonce(counter), message[16:], None)
+                except InvalidTag:
+                    failed += 1
+                    continue
+                # The replay window, after the tag verified. Its common case
+                # (the next counter, in the window's current 64-bit word, so
+                # no word to clear and the bit necessarily clear) inline, the
+                # window's counter written back once at the end; anything
+                # else through ReplayWindow.update.
+                shifted = counter + 1
+                if top < shifted < limit and shifted >> 6 == top >> 6 and bitmap is not None:
+                    top = shifted
+                    bitmap[(shifted >> 3) & byte_mask] |= 1 << (shifted & 7)
+                else:
+                    window.counter = top
+                    if not update(counter):
+                        replayed += 1
+                        continue
+                    top, bitmap = window.counter, window.bitmap
+                rx += len(message)
+                append(plain)
+        finally:
+            window.counter = top
+        return index, rx, failed, replayed
