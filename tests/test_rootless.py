@@ -7,7 +7,9 @@ kernel's TCP on the other side.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import asyncio.selector_events
 import contextlib
 import errno
 import hashlib
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from wireguard import forward as forward_module
 from wireguard.config import parse_wg_quick
 from wireguard.device import Device
 from wireguard.forward import main as forward_main
@@ -392,3 +395,116 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
         result.stderr == "python -m wireguard forward: -L x:1.2.3.4:5: listening port 'x'"
         " is not a port number\n"
     )
+
+
+# --------------------------------------------------- forwards driven in-process
+
+
+def forward_options(*args: str) -> argparse.Namespace:
+    """The forward command's options, as its parser fills them in."""
+    parser = argparse.ArgumentParser()
+    forward_module._add_arguments(parser)
+    return parser.parse_args(["unused.conf", *args])
+
+
+def add_reader_of_cpython_3_11_2(self, fd, callback, *args):  # type: ignore[no-untyped-def]
+    """``_SelectorTransport._add_reader`` as CPython 3.11.0-3.11.3 have it: it
+    registers the reader even when the protocol paused reading in
+    ``connection_made`` (fixed by gh-103607: 3.11.4 tests ``is_reading()``)."""
+    if self._closing:
+        return
+    self._loop._add_reader(fd, callback, *args)
+
+
+@pytest.mark.parametrize("size", [300, 300_000], ids=["request", "300kB"])
+@pytest.mark.parametrize("asyncio_reader", ["installed", "3.11.2"])
+def test_forward_keeps_bytes_sent_before_the_tunnel_side_is_connected(
+    monkeypatch, asyncio_reader: str, size: int
+) -> None:
+    """A client sends its request (and half-closes) while the connection through
+    the tunnel is still being opened, as curl does: every byte must reach the
+    server, whatever asyncio does with a pause_reading() in connection_made
+    (Debian 12's python3 is 3.11.2, where that pause does not hold)."""
+    if asyncio_reader == "3.11.2":
+        monkeypatch.setattr(
+            asyncio.selector_events._SelectorTransport, "_add_reader", add_reader_of_cpython_3_11_2
+        )
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            gate = asyncio.Event()
+            connect = a.create_connection
+
+            async def slow_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
+                await gate.wait()
+                return await connect(*args, **kwargs)
+
+            a.create_connection = slow_connection  # type: ignore[method-assign]
+            forward = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L"), a, forward_options()
+            )
+            await forward.start()
+            port = int(forward.where.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            request = os.urandom(size)
+            writer.write(request)
+            writer.write_eof()
+            while forward.counters.total == 0:
+                await asyncio.sleep(0.01)
+            for _ in range(20):  # the forwarder's loop turns: it reads what it may
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+            gate.set()
+            got = await reader.read()
+            assert len(got) == len(request)
+            assert got == request
+            writer.close()
+            await forward.close()
+            c = forward.counters
+            assert (c.to_tunnel, c.from_tunnel, c.discarded, c.overflows) == (size, size, 0, 0)
+
+    run(body)
+
+
+def test_forward_resets_a_connection_whose_reading_does_not_pause(monkeypatch, capsys) -> None:
+    """If the accepted socket goes on delivering although paused, the bytes held
+    for the other side stay bounded: the connection is reset and counted, not
+    truncated silently."""
+    monkeypatch.setattr(
+        asyncio.selector_events._SelectorSocketTransport, "pause_reading", lambda self: None
+    )
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            gate = asyncio.Event()
+            connect = a.create_connection
+
+            async def slow_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
+                await gate.wait()
+                return await connect(*args, **kwargs)
+
+            a.create_connection = slow_connection  # type: ignore[method-assign]
+            spec = forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L")
+            forward = forward_module.TcpLocalForward(spec, a, forward_options())
+            await forward.start()
+            port = int(forward.where.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(os.urandom(8 << 20))
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+            gate.set()
+            writer.close()
+            while forward.counters.active:
+                await asyncio.sleep(0.01)
+            c = forward.counters
+            assert c.overflows == 1 and c.discarded > forward_module._HOLD_MAX, c
+            assert (c.to_tunnel, c.from_tunnel) == (0, 0)
+            assert "reset (reading did not pause)" in forward.line()
+            await forward.close()
+
+    run(body)
+    assert "reset a connection" in capsys.readouterr().err

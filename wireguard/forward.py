@@ -16,6 +16,9 @@ IPv6 addresses go in brackets: ``-L [::1]:8080:[fd00::1]:80``. UDP forwards
 keep one flow per client address (its own port on the other side), expired
 after ``--udp-timeout`` seconds without traffic.
 
+Bytes a TCP client sends before its connection through the tunnel (or to the
+local service) is up are kept and relayed first, the sender paused after 64 KiB.
+
 The tunnel state and per-forward counters are printed to stderr every
 ``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
 """
@@ -168,6 +171,8 @@ class Counters:
     from_tunnel: int = 0  # bytes carried out of it
     datagrams_to_tunnel: int = 0
     datagrams_from_tunnel: int = 0
+    discarded: int = 0  # TCP bytes read for a side already gone (never relayed)
+    overflows: int = 0  # connections reset: their side ignored pause_reading()
 
     def line(self, proto: str) -> str:
         what = "conns" if proto == "tcp" else "flows"
@@ -179,10 +184,28 @@ class Counters:
         )
         if proto == "udp":
             text += f" ({self.datagrams_to_tunnel}/{self.datagrams_from_tunnel} datagrams)"
+        losses = [
+            (self.discarded, "bytes discarded (their other side was gone)"),
+            (self.overflows, "reset (reading did not pause)"),
+        ]
+        for n, why in losses:
+            if n:
+                text += f", {n} {why}"
         return text
 
 
 # ----------------------------------------------------------------- TCP relaying
+
+
+# Bytes of the accepted side that arrive before its other side is connected
+# wait in the link: up to _HOLD_PAUSE, then reading pauses until the connection
+# is up. (Pausing in connection_made is not enough: CPython up to 3.11.3,
+# Debian 12's python3 among them, registers the reader after connection_made
+# whatever it did, gh-103607.) A transport that goes on delivering past
+# _HOLD_MAX although paused gets its connection reset, counted as an overflow:
+# never a silent loss in the middle of a stream.
+_HOLD_PAUSE = 64 * 1024
+_HOLD_MAX = 1 << 20
 
 
 class _Side(asyncio.Protocol):
@@ -206,14 +229,12 @@ class _Side(asyncio.Protocol):
     def pause_writing(self) -> None:
         # Our write buffer to this side is full: stop reading the other side, so
         # back-pressure reaches the sender (a closing TCP window on either stack).
-        other = self.link.sides[1 - self.index]
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
+        self.link.write_full[self.index] = True
+        self.link.update_reading(1 - self.index)
 
     def resume_writing(self) -> None:
-        other = self.link.sides[1 - self.index]
-        if other is not None and other.transport is not None and not self.link.held:
-            other.transport.resume_reading()
+        self.link.write_full[self.index] = False
+        self.link.update_reading(1 - self.index)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.lost(self.index, exc)
@@ -223,41 +244,72 @@ class _Link:
     """A relayed connection: side 0 accepted, side 1 opened for it.
     *to_tunnel_from* is the side whose bytes go into the tunnel."""
 
-    def __init__(self, counters: Counters, to_tunnel_from: int) -> None:
+    def __init__(self, counters: Counters, to_tunnel_from: int, name: str = "") -> None:
         self.counters = counters
+        self.name = name
         self.sides: list[_Side | None] = [None, None]
         self.to_tunnel_from = to_tunnel_from
         self.eofs = [False, False]
-        self.held = True  # reading of side 0 waits until side 1 is connected
+        self.write_full = [False, False]  # a side's write buffer is over its high-water mark
+        self.held = True  # side 1 is not connected yet: side 0's bytes wait in pending
+        self.pending = bytearray()
         self.done = False
         counters.active += 1
         counters.total += 1
 
     def made(self, side: _Side) -> None:
         self.sides[side.index] = side
-        if side.index == 0:
-            assert side.transport is not None
+
+    def update_reading(self, index: int) -> None:
+        """Pause or resume reading side *index*: paused while the other side's
+        write buffer is full, or while its bytes are held and over the bound."""
+        side = self.sides[index]
+        if side is None or side.transport is None or side.transport.is_closing():
+            return
+        if self.write_full[1 - index] or (
+            index == 0 and self.held and len(self.pending) >= _HOLD_PAUSE
+        ):
             side.transport.pause_reading()
+        else:
+            side.transport.resume_reading()
 
     def connected(self) -> None:
+        """Side 1 is connected: what side 0 sent meanwhile (and its EOF) goes first."""
         self.held = False
-        side0 = self.sides[0]
+        pending, self.pending = self.pending, bytearray()
+        side0, side1 = self.sides
         if self.done or side0 is None or side0.transport is None:
-            other = self.sides[1]
-            if other is not None and other.transport is not None:
-                other.transport.close()
+            self.counters.discarded += len(pending)
+            if side1 is not None and side1.transport is not None:
+                side1.transport.close()
             return
-        side0.transport.resume_reading()
+        if pending:
+            self.data(0, bytes(pending))
+        if self.eofs[0]:
+            self.eofs[0] = False
+            if not self.eof(0):
+                return
+        self.update_reading(0)
 
     def failed(self) -> None:
         self.counters.failed += 1
+        self.counters.discarded += len(self.pending)
+        self.pending.clear()
         side0 = self.sides[0]
         if side0 is not None and side0.transport is not None:
             side0.transport.abort()
 
     def data(self, index: int, data: bytes) -> None:
+        if index == 0 and self.held:
+            self.pending += data
+            if len(self.pending) > _HOLD_MAX:
+                self._overflow()
+            else:
+                self.update_reading(0)
+            return
         other = self.sides[1 - index]
-        if other is None or other.transport is None:
+        if other is None or other.transport is None or other.transport.is_closing():
+            self.counters.discarded += len(data)
             return
         if index == self.to_tunnel_from:
             self.counters.to_tunnel += len(data)
@@ -265,8 +317,22 @@ class _Link:
             self.counters.from_tunnel += len(data)
         other.transport.write(data)
 
+    def _overflow(self) -> None:
+        self.counters.overflows += 1
+        self.counters.discarded += len(self.pending)
+        _log(
+            f"{self.name}: reset a connection: {len(self.pending)} bytes arrived while "
+            "reading was paused (more than the forwarder holds)"
+        )
+        self.pending.clear()
+        side0 = self.sides[0]
+        if side0 is not None and side0.transport is not None:
+            side0.transport.abort()
+
     def eof(self, index: int) -> bool:
         self.eofs[index] = True
+        if index == 0 and self.held:
+            return True  # passed on by connected(), after the bytes held
         other = self.sides[1 - index]
         if all(self.eofs):
             for side in self.sides:
@@ -281,6 +347,9 @@ class _Link:
         return True  # keep our writing half open (TCP half-close)
 
     def lost(self, index: int, exc: Exception | None) -> None:
+        if index == 0 and self.pending:
+            self.counters.discarded += len(self.pending)
+            self.pending.clear()
         other = self.sides[1 - index]
         if other is not None and other.transport is not None and not other.transport.is_closing():
             if exc is not None:
@@ -339,7 +408,7 @@ class TcpLocalForward(Forward):
         self.where = ", ".join(names)
 
     def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=0)
+        link = _Link(self.counters, to_tunnel_from=0, name=str(self.spec))
         self._spawn(self._connect(link))
         return _Side(link, 0)
 
@@ -373,7 +442,7 @@ class TcpRemoteForward(Forward):
         self.where = ", ".join(_fmt(h, self.server.port) for h in hosts) + " (in the tunnel)"
 
     def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=1)
+        link = _Link(self.counters, to_tunnel_from=1, name=str(self.spec))
         self._spawn(self._connect(link))
         return _Side(link, 0)
 
@@ -595,6 +664,7 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
         parts.append(
             f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
             f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+            + (f" lost {c.discarded} B" if c.discarded else "")
         )
     return " | ".join(parts)
 
