@@ -14,7 +14,12 @@ whose userspace TCP/IP stack owns the configuration's ``[Interface] Address``.
 
 IPv6 addresses go in brackets: ``-L [::1]:8080:[fd00::1]:80``. UDP forwards
 keep one flow per client address (its own port on the other side), expired
-after ``--udp-timeout`` seconds without traffic.
+after ``--udp-timeout`` seconds without traffic. A forward holds at most
+``--udp-flows`` flows (default 1024): a new client beyond that evicts the least
+recently active flow, as a full NAT table does, and the status counts the
+evictions. Each ``-R udp:`` flow is a kernel socket: the soft descriptor limit is
+raised as far as those caps need, and where the hard limit does not allow it,
+the caps are lowered (one line says so) rather than leave TCP without sockets.
 
 Bytes a TCP client sends before its connection through the tunnel (or to the
 local service) is up are kept and relayed first, the sender paused after 64 KiB.
@@ -32,10 +37,12 @@ import contextlib
 import errno
 import ipaddress
 import os
+import resource
 import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,12 +180,16 @@ class Counters:
     datagrams_from_tunnel: int = 0
     discarded: int = 0  # TCP bytes read for a side already gone (never relayed)
     overflows: int = 0  # connections reset: their side ignored pause_reading()
+    evicted: int = 0  # UDP flows dropped to make room (--udp-flows)
+    dropped: int = 0  # UDP datagrams not relayed (backlog of an opening flow full, flow gone)
+    unreachable: int = 0  # ICMP errors on a flow's socket (the destination dropped one)
 
     def line(self, proto: str) -> str:
         what = "conns" if proto == "tcp" else "flows"
         text = (
             f"{self.active} {what} open, {self.total} total"
             + (f", {self.failed} failed" if self.failed else "")
+            + (f", {self.evicted} evicted" if self.evicted else "")
             + f", to tunnel {format_bytes(self.to_tunnel)}"
             + f", from tunnel {format_bytes(self.from_tunnel)}"
         )
@@ -187,6 +198,8 @@ class Counters:
         losses = [
             (self.discarded, "bytes discarded (their other side was gone)"),
             (self.overflows, "reset (reading did not pause)"),
+            (self.dropped, "datagrams dropped"),
+            (self.unreachable, "ICMP errors"),
         ]
         for n, why in losses:
             if n:
@@ -467,8 +480,9 @@ _OnDatagram = Callable[[bytes, Any], None]
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: _OnDatagram) -> None:
+    def __init__(self, on_datagram: _OnDatagram, on_error: Callable[[], None]) -> None:
         self.on_datagram = on_datagram
+        self.on_error = on_error
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -478,7 +492,9 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors (port unreachable) on a connected UDP socket: UDP drops
+        # ICMP errors (port unreachable) on a connected UDP socket: the
+        # destination dropped a datagram, as UDP may; counted.
+        self.on_error()
 
 
 class _Flow:
@@ -491,18 +507,24 @@ class _Flow:
 
 
 _FLOW_BACKLOG = 64
+DEFAULT_UDP_FLOWS = 1024  # a NAT table's order of size; each -R flow is a kernel socket
 
 
 class _UdpForward(Forward):
     """A UDP forward: one listening endpoint, one flow per client address,
-    each flow its own endpoint towards the destination."""
+    each flow its own endpoint towards the destination.
+
+    The flow table holds at most ``--udp-flows`` flows, in order of last
+    activity (either direction): a new client beyond that evicts the least
+    recently active flow, as a full NAT table does, and the eviction is counted."""
 
     listener: asyncio.DatagramTransport | None = None
     client_to_tunnel = True  # -L: clients are local; -R: clients are in the tunnel
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.flows: dict[Any, _Flow] = {}
+        self.flows: OrderedDict[Any, _Flow] = OrderedDict()  # least recently active first
+        self.max_flows: int = getattr(self.options, "udp_flows", DEFAULT_UDP_FLOWS)
 
     def _count(self, to_tunnel: bool, n: int) -> None:
         c = self.counters
@@ -513,37 +535,51 @@ class _UdpForward(Forward):
             c.from_tunnel += n
             c.datagrams_from_tunnel += 1
 
+    def _error(self) -> None:
+        self.counters.unreachable += 1
+
     def _from_client(self, data: bytes, addr: Any) -> None:
-        loop = asyncio.get_running_loop()
-        flow = self.flows.get(addr)
+        now = asyncio.get_running_loop().time()
+        flows = self.flows
+        flow = flows.get(addr)
         if flow is None:
-            flow = self.flows[addr] = _Flow(loop.time())
+            while len(flows) >= self.max_flows:
+                self._drop(next(iter(flows)))
+                self.counters.evicted += 1
+            flow = flows[addr] = _Flow(now)
             self.counters.active += 1
             self.counters.total += 1
             self._spawn(self._open_flow(addr, flow))
-        flow.last = loop.time()
+        else:
+            flows.move_to_end(addr)
+        flow.last = now
         if flow.transport is not None:
             self._count(self.client_to_tunnel, len(data))
             flow.transport.sendto(data)
         elif flow.pending is not None and len(flow.pending) < _FLOW_BACKLOG:
             flow.pending.append(data)
+        else:
+            self.counters.dropped += 1
 
     def _from_destination(self, addr: Any, flow: _Flow, data: bytes) -> None:
         if self.listener is None or self.flows.get(addr) is not flow:
+            self.counters.dropped += 1  # its flow was evicted or expired this turn
             return
         flow.last = asyncio.get_running_loop().time()
+        self.flows.move_to_end(addr)
         self._count(not self.client_to_tunnel, len(data))
         self.listener.sendto(data, addr)
 
     async def _open_flow(self, addr: Any, flow: _Flow) -> None:
         try:
             transport = await self._endpoint(
-                lambda data, _src: self._from_destination(addr, flow, data)
+                lambda data, _src: self._from_destination(addr, flow, data), self._error
             )
         except (OSError, LocalProtocolError) as exc:
             _log(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {_why(exc)}")
             self.counters.failed += 1
-            self._drop(addr)
+            if self.flows.get(addr) is flow:
+                self._drop(addr)
             return
         if self.flows.get(addr) is not flow:
             transport.close()
@@ -555,21 +591,28 @@ class _UdpForward(Forward):
             transport.sendto(data)
 
     @abc.abstractmethod
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         """The datagram endpoint a new flow's replies come back through."""
 
     def _drop(self, addr: Any) -> None:
         flow = self.flows.pop(addr, None)
         if flow is not None:
             self.counters.active -= 1
+            if flow.pending:
+                self.counters.dropped += len(flow.pending)
+                flow.pending = None
             if flow.transport is not None:
                 flow.transport.close()
 
     def expire(self, now: float) -> None:
         timeout = self.options.udp_timeout
-        for addr, flow in list(self.flows.items()):
-            if now - flow.last > timeout:
-                self._drop(addr)
+        while self.flows:
+            addr, flow = next(iter(self.flows.items()))
+            if now - flow.last <= timeout:
+                break  # the rest were active more recently
+            self._drop(addr)
 
     async def close(self) -> None:
         for addr in list(self.flows):
@@ -590,7 +633,7 @@ class UdpLocalForward(_UdpForward):
         host = self.spec.bind_host
         family = socket.AF_INET6 if host is None or ":" in host else socket.AF_UNSPEC
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._from_client),
+            lambda: _Datagrams(self._from_client, self._error),
             local_addr=(host or "::", self.spec.bind_port),
             family=family,
         )
@@ -598,9 +641,11 @@ class UdpLocalForward(_UdpForward):
         sockname = transport.get_extra_info("sockname")
         self.where = _fmt(sockname[0], sockname[1])
 
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         transport, _ = await self.tunnel.create_datagram_endpoint(
-            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+            lambda: _Datagrams(on_datagram, on_error), remote_addr=(self.spec.host, self.spec.port)
         )
         return transport
 
@@ -614,16 +659,19 @@ class UdpRemoteForward(_UdpForward):
     async def start(self) -> None:
         spec = self.spec
         transport, _ = await self.tunnel.create_datagram_endpoint(
-            lambda: _Datagrams(self._from_client), local_addr=(spec.bind_host, spec.bind_port)
+            lambda: _Datagrams(self._from_client, self._error),
+            local_addr=(spec.bind_host, spec.bind_port),
         )
         self.listener = transport
         hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
         self.where = ", ".join(_fmt(h, spec.bind_port) for h in hosts) + " (in the tunnel)"
 
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+            lambda: _Datagrams(on_datagram, on_error), remote_addr=(self.spec.host, self.spec.port)
         )
         return transport
 
@@ -664,7 +712,9 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
         parts.append(
             f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
             f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+            + (f" evicted {c.evicted}" if c.evicted else "")
             + (f" lost {c.discarded} B" if c.discarded else "")
+            + (f" dropped {c.dropped}" if c.dropped else "")
         )
     return " | ".join(parts)
 
@@ -691,6 +741,51 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
         _log(f"  {f.line()}")
 
 
+# ------------------------------------------------------------------- descriptors
+
+# Descriptors kept for all but the -R udp flows: the UDP socket, listeners,
+# the kernel side of TCP connections.
+_FD_RESERVE = 256
+
+
+def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[int]]:
+    """The soft RLIMIT_NOFILE to set and the flow caps of the ``-R udp`` forwards
+    (each of their flows is a kernel socket; *caps* as asked). The soft limit is
+    raised towards the hard one as far as the caps need (Go's runtime raises it
+    for every program, wireguard-go included); if the hard limit is too low, the
+    caps share half of it, so that a flood of UDP senders cannot take the
+    descriptors TCP connections need."""
+    need = sum(caps) + _FD_RESERVE
+    infinity = resource.RLIM_INFINITY
+    if soft != infinity and soft < need:
+        soft = need if hard == infinity else min(hard, need)
+    if soft == infinity or soft >= need or not caps:
+        return soft, list(caps)
+    budget = max(len(caps), soft // 2)
+    total = sum(caps)
+    return soft, [max(1, cap * budget // total) for cap in caps]
+
+
+def _fit_descriptors(forwards: list[Forward]) -> None:
+    remote_udp = [f for f in forwards if isinstance(f, UdpRemoteForward)]
+    if not remote_udp:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, hard)
+    if new_soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (OSError, ValueError):
+            new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, soft)
+    for forward, cap in zip(remote_udp, caps, strict=True):
+        if cap < forward.max_flows:
+            _log(
+                f"{forward.spec}: at most {cap} flows, not {forward.max_flows}: "
+                f"each is a descriptor and the limit is {new_soft} (ulimit -n)"
+            )
+            forward.max_flows = cap
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -711,14 +806,15 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        for spec in specs:
-            forward = _KINDS[(spec.kind, spec.proto)](spec, tunnel, args)
+        made = [_KINDS[(spec.kind, spec.proto)](spec, tunnel, args) for spec in specs]
+        _fit_descriptors(made)
+        for forward in made:
             try:
                 await forward.start()
             except (OSError, LocalProtocolError) as exc:
-                raise UsageError(f"{spec}: cannot listen: {_why(exc)}") from None
+                raise UsageError(f"{forward.spec}: cannot listen: {_why(exc)}") from None
             forwards.append(forward)
-            _log(f"{spec}: listening on {forward.where}")
+            _log(f"{forward.spec}: listening on {forward.where}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
@@ -754,7 +850,7 @@ examples:
   -L 8080:10.0.0.1:80            127.0.0.1:8080 here -> 10.0.0.1:80 behind the peer
   -L '*:8080:10.0.0.1:80'        the same on all local addresses
   -L [::1]:8080:[fd00::1]:80     IPv6 in brackets
-  -L udp:5353:10.0.0.1:53        UDP, one flow per client
+  -L udp:5353:10.0.0.1:53        UDP, one flow per client (at most --udp-flows)
   -R 2222:127.0.0.1:22           peers reach our local sshd at <Address>:2222
   -R udp:10.0.0.2:514:localhost:514
 
@@ -806,6 +902,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="forget a UDP flow idle this long (default 60)",
     )
+    parser.add_argument(
+        "--udp-flows",
+        type=int,
+        default=DEFAULT_UDP_FLOWS,
+        metavar="N",
+        help="at most N UDP flows per forward; a new one evicts the least recently active "
+        f"(counted; default {DEFAULT_UDP_FLOWS})",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -832,6 +936,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{flag} must not be negative")
         if args.connect_timeout <= 0:
             raise UsageError("--connect-timeout must be positive")
+        if args.udp_flows < 1:
+            raise UsageError("--udp-flows must be at least 1")
         if not os.path.exists(args.config):
             raise UsageError(f"{args.config}: No such file or directory")
         return asyncio.run(serve(args, specs))
