@@ -150,7 +150,10 @@ def test_udp_datagram_endpoint() -> None:
             server.transport.sendto(b"answer", addr)
             data, addr = await client.got.get()
             assert (data, addr) == (b"answer", (B_ADDR[0], 53))
+            assert a.status().losses == {}
             ta.close()
+            ta.sendto(b"too late")  # counted, as everything not passed on
+            assert a.status().losses == {"sendto after close": 1}
 
     run(body)
 

@@ -666,6 +666,13 @@ class UdpRemoteForward(_UdpForward):
         hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
         self.where = ", ".join(_fmt(h, spec.bind_port) for h in hosts) + " (in the tunnel)"
 
+    def line(self) -> str:
+        text = super().line()
+        sock = self.listener.get_extra_info("udp_socket") if self.listener is not None else None
+        if sock is not None and sock.dropped:
+            text += f", {sock.dropped} datagrams dropped by the stack's socket (queue full)"
+        return text
+
     async def _endpoint(
         self, on_datagram: _OnDatagram, on_error: Callable[[], None]
     ) -> asyncio.DatagramTransport:
@@ -737,6 +744,8 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
     drops = {k: v for k, v in tunnel.device.drops.items() if v}
     if drops:
         _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    if status.losses:
+        _log("  not passed on: " + ", ".join(f"{k} {v}" for k, v in status.losses.items()))
     for f in forwards:
         _log(f"  {f.line()}")
 

@@ -502,8 +502,11 @@ class Tunnel(Lifecycle):
     def apply(self, effects: Effects) -> None:
         """Carry out what the device decided, then rearm the timer."""
         sock = self._sock
-        if sock is not None and effects.datagrams:
-            self._send_datagrams(sock, effects.datagrams)
+        if effects.datagrams:
+            if sock is not None:
+                self._send_datagrams(sock, effects.datagrams)
+            else:  # closed (or not started): nowhere to send them
+                self.dropped_datagrams += len(effects.datagrams)
         if effects.packets:
             if self.on_packets is not None:
                 self.on_packets(effects.packets)
