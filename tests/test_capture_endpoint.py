@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import need_tool
 from wireguard import decrypt
 from wireguard.capture import PcapReader, read_keylog
-from wireguard.device import Device, Drop, HandshakeCompleted
+from wireguard.device import Device, Drop, Event, HandshakeCompleted
 from wireguard.io.tap import SOL_UDP, UDP_GRO, UDP_SEGMENT, EndpointTap, TappedSocket, attach
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PresharedKey, PrivateKey
@@ -37,6 +37,8 @@ class End:
         self.device = Device(PrivateKey.generate())
         self.tunnel = Tunnel(self.device, host="127.0.0.1", listen_port=0)
         self.tunnel.on_packet = self._on_packet
+        self.events: list[Event] = []  # this test's whole history of them
+        self.tunnel.on_event = self.events.append
         self.sent: list[bytes] = []
         self.received: list[bytes] = []
         self.replies: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
@@ -118,7 +120,7 @@ def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> Non
         return a, b, tap
 
     a, b, tap = asyncio.run(body())
-    handshakes = [e for e in a.tunnel.events if isinstance(e, HandshakeCompleted)]
+    handshakes = [e for e in a.events if isinstance(e, HandshakeCompleted)]
     assert [e.is_initiator for e in handshakes] == [True, False]
 
     with PcapReader(cap) as reader:

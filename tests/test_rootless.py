@@ -7,12 +7,15 @@ kernel's TCP on the other side.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import asyncio.selector_events
 import contextlib
 import errno
 import hashlib
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from wireguard import forward as forward_module
 from wireguard.config import parse_wg_quick
 from wireguard.device import Device
 from wireguard.forward import main as forward_main
@@ -146,7 +150,10 @@ def test_udp_datagram_endpoint() -> None:
             server.transport.sendto(b"answer", addr)
             data, addr = await client.got.get()
             assert (data, addr) == (b"answer", (B_ADDR[0], 53))
+            assert a.status().losses == {}
             ta.close()
+            ta.sendto(b"too late")  # counted, as everything not passed on
+            assert a.status().losses == {"sendto after close": 1}
 
     run(body)
 
@@ -369,6 +376,7 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
             ([good, "-R", "udp:99999:localhost:53"], "listening port 99999 is out of range"),
             ([good, "-L", "[::1:80:10.99.0.2:80"], "unclosed '['"),
             ([good, "--status", "-1"], "--status must not be negative"),
+            ([good, "--udp-flows", "0"], "--udp-flows must be at least 1"),
             ([str(no_address)], "no [Interface] Address"),
             ([str(broken)], "broken.conf:2: PrivateKey"),
             ([good, "-L", f"{busy}:10.99.0.2:80"], "cannot listen: Address already in use"),
@@ -392,3 +400,251 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
         result.stderr == "python -m wireguard forward: -L x:1.2.3.4:5: listening port 'x'"
         " is not a port number\n"
     )
+
+
+# --------------------------------------------------- forwards driven in-process
+
+
+def forward_options(*args: str) -> argparse.Namespace:
+    """The forward command's options, as its parser fills them in."""
+    parser = argparse.ArgumentParser()
+    forward_module._add_arguments(parser)
+    return parser.parse_args(["unused.conf", *args])
+
+
+def add_reader_of_cpython_3_11_2(self, fd, callback, *args):  # type: ignore[no-untyped-def]
+    """``_SelectorTransport._add_reader`` as CPython 3.11.0-3.11.3 have it: it
+    registers the reader even when the protocol paused reading in
+    ``connection_made`` (fixed by gh-103607: 3.11.4 tests ``is_reading()``)."""
+    if self._closing:
+        return
+    self._loop._add_reader(fd, callback, *args)
+
+
+@pytest.mark.parametrize("size", [300, 300_000], ids=["request", "300kB"])
+@pytest.mark.parametrize("asyncio_reader", ["installed", "3.11.2"])
+def test_forward_keeps_bytes_sent_before_the_tunnel_side_is_connected(
+    monkeypatch, asyncio_reader: str, size: int
+) -> None:
+    """A client sends its request (and half-closes) while the connection through
+    the tunnel is still being opened, as curl does: every byte must reach the
+    server, whatever asyncio does with a pause_reading() in connection_made
+    (Debian 12's python3 is 3.11.2, where that pause does not hold)."""
+    if asyncio_reader == "3.11.2":
+        monkeypatch.setattr(
+            asyncio.selector_events._SelectorTransport, "_add_reader", add_reader_of_cpython_3_11_2
+        )
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            gate = asyncio.Event()
+            connect = a.create_connection
+
+            async def slow_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
+                await gate.wait()
+                return await connect(*args, **kwargs)
+
+            a.create_connection = slow_connection  # type: ignore[method-assign]
+            forward = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L"), a, forward_options()
+            )
+            await forward.start()
+            port = int(forward.where.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            request = os.urandom(size)
+            writer.write(request)
+            writer.write_eof()
+            while forward.counters.total == 0:
+                await asyncio.sleep(0.01)
+            for _ in range(20):  # the forwarder's loop turns: it reads what it may
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+            gate.set()
+            got = await reader.read()
+            assert len(got) == len(request)
+            assert got == request
+            writer.close()
+            await forward.close()
+            c = forward.counters
+            assert (c.to_tunnel, c.from_tunnel, c.discarded, c.overflows) == (size, size, 0, 0)
+
+    run(body)
+
+
+def test_forward_resets_a_connection_whose_reading_does_not_pause(monkeypatch, capsys) -> None:
+    """If the accepted socket goes on delivering although paused, the bytes held
+    for the other side stay bounded: the connection is reset and counted, not
+    truncated silently."""
+    monkeypatch.setattr(
+        asyncio.selector_events._SelectorSocketTransport, "pause_reading", lambda self: None
+    )
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            gate = asyncio.Event()
+            connect = a.create_connection
+
+            async def slow_connection(*args, **kwargs):  # type: ignore[no-untyped-def]
+                await gate.wait()
+                return await connect(*args, **kwargs)
+
+            a.create_connection = slow_connection  # type: ignore[method-assign]
+            spec = forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L")
+            forward = forward_module.TcpLocalForward(spec, a, forward_options())
+            await forward.start()
+            port = int(forward.where.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(os.urandom(8 << 20))
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+            gate.set()
+            writer.close()
+            while forward.counters.active:
+                await asyncio.sleep(0.01)
+            c = forward.counters
+            assert c.overflows == 1 and c.discarded > forward_module._HOLD_MAX, c
+            assert (c.to_tunnel, c.from_tunnel) == (0, 0)
+            assert "reset (reading did not pause)" in forward.line()
+            await forward.close()
+
+    run(body)
+    assert "reset a connection" in capsys.readouterr().err
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_forward_udp_flow_table_is_capped() -> None:
+    """3,000 senders in the tunnel reach a -R udp forward capped at 100 flows:
+    each flow is a kernel socket, so descriptors stay bounded by the cap (under a
+    descriptor limit 3,000 sockets would exceed), the least recently active flows
+    are evicted and counted, and a -L TCP listener in the same process still
+    accepts and relays."""
+    sources, cap = 3000, 100
+
+    class UdpEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+            self.transport.sendto(b"echo:" + data, addr)
+
+    async def body() -> None:
+        a, b = pair()
+        loop = asyncio.get_running_loop()
+        async with a, b:
+            local, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+            echo_port = local.get_extra_info("sockname")[1]
+            await b.start_server(echo, port=7)
+            options = forward_options("--udp-flows", str(cap))
+            udp = forward_module.UdpRemoteForward(
+                forward_module.parse_forward(f"udp:5354:127.0.0.1:{echo_port}", "R"), a, options
+            )
+            tcp = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L"), a, options
+            )
+            await udp.start()
+            await tcp.start()
+            base = open_descriptors()
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, base + 3 * cap), hard))
+            try:
+                for i in range(sources):
+                    t, _ = await b.create_datagram_endpoint(
+                        asyncio.DatagramProtocol,
+                        local_addr=(None, 20000 + i),
+                        remote_addr=(A_ADDR[0], 5354),
+                    )
+                    t.sendto(b"from %d" % i)
+                    t.close()
+                    if i % 50 == 49:
+                        await asyncio.sleep(0.005)
+                while udp.counters.total < sources:
+                    await asyncio.sleep(0.01)
+                # The TCP listener accepts and relays while the flood's flows are live.
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", int(tcp.where.rsplit(":", 1)[1])
+                )
+                writer.write(b"still accepting")
+                writer.write_eof()
+                assert await reader.read() == b"still accepting"
+                writer.close()
+                # A sender that stays gets its answer back through a fresh flow.
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+                t, _ = await b.create_datagram_endpoint(
+                    lambda: _Collect(got), remote_addr=(A_ADDR[0], 5354)
+                )
+                for _attempt in range(5):  # UDP: the echo's socket may still be full
+                    t.sendto(b"last")
+                    with contextlib.suppress(TimeoutError):
+                        assert await asyncio.wait_for(got.get(), 2) == b"echo:last"
+                        break
+                else:
+                    raise AssertionError(f"no answer through a fresh flow: {udp.line()}")
+                t.close()
+                peak = open_descriptors()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            c = udp.counters
+            assert peak <= base + cap + 10, (base, peak)
+            assert c.failed == 0, udp.line()
+            assert c.total == sources + 1 and c.active == cap, udp.line()
+            assert c.evicted == sources + 1 - cap, udp.line()
+            assert f"{c.evicted} evicted" in udp.line()
+            await udp.close()
+            await tcp.close()
+            local.close()
+
+    run(body, timeout=120)
+
+
+def test_flow_caps_fit_the_descriptor_limit(tmp_path) -> None:
+    """-R udp flows are kernel sockets: the soft limit is raised as far as the
+    caps need, and under a hard limit too low for them the caps give way, so
+    the flows can never take the descriptors TCP connections need."""
+    plan, reserve = forward_module.plan_descriptors, forward_module._FD_RESERVE
+    for caps, soft, hard in [
+        ([1024], 1024, 524288),  # Debian's defaults: raised, cap kept
+        ([1024], 1024, 1024),
+        ([1024, 1024], 1024, 1024),
+        ([100, 5000], 4096, 4096),
+        ([1024], 65536, 65536),
+        ([1024], resource.RLIM_INFINITY, resource.RLIM_INFINITY),
+    ]:
+        new_soft, new_caps = plan(caps, soft, hard)
+        assert soft <= new_soft <= hard, (caps, soft, hard)
+        assert all(1 <= n <= c for n, c in zip(new_caps, caps, strict=True))
+        if new_soft != resource.RLIM_INFINITY:
+            assert sum(new_caps) + reserve <= new_soft or 2 * sum(new_caps) <= new_soft
+        if hard == resource.RLIM_INFINITY or sum(caps) + reserve <= hard:
+            assert new_caps == caps, (caps, soft, hard)
+    # The command under `ulimit -n 400`: the default 1024 flows would not fit.
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    good = forward_config(tmp_path, key_a, key_b, ("127.0.0.1", 9), 0)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+
+    proc = subprocess.Popen(
+        [*FORWARD, good, "-R", "udp:5354:127.0.0.1:9", "--status", "0"],
+        stderr=subprocess.PIPE, text=True, preexec_fn=low_limit,
+    )  # fmt: skip
+    try:
+        lines = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "forward: ready" in line:
+                break
+        text = "".join(lines)
+        assert "-R udp stack:5354 -> 127.0.0.1:9: at most 200 flows, not 1024: " in text, text
+        assert "the limit is 400 (ulimit -n)" in text, text
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -51,6 +51,7 @@ async def run_demo(count: int = 3, *, host: str = "127.0.0.1") -> DemoResult:
     async with Tunnel(a, host=host, listen_port=0) as ta, Tunnel(b, host=host, listen_port=0) as tb:
         ta.on_packet = _answer_pings(ta, replies_a)
         tb.on_packet = _answer_pings(tb, replies_b)
+        events_a = ta.subscribe()
         a.add_peer(key_b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=(host, tb.listen_port))
         b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"], endpoint=(host, ta.listen_port))
         lines += [
@@ -83,7 +84,8 @@ async def run_demo(count: int = 3, *, host: str = "127.0.0.1") -> DemoResult:
                     f"time={(got_at - sent) * 1000:.2f} ms"
                 )
                 if seq == 1 and name == "A":
-                    done = [e for e in ta.events if isinstance(e, HandshakeCompleted)]
+                    done = [e for e in events_a.drain() if isinstance(e, HandshakeCompleted)]
+                    events_a.close()
                     lines.append(
                         f"  (the first ping waited for the handshake: "
                         f"{'completed' if done else 'NOT completed'})"

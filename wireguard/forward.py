@@ -14,7 +14,15 @@ whose userspace TCP/IP stack owns the configuration's ``[Interface] Address``.
 
 IPv6 addresses go in brackets: ``-L [::1]:8080:[fd00::1]:80``. UDP forwards
 keep one flow per client address (its own port on the other side), expired
-after ``--udp-timeout`` seconds without traffic.
+after ``--udp-timeout`` seconds without traffic. A forward holds at most
+``--udp-flows`` flows (default 1024): a new client beyond that evicts the least
+recently active flow, as a full NAT table does, and the status counts the
+evictions. Each ``-R udp:`` flow is a kernel socket: the soft descriptor limit is
+raised as far as those caps need, and where the hard limit does not allow it,
+the caps are lowered (one line says so) rather than leave TCP without sockets.
+
+Bytes a TCP client sends before its connection through the tunnel (or to the
+local service) is up are kept and relayed first, the sender paused after 64 KiB.
 
 The tunnel state and per-forward counters are printed to stderr every
 ``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
@@ -29,10 +37,12 @@ import contextlib
 import errno
 import ipaddress
 import os
+import resource
 import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -168,21 +178,47 @@ class Counters:
     from_tunnel: int = 0  # bytes carried out of it
     datagrams_to_tunnel: int = 0
     datagrams_from_tunnel: int = 0
+    discarded: int = 0  # TCP bytes read for a side already gone (never relayed)
+    overflows: int = 0  # connections reset: their side ignored pause_reading()
+    evicted: int = 0  # UDP flows dropped to make room (--udp-flows)
+    dropped: int = 0  # UDP datagrams not relayed (backlog of an opening flow full, flow gone)
+    unreachable: int = 0  # ICMP errors on a flow's socket (the destination dropped one)
 
     def line(self, proto: str) -> str:
         what = "conns" if proto == "tcp" else "flows"
         text = (
             f"{self.active} {what} open, {self.total} total"
             + (f", {self.failed} failed" if self.failed else "")
+            + (f", {self.evicted} evicted" if self.evicted else "")
             + f", to tunnel {format_bytes(self.to_tunnel)}"
             + f", from tunnel {format_bytes(self.from_tunnel)}"
         )
         if proto == "udp":
             text += f" ({self.datagrams_to_tunnel}/{self.datagrams_from_tunnel} datagrams)"
+        losses = [
+            (self.discarded, "bytes discarded (their other side was gone)"),
+            (self.overflows, "reset (reading did not pause)"),
+            (self.dropped, "datagrams dropped"),
+            (self.unreachable, "ICMP errors"),
+        ]
+        for n, why in losses:
+            if n:
+                text += f", {n} {why}"
         return text
 
 
 # ----------------------------------------------------------------- TCP relaying
+
+
+# Bytes of the accepted side that arrive before its other side is connected
+# wait in the link: up to _HOLD_PAUSE, then reading pauses until the connection
+# is up. (Pausing in connection_made is not enough: CPython up to 3.11.3,
+# Debian 12's python3 among them, registers the reader after connection_made
+# whatever it did, gh-103607.) A transport that goes on delivering past
+# _HOLD_MAX although paused gets its connection reset, counted as an overflow:
+# never a silent loss in the middle of a stream.
+_HOLD_PAUSE = 64 * 1024
+_HOLD_MAX = 1 << 20
 
 
 class _Side(asyncio.Protocol):
@@ -206,14 +242,12 @@ class _Side(asyncio.Protocol):
     def pause_writing(self) -> None:
         # Our write buffer to this side is full: stop reading the other side, so
         # back-pressure reaches the sender (a closing TCP window on either stack).
-        other = self.link.sides[1 - self.index]
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
+        self.link.write_full[self.index] = True
+        self.link.update_reading(1 - self.index)
 
     def resume_writing(self) -> None:
-        other = self.link.sides[1 - self.index]
-        if other is not None and other.transport is not None and not self.link.held:
-            other.transport.resume_reading()
+        self.link.write_full[self.index] = False
+        self.link.update_reading(1 - self.index)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.lost(self.index, exc)
@@ -223,41 +257,72 @@ class _Link:
     """A relayed connection: side 0 accepted, side 1 opened for it.
     *to_tunnel_from* is the side whose bytes go into the tunnel."""
 
-    def __init__(self, counters: Counters, to_tunnel_from: int) -> None:
+    def __init__(self, counters: Counters, to_tunnel_from: int, name: str = "") -> None:
         self.counters = counters
+        self.name = name
         self.sides: list[_Side | None] = [None, None]
         self.to_tunnel_from = to_tunnel_from
         self.eofs = [False, False]
-        self.held = True  # reading of side 0 waits until side 1 is connected
+        self.write_full = [False, False]  # a side's write buffer is over its high-water mark
+        self.held = True  # side 1 is not connected yet: side 0's bytes wait in pending
+        self.pending = bytearray()
         self.done = False
         counters.active += 1
         counters.total += 1
 
     def made(self, side: _Side) -> None:
         self.sides[side.index] = side
-        if side.index == 0:
-            assert side.transport is not None
+
+    def update_reading(self, index: int) -> None:
+        """Pause or resume reading side *index*: paused while the other side's
+        write buffer is full, or while its bytes are held and over the bound."""
+        side = self.sides[index]
+        if side is None or side.transport is None or side.transport.is_closing():
+            return
+        if self.write_full[1 - index] or (
+            index == 0 and self.held and len(self.pending) >= _HOLD_PAUSE
+        ):
             side.transport.pause_reading()
+        else:
+            side.transport.resume_reading()
 
     def connected(self) -> None:
+        """Side 1 is connected: what side 0 sent meanwhile (and its EOF) goes first."""
         self.held = False
-        side0 = self.sides[0]
+        pending, self.pending = self.pending, bytearray()
+        side0, side1 = self.sides
         if self.done or side0 is None or side0.transport is None:
-            other = self.sides[1]
-            if other is not None and other.transport is not None:
-                other.transport.close()
+            self.counters.discarded += len(pending)
+            if side1 is not None and side1.transport is not None:
+                side1.transport.close()
             return
-        side0.transport.resume_reading()
+        if pending:
+            self.data(0, bytes(pending))
+        if self.eofs[0]:
+            self.eofs[0] = False
+            if not self.eof(0):
+                return
+        self.update_reading(0)
 
     def failed(self) -> None:
         self.counters.failed += 1
+        self.counters.discarded += len(self.pending)
+        self.pending.clear()
         side0 = self.sides[0]
         if side0 is not None and side0.transport is not None:
             side0.transport.abort()
 
     def data(self, index: int, data: bytes) -> None:
+        if index == 0 and self.held:
+            self.pending += data
+            if len(self.pending) > _HOLD_MAX:
+                self._overflow()
+            else:
+                self.update_reading(0)
+            return
         other = self.sides[1 - index]
-        if other is None or other.transport is None:
+        if other is None or other.transport is None or other.transport.is_closing():
+            self.counters.discarded += len(data)
             return
         if index == self.to_tunnel_from:
             self.counters.to_tunnel += len(data)
@@ -265,8 +330,22 @@ class _Link:
             self.counters.from_tunnel += len(data)
         other.transport.write(data)
 
+    def _overflow(self) -> None:
+        self.counters.overflows += 1
+        self.counters.discarded += len(self.pending)
+        _log(
+            f"{self.name}: reset a connection: {len(self.pending)} bytes arrived while "
+            "reading was paused (more than the forwarder holds)"
+        )
+        self.pending.clear()
+        side0 = self.sides[0]
+        if side0 is not None and side0.transport is not None:
+            side0.transport.abort()
+
     def eof(self, index: int) -> bool:
         self.eofs[index] = True
+        if index == 0 and self.held:
+            return True  # passed on by connected(), after the bytes held
         other = self.sides[1 - index]
         if all(self.eofs):
             for side in self.sides:
@@ -281,6 +360,9 @@ class _Link:
         return True  # keep our writing half open (TCP half-close)
 
     def lost(self, index: int, exc: Exception | None) -> None:
+        if index == 0 and self.pending:
+            self.counters.discarded += len(self.pending)
+            self.pending.clear()
         other = self.sides[1 - index]
         if other is not None and other.transport is not None and not other.transport.is_closing():
             if exc is not None:
@@ -339,7 +421,7 @@ class TcpLocalForward(Forward):
         self.where = ", ".join(names)
 
     def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=0)
+        link = _Link(self.counters, to_tunnel_from=0, name=str(self.spec))
         self._spawn(self._connect(link))
         return _Side(link, 0)
 
@@ -373,7 +455,7 @@ class TcpRemoteForward(Forward):
         self.where = ", ".join(_fmt(h, self.server.port) for h in hosts) + " (in the tunnel)"
 
     def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=1)
+        link = _Link(self.counters, to_tunnel_from=1, name=str(self.spec))
         self._spawn(self._connect(link))
         return _Side(link, 0)
 
@@ -398,8 +480,9 @@ _OnDatagram = Callable[[bytes, Any], None]
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: _OnDatagram) -> None:
+    def __init__(self, on_datagram: _OnDatagram, on_error: Callable[[], None]) -> None:
         self.on_datagram = on_datagram
+        self.on_error = on_error
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -409,7 +492,9 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors (port unreachable) on a connected UDP socket: UDP drops
+        # ICMP errors (port unreachable) on a connected UDP socket: the
+        # destination dropped a datagram, as UDP may; counted.
+        self.on_error()
 
 
 class _Flow:
@@ -422,18 +507,24 @@ class _Flow:
 
 
 _FLOW_BACKLOG = 64
+DEFAULT_UDP_FLOWS = 1024  # a NAT table's order of size; each -R flow is a kernel socket
 
 
 class _UdpForward(Forward):
     """A UDP forward: one listening endpoint, one flow per client address,
-    each flow its own endpoint towards the destination."""
+    each flow its own endpoint towards the destination.
+
+    The flow table holds at most ``--udp-flows`` flows, in order of last
+    activity (either direction): a new client beyond that evicts the least
+    recently active flow, as a full NAT table does, and the eviction is counted."""
 
     listener: asyncio.DatagramTransport | None = None
     client_to_tunnel = True  # -L: clients are local; -R: clients are in the tunnel
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.flows: dict[Any, _Flow] = {}
+        self.flows: OrderedDict[Any, _Flow] = OrderedDict()  # least recently active first
+        self.max_flows: int = getattr(self.options, "udp_flows", DEFAULT_UDP_FLOWS)
 
     def _count(self, to_tunnel: bool, n: int) -> None:
         c = self.counters
@@ -444,37 +535,51 @@ class _UdpForward(Forward):
             c.from_tunnel += n
             c.datagrams_from_tunnel += 1
 
+    def _error(self) -> None:
+        self.counters.unreachable += 1
+
     def _from_client(self, data: bytes, addr: Any) -> None:
-        loop = asyncio.get_running_loop()
-        flow = self.flows.get(addr)
+        now = asyncio.get_running_loop().time()
+        flows = self.flows
+        flow = flows.get(addr)
         if flow is None:
-            flow = self.flows[addr] = _Flow(loop.time())
+            while len(flows) >= self.max_flows:
+                self._drop(next(iter(flows)))
+                self.counters.evicted += 1
+            flow = flows[addr] = _Flow(now)
             self.counters.active += 1
             self.counters.total += 1
             self._spawn(self._open_flow(addr, flow))
-        flow.last = loop.time()
+        else:
+            flows.move_to_end(addr)
+        flow.last = now
         if flow.transport is not None:
             self._count(self.client_to_tunnel, len(data))
             flow.transport.sendto(data)
         elif flow.pending is not None and len(flow.pending) < _FLOW_BACKLOG:
             flow.pending.append(data)
+        else:
+            self.counters.dropped += 1
 
     def _from_destination(self, addr: Any, flow: _Flow, data: bytes) -> None:
         if self.listener is None or self.flows.get(addr) is not flow:
+            self.counters.dropped += 1  # its flow was evicted or expired this turn
             return
         flow.last = asyncio.get_running_loop().time()
+        self.flows.move_to_end(addr)
         self._count(not self.client_to_tunnel, len(data))
         self.listener.sendto(data, addr)
 
     async def _open_flow(self, addr: Any, flow: _Flow) -> None:
         try:
             transport = await self._endpoint(
-                lambda data, _src: self._from_destination(addr, flow, data)
+                lambda data, _src: self._from_destination(addr, flow, data), self._error
             )
         except (OSError, LocalProtocolError) as exc:
             _log(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {_why(exc)}")
             self.counters.failed += 1
-            self._drop(addr)
+            if self.flows.get(addr) is flow:
+                self._drop(addr)
             return
         if self.flows.get(addr) is not flow:
             transport.close()
@@ -486,21 +591,28 @@ class _UdpForward(Forward):
             transport.sendto(data)
 
     @abc.abstractmethod
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         """The datagram endpoint a new flow's replies come back through."""
 
     def _drop(self, addr: Any) -> None:
         flow = self.flows.pop(addr, None)
         if flow is not None:
             self.counters.active -= 1
+            if flow.pending:
+                self.counters.dropped += len(flow.pending)
+                flow.pending = None
             if flow.transport is not None:
                 flow.transport.close()
 
     def expire(self, now: float) -> None:
         timeout = self.options.udp_timeout
-        for addr, flow in list(self.flows.items()):
-            if now - flow.last > timeout:
-                self._drop(addr)
+        while self.flows:
+            addr, flow = next(iter(self.flows.items()))
+            if now - flow.last <= timeout:
+                break  # the rest were active more recently
+            self._drop(addr)
 
     async def close(self) -> None:
         for addr in list(self.flows):
@@ -521,7 +633,7 @@ class UdpLocalForward(_UdpForward):
         host = self.spec.bind_host
         family = socket.AF_INET6 if host is None or ":" in host else socket.AF_UNSPEC
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._from_client),
+            lambda: _Datagrams(self._from_client, self._error),
             local_addr=(host or "::", self.spec.bind_port),
             family=family,
         )
@@ -529,9 +641,11 @@ class UdpLocalForward(_UdpForward):
         sockname = transport.get_extra_info("sockname")
         self.where = _fmt(sockname[0], sockname[1])
 
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         transport, _ = await self.tunnel.create_datagram_endpoint(
-            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+            lambda: _Datagrams(on_datagram, on_error), remote_addr=(self.spec.host, self.spec.port)
         )
         return transport
 
@@ -545,16 +659,26 @@ class UdpRemoteForward(_UdpForward):
     async def start(self) -> None:
         spec = self.spec
         transport, _ = await self.tunnel.create_datagram_endpoint(
-            lambda: _Datagrams(self._from_client), local_addr=(spec.bind_host, spec.bind_port)
+            lambda: _Datagrams(self._from_client, self._error),
+            local_addr=(spec.bind_host, spec.bind_port),
         )
         self.listener = transport
         hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
         self.where = ", ".join(_fmt(h, spec.bind_port) for h in hosts) + " (in the tunnel)"
 
-    async def _endpoint(self, on_datagram: _OnDatagram) -> asyncio.DatagramTransport:
+    def line(self) -> str:
+        text = super().line()
+        sock = self.listener.get_extra_info("udp_socket") if self.listener is not None else None
+        if sock is not None and sock.dropped:
+            text += f", {sock.dropped} datagrams dropped by the stack's socket (queue full)"
+        return text
+
+    async def _endpoint(
+        self, on_datagram: _OnDatagram, on_error: Callable[[], None]
+    ) -> asyncio.DatagramTransport:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(on_datagram), remote_addr=(self.spec.host, self.spec.port)
+            lambda: _Datagrams(on_datagram, on_error), remote_addr=(self.spec.host, self.spec.port)
         )
         return transport
 
@@ -595,6 +719,9 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
         parts.append(
             f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
             f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+            + (f" evicted {c.evicted}" if c.evicted else "")
+            + (f" lost {c.discarded} B" if c.discarded else "")
+            + (f" dropped {c.dropped}" if c.dropped else "")
         )
     return " | ".join(parts)
 
@@ -617,8 +744,55 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
     drops = {k: v for k, v in tunnel.device.drops.items() if v}
     if drops:
         _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    if status.losses:
+        _log("  not passed on: " + ", ".join(f"{k} {v}" for k, v in status.losses.items()))
     for f in forwards:
         _log(f"  {f.line()}")
+
+
+# ------------------------------------------------------------------- descriptors
+
+# Descriptors kept for all but the -R udp flows: the UDP socket, listeners,
+# the kernel side of TCP connections.
+_FD_RESERVE = 256
+
+
+def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[int]]:
+    """The soft RLIMIT_NOFILE to set and the flow caps of the ``-R udp`` forwards
+    (each of their flows is a kernel socket; *caps* as asked). The soft limit is
+    raised towards the hard one as far as the caps need (Go's runtime raises it
+    for every program, wireguard-go included); if the hard limit is too low, the
+    caps share half of it, so that a flood of UDP senders cannot take the
+    descriptors TCP connections need."""
+    need = sum(caps) + _FD_RESERVE
+    infinity = resource.RLIM_INFINITY
+    if soft != infinity and soft < need:
+        soft = need if hard == infinity else min(hard, need)
+    if soft == infinity or soft >= need or not caps:
+        return soft, list(caps)
+    budget = max(len(caps), soft // 2)
+    total = sum(caps)
+    return soft, [max(1, cap * budget // total) for cap in caps]
+
+
+def _fit_descriptors(forwards: list[Forward]) -> None:
+    remote_udp = [f for f in forwards if isinstance(f, UdpRemoteForward)]
+    if not remote_udp:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, hard)
+    if new_soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (OSError, ValueError):
+            new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, soft)
+    for forward, cap in zip(remote_udp, caps, strict=True):
+        if cap < forward.max_flows:
+            _log(
+                f"{forward.spec}: at most {cap} flows, not {forward.max_flows}: "
+                f"each is a descriptor and the limit is {new_soft} (ulimit -n)"
+            )
+            forward.max_flows = cap
 
 
 # --------------------------------------------------------------------------- main
@@ -641,14 +815,15 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        for spec in specs:
-            forward = _KINDS[(spec.kind, spec.proto)](spec, tunnel, args)
+        made = [_KINDS[(spec.kind, spec.proto)](spec, tunnel, args) for spec in specs]
+        _fit_descriptors(made)
+        for forward in made:
             try:
                 await forward.start()
             except (OSError, LocalProtocolError) as exc:
-                raise UsageError(f"{spec}: cannot listen: {_why(exc)}") from None
+                raise UsageError(f"{forward.spec}: cannot listen: {_why(exc)}") from None
             forwards.append(forward)
-            _log(f"{spec}: listening on {forward.where}")
+            _log(f"{forward.spec}: listening on {forward.where}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
@@ -684,7 +859,7 @@ examples:
   -L 8080:10.0.0.1:80            127.0.0.1:8080 here -> 10.0.0.1:80 behind the peer
   -L '*:8080:10.0.0.1:80'        the same on all local addresses
   -L [::1]:8080:[fd00::1]:80     IPv6 in brackets
-  -L udp:5353:10.0.0.1:53        UDP, one flow per client
+  -L udp:5353:10.0.0.1:53        UDP, one flow per client (at most --udp-flows)
   -R 2222:127.0.0.1:22           peers reach our local sshd at <Address>:2222
   -R udp:10.0.0.2:514:localhost:514
 
@@ -736,6 +911,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="forget a UDP flow idle this long (default 60)",
     )
+    parser.add_argument(
+        "--udp-flows",
+        type=int,
+        default=DEFAULT_UDP_FLOWS,
+        metavar="N",
+        help="at most N UDP flows per forward; a new one evicts the least recently active "
+        f"(counted; default {DEFAULT_UDP_FLOWS})",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -762,6 +945,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{flag} must not be negative")
         if args.connect_timeout <= 0:
             raise UsageError("--connect-timeout must be positive")
+        if args.udp_flows < 1:
+            raise UsageError("--udp-flows must be at least 1")
         if not os.path.exists(args.config):
             raise UsageError(f"{args.config}: No such file or directory")
         return asyncio.run(serve(args, specs))

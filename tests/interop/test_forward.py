@@ -11,11 +11,13 @@ userspace TCP through wireguard-go. The lossy variants put tests/interop/relay.p
 between the two WireGuard endpoints (drop 2 %, duplicate 1 %, reorder 2 %,
 fixed seed). Sizes are the issue's: 50 MB each way, sha256 compared.
 
-The forwarder runs as ``nobody`` via setpriv. The interpreter running the tests
-may live where nobody cannot reach it (pyenv under /root, mode 0700): then it
-and the source tree are bind-mounted, read-only, onto a world-readable
-directory inside the private mount namespace ``ip netns exec`` creates for the
-command, so nothing on the host changes and nothing needs installing.
+The forwarder runs as ``nobody`` via setpriv, with the interpreter and the
+source tree of the test run (checked: the same binary and libpython). Whether
+nobody can run them where they are is probed with the very command. If not
+(pyenv under /root, mode 0700), they are bind-mounted, read-only, onto a
+world-readable directory inside the private mount namespace ``ip netns exec``
+creates for the command (the loader pointed at the mounted libpython), so
+nothing on the host changes and nothing needs installing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -122,23 +125,44 @@ print(got)
 # ------------------------------------------------------------------ running as nobody
 
 
-def _nobody_can_run_directly() -> bool:
+SETPRIV = "exec setpriv --reuid=nobody --regid=nogroup --clear-groups env -i PATH=/usr/bin:/bin"
+REPO = Path(wireguard.__file__).resolve().parent.parent
+
+
+def _direct_script(workdir: Path, args: list[str]) -> str:
+    """``python ARGS`` as nobody with this interpreter and this source tree, as they are."""
+    env = f"HOME={shlex.quote(str(workdir))} PYTHONPATH={shlex.quote(str(REPO))}"
+    return f"cd / && {SETPRIV} {env} {shlex.join([sys.executable, *args])}"
+
+
+_PROBE = (
+    "import sys, wireguard, wireguard.forward, cryptography, nacl;"
+    " print(repr((sys.version, wireguard.__file__)))"
+)
+
+
+def _nobody_can_run_directly(workdir: Path) -> bool:
+    """Whether the direct command works for nobody: the probe is that very
+    command (setpriv, env -i, PATH, HOME, PYTHONPATH, this interpreter's path),
+    and it must be this interpreter and this source tree that answer. (Without
+    env -i the probe passed where the command failed: setpriv execs with root's
+    capabilities still held, so it could start pyenv's python under /root,
+    which then ran on Debian's libpython, while env, exec'd by nobody, cannot.)"""
     probe = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         sys.executable, "-c", "import wireguard.forward, cryptography, nacl"],
-        cwd="/", capture_output=True, timeout=30,
+        ["sh", "-c", _direct_script(workdir, ["-c", _PROBE])],
+        capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    return probe.returncode == 0
+    expected = repr((sys.version, str(REPO / "wireguard" / "__init__.py")))
+    return probe.returncode == 0 and probe.stdout.strip() == expected
 
 
 def nobody_script(workdir: Path, args: list[str]) -> str:
     """A shell script, for ``ip netns exec NS sh -c``, running ``python ARGS`` as nobody."""
-    setpriv = "exec setpriv --reuid=nobody --regid=nogroup --clear-groups env -i PATH=/usr/bin:/bin"
+    if _nobody_can_run_directly(workdir):
+        return _direct_script(workdir, args)
     home = f"HOME={shlex.quote(str(workdir))}"
-    if _nobody_can_run_directly():
-        return f"cd / && {setpriv} {home} {shlex.join([sys.executable, *args])}"
     base = Path(sys.base_prefix).resolve()
-    repo = Path(wireguard.__file__).resolve().parent.parent
+    repo = REPO
     mounts: list[tuple[Path, Path]] = [(base, workdir / "python"), (repo, workdir / "src")]
     path = [workdir / "src"]
     for i, entry in enumerate(sys.path):
@@ -152,13 +176,35 @@ def nobody_script(workdir: Path, args: list[str]) -> str:
             path.append(workdir / f"path{i}")
     exe = Path(os.path.realpath(sys.executable))
     exe = workdir / "python" / exe.relative_to(base) if exe.is_relative_to(base) else exe
+    env = [home, "PYTHONPATH=" + shlex.quote(":".join(map(str, path)))]
+    # A shared libpython under the base (pyenv's --enable-shared) is found
+    # through the binary's RUNPATH, which nobody cannot reach: point the loader
+    # at the mounted copy, or it falls back to another libpython (Debian's
+    # 3.11.2 under pyenv's 3.11.7) or to none at all (3.13).
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        lib = Path(libdir).resolve()
+        if lib.is_relative_to(base):
+            env.append(
+                "LD_LIBRARY_PATH=" + shlex.quote(str(workdir / "python" / lib.relative_to(base)))
+            )
     lines = []
     for src, dst in mounts:
         dst.mkdir(exist_ok=True)
         lines.append(f"mount --bind -o ro {shlex.quote(str(src))} {shlex.quote(str(dst))}")
-    pythonpath = "PYTHONPATH=" + shlex.quote(":".join(map(str, path)))
-    lines.append(f"cd / && {setpriv} {home} {pythonpath} {shlex.join([str(exe), *args])}")
+    lines.append(f"cd / && {SETPRIV} {' '.join(env)} {shlex.join([str(exe), *args])}")
     return " && ".join(lines)
+
+
+def _mapped_files(pid: int | str, what: str) -> set[tuple[int, int]]:
+    """(device, inode) of the files mapped into process *pid* whose path contains *what*."""
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and what in fields[5]:
+            st = os.stat(f"/proc/{pid}/map_files/{fields[0]}")
+            found.add((st.st_dev, st.st_ino))
+    return found
 
 
 # ------------------------------------------------------------------------ the hosts
@@ -357,6 +403,11 @@ def test_forwarder_runs_as_nobody_without_privileges(clean: Setup) -> None:
     uid = pwd.getpwnam("nobody").pw_uid
     assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s+{uid}\s+{uid}$", status, re.M), status
     assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+    # And it is this interpreter that runs it: the same binary, the same libpython.
+    pid = clean.forwarder.proc.pid
+    exe, ours = os.stat(f"/proc/{pid}/exe"), os.stat("/proc/self/exe")
+    assert (exe.st_dev, exe.st_ino) == (ours.st_dev, ours.st_ino)
+    assert _mapped_files(pid, "libpython") == _mapped_files("self", "libpython")
     assert "ready: addresses 10.77.0.1, fd10::1, UDP port 51821" in clean.forwarder.output
 
 

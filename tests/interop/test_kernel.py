@@ -37,7 +37,7 @@ from tests.interop.kernel_vm import (
     KernelVM,
 )
 from wireguard.capture import PcapReader
-from wireguard.device import Device, HandshakeCompleted
+from wireguard.device import Device, Event, HandshakeCompleted
 from wireguard.io.tap import EndpointTap, attach
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PresharedKey, PrivateKey
@@ -100,6 +100,8 @@ class Ours:
         self.echo_replies: Counter[int] = Counter()
         self.replied = asyncio.Event()
         self.tunnel.on_packet = self._on_packet
+        self.events: list[Event] = []  # this test's whole history of them
+        self.tunnel.on_event = self.events.append
         self.answered = 0
         self.sent_packets: list[bytes] = []
         self.received_packets: list[bytes] = []
@@ -147,7 +149,7 @@ class Ours:
     def handshakes(self, initiator: bool | None = None) -> int:
         return sum(
             isinstance(e, HandshakeCompleted) and (initiator is None or e.is_initiator == initiator)
-            for e in self.tunnel.events
+            for e in self.events
         )
 
     @property

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.interop.harness import UNDER_V4, UNDER_V6, WireGuardGo, hosts, run, socket_in_netns
-from wireguard.device import Device, HandshakeCompleted
+from wireguard.device import Device, Event, HandshakeCompleted
 from wireguard.io.interface import Interface
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PresharedKey, PrivateKey
@@ -56,6 +56,8 @@ class Side:
         self.tunnel = Tunnel(self.device, sock=self.sock)
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
         self.tunnel.on_packet = self._on_packet
+        self.events: list[Event] = []  # this test's whole history of them
+        self.tunnel.on_event = self.events.append
         self.answered = 0
 
     def _on_packet(self, packet: bytes) -> None:
@@ -133,7 +135,7 @@ async def setup(*, psk: bool = False, v6_underlay: bool = False, b_knows_a: bool
 
 
 def handshakes(side: Side) -> int:
-    return sum(isinstance(e, HandshakeCompleted) for e in side.tunnel.events)
+    return sum(isinstance(e, HandshakeCompleted) for e in side.events)
 
 
 @pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
@@ -154,7 +156,7 @@ def test_wireguard_go_initiates(psk):
         async with setup(psk=psk) as (h, side, _wg, _, _):
             assert await b_pings(h, TUN_A[0])
             assert side.answered >= 2
-            events = [e for e in side.tunnel.events if isinstance(e, HandshakeCompleted)]
+            events = [e for e in side.events if isinstance(e, HandshakeCompleted)]
             assert events and not events[0].is_initiator
 
     asyncio.run(body())

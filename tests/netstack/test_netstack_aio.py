@@ -12,6 +12,8 @@ import pytest
 
 from wireguard.netstack import NetStack, TcpConfig
 from wireguard.netstack.aio import StackDriver
+from wireguard.netstack.icmp import build_echo
+from wireguard.netstack.ip import addr_bytes
 
 
 def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
@@ -278,5 +280,57 @@ def test_idle_driver_arms_no_timer() -> None:
         await asyncio.sleep(0.3)  # TIME-WAIT (2*MSL = 0.1 s) runs out
         assert da.stack.tcp_connections == [] and db.stack.tcp_connections == []
         assert da._timer is None and db._timer is None  # nothing left to wake up for
+
+    run(main)
+
+
+def test_what_the_driver_does_not_pass_on_is_counted() -> None:
+    """A connected UDP endpoint hears only its peer, as a kernel socket does:
+    the others' datagrams are counted, not handed over. Writes to closed
+    transports, packets for a closed driver and an echo reply nobody waits for
+    are counted too."""
+
+    async def main() -> None:
+        da, db = pair()
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Collect(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got.put_nowait(data)
+
+        # A "connected" endpoint on A (port 4000) talking to B:53; B:54 also sends to it.
+        ta, _ = await da.create_datagram_endpoint(
+            Collect, local_addr=("10.0.0.1", 4000), remote_addr=("10.0.0.2", 53)
+        )
+        assert ta.get_extra_info("udp_socket").local_address == ("10.0.0.1", 4000)
+        peer, _ = await db.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("10.0.0.2", 53)
+        )
+        other, _ = await db.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("10.0.0.2", 54)
+        )
+        other.sendto(b"not its peer", ("10.0.0.1", 4000))
+        peer.sendto(b"its peer", ("10.0.0.1", 4000))
+        assert await got.get() == b"its peer"
+        assert got.empty() and da.drops["foreign datagram"] == 1
+        ta.close()
+        ta.sendto(b"late")
+        assert da.drops["sendto after close"] == 1
+        # TCP: bytes written after close() are counted.
+        server = await db.start_server(echo_handler, "10.0.0.2", 7)
+        _reader, writer = await da.open_connection("10.0.0.2", 7)
+        writer.close()
+        writer.transport.write(b"12345")
+        assert da.drops["write after close"] == 5
+        server.close()
+        # An echo reply no ping waits for (one that gave up, or never was).
+        da.deliver_ip(
+            build_echo(addr_bytes("10.0.0.2"), addr_bytes("10.0.0.1"), 9, 9, b"", reply=True)
+        )
+        await asyncio.sleep(0.01)
+        assert da.drops["late echo reply"] == 1
+        da.close()
+        da.deliver_ip(b"\x45" + bytes(19))
+        assert da.drops["after close"] == 1
 
     run(main)

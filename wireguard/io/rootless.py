@@ -89,6 +89,9 @@ class TunnelStatus:
     peers: list[PeerStatus] = field(default_factory=list)
     stack: NetStackStats | None = None
     tcp_connections: int = 0
+    # Nothing is dropped silently: what the UDP socket and the stack's asyncio
+    # driver did not pass on, by reason (only reasons that happened).
+    losses: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: the handshake state and traffic of every peer."""
@@ -358,12 +361,22 @@ class RootlessTunnel(Lifecycle):
             )
             for peer in self.device.peers.values()
         ]
+        t = self.tunnel
+        losses = {
+            "datagrams not sent (socket buffer full or closed)": t.dropped_datagrams,
+            "datagrams the kernel refused": t.send_errors,
+            "socket read errors": t.receive_errors,
+            "packets out of the tunnel not queued": t.dropped_packets,
+        }
+        if self.driver is not None:
+            losses.update(self.driver.drops)
         return TunnelStatus(
             addresses=self.addresses,
             listen_port=self.listen_port,
             peers=peers,
             stack=self.stack.stats,
             tcp_connections=len(self.stack.tcp_connections),
+            losses={k: v for k, v in losses.items() if v},
         )
 
 

@@ -21,6 +21,14 @@ and receive offload (GRO: ``UDP_GRO`` lets the kernel hand over several
 datagrams of one flow in one buffer, with their size in a control message).
 Either falls back to one system call per datagram when it is missing or the
 kernel refuses it.
+
+Events (handshakes, roaming, expiry) go to whoever asked for them: the
+``on_event`` callback and each :meth:`Tunnel.subscribe` stream open at the
+time; the tunnel keeps no history. They are logged at INFO on the
+``wireguard`` logger, endpoint changes at most once per peer every
+:attr:`Tunnel.endpoint_log_interval` seconds, the next line counting those
+not logged (a peer whose source flips with every packet must not write a line
+per packet).
 """
 
 from __future__ import annotations
@@ -34,11 +42,14 @@ import os
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 from ..config import Config
-from ..device import Device, Effects, Event
-from ..keys import PresharedKey
+from ..device import Device, Effects, EndpointChanged, Event
+from ..keys import PresharedKey, PublicKey
 from .lifecycle import Lifecycle
 
 log = logging.getLogger("wireguard")
@@ -86,6 +97,85 @@ async def resolve_endpoint(host: str, port: int) -> Address:
     return _plain(infos[0][4])
 
 
+class EventStream:
+    """The events of one :class:`Tunnel` from :meth:`Tunnel.subscribe` until
+    :meth:`close` (or the tunnel's close): ``async for event in stream``,
+    ``await stream.get()``, or :meth:`drain` for what has arrived.
+
+    At most *maxsize* events wait; beyond that the oldest is dropped and
+    counted in :attr:`dropped`, so a subscriber that stops reading costs a
+    bounded amount of memory. ``with tunnel.subscribe() as stream:`` closes it.
+    """
+
+    def __init__(self, tunnel: Tunnel, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("an event stream holds at least one event")
+        self._tunnel = tunnel
+        self._items: deque[Event] = deque()
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _put(self, event: Event) -> None:
+        if len(self._items) >= self.maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def drain(self) -> list[Event]:
+        """Every event waiting, oldest first (the stream is empty after)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def get(self) -> Event:
+        """The next event; raises :class:`EOFError` once the stream is closed
+        and empty."""
+        while not self._items:
+            if self.closed:
+                raise EOFError("the event stream is closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """Stop receiving events (those waiting can still be read)."""
+        if not self.closed:
+            self.closed = True
+            self._tunnel._unsubscribe(self)
+            self._wake()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.get()
+        except EOFError:
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class Tunnel(Lifecycle):
     """A running WireGuard endpoint on a UDP socket.
 
@@ -120,7 +210,12 @@ class Tunnel(Lifecycle):
         self.dropped_packets = 0
         self.dropped_datagrams = 0
         self.batch = 256
-        self.events: list[Event] = []
+        self.send_errors = 0  # datagrams the kernel refused (other than a full buffer)
+        self.receive_errors = 0  # errors reading the socket (ICMP errors surface there)
+        self._streams: list[EventStream] = []
+        # Endpoint changes: at most one log line per peer this often.
+        self.endpoint_log_interval = 10.0
+        self._endpoint_logged: dict[PublicKey, tuple[float, int]] = {}
         # A batch consumer for packets out of the tunnel (a TUN writes them
         # with one call); takes precedence over on_packet and the queue.
         self.on_packets: Callable[[list[bytes]], None] | None = None
@@ -210,6 +305,12 @@ class Tunnel(Lifecycle):
             self._timer.cancel()
             self._timer = None
         self._detach()
+        for stream in list(self._streams):
+            stream.close()
+        for peer, (_, unlogged) in self._endpoint_logged.items():
+            if unlogged:
+                log.info("peer %s: %d more endpoint changes not logged", peer, unlogged)
+        self._endpoint_logged.clear()
         self._closed.set()
 
     @property
@@ -229,6 +330,43 @@ class Tunnel(Lifecycle):
 
     def initiate_handshake(self, peer) -> None:  # type: ignore[no-untyped-def]
         self.apply(self.device.initiate_handshake(peer, self.now))
+
+    # --- events ------------------------------------------------------------
+
+    def subscribe(self, maxsize: int = 1024) -> EventStream:
+        """A stream of the events from now on (bounded: see :class:`EventStream`)."""
+        stream = EventStream(self, maxsize)
+        self._streams.append(stream)
+        return stream
+
+    def _unsubscribe(self, stream: EventStream) -> None:
+        with contextlib.suppress(ValueError):
+            self._streams.remove(stream)
+
+    def _log_event(self, event: Event) -> None:
+        if not isinstance(event, EndpointChanged):
+            log.info("%s", event)
+            return
+        now = self._loop.time() if self._loop is not None else time.monotonic()
+        last = self._endpoint_logged.get(event.peer)
+        if last is not None and now - last[0] < self.endpoint_log_interval:
+            self._endpoint_logged[event.peer] = (last[0], last[1] + 1)
+            return
+        unlogged = last[1] if last is not None else 0
+        if len(self._endpoint_logged) > 2 * len(self.device.peers) + 16:
+            # Forget peers that are gone (bounded by the peers there are).
+            for key in [k for k in self._endpoint_logged if k not in self.device.peers]:
+                del self._endpoint_logged[key]
+        self._endpoint_logged[event.peer] = (now, 0)
+        if unlogged:
+            log.info(
+                "%s (and %d more endpoint changes in the %.0f s before, not logged)",
+                event,
+                unlogged,
+                now - last[0],  # type: ignore[index]
+            )
+        else:
+            log.info("%s", event)
 
     # --- driving the device ------------------------------------------------
 
@@ -251,6 +389,7 @@ class Tunnel(Lifecycle):
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # ICMP errors surface here on Linux
+                    self.receive_errors += 1
                     log.debug("UDP receive error: %s", exc)
                     break
                 add((data, _plain(addr)))
@@ -272,6 +411,7 @@ class Tunnel(Lifecycle):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
+                self.receive_errors += 1
                 log.debug("UDP receive error: %s", exc)
                 break
             if addr != last_addr:
@@ -316,6 +456,7 @@ class Tunnel(Lifecycle):
             except (BlockingIOError, InterruptedError):
                 self.dropped_datagrams += 1  # a full socket buffer drops, as UDP does
             except OSError as exc:
+                self.send_errors += 1
                 log.debug("UDP send to %s:%s failed: %s", *address[:2], exc)
 
     def _send_gso(self, sock: socket.socket, datagrams: list[tuple[bytes, Address]]) -> None:
@@ -354,14 +495,18 @@ class Tunnel(Lifecycle):
                     self.gso = False
                     self._send_datagrams(sock, datagrams[i:])
                     return
+                self.send_errors += j - i
                 log.debug("UDP send to %s:%s failed: %s", *address[:2], exc)
             i = j
 
     def apply(self, effects: Effects) -> None:
         """Carry out what the device decided, then rearm the timer."""
         sock = self._sock
-        if sock is not None and effects.datagrams:
-            self._send_datagrams(sock, effects.datagrams)
+        if effects.datagrams:
+            if sock is not None:
+                self._send_datagrams(sock, effects.datagrams)
+            else:  # closed (or not started): nowhere to send them
+                self.dropped_datagrams += len(effects.datagrams)
         if effects.packets:
             if self.on_packets is not None:
                 self.on_packets(effects.packets)
@@ -375,8 +520,9 @@ class Tunnel(Lifecycle):
                     except asyncio.QueueFull:
                         self.dropped_packets += 1
         for event in effects.events:
-            log.info("%s", event)
-            self.events.append(event)
+            self._log_event(event)
+            for stream in self._streams:
+                stream._put(event)
             if self.on_event is not None:
                 self.on_event(event)
         self._reschedule()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -58,6 +59,14 @@ class StackDriver:
     *send_ip* is called with every IP packet the stack wants to put into the
     tunnel; the tunnel calls :meth:`deliver_ip` with every packet it takes out.
     Create it inside a running loop (or pass *loop*).
+
+    What the driver does not pass on is counted in :attr:`drops` by reason
+    (the stack counts its own in ``stack.stats``): ``"send failed"`` (packets
+    *send_ip* raised on), ``"after close"`` (packets delivered to a closed
+    driver), ``"foreign datagram"`` (to a UDP endpoint connected to another
+    address, which only hears its peer), ``"late echo reply"`` (no ping waits
+    for it any more), ``"write after close"`` (bytes written to a closing TCP
+    transport) and ``"sendto after close"`` (datagrams, to a closed UDP one).
     """
 
     def __init__(
@@ -80,12 +89,14 @@ class StackDriver:
         self._udp: dict[UdpSocket, _UdpTransport] = {}
         self._pings: dict[tuple[str, int, int], asyncio.Future[float]] = {}
         self._ping_ident = itertools.count(int(self._loop.time() * 1000) & 0xFFFF)
+        self.drops: Counter[str] = Counter()
 
     # ---------------------------------------------------------- packet plumbing
 
     def deliver_ip(self, packet: bytes) -> None:
         """Process one IP packet from the tunnel (events and replies follow this turn)."""
         if self._closed:
+            self.drops["after close"] += 1
             return
         self.stack.receive_packet(packet, self._loop.time())
         self._schedule_flush()
@@ -107,6 +118,7 @@ class StackDriver:
                 try:
                     self._send_ip(packet)
                 except Exception:
+                    self.drops["send failed"] += 1
                     log.exception("send_ip failed; packet dropped")
             if not packets and not stack._events:
                 break
@@ -169,6 +181,8 @@ class StackDriver:
                 fut_ping = self._pings.get((ev.src, ev.ident, ev.seq))
                 if fut_ping is not None and not fut_ping.done():
                     fut_ping.set_result(ev.time)
+                else:
+                    self.drops["late echo reply"] += 1
 
     # --------------------------------------------------------------------- TCP
 
@@ -468,7 +482,10 @@ class _TcpTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         if self._eof_requested:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._closing or self._lost:
+        if not data:
+            return
+        if self._closing or self._lost:
+            self._driver.drops["write after close"] += len(data)
             return
         if self._pending:
             self._pending += data
@@ -586,7 +603,9 @@ class _UdpTransport(asyncio.DatagramTransport):
         protocol: asyncio.DatagramProtocol,
         remote_addr: tuple[str, int] | None,
     ) -> None:
-        super().__init__(extra={"sockname": sock.local_address, "peername": remote_addr})
+        super().__init__(
+            extra={"sockname": sock.local_address, "peername": remote_addr, "udp_socket": sock}
+        )
         self._driver = driver
         self._sock = sock
         self._protocol: Any = protocol
@@ -606,6 +625,7 @@ class _UdpTransport(asyncio.DatagramTransport):
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._closing:
+            self._driver.drops["sendto after close"] += 1
             return
         if addr is None:
             if self._remote is None:
@@ -632,5 +652,6 @@ class _UdpTransport(asyncio.DatagramTransport):
         while not self._closing and (item := self._sock.recvfrom()) is not None:
             data, addr = item
             if self._remote is not None and addr != self._remote:
-                continue  # a "connected" endpoint only hears its peer
+                self._driver.drops["foreign datagram"] += 1  # it only hears its peer
+                continue
             self._protocol.datagram_received(data, addr)

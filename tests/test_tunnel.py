@@ -1,0 +1,186 @@
+"""The asyncio binding (wireguard.io.tunnel) on loopback: events go to those who
+asked for them, nothing accumulates, and a roaming storm does not flood the log."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+import socket
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+import wireguard
+from wireguard.device import Device, EndpointChanged, HandshakeCompleted
+from wireguard.io.tunnel import Tunnel
+from wireguard.keys import PrivateKey
+from wireguard.netstack.icmp import build_echo
+from wireguard.netstack.ip import addr_bytes
+
+PING = build_echo(addr_bytes("10.0.0.1"), addr_bytes("10.0.0.2"), 1, 1, b"x" * 32, reply=False)
+
+
+def held_by_wireguard() -> int:
+    """Bytes allocated by the package's code and still alive (tracemalloc on)."""
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, str(Path(wireguard.__file__).parent / "*"))]
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def wireguard_log():  # type: ignore[no-untyped-def]
+    logger = logging.getLogger("wireguard")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+class Roamer:
+    """Peer A, sans-I/O, sending from two UDP sockets in turn: to B every
+    packet comes from a new address, as from an endpoint that flaps."""
+
+    def __init__(self, b: Tunnel, key_b: PrivateKey, key_a: PrivateKey) -> None:
+        self.device = Device(key_a)
+        self.b_address = ("127.0.0.1", b.listen_port)
+        self.device.add_peer(key_b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=self.b_address)
+        self.socks = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            self.socks.append(s)
+        self.key_b = key_b
+        self.sent = 0
+
+    async def handshake(self) -> None:
+        loop = asyncio.get_running_loop()
+        for data, _ in self.device.initiate_handshake(self.key_b.public_key, loop.time()).datagrams:
+            self.socks[0].sendto(data, self.b_address)
+        response = await asyncio.wait_for(loop.sock_recv(self.socks[0], 2048), 10)
+        self.device.receive_datagram(response, self.b_address, loop.time())
+
+    async def send(self, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            for data, _ in self.device.send_packet(PING, loop.time()).datagrams:
+                self.socks[self.sent % 2].sendto(data, self.b_address)
+            self.sent += 1
+            if self.sent % 64 == 0:
+                await asyncio.sleep(0)  # let B read (its socket buffer is finite)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def test_endpoint_flapping_keeps_memory_and_log_bounded(wireguard_log: Lines) -> None:
+    """50,000 packets, each from the other of two addresses: every one is an
+    EndpointChanged. The tunnel keeps no history (memory does not grow with the
+    packets), a subscriber that does not read holds at most its bound (the rest
+    counted), the callback sees them all, and the log has a line per peer per
+    interval whose counts account for every change."""
+    total, interval = 50_000, 1.0
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_b = Device(key_b)
+        device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+        delivered = [0]
+        changes: list[int] = [0]
+
+        def on_event(event) -> None:  # type: ignore[no-untyped-def]
+            changes[0] += isinstance(event, EndpointChanged)
+
+        tunnel = Tunnel(
+            device_b, host="127.0.0.1", listen_port=0, on_event=on_event,
+            on_packet=lambda packet: delivered.__setitem__(0, delivered[0] + 1),
+        )  # fmt: skip
+        tunnel.endpoint_log_interval = interval
+        loop = asyncio.get_running_loop()
+        async with tunnel:
+            idle = tunnel.subscribe(maxsize=100)
+            a = Roamer(tunnel, key_b, key_a)
+            await a.handshake()
+            start = loop.time()
+            await a.send(10_000)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = held_by_wireguard()
+                await a.send(total - 10_000)
+                while delivered[0] < total:
+                    await asyncio.sleep(0.01)
+                gc.collect()
+                grown = held_by_wireguard() - before
+            finally:
+                tracemalloc.stop()
+            elapsed = loop.time() - start
+            a.close()
+            assert not hasattr(tunnel, "events")
+            # 40,000 events kept would be several MiB; nothing is kept.
+            assert grown < 512 * 1024, grown
+            assert total - 1 <= changes[0] <= total
+            assert len(idle) == 100 and idle.dropped + len(idle) == changes[0] + 1  # + handshake
+        assert idle.closed  # the tunnel's close ends every stream
+        lines = [m for m in wireguard_log.messages if "EndpointChanged" in m or "endpoint" in m]
+        assert len(lines) <= elapsed / interval + 3, (len(lines), elapsed)
+        accounted = 0
+        for line in lines:
+            if m := re.search(r"and (\d+) more endpoint changes in the", line):
+                accounted += 1 + int(m[1])
+            elif m := re.search(r": (\d+) more endpoint changes not logged", line):
+                accounted += int(m[1])
+            else:
+                accounted += 1
+        assert accounted == changes[0], lines
+
+    asyncio.run(body())
+
+
+def test_event_stream_delivers_to_a_reader_and_ends_with_the_tunnel() -> None:
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_b = Device(key_b)
+        device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+        tunnel = Tunnel(device_b, host="127.0.0.1", listen_port=0)
+        seen = []
+        async with tunnel:
+            with tunnel.subscribe() as before_close:
+                stream = tunnel.subscribe()
+
+                async def read() -> None:
+                    async for event in stream:
+                        seen.append(event)
+
+                reader = asyncio.create_task(read())
+                a = Roamer(tunnel, key_b, key_a)
+                await a.handshake()
+                await a.send(3)
+                while len(seen) < 3:
+                    await asyncio.sleep(0.01)
+                a.close()
+            assert before_close.closed and tunnel._streams == [stream]
+        await asyncio.wait_for(reader, 10)  # the tunnel closed: the iteration ended
+        handshakes = [e for e in seen if isinstance(e, HandshakeCompleted)]
+        assert len(handshakes) == 1 and not handshakes[0].is_initiator
+        assert any(isinstance(e, EndpointChanged) for e in seen)
+        with pytest.raises(ValueError):
+            tunnel.subscribe(maxsize=0)
+
+    asyncio.run(body())
