@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,18 +14,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import need_tool
 from wireguard.config import (
+    AccessWarning,
     Config,
     ConfigError,
     ConfigWarning,
     Endpoint,
     InterfaceConfig,
     PeerConfig,
+    check_access,
     dump_setconf,
     dump_wg_quick,
     load,
     parse_setconf,
     parse_wg_quick,
+    read_key_file,
     strip_wg_quick,
 )
 from wireguard.errors import LocalProtocolError
@@ -774,3 +781,111 @@ def test_fixture_keys_are_derived() -> None:
         private = PrivateKey(hashlib.sha256(name.encode()).digest()).clamped()
         assert private.public_key.to_base64() == public
     assert PrivateKey(hashlib.sha256(b"server").digest()).clamped().to_base64() == SERVER_PRIV
+
+
+# --------------------------------------------------------------------------- file access
+
+MODES = [(d, f) for d in (0o755, 0o751, 0o750, 0o711, 0o700) for f in (0o644, 0o640, 0o604,
+         0o660, 0o606, 0o620, 0o600, 0o400)]  # fmt: skip
+
+
+def access_warnings(read, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read(path)
+    return [str(w.message) for w in caught if issubclass(w.category, AccessWarning)]
+
+
+def wg_quick_says(path: Path) -> str:
+    """What ``wg-quick strip FILE`` prints on stderr (it checks the modes
+    before anything else, and needs neither root nor an interface)."""
+    result = subprocess.run(["wg-quick", "strip", str(path)], capture_output=True, text=True)
+    return result.stderr
+
+
+def test_world_accessible_file_is_warned_about_as_wg_quick(tmp_path: Path) -> None:
+    """wg-quick's warning, word for word, whenever wg-quick gives it; and,
+    as the issue asks, also when the group can reach the file (wg-quick
+    checks others only): the file's and its directory's modes together."""
+    need_tool("wg-quick")
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    path = directory / "wg0.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {SERVER_PRIV}\n")
+    try:
+        for dir_mode, file_mode in MODES:
+            directory.chmod(dir_mode)
+            path.chmod(file_mode)
+            theirs = wg_quick_says(path)
+            ours = access_warnings(load, path)
+            where = f"directory {dir_mode:o}, file {file_mode:o}"
+            if theirs:
+                assert [line + "\n" for line in ours] == [theirs], where
+            else:
+                group = bool(dir_mode & file_mode & 0o070)
+                expected = [f"Warning: `{path}' is world accessible"] if group else []
+                assert ours == expected, where
+    finally:
+        directory.chmod(0o700)
+
+
+def test_key_file_is_read_and_checked_like_a_config(tmp_path: Path) -> None:
+    path = tmp_path / "private.key"
+    path.write_text(f"  {SERVER_PRIV}\n")
+    os.chmod(tmp_path, 0o755)
+    path.chmod(0o600)
+    assert access_warnings(read_key_file, path) == []
+    assert read_key_file(path) == PrivateKey.from_base64(SERVER_PRIV)
+    assert read_key_file(path, PresharedKey) == PresharedKey.from_base64(SERVER_PRIV)
+    path.chmod(0o644)
+    assert access_warnings(read_key_file, path) == [f"Warning: `{path}' is world accessible"]
+    for bad in (SERVER_PRIV[:-2] + "==", SERVER_PRIV + SERVER_PRIV, "\xff" + SERVER_PRIV, ""):
+        path.write_text(bad, encoding="latin-1")
+        with pytest.raises(ConfigError) as exc:
+            read_key_file(path)
+        assert exc.value.filename == str(path)
+        assert SERVER_PRIV[:8] not in str(exc.value) and SERVER_PRIV[8:16] not in repr(exc.value)
+
+
+def test_special_files_are_not_warned_about() -> None:
+    """/dev/null (wg's "no key") is 0666 in a 0755 directory: not a leak."""
+    assert access_warnings(check_access, Path("/dev/null")) == []
+
+
+def test_commands_print_the_warning_once(tmp_path: Path) -> None:
+    """`misbehave` and `forward` read their file through load(); the command
+    prints the warning as wg-quick does, once, before the command's error."""
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "wg0.conf"
+    path.write_text(f"[Peer]\nPublicKey = {LAPTOP_PUB}\nAllowedIPs = 10.0.0.2/32\n")
+    path.chmod(0o644)
+    warning = f"Warning: `{path}' is world accessible\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for command in (["misbehave", str(path)], ["forward", str(path), "-L", "1:10.0.0.2:1"]):
+        result = subprocess.run([sys.executable, "-m", "wireguard", *command], env=env,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(warning) and result.stderr.count(warning) == 1, (
+            command,
+            result.stderr,
+        )
+    path.chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "wireguard", "misbehave", str(path)], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "world accessible" not in result.stderr
+
+
+def test_up_prints_the_warning_before_its_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from wireguard.io.up import UpError, load_config
+
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "wg0.conf"
+    path.write_text("[Interface]\nListenPort = x\n")
+    path.chmod(0o604)
+    with pytest.raises(UpError):
+        load_config(str(path))
+    assert capsys.readouterr().err == f"Warning: `{path}' is world accessible\n"
+    path.write_text(f"[Interface]\nPrivateKey = {SERVER_PRIV}\n")
+    _, notes = load_config(str(path))
+    assert capsys.readouterr().err == f"Warning: `{path}' is world accessible\n"
+    assert not any("world" in note for note in notes)

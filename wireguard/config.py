@@ -19,7 +19,9 @@ What this module will not do, on purpose:
 - run PreUp/PostUp/PreDown/PostDown: they are kept verbatim so a file can be
   written back unchanged, and every one is reported with a :class:`ConfigWarning`
   (``python -m wireguard up``, like ``wg-quick``, runs them; nothing else does);
-- touch the file system, except :func:`load`, which only reads the file it is given.
+- touch the file system, except :func:`load` and :func:`read_key_file`, which only
+  read the file they are given (and warn, as wg-quick does, if other users can reach
+  it).
 
 Every error is a :class:`ConfigError` that names the file, the line and the key, so
 a user can go straight to the mistake: ``wg0.conf:7: AllowedIPs: '10.0.0.300/32'
@@ -31,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ from .errors import KeyFormatError, LocalProtocolError
 from .keys import PresharedKey, PrivateKey, PublicKey
 
 __all__ = [
+    "AccessWarning",
     "Config",
     "ConfigError",
     "ConfigWarning",
@@ -57,11 +61,13 @@ __all__ = [
     "IPNetwork",
     "InterfaceConfig",
     "PeerConfig",
+    "check_access",
     "dump_setconf",
     "dump_wg_quick",
     "load",
     "parse_setconf",
     "parse_wg_quick",
+    "read_key_file",
     "strip_wg_quick",
 ]
 
@@ -122,6 +128,33 @@ class ConfigWarning(_Located, UserWarning):
     """Something in a file is accepted but deserves the user's attention: hooks
     that are kept but not run here, host bits dropped from an AllowedIP, a missing
     PrivateKey, an ignored empty value. Located like :class:`ConfigError`."""
+
+
+class AccessWarning(ConfigWarning):
+    """A file that holds keys can be reached by other users: wg-quick's
+    ``Warning: `FILE' is world accessible``, which is what ``str()`` gives.
+    ``filename`` is the file, as resolved (wg-quick names it so too)."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(f"Warning: `{filename}' is world accessible")
+        self.filename = filename
+
+
+def check_access(path: str | os.PathLike[str], fd: int | None = None) -> None:
+    """Issue an :class:`AccessWarning` if the regular file *path* (open as
+    *fd*, if given) can be reached by users other than its owner: some
+    permission for the group or for others, on the file and on its directory
+    alike. wg-quick warns for others only; the group is checked too, since a
+    private key readable by a group is no better. Files that are not regular
+    (``/dev/null``, a pipe) are left alone."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.fstat(fd).st_mode if fd is not None else os.stat(real).st_mode
+        directory = os.stat(os.path.dirname(real) or ".").st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and mode & directory & 0o077:
+        warnings.warn(AccessWarning(real), stacklevel=3)
 
 
 class _Problem(Exception):
@@ -867,11 +900,13 @@ def load(
 
     ``"auto"`` parses as wg-quick: that syntax is a superset of setconf and
     yields the same :class:`Config` for any setconf file, so no guess is needed.
-    ``"setconf"`` is strict. This is the module's only I/O; :class:`OSError`
-    passes through unchanged.
+    ``"setconf"`` is strict. A file other users can reach gets wg-quick's
+    warning, an :class:`AccessWarning`. With :func:`read_key_file`, this is
+    the module's only I/O; :class:`OSError` passes through unchanged.
     """
     filename = os.fspath(path)
     with open(filename, "rb") as f:
+        check_access(filename, f.fileno())
         data = f.read()
     try:
         text = data.decode("utf-8")
@@ -886,6 +921,33 @@ def load(
         raise ValueError(f"format must be 'auto', 'wg-quick' or 'setconf', not {format!r}")
     _emit(config, 2)
     return config
+
+
+_KEY_FILE_LIMIT = 4096
+
+
+def read_key_file(
+    path: str | os.PathLike[str], kind: type[_K] = PrivateKey  # type: ignore[assignment]
+) -> _K:
+    """The key in *path*: one base64 key, as ``wg genkey > FILE`` writes it
+    (whitespace around it allowed), as a *kind* (PrivateKey, PresharedKey or
+    PublicKey). A file other users can reach gets wg-quick's warning, an
+    :class:`AccessWarning`, as for :func:`load`. Raises :class:`ConfigError`
+    naming the file, never showing what is in it; :class:`OSError` passes
+    through."""
+    filename = os.fspath(path)
+    with open(filename, "rb") as f:
+        check_access(filename, f.fileno())
+        data = f.read(_KEY_FILE_LIMIT + 1)
+    if len(data) > _KEY_FILE_LIMIT:
+        raise ConfigError("is too long for a key file", filename=filename)
+    try:
+        return kind.from_base64(data.decode("ascii"))
+    except (UnicodeDecodeError, KeyFormatError):
+        raise ConfigError(
+            "does not hold a key (44 characters of base64, as `wg genkey` prints)",
+            filename=filename,
+        ) from None
 
 
 # --------------------------------------------------------------------------- writers
