@@ -24,7 +24,7 @@ from wireguard.device import Device, Drop, Effects
 from wireguard.io.control import ControlServer
 from wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from wireguard.messages import INITIATION_LEN
-from wireguard.uapi import UAPI, UAPIConnection
+from wireguard.uapi import UAPI, UAPIConnection, UAPIError
 
 EINVAL = f"errno={-errno.EINVAL}\n\n"
 EPROTO = f"errno={-errno.EPROTO}\n\n"
@@ -643,6 +643,27 @@ def test_bad_line_is_answered_at_once_and_the_rest_dropped(uapi: UAPI, device: D
 def test_first_bad_line_decides_the_errno(uapi: UAPI) -> None:
     assert set_(uapi, "listen_port=x", "garbage") == EINVAL
     assert set_(uapi, "garbage", "listen_port=x") == EPROTO
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["listen_port={k}", "fwmark={k}", "{k}", "{k}=1", "replace_peers={k}",
+     "private_key={k}0", f"{PK}\nendpoint={{k}}:1", f"{PK}\nendpoint=192.0.2.1:{{k}}",
+     f"{PK}\nallowed_ip={{k}}/32", f"{PK}\nallowed_ip=-10.0.0.0/{{k}}",
+     f"{PK}\nprotocol_version={{k}}", f"{PK}\nremove={{k}}", f"{PK}\n{{k}}=1"],
+)  # fmt: skip
+def test_no_key_in_an_error_message(uapi: UAPI, line: str) -> None:
+    """A private key (hex, as the protocol has it) sent in the wrong place:
+    refused, and not in the error's message, which a server may log."""
+    secret = PrivateKey.generate().to_hex()
+    request = uapi.begin_set()
+    with pytest.raises(UAPIError) as exc:
+        for part in line.format(k=secret).split("\n"):
+            request.line(part)
+    shown = str(exc.value) + repr(exc.value)
+    assert not {secret[i : i + 12] for i in range(len(secret) - 11)} & {
+        shown[i : i + 12] for i in range(len(shown) - 11)
+    }, shown
 
 
 # --- framing -----------------------------------------------------------------------------

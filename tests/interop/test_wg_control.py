@@ -17,6 +17,7 @@ import secrets
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -674,3 +675,38 @@ def test_numbers_with_leading_zeros_as_wireguard_go(both: list[str]) -> None:
         assert raw(path, request_for(lines)) == b"errno=0\n\n"
     assert config_of(both[0]) == config_of(both[1])
     assert b"fwmark=7" in config_of(both[0])[0]
+
+
+# --- an endpoint's host name, resolved as wg resolves it -----------------------------------
+
+_RESOLVE = """
+import asyncio, logging, sys
+logging.basicConfig(format="%(message)s", stream=sys.stderr)
+from wireguard.config import resolve_endpoint
+try:
+    asyncio.run(resolve_endpoint("example.com", 1))
+except OSError as exc:
+    print(exc.strerror, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_endpoint_resolution_is_retried_as_wg_retries() -> None:
+    """In a network namespace of its own no DNS server answers: a transient
+    failure, which wg retries WG_ENDPOINT_RESOLUTION_RETRIES times with
+    growing pauses. Ours says the same, line for line."""
+    need(os.geteuid() == 0, "unshare --net needs root")
+    need_tool("wg")
+    need_tool("unshare")
+    env = {**os.environ, "WG_ENDPOINT_RESOLUTION_RETRIES": "2",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    key = PrivateKey.generate().public_key.to_base64()
+    theirs = subprocess.run(
+        ["unshare", "--net", "wg", "set", "nonexist0", "peer", key, "endpoint", "example.com:1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    ours = subprocess.run(["unshare", "--net", sys.executable, "-c", _RESOLVE],
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert theirs.returncode == ours.returncode == 1
+    assert theirs.stderr.count("Trying again") == 2
+    assert ours.stderr == theirs.stderr
