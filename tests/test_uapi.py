@@ -772,19 +772,21 @@ def sock_path() -> Iterator[str]:
 
 def serve(uapi: UAPI, path: str, client: Callable[[], T]) -> tuple[T, float]:
     """Serve *uapi* at *path* from an event loop while *client* runs in a
-    thread; returns what *client* returned and the longest time a task of
-    the same loop, which asks to wake every 10 ms, waited beyond that."""
+    thread; returns what *client* returned and the longest stall of the loop
+    that a task asking to wake every 10 ms saw: the CPU time the loop's
+    thread spent between two of its wake-ups (not the wall-clock gap, which
+    on a shared machine also counts time the OS gave to other processes)."""
 
     async def main() -> tuple[T, float]:
         longest = 0.0
 
         async def tick() -> None:
             nonlocal longest
-            last = time.perf_counter()
+            last = time.thread_time()
             while True:
                 await asyncio.sleep(0.01)
-                now = time.perf_counter()
-                longest = max(longest, now - last - 0.01)
+                now = time.thread_time()
+                longest = max(longest, now - last)
                 last = now
 
         ticker = asyncio.create_task(tick())
@@ -831,9 +833,9 @@ def many_peers(count: int) -> bytes:
 def test_a_20000_peer_set_does_not_stall_the_loop(sock_path: str) -> None:
     """The set is applied a slice at a time as it arrives, and so is the get
     answer of 20,000 peers made: the loop runs other work in between (once
-    the whole set was collected, checked and applied in one go: 4.4 s of
-    stall here). A scheduling property with a generous bound, not a timing
-    benchmark."""
+    the whole set was collected, checked and applied in one go: 1.9 s of
+    CPU, 4.5 s of wall clock, without a break). A scheduling property with a
+    generous bound, not a timing benchmark."""
     device = Device(key(1), listen_port=51820)
     uapi = UAPI(device, now=time.monotonic)
 
@@ -853,7 +855,7 @@ def test_a_20000_peer_set_does_not_stall_the_loop(sock_path: str) -> None:
 
 def test_a_long_set_is_not_collected(sock_path: str) -> None:
     """50 MiB of fwmark lines in one set: the server holds a line and a read
-    of it at a time, never the request (it used to keep every line: 756 MiB
+    of it at a time, never the request (it used to keep every line: 1.5 GiB
     of RSS for 90 MiB of `fwmark=1`, see benchmarks/bench_control.py). The
     lines are long (leading zeros, which the protocol allows) so that the
     traced run stays short."""

@@ -561,10 +561,11 @@ class UAPIConnection:
     bounded amount of work (:data:`LINES_PER_STEP` lines of a set, fewer if
     they create peers, or :data:`PEERS_PER_STEP` peers of a get answer) and
     returns the bytes to write, possibly none yet, so a binding can let other
-    work run between calls. Because nothing is read while buffered input is left, the buffer
-    holds at most a line and a read, and each answer is out before the next
-    request is looked at: a client that pipelines requests and reads slowly
-    stops the reading. Close the connection once :attr:`closed` is true.
+    work run between calls. Because nothing is read while buffered input is
+    left, the buffer holds at most a line and a read, and each answer is out
+    before the next request is looked at: a client that pipelines requests
+    and reads slowly stops the reading. Close the connection once
+    :attr:`closed` is true.
 
     As in wireguard-go: an unknown operation ends the connection without an
     answer; ``get=1`` must be followed by exactly one newline (anything else
