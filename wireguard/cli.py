@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from .crypto import seeded_random
@@ -118,10 +119,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CLIError as exc:
-        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    with warnings.catch_warnings():
+        _show_access_warnings_as_wg_quick()
+        try:
+            return int(args.func(args))
+        except CLIError as exc:
+            print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+
+def _show_access_warnings_as_wg_quick() -> None:
+    """Print a config or key file's :class:`~wireguard.config.AccessWarning`
+    as wg-quick does, one line on stderr (``Warning: `FILE' is world
+    accessible``), once per file; other warnings as Python shows them."""
+    from .config import AccessWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if isinstance(message, AccessWarning):
+            print(message, file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    warnings.filterwarnings("once", category=AccessWarning)

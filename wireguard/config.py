@@ -14,12 +14,15 @@ exception: they keep their inner spaces, because ``wg-quick`` hands them to bash
 
 What this module will not do, on purpose:
 
-- resolve host names: an :class:`Endpoint` keeps the host as written, and the
-  binding resolves it when it sends, as ``wg`` does at ``setconf`` time;
+- resolve host names while parsing: an :class:`Endpoint` keeps the host as written,
+  and the binding resolves it (with :func:`resolve_endpoint`, which retries as ``wg``
+  does at ``setconf`` time);
 - run PreUp/PostUp/PreDown/PostDown: they are kept verbatim so a file can be
   written back unchanged, and every one is reported with a :class:`ConfigWarning`
   (``python -m wireguard up``, like ``wg-quick``, runs them; nothing else does);
-- touch the file system, except :func:`load`, which only reads the file it is given.
+- touch the file system, except :func:`load` and :func:`read_key_file`, which only
+  read the file they are given (and warn, as wg-quick does, if other users can reach
+  it).
 
 Every error is a :class:`ConfigError` that names the file, the line and the key, so
 a user can go straight to the mistake: ``wg0.conf:7: AllowedIPs: '10.0.0.300/32'
@@ -28,11 +31,15 @@ is not an IP network``. Secret keys are never echoed into messages.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import os
 import re
+import socket
+import stat
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
@@ -42,12 +49,13 @@ from ipaddress import (
     IPv6Interface,
     IPv6Network,
 )
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import KeyFormatError, LocalProtocolError
-from .keys import PresharedKey, PrivateKey, PublicKey
+from .keys import PresharedKey, PrivateKey, PublicKey, looks_like_key
 
 __all__ = [
+    "AccessWarning",
     "Config",
     "ConfigError",
     "ConfigWarning",
@@ -57,11 +65,15 @@ __all__ = [
     "IPNetwork",
     "InterfaceConfig",
     "PeerConfig",
+    "check_access",
     "dump_setconf",
     "dump_wg_quick",
     "load",
     "parse_setconf",
     "parse_wg_quick",
+    "read_key_file",
+    "resolution_retries",
+    "resolve_endpoint",
     "strip_wg_quick",
 ]
 
@@ -124,6 +136,33 @@ class ConfigWarning(_Located, UserWarning):
     PrivateKey, an ignored empty value. Located like :class:`ConfigError`."""
 
 
+class AccessWarning(ConfigWarning):
+    """A file that holds keys can be reached by other users: wg-quick's
+    ``Warning: `FILE' is world accessible``, which is what ``str()`` gives.
+    ``filename`` is the file, as resolved (wg-quick names it so too)."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(f"Warning: `{filename}' is world accessible")
+        self.filename = filename
+
+
+def check_access(path: str | os.PathLike[str], fd: int | None = None) -> None:
+    """Issue an :class:`AccessWarning` if the regular file *path* (open as
+    *fd*, if given) can be reached by users other than its owner: some
+    permission for the group or for others, on the file and on its directory
+    alike. wg-quick warns for others only; the group is checked too, since a
+    private key readable by a group is no better. Files that are not regular
+    (``/dev/null``, a pipe) are left alone."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.fstat(fd).st_mode if fd is not None else os.stat(real).st_mode
+        directory = os.stat(os.path.dirname(real) or ".").st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and mode & directory & 0o077:
+        warnings.warn(AccessWarning(real), stacklevel=3)
+
+
 class _Problem(Exception):
     """A value is wrong; whoever catches it knows the file, line and key."""
 
@@ -159,6 +198,18 @@ _MTU_MIN = 68
 _MTU_MAX = 0xFFFF
 
 
+_NOT_SHOWN = "value (not shown: it could be a key)"
+
+
+def _q(value: object) -> str:
+    """*value* quoted for a message, unless it could be a key: a private key
+    pasted into the wrong place must not end up in a log."""
+    text = value if isinstance(value, str) else repr(value)
+    if looks_like_key(text):
+        return _NOT_SHOWN
+    return f"'{text}'" if isinstance(value, str) else text
+
+
 def _compact(text: str) -> str:
     return _WS_RE.sub("", text)
 
@@ -166,7 +217,7 @@ def _compact(text: str) -> str:
 def _uint(text: str, maximum: int, what: str) -> int:
     # Length guard first: int() refuses strings over 4300 digits with its own error.
     if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) > maximum:
-        raise _Problem(f"'{text}' is not {what}")
+        raise _Problem(f"{_q(text)} is not {what}")
     return int(text)
 
 
@@ -182,7 +233,7 @@ def _parse_fwmark(text: str) -> int:
     if len(text) > 2 and text.startswith("0x"):
         digits = text[2:]
         if not re.fullmatch(r"[0-9a-fA-F]{1,8}", digits.lstrip("0") or "0"):
-            raise _Problem(f"'{text}' is not {what}")
+            raise _Problem(f"{_q(text)} is not {what}")
         return int(digits, 16)
     return _uint(text, _FWMARK_MAX, what)
 
@@ -200,7 +251,7 @@ def _parse_mtu(text: str) -> int:
 
 def _check_range(value: int, maximum: int, what: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise _Problem(f"'{value}' is not {what}")
+        raise _Problem(f"{_q(str(value))} is not {what}")
     return value
 
 
@@ -219,14 +270,14 @@ def _split_prefix(entry: str, what: str) -> tuple[IPAddress, int]:
     addr_text, slash, prefix_text = entry.partition("/")
     addr = _parse_ip(addr_text)
     if addr is None:
-        raise _Problem(f"'{entry}' is not {what}")
+        raise _Problem(f"{_q(entry)} is not {what}")
     if not slash:
         return addr, addr.max_prefixlen
     if not (prefix_text.isascii() and prefix_text.isdigit()) or len(prefix_text) > 3:
-        raise _Problem(f"'{entry}' is not {what}")
+        raise _Problem(f"{_q(entry)} is not {what}")
     prefix = int(prefix_text)
     if prefix > addr.max_prefixlen:
-        raise _Problem(f"'{entry}' is not {what} (prefix length {prefix} > {addr.max_prefixlen})")
+        raise _Problem(f"{_q(entry)} is not {what} (prefix length {prefix} > {addr.max_prefixlen})")
     return addr, prefix
 
 
@@ -254,7 +305,7 @@ def _parse_dns_server(token: str) -> IPAddress:
     try:
         return ipaddress.ip_address(token)
     except ValueError:
-        raise _Problem(f"'{token}' is not an IP address") from None
+        raise _Problem(f"{_q(token)} is not an IP address") from None
 
 
 def _check_search_domain(domain: str) -> str:
@@ -264,7 +315,7 @@ def _check_search_domain(domain: str) -> str:
         or not _HOSTNAME_RE.fullmatch(domain)
         or len(domain.rstrip(".")) > 253
     ):
-        raise _Problem(f"'{domain}' is not a search domain")
+        raise _Problem(f"{_q(domain)} is not a search domain")
     return domain
 
 
@@ -272,17 +323,17 @@ def _normalize_host(host: str) -> str:
     """An endpoint host: an IP literal (normalized, as ``wg showconf`` prints it)
     or a host name (kept as written; resolving it is the binding's job)."""
     if not isinstance(host, str):
-        raise _Problem(f"{host!r} is not a host")
+        raise _Problem(f"{_q(host)} is not a host")
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
     if ":" in host or "%" in host:
-        raise _Problem(f"'{host}' is not an IPv6 address")
+        raise _Problem(f"{_q(host)} is not an IPv6 address")
     if _NUMERIC_RE.fullmatch(host):
-        raise _Problem(f"'{host}' is not an IPv4 address")
+        raise _Problem(f"{_q(host)} is not an IPv4 address")
     if not _HOSTNAME_RE.fullmatch(host) or len(host.rstrip(".")) > 253:
-        raise _Problem(f"'{host}' is not an IP address or a host name")
+        raise _Problem(f"{_q(host)} is not an IP address or a host name")
     return host
 
 
@@ -299,26 +350,27 @@ def _parse_endpoint(text: str) -> Endpoint:
     if text.startswith("["):
         close = text.find("]")
         if close < 0:
-            raise _Problem(f"'{text}' has no closing ']' (expected [address]:port)")
+            raise _Problem(f"{_q(text)} has no closing ']' (expected [address]:port)")
         host, rest = text[1:close], text[close + 1 :]
         if not rest.startswith(":") or rest == ":":
-            raise _Problem(f"'{text}' has no port after ']' (expected [address]:port)")
+            raise _Problem(f"{_q(text)} has no port after ']' (expected [address]:port)")
         port_text = rest[1:]
         if not host:
-            raise _Problem(f"'{text}' has no address between the brackets")
+            raise _Problem(f"{_q(text)} has no address between the brackets")
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon or not port_text:
-            raise _Problem(f"'{text}' has no port (expected host:port or [IPv6]:port)")
+            raise _Problem(f"{_q(text)} has no port (expected host:port or [IPv6]:port)")
         if not host:
-            raise _Problem(f"'{text}' has no host (expected host:port or [IPv6]:port)")
+            raise _Problem(f"{_q(text)} has no host (expected host:port or [IPv6]:port)")
         if ":" in host:
-            raise _Problem(f"'{text}': an IPv6 endpoint needs brackets, as in [{host}]:{port_text}")
+            hint = f", as in [{host}]:{port_text}" if _q(text) != _NOT_SHOWN else ""
+            raise _Problem(f"{_q(text)}: an IPv6 endpoint needs brackets{hint}")
     if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-        raise _Problem(f"'{text}' has a port that is not a number (1..65535)")
+        raise _Problem(f"{_q(text)} has a port that is not a number (1..65535)")
     port = int(port_text)
     if not 1 <= port <= _PORT_MAX:
-        raise _Problem(f"'{text}' has port {port}, outside 1..65535")
+        raise _Problem(f"{_q(text)} has port {port}, outside 1..65535")
     return Endpoint(_normalize_host(host), port)
 
 
@@ -332,21 +384,26 @@ def _check_hook(command: str) -> str:
         or any(c in command for c in "#\n\r\0")
     ):
         raise _Problem(
-            f"{command!r} cannot be written to a config file (empty, outer whitespace,"
+            f"{_q(command)} cannot be written to a config file (empty, outer whitespace,"
             " '#', a newline or NUL)"
         )
     return command
 
 
+# A routing table as `ip route ... table T` takes it: a number or the name of
+# an entry in rt_tables, which is letters, digits, '_', '.' and '-'.
+_TABLE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _check_table(table: str) -> str:
-    if not isinstance(table, str) or not table or _WS_RE.search(table) or "#" in table:
-        raise _Problem(f"'{table}' is not a routing table (off, auto, a number or a name)")
+    if not isinstance(table, str) or not _TABLE_RE.fullmatch(table):
+        raise _Problem(f"{_q(table)} is not a routing table (off, auto, a number or a name)")
     return table
 
 
 def _check_type(value: object, types: type | tuple[type, ...], what: str) -> None:
     if not isinstance(value, types):
-        raise _Problem(f"{value!r} is not {what}")
+        raise _Problem(f"{_q(value)} is not {what}")
 
 
 # --------------------------------------------------------------------------- model
@@ -595,7 +652,7 @@ def _shown_key(text: str) -> str | None:
     """The key as written, for an error message, unless it does not look like a
     key name: a pasted line of base64 may be a private key, which must not end
     up in a log."""
-    return text if _KEY_NAME_RE.fullmatch(text) else None
+    return text if _KEY_NAME_RE.fullmatch(text) and not looks_like_key(text) else None
 
 
 _KEY_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_ \t-]{0,31}")
@@ -681,6 +738,9 @@ class _Parser:
         elif name == "[peer]":
             self.peers.append(_PeerBuilder(self.lineno))
             self.section = "peer"
+        elif looks_like_key(shown):
+            message = "unknown section, not shown: it could be a key"
+            raise self.error(None, f"{message} (expected [Interface] or [Peer])")
         else:
             raise self.error(shown, "unknown section (expected [Interface] or [Peer])")
 
@@ -756,7 +816,7 @@ class _Parser:
             stripped = raw_value.strip(_WS)
             if key == "SaveConfig":
                 if stripped.lower() not in ("true", "false"):
-                    raise _Problem(f"'{stripped}' is neither true nor false")
+                    raise _Problem(f"{_q(stripped)} is neither true nor false")
                 iface.save_config = stripped.lower() == "true"
             elif not stripped:
                 # wg-quick treats an empty MTU, Table or hook as unset.
@@ -774,7 +834,7 @@ class _Parser:
             return cls.from_base64(self.required(key, value))
         except KeyFormatError as exc:
             # Never echo a secret: a nearly valid private key in a log is a leak.
-            shown = "value" if secret else f"'{value}'"
+            shown = "value" if secret else _q(value)
             raise _Problem(f"{shown} is not a valid key: {exc}") from None
 
     def peer_key(self, lookup: str, key_text: str, raw_value: str) -> None:
@@ -808,7 +868,7 @@ class _Parser:
         if not entry:
             raise _Problem("empty entry in the list")
         if entry[0] in "+-":
-            raise _Problem(f"'{entry}': +/- prefixes are for `wg set`, not for config files")
+            raise _Problem(f"{_q(entry)}: +/- prefixes are for `wg set`, not for config files")
         network, host_bits = _parse_network(entry)
         if host_bits:
             self.warn("AllowedIPs", f"'{entry}' has host bits set; using {network}, as wg does")
@@ -867,11 +927,13 @@ def load(
 
     ``"auto"`` parses as wg-quick: that syntax is a superset of setconf and
     yields the same :class:`Config` for any setconf file, so no guess is needed.
-    ``"setconf"`` is strict. This is the module's only I/O; :class:`OSError`
-    passes through unchanged.
+    ``"setconf"`` is strict. A file other users can reach gets wg-quick's
+    warning, an :class:`AccessWarning`. With :func:`read_key_file`, this is
+    the module's only I/O; :class:`OSError` passes through unchanged.
     """
     filename = os.fspath(path)
     with open(filename, "rb") as f:
+        check_access(filename, f.fileno())
         data = f.read()
     try:
         text = data.decode("utf-8")
@@ -886,6 +948,129 @@ def load(
         raise ValueError(f"format must be 'auto', 'wg-quick' or 'setconf', not {format!r}")
     _emit(config, 2)
     return config
+
+
+_KEY_FILE_LIMIT = 4096
+
+
+def read_key_file(
+    path: str | os.PathLike[str], kind: type[_K] = PrivateKey  # type: ignore[assignment]
+) -> _K:
+    """The key in *path*: one base64 key, as ``wg genkey > FILE`` writes it
+    (whitespace around it allowed), as a *kind* (PrivateKey, PresharedKey or
+    PublicKey). A file other users can reach gets wg-quick's warning, an
+    :class:`AccessWarning`, as for :func:`load`. Raises :class:`ConfigError`
+    naming the file, never showing what is in it; :class:`OSError` passes
+    through."""
+    filename = os.fspath(path)
+    with open(filename, "rb") as f:
+        check_access(filename, f.fileno())
+        data = f.read(_KEY_FILE_LIMIT + 1)
+    if len(data) > _KEY_FILE_LIMIT:
+        raise ConfigError("is too long for a key file", filename=filename)
+    try:
+        return kind.from_base64(data.decode("ascii"))
+    except (UnicodeDecodeError, KeyFormatError):
+        raise ConfigError(
+            "does not hold a key (44 characters of base64, as `wg genkey` prints)",
+            filename=filename,
+        ) from None
+
+
+# --------------------------------------------------------------------------- endpoints
+
+RESOLUTION_RETRIES_VARIABLE = "WG_ENDPOINT_RESOLUTION_RETRIES"
+# getaddrinfo's permanent failures (glibc's NameResolver notes, which wg
+# follows): no point in asking again. Anything else may be transient.
+_PERMANENT_EAI = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_FAIL", "EAI_NODATA")
+    if hasattr(socket, name)
+)
+_FIRST_PAUSE_US = 1_000_000
+_LONGEST_PAUSE_US = 20_000_000
+
+log = logging.getLogger("wireguard")
+
+
+def resolution_retries(environ: Mapping[str, str] = os.environ) -> int | None:
+    """How many times ``wg`` asks again for an endpoint's host that did not
+    resolve: ``WG_ENDPOINT_RESOLUTION_RETRIES``, 15 if unset, None (no limit)
+    for ``infinity``. Anything else but a number (as strtoul reads it, up to
+    INT_MAX) is a :class:`ConfigError`, as wg refuses it."""
+    text = environ.get(RESOLUTION_RETRIES_VARIABLE)
+    if text is None:
+        return 15
+    if text == "infinity":
+        return None
+    digits = text.lstrip(_WS)
+    digits = digits[1:] if digits.startswith("+") else digits
+    if text and not (digits.isascii() and digits.isdigit() and len(digits) <= 10):
+        raise ConfigError(
+            f"unable to parse {RESOLUTION_RETRIES_VARIABLE}: {_q(text)} (a number or infinity)"
+        )
+    count = int(digits or "0")
+    if count > 0x7FFFFFFF:
+        raise ConfigError(f"unable to parse {RESOLUTION_RETRIES_VARIABLE}: {_q(text)} (too large)")
+    return count
+
+
+_Lookup = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+_DEFAULT: Any = object()
+
+
+async def resolve_endpoint(
+    host: str,
+    port: int,
+    *,
+    retries: int | None = _DEFAULT,
+    lookup: _Lookup | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> tuple[str, int]:
+    """An :class:`Endpoint`'s host (name or literal) and port as one address
+    to send to, IPv4 preferred when a name has both (an IPv4-mapped address
+    comes back as plain IPv4).
+
+    A name is looked up as ``wg`` looks it up (``parse_endpoint`` in
+    wireguard-tools): a permanent failure (no such name) at once, any other
+    asks again after 1 s, then 6/5 of the pause before, at most 20 s,
+    *retries* times (default :func:`resolution_retries`, None for no limit),
+    each retry logged as wg prints it. *lookup* (default the loop's
+    getaddrinfo) and *sleep* are for tests. Raises :class:`OSError` (a
+    :class:`socket.gaierror` for a resolver error) whose message names the
+    host and port, as wg's does."""
+    try:
+        ipaddress.ip_address(host)
+        return host, port
+    except ValueError:
+        pass
+    left = resolution_retries() if retries is _DEFAULT else retries
+    if lookup is None:
+        lookup = asyncio.get_running_loop().getaddrinfo
+    shown = f"{host}:{port}" if not looks_like_key(host) else "(host not shown: it could be a key)"
+    pause = _FIRST_PAUSE_US
+    while True:
+        try:
+            infos = await lookup(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+            break
+        except OSError as exc:  # gaierror, or plain OSError for EAI_SYSTEM
+            why = exc.strerror or str(exc)
+            permanent = isinstance(exc, socket.gaierror) and exc.errno in _PERMANENT_EAI
+            if permanent or (left is not None and left <= 0):
+                raise type(exc)(exc.errno, f"{why}: `{shown}'") from None
+            if left is not None:
+                left -= 1
+            log.warning("%s: `%s'. Trying again in %.2f seconds...", why, shown, pause / 1e6)
+            await sleep(pause / 1e6)
+            pause = min(_LONGEST_PAUSE_US, pause * 6 // 5)
+    found = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not found:
+        raise OSError(f"Neither IPv4 nor IPv6 address found: `{shown}'")
+    found.sort(key=lambda info: info[0] != socket.AF_INET)
+    address, number = found[0][4][0], found[0][4][1]
+    if address.startswith("::ffff:") and "." in address:
+        address = address[7:]
+    return address, number
 
 
 # --------------------------------------------------------------------------- writers

@@ -9,13 +9,29 @@ from __future__ import annotations
 import binascii
 import hmac
 import os
+import re
 from typing import TypeVar
 
 from .constants import KEY_LEN
 from .crypto import RandomSource, clamp, dh_public
 from .errors import KeyFormatError
 
+__all__ = ["PresharedKey", "PrivateKey", "PublicKey", "looks_like_key"]
+
 _K = TypeVar("_K", bound="_Key")
+
+# A key, or a good part of one, in base64 or hex: 20 characters in a row of
+# those alphabets. Host names, addresses and numbers are broken up by dots,
+# colons and hyphens long before that.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/=]{20,}")
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether *text* could hold a key or a good part of one (20 base64 or
+    hex characters in a row). Error messages leave such a value out: it may
+    be a private key pasted into the wrong place, and messages end up in
+    logs."""
+    return _KEY_LIKE.search(text) is not None
 
 
 class _Key:

@@ -8,18 +8,24 @@ each answer ends with ``errno=N`` and a blank line. The behaviour, error
 numbers included, follows wireguard-go's ``device/uapi.go``, the
 implementation ``wg`` is tested against.
 
-One deliberate difference: wireguard-go applies a ``set`` line by line and
-stops at the first bad line, leaving the lines before it applied. Here the
-whole request is parsed and validated first, and applied only if every line
-is valid, so a malformed request answers ``errno=-22`` (or ``-71``) and changes
-nothing. The one step that can fail after validation, rebinding the UDP socket
-to a new ``listen_port``, is done before anything else is touched.
+As in wireguard-go, a ``set`` is applied line by line as the lines arrive: a
+``public_key=`` line creates the peer there and then, and each later line
+changes it. The first bad line ends the request: what the lines before it did
+stays done, that line and the rest of the request are not applied (the peer
+it was configuring is not started: no immediate keepalive, no staged packets
+sent), and the answer is that line's ``errno``. The rest of the request is
+read and dropped up to its blank line, and the connection then serves the
+next request, as wireguard-go's does for a client that waits for each
+answer. Nothing is collected: a request of any length costs one line of
+memory.
 
-Nothing here does I/O. :class:`UAPI` answers one request at a time;
+Nothing here does I/O. :class:`UAPI` answers requests for one device;
 :class:`UAPIConnection` frames the byte stream of one control-socket
 connection into requests (several per connection, as wireguard-go serves
-them); :mod:`wireguard.io.control` is the asyncio server around them. Because
-the UDP socket and the timers live in the binding, the binding is told through
+them) and does the work a slice at a time, so that a binding can let other
+work run between slices and write each answer before it reads on;
+:mod:`wireguard.io.control` is the asyncio server around them. Because the
+UDP socket and the timers live in the binding, the binding is told through
 callbacks: ``on_listen_port`` to rebind, ``on_fwmark`` to mark the socket and
 ``on_effects`` to send what a configuration change produced (the immediate
 keepalive of a newly enabled persistent keepalive) and re-arm its timer.
@@ -33,13 +39,13 @@ import errno
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .allowedips import Network
 from .device import Device, Effects
 from .errors import LocalProtocolError
-from .keys import PresharedKey, PrivateKey, PublicKey
+from .keys import PresharedKey, PrivateKey, PublicKey, looks_like_key
 
 if TYPE_CHECKING:
     from .peer import Address, Peer
@@ -50,6 +56,7 @@ __all__ = [
     "IPC_ERROR_PORT_IN_USE",
     "IPC_ERROR_PROTOCOL",
     "UAPI",
+    "SetRequest",
     "UAPIConnection",
     "UAPIError",
     "format_endpoint",
@@ -66,10 +73,17 @@ IPC_ERROR_PORT_IN_USE = -errno.EADDRINUSE
 
 # bufio.Scanner's default limit in wireguard-go: a longer line is an I/O error.
 MAX_LINE = 64 * 1024
+# How much work one UAPIConnection.next_output() call does at most: this many
+# lines of a set request, a public_key line counting as PEER_LINE_COST (it
+# creates a peer, with an X25519 computation), or the get answer's lines for
+# this many peers. A few milliseconds each.
+LINES_PER_STEP = 256
+PEER_LINE_COST = 8
+PEERS_PER_STEP = 64
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]+")
-_PREFIX_BITS = re.compile(r"0|[1-9][0-9]*")
+_PREFIX_BITS = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
 class UAPIError(LocalProtocolError):
@@ -84,17 +98,32 @@ class UAPIError(LocalProtocolError):
 # --- value parsers (as strict as Go's strconv and net/netip) -------------------
 
 
+def _shown(value: str) -> str:
+    """*value* for an error message, unless it is long or could be a key
+    (a private key pasted into the wrong field must not reach a log)."""
+    if len(value) > 64 or looks_like_key(value):
+        return "(value not shown)"
+    return repr(value)
+
+
 def _uint(value: str, bits: int, what: str) -> int:
     # strconv.ParseUint(value, 10, bits): ASCII digits only, no sign, no
-    # spaces, no underscores; Python's int() would accept all of those.
-    if not _DIGITS.fullmatch(value) or int(value) >= 1 << bits:
-        raise UAPIError(IPC_ERROR_INVALID, f"invalid {what}: {value!r}")
-    return int(value)
+    # spaces, no underscores (Python's int() would accept all of those);
+    # leading zeros are fine. The length is checked before int(), which
+    # refuses more than 4300 digits with an error of its own.
+    significant = value.lstrip("0")
+    if (
+        not _DIGITS.fullmatch(value)
+        or len(significant) > 20
+        or int(significant or "0") >= 1 << bits
+    ):
+        raise UAPIError(IPC_ERROR_INVALID, f"invalid {what}: {_shown(value)}")
+    return int(significant or "0")
 
 
 def _true(value: str, key: str) -> None:
     if value != "true":
-        raise UAPIError(IPC_ERROR_INVALID, f"{key} must be 'true', got {value!r}")
+        raise UAPIError(IPC_ERROR_INVALID, f"{key} must be 'true', got {_shown(value)}")
 
 
 def _hex_key(value: str, what: str) -> bytes:
@@ -108,7 +137,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        raise UAPIError(IPC_ERROR_INVALID, f"not an IP address: {text!r}") from None
+        raise UAPIError(IPC_ERROR_INVALID, f"not an IP address: {_shown(text)}") from None
 
 
 def _format_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -139,17 +168,17 @@ def parse_endpoint(value: str) -> Address:
     them before it sends the request."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port:
-        raise UAPIError(IPC_ERROR_INVALID, f"endpoint is not ip:port: {value!r}")
+        raise UAPIError(IPC_ERROR_INVALID, f"endpoint is not ip:port: {_shown(value)}")
     bracketed = host[0] == "["
     if bracketed:
         if len(host) < 2 or host[-1] != "]":
-            raise UAPIError(IPC_ERROR_INVALID, f"endpoint is missing ']': {value!r}")
+            raise UAPIError(IPC_ERROR_INVALID, f"endpoint is missing ']': {_shown(value)}")
         host = host[1:-1]
     number = _uint(port, 16, "endpoint port")
     address = _ip(host)
     if bracketed != (address.version == 6):
         raise UAPIError(
-            IPC_ERROR_INVALID, f"only an IPv6 endpoint goes in square brackets: {value!r}"
+            IPC_ERROR_INVALID, f"only an IPv6 endpoint goes in square brackets: {_shown(value)}"
         )
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped), number
@@ -170,104 +199,22 @@ def parse_allowed_ip(value: str) -> Network:
     table masks them off)."""
     address_text, sep, bits_text = value.rpartition("/")
     if not sep:
-        raise UAPIError(IPC_ERROR_INVALID, f"allowed_ip has no '/': {value!r}")
+        raise UAPIError(IPC_ERROR_INVALID, f"allowed_ip has no '/': {_shown(value)}")
     address = _ip(address_text)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise UAPIError(IPC_ERROR_INVALID, f"allowed_ip cannot have a zone: {value!r}")
+        raise UAPIError(IPC_ERROR_INVALID, f"allowed_ip cannot have a zone: {_shown(value)}")
+    # At most 3 digits, checked by the pattern before int() sees them.
     if not _PREFIX_BITS.fullmatch(bits_text) or int(bits_text) > address.max_prefixlen:
-        raise UAPIError(IPC_ERROR_INVALID, f"bad prefix length in allowed_ip: {value!r}")
+        raise UAPIError(IPC_ERROR_INVALID, f"bad prefix length in allowed_ip: {_shown(value)}")
     return ipaddress.ip_network((address, int(bits_text)), strict=False)
 
 
 # --- set requests ------------------------------------------------------------------
 
 
-class _Op(enum.Enum):
-    PRIVATE_KEY = "private_key"
-    LISTEN_PORT = "listen_port"
-    FWMARK = "fwmark"
-    REPLACE_PEERS = "replace_peers"
-    PUBLIC_KEY = "public_key"
-    UPDATE_ONLY = "update_only"
-    REMOVE = "remove"
-    PRESHARED_KEY = "preshared_key"
-    ENDPOINT = "endpoint"
-    PERSISTENT_KEEPALIVE = "persistent_keepalive_interval"
-    REPLACE_ALLOWED_IPS = "replace_allowed_ips"
-    ALLOWED_IP = "allowed_ip"
-
-
-_Operation = tuple[_Op, object]
-
-
-def _parse_device_line(key: str, value: str) -> _Operation:
-    if key == "private_key":
-        raw = _hex_key(value, "private_key")
-        if not any(raw):
-            # All zeros is "no key" (`wg set wg0 private-key /dev/null`), as
-            # for wireguard-go and the kernel; not clamped, or it would not be.
-            return _Op.PRIVATE_KEY, PrivateKey(raw)
-        # Stored clamped, as wireguard-go and the kernel do: `wg show` prints
-        # the clamped form.
-        return _Op.PRIVATE_KEY, PrivateKey(raw).clamped()
-    if key == "listen_port":
-        return _Op.LISTEN_PORT, _uint(value, 16, "listen_port")
-    if key == "fwmark":
-        return _Op.FWMARK, _uint(value, 32, "fwmark")
-    if key == "replace_peers":
-        _true(value, key)
-        return _Op.REPLACE_PEERS, None
-    raise UAPIError(IPC_ERROR_INVALID, f"invalid UAPI device key: {key!r}")
-
-
-def _parse_peer_line(key: str, value: str) -> _Operation | None:
-    if key in ("update_only", "remove", "replace_allowed_ips"):
-        _true(value, key)
-        return _Op(key), None
-    if key == "preshared_key":
-        raw = _hex_key(value, "preshared_key")
-        # All zeros is "no preshared key" (`wg set ... preshared-key /dev/null`).
-        return _Op.PRESHARED_KEY, PresharedKey(raw) if any(raw) else None
-    if key == "endpoint":
-        return _Op.ENDPOINT, parse_endpoint(value)
-    if key == "persistent_keepalive_interval":
-        return _Op.PERSISTENT_KEEPALIVE, _uint(value, 16, "persistent_keepalive_interval")
-    if key == "allowed_ip":
-        return _Op.ALLOWED_IP, parse_allowed_ip(value)
-    if key == "protocol_version":
-        if value != "1":
-            raise UAPIError(IPC_ERROR_INVALID, f"invalid protocol version: {value!r}")
-        return None
-    raise UAPIError(IPC_ERROR_INVALID, f"invalid UAPI peer key: {key!r}")
-
-
-def _parse_set(lines: Iterable[str]) -> list[_Operation]:
-    """Every line of a set request, validated, in order. Raises UAPIError at
-    the first bad line, with the errno wireguard-go would answer for it."""
-    operations: list[_Operation] = []
-    in_peer = False
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise UAPIError(IPC_ERROR_PROTOCOL, f"failed to parse line {line!r}")
-        if key == "public_key":
-            in_peer = True
-            operation: _Operation | None = (
-                _Op.PUBLIC_KEY,
-                PublicKey(_hex_key(value, "public_key")),
-            )
-        elif in_peer:
-            operation = _parse_peer_line(key, value)
-        else:
-            operation = _parse_device_line(key, value)
-        if operation is not None:
-            operations.append(operation)
-    return operations
-
-
 class _PeerSection:
     """The peer a ``public_key=`` line selected (wireguard-go's ipcSetPeer).
-    With ``peer`` None the section is a dummy: its lines were validated but
+    With ``peer`` None the section is a dummy: its lines are checked but
     change nothing (our own key, a removed peer, update_only on a new key)."""
 
     __slots__ = ("created", "keepalive_on", "key", "peer")
@@ -277,6 +224,72 @@ class _PeerSection:
         self.peer = peer
         self.created = created
         self.keepalive_on = False
+
+    def __repr__(self) -> str:
+        return f"<_PeerSection {self.key!r} created={self.created} dummy={self.peer is None}>"
+
+
+class SetRequest:
+    """One ``set=1`` request being applied, a line at a time, as wireguard-go's
+    IpcSetOperation applies it. Get one from :meth:`UAPI.begin_set`, give it
+    each line (without its newline) with :meth:`line`, which raises
+    :class:`UAPIError` at the first bad line, and end it with :meth:`end`
+    (after the blank line, or at the end of the stream) or, after an error,
+    :meth:`abort`. Both return the answer and call ``on_effects``."""
+
+    __slots__ = ("_effects", "_in_peer", "_now", "_section", "_uapi", "done")
+
+    def __init__(self, uapi: UAPI) -> None:
+        self._uapi = uapi
+        self._now = uapi.now()
+        self._effects = Effects()
+        self._in_peer = False
+        self._section: _PeerSection | None = None
+        self.done = False
+
+    def __repr__(self) -> str:
+        return f"<SetRequest section={self._section!r} done={self.done}>"
+
+    def line(self, line: str) -> None:
+        """Apply one line; raises :class:`UAPIError` if it is bad (the lines
+        before it stay applied)."""
+        uapi = self._uapi
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UAPIError(IPC_ERROR_PROTOCOL, f"failed to parse line {_shown(line)}")
+        if key == "public_key":
+            # wireguard-go ends the previous peer's section before it even
+            # parses the new key.
+            self._in_peer = True
+            section, self._section = self._section, None
+            uapi._finish(section, self._now, self._effects)
+            self._section = uapi._select(PublicKey(_hex_key(value, "public_key")))
+        elif self._in_peer:
+            assert self._section is not None, "a bad public_key line ends the request"
+            uapi._peer_line(self._section, key, value, self._now)
+        else:
+            uapi._device_line(key, value)
+
+    def end(self) -> str:
+        """The request ended well: finish the last peer and answer ``errno=0``."""
+        section, self._section = self._section, None
+        self._uapi._finish(section, self._now, self._effects)
+        return self._close("errno=0\n\n")
+
+    def abort(self, error: UAPIError) -> str:
+        """The request stopped at a bad line: the answer is its errno. The
+        peer being configured is not finished (wireguard-go returns before its
+        handlePostConfig), but what earlier sections sent still goes out."""
+        self._section = None
+        return self._close(f"errno={error.errno}\n\n")
+
+    def _close(self, answer: str) -> str:
+        if self.done:
+            raise RuntimeError("this set request is already answered")
+        self.done = True
+        if self._uapi.on_effects is not None:
+            self._uapi.on_effects(self._effects)
+        return answer
 
 
 # --- the protocol --------------------------------------------------------------------
@@ -291,14 +304,15 @@ class UAPI:
 
     - ``on_listen_port(port)`` rebinds the UDP socket and returns the port it
       got (``0`` asks for any port) or None for *port*; it may raise OSError,
-      answered ``errno=-98`` (EADDRINUSE) with nothing changed. Called only when
+      answered ``errno=-98`` (EADDRINUSE), the port unchanged. Called only when
       the port differs from ``device.listen_port``;
     - ``on_fwmark(mark)`` sets SO_MARK on the socket, same error handling;
-    - ``on_effects(effects)`` is called after every successful ``set`` with
-      what the change made the device send (a keepalive when a persistent
-      keepalive is turned on, as wireguard-go sends one at once), possibly
-      nothing: the binding sends it and re-arms its timer, since deadlines may
-      have moved. Without it the keepalive still goes out, from the timer.
+    - ``on_effects(effects)`` is called at the end of every ``set`` (also one
+      that stopped at a bad line: the lines before it may have changed
+      deadlines) with what the change made the device send (a keepalive when
+      a persistent keepalive is turned on, as wireguard-go sends one at once),
+      possibly nothing: the binding sends it and re-arms its timer. Without
+      it the keepalive still goes out, from the timer.
     """
 
     def __init__(
@@ -316,18 +330,29 @@ class UAPI:
         self.on_fwmark = on_fwmark
         self.on_effects = on_effects
 
+    def __repr__(self) -> str:
+        return f"<UAPI for {len(self.device.peers)} peers>"
+
     def handle(self, request: str) -> str:
         """Answer the request(s) in *request*, e.g. ``"get=1\\n\\n"``. An
         unknown operation gets no answer (wireguard-go hangs up on it)."""
         connection = UAPIConnection(self)
-        data = request.encode("utf-8", "surrogateescape")
-        answer = connection.receive_data(data) + connection.receive_eof()
-        return answer.decode("utf-8", "surrogateescape")
+        connection.receive_data(request.encode("utf-8", "surrogateescape"))
+        connection.receive_eof()
+        return b"".join(connection.outputs()).decode("utf-8", "surrogateescape")
 
     # --- get ------------------------------------------------------------------
 
     def get(self) -> str:
         """The answer to ``get=1``: the interface, then each peer."""
+        return "".join(self.get_chunks())
+
+    def get_chunks(self, peers_per_chunk: int = PEERS_PER_STEP) -> Iterator[str]:
+        """The answer to ``get=1`` in pieces: the interface lines, then
+        *peers_per_chunk* peers at a time, then ``errno=0``. The peers are the
+        ones there were when the first piece was taken; whoever interleaves
+        other requests between pieces answers for the mix (the control server
+        does not: see :mod:`wireguard.io.control`)."""
         device = self.device
         lines: list[str] = []
         if device.has_identity:
@@ -336,104 +361,98 @@ class UAPI:
             lines.append(f"listen_port={device.listen_port}")
         if device.fwmark:
             lines.append(f"fwmark={device.fwmark}")
-        for peer in device.peers.values():
-            psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else "0" * 64
-            lines += (f"public_key={peer.public_key.to_hex()}", f"preshared_key={psk}")
-            lines.append("protocol_version=1")
-            if peer.endpoint is not None:
-                lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
-            # The device keeps monotonic time; `wg show` wants the wall clock.
-            seconds = nanoseconds = 0
-            if peer.last_handshake is not None:
-                seconds, nanoseconds = _timespec(peer.last_handshake + device.wall_clock_offset)
-            lines += (
-                f"last_handshake_time_sec={seconds}",
-                f"last_handshake_time_nsec={nanoseconds}",
-                f"tx_bytes={peer.tx_bytes}",
-                f"rx_bytes={peer.rx_bytes}",
-                f"persistent_keepalive_interval={peer.persistent_keepalive}",
-            )
-            lines += (
-                f"allowed_ip={_format_ip(net.network_address)}/{net.prefixlen}"
-                for net in device.allowed_ips.entries_for(peer)
-            )
-        lines.append("errno=0")
-        return "\n".join(lines) + "\n\n"
+        peers = list(device.peers.values())
+        for start in range(0, len(peers), peers_per_chunk):
+            for peer in peers[start : start + peers_per_chunk]:
+                self._peer_lines(peer, lines)
+            yield "".join(f"{line}\n" for line in lines)
+            lines = []
+        yield "".join(f"{line}\n" for line in lines) + "errno=0\n\n"
+
+    def _peer_lines(self, peer: Peer, lines: list[str]) -> None:
+        device = self.device
+        psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else "0" * 64
+        lines += (f"public_key={peer.public_key.to_hex()}", f"preshared_key={psk}")
+        lines.append("protocol_version=1")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+        # The device keeps monotonic time; `wg show` wants the wall clock.
+        seconds = nanoseconds = 0
+        if peer.last_handshake is not None:
+            seconds, nanoseconds = _timespec(peer.last_handshake + device.wall_clock_offset)
+        lines += (
+            f"last_handshake_time_sec={seconds}",
+            f"last_handshake_time_nsec={nanoseconds}",
+            f"tx_bytes={peer.tx_bytes}",
+            f"rx_bytes={peer.rx_bytes}",
+            f"persistent_keepalive_interval={peer.persistent_keepalive}",
+        )
+        lines += (
+            f"allowed_ip={_format_ip(net.network_address)}/{net.prefixlen}"
+            for net in device.allowed_ips.entries_for(peer)
+        )
 
     # --- set ------------------------------------------------------------------
 
+    def begin_set(self) -> SetRequest:
+        """A ``set=1`` request, to be given its lines as they arrive."""
+        return SetRequest(self)
+
     def set(self, lines: Iterable[str]) -> str:
         """The answer to ``set=1`` followed by *lines* (without the blank
-        line that ends the request): ``errno=0``, or the error's number and
-        the device unchanged."""
+        line that ends the request), applied one by one: ``errno=0``, or the
+        errno of the first bad line, with the lines before it applied."""
+        request = self.begin_set()
         try:
-            operations = _parse_set(lines)
-            self._bind(operations)
+            for line in lines:
+                request.line(line)
         except UAPIError as exc:
-            return f"errno={exc.errno}\n\n"
-        effects = self._apply(operations, self.now())
-        if self.on_effects is not None:
-            self.on_effects(effects)
-        return "errno=0\n\n"
+            return request.abort(exc)
+        return request.end()
 
-    def _bind(self, operations: list[_Operation]) -> None:
-        """Give the socket its new port and mark before anything else
-        changes, so that a port in use leaves the whole request unapplied."""
+    def _device_line(self, key: str, value: str) -> None:
         device = self.device
-        port = mark = None
-        for op, value in operations:
-            if op is _Op.LISTEN_PORT:
-                port = value
-            elif op is _Op.FWMARK:
-                mark = value
-        old_port = device.listen_port
-        if port is not None and port != old_port and self.on_listen_port is not None:
-            try:
-                bound = self.on_listen_port(port)  # type: ignore[arg-type]
-            except OSError as exc:
-                raise UAPIError(IPC_ERROR_PORT_IN_USE, f"cannot listen on {port}: {exc}") from exc
-            device.listen_port = bound if bound is not None else port
-        if mark is not None and mark != device.fwmark and self.on_fwmark is not None:
-            try:
-                self.on_fwmark(mark)  # type: ignore[arg-type]
-            except OSError as exc:
-                if device.listen_port != old_port and self.on_listen_port is not None:
-                    device.listen_port = old_port
-                    if old_port is not None:
-                        with contextlib.suppress(OSError):  # best effort: it may be gone
-                            self.on_listen_port(old_port)
-                raise UAPIError(IPC_ERROR_PORT_IN_USE, f"cannot set fwmark {mark}: {exc}") from exc
-
-    def _apply(self, operations: list[_Operation], now: float) -> Effects:
-        """Carry out validated operations in order, with wireguard-go's
-        semantics; nothing here can fail."""
-        device = self.device
-        effects = Effects()
-        section: _PeerSection | None = None
-        for op, value in operations:
-            if op is _Op.PUBLIC_KEY:
-                self._finish(section, now, effects)
-                section = self._select(value)  # type: ignore[arg-type]
-                continue
-            if section is None:  # a device line
-                if op is _Op.PRIVATE_KEY:
-                    # Re-sending the same key (every `wg setconf` does) must
-                    # not drop the sessions a new key would.
-                    if value != device.private_key:
-                        device.set_private_key(value)  # type: ignore[arg-type]
-                elif op is _Op.LISTEN_PORT:
-                    if self.on_listen_port is None:
-                        device.listen_port = value  # type: ignore[assignment]
-                elif op is _Op.FWMARK:
-                    device.fwmark = value  # type: ignore[assignment]
-                elif op is _Op.REPLACE_PEERS:
-                    device.clear_peers()
-                continue
-            self._peer_line(section, op, value, now)
-        self._finish(section, now, effects)
-        return effects
+        if key == "private_key":
+            raw = _hex_key(value, "private_key")
+            # All zeros is "no key" (`wg set wg0 private-key /dev/null`), as
+            # for wireguard-go and the kernel; not clamped, or it would not be.
+            # Any other key is stored clamped, as they do: `wg show` prints
+            # the clamped form.
+            private = PrivateKey(raw).clamped() if any(raw) else PrivateKey(raw)
+            # Re-sending the same key (every `wg setconf` does) must not drop
+            # the sessions a new key would.
+            if private != device.private_key:
+                device.set_private_key(private)
+        elif key == "listen_port":
+            port = _uint(value, 16, "listen_port")
+            if self.on_listen_port is None:
+                device.listen_port = port
+            elif port != device.listen_port:
+                try:
+                    bound = self.on_listen_port(port)
+                except OSError as exc:
+                    raise UAPIError(
+                        IPC_ERROR_PORT_IN_USE, f"cannot listen on {port}: {exc}"
+                    ) from exc
+                device.listen_port = bound if bound is not None else port
+        elif key == "fwmark":
+            mark = _uint(value, 32, "fwmark")
+            if mark != device.fwmark and self.on_fwmark is not None:
+                try:
+                    self.on_fwmark(mark)
+                except OSError as exc:
+                    raise UAPIError(
+                        IPC_ERROR_PORT_IN_USE, f"cannot set fwmark {mark}: {exc}"
+                    ) from exc
+            device.fwmark = mark
+        elif key == "replace_peers":
+            _true(value, key)
+            device.clear_peers()
+        else:
+            raise UAPIError(IPC_ERROR_INVALID, f"invalid UAPI device key: {_shown(key)}")
 
     def _select(self, key: PublicKey) -> _PeerSection:
+        """wireguard-go's handlePublicKeyLine: the peer is created here."""
         device = self.device
         if key == device.public_key:
             return _PeerSection(key, None, False)  # our own key: ignored
@@ -442,27 +461,36 @@ class UAPI:
             return _PeerSection(key, peer, False)
         return _PeerSection(key, device.add_peer(key), True)
 
-    def _peer_line(self, section: _PeerSection, op: _Op, value: object, now: float) -> None:
+    def _peer_line(self, section: _PeerSection, key: str, value: str, now: float) -> None:
+        """wireguard-go's handlePeerLine: the value is checked even for a
+        dummy section, and applied to a real one."""
         device = self.device
         peer = section.peer
-        if op is _Op.UPDATE_ONLY:
+        if key == "update_only":
+            _true(value, key)
             # wireguard-go created the peer at its public_key line; update_only
             # takes that back (and what lines before it gave the new peer).
             if section.created and peer is not None:
                 device.remove_peer(section.key)
                 section.peer = None
-        elif op is _Op.REMOVE:
+        elif key == "remove":
+            _true(value, key)
             if peer is not None:
                 device.remove_peer(section.key)
                 section.peer = None
-        elif peer is None:
-            pass  # a dummy section: validated, ignored
-        elif op is _Op.PRESHARED_KEY:
-            device.set_preshared_key(section.key, value)  # type: ignore[arg-type]
-        elif op is _Op.ENDPOINT:
-            device.add_peer(section.key, endpoint=value)  # type: ignore[arg-type]
-        elif op is _Op.PERSISTENT_KEEPALIVE:
-            interval: int = value  # type: ignore[assignment]
+        elif key == "preshared_key":
+            raw = _hex_key(value, "preshared_key")
+            if peer is not None:
+                # All zeros is "no preshared key" (`wg set ... preshared-key /dev/null`).
+                device.set_preshared_key(section.key, PresharedKey(raw) if any(raw) else None)
+        elif key == "endpoint":
+            endpoint = parse_endpoint(value)
+            if peer is not None:
+                device.add_peer(section.key, endpoint=endpoint)
+        elif key == "persistent_keepalive_interval":
+            interval = _uint(value, 16, "persistent_keepalive_interval")
+            if peer is None:
+                return
             old = peer.persistent_keepalive
             if interval == 0 or old == 0:
                 # Off, or newly on: wireguard-go sends a keepalive at once when
@@ -473,10 +501,27 @@ class UAPI:
                 # A new interval for a running keepalive takes effect from the
                 # next packet, without an extra keepalive now.
                 device.add_peer(section.key, persistent_keepalive=interval)
-        elif op is _Op.REPLACE_ALLOWED_IPS:
-            device.allowed_ips.remove_value(peer)
-        elif op is _Op.ALLOWED_IP:
-            device.allowed_ips.insert(value, peer)  # type: ignore[arg-type]
+        elif key == "replace_allowed_ips":
+            _true(value, key)
+            if peer is not None:
+                device.allowed_ips.remove_value(peer)
+        elif key == "allowed_ip":
+            # "-PREFIX" removes that one prefix, if this peer has it (exactly
+            # that prefix, host bits masked off); as `wg set ... allowed-ips
+            # -10.0.0.0/24` sends it.
+            remove = value.startswith("-")
+            network = parse_allowed_ip(value[1:] if remove else value)
+            if peer is None:
+                return
+            if remove:
+                device.allowed_ips.remove(network, peer)
+            else:
+                device.allowed_ips.insert(network, peer)
+        elif key == "protocol_version":
+            if value != "1":
+                raise UAPIError(IPC_ERROR_INVALID, f"invalid protocol version: {_shown(value)}")
+        else:
+            raise UAPIError(IPC_ERROR_INVALID, f"invalid UAPI peer key: {_shown(key)}")
 
     def _finish(self, section: _PeerSection | None, now: float, effects: Effects) -> None:
         """End of a peer section (wireguard-go's handlePostConfig)."""
@@ -501,56 +546,109 @@ class UAPI:
 class _State(enum.Enum):
     OPERATION = 0  # expecting "get=1\n" or "set=1\n"
     GET = 1  # expecting the "\n" that ends a get request
-    SET = 2  # collecting key=value lines until a blank line
+    SET = 2  # applying key=value lines until a blank line
+    ANSWER = 3  # handing out the pieces of a get answer
+    SKIP = 4  # dropping the rest of a set request that stopped at a bad line
 
 
 class UAPIConnection:
     """The byte stream of one control-socket connection, as requests and
-    answers (sans-I/O, like h11's Connection): feed what was read to
-    :meth:`receive_data` and write what it returns; close the connection once
-    :attr:`closed` is true. Several requests may follow one another on a
-    connection, and may arrive in any fragments.
+    answers (sans-I/O, in the manner of h11's Connection).
+
+    Feed what was read to :meth:`receive_data` (and :meth:`receive_eof` at
+    the end of the stream), then call :meth:`next_output` until it returns
+    None, writing what it returns; only then read again. Each call does a
+    bounded amount of work (:data:`LINES_PER_STEP` lines of a set, fewer if
+    they create peers, or :data:`PEERS_PER_STEP` peers of a get answer) and
+    returns the bytes to write, possibly none yet, so a binding can let other
+    work run between calls. Because nothing is read while buffered input is
+    left, the buffer holds at most a line and a read, and each answer is out
+    before the next request is looked at: a client that pipelines requests
+    and reads slowly stops the reading. Close the connection once
+    :attr:`closed` is true.
 
     As in wireguard-go: an unknown operation ends the connection without an
     answer; ``get=1`` must be followed by exactly one newline (anything else
     answers ``errno=-22``); a ``set`` cut off by the end of the stream is
-    applied as if it had ended properly; a line longer than 64 KiB answers
-    ``errno=-5`` (EIO) and ends the connection.
+    ended there, as if it had ended properly; a line longer than 64 KiB
+    answers ``errno=-5`` (EIO) and ends the connection. A bad line answers its
+    errno at once; the rest of its request is dropped (see the module).
     """
 
     def __init__(self, uapi: UAPI) -> None:
         self.uapi = uapi
         self.closed = False
         self._buffer = bytearray()
+        self._eof = False
         self._state = _State.OPERATION
-        self._lines: list[str] = []
+        self._set: SetRequest | None = None
+        self._answer: Iterator[str] | None = None
+        self._chunk: str | None = None
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Bytes read from the socket; returns the answers they complete."""
+    def __repr__(self) -> str:
+        return f"<UAPIConnection {self._state.name} closed={self.closed}>"
+
+    @property
+    def in_request(self) -> bool:
+        """Whether a request is under way that reads or changes the device:
+        a set between its first line and its answer, or a get answer not yet
+        handed out whole. A server that serves several connections lets one
+        at a time be in a request, as wireguard-go's ipcMutex does."""
+        return self._state in (_State.SET, _State.ANSWER)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes read from the socket."""
+        if not self.closed:
+            self._buffer += data
+
+    def receive_eof(self) -> None:
+        """The client closed its side."""
+        self._eof = True
+
+    def outputs(self) -> Iterator[bytes]:
+        """Everything the buffered input makes, as :meth:`next_output` hands
+        it out (for a caller that holds the whole input anyway)."""
+        while (out := self.next_output()) is not None:
+            if out:
+                yield out
+
+    def next_output(self) -> bytes | None:
+        """Work through the buffered input, a bounded amount: returns what to
+        write (``b""`` when a slice of work was done and there is more to do),
+        or None when nothing more can be done without more input (or the
+        connection is closed)."""
         if self.closed:
-            return b""
-        self._buffer += data
-        out = bytearray()
+            return None
+        if self._state is _State.ANSWER:
+            # One piece ahead, so that the last one goes out with the request
+            # over (in_request false): the server writes it and drains.
+            assert self._answer is not None and self._chunk is not None
+            chunk, self._chunk = self._chunk, next(self._answer, None)
+            if self._chunk is None:
+                self._answer = None
+                self._state = _State.OPERATION
+            return chunk.encode("utf-8", "surrogateescape")
         buffer = self._buffer
-        while not self.closed:
+        budget = LINES_PER_STEP
+        while budget > 0:
+            budget -= 1
             if self._state is _State.GET:
                 if not buffer:
                     break
                 byte = buffer[0]
                 del buffer[0]
-                self._state = _State.OPERATION
                 if byte == 0x0A:
-                    out += self.uapi.get().encode("utf-8", "surrogateescape")
-                else:
-                    out += f"errno={IPC_ERROR_INVALID}\n\n".encode()
-                continue
+                    self._state = _State.ANSWER
+                    self._answer = self.uapi.get_chunks()
+                    self._chunk = next(self._answer)
+                    return self.next_output()
+                self._state = _State.OPERATION
+                return f"errno={IPC_ERROR_INVALID}\n\n".encode()
             end = buffer.find(b"\n")
             if end < 0:
-                if len(buffer) > MAX_LINE:
-                    if self._state is _State.SET:
-                        out += f"errno={IPC_ERROR_IO}\n\n".encode()
-                    self._close()
                 break
+            if end > MAX_LINE and self._state is not _State.OPERATION:
+                return self._overlong()
             line = bytes(buffer[:end])
             del buffer[: end + 1]
             if self._state is _State.OPERATION:
@@ -558,40 +656,80 @@ class UAPIConnection:
                     self._state = _State.GET
                 elif line == b"set=1":
                     self._state = _State.SET
+                    self._set = self.uapi.begin_set()
                 else:
                     self._close()
+                    return None
                 continue
-            if len(line) > MAX_LINE:
-                out += f"errno={IPC_ERROR_IO}\n\n".encode()
-                self._close()
-                break
             if line.endswith(b"\r"):  # bufio.ScanLines drops one "\r" too
                 line = line[:-1]
-            if line:
-                self._lines.append(line.decode("utf-8", "surrogateescape"))
-            else:
-                out += self._answer_set()
-        return bytes(out)
-
-    def receive_eof(self) -> bytes:
-        """The client closed its side; returns a last answer, if any."""
-        out = b""
-        if not self.closed and self._state is _State.SET:
-            last = bytes(self._buffer)
+            if self._state is _State.SKIP:
+                if not line:
+                    self._state = _State.OPERATION
+                continue
+            if not line:
+                return self._end_set()
+            if line.startswith(b"public_key="):
+                budget -= PEER_LINE_COST - 1
+            answer = self._set_line(line)
+            if answer is not None:
+                return answer
+        else:
+            return b""  # the budget is spent: more to do
+        # No complete line is buffered.
+        if len(buffer) > MAX_LINE:
+            if self._state is _State.OPERATION:
+                self._close()
+                return None
+            return self._overlong()
+        if not self._eof:
+            return None
+        # The end of the stream: a set cut short ends with what it has.
+        out = None
+        if self._state is _State.SET:
+            last = bytes(buffer)
             if last.endswith(b"\r"):
                 last = last[:-1]
-            if last:
-                self._lines.append(last.decode("utf-8", "surrogateescape"))
-            out = self._answer_set()
+            out = self._set_line(last) if last else None
+            if out is None:
+                out = self._end_set()
         self._close()
         return out
 
-    def _answer_set(self) -> bytes:
-        lines, self._lines = self._lines, []
+    def _set_line(self, line: bytes) -> bytes | None:
+        """Apply one line of the set; on a bad line, its answer."""
+        assert self._set is not None
+        try:
+            self._set.line(line.decode("utf-8", "surrogateescape"))
+        except UAPIError as exc:
+            answer = self._set.abort(exc)
+            self._set = None
+            self._state = _State.SKIP
+            return answer.encode()
+        return None
+
+    def _end_set(self) -> bytes:
+        assert self._set is not None
+        answer = self._set.end()
+        self._set = None
         self._state = _State.OPERATION
-        return self.uapi.set(lines).encode()
+        return answer.encode()
+
+    def _overlong(self) -> bytes:
+        """A line over 64 KiB: EIO (as bufio.Scanner's ErrTooLong), and the
+        connection ends; a set is ended as wireguard-go ends it, with
+        handlePostConfig but EIO for an answer."""
+        out = b""
+        if self._state is _State.SET:
+            assert self._set is not None
+            self._set.end()
+            out = f"errno={IPC_ERROR_IO}\n\n".encode()
+        self._close()
+        return out
 
     def _close(self) -> None:
         self.closed = True
         self._buffer.clear()
-        self._lines = []
+        self._set = None
+        self._answer = None
+        self._chunk = None

@@ -11,8 +11,16 @@ no other user can connect in the moment between ``bind`` and a ``chmod``. As
 wireguard-go does (``ipc/uapi_linux.go``), a socket a live process still
 answers on is never taken over, and a stale one left by a crash is replaced.
 
-The server runs in the event loop that drives the device: requests are
-handled one at a time, between datagrams, so the device needs no lock.
+The server runs in the event loop that drives the device, so the device
+needs no lock against the data path; requests are worked through a slice at
+a time (see :class:`~wireguard.uapi.UAPIConnection`), and the loop runs other
+work between slices, so a 20,000-peer ``set`` does not hold up datagrams.
+Between connections, as with wireguard-go's ``ipcMutex``, one request at a
+time reads or changes the device: a ``set`` from its first line to its answer
+(also while it waits for the client to send more), a ``get`` while its answer
+is put together (not while the client reads it). Each answer is written, and
+drained, before the connection's next request is read: a client cannot make
+the server hold more than one answer and one read of its input.
 """
 
 from __future__ import annotations
@@ -114,6 +122,7 @@ class ControlServer(Lifecycle):
         self._server: asyncio.AbstractServer | None = None
         self._identity: tuple[int, int] | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._device_lock = asyncio.Lock()
 
     async def start(self) -> None:
         if self._server is not None:
@@ -161,18 +170,47 @@ class ControlServer(Lifecycle):
         assert task is not None
         self._clients.add(task)
         connection = UAPIConnection(self.uapi)
+        lock = self._device_lock
+        holding = False
         try:
-            while not connection.closed:
-                data = await reader.read(_READ_SIZE)
-                answer = connection.receive_data(data) if data else connection.receive_eof()
-                if answer:
-                    writer.write(answer)
+            while True:
+                if not holding:
+                    await lock.acquire()
+                    holding = True
+                out = connection.next_output()
+                if not connection.in_request:
+                    lock.release()
+                    holding = False
+                if out is None:  # needs more input
+                    if connection.closed:
+                        break
+                    data = await reader.read(_READ_SIZE)
+                    if data:
+                        connection.receive_data(data)
+                    else:
+                        connection.receive_eof()
+                    continue
+                if out:
+                    writer.write(out)
+                if not holding:
+                    # An answer is complete: out to the client before the
+                    # next request is looked at.
                     await writer.drain()
+                # Let the data path and other clients run between slices.
+                await asyncio.sleep(0)
         except ConnectionError:
             pass  # the client went away; wg never waits for more than one answer
+        except asyncio.CancelledError:
+            # close() hangs up on clients by cancelling them. Ending quietly:
+            # asyncio (3.11) reports a client task that ends cancelled as an
+            # unhandled exception with a traceback.
+            if self._server is not None:
+                raise
         except Exception:
             log.exception("control socket %s: request failed", self.path)
         finally:
+            if holding:
+                lock.release()
             self._clients.discard(task)
             writer.close()
             with contextlib.suppress(Exception):

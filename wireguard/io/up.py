@@ -51,7 +51,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import HOOK_KEYS, Config, ConfigError, ConfigWarning, load
+from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from .control import SOCKET_DIRECTORY, socket_path
 from .tun import TUN_PATH, TunError, interface_name, validate_name
 
@@ -118,7 +118,9 @@ def _need_tun() -> None:
 
 def load_config(path: str) -> tuple[Config, list[str]]:
     """The parsed file and the warnings to show (DNS not set, and what the
-    parser noted but for the hooks, which the service runs)."""
+    parser noted but for the hooks, which the service runs). A file other
+    users can reach gets wg-quick's warning on stderr at once, as wg-quick
+    prints it before anything else."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
@@ -127,10 +129,15 @@ def load_config(path: str) -> tuple[Config, list[str]]:
             raise UpError(str(exc)) from None
         except OSError as exc:
             raise UpError(f"cannot read {path}: {exc.strerror}") from None
+        finally:
+            for w in caught:
+                if isinstance(w.message, AccessWarning):
+                    print(w.message, file=sys.stderr)
     notes = [
         str(w.message)
         for w in caught
         if issubclass(w.category, ConfigWarning)
+        and not isinstance(w.message, AccessWarning)
         and getattr(w.message, "key", None) not in HOOK_KEYS  # the service runs those
     ]
     iface = config.interface
