@@ -32,11 +32,10 @@ from wireguard.config import (
     parse_setconf,
     parse_wg_quick,
     read_key_file,
-    resolution_retries,
-    resolve_endpoint,
     strip_wg_quick,
 )
 from wireguard.errors import LocalProtocolError
+from wireguard.io.resolve import resolution_retries, resolve_endpoint
 from wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
 # Hooks and host bits are reported as warnings on purpose; the tests that care

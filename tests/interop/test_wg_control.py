@@ -682,7 +682,7 @@ def test_numbers_with_leading_zeros_as_wireguard_go(both: list[str]) -> None:
 _RESOLVE = """
 import asyncio, logging, sys
 logging.basicConfig(format="%(message)s", stream=sys.stderr)
-from wireguard.config import resolve_endpoint
+from wireguard.io.resolve import resolve_endpoint
 try:
     asyncio.run(resolve_endpoint("example.com", 1))
 except OSError as exc:

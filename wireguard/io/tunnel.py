@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -51,6 +50,7 @@ from ..config import Config
 from ..device import Device, Effects, EndpointChanged, Event
 from ..keys import PresharedKey, PublicKey
 from .lifecycle import Lifecycle
+from .resolve import resolve_endpoint
 
 log = logging.getLogger("wireguard")
 
@@ -79,22 +79,6 @@ def _plain(address: tuple) -> Address:  # type: ignore[type-arg]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, port
-
-
-async def resolve_endpoint(host: str, port: int) -> Address:
-    """Resolve a config Endpoint host (name or literal) to one address,
-    preferring IPv4 as wg does when both exist."""
-    try:
-        ipaddress.ip_address(host)
-        return host, port
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(f"cannot resolve endpoint host {host!r}")
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    return _plain(infos[0][4])
 
 
 class EventStream:
