@@ -8,6 +8,7 @@ real ICMP, ICMPv6 and UDP packets, padded as WireGuard pads them."""
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import os
 import random
@@ -439,6 +440,117 @@ def test_reader_reports_a_capture_cut_short(tmp_path: Path, scenario: Scenario) 
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CaptureFormatError, match="cut short in the middle of packet"):
         list(PcapReader(path))
+
+
+def _pcapng_of(sc: Scenario, *, tsresol: int = 6, tsoffset: int = 0) -> bytes:
+    """The scenario as a pcapng on one raw-IP interface whose if_tsresol and
+    if_tsoffset (pcapng draft section 4.2: a power of ten, and a signed offset
+    in seconds added to every timestamp) are given, each Enhanced Packet Block
+    holding the time of its datagram in those units."""
+    shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    options = struct.pack("<HHB3x", 9, 1, tsresol) + struct.pack("<HHq", 14, 8, tsoffset)
+    idb = struct.pack("<HHI", LINKTYPE_RAW, 0, 0) + options + struct.pack("<HH", 0, 0)
+    blocks = [_pcapng_block("<", 0x0A0D0D0A, shb), _pcapng_block("<", 1, idb)]
+    for d in sc.datagrams:
+        packet = build_udp_packet(d.src, d.dst, d.payload)
+        units = round(d.timestamp * 10**tsresol)
+        assert 0 <= units < 2**64
+        head = struct.pack("<IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(packet), len(packet))
+        blocks.append(_pcapng_block("<", 6, head + packet))
+    return b"".join(blocks)
+
+
+# Captures whose times classic pcap's unsigned 32-bit seconds cannot hold.
+OUT_OF_PCAP_RANGE = {
+    # A negative if_tsoffset puts the packets in 1960.
+    "before 1970": lambda sc: (_pcapng_of(sc, tsoffset=-2_000_000_000), -2_000_000_000),
+    # A positive one puts them in 2118.
+    "after 2106": lambda sc: (_pcapng_of(sc, tsoffset=3_000_000_000), 3_000_000_000),
+    # Nanoseconds since 1970 in 64 bits reach 2554 with no offset at all.
+    "after 2106 in nanoseconds": lambda sc: (
+        _pcapng_of(_shifted(sc, 3_000_000_000), tsresol=9),
+        3_000_000_000,
+    ),
+}
+
+
+def _shifted(sc: Scenario, seconds: int) -> Scenario:
+    return Scenario(
+        sc.ik,
+        sc.rk,
+        sc.psk,
+        [d._replace(timestamp=d.timestamp + seconds) for d in sc.datagrams],
+        sc.inner,
+        sc.handshakes,
+        sc.kinds,
+    )
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_PCAP_RANGE))
+def test_decrypt_w_refuses_times_classic_pcap_cannot_hold(
+    case: str, scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    data, shift = OUT_OF_PCAP_RANGE[case](scenario)
+    ng = tmp_path / "odd-time.pcapng"
+    ng.write_bytes(data)
+    with PcapReader(ng) as reader:
+        stamps = [p.timestamp for p in reader]
+    assert stamps == pytest.approx([d.timestamp + shift for d in scenario.datagrams], abs=1e-6)
+    # Without -w the times are only printed relative to the first: all is well.
+    code, out, err = run_cli(capsys, ng, "--keylog", files["initiator"])
+    assert (code, err) == (0, "")
+    assert "12 of 12 transport data messages decrypted" in out
+    # With -w, one line naming the first packet that cannot be written, and
+    # the output is not touched (newer Wireshark's pcap writer refuses too,
+    # rather than wrap the seconds round as Debian 12's editcap 4.0 does).
+    out_pcap = tmp_path / "inner.pcap"
+    out_pcap.write_bytes(b"what was there before")
+    code, out, err = run_cli(capsys, ng, "--keylog", files["initiator"], "-w", out_pcap)
+    first = min(scenario.inner)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("python -m wireguard decrypt: "), err
+    assert f"frame {first}:" in err and "classic pcap" in err, err
+    assert ("1960-" if shift < 0 else "2118-") in err, err
+    assert out_pcap.read_bytes() == b"what was there before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["odd-time.pcapng", "inner.pcap", "cap.pcap", "initiator.keys", "responder.keys"]
+    )
+    # A new output file is not left behind half written either.
+    out_pcap.unlink()
+    code, _, err = run_cli(capsys, ng, "--keylog", files["initiator"], "-w", out_pcap)
+    assert code == 1 and f"frame {first}:" in err
+    assert not out_pcap.exists()
+
+
+def test_tshark_reads_the_out_of_range_fixtures_as_we_do(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    # The fixtures above mean what they claim: Wireshark's reader, not ours,
+    # puts their first packet before 1970 and after 2106.
+    for case, make in OUT_OF_PCAP_RANGE.items():
+        data, shift = make(scenario)
+        ng = tmp_path / "odd.pcapng"
+        ng.write_bytes(data)
+        # (UTC dates: tshark 4.0 prints a negative frame.time_epoch sign-magnitude.)
+        line = tshark("-r", ng, "-c", "1", "-t", "ud")[0][0].split()
+        when = datetime.datetime.fromisoformat(f"{line[1]}T{line[2]}+00:00").timestamp()
+        assert when == pytest.approx(scenario.datagrams[0].timestamp + shift, abs=1e-6), case
+        assert (when < 0) if shift < 0 else (when >= 2**32), case
+
+
+def test_pcap_writer_time_range(tmp_path: Path) -> None:
+    packet = build_udp_packet(("10.0.0.1", 1), ("10.0.0.2", 2), b"x")
+    path = tmp_path / "edges.pcap"
+    last = 2**32 - 0.5  # 2106-02-07 06:28:15.5, the last half second there is
+    with PcapWriter(path) as w:
+        w.write_ip(0.0, packet)
+        w.write_ip(last, packet)
+        for bad in (-0.5, -1e-6, 2.0**32, 2**32 - 1e-7, 1e300, float("inf"), float("nan")):
+            with pytest.raises(CaptureFormatError, match="classic pcap"):
+                w.write_ip(bad, packet)
+    # Wireshark reads the seconds as unsigned, as the pcap draft defines them.
+    rows = tshark("-r", path, "-T", "fields", "-e", "frame.time_epoch")
+    assert [float(r[0]) for r in rows] == [0.0, last]
 
 
 # --- key log ---------------------------------------------------------------------------------

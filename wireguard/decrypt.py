@@ -4,7 +4,11 @@
 reads a pcap or pcapng of WireGuard's UDP datagrams and prints one line per
 message; ``-w OUT.pcap`` writes the decrypted inner IP packets to a new
 capture, ``--trace`` prints each handshake step as the ``walkthrough`` command
-does.
+does. ``-w`` writes classic pcap, whose seconds are unsigned 32 bits: a packet
+to be written at a time before 1970 or after 2106 (which a pcapng can hold) is
+refused with one line naming its frame, as newer Wireshark's pcap writer
+refuses it (Debian 12's editcap 4.0 wraps the seconds round), and OUT is then
+left as it was.
 
 Which secrets open what is fixed by Noise_IKpsk2 (whitepaper 5.4.2-5.4.4), and
 this follows the same rules as Wireshark's dissector (``packet-wireguard.c``):
@@ -44,19 +48,23 @@ command-line functions at the end own the files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
 import os
+import secrets
+import stat
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 from .capture import (
     SECRETS_TYPE_WIREGUARD,
     Address,
+    CaptureFormatError,
     KeyLog,
     PcapReader,
     PcapWriter,
@@ -681,6 +689,43 @@ def _load_keys(args: argparse.Namespace) -> KeyRing:
     return keys
 
 
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[IO[bytes]]:
+    """A file to write *path*'s new contents to, which become *path* only if
+    the block ends without an exception: a capture refused halfway (a time
+    classic pcap cannot hold, a file cut short) leaves *path* as it was.
+
+    The new contents are written next to *path* (the file a symbolic link
+    names, if it is one) and renamed over it at the end, keeping an existing
+    file's mode. What is not a regular file (``/dev/stdout``, a FIFO), and a
+    directory where no file can be created, are written straight through."""
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    fd = -1
+    if st is None or stat.S_ISREG(st.st_mode):
+        directory, name = os.path.split(target)
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(OSError):
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if fd < 0:
+        with open(path, "wb") as f:
+            yield f
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if st is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+            yield f
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
     keys = _load_keys(args)
     decryptor = CaptureDecryptor(keys, trace=args.trace)
@@ -692,10 +737,10 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         reader = PcapReader(args.capture)
     except OSError as exc:
         raise _UsageError(f"{args.capture}: {exc.strerror}") from None
-    with reader:
+    with reader, contextlib.ExitStack() as stack:
         try:
             if args.write:
-                writer = PcapWriter(args.write)
+                writer = PcapWriter(stack.enter_context(_replacing(args.write)))
             for timestamp, packet in reader:
                 # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
                 # come before the packets they open.
@@ -721,12 +766,14 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                     print(f"     == {title} ==", file=out)
                     print(_indent(trace.format(), "     "), file=out)
                 if writer is not None and record.inner:
-                    writer.write_ip(timestamp, record.inner)
+                    try:
+                        writer.write_ip(timestamp, record.inner)
+                    except CaptureFormatError as exc:
+                        raise _UsageError(
+                            f"frame {reader.frames}: {exc}; {args.write} is not written"
+                        ) from None
         except OSError as exc:
             raise _UsageError(f"{exc.filename or args.write}: {exc.strerror}") from None
-        finally:
-            if writer is not None:
-                writer.close()
     s = decryptor.stats
     print(
         f"{_plural(s['messages'], 'WireGuard message')}, "
