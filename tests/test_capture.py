@@ -15,6 +15,7 @@ import random
 import stat
 import struct
 import subprocess
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,8 @@ from wireguard.capture import (
     read_keylog,
     udp_datagrams,
 )
-from wireguard.cookie import CookieChecker, CookieGenerator
-from wireguard.crypto import aead_encrypt, dh_generate, dh_public, tai64n
+from wireguard.cookie import CookieChecker, CookieGenerator, mac1_key
+from wireguard.crypto import aead_encrypt, dh_generate, dh_public, mac, tai64n
 from wireguard.handshake import (
     HandshakeResult,
     consume_initiation,
@@ -731,6 +732,108 @@ def test_decrypt_bad_input_is_one_line_and_status_1(
     assert code == 1
     assert err.count("\n") == 1 and message in err, err
     assert err.startswith("python -m wireguard decrypt: ")
+
+
+def _initiations_like(sc: Scenario, count: int, first_index: int = 0x5000_0000) -> list[bytes]:
+    """*count* copies of the scenario's (real) second initiation, each with its
+    own sender index and a mac1 that verifies (whitepaper 5.4.4: the index is
+    covered by mac1, not by the AEAD, so each opens with the responder's key):
+    what a flood of distinct initiations in a capture looks like."""
+    real = sc.datagrams[sc.kinds.index("initiation", 1)].payload
+    key = mac1_key(sc.rk.public_key.raw)
+    out = []
+    for index in range(first_index, first_index + count):
+        m = bytearray(real)
+        m[4:8] = struct.pack("<I", index)
+        m[116:132] = mac(key, bytes(m[:116]))
+        out.append(bytes(m))
+    return out
+
+
+def test_decrypt_pending_initiations_are_bounded(scenario: Scenario) -> None:
+    # Initiations nobody answers are held for their response; a capture with
+    # many distinct ones (a flood, a long capture of a peer retrying) must not
+    # hold them all: three times as many must not take much more memory.
+    keys = decrypt.KeyRing()
+    keys.add_static_public(scenario.rk.public_key.raw)
+    flood = _initiations_like(scenario, 3 * 2 * decrypt.MAX_PENDING)
+    held = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        decryptor = decrypt.CaptureDecryptor(keys)
+        for number, payload in enumerate(flood, 1):
+            record = decryptor.feed(number, T0 + number, I4, R4, payload)
+            assert record is not None and record.kind == "initiation"
+            if number in (len(flood) // 3, len(flood)):
+                held.append(tracemalloc.get_traced_memory()[0] - before)
+    finally:
+        tracemalloc.stop()
+    assert held[1] < 1.5 * held[0], held
+    # ... and what was forgotten is counted, not dropped silently.
+    assert decryptor.stats["forgotten initiations"] == len(flood) - decrypt.MAX_PENDING
+
+
+def test_decrypt_follows_a_handshake_after_a_flood(
+    scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    # A flood before the real handshakes (with the responder's key, so each
+    # flooded initiation opens and holds a Responder): the handshakes that
+    # follow still open, and the summary says how many were forgotten.
+    flood = _initiations_like(scenario, decrypt.MAX_PENDING + 100)
+    cap = tmp_path / "flood.pcap"
+    with PcapWriter(cap) as w:
+        for payload in flood:
+            w.write_udp(T0 - 1, I4, R4, payload)
+        for d in scenario.datagrams:
+            w.write_udp(d.timestamp, d.src, d.dst, d.payload)
+    code, out, err = run_cli(capsys, cap, "--keylog", files["responder"])
+    assert (code, err) == (0, "")
+    assert "12 of 12 transport data messages decrypted" in out
+    # Before the first response: the flood, the initiation a cookie reply
+    # answered (never answered by a response), the initiation that is.
+    summary = out.splitlines()[-1]
+    assert f"; {100 + 2} unanswered initiations forgotten" in summary, summary
+    # The flood between an initiation and its response pushes it out: the
+    # response says so instead of "not in the capture".
+    keys = decrypt.KeyRing()
+    keys.add_keylog(read_keylog(files["responder"]))
+    first = scenario.kinds.index("response", scenario.kinds.index("cookie reply"))
+    stream = [*scenario.datagrams[:first], *(UDPDatagram(T0, I4, R4, p) for p in flood)]
+    records = decrypt.decrypt_datagrams(keys, [*stream, scenario.datagrams[first]])
+    assert records[-1].kind == "response" and not records[-1].handshake_ok
+    assert "forgotten" in records[-1].note, records[-1].note
+
+
+def test_decrypt_replayed_handshakes_do_not_pile_up_keys(
+    scenario: Scenario, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same initiation and response captured again and again (a replay, or
+    # a capture on several interfaces) add no new transport keys to try: a
+    # transport message that opens with none costs one attempt, not one per copy.
+    keys = decrypt.KeyRing()
+    keys.add_keylog(read_keylog(files["responder"]))
+    second = scenario.kinds.index("initiation", scenario.kinds.index("cookie reply"))
+    handshake = scenario.datagrams[second : second + 2]
+    decryptor = decrypt.CaptureDecryptor(keys)
+    for number in range(0, 2000, 2):
+        for offset, d in enumerate(handshake):
+            decryptor.feed(number + offset + 1, d.timestamp, d.src, d.dst, d.payload)
+    assert decryptor.stats["handshakes"] == 1000
+    attempts = []
+    real_decrypt = decrypt.aead_decrypt
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        attempts.append(args)
+        return real_decrypt(*args)
+
+    monkeypatch.setattr(decrypt, "aead_decrypt", counting)
+    data = scenario.datagrams[second + 2]
+    assert scenario.kinds[second + 2] == "transport data"
+    broken = data.payload[:-1] + bytes([data.payload[-1] ^ 1])
+    record = decryptor.feed(3000, data.timestamp, data.src, data.dst, broken)
+    assert record is not None and record.inner is None
+    assert len(attempts) == 1
 
 
 def test_decrypt_subcommand_registration() -> None:
