@@ -523,6 +523,24 @@ def test_decrypt_w_refuses_times_classic_pcap_cannot_hold(
     assert not out_pcap.exists()
 
 
+def test_decrypt_w_failing_at_the_end_is_one_line(
+    files: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The output is complete only when it is renamed into place; a failure
+    # there (a full disk, say) is one line naming OUT, and nothing is left.
+    import errno
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "somewhere")
+
+    monkeypatch.setattr(decrypt.os, "replace", full)
+    out_pcap = tmp_path / "inner.pcap"
+    code, _, err = run_cli(capsys, files["cap"], "--keylog", files["initiator"], "-w", out_pcap)
+    assert code == 1
+    assert err == f"python -m wireguard decrypt: {out_pcap}: No space left on device\n", err
+    assert not out_pcap.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
 def test_tshark_reads_the_out_of_range_fixtures_as_we_do(
     scenario: Scenario, tmp_path: Path
 ) -> None:

@@ -827,7 +827,10 @@ def _replacing(path: str) -> Iterator[IO[bytes]]:
             if st is not None:
                 os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
             yield f
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -845,41 +848,42 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         reader = PcapReader(args.capture)
     except OSError as exc:
         raise _UsageError(f"{args.capture}: {exc.strerror}") from None
-    with reader, contextlib.ExitStack() as stack:
+    with reader:
         try:
-            if args.write:
-                writer = PcapWriter(stack.enter_context(_replacing(args.write)))
-            for timestamp, packet in reader:
-                # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
-                # come before the packets they open.
-                while secrets_seen < len(reader.secrets):
-                    kind, data = reader.secrets[secrets_seen]
-                    secrets_seen += 1
-                    if kind == SECRETS_TYPE_WIREGUARD:
-                        text = data.decode("ascii", "replace")
-                        keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
-                udp = extract_udp(packet)
-                if udp is None:
-                    continue
-                src, dst, payload = udp
-                if ports and src[1] not in ports and dst[1] not in ports:
-                    continue
-                record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
-                if record is None:
-                    continue
-                if start is None:
-                    start = timestamp
-                print(record.describe(start), file=out)
-                for title, trace in record.traces:
-                    print(f"     == {title} ==", file=out)
-                    print(_indent(trace.format(), "     "), file=out)
-                if writer is not None and record.inner:
-                    try:
-                        writer.write_ip(timestamp, record.inner)
-                    except CaptureFormatError as exc:
-                        raise _UsageError(
-                            f"frame {reader.frames}: {exc}; {args.write} is not written"
-                        ) from None
+            with contextlib.ExitStack() as stack:
+                if args.write:
+                    writer = PcapWriter(stack.enter_context(_replacing(args.write)))
+                for timestamp, packet in reader:
+                    # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
+                    # come before the packets they open.
+                    while secrets_seen < len(reader.secrets):
+                        kind, data = reader.secrets[secrets_seen]
+                        secrets_seen += 1
+                        if kind == SECRETS_TYPE_WIREGUARD:
+                            text = data.decode("ascii", "replace")
+                            keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
+                    udp = extract_udp(packet)
+                    if udp is None:
+                        continue
+                    src, dst, payload = udp
+                    if ports and src[1] not in ports and dst[1] not in ports:
+                        continue
+                    record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
+                    if record is None:
+                        continue
+                    if start is None:
+                        start = timestamp
+                    print(record.describe(start), file=out)
+                    for title, trace in record.traces:
+                        print(f"     == {title} ==", file=out)
+                        print(_indent(trace.format(), "     "), file=out)
+                    if writer is not None and record.inner:
+                        try:
+                            writer.write_ip(timestamp, record.inner)
+                        except CaptureFormatError as exc:
+                            raise _UsageError(
+                                f"frame {reader.frames}: {exc}; {args.write} is not written"
+                            ) from None
         except OSError as exc:
             raise _UsageError(f"{exc.filename or args.write}: {exc.strerror}") from None
     s = decryptor.stats
