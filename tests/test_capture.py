@@ -8,12 +8,14 @@ real ICMP, ICMPv6 and UDP packets, padded as WireGuard pads them."""
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import os
 import random
 import stat
 import struct
 import subprocess
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +43,8 @@ from wireguard.capture import (
     read_keylog,
     udp_datagrams,
 )
-from wireguard.cookie import CookieChecker, CookieGenerator
-from wireguard.crypto import aead_encrypt, dh_generate, dh_public, tai64n
+from wireguard.cookie import CookieChecker, CookieGenerator, mac1_key
+from wireguard.crypto import aead_encrypt, dh_generate, dh_public, mac, tai64n
 from wireguard.handshake import (
     HandshakeResult,
     consume_initiation,
@@ -441,6 +443,135 @@ def test_reader_reports_a_capture_cut_short(tmp_path: Path, scenario: Scenario) 
         list(PcapReader(path))
 
 
+def _pcapng_of(sc: Scenario, *, tsresol: int = 6, tsoffset: int = 0) -> bytes:
+    """The scenario as a pcapng on one raw-IP interface whose if_tsresol and
+    if_tsoffset (pcapng draft section 4.2: a power of ten, and a signed offset
+    in seconds added to every timestamp) are given, each Enhanced Packet Block
+    holding the time of its datagram in those units."""
+    shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    options = struct.pack("<HHB3x", 9, 1, tsresol) + struct.pack("<HHq", 14, 8, tsoffset)
+    idb = struct.pack("<HHI", LINKTYPE_RAW, 0, 0) + options + struct.pack("<HH", 0, 0)
+    blocks = [_pcapng_block("<", 0x0A0D0D0A, shb), _pcapng_block("<", 1, idb)]
+    for d in sc.datagrams:
+        packet = build_udp_packet(d.src, d.dst, d.payload)
+        units = round(d.timestamp * 10**tsresol)
+        assert 0 <= units < 2**64
+        head = struct.pack("<IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(packet), len(packet))
+        blocks.append(_pcapng_block("<", 6, head + packet))
+    return b"".join(blocks)
+
+
+# Captures whose times classic pcap's unsigned 32-bit seconds cannot hold.
+OUT_OF_PCAP_RANGE = {
+    # A negative if_tsoffset puts the packets in 1960.
+    "before 1970": lambda sc: (_pcapng_of(sc, tsoffset=-2_000_000_000), -2_000_000_000),
+    # A positive one puts them in 2118.
+    "after 2106": lambda sc: (_pcapng_of(sc, tsoffset=3_000_000_000), 3_000_000_000),
+    # Nanoseconds since 1970 in 64 bits reach 2554 with no offset at all.
+    "after 2106 in nanoseconds": lambda sc: (
+        _pcapng_of(_shifted(sc, 3_000_000_000), tsresol=9),
+        3_000_000_000,
+    ),
+}
+
+
+def _shifted(sc: Scenario, seconds: int) -> Scenario:
+    return Scenario(
+        sc.ik,
+        sc.rk,
+        sc.psk,
+        [d._replace(timestamp=d.timestamp + seconds) for d in sc.datagrams],
+        sc.inner,
+        sc.handshakes,
+        sc.kinds,
+    )
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_PCAP_RANGE))
+def test_decrypt_w_refuses_times_classic_pcap_cannot_hold(
+    case: str, scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    data, shift = OUT_OF_PCAP_RANGE[case](scenario)
+    ng = tmp_path / "odd-time.pcapng"
+    ng.write_bytes(data)
+    with PcapReader(ng) as reader:
+        stamps = [p.timestamp for p in reader]
+    assert stamps == pytest.approx([d.timestamp + shift for d in scenario.datagrams], abs=1e-6)
+    # Without -w the times are only printed relative to the first: all is well.
+    code, out, err = run_cli(capsys, ng, "--keylog", files["initiator"])
+    assert (code, err) == (0, "")
+    assert "12 of 12 transport data messages decrypted" in out
+    # With -w, one line naming the first packet that cannot be written, and
+    # the output is not touched (newer Wireshark's pcap writer refuses too,
+    # rather than wrap the seconds round as Debian 12's editcap 4.0 does).
+    out_pcap = tmp_path / "inner.pcap"
+    out_pcap.write_bytes(b"what was there before")
+    code, out, err = run_cli(capsys, ng, "--keylog", files["initiator"], "-w", out_pcap)
+    first = min(scenario.inner)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("python -m wireguard decrypt: "), err
+    assert f"frame {first}:" in err and "classic pcap" in err, err
+    assert ("1960-" if shift < 0 else "2118-") in err, err
+    assert out_pcap.read_bytes() == b"what was there before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["odd-time.pcapng", "inner.pcap", "cap.pcap", "initiator.keys", "responder.keys"]
+    )
+    # A new output file is not left behind half written either.
+    out_pcap.unlink()
+    code, _, err = run_cli(capsys, ng, "--keylog", files["initiator"], "-w", out_pcap)
+    assert code == 1 and f"frame {first}:" in err
+    assert not out_pcap.exists()
+
+
+def test_decrypt_w_failing_at_the_end_is_one_line(
+    files: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The output is complete only when it is renamed into place; a failure
+    # there (a full disk, say) is one line naming OUT, and nothing is left.
+    import errno
+
+    def full(*_args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "somewhere")
+
+    monkeypatch.setattr(decrypt.os, "replace", full)
+    out_pcap = tmp_path / "inner.pcap"
+    code, _, err = run_cli(capsys, files["cap"], "--keylog", files["initiator"], "-w", out_pcap)
+    assert code == 1
+    assert err == f"python -m wireguard decrypt: {out_pcap}: No space left on device\n", err
+    assert not out_pcap.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_tshark_reads_the_out_of_range_fixtures_as_we_do(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    # The fixtures above mean what they claim: Wireshark's reader, not ours,
+    # puts their first packet before 1970 and after 2106.
+    for case, make in OUT_OF_PCAP_RANGE.items():
+        data, shift = make(scenario)
+        ng = tmp_path / "odd.pcapng"
+        ng.write_bytes(data)
+        # (UTC dates: tshark 4.0 prints a negative frame.time_epoch sign-magnitude.)
+        line = tshark("-r", ng, "-c", "1", "-t", "ud")[0][0].split()
+        when = datetime.datetime.fromisoformat(f"{line[1]}T{line[2]}+00:00").timestamp()
+        assert when == pytest.approx(scenario.datagrams[0].timestamp + shift, abs=1e-6), case
+        assert (when < 0) if shift < 0 else (when >= 2**32), case
+
+
+def test_pcap_writer_time_range(tmp_path: Path) -> None:
+    packet = build_udp_packet(("10.0.0.1", 1), ("10.0.0.2", 2), b"x")
+    path = tmp_path / "edges.pcap"
+    last = 2**32 - 0.5  # 2106-02-07 06:28:15.5, the last half second there is
+    with PcapWriter(path) as w:
+        w.write_ip(0.0, packet)
+        w.write_ip(last, packet)
+        for bad in (-0.5, -1e-6, 2.0**32, 2**32 - 1e-7, 1e300, float("inf"), float("nan")):
+            with pytest.raises(CaptureFormatError, match="classic pcap"):
+                w.write_ip(bad, packet)
+    # Wireshark reads the seconds as unsigned, as the pcap draft defines them.
+    rows = tshark("-r", path, "-T", "fields", "-e", "frame.time_epoch")
+    assert [float(r[0]) for r in rows] == [0.0, last]
+
+
 # --- key log ---------------------------------------------------------------------------------
 
 
@@ -619,6 +750,108 @@ def test_decrypt_bad_input_is_one_line_and_status_1(
     assert code == 1
     assert err.count("\n") == 1 and message in err, err
     assert err.startswith("python -m wireguard decrypt: ")
+
+
+def _initiations_like(sc: Scenario, count: int, first_index: int = 0x5000_0000) -> list[bytes]:
+    """*count* copies of the scenario's (real) second initiation, each with its
+    own sender index and a mac1 that verifies (whitepaper 5.4.4: the index is
+    covered by mac1, not by the AEAD, so each opens with the responder's key):
+    what a flood of distinct initiations in a capture looks like."""
+    real = sc.datagrams[sc.kinds.index("initiation", 1)].payload
+    key = mac1_key(sc.rk.public_key.raw)
+    out = []
+    for index in range(first_index, first_index + count):
+        m = bytearray(real)
+        m[4:8] = struct.pack("<I", index)
+        m[116:132] = mac(key, bytes(m[:116]))
+        out.append(bytes(m))
+    return out
+
+
+def test_decrypt_pending_initiations_are_bounded(scenario: Scenario) -> None:
+    # Initiations nobody answers are held for their response; a capture with
+    # many distinct ones (a flood, a long capture of a peer retrying) must not
+    # hold them all: three times as many must not take much more memory.
+    keys = decrypt.KeyRing()
+    keys.add_static_public(scenario.rk.public_key.raw)
+    flood = _initiations_like(scenario, 3 * 2 * decrypt.MAX_PENDING)
+    held = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        decryptor = decrypt.CaptureDecryptor(keys)
+        for number, payload in enumerate(flood, 1):
+            record = decryptor.feed(number, T0 + number, I4, R4, payload)
+            assert record is not None and record.kind == "initiation"
+            if number in (len(flood) // 3, len(flood)):
+                held.append(tracemalloc.get_traced_memory()[0] - before)
+    finally:
+        tracemalloc.stop()
+    assert held[1] < 1.5 * held[0], held
+    # ... and what was forgotten is counted, not dropped silently.
+    assert decryptor.stats["forgotten initiations"] == len(flood) - decrypt.MAX_PENDING
+
+
+def test_decrypt_follows_a_handshake_after_a_flood(
+    scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    # A flood before the real handshakes (with the responder's key, so each
+    # flooded initiation opens and holds a Responder): the handshakes that
+    # follow still open, and the summary says how many were forgotten.
+    flood = _initiations_like(scenario, decrypt.MAX_PENDING + 100)
+    cap = tmp_path / "flood.pcap"
+    with PcapWriter(cap) as w:
+        for payload in flood:
+            w.write_udp(T0 - 1, I4, R4, payload)
+        for d in scenario.datagrams:
+            w.write_udp(d.timestamp, d.src, d.dst, d.payload)
+    code, out, err = run_cli(capsys, cap, "--keylog", files["responder"])
+    assert (code, err) == (0, "")
+    assert "12 of 12 transport data messages decrypted" in out
+    # Before the first response: the flood, the initiation a cookie reply
+    # answered (never answered by a response), the initiation that is.
+    summary = out.splitlines()[-1]
+    assert f"; {100 + 2} unanswered initiations forgotten" in summary, summary
+    # The flood between an initiation and its response pushes it out: the
+    # response says so instead of "not in the capture".
+    keys = decrypt.KeyRing()
+    keys.add_keylog(read_keylog(files["responder"]))
+    first = scenario.kinds.index("response", scenario.kinds.index("cookie reply"))
+    stream = [*scenario.datagrams[:first], *(UDPDatagram(T0, I4, R4, p) for p in flood)]
+    records = decrypt.decrypt_datagrams(keys, [*stream, scenario.datagrams[first]])
+    assert records[-1].kind == "response" and not records[-1].handshake_ok
+    assert "forgotten" in records[-1].note, records[-1].note
+
+
+def test_decrypt_replayed_handshakes_do_not_pile_up_keys(
+    scenario: Scenario, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same initiation and response captured again and again (a replay, or
+    # a capture on several interfaces) add no new transport keys to try: a
+    # transport message that opens with none costs one attempt, not one per copy.
+    keys = decrypt.KeyRing()
+    keys.add_keylog(read_keylog(files["responder"]))
+    second = scenario.kinds.index("initiation", scenario.kinds.index("cookie reply"))
+    handshake = scenario.datagrams[second : second + 2]
+    decryptor = decrypt.CaptureDecryptor(keys)
+    for number in range(0, 2000, 2):
+        for offset, d in enumerate(handshake):
+            decryptor.feed(number + offset + 1, d.timestamp, d.src, d.dst, d.payload)
+    assert decryptor.stats["handshakes"] == 1000
+    attempts = []
+    real_decrypt = decrypt.aead_decrypt
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        attempts.append(args)
+        return real_decrypt(*args)
+
+    monkeypatch.setattr(decrypt, "aead_decrypt", counting)
+    data = scenario.datagrams[second + 2]
+    assert scenario.kinds[second + 2] == "transport data"
+    broken = data.payload[:-1] + bytes([data.payload[-1] ^ 1])
+    record = decryptor.feed(3000, data.timestamp, data.src, data.dst, broken)
+    assert record is not None and record.inner is None
+    assert len(attempts) == 1
 
 
 def test_decrypt_subcommand_registration() -> None:

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import ipaddress
+import math
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -276,6 +278,18 @@ def format_address(address: Address) -> str:
 
 _PCAP_MAGIC_US: Final = 0xA1B2C3D4
 _PCAP_MAGIC_NS: Final = 0xA1B23C4D
+_PCAP_END: Final = 2**32
+"""The first Unix time classic pcap's unsigned 32-bit seconds cannot hold."""
+
+
+def _describe_time(timestamp: float) -> str:
+    """*timestamp* as an ISO 8601 UTC time, or as seconds where Python's
+    dates end (year 1 to 9999)."""
+    try:
+        when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"Unix time {timestamp!r}"
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _open_binary(target: str | os.PathLike[str] | IO[bytes], mode: str) -> tuple[IO[bytes], bool]:
@@ -303,13 +317,27 @@ class PcapWriter:
 
     def write_ip(self, timestamp: float, packet: bytes) -> None:
         """One IP packet (an inner packet of the tunnel, or any other) at Unix
-        time *timestamp*."""
-        if timestamp < 0:
-            raise ValueError("a pcap timestamp cannot be before 1970")
-        seconds = int(timestamp)
-        micros = round((timestamp - seconds) * 1_000_000)
-        if micros >= 1_000_000:
-            seconds, micros = seconds + 1, micros - 1_000_000
+        time *timestamp*.
+
+        Classic pcap holds the seconds in an unsigned 32-bit field, so times
+        before 1970 or from 2106-02-07T06:28:16Z on raise
+        :class:`CaptureFormatError` (a ``ValueError``) and write nothing.
+        They are refused rather than clamped or wrapped round: newer
+        Wireshark's pcap writer refuses them too (with the stricter signed
+        limit of 2038), while Debian 12's editcap 4.0 wraps them round, which
+        puts a 1960 packet in 2096. The unsigned range is the pcap draft's
+        (draft-ietf-opsawg-pcap) and what libpcap 1.10.5 and tshark read."""
+        seconds, micros = -1, 0
+        if math.isfinite(timestamp):
+            seconds = math.floor(timestamp)
+            micros = round((timestamp - seconds) * 1_000_000)
+            if micros >= 1_000_000:
+                seconds, micros = seconds + 1, micros - 1_000_000
+        if not 0 <= seconds < _PCAP_END:
+            raise CaptureFormatError(
+                f"{_describe_time(timestamp)} is outside the times classic pcap can hold "
+                "(1970-01-01T00:00:00Z to 2106-02-07T06:28:15.999999Z)"
+            )
         captured = packet[: self.snaplen]
         self._file.write(struct.pack("<IIII", seconds, micros, len(captured), len(packet)))
         self._file.write(captured)

@@ -4,7 +4,11 @@
 reads a pcap or pcapng of WireGuard's UDP datagrams and prints one line per
 message; ``-w OUT.pcap`` writes the decrypted inner IP packets to a new
 capture, ``--trace`` prints each handshake step as the ``walkthrough`` command
-does.
+does. ``-w`` writes classic pcap, whose seconds are unsigned 32 bits: a packet
+to be written at a time before 1970 or after 2106 (which a pcapng can hold) is
+refused with one line naming its frame, as newer Wireshark's pcap writer
+refuses it (Debian 12's editcap 4.0 wraps the seconds round), and OUT is then
+left as it was.
 
 Which secrets open what is fixed by Noise_IKpsk2 (whitepaper 5.4.2-5.4.4), and
 this follows the same rules as Wireshark's dissector (``packet-wireguard.c``):
@@ -44,19 +48,25 @@ command-line functions at the end own the files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
+import itertools
 import os
+import secrets
+import stat
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, Generic, TypeVar
 
 from .capture import (
     SECRETS_TYPE_WIREGUARD,
     Address,
+    CaptureFormatError,
     KeyLog,
     PcapReader,
     PcapWriter,
@@ -344,7 +354,71 @@ def _replay_initiation(
     return initiator, timestamp
 
 
-@dataclass
+MAX_PENDING: Final = 4096
+"""Unanswered initiations a :class:`CaptureDecryptor` holds for their
+response, and mac1s of messages a cookie reply may answer; beyond that the
+oldest are forgotten (and counted). A real capture has a few at a time: a
+response follows its initiation within a round trip, and an unanswered
+initiator retries every 5 seconds (REKEY_TIMEOUT) with a new index."""
+
+MAX_SESSIONS: Final = 65536
+"""Transport keys a :class:`CaptureDecryptor` holds, two per handshake
+followed; beyond that the oldest are forgotten (and counted). Keys are
+rejected after 180 seconds (REJECT_AFTER_TIME), so only a capture with
+hundreds of handshakes a second would need more."""
+
+PER_INDEX: Final = 8
+"""Pending initiations, or transport keys, held for one index: more than one
+is a duplicate frame or a chance collision of random indices; many are a
+replay, which would otherwise make every later message try them all."""
+
+_T = TypeVar("_T")
+
+
+class _Held(Generic[_T]):
+    """Values by 32-bit index, a few per index, at most *limit* in all: the
+    oldest is forgotten (and counted in :attr:`forgotten`) to make room."""
+
+    def __init__(self, limit: int, per_index: int = PER_INDEX) -> None:
+        self.limit = limit
+        self.per_index = per_index
+        self.forgotten = 0
+        self._by_index: dict[int, list[tuple[int, _T]]] = {}
+        self._order: OrderedDict[int, int] = OrderedDict()  # serial -> index
+        self._serials = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def get(self, index: int) -> list[_T]:
+        """The values held for *index*, oldest first."""
+        return [value for _, value in self._by_index.get(index, ())]
+
+    def add(self, index: int, value: _T) -> None:
+        serial = next(self._serials)
+        held = self._by_index.setdefault(index, [])
+        held.append((serial, value))
+        self._order[serial] = index
+        if len(held) > self.per_index:
+            self._forget(index)
+        if len(self._order) > self.limit:
+            # Serials grow, so the oldest of all is the first of its index.
+            self._forget(next(iter(self._order.values())))
+
+    def remove(self, index: int, value: _T) -> None:
+        held = self._by_index[index]
+        position = next(i for i, (_, v) in enumerate(held) if v is value)
+        del self._order[held[position][0]]
+        del held[position]
+        if not held:
+            del self._by_index[index]
+
+    def _forget(self, index: int) -> None:
+        self.remove(index, self._by_index[index][0][1])
+        self.forgotten += 1
+
+
+@dataclass(eq=False)
 class _Pending:
     """A handshake seen up to its initiation, waiting for the response."""
 
@@ -371,13 +445,34 @@ class CaptureDecryptor:
     capture order. Keys may be added to the key ring between datagrams (a
     pcapng carries its key log in blocks among the packets)."""
 
-    def __init__(self, keys: KeyRing, *, trace: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        *,
+        trace: bool = False,
+        max_pending: int | None = None,
+        max_sessions: int | None = None,
+    ) -> None:
         self.keys = keys
         self.trace = trace
-        self._pending: dict[int, list[_Pending]] = {}
-        self._sessions: dict[int, list[_Keys]] = {}
-        self._mac1_sent: dict[int, tuple[bytes, bytes]] = {}
-        self.stats = {"messages": 0, "handshakes": 0, "transport": 0, "decrypted": 0}
+        self._pending: _Held[_Pending] = _Held(MAX_PENDING if max_pending is None else max_pending)
+        self._sessions: _Held[_Keys] = _Held(MAX_SESSIONS if max_sessions is None else max_sessions)
+        self._mac1_sent: _Held[tuple[bytes, bytes]] = _Held(self._pending.limit, per_index=1)
+        self._stats = {"messages": 0, "handshakes": 0, "transport": 0, "decrypted": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts so far: WireGuard messages, handshakes followed, transport
+        data messages and how many were decrypted; and what the bounds made
+        it forget: unanswered initiations, transport keys, and mac1s of
+        messages a cookie reply might answer (see :data:`MAX_PENDING`,
+        :data:`MAX_SESSIONS`, :data:`PER_INDEX`)."""
+        return {
+            **self._stats,
+            "forgotten initiations": self._pending.forgotten,
+            "forgotten sessions": self._sessions.forgotten,
+            "forgotten mac1s": self._mac1_sent.forgotten,
+        }
 
     def feed(
         self, frame: int, timestamp: float, src: Address, dst: Address, payload: bytes
@@ -390,7 +485,7 @@ class CaptureDecryptor:
             message = parse(payload)
         except WireGuardError:
             return None
-        self.stats["messages"] += 1
+        self._stats["messages"] += 1
         record = Record(frame, timestamp, src, dst, "")
         if isinstance(message, Initiation):
             self._initiation(record, message, bytes(payload))
@@ -412,7 +507,7 @@ class CaptureDecryptor:
         r_pub = keys.mac1_owner(data, MAC1_OFFSET_INITIATION)
         record.responder_public = r_pub
         if r_pub is not None:
-            self._mac1_sent[msg.sender_index] = (data[MAC1_OFFSET_INITIATION:][:MAC_LEN], r_pub)
+            self._remember_mac1(msg.sender_index, data[MAC1_OFFSET_INITIATION:], r_pub)
         pending = _Pending(msg.sender_index, msg.unencrypted_ephemeral, responder_public=r_pub)
         # The responder's way: its static private key opens the message.
         if r_pub is not None and r_pub in keys.static_private:
@@ -449,7 +544,13 @@ class CaptureDecryptor:
         record.initiator_public = pending.initiator_public
         if pending.responder is None and pending.initiator is None and not record.note:
             record.note = _initiation_hint(r_pub, ephemeral is not None)
-        self._pending.setdefault(msg.sender_index, []).append(pending)
+        self._pending.add(msg.sender_index, pending)
+
+    def _remember_mac1(self, index: int, mac1: bytes, receiver: bytes) -> None:
+        # A later message with the same index replaces the earlier (as before).
+        for old in self._mac1_sent.get(index):
+            self._mac1_sent.remove(index, old)
+        self._mac1_sent.add(index, (mac1[:MAC_LEN], receiver))
 
     def _response(self, record: Record, msg: Response, data: bytes) -> None:
         record.kind = "response"
@@ -457,10 +558,15 @@ class CaptureDecryptor:
         record.receiver_index = msg.receiver_index
         i_pub = self.keys.mac1_owner(data, MAC1_OFFSET_RESPONSE)
         if i_pub is not None:
-            self._mac1_sent[msg.sender_index] = (data[MAC1_OFFSET_RESPONSE:][:MAC_LEN], i_pub)
-        candidates = self._pending.get(msg.receiver_index, [])
+            self._remember_mac1(msg.sender_index, data[MAC1_OFFSET_RESPONSE:], i_pub)
+        candidates = self._pending.get(msg.receiver_index)
         if not candidates:
             record.note = "no initiation with this index in the capture"
+            if self._pending.forgotten:
+                record.note += (
+                    f", or it was forgotten (as {self._pending.forgotten} unanswered were: "
+                    f"only the last {self._pending.limit} are held)"
+                )
             return
         tried = False
         for pending in reversed(candidates):
@@ -471,12 +577,12 @@ class CaptureDecryptor:
             send_i, recv_i = found
             # Messages to the responder carry its index; to the initiator, theirs.
             who = (pending.initiator_public, pending.responder_public)
-            self._sessions.setdefault(msg.sender_index, []).append(_Keys(send_i, *who))
-            self._sessions.setdefault(pending.sender_index, []).append(_Keys(recv_i, *who))
-            candidates.remove(pending)
+            self._add_session(msg.sender_index, _Keys(send_i, *who))
+            self._add_session(pending.sender_index, _Keys(recv_i, *who))
+            self._pending.remove(msg.receiver_index, pending)
             record.initiator_public, record.responder_public = who
             record.handshake_ok = True
-            self.stats["handshakes"] += 1
+            self._stats["handshakes"] += 1
             return
         record.handshake_ok = False if tried else None
         record.note = (
@@ -485,6 +591,11 @@ class CaptureDecryptor:
             else "needs the initiator's static and ephemeral private keys, "
             "or the responder's ephemeral private key"
         )
+
+    def _add_session(self, index: int, keys: _Keys) -> None:
+        # The same handshake captured again derives the same key: hold it once.
+        if all(held.key != keys.key for held in self._sessions.get(index)):
+            self._sessions.add(index, keys)
 
     def _open_response(
         self, record: Record, msg: Response, pending: _Pending
@@ -534,10 +645,12 @@ class CaptureDecryptor:
         record.kind = "cookie reply"
         record.receiver_index = msg.receiver_index
         sent = self._mac1_sent.get(msg.receiver_index)
-        if sent is None:
+        if not sent:
             record.note = "the message it answers is not in the capture, or its receiver unknown"
+            if self._mac1_sent.forgotten:
+                record.note += ", or it was forgotten"
             return
-        mac1, public = sent
+        mac1, public = sent[-1]
         try:
             record.cookie = xaead_decrypt(cookie_key(public), msg.nonce, msg.encrypted_cookie, mac1)
         except DecryptionError:
@@ -547,10 +660,13 @@ class CaptureDecryptor:
         record.kind = "transport data"
         record.receiver_index = msg.receiver_index
         record.counter = msg.counter
-        self.stats["transport"] += 1
+        self._stats["transport"] += 1
         if len(msg.encrypted_packet) == TAG_LEN:
             record.kind = "keepalive"
         sessions = self._sessions.get(msg.receiver_index)
+        if not sessions and self._sessions.forgotten:
+            record.note = "no transport keys for this receiver, or they were forgotten"
+            return
         if not sessions:
             record.note = "no transport keys for this receiver"
             return
@@ -561,7 +677,7 @@ class CaptureDecryptor:
                 plain = aead_decrypt(session.key, msg.counter, msg.encrypted_packet, b"")
             except DecryptionError:
                 continue
-            self.stats["decrypted"] += 1
+            self._stats["decrypted"] += 1
             length = ip_packet_length(plain)
             record.inner = plain[:length] if length is not None and length <= len(plain) else plain
             return
@@ -681,6 +797,46 @@ def _load_keys(args: argparse.Namespace) -> KeyRing:
     return keys
 
 
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[IO[bytes]]:
+    """A file to write *path*'s new contents to, which become *path* only if
+    the block ends without an exception: a capture refused halfway (a time
+    classic pcap cannot hold, a file cut short) leaves *path* as it was.
+
+    The new contents are written next to *path* (the file a symbolic link
+    names, if it is one) and renamed over it at the end, keeping an existing
+    file's mode. What is not a regular file (``/dev/stdout``, a FIFO), and a
+    directory where no file can be created, are written straight through."""
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    fd = -1
+    if st is None or stat.S_ISREG(st.st_mode):
+        directory, name = os.path.split(target)
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(OSError):
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if fd < 0:
+        with open(path, "wb") as f:
+            yield f
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if st is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+            yield f
+        try:
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
     keys = _load_keys(args)
     decryptor = CaptureDecryptor(keys, trace=args.trace)
@@ -694,44 +850,57 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         raise _UsageError(f"{args.capture}: {exc.strerror}") from None
     with reader:
         try:
-            if args.write:
-                writer = PcapWriter(args.write)
-            for timestamp, packet in reader:
-                # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
-                # come before the packets they open.
-                while secrets_seen < len(reader.secrets):
-                    kind, data = reader.secrets[secrets_seen]
-                    secrets_seen += 1
-                    if kind == SECRETS_TYPE_WIREGUARD:
-                        text = data.decode("ascii", "replace")
-                        keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
-                udp = extract_udp(packet)
-                if udp is None:
-                    continue
-                src, dst, payload = udp
-                if ports and src[1] not in ports and dst[1] not in ports:
-                    continue
-                record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
-                if record is None:
-                    continue
-                if start is None:
-                    start = timestamp
-                print(record.describe(start), file=out)
-                for title, trace in record.traces:
-                    print(f"     == {title} ==", file=out)
-                    print(_indent(trace.format(), "     "), file=out)
-                if writer is not None and record.inner:
-                    writer.write_ip(timestamp, record.inner)
+            with contextlib.ExitStack() as stack:
+                if args.write:
+                    writer = PcapWriter(stack.enter_context(_replacing(args.write)))
+                for timestamp, packet in reader:
+                    # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
+                    # come before the packets they open.
+                    while secrets_seen < len(reader.secrets):
+                        kind, data = reader.secrets[secrets_seen]
+                        secrets_seen += 1
+                        if kind == SECRETS_TYPE_WIREGUARD:
+                            text = data.decode("ascii", "replace")
+                            keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
+                    udp = extract_udp(packet)
+                    if udp is None:
+                        continue
+                    src, dst, payload = udp
+                    if ports and src[1] not in ports and dst[1] not in ports:
+                        continue
+                    record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
+                    if record is None:
+                        continue
+                    if start is None:
+                        start = timestamp
+                    print(record.describe(start), file=out)
+                    for title, trace in record.traces:
+                        print(f"     == {title} ==", file=out)
+                        print(_indent(trace.format(), "     "), file=out)
+                    if writer is not None and record.inner:
+                        try:
+                            writer.write_ip(timestamp, record.inner)
+                        except CaptureFormatError as exc:
+                            raise _UsageError(
+                                f"frame {reader.frames}: {exc}; {args.write} is not written"
+                            ) from None
         except OSError as exc:
             raise _UsageError(f"{exc.filename or args.write}: {exc.strerror}") from None
-        finally:
-            if writer is not None:
-                writer.close()
     s = decryptor.stats
+    forgotten = [
+        f"{_plural(s[key], noun)} forgotten"
+        for key, noun in (
+            ("forgotten initiations", "unanswered initiation"),
+            ("forgotten sessions", "transport key"),
+            ("forgotten mac1s", "cookie-reply mac1"),
+        )
+        if s[key]
+    ]
     print(
         f"{_plural(s['messages'], 'WireGuard message')}, "
         f"{_plural(s['handshakes'], 'handshake')} followed, "
-        f"{s['decrypted']} of {_plural(s['transport'], 'transport data message')} decrypted",
+        f"{s['decrypted']} of {_plural(s['transport'], 'transport data message')} decrypted"
+        + "".join(f"; {text}" for text in forgotten),
         file=out,
     )
     return 0
