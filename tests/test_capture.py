@@ -1000,3 +1000,23 @@ def test_tshark_pcapng_and_embedded_secrets_read_back(
     with PcapReader(ns) as reader:
         stamps = [p.timestamp for p in reader]
     assert stamps == pytest.approx([d.timestamp for d in scenario.datagrams], abs=1e-6)
+
+
+def test_decrypt_w_keeps_what_came_before_a_capture_cut_short(
+    files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """As tshark does with a file cut short in the middle of a packet: the
+    packets before it are decrypted and written, then one line says where
+    the file ends, and the exit status is 1."""
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(files["cap"].read_bytes()[:-10])
+    whole_out, cut_out = tmp_path / "whole-inner.pcap", tmp_path / "cut-inner.pcap"
+    code, _, _ = run_cli(capsys, files["cap"], "--keylog", files["initiator"], "-w", whole_out)
+    assert code == 0
+    code, _, err = run_cli(capsys, cut, "--keylog", files["initiator"], "-w", cut_out)
+    assert code == 1
+    assert err.count("\n") == 1 and "cut short in the middle of packet" in err, err
+    assert str(cut_out) in err
+    whole = [p for _, p in PcapReader(whole_out)]
+    kept = [p for _, p in PcapReader(cut_out)]
+    assert kept and len(kept) < len(whole) + 1 and kept == whole[: len(kept)]

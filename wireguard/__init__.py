@@ -2,6 +2,7 @@
 
 from .errors import (
     AddressFormatError,
+    CaptureCutShortError,
     CaptureFormatError,
     DecryptionError,
     HandshakeError,
@@ -18,6 +19,7 @@ from .keys import PresharedKey, PrivateKey, PublicKey
 
 __all__ = [
     "AddressFormatError",
+    "CaptureCutShortError",
     "CaptureFormatError",
     "DecryptionError",
     "HandshakeError",

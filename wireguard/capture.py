@@ -43,7 +43,7 @@ from typing import IO, Final, NamedTuple
 
 from .constants import KEY_LEN
 from .crypto import DHPrivateKey
-from .errors import CaptureFormatError, KeyFormatError
+from .errors import CaptureCutShortError, CaptureFormatError, KeyFormatError
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .netstack.ip import checksum as internet_checksum
 from .netstack.udp import build_udp
@@ -505,7 +505,7 @@ class PcapReader:
             raise CaptureFormatError(f"{self.name}: not a pcap or pcapng file")
         rest = self._file.read(20)
         if len(rest) < 20:
-            raise CaptureFormatError(f"{self.name}: pcap file header is cut short")
+            raise CaptureCutShortError(f"{self.name}: pcap file header is cut short")
         _, _, _, _, _, network = struct.unpack(endian + "HHiIII", rest)
         # The upper bits of the link-type field carry FCS information.
         self.linktype = linktype = network & 0x03FFFFFF
@@ -529,13 +529,17 @@ class PcapReader:
             number += 1
             self.frames = number
             if len(header) < 16:
-                raise CaptureFormatError(f"{self.name}: cut short in the header of packet {number}")
+                raise CaptureCutShortError(
+                    f"{self.name}: cut short in the header of packet {number}"
+                )
             seconds, fraction, caplen, _ = record.unpack(header)
             if caplen > _MAX_BLOCK:
                 raise CaptureFormatError(f"{self.name}: packet {number} claims {caplen} bytes")
             frame = self._file.read(caplen)
             if len(frame) < caplen:
-                raise CaptureFormatError(f"{self.name}: cut short in the middle of packet {number}")
+                raise CaptureCutShortError(
+                    f"{self.name}: cut short in the middle of packet {number}"
+                )
             packet = _strip_link_layer(linktype, frame)
             if packet is None:
                 self.skipped += 1
@@ -555,12 +559,12 @@ class PcapReader:
                 return
             rest = self._file.read(4)
             if len(start) < 4 or len(rest) < 4:
-                raise CaptureFormatError(f"{self.name}: pcapng file is cut short")
+                raise CaptureCutShortError(f"{self.name}: pcapng file is cut short")
             if int.from_bytes(start, "big") == _PCAPNG_SHB:
                 # A new section: its byte-order magic decides how to read it.
                 bom = self._file.read(4)
                 if len(bom) < 4:
-                    raise CaptureFormatError(f"{self.name}: pcapng file is cut short")
+                    raise CaptureCutShortError(f"{self.name}: pcapng file is cut short")
                 if struct.unpack("<I", bom)[0] == _PCAPNG_BOM:
                     endian = "<"
                 elif struct.unpack(">I", bom)[0] == _PCAPNG_BOM:
@@ -580,7 +584,7 @@ class PcapReader:
             remaining = length - 12 - len(body_prefix)
             data = self._file.read(remaining + 4)
             if len(data) < remaining + 4:
-                raise CaptureFormatError(f"{self.name}: pcapng file is cut short")
+                raise CaptureCutShortError(f"{self.name}: pcapng file is cut short")
             body = body_prefix + data[:remaining]
             if block_type == _PCAPNG_SHB:
                 if len(body) < 8 or struct.unpack_from(endian + "H", body, 4)[0] != 1:

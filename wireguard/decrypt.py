@@ -66,6 +66,7 @@ from typing import IO, Any, Final, Generic, TypeVar
 from .capture import (
     SECRETS_TYPE_WIREGUARD,
     Address,
+    CaptureCutShortError,
     CaptureFormatError,
     KeyLog,
     PcapReader,
@@ -77,6 +78,7 @@ from .capture import (
     parse_keylog,
     read_keylog,
 )
+from .config import ConfigError, check_access, read_key_file
 from .constants import KEY_LEN, MAC_LEN, TAG_LEN, TAI64N_LEN
 from .cookie import cookie_key, mac1_key
 from .crypto import DHPrivateKey, aead_decrypt, mac, tai64n_to_unix, xaead_decrypt
@@ -703,17 +705,19 @@ def _key_argument(text: str, what: str) -> bytes:
     """A key given as base64 or as the path of a file holding it, as ``wg``
     takes private keys from files: a key on a command line is visible to
     every user through ``ps``."""
-    source = text
     if os.path.isfile(text):
+        # Read as every key file is: a file others can reach gets wg-quick's
+        # warning, and an error never shows what is in it.
         try:
-            with open(text, encoding="ascii", errors="replace") as f:
-                source = f.read(4096)
+            return read_key_file(text, PresharedKey).raw
         except OSError as exc:
             raise _UsageError(f"{what} {text}: {exc.strerror}") from None
+        except ConfigError as exc:
+            raise _UsageError(f"{what} {exc}") from None
     try:
-        return PresharedKey.from_base64(source).raw
-    except WireGuardError as exc:
-        raise _UsageError(f"{what}: {exc}") from None
+        return PresharedKey.from_base64(text).raw
+    except WireGuardError as exc:  # its message never shows the text
+        raise _UsageError(f"{what}: {exc}, or the path of a file that holds one") from None
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -783,6 +787,7 @@ def _indent(text: str, prefix: str) -> str:
 def _load_keys(args: argparse.Namespace) -> KeyRing:
     keys = KeyRing()
     for path in args.keylog:
+        check_access(path)  # a key log holds keys: wg-quick's warning if others can read it
         try:
             log = read_keylog(path)
         except OSError as exc:
@@ -801,7 +806,8 @@ def _load_keys(args: argparse.Namespace) -> KeyRing:
 def _replacing(path: str) -> Iterator[IO[bytes]]:
     """A file to write *path*'s new contents to, which become *path* only if
     the block ends without an exception: a capture refused halfway (a time
-    classic pcap cannot hold, a file cut short) leaves *path* as it was.
+    classic pcap cannot hold) leaves *path* as it was. (A capture cut short
+    is not refused: what came before it is written.)
 
     The new contents are written next to *path* (the file a symbolic link
     names, if it is one) and renamed over it at the end, keeping an existing
@@ -844,6 +850,7 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
     writer: PcapWriter | None = None
     secrets_seen = 0
     start: float | None = None
+    cut: list[CaptureCutShortError] = []  # a capture cut short: what was read is kept
     try:
         reader = PcapReader(args.capture)
     except OSError as exc:
@@ -853,7 +860,7 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
             with contextlib.ExitStack() as stack:
                 if args.write:
                     writer = PcapWriter(stack.enter_context(_replacing(args.write)))
-                for timestamp, packet in reader:
+                for timestamp, packet in _until_cut_short(reader, cut):
                     # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
                     # come before the packets they open.
                     while secrets_seen < len(reader.secrets):
@@ -903,7 +910,29 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         + "".join(f"; {text}" for text in forgotten),
         file=out,
     )
+    if cut:
+        # As tshark does with a file cut short: what came before is decrypted
+        # (and written), then the error, and a failing exit status.
+        kept = f"; {args.write} holds what came before" if args.write else ""
+        raise _UsageError(f"{cut[0]}{kept}")
     return 0
+
+
+def _until_cut_short(
+    reader: PcapReader, cut: list[CaptureCutShortError]
+) -> Iterator[tuple[float, bytes]]:
+    """The reader's packets up to where the file is cut short, if it is
+    (the error is put in *cut*); any other format error passes."""
+    packets = iter(reader)
+    while True:
+        try:
+            item = next(packets)
+        except StopIteration:
+            return
+        except CaptureCutShortError as exc:
+            cut.append(exc)
+            return
+        yield item
 
 
 def _plural(n: int, noun: str) -> str:

@@ -33,6 +33,12 @@ class CaptureFormatError(WireGuardError, ValueError):
     (Neither side's protocol fault: a file on disk.)"""
 
 
+class CaptureCutShortError(CaptureFormatError):
+    """A capture file ends in the middle of a header or a packet (a capture
+    still being written, or a writer that was killed): what came before it
+    is good."""
+
+
 class RemoteProtocolError(WireGuardError):
     """What the remote side sent cannot be accepted."""
 

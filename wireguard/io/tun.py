@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..keys import looks_like_key
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -609,7 +611,8 @@ def configure(
     mtu = mtu or iface.mtu or DEFAULT_MTU
     table_setting = (iface.table or "auto").lower()
     if table_setting not in ("auto", "main", "off") and not table_setting.isdigit():
-        raise TunError(f"Table = {iface.table}: use a number, auto, main or off")
+        shown = "(not shown: it could be a key)" if looks_like_key(iface.table) else iface.table
+        raise TunError(f"Table = {shown}: use a number, auto, main or off")
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=tun.name)
         if not found:
