@@ -30,7 +30,6 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from heapq import heappop, heappush
 from itertools import repeat
 
@@ -40,7 +39,6 @@ from .constants import (
     INITIATION_LEN,
     INITIATIONS_PER_SECOND,
     KEEPALIVE_TIMEOUT,
-    MAX_TIMER_HANDSHAKES,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -164,6 +162,34 @@ class Drop(enum.StrEnum):
     STAGED_PURGED = "staged_purged"
 
 
+class _TimerActions:
+    """What one peer's expired timer asks of the Device (timers.TimerActions)."""
+
+    __slots__ = ("device", "now", "out", "peer")
+
+    def __init__(self, device: Device, peer: Peer, now: float, out: Effects) -> None:
+        self.device, self.peer, self.now, self.out = device, peer, now, out
+
+    def send_initiation(self, *, is_retry: bool) -> None:
+        self.device._send_initiation(self.peer, self.now, self.out, is_retry=is_retry)
+
+    def send_keepalive(self) -> None:
+        self.device._send_keepalive(self.peer, self.now, self.out)
+
+    def give_up(self) -> None:
+        peer = self.peer
+        if peer.staged:
+            self.device.drops[Drop.HANDSHAKE_TIMEOUT] += len(peer.staged)
+            peer.staged.clear()
+        self.out.events.append(HandshakeFailed(peer.public_key))
+
+    def zero_key_material(self) -> None:
+        # Keys only: staged packets still wait for a handshake, and a held
+        # cookie is still good (timers.c wg_queued_expired_zero_key_material).
+        self.device._forget_sessions(self.peer)
+        self.out.events.append(PeerExpired(self.peer.public_key))
+
+
 class Device:
     """A WireGuard interface without I/O: the private key, the peers (by
     public key and by receiver index), allowed IPs, and every protocol
@@ -277,8 +303,7 @@ class Device:
         if peer is None:
             if public_key == self.public_key:
                 raise ValueError("a peer cannot have the interface's own public key")
-            peer = Peer(public_key, self._static_static(public_key))
-            peer.timers._notify = partial(self._schedule, peer)
+            peer = Peer(public_key, self._static_static(public_key), notify=self._schedule)
             self.peers[public_key] = peer
         if preshared_key is not None:
             peer.preshared_key = preshared_key
@@ -287,10 +312,7 @@ class Device:
         for network in allowed_ips:
             self.allowed_ips.insert(network, peer)
         if persistent_keepalive:
-            peer.timers.persistent_keepalive_interval = persistent_keepalive
-            if now is not None:
-                peer.timers.persistent_keepalive = now
-                self._schedule(peer, now)
+            peer.timers.set_persistent_keepalive(persistent_keepalive, now)
         return peer
 
     def set_preshared_key(self, public_key: PublicKey, psk: PresharedKey | None) -> None:
@@ -308,11 +330,7 @@ class Device:
         return out
 
     def set_persistent_keepalive(self, public_key: PublicKey, interval: int, now: float) -> None:
-        peer = self.peers[public_key]
-        peer.timers.persistent_keepalive_interval = interval
-        peer.timers.persistent_keepalive = now if interval else None
-        if interval:
-            self._schedule(peer, now)
+        self.peers[public_key].timers.set_persistent_keepalive(interval, now)
 
     def remove_peer(self, public_key: PublicKey) -> None:
         peer = self.peers.pop(public_key, None)
@@ -393,36 +411,7 @@ class Device:
         return int.from_bytes(self._random(2), "little") % 334 / 1000.0
 
     def _expire(self, peer: Peer, timer: Timer, now: float, out: Effects) -> None:
-        timers = peer.timers
-        if timer is Timer.RETRANSMIT_HANDSHAKE:
-            if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
-                # REKEY_ATTEMPT_TIME is over: give up, drop what waited.
-                timers.send_keepalive = None
-                if peer.staged:
-                    self.drops[Drop.HANDSHAKE_TIMEOUT] += len(peer.staged)
-                    peer.staged.clear()
-                if timers.zero_key_material is None:
-                    timers.zero_key_material = now + 3 * REJECT_AFTER_TIME
-                out.events.append(HandshakeFailed(peer.public_key))
-            else:
-                timers.handshake_attempts += 1
-                self._send_initiation(peer, now, out, is_retry=True)
-        elif timer is Timer.SEND_KEEPALIVE:
-            self._send_keepalive(peer, now, out)
-            if timers.need_another_keepalive:
-                timers.need_another_keepalive = False
-                timers.send_keepalive = now + KEEPALIVE_TIMEOUT
-        elif timer is Timer.NEW_HANDSHAKE:
-            # We sent data and heard nothing back for KEEPALIVE + REKEY_TIMEOUT.
-            self._send_initiation(peer, now, out, is_retry=False)
-        elif timer is Timer.ZERO_KEY_MATERIAL:
-            # Keys only: staged packets still wait for a handshake, and a
-            # held cookie is still good (timers.c
-            # wg_queued_expired_zero_key_material).
-            self._forget_sessions(peer)
-            out.events.append(PeerExpired(peer.public_key))
-        elif timer is Timer.PERSISTENT_KEEPALIVE and timers.persistent_keepalive_interval:
-            self._send_keepalive(peer, now, out)
+        peer.timers.expire(timer, now, _TimerActions(self, peer, now, out))
 
     # --- sending -----------------------------------------------------------
 
@@ -545,17 +534,7 @@ class Device:
     def _sent_run(self, peer: Peer, keypair: Keypair, tx: int, now: float, out: Effects) -> None:
         """After one or a run of data messages (*tx* bytes) went out on *keypair*."""
         peer.tx_bytes += tx
-        timers = peer.timers
-        if (
-            timers.new_handshake is None
-            or timers.send_keepalive is not None
-            or timers.persistent_keepalive_interval
-            or now - keypair.created >= REKEY_AFTER_TIME
-            or keypair.send_counter > REKEY_AFTER_MESSAGES
-        ):
-            # Only then does _sent have anything to do (a timer to set or
-            # clear, a rekey to start).
-            self._sent(peer, keypair, now, out, True)
+        self._sent(peer, keypair, now, out, True)
 
     def initiate_handshake(self, public_key: PublicKey, now: float) -> Effects:
         """Start a handshake with a peer now (as a first packet would)."""
@@ -602,12 +581,7 @@ class Device:
 
     def _sent(self, peer: Peer, keypair: Keypair, now: float, out: Effects, data: bool) -> None:
         """Timers and keep_key_fresh after transport messages went out."""
-        timers = peer.timers
-        if data and timers.new_handshake is None:
-            timers.on_data_sent(now, self._jitter())
-        timers.send_keepalive = None  # on_authenticated_packet_sent
-        if timers.persistent_keepalive_interval:
-            timers.on_authenticated_packet_traversal(now)
+        peer.timers.on_transport_sent(now, data, self._jitter)
         # keep_key_fresh (send side): the initiator rekeys after REKEY_AFTER_TIME.
         if keypair.send_counter > REKEY_AFTER_MESSAGES or (
             keypair.is_initiator and now - keypair.created >= REKEY_AFTER_TIME
@@ -616,8 +590,7 @@ class Device:
 
     def _send_initiation(self, peer: Peer, now: float, out: Effects, *, is_retry: bool) -> None:
         timers = peer.timers
-        if not is_retry:
-            timers.handshake_attempts = 0
+        timers.on_handshake_queued(is_retry=is_retry)
         # At most one initiation per REKEY_TIMEOUT to a peer.
         last = peer.last_sent_handshake
         if last is not None and now - last < REKEY_TIMEOUT:
@@ -839,21 +812,11 @@ class Device:
             current is not None
             and current.is_initiator
             and now - current.created >= _LASTMINUTE_AGE
-            and not timers.sent_lastminute_handshake
             and current.sending_valid
+            and timers.claim_lastminute_handshake()
         ):
-            timers.sent_lastminute_handshake = True
             self._send_initiation(peer, now, out, is_retry=False)
-        timers.new_handshake = None  # on_authenticated_packet_received
-        if timers.persistent_keepalive_interval:
-            timers.on_authenticated_packet_traversal(now)
-        if data_count:
-            if timers.send_keepalive is None:
-                timers.on_data_received(now)
-                if data_count > 1:
-                    timers.need_another_keepalive = True
-            else:
-                timers.need_another_keepalive = True
+        timers.on_transport_received(now, data_count)
 
     def _under_load(self, now: float) -> bool:
         """The kernel counts queued handshakes; without a queue we count the

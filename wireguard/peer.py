@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .constants import MAX_STAGED_PACKETS
@@ -67,7 +68,7 @@ class Peer:
         preshared_key: PresharedKey | None = None,
         endpoint: Address | None = None,
         persistent_keepalive: int = 0,
-        notify: Callable[[float], None] | None = None,
+        notify: Callable[[Peer, float], None] | None = None,
     ) -> None:
         self.public_key = public_key
         # DH(S_priv, S_pub_peer) is fixed for the pair: computed once
@@ -76,7 +77,8 @@ class Peer:
         self.preshared_key = preshared_key
         self.endpoint = endpoint
         self.cookies = CookieGenerator(public_key.raw)
-        self.timers = PeerTimers(persistent_keepalive, notify)
+        # *notify* hears of each timer deadline as it is set (with this peer).
+        self.timers = PeerTimers(persistent_keepalive, partial(notify, self) if notify else None)
         self.handshake: PendingHandshake | None = None
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
