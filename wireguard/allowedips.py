@@ -35,7 +35,7 @@ __all__ = ["AddressFormatError", "AllowedIPs", "Network"]
 V = TypeVar("V")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 # Each prefix is also remembered per value as a (key, code) pair: the same int
@@ -90,7 +90,7 @@ class AllowedIPs(Generic[V]):
 
     # -- per packet -----------------------------------------------------------
 
-    def lookup(self, address: bytes | str | Address) -> V | None:
+    def lookup(self, address: bytes | str | IPAddress) -> V | None:
         """The value whose prefix is the longest match for ``address``, or None.
 
         ``address`` is normally the destination (sending) or source (receiving)

@@ -41,9 +41,23 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Final, NamedTuple
 
+from .address import Address
 from .constants import KEY_LEN
 from .crypto import DHPrivateKey
 from .errors import CaptureCutShortError, CaptureFormatError, KeyFormatError
+from .ipheader import (
+    IPV4_DST,
+    IPV4_FLAGS_FRAGMENT,
+    IPV4_HEADER_LEN,
+    IPV4_PROTOCOL,
+    IPV4_SRC,
+    IPV4_TOTAL_LENGTH,
+    IPV6_DST,
+    IPV6_HEADER_LEN,
+    IPV6_NEXT_HEADER,
+    IPV6_PAYLOAD_LENGTH,
+    IPV6_SRC,
+)
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .netstack.ip import checksum as internet_checksum
 from .netstack.udp import build_udp
@@ -78,8 +92,6 @@ __all__ = [
     "udp_datagrams",
 ]
 
-Address = tuple[str, int]
-"""A UDP address as ``(host, port)``, the form asyncio and the endpoint use."""
 
 # Link types from https://www.tcpdump.org/linktypes.html.
 LINKTYPE_NULL: Final = 0  # BSD loopback: 4-byte address family, host byte order
@@ -198,24 +210,25 @@ def parse_ip(packet: bytes) -> IPLayer | None:
         return None
     version = packet[0] >> 4
     if version == 4:
-        if len(packet) < 20:
+        if len(packet) < IPV4_HEADER_LEN:
             return None
         ihl = (packet[0] & 0x0F) * 4
-        total = int.from_bytes(packet[2:4], "big")
-        if ihl < 20 or total < ihl or total > len(packet):
+        total = int.from_bytes(packet[IPV4_TOTAL_LENGTH : IPV4_TOTAL_LENGTH + 2], "big")
+        if ihl < IPV4_HEADER_LEN or total < ihl or total > len(packet):
             return None
-        flags_frag = int.from_bytes(packet[6:8], "big")
+        flags_frag = int.from_bytes(packet[IPV4_FLAGS_FRAGMENT : IPV4_FLAGS_FRAGMENT + 2], "big")
         fragment = bool(flags_frag & 0x3FFF)  # MF set or a non-zero offset
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
-        return IPLayer(4, src, dst, packet[9], bytes(packet[ihl:total]), fragment)
+        src = str(ipaddress.IPv4Address(packet[IPV4_SRC]))
+        dst = str(ipaddress.IPv4Address(packet[IPV4_DST]))
+        return IPLayer(4, src, dst, packet[IPV4_PROTOCOL], bytes(packet[ihl:total]), fragment)
     if version == 6:
-        if len(packet) < 40:
+        if len(packet) < IPV6_HEADER_LEN:
             return None
-        end = 40 + int.from_bytes(packet[4:6], "big")
+        length = int.from_bytes(packet[IPV6_PAYLOAD_LENGTH : IPV6_PAYLOAD_LENGTH + 2], "big")
+        end = IPV6_HEADER_LEN + length
         if end > len(packet):
             return None
-        nxt, off, fragment = packet[6], 40, False
+        nxt, off, fragment = packet[IPV6_NEXT_HEADER], IPV6_HEADER_LEN, False
         while nxt in _IPV6_EXT or nxt in (_IPV6_FRAGMENT, _IPV6_AH):
             if off + 8 > end:
                 return None
@@ -230,8 +243,8 @@ def parse_ip(packet: bytes) -> IPLayer | None:
             nxt, off = packet[off], off + length
         if off > end:
             return None
-        src = str(ipaddress.IPv6Address(packet[8:24]))
-        dst = str(ipaddress.IPv6Address(packet[24:40]))
+        src = str(ipaddress.IPv6Address(packet[IPV6_SRC]))
+        dst = str(ipaddress.IPv6Address(packet[IPV6_DST]))
         return IPLayer(6, src, dst, nxt, bytes(packet[off:end]), fragment)
     return None
 

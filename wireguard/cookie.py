@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import os
 
+from .address import Address
 from .constants import (
     COOKIE_LEN,
     COOKIE_NONCE_LEN,
@@ -35,9 +36,6 @@ from .constants import (
 from .crypto import RandomSource, hash_, mac, xaead_decrypt, xaead_encrypt
 from .errors import DecryptionError, MacError
 from .messages import CookieReply
-
-Address = tuple[str, int]
-"""A UDP address as ``(host, port)``, the form asyncio gives."""
 
 
 def mac1_key(public_key: bytes) -> bytes:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from itertools import repeat
 
+from .address import Address
 from .allowedips import AllowedIPs
 from .constants import (
     COOKIE_REPLY_LEN,
@@ -55,10 +56,21 @@ from .cookie import CookieChecker
 from .crypto import DHPrivateKey, RandomSource, dh_generate, tai64n
 from .errors import DecryptionError, RemoteProtocolError, ReplayError, WireGuardError
 from .handshake import consume_initiation, consume_response, create_initiation, create_response
+from .ipheader import (
+    IPV4_DST,
+    IPV4_HEADER_LEN,
+    IPV4_SRC,
+    IPV4_TOTAL_LENGTH,
+    IPV6_DST,
+    IPV6_HEADER_LEN,
+    IPV6_PAYLOAD_LENGTH,
+    IPV6_SRC,
+    destination,
+)
 from .keys import PresharedKey, PrivateKey, PublicKey
 from .messages import CookieReply
 from .noise import Trace
-from .peer import Address, Peer, PendingHandshake
+from .peer import Peer, PendingHandshake
 from .ratelimit import RateLimiter
 from .session import Keypair, KeypairExhausted
 from .timers import Timer
@@ -423,14 +435,8 @@ class Device:
             # A bytearray or memoryview: copied, so padding never writes into
             # the caller's buffer and a staged packet cannot change later.
             packet = bytes(packet)
-        n = len(packet)
-        version = packet[0] >> 4 if n else 0
-        if version == 4 and n >= 20:
-            peer = self.allowed_ips.lookup(packet[16:20])
-        elif version == 6 and n >= 40:
-            peer = self.allowed_ips.lookup(packet[24:40])
-        else:
-            peer = None
+        dst = destination(packet)
+        peer = None if dst is None else self.allowed_ips.lookup(dst)
         if peer is None:
             self.drops[Drop.NO_ROUTE] += 1
             return out
@@ -473,6 +479,8 @@ class Device:
         Anything else goes through :meth:`send_packet`."""
         out = Effects() if out is None else out
         lookup = self.allowed_ips.lookup
+        # ipheader.destination, inline: this is the per-packet loop.
+        v4_len, v4_dst, v6_len, v6_dst = IPV4_HEADER_LEN, IPV4_DST, IPV6_HEADER_LEN, IPV6_DST
         no_run = _NO_RUN
         run_peer: object = no_run
         run: list[bytes] = []
@@ -482,10 +490,10 @@ class Device:
             if packet.__class__ is not bytes:
                 packet = bytes(packet)  # never pad the caller's buffer in place
             n = len(packet)
-            if n >= 20 and packet[0] >> 4 == 4:
-                dst = packet[16:20]
-            elif n >= 40 and packet[0] >> 4 == 6:
-                dst = packet[24:40]
+            if n >= v4_len and packet[0] >> 4 == 4:
+                dst = packet[v4_dst]
+            elif n >= v6_len and packet[0] >> 4 == 6:
+                dst = packet[v6_dst]
             else:
                 dst = None
             if dst != last_dst:
@@ -761,6 +769,8 @@ class Device:
         lookup = self.allowed_ips.lookup
         deliver = out.packets.append
         u16 = _u16be
+        v4_len, v4_total, v4_src = IPV4_HEADER_LEN, IPV4_TOTAL_LENGTH, IPV4_SRC
+        v6_len, v6_payload, v6_src = IPV6_HEADER_LEN, IPV6_PAYLOAD_LENGTH, IPV6_SRC
         allowed_src = None
         data_count = 0
         for plain in plains:
@@ -769,18 +779,18 @@ class Device:
                 continue  # a keepalive
             data_count += 1
             first = plain[0]
-            if first >> 4 == 4 and n >= 20 and first & 15 >= 5:
-                length = u16(plain, 2)[0]
-                if not 20 <= length <= n:
+            if first >> 4 == 4 and n >= v4_len and first & 15 >= 5:
+                length = u16(plain, v4_total)[0]
+                if not v4_len <= length <= n:
                     drops[Drop.INVALID_INNER_PACKET] += 1
                     continue
-                src = plain[12:16]
-            elif first >> 4 == 6 and n >= 40:
-                length = 40 + u16(plain, 4)[0]
+                src = plain[v4_src]
+            elif first >> 4 == 6 and n >= v6_len:
+                length = v6_len + u16(plain, v6_payload)[0]
                 if length > n:
                     drops[Drop.INVALID_INNER_PACKET] += 1
                     continue
-                src = plain[8:24]
+                src = plain[v6_src]
             else:
                 drops[Drop.INVALID_INNER_PACKET] += 1
                 continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .address import Address
 from .constants import MAX_STAGED_PACKETS
 from .cookie import CookieGenerator
 from .keys import PresharedKey, PublicKey
@@ -25,7 +26,6 @@ from .timers import PeerTimers
 if TYPE_CHECKING:
     from .noise import Initiator
 
-Address = tuple[str, int]
 
 
 @dataclass(slots=True)

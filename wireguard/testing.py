@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .address import Address
 from .constants import (
     COOKIE_REPLY_LEN,
     INITIATION_LEN,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     from .device import Device, Effects
     from .keys import PublicKey
 
-Address = tuple[str, int]
 Direction = Literal["out", "in"]
 
 KINDS = ("initiation", "response", "cookie_reply", "transport", "keepalive", "data", "any")

@@ -48,7 +48,8 @@ from .errors import LocalProtocolError
 from .keys import PresharedKey, PrivateKey, PublicKey, looks_like_key
 
 if TYPE_CHECKING:
-    from .peer import Address, Peer
+    from .address import Address
+    from .peer import Peer
 
 __all__ = [
     "IPC_ERROR_INVALID",

@@ -47,6 +47,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..address import Address
 from ..capture import KeyLogWriter, PcapWriter
 from ..device import Device, Effects
 from ..keys import PublicKey
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wireguard")
 
-Address = tuple[str, int]
 
 # linux/udp.h: segmentation (GSO) and receive (GRO) offload, at level SOL_UDP.
 SOL_UDP = 17

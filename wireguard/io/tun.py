@@ -44,6 +44,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..ipheader import (
+    IPPROTO_TCP,
+    IPV4_FLAGS_FRAGMENT,
+    IPV4_HEADER_LEN,
+    IPV4_PROTOCOL,
+    IPV4_SRC,
+    IPV6_HEADER_LEN,
+    IPV6_NEXT_HEADER,
+    IPV6_SRC,
+)
 from ..keys import looks_like_key
 
 if TYPE_CHECKING:
@@ -315,7 +325,7 @@ def split_gso(data: bytes, out: list[bytes]) -> int:
         return 0
     pkt = memoryview(data)[VNET_HDR_LEN:]
     v4 = kind == VIRTIO_NET_HDR_GSO_TCPV4
-    ip_len = (pkt[0] & 15) * 4 if v4 else 40
+    ip_len = (pkt[0] & 15) * 4 if v4 else IPV6_HEADER_LEN
     # csum_start is authoritative for where TCP begins (IPv6 extension headers).
     if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_start:
         ip_len = csum_start
@@ -411,14 +421,23 @@ class Coalescer:
             b0 = packet[0]
             if b0 == 0x45:
                 # IPv4 TCP, no IP options, not a fragment.
-                if packet[9] != 6 or packet[6] & 0x3F or packet[7] or len(packet) <= 40:
+                if (
+                    packet[IPV4_PROTOCOL] != IPPROTO_TCP
+                    or packet[IPV4_FLAGS_FRAGMENT] & 0x3F
+                    or packet[IPV4_FLAGS_FRAGMENT + 1]
+                    or len(packet) <= IPV4_HEADER_LEN + 20
+                ):
                     append(_NO_GSO + packet)
                     continue
-                ip = 20
-                key = packet[12:24]
-            elif b0 >> 4 == 6 and packet[6] == 6 and len(packet) > 60:
-                ip = 40
-                key = packet[8:44]
+                ip = IPV4_HEADER_LEN
+                key = packet[IPV4_SRC.start : ip + 4]  # addresses and ports
+            elif (
+                b0 >> 4 == 6
+                and packet[IPV6_NEXT_HEADER] == IPPROTO_TCP
+                and len(packet) > IPV6_HEADER_LEN + 20
+            ):
+                ip = IPV6_HEADER_LEN
+                key = packet[IPV6_SRC.start : ip + 4]
             else:
                 append(_NO_GSO + packet)
                 continue

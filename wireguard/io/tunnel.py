@@ -46,6 +46,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
+from ..address import Address
 from ..config import Config
 from ..device import Device, Effects, EndpointChanged, Event
 from ..keys import PresharedKey, PublicKey
@@ -54,7 +55,6 @@ from .resolve import resolve_endpoint
 
 log = logging.getLogger("wireguard")
 
-Address = tuple[str, int]
 
 # linux/udp.h: options at level SOL_UDP (17).
 SOL_UDP = 17
