@@ -4,13 +4,13 @@ TUN) against the TUN path, measured alternately in the same run.
 Two network namespaces joined by a veth pair; B runs wireguard-go and an
 iperf3 server on its tunnel address for the whole run. A runs, in turn:
 
-* **rootless**: ``python -m wireguard.forward CONFIG -L 5201:B:5201`` (what
+* **rootless**: ``python -m wireguard forward CONFIG -L 5201:B:5201`` (what
   ``python -m wireguard forward`` runs) as user nobody when the interpreter is
   reachable by nobody, else as root (the code path is the same: no privilege is
   used). iperf3 in A connects to 127.0.0.1:5201, so every byte crosses A's
   loopback into the forwarder, our userspace TCP, our WireGuard and the UDP
   socket; B's side is kernel TCP behind wireguard-go.
-* **tun**: our endpoint with a TUN device (``python -m wireguard.io.up up``),
+* **tun**: our endpoint with a TUN device (``python -m wireguard up``),
   iperf3 in A straight to B's tunnel address: kernel TCP on both ends, our
   WireGuard in between. Skipped (and said so) when that module is missing.
 * **wireguard-go**: wireguard-go in A as well: the reference implementation
@@ -50,7 +50,7 @@ def nobody_prefix() -> list[str]:
     if shutil.which("setpriv") is None:
         return []
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import wireguard.forward"],
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import wireguard.io.forward"],
                            cwd="/", capture_output=True)  # fmt: skip
     return prefix if probe.returncode == 0 else []
 
@@ -78,7 +78,7 @@ class Bench(NamespacePair):
         with open(log, "w") as f:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.a, *self.as_nobody, sys.executable, "-m",
-                 "wireguard.forward", str(self.config_a()), "-L",
+                 "wireguard", "forward", str(self.config_a()), "-L",
                  f"{IPERF_PORT}:{INNER[1]}:{IPERF_PORT}", "--status", "0"],
                 stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/",
             )  # fmt: skip
@@ -91,12 +91,12 @@ class Bench(NamespacePair):
         return proc.pid, "127.0.0.1", lambda: self.stop(proc)
 
     def up_tun(self):  # type: ignore[no-untyped-def]
-        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "up",
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
             "--log", str(self.dir / "tun.log"), str(self.config_a()))  # fmt: skip
         pid = int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
 
         def down() -> None:
-            run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "down",
+            run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "down",
                 self.name_a)  # fmt: skip
 
         return pid, INNER[1], down

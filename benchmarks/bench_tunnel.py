@@ -2,7 +2,7 @@
 and wireguard-go against wireguard-go, measured alternately in the same run.
 
 Two network namespaces joined by a veth pair. B always runs wireguard-go.
-A runs, in turn, (a) our endpoint, brought up with ``python -m wireguard.io.up
+A runs, in turn, (a) our endpoint, brought up with ``python -m wireguard
 up`` (what ``python -m wireguard up`` runs), and (b) wireguard-go. Each
 round measures, for each side in turn: ping RTT, iperf3 TCP A->B and B->A,
 and iperf3 UDP A->B at an unlimited rate (received rate and loss), plus the
@@ -49,12 +49,12 @@ class Bench(NamespacePair):
             f"[Peer]\nPublicKey = {self.pub_b}\nAllowedIPs = {INNER[1]}/32\n"
             f"Endpoint = {UNDER[1]}:{PORT}\n"
         )
-        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "up",
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
             "--log", str(self.dir / "ours.log"), str(conf))  # fmt: skip
         return int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
 
     def down_ours(self) -> None:
-        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard.io.up", "down",
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "down",
             self.name_a)  # fmt: skip
 
     def up_wggo(self) -> int:

@@ -43,6 +43,8 @@ from wireguard.capture import (
     read_keylog,
     udp_datagrams,
 )
+from wireguard.cli import decrypt as decrypt_cli
+from wireguard.cli import main as cli_main
 from wireguard.cookie import CookieChecker, CookieGenerator, mac1_key
 from wireguard.crypto import aead_encrypt, dh_generate, dh_public, mac, tai64n
 from wireguard.handshake import (
@@ -278,7 +280,7 @@ def files(scenario: Scenario, tmp_path: Path) -> dict[str, Path]:
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = decrypt.main([str(a) for a in argv])
+    code = cli_main(["decrypt", *(str(a) for a in argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -533,7 +535,7 @@ def test_decrypt_w_failing_at_the_end_is_one_line(
     def full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "somewhere")
 
-    monkeypatch.setattr(decrypt.os, "replace", full)
+    monkeypatch.setattr(decrypt_cli.os, "replace", full)
     out_pcap = tmp_path / "inner.pcap"
     code, _, err = run_cli(capsys, files["cap"], "--keylog", files["initiator"], "-w", out_pcap)
     assert code == 1
@@ -859,9 +861,9 @@ def test_decrypt_subcommand_registration() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m wireguard")
     sub = parser.add_subparsers(dest="command", required=True)
-    decrypt.add_parser(sub)
+    decrypt_cli.add_parser(sub)
     args = parser.parse_args(["decrypt", "x.pcap", "--keylog", "k", "-w", "o.pcap", "--trace"])
-    assert args.func is decrypt.run and args.keylog == ["k"] and args.write == "o.pcap"
+    assert args.func is decrypt_cli.run and args.keylog == ["k"] and args.write == "o.pcap"
 
 
 def test_udp_datagrams_skips_non_udp() -> None:

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_tool
-from wireguard import decrypt
 from wireguard.capture import PcapReader, read_keylog
+from wireguard.cli import main as cli_main
 from wireguard.device import Device, Drop, Event, HandshakeCompleted
 from wireguard.io.tap import SOL_UDP, UDP_GRO, UDP_SEGMENT, EndpointTap, TappedSocket, attach
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PresharedKey, PrivateKey
+from wireguard.misbehaviour import Delay, Duplicate, Policy, Rule
 from wireguard.netstack.icmp import build_echo, echo_reply_for, parse_icmp
 from wireguard.netstack.ip import addr_bytes, parse_ip
-from wireguard.testing import Delay, Duplicate, Policy, Rule
 
 A_IP, B_IP = "10.5.0.1", "10.5.0.2"
 
@@ -141,7 +141,7 @@ def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> Non
     assert a.device.on_ephemeral_key is None  # close() took the hook away
 
     # Our decrypt reproduces A's inner packets exactly.
-    assert decrypt.main([str(cap), "--keylog", str(keys), "-w", str(inner)]) == 0
+    assert cli_main(["decrypt", str(cap), "--keylog", str(keys), "-w", str(inner)]) == 0
     with PcapReader(inner) as reader:
         got = [p.packet for p in reader]
     assert sorted(got) == sorted(a.sent + a.received)

@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from wireguard import forward as forward_module
+from wireguard.cli import forward as forward_cli
+from wireguard.cli import main as cli_main
 from wireguard.config import parse_wg_quick
 from wireguard.device import Device
-from wireguard.forward import main as forward_main
+from wireguard.io import forward as forward_module
 from wireguard.io.rootless import RootlessTunnel, open_tunnel
 from wireguard.keys import PrivateKey
 
@@ -386,7 +387,7 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
         for args, expected in cases:
             if expected is None:
                 continue
-            status = forward_main(args)
+            status = cli_main(["forward", *args])
             stderr = capsys.readouterr().err
             lines = stderr.splitlines()
             assert status == 1, (args, stderr)
@@ -405,11 +406,14 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
 # --------------------------------------------------- forwards driven in-process
 
 
-def forward_options(*args: str) -> argparse.Namespace:
+def forward_options(*args: str) -> forward_module.ForwardOptions:
     """The forward command's options, as its parser fills them in."""
     parser = argparse.ArgumentParser()
-    forward_module._add_arguments(parser)
-    return parser.parse_args(["unused.conf", *args])
+    forward_cli._add_arguments(parser)
+    parsed = parser.parse_args(["unused.conf", *args])
+    return forward_module.ForwardOptions(
+        parsed.connect_timeout, parsed.udp_timeout, parsed.udp_flows
+    )
 
 
 def add_reader_of_cpython_3_11_2(self, fd, callback, *args):  # type: ignore[no-untyped-def]

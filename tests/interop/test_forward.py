@@ -136,7 +136,7 @@ def _direct_script(workdir: Path, args: list[str]) -> str:
 
 
 _PROBE = (
-    "import sys, wireguard, wireguard.forward, cryptography, nacl;"
+    "import sys, wireguard, wireguard.io.forward, cryptography, nacl;"
     " print(repr((sys.version, wireguard.__file__)))"
 )
 

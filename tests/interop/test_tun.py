@@ -1,7 +1,7 @@
 """Our TUN interface (``up`` in namespace A) against wireguard-go (namespace B).
 
 The interface is brought up the way a user would: ``ip netns exec A python -m
-wireguard.io.up up NAME.conf`` (what ``python -m wireguard up`` runs), which
+wireguard up NAME.conf``, which
 daemonizes. Then the kernels of A and B talk through it: pings both ways over
 IPv4 and IPv6, a 100 MB TCP transfer whose sha256 must match, ``wg show``
 through our control socket, restarts of either side, and ``down``.
@@ -32,7 +32,7 @@ TUN_A = ("10.79.0.1", "fd79::1")
 TUN_B = ("10.79.0.2", "fd79::2")
 PORT_A = 51821
 PORT_B = 51820
-UP = [sys.executable, "-m", "wireguard.io.up"]
+UP = [sys.executable, "-m", "wireguard"]
 RUN_DIR = Path("/var/run/wireguard")
 
 
@@ -180,9 +180,9 @@ def test_up_rejects_bad_name_and_bad_config(tmp_path):
 
 
 def run_up_main(argv: list[str], capsys) -> tuple[int, list[str]]:  # type: ignore[no-untyped-def]
-    from wireguard.io import up
+    from wireguard.cli import main
 
-    code = up.main(argv)
+    code = main(argv)
     return code, capsys.readouterr().err.strip().splitlines()
 
 

@@ -36,7 +36,7 @@ import stat
 from ..uapi import UAPI, UAPIConnection
 from .lifecycle import Lifecycle
 
-__all__ = ["SOCKET_DIRECTORY", "ControlServer", "socket_path"]
+__all__ = ["SOCKET_DIRECTORY", "ControlServer", "query", "socket_path"]
 
 log = logging.getLogger("wireguard")
 
@@ -215,3 +215,21 @@ class ControlServer(Lifecycle):
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def query(path: str, timeout: float = 5.0) -> str:
+    """Send ``get=1`` to the control socket at *path* and return the answer
+    (the client side, as ``wg show`` speaks it). OSError passes through."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b"get=1\n\n")
+        chunks: list[bytes] = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\n\n" in b"".join(chunks[-2:]):
+                break
+    return b"".join(chunks).decode()

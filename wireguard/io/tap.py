@@ -18,7 +18,7 @@
   preshared key, written as each handshake starts (through
   :attr:`Device.on_ephemeral_key`). Nothing is written unless asked for, and
   the file is created mode 0600.
-- ``policy``: a :class:`wireguard.testing.Policy` deciding, per datagram, what
+- ``policy``: a :class:`wireguard.misbehaviour.Policy` deciding, per datagram, what
   really goes out and what the endpoint really gets. The capture sits on the
   wire side of the policy: it shows what was sent (a duplicated message twice,
   a corrupted one corrupted) and what arrived.
@@ -54,7 +54,7 @@ from ..keys import PublicKey
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from ..testing import Policy, Send
+    from ..misbehaviour import Policy, Send
 
 log = logging.getLogger("wireguard")
 

@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import LocalProtocolError
 from ..ipheader import (
     IPPROTO_TCP,
     IPV4_FLAGS_FRAGMENT,
@@ -110,7 +111,7 @@ POLICY_TABLE = 51820
 _NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 
-class TunError(Exception):
+class TunError(LocalProtocolError):
     """Setting up the interface failed; the message is one line for a user."""
 
 

@@ -32,7 +32,6 @@ DNS is not applied: that is reported as a warning.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -52,6 +51,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
+from ..errors import LocalProtocolError
 from .control import SOCKET_DIRECTORY, socket_path
 from .tun import TUN_PATH, TunError, interface_name, validate_name
 
@@ -61,11 +61,12 @@ LOG_DIRECTORY = "/var/log/wireguard-py"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
-__all__ = ["UpError", "add_parser", "cmd_down", "cmd_up", "main"]
+__all__ = ["LOG_DIRECTORY", "UpError", "down", "load_config", "run_foreground", "up"]
 
 
-class UpError(Exception):
-    """A failure to report on one line, exit status 1."""
+class UpError(LocalProtocolError):
+    """The interface cannot be brought up or down; the message says why, in
+    one line."""
 
 
 def pid_path(name: str) -> str:
@@ -235,22 +236,18 @@ def _socket_answers(name: str) -> bool:
 # --------------------------------------------------------------------------- up
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    return _report("up", lambda: _up(args))
-
-
-def _report(command: str, action) -> int:  # type: ignore[no-untyped-def]
-    try:
-        return int(action())
-    except (UpError, TunError) as exc:
-        print(f"python -m wireguard {command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def _up(args: argparse.Namespace) -> int:
-    path = os.path.abspath(args.config)
+def up(
+    config_path: str,
+    *,
+    foreground: bool = False,
+    log_file: str | None = None,
+    verbose: bool = False,
+    ready_fd: int | None = None,
+) -> int:
+    """``up``: bring up the interface of the wg-quick file at *config_path*
+    (in the background, or in this process with *foreground*). Raises
+    :class:`UpError` (or :class:`TunError`) with one line of why not."""
+    path = os.path.abspath(config_path)
     name = interface_name(path)
     _need_root()
     _need_tun()
@@ -265,9 +262,9 @@ def _up(args: argparse.Namespace) -> int:
     # Only once nothing stands in the way, so that an error stays one line.
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
-    if args.foreground:
-        return run_foreground(name, config, ready_fd=args.ready_fd, verbose=args.verbose)
-    return _spawn(name, path, args.log or log_path(name), args.verbose)
+    if foreground:
+        return run_foreground(name, config, ready_fd=ready_fd, verbose=verbose)
+    return _spawn(name, path, log_file or log_path(name), verbose)
 
 
 def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
@@ -277,7 +274,7 @@ def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "wireguard.io.up", "up", "--foreground",
+    argv = [sys.executable, "-m", "wireguard", "up", "--foreground",
             "--ready-fd", str(write_end), path]  # fmt: skip
     if verbose:
         argv.insert(5, "--verbose")
@@ -500,11 +497,9 @@ class Service:
 # --------------------------------------------------------------------------- down
 
 
-def cmd_down(args: argparse.Namespace) -> int:
-    return _report("down", lambda: _down(args.target))
-
-
-def _down(target: str) -> int:
+def down(target: str) -> int:
+    """``down``: stop the interface named *target* (or of the wg-quick file
+    *target*) that ``up`` started. Raises :class:`UpError` if there is none."""
     name = target_name(target)
     _need_root()
     pid = _find_process(name)
@@ -578,39 +573,3 @@ def _remove_stale_rules(name: str) -> list[str]:
     with contextlib.suppress(OSError):
         os.unlink(path)
     return [f"{count} policy rule(s)"] if count else []
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers) -> None:  # type: ignore[no-untyped-def]
-    """Register ``up`` and ``down`` on an argparse subparsers object."""
-    up = subparsers.add_parser(
-        "up",
-        help="bring up a TUN interface from a wg-quick file (like wg-quick up)",
-        description="Create interface NAME (the file name without .conf), set its addresses "
-        "and routes, and run the endpoint in the background.",
-    )
-    up.add_argument("config", metavar="CONFIG", help="wg-quick file, e.g. /etc/wireguard/wg0.conf")
-    up.add_argument("--foreground", action="store_true", help="stay attached and log to stderr")
-    up.add_argument("--log", metavar="FILE", help=f"log file (default {LOG_DIRECTORY}/NAME.log)")
-    up.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    up.set_defaults(func=cmd_up)
-    down = subparsers.add_parser(
-        "down", help="stop an interface started by up (like wg-quick down)"
-    )
-    down.add_argument("target", metavar="CONFIG|NAME", help="its wg-quick file or its name")
-    down.set_defaults(func=cmd_down)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wireguard.io.up")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from .device import Device, HandshakeCompleted
-from .io.tunnel import Tunnel
-from .keys import PrivateKey
-from .netstack.icmp import build_echo, echo_reply_for, parse_icmp
-from .netstack.ip import addr_bytes, parse_ip
+from ..device import Device, HandshakeCompleted
+from ..io.tunnel import Tunnel
+from ..keys import PrivateKey
+from ..netstack.icmp import build_echo, echo_reply_for, parse_icmp
+from ..netstack.ip import addr_bytes, parse_ip
 
 
 @dataclass
@@ -120,3 +121,9 @@ def main(count: int = 3) -> int:
     result = asyncio.run(run_demo(count))
     print(result.report)
     return 0 if result.ok else 1
+
+
+def add_parser(sub: Any) -> None:
+    d = sub.add_parser("demo", help="two endpoints on loopback: handshake, pings both ways, report")
+    d.add_argument("--count", type=int, default=3, help="pings each way (default 3)")
+    d.set_defaults(func=lambda args: main(args.count))

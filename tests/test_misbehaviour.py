@@ -1,4 +1,4 @@
-"""wireguard.testing: scripted misbehaviour, checked against our own Device
+"""wireguard.misbehaviour: scripted misbehaviour, checked against our own Device
 (sans-I/O, fake clock). The kernel's reactions are in tests/interop/test_kernel.py."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import heapq
 import pytest
 
 from tests.sim import ipv4_packet
+from wireguard.cli.misbehave import add_parser
 from wireguard.device import Device
 from wireguard.device import Drop as DropReason
 from wireguard.keys import PrivateKey
-from wireguard.misbehave import add_parser
-from wireguard.testing import (
+from wireguard.misbehaviour import (
     FIELDS,
     Corrupt,
     Delay,

@@ -11,17 +11,14 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io.control import SOCKET_DIRECTORY
-
-
-class ShowError(Exception):
-    pass
+from ..io.control import SOCKET_DIRECTORY, query
+from ..keys import PrivateKey
+from . import PROG, CommandError
 
 
 @dataclass
@@ -50,29 +47,7 @@ def _b64(hex_key: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_key)).decode()
 
 
-def query(path: str, timeout: float = 5.0) -> str:
-    """Send ``get=1`` to the control socket at *path*, return the answer."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(b"get=1\n\n")
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if b"\n\n" in b"".join(chunks[-2:]):
-                    break
-    except OSError as exc:
-        raise ShowError(f"cannot query {path}: {exc.strerror or exc}") from None
-    return b"".join(chunks).decode()
-
-
 def parse_get(name: str, answer: str) -> InterfaceState:
-    from .keys import PrivateKey
-
     state = InterfaceState(name)
     peer: PeerState | None = None
     errno = None
@@ -110,7 +85,7 @@ def parse_get(name: str, answer: str) -> InterfaceState:
         elif key == "persistent_keepalive_interval":
             peer.persistent_keepalive = int(value)
     if errno:
-        raise ShowError(f"{name}: the endpoint answered errno={errno}")
+        raise CommandError(f"{name}: the endpoint answered errno={errno}")
     return state
 
 
@@ -178,10 +153,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     status = 0
     blocks: list[str] = []
     for name in names:
+        path = os.path.join(directory, f"{name}.sock")
         try:
-            state = parse_get(name, query(os.path.join(directory, f"{name}.sock")))
-        except (ShowError, ValueError) as exc:
-            print(f"python -m wireguard show: {exc}", file=sys.stderr)
+            state = parse_get(name, query(path))
+        except OSError as exc:
+            print(f"{PROG} show: cannot query {path}: {exc.strerror or exc}", file=sys.stderr)
+            status = 1
+            continue
+        except (CommandError, ValueError) as exc:
+            print(f"{PROG} show: {exc}", file=sys.stderr)
             status = 1
             continue
         blocks.append(format_state(state))

@@ -1,13 +1,14 @@
 """``python -m wireguard misbehave``: an endpoint whose datagrams follow the
-scripted misbehaviour rules of :mod:`wireguard.testing` (the CLI side; the
-policy itself is sans-I/O and lives there)."""
+scripted misbehaviour rules of :mod:`wireguard.misbehaviour` (the command;
+the policy itself is sans-I/O and lives there)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .testing import Policy, parse_rule
+from ..misbehaviour import Policy, parse_rule
+from . import CommandError
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,29 +44,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     import asyncio
-    import sys
 
     try:
         rules = [parse_rule(text) for text in args.rule]
     except ValueError as exc:
-        print(f"python -m wireguard misbehave: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
     try:
         return asyncio.run(_misbehave(args, Policy(rules)))
     except (OSError, ValueError) as exc:
-        print(f"python -m wireguard misbehave: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
 
 
 async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
     import asyncio
     import time
 
-    from .config import load
-    from .io.tap import attach
-    from .io.tunnel import Tunnel, device_from_config
-    from .netstack.icmp import build_echo, echo_reply_for, parse_icmp
-    from .netstack.ip import addr_bytes, parse_ip
+    from ..config import load
+    from ..io.tap import attach
+    from ..io.tunnel import Tunnel, device_from_config
+    from ..netstack.icmp import build_echo, echo_reply_for, parse_icmp
+    from ..netstack.ip import addr_bytes, parse_ip
 
     config = load(args.config)
     device = await device_from_config(config)

@@ -1,8 +1,10 @@
-"""``python -m wireguard forward CONFIG -L ... -R ...``: port forwarding through a rootless tunnel.
+"""Port forwarding through a rootless tunnel, like ``ssh -L`` / ``ssh -R``
+(the runtime; ``python -m wireguard forward`` is its command, in
+:mod:`wireguard.cli.forward`).
 
-Like ``ssh -L`` / ``ssh -R``, with a WireGuard peer on the other end and no
-privileges here: the tunnel is a :class:`~wireguard.io.rootless.RootlessTunnel`
-whose userspace TCP/IP stack owns the configuration's ``[Interface] Address``.
+A WireGuard peer is on the other end and no privileges are needed here: the
+tunnel is a :class:`~wireguard.io.rootless.RootlessTunnel` whose userspace
+TCP/IP stack owns the configuration's ``[Interface] Address``.
 
 ``-L [udp:][BIND_ADDR:]PORT:HOST:HOSTPORT``
     Listen on this host's BIND_ADDR:PORT (default 127.0.0.1, ``*`` for all);
@@ -17,47 +19,63 @@ keep one flow per client address (its own port on the other side), expired
 after ``--udp-timeout`` seconds without traffic. A forward holds at most
 ``--udp-flows`` flows (default 1024): a new client beyond that evicts the least
 recently active flow, as a full NAT table does, and the status counts the
-evictions. Each ``-R udp:`` flow is a kernel socket: the soft descriptor limit is
-raised as far as those caps need, and where the hard limit does not allow it,
-the caps are lowered (one line says so) rather than leave TCP without sockets.
+evictions. Each ``-R udp:`` flow is a kernel socket: :func:`fit_descriptors`
+raises the soft descriptor limit as far as those caps need, and where the hard
+limit does not allow it, lowers the caps rather than leave TCP without sockets.
 
 Bytes a TCP client sends before its connection through the tunnel (or to the
 local service) is up are kept and relayed first, the sender paused after 64 KiB.
 
-The tunnel state and per-forward counters are printed to stderr every
-``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
+What happens to a connection (a side that cannot be reached, a reset) is
+logged on the ``wireguard.io.forward`` logger; every forward counts what it
+carried, evicted and could not pass on in its :class:`Counters`.
 """
 
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
-import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import resource
-import signal
 import socket
-import sys
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError
-from .errors import LocalProtocolError
-from .io.rootless import RootlessTunnel, format_bytes
+from ..errors import LocalProtocolError
+from .rootless import RootlessTunnel, format_bytes
 
-PROG = "python -m wireguard forward"
+__all__ = [
+    "DEFAULT_UDP_FLOWS",
+    "Counters",
+    "Forward",
+    "ForwardOptions",
+    "ForwardSpec",
+    "ForwardSpecError",
+    "fit_descriptors",
+    "make_forward",
+    "parse_forward",
+    "plan_descriptors",
+]
 
-__all__ = ["ForwardSpec", "UsageError", "add_parser", "parse_forward", "run"]
+log = logging.getLogger(__name__)
 
 
-class UsageError(Exception):
-    """A bad argument or an impossible setup: one line on stderr, exit status 1."""
+class ForwardSpecError(ValueError):
+    """A ``-L`` / ``-R`` specification that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How the forwards behave (the command's options)."""
+
+    connect_timeout: float = 30.0  # give up on a connection's other side after this long
+    udp_timeout: float = 60.0  # forget a UDP flow idle this long
+    udp_flows: int = 1024  # flows per UDP forward (DEFAULT_UDP_FLOWS)
 
 
 # --------------------------------------------------------------------------- specs
@@ -91,11 +109,11 @@ def _split_fields(text: str) -> list[str]:
         if text.startswith("[", i):
             end = text.find("]", i)
             if end < 0:
-                raise UsageError("unclosed '[' in an IPv6 address")
+                raise ForwardSpecError("unclosed '[' in an IPv6 address")
             fields.append(text[i + 1 : end])
             i = end + 1
             if i < len(text) and text[i] != ":":
-                raise UsageError(f"':' expected after ']' in {text!r}")
+                raise ForwardSpecError(f"':' expected after ']' in {text!r}")
         else:
             end = text.find(":", i)
             if end < 0:
@@ -111,9 +129,9 @@ def _port(text: str, what: str, *, zero: bool = False) -> int:
     try:
         value = int(text, 10)
     except ValueError:
-        raise UsageError(f"{what} {text!r} is not a port number") from None
+        raise ForwardSpecError(f"{what} {text!r} is not a port number") from None
     if not (0 if zero else 1) <= value <= 65535:
-        raise UsageError(f"{what} {value} is out of range (1..65535)")
+        raise ForwardSpecError(f"{what} {value} is out of range (1..65535)")
     return value
 
 
@@ -121,7 +139,7 @@ def _ip(text: str, what: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise UsageError(
+        raise ForwardSpecError(
             f"{what} {text!r} is not an IP address (names are not resolved inside the tunnel)"
         ) from None
 
@@ -143,11 +161,11 @@ def parse_forward(text: str, kind: str) -> ForwardSpec:
             bind_text, port_text, host, hostport_text = fields
         else:
             form = "port:host:hostport" if kind == "L" else "port:local_host:local_port"
-            raise UsageError(f"expected [udp:][bind_address:]{form}")
+            raise ForwardSpecError(f"expected [udp:][bind_address:]{form}")
         bind_port = _port(port_text, "listening port", zero=kind == "L")
         port = _port(hostport_text, "destination port")
         if not host:
-            raise UsageError("the destination host is empty")
+            raise ForwardSpecError("the destination host is empty")
         if kind == "L":
             # The local listener: ssh's default is the loopback address.
             if bind_text is None:
@@ -161,8 +179,8 @@ def parse_forward(text: str, kind: str) -> ForwardSpec:
             # The listener is on the stack (one of its addresses, or all); the
             # destination a local service, which the host's resolver may name.
             bind = None if bind_text in (None, "", "*") else _ip(bind_text, "stack address")
-    except UsageError as exc:
-        raise UsageError(f"{flag}: {exc}") from None
+    except ForwardSpecError as exc:
+        raise ForwardSpecError(f"{flag}: {exc}") from None
     return ForwardSpec(kind, proto, bind, bind_port, host, port)
 
 
@@ -333,7 +351,7 @@ class _Link:
     def _overflow(self) -> None:
         self.counters.overflows += 1
         self.counters.discarded += len(self.pending)
-        _log(
+        log.warning(
             f"{self.name}: reset a connection: {len(self.pending)} bytes arrived while "
             "reading was paused (more than the forwarder holds)"
         )
@@ -378,7 +396,7 @@ class _Link:
 
 
 class Forward(abc.ABC):
-    def __init__(self, spec: ForwardSpec, tunnel: RootlessTunnel, options: argparse.Namespace):
+    def __init__(self, spec: ForwardSpec, tunnel: RootlessTunnel, options: ForwardOptions):
         self.spec = spec
         self.tunnel = tunnel
         self.options = options
@@ -432,7 +450,7 @@ class TcpLocalForward(Forward):
                     lambda: _Side(link, 1), self.spec.host, self.spec.port
                 )
         except (OSError, TimeoutError, LocalProtocolError) as exc:
-            _log(f"{self.spec}: cannot connect through the tunnel: {_why(exc)}")
+            log.warning(f"{self.spec}: cannot connect through the tunnel: {why(exc)}")
             link.failed()
             return
         link.connected()
@@ -465,7 +483,7 @@ class TcpRemoteForward(Forward):
             async with asyncio.timeout(self.options.connect_timeout):
                 await loop.create_connection(lambda: _Side(link, 1), self.spec.host, self.spec.port)
         except (OSError, TimeoutError) as exc:
-            _log(f"{self.spec}: cannot connect to the local service: {_why(exc)}")
+            log.warning(f"{self.spec}: cannot connect to the local service: {why(exc)}")
             link.failed()
             return
         link.connected()
@@ -524,7 +542,7 @@ class _UdpForward(Forward):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.flows: OrderedDict[Any, _Flow] = OrderedDict()  # least recently active first
-        self.max_flows: int = getattr(self.options, "udp_flows", DEFAULT_UDP_FLOWS)
+        self.max_flows: int = self.options.udp_flows
 
     def _count(self, to_tunnel: bool, n: int) -> None:
         c = self.counters
@@ -576,7 +594,7 @@ class _UdpForward(Forward):
                 lambda data, _src: self._from_destination(addr, flow, data), self._error
             )
         except (OSError, LocalProtocolError) as exc:
-            _log(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {_why(exc)}")
+            log.warning(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {why(exc)}")
             self.counters.failed += 1
             if self.flows.get(addr) is flow:
                 self._drop(addr)
@@ -691,14 +709,12 @@ _KINDS: dict[tuple[str, str], type[Forward]] = {
 }
 
 
-# ---------------------------------------------------------------------- reporting
+def make_forward(spec: ForwardSpec, tunnel: RootlessTunnel, options: ForwardOptions) -> Forward:
+    """The forward *spec* asks for (not started yet: ``await forward.start()``)."""
+    return _KINDS[(spec.kind, spec.proto)](spec, tunnel, options)
 
 
-def _log(text: str) -> None:
-    print(f"forward: {text}", file=sys.stderr, flush=True)
-
-
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
     """The C library's words for an error (the stack's errors carry no errno)."""
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # asyncio's bind errors wrap it in a long sentence
@@ -710,44 +726,6 @@ def _why(exc: BaseException) -> str:
         if isinstance(exc, kind):
             return os.strerror(code)
     return str(exc) or type(exc).__name__
-
-
-def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
-    parts = [tunnel.status().summary()]
-    for f in forwards:
-        c = f.counters
-        parts.append(
-            f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
-            f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
-            + (f" evicted {c.evicted}" if c.evicted else "")
-            + (f" lost {c.discarded} B" if c.discarded else "")
-            + (f" dropped {c.dropped}" if c.dropped else "")
-        )
-    return " | ".join(parts)
-
-
-def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
-    status = tunnel.status()
-    _log(f"{title}: addresses {', '.join(status.addresses)}, UDP port {status.listen_port}")
-    for line in status.summary().split("; "):
-        _log(f"  {line}")
-    st = status.stack
-    if st is not None:
-        _log(
-            f"  stack: {st.packets_received} packets in, {st.packets_sent} out, "
-            f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits "
-            f"({st.tcp_fast_recoveries} fast recoveries, {st.tcp_recoveries_undone} undone, "
-            f"{st.tcp_loss_probes} loss probes, "
-            f"{st.tcp_timeouts} timeouts), "
-            f"{st.icmp_echo_answered} pings answered"
-        )
-    drops = {k: v for k, v in tunnel.device.drops.items() if v}
-    if drops:
-        _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
-    if status.losses:
-        _log("  not passed on: " + ", ".join(f"{k} {v}" for k, v in status.losses.items()))
-    for f in forwards:
-        _log(f"  {f.line()}")
 
 
 # ------------------------------------------------------------------- descriptors
@@ -775,10 +753,14 @@ def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[i
     return soft, [max(1, cap * budget // total) for cap in caps]
 
 
-def _fit_descriptors(forwards: list[Forward]) -> None:
+def fit_descriptors(forwards: list[Forward]) -> list[str]:
+    """Make room for the ``-R udp`` forwards' flows (see :func:`plan_descriptors`),
+    lowering a forward's cap where the limit does not allow it; returns a note
+    for each cap lowered."""
+    notes: list[str] = []
     remote_udp = [f for f in forwards if isinstance(f, UdpRemoteForward)]
     if not remote_udp:
-        return
+        return notes
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, hard)
     if new_soft != soft:
@@ -788,186 +770,9 @@ def _fit_descriptors(forwards: list[Forward]) -> None:
             new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, soft)
     for forward, cap in zip(remote_udp, caps, strict=True):
         if cap < forward.max_flows:
-            _log(
+            notes.append(
                 f"{forward.spec}: at most {cap} flows, not {forward.max_flows}: "
                 f"each is a descriptor and the limit is {new_soft} (ulimit -n)"
             )
             forward.max_flows = cap
-
-
-# --------------------------------------------------------------------------- main
-
-
-async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
-    try:
-        tunnel = await RootlessTunnel.from_config(args.config, control=args.control)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        raise UsageError(f"{args.config}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"{args.config}: {exc}") from None
-    try:
-        await tunnel.start()
-    except OSError as exc:
-        raise UsageError(f"cannot open the tunnel: {_why(exc)}") from None
-    forwards: list[Forward] = []
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    try:
-        made = [_KINDS[(spec.kind, spec.proto)](spec, tunnel, args) for spec in specs]
-        _fit_descriptors(made)
-        for forward in made:
-            try:
-                await forward.start()
-            except (OSError, LocalProtocolError) as exc:
-                raise UsageError(f"{forward.spec}: cannot listen: {_why(exc)}") from None
-            forwards.append(forward)
-            _log(f"{forward.spec}: listening on {forward.where}")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
-        _report(tunnel, forwards, "ready")
-        interval = args.status
-        next_status = loop.time() + interval if interval > 0 else None
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await stop.wait()
-            now = loop.time()
-            for forward in forwards:
-                forward.expire(now)
-            if next_status is not None and now >= next_status:
-                next_status = now + interval
-                _log(time.strftime("%H:%M:%S ") + _status_line(tunnel, forwards))
-        _report(tunnel, forwards, "exiting")
-        return 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-        for forward in forwards:
-            await forward.close()
-        await tunnel.close()
-
-
-_DESCRIPTION = """\
-Forward ports through WireGuard like ssh -L / -R, as an unprivileged user: no
-TUN device, a userspace TCP/IP stack owns the config's [Interface] Address."""
-
-_EPILOG = """\
-examples:
-  -L 8080:10.0.0.1:80            127.0.0.1:8080 here -> 10.0.0.1:80 behind the peer
-  -L '*:8080:10.0.0.1:80'        the same on all local addresses
-  -L [::1]:8080:[fd00::1]:80     IPv6 in brackets
-  -L udp:5353:10.0.0.1:53        UDP, one flow per client (at most --udp-flows)
-  -R 2222:127.0.0.1:22           peers reach our local sshd at <Address>:2222
-  -R udp:10.0.0.2:514:localhost:514
-
-The tunnel state and per-forward counters go to stderr every --status seconds,
-on SIGUSR1 and at exit. SIGINT or SIGTERM stops it."""
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="wg-quick file; Address = the stack's own")
-    parser.add_argument(
-        "-L",
-        dest="local",
-        action="append",
-        default=[],
-        metavar="[udp:][BIND:]PORT:HOST:HOSTPORT",
-        help="listen here on BIND:PORT (default 127.0.0.1), connect through the tunnel to HOST",
-    )
-    parser.add_argument(
-        "-R",
-        dest="remote",
-        action="append",
-        default=[],
-        metavar="[udp:][ADDR:]PORT:LOCAL_HOST:LOCAL_PORT",
-        help="listen in the tunnel on the stack's PORT, pass connections to LOCAL_HOST:LOCAL_PORT",
-    )
-    parser.add_argument(
-        "--control",
-        metavar="NAME|PATH",
-        help="open the `wg` control socket: NAME for /var/run/wireguard/NAME.sock, or a path",
-    )
-    parser.add_argument(
-        "--status",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="print a status line this often (0: only on SIGUSR1 and at exit; default 10)",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up on a connection's other side after this long (default 30)",
-    )
-    parser.add_argument(
-        "--udp-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="forget a UDP flow idle this long (default 60)",
-    )
-    parser.add_argument(
-        "--udp-flows",
-        type=int,
-        default=DEFAULT_UDP_FLOWS,
-        metavar="N",
-        help="at most N UDP flows per forward; a new one evicts the least recently active "
-        f"(counted; default {DEFAULT_UDP_FLOWS})",
-    )
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
-    result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
-    parser = subparsers.add_parser(
-        "forward",
-        help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        specs = [parse_forward(t, "L") for t in args.local]
-        specs += [parse_forward(t, "R") for t in args.remote]
-        for value, flag in ((args.status, "--status"), (args.udp_timeout, "--udp-timeout")):
-            if value < 0:
-                raise UsageError(f"{flag} must not be negative")
-        if args.connect_timeout <= 0:
-            raise UsageError("--connect-timeout must be positive")
-        if args.udp_flows < 1:
-            raise UsageError("--udp-flows must be at least 1")
-        if not os.path.exists(args.config):
-            raise UsageError(f"{args.config}: No such file or directory")
-        return asyncio.run(serve(args, specs))
-    except UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wireguard.forward`` (the same as ``python -m wireguard forward``)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return notes

@@ -6,7 +6,7 @@ message, corrupts a chosen field, or forges an initiation with a stale
 timestamp. It is a list of :class:`Rule`, each naming which messages it takes
 (the *n*-th to the *m*-th initiation we send, say) and what it does to them::
 
-    from wireguard.testing import Corrupt, Policy, Replay, Rule
+    from wireguard.misbehaviour import Corrupt, Policy, Replay, Rule
 
     policy = Policy([
         Rule("initiation", Corrupt("mac1"), count=1),      # the first one only

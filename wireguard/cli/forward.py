@@ -1,0 +1,251 @@
+"""``python -m wireguard forward CONFIG -L ... -R ...``: port forwarding
+through a rootless tunnel, like ``ssh -L`` / ``ssh -R`` (the forwards
+themselves are :mod:`wireguard.io.forward`).
+
+The tunnel state and per-forward counters are printed to stderr every
+``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ..config import ConfigError
+from ..errors import LocalProtocolError
+from ..io.forward import (
+    DEFAULT_UDP_FLOWS,
+    Forward,
+    ForwardOptions,
+    ForwardSpec,
+    ForwardSpecError,
+    fit_descriptors,
+    make_forward,
+    parse_forward,
+    why,
+)
+from ..io.rootless import RootlessTunnel, format_bytes
+from . import PROG as _PROG
+from . import CommandError
+
+PROG = f"{_PROG} forward"
+
+__all__ = ["add_parser", "run"]
+
+
+def _log(text: str) -> None:
+    print(f"forward: {text}", file=sys.stderr, flush=True)
+
+
+def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
+    parts = [tunnel.status().summary()]
+    for f in forwards:
+        c = f.counters
+        parts.append(
+            f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
+            f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+            + (f" evicted {c.evicted}" if c.evicted else "")
+            + (f" lost {c.discarded} B" if c.discarded else "")
+            + (f" dropped {c.dropped}" if c.dropped else "")
+        )
+    return " | ".join(parts)
+
+
+def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
+    status = tunnel.status()
+    _log(f"{title}: addresses {', '.join(status.addresses)}, UDP port {status.listen_port}")
+    for line in status.summary().split("; "):
+        _log(f"  {line}")
+    st = status.stack
+    if st is not None:
+        _log(
+            f"  stack: {st.packets_received} packets in, {st.packets_sent} out, "
+            f"{status.tcp_connections} TCP connections, {st.tcp_retransmits} retransmits "
+            f"({st.tcp_fast_recoveries} fast recoveries, {st.tcp_recoveries_undone} undone, "
+            f"{st.tcp_loss_probes} loss probes, "
+            f"{st.tcp_timeouts} timeouts), "
+            f"{st.icmp_echo_answered} pings answered"
+        )
+    drops = {k: v for k, v in tunnel.device.drops.items() if v}
+    if drops:
+        _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    if status.losses:
+        _log("  not passed on: " + ", ".join(f"{k} {v}" for k, v in status.losses.items()))
+    for f in forwards:
+        _log(f"  {f.line()}")
+
+
+async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
+    try:
+        tunnel = await RootlessTunnel.from_config(args.config, control=args.control)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"{args.config}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CommandError(f"{args.config}: {exc}") from None
+    try:
+        await tunnel.start()
+    except OSError as exc:
+        raise CommandError(f"cannot open the tunnel: {why(exc)}") from None
+    forwards: list[Forward] = []
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        options = ForwardOptions(args.connect_timeout, args.udp_timeout, args.udp_flows)
+        made = [make_forward(spec, tunnel, options) for spec in specs]
+        for note in fit_descriptors(made):
+            _log(note)
+        for forward in made:
+            try:
+                await forward.start()
+            except (OSError, LocalProtocolError) as exc:
+                raise CommandError(f"{forward.spec}: cannot listen: {why(exc)}") from None
+            forwards.append(forward)
+            _log(f"{forward.spec}: listening on {forward.where}")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
+        _report(tunnel, forwards, "ready")
+        interval = args.status
+        next_status = loop.time() + interval if interval > 0 else None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
+            now = loop.time()
+            for forward in forwards:
+                forward.expire(now)
+            if next_status is not None and now >= next_status:
+                next_status = now + interval
+                _log(time.strftime("%H:%M:%S ") + _status_line(tunnel, forwards))
+        _report(tunnel, forwards, "exiting")
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        for forward in forwards:
+            await forward.close()
+        await tunnel.close()
+
+
+_DESCRIPTION = """\
+Forward ports through WireGuard like ssh -L / -R, as an unprivileged user: no
+TUN device, a userspace TCP/IP stack owns the config's [Interface] Address."""
+
+_EPILOG = """\
+examples:
+  -L 8080:10.0.0.1:80            127.0.0.1:8080 here -> 10.0.0.1:80 behind the peer
+  -L '*:8080:10.0.0.1:80'        the same on all local addresses
+  -L [::1]:8080:[fd00::1]:80     IPv6 in brackets
+  -L udp:5353:10.0.0.1:53        UDP, one flow per client (at most --udp-flows)
+  -R 2222:127.0.0.1:22           peers reach our local sshd at <Address>:2222
+  -R udp:10.0.0.2:514:localhost:514
+
+The tunnel state and per-forward counters go to stderr every --status seconds,
+on SIGUSR1 and at exit. SIGINT or SIGTERM stops it."""
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="wg-quick file; Address = the stack's own")
+    parser.add_argument(
+        "-L",
+        dest="local",
+        action="append",
+        default=[],
+        metavar="[udp:][BIND:]PORT:HOST:HOSTPORT",
+        help="listen here on BIND:PORT (default 127.0.0.1), connect through the tunnel to HOST",
+    )
+    parser.add_argument(
+        "-R",
+        dest="remote",
+        action="append",
+        default=[],
+        metavar="[udp:][ADDR:]PORT:LOCAL_HOST:LOCAL_PORT",
+        help="listen in the tunnel on the stack's PORT, pass connections to LOCAL_HOST:LOCAL_PORT",
+    )
+    parser.add_argument(
+        "--control",
+        metavar="NAME|PATH",
+        help="open the `wg` control socket: NAME for /var/run/wireguard/NAME.sock, or a path",
+    )
+    parser.add_argument(
+        "--status",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="print a status line this often (0: only on SIGUSR1 and at exit; default 10)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on a connection's other side after this long (default 30)",
+    )
+    parser.add_argument(
+        "--udp-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="forget a UDP flow idle this long (default 60)",
+    )
+    parser.add_argument(
+        "--udp-flows",
+        type=int,
+        default=DEFAULT_UDP_FLOWS,
+        metavar="N",
+        help="at most N UDP flows per forward; a new one evicts the least recently active "
+        f"(counted; default {DEFAULT_UDP_FLOWS})",
+    )
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
+    result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
+    parser = subparsers.add_parser(
+        "forward",
+        help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    specs: list[ForwardSpec] = []
+    try:
+        specs += [parse_forward(t, "L") for t in args.local]
+        specs += [parse_forward(t, "R") for t in args.remote]
+    except ForwardSpecError as exc:
+        raise CommandError(str(exc)) from None
+    for value, flag in ((args.status, "--status"), (args.udp_timeout, "--udp-timeout")):
+        if value < 0:
+            raise CommandError(f"{flag} must not be negative")
+    if args.connect_timeout <= 0:
+        raise CommandError("--connect-timeout must be positive")
+    if args.udp_flows < 1:
+        raise CommandError("--udp-flows must be at least 1")
+    if not os.path.exists(args.config):
+        raise CommandError(f"{args.config}: No such file or directory")
+    # What the forwards log about their connections goes where the status does.
+    runtime_log = logging.getLogger("wireguard.io.forward")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("forward: %(message)s"))
+    runtime_log.addHandler(handler)
+    runtime_log.setLevel(logging.INFO)
+    runtime_log.propagate = False
+    try:
+        return asyncio.run(serve(args, specs))
+    finally:
+        runtime_log.removeHandler(handler)

@@ -1,0 +1,50 @@
+"""``walkthrough``: one full handshake, every step printed beside the
+whitepaper (the steps themselves are :mod:`wireguard.walkthrough`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from ..crypto import seeded_random
+from ..errors import WireGuardError
+from ..keys import PresharedKey, PrivateKey
+from . import CommandError
+
+
+def _optional_key(cls, text: str | None, what: str):  # type: ignore[no-untyped-def]
+    if text is None:
+        return None
+    try:
+        return cls.from_base64(text)
+    except WireGuardError as exc:
+        raise CommandError(f"{what}: {exc}") from None
+
+
+def cmd_walkthrough(args: argparse.Namespace) -> int:
+    from ..walkthrough import format_walkthrough, run
+
+    w = run(
+        _optional_key(PrivateKey, args.initiator_key, "--initiator-key"),
+        _optional_key(PrivateKey, args.responder_key, "--responder-key"),
+        _optional_key(PresharedKey, args.psk, "--psk"),
+        now=args.time if args.time is not None else time.time(),
+        random=seeded_random(args.seed.encode()) if args.seed is not None else os.urandom,
+    )
+    print(format_walkthrough(w))
+    return 0 if w.keys_agree else 1
+
+
+def add_parser(sub: Any) -> None:
+    w = sub.add_parser("walkthrough", help="print one full handshake step by step")
+    w.add_argument("--initiator-key", metavar="BASE64", help="initiator's private key")
+    w.add_argument("--responder-key", metavar="BASE64", help="responder's private key")
+    w.add_argument("--psk", metavar="BASE64", help="preshared key")
+    w.add_argument("--time", type=float, help="Unix time for the TAI64N timestamp")
+    w.add_argument(
+        "--seed",
+        help="draw keys, ephemerals and indices from this seed: the same output every run",
+    )
+    w.set_defaults(func=cmd_walkthrough)
