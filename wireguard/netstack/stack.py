@@ -87,7 +87,12 @@ class NetStackStats:
     tcp_fast_recoveries: int = 0  # fast retransmits (three duplicate ACKs)
     tcp_loss_probes: int = 0  # tail loss probes (RFC 8985)
     tcp_recoveries_undone: int = 0  # fast recoveries shown spurious by D-SACK
-    listen_overflows: int = 0
+    listen_overflows: int = 0  # SYNs and final ACKs dropped: the accept queue was full
+    syn_queue_overflows: int = 0  # SYNs dropped: the SYN queue was full, cookies off
+    synack_timeouts: int = 0  # half-open connections given up (max_synack_retransmits)
+    syncookies_sent: int = 0  # SYNs answered with a cookie: the SYN queue was full
+    syncookies_accepted: int = 0  # connections opened by a returned cookie
+    syncookies_failed: int = 0  # ACKs to a listener with no valid cookie, cookies in use
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0
 
@@ -172,11 +177,15 @@ class NetStack:
                 listener = self._tcp_listeners.get((pkt.dst, seg.dport))
                 if listener is None:
                     listener = self._tcp_listeners.get((None, seg.dport))
-                if listener is not None and seg.flags & (SYN | ACK | RST) == SYN:
-                    listener._syn_arrives(pkt, seg, now)
-                    return
-                if listener is not None and seg.flags & RST:
-                    return  # RFC 9293 3.10.7.2: a RST to a listener is ignored
+                if listener is not None:
+                    control = seg.flags & (SYN | ACK | RST)
+                    if control == SYN:
+                        listener._syn_arrives(pkt, seg, now)
+                        return
+                    if control & RST:
+                        return  # RFC 9293 3.10.7.2: a RST to a listener is ignored
+                    if control == ACK and listener._ack_arrives(pkt, seg, now):
+                        return  # a SYN cookie came back
                 # CLOSED (3.10.7.1), or an ACK to a listener (3.10.7.2, second check).
                 self.stats.tcp_no_connection += 1
                 rst = rst_for_unexpected(pkt, seg)
@@ -312,7 +321,11 @@ class NetStack:
     def tcp_listen(
         self, port: int, addr: AddressLike | None = None, backlog: int | None = None
     ) -> TcpListener:
-        """Passive open on *port* (all our addresses, or *addr*)."""
+        """Passive open on *port* (all our addresses, or *addr*).
+
+        *backlog* (default ``TcpConfig.backlog``) bounds the listener's SYN queue
+        and its accept queue, each, as in Linux; see :class:`~.tcp.TcpListener`.
+        """
         a = addr_bytes(addr) if addr not in (None, "") else None
         if a is not None and a not in self._addr_set:
             raise LocalProtocolError(f"{addr_str(a)} is not one of our addresses")

@@ -28,6 +28,10 @@ What is implemented, with the section that asks for it:
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
   second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
+* Listeners with a SYN queue and an accept queue, each bounded by the
+  backlog; SYN-ACKs retransmitted and given up as Linux's
+  tcp_synack_retries; SYN cookies when the SYN queue is full (as Linux's
+  tcp_syncookies=1), so a flood of spoofed SYNs does not lock clients out.
 * RST generation and validation (3.10.7 and RFC 5961: exact-match RST, challenge
   ACK for in-window RST and for SYN in a synchronized state, ACK range check).
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
@@ -48,6 +52,7 @@ Comparisons are then plain ``<``, which removes a whole class of modulo bugs.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from bisect import insort
 from collections import deque
@@ -109,6 +114,14 @@ _DEFAULT_MSS_V6: Final = 1220
 _MAX_WSCALE: Final = 14  # RFC 7323 2.3
 _CLOCK_GRANULARITY: Final = 0.001  # G in RFC 6298 2.2/2.3; our clock is a float of seconds
 _SYN_RETRANSMITTED_RTO: Final = 3.0  # RFC 6298 5.7
+
+# SYN cookies: the cookie is our ISS, 2 bits of the cookie period, 2 bits of
+# the MSS index and a 28-bit MAC of the connection's addresses, ports, the
+# client's ISN and the period. A cookie is good for the period it was made in
+# and the next (Linux: a 60 s counter, MAX_SYNCOOKIE_AGE 2).
+_COOKIE_PERIOD: Final = 64.0
+_COOKIE_MSS_V4: Final = (536, 1300, 1380, 1460)
+_COOKIE_MSS_V6: Final = (1220, 1300, 1360, 1440)
 
 
 class TcpState(enum.Enum):
@@ -179,6 +192,10 @@ class TcpConfig:
     max_syn_retransmits: int = 6
     """R2 for SYN, at least 3 minutes per RFC 9293 3.8.3 (1+2+...+64 = 127 s after the
     last, like Linux's tcp_syn_retries=6)."""
+    max_synack_retransmits: int = 5
+    """SYN-ACK retransmissions before a half-open connection is dropped (silently,
+    counted in ``synack_timeouts``): 5 is Linux's tcp_synack_retries, which with
+    backoff from 1 s gives up at 63 s."""
     msl: float = 30.0
     """Maximum segment lifetime: TIME-WAIT lasts 2*MSL = 60 s, Linux's fixed value.
     RFC 9293 3.4.2 suggests 2 minutes, but a userspace stack behind a tunnel gains
@@ -194,7 +211,15 @@ class TcpConfig:
     window_scaling: bool = True
     """Offer the window scale option (RFC 7323)."""
     backlog: int = 128
-    """Default accept queue plus half-open connections per listener."""
+    """Default listen backlog. As in Linux it bounds two queues of a listener, each:
+    the accept queue (established, not yet accepted; a SYN or final ACK that finds
+    it full is dropped and counted in ``listen_overflows``) and the SYN queue
+    (half-open, in SYN-RECEIVED; when full, SYN cookies or a counted drop)."""
+    syn_cookies: bool = True
+    """Answer SYNs with SYN cookies when the SYN queue is full (Linux's
+    tcp_syncookies=1): no state is kept, so spoofed SYNs cannot lock clients out.
+    A cookie carries only the MSS: such connections have no window scaling and
+    no SACK (as Linux's without timestamps). Off: such SYNs are dropped."""
     initial_window: int | None = None
     """Initial congestion window in segments; None is RFC 5681 3.1's
     min(4*SMSS, max(2*SMSS, 4380 bytes)). RFC 6928 allows 10."""
@@ -390,9 +415,15 @@ class TcpListener:
     """A passive open (RFC 9293 3.10.1 with no foreign socket) with an accept queue.
 
     Connections complete their handshake here and wait in the queue until
-    :meth:`accept`. When queue plus half-open connections reach *backlog*, new SYNs
-    are dropped without answer, so the client retries (what Linux does), rather
-    than being refused.
+    :meth:`accept`. As in Linux, *backlog* bounds two queues, each: half-open
+    connections (the SYN queue; a SYN-ACK is retransmitted from the initial RTO
+    with backoff and given up after ``max_synack_retransmits``) and established
+    ones not yet accepted (the accept queue). A SYN that finds the accept queue
+    full is dropped without answer, so the client retries, and so is a final
+    ACK (the half-open connection stays; the client's next segment completes
+    it). A SYN that finds the SYN queue full is answered with a SYN cookie
+    (``TcpConfig.syn_cookies``), or dropped. Every drop is counted in the
+    stack's stats.
     """
 
     def __init__(self, stack: NetStack, addr: bytes | None, port: int, backlog: int) -> None:
@@ -402,6 +433,8 @@ class TcpListener:
         self.backlog = backlog
         self._queue: deque[TcpConnection] = deque()
         self._embryos: set[TcpConnection] = set()  # half-open, in SYN-RECEIVED
+        self._cookie_key: bytes | None = None
+        self._cookies_until = 0.0  # cookies are checked until then (2 periods after one)
         self.closed = False
 
     @property
@@ -413,6 +446,11 @@ class TcpListener:
     def pending(self) -> int:
         """Established connections waiting to be accepted."""
         return len(self._queue)
+
+    @property
+    def half_open(self) -> int:
+        """Connections in SYN-RECEIVED (the SYN queue)."""
+        return len(self._embryos)
 
     def accept(self) -> TcpConnection | None:
         """The oldest established connection, or None if the queue is empty."""
@@ -435,14 +473,25 @@ class TcpListener:
 
     def _syn_arrives(self, packet: IPPacket, seg: TcpSegment, now: float) -> None:
         # RFC 9293 3.10.7.2, third check: a SYN creates a connection in SYN-RECEIVED.
-        if self.closed or len(self._queue) + len(self._embryos) >= self.backlog:
-            self._stack.stats.listen_overflows += 1
+        stats = self._stack.stats
+        if self.closed or self._accept_queue_full():
+            stats.listen_overflows += 1
+            return
+        if len(self._embryos) >= self.backlog:
+            if self._stack.tcp_config.syn_cookies:
+                self._send_cookie(packet, seg, now)
+            else:
+                stats.syn_queue_overflows += 1
             return
         conn = TcpConnection(
             self._stack, packet.dst, seg.dport, packet.src, seg.sport, now, listener=self
         )
         self._embryos.add(conn)
         conn._passive_open(seg, now)
+        self._stack._reschedule(conn)
+
+    def _accept_queue_full(self) -> bool:
+        return len(self._queue) >= self.backlog
 
     def _established(self, conn: TcpConnection) -> None:
         self._embryos.discard(conn)
@@ -456,6 +505,71 @@ class TcpListener:
 
     def _embryo_gone(self, conn: TcpConnection) -> None:
         self._embryos.discard(conn)
+
+    # ------------------------------------------------------------ SYN cookies
+
+    def _cookie(self, packet: IPPacket, seg: TcpSegment, isn: int, period: int, index: int) -> int:
+        if self._cookie_key is None:
+            self._cookie_key = self._stack._random(16)
+        mac = hashlib.blake2s(
+            packet.dst
+            + packet.src
+            + struct.pack("!HHIIB", seg.dport, seg.sport, isn, period & _MASK, index),
+            key=self._cookie_key,
+            digest_size=4,
+        ).digest()
+        return ((period & 3) << 30) | (index << 28) | (int.from_bytes(mac, "big") & 0x0FFFFFFF)
+
+    def _send_cookie(self, packet: IPPacket, seg: TcpSegment, now: float) -> None:
+        """Answer a SYN without keeping state: the SYN-ACK's sequence number
+        encodes what the final ACK needs to open the connection."""
+        table = _COOKIE_MSS_V4 if len(packet.src) == 4 else _COOKIE_MSS_V6
+        mss = seg.mss if seg.mss else table[0]
+        index = 0
+        while index < 3 and table[index + 1] <= mss:
+            index += 1
+        period = int(now // _COOKIE_PERIOD)
+        cookie = self._cookie(packet, seg, seg.seq, period, index)
+        rmss = self._stack.mtu - (20 if len(packet.src) == 4 else 40) - 20
+        wnd = min(self._stack.tcp_config.receive_buffer, 0xFFFF)
+        mss_option = b"\x02\x04" + rmss.to_bytes(2, "big")
+        src, dst = packet.dst, packet.src
+        syn_ack = build_segment(
+            src, dst, seg.dport, seg.sport, cookie, seg.seq + 1, SYN | ACK, wnd, options=mss_option
+        )
+        self._stack._output(syn_ack)
+        self._stack.stats.syncookies_sent += 1
+        self._cookies_until = now + 2 * _COOKIE_PERIOD
+
+    def _ack_arrives(self, packet: IPPacket, seg: TcpSegment, now: float) -> bool:
+        """An ACK for no connection: if it returns a cookie of ours, the
+        connection is opened (and the segment processed in it). False if it
+        is not ours to take (the caller answers with a RST)."""
+        if now >= self._cookies_until or self.closed:
+            return False  # no cookies sent lately (Linux: tcp_synq_no_recent_overflow)
+        cookie = (seg.ack - 1) & _MASK
+        isn = (seg.seq - 1) & _MASK
+        period = int(now // _COOKIE_PERIOD)
+        index = (cookie >> 28) & 3
+        for p in (period, period - 1):
+            if (p & 3) == cookie >> 30 and self._cookie(packet, seg, isn, p, index) == cookie:
+                break
+        else:
+            self._stack.stats.syncookies_failed += 1
+            return False
+        if self._accept_queue_full():
+            self._stack.stats.listen_overflows += 1
+            return True  # dropped: the client retransmits
+        self._stack.stats.syncookies_accepted += 1
+        table = _COOKIE_MSS_V4 if len(packet.src) == 4 else _COOKIE_MSS_V6
+        conn = TcpConnection(
+            self._stack, packet.dst, seg.dport, packet.src, seg.sport, now, listener=self
+        )
+        self._embryos.add(conn)
+        conn._cookie_open(isn, cookie, table[index], min(conn._cfg.receive_buffer, 0xFFFF))
+        conn._segment_arrives(seg, now)
+        self._stack._reschedule(conn)
+        return True
 
 
 class TcpConnection:
@@ -500,15 +614,10 @@ class TcpConnection:
         self.state = _CLOSED
         self.error: Exception | None = None
 
-        self.iss = int.from_bytes(stack._random(4), "big")
-        self.snd_una = self.iss
-        self.snd_nxt = self.iss
-        self.snd_max = self.iss  # highest sequence number sent (BSD's snd_max)
-        self._probe_end = self.iss  # end of the last zero-window probe octet
+        self._set_iss(int.from_bytes(stack._random(4), "big"))
         self.snd_wnd = 0
         self.max_snd_wnd = 0
         self.snd_wl1 = 0
-        self.snd_wl2 = self.iss
         self.snd_wscale = 0
         self.irs = 0
         self.rcv_nxt = 0
@@ -522,7 +631,6 @@ class TcpConnection:
                 self._offer_wscale += 1
 
         self._sndbuf = bytearray()
-        self._sndbuf_seq = self.iss + 1  # sequence number of _sndbuf[0]
         self._fin_queued = False
         self._rcvbuf = bytearray()
         self._ooo: list[tuple[int, bytes]] = []
@@ -538,7 +646,6 @@ class TcpConnection:
         self.cwnd = 0
         self.ssthresh = 1 << 30  # "arbitrarily high" (RFC 5681 3.1)
         self._dupacks = 0
-        self._recover = self.iss
         self._in_recovery = False
         # SACK-based loss recovery (RFC 6675, simplified; only with SACK agreed):
         # the scoreboard of what the peer reported holding above SND.UNA, as
@@ -593,6 +700,15 @@ class TcpConnection:
         self.segments_sent = 0
         self.segments_received = 0
         self.retransmits = 0
+
+    def _set_iss(self, iss: int) -> None:
+        self.iss = iss
+        self.snd_una = self.snd_nxt = iss
+        self.snd_max = iss  # highest sequence number sent (BSD's snd_max)
+        self._probe_end = iss  # end of the last zero-window probe octet
+        self.snd_wl2 = iss
+        self._sndbuf_seq = iss + 1  # sequence number of _sndbuf[0]
+        self._recover = iss
 
     # ----------------------------------------------------------------- inspection
 
@@ -779,6 +895,20 @@ class TcpConnection:
         self._rtt_seq = self.iss
         self._rtt_time = now
 
+    def _cookie_open(self, irs: int, iss: int, mss: int, wnd: int) -> None:
+        """SYN-RECEIVED from a returned SYN cookie: the SYN-ACK was *iss* with
+        window *wnd* (unscaled), answering the client's ISN *irs*; the cookie
+        kept only the MSS (no window scaling, no SACK)."""
+        self._set_iss(iss)
+        self.snd_nxt = self.snd_max = iss + 1
+        self.irs = irs
+        self.rcv_nxt = irs + 1
+        self.rcv_adv = irs + 1 + wnd
+        self.snd_wl1 = irs
+        self.smss = min(mss, self.rmss)
+        self.state = _SYN_RECEIVED
+        self._stack._tcp_register(self)
+
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss is not None and seg.mss > 0:
             self.smss = min(seg.mss, self.rmss)
@@ -926,6 +1056,11 @@ class TcpConnection:
         if state is _SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_max:
                 self._emit(ack, RST)
+                return
+            if self._listener is not None and self._listener._accept_queue_full():
+                # Linux (tcp_abort_on_overflow=0): drop the ACK, stay half-open;
+                # the client's next segment tries again.
+                self._stack.stats.listen_overflows += 1
                 return
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
@@ -1505,12 +1640,19 @@ class TcpConnection:
         """RFC 6298 5.4-5.7 and RFC 5681 3.1 (loss window)."""
         self._tlp_at = None
         self._retries += 1
-        limit = (
-            self._cfg.max_syn_retransmits
-            if self.state in (_SYN_SENT, _SYN_RECEIVED)
-            else self._cfg.max_retransmits
-        )
+        embryo = self.state is _SYN_RECEIVED and self._listener is not None
+        if embryo:
+            limit = self._cfg.max_synack_retransmits
+        elif self.state in (_SYN_SENT, _SYN_RECEIVED):
+            limit = self._cfg.max_syn_retransmits
+        else:
+            limit = self._cfg.max_retransmits
         if self._retries > limit:
+            if embryo:
+                # The half-open connection goes, without a RST (as Linux's request socks).
+                self._stack.stats.synack_timeouts += 1
+                self._terminate(None)
+                return
             if self.state is not _SYN_SENT:
                 self._emit(self.snd_max, RST | ACK)
             self._terminate(ConnectionTimedOut("connection timed out"))
