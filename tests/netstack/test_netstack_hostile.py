@@ -1,4 +1,4 @@
-"""What a hostile remote can make the stack spend: SYN floods.
+"""What a hostile remote can make the stack spend: SYN floods and out-of-order floods.
 
 Remote WireGuard peers reach the stack, so whatever they send, the memory and
 CPU it costs must stay bounded and every discard must be counted. The flood
@@ -10,19 +10,26 @@ and given up after ``tcp_synack_retries`` = 5 (at 1+2+4+8+16+32 = 63 s); the
 SYN queue and the accept queue are each bounded by the listen backlog; a
 full SYN queue answers with SYN cookies (``tcp_syncookies`` = 1); a final ACK
 that finds the accept queue full is dropped (``tcp_abort_on_overflow`` = 0).
+Out-of-order data is charged with a per-segment overhead (as ``truesize``)
+against a budget of twice the receive buffer (as SO_RCVBUF is doubled) and
+pruned from the highest sequence down (``tcp_prune_ofo_queue``). SACK blocks
+follow RFC 2018 section 4.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 import tracemalloc
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netstack_helpers import ACK, RST, SYN, Peer, Seg, make_stack, mss_option, ws_option
-from test_netstack_tcp import P, events
+from test_netstack_tcp import P, events, passive, sack_blocks
 
 from wireguard.netstack import NetStack, TcpIncoming, TcpState
 from wireguard.netstack.ip import parse_ip
-from wireguard.netstack.tcp import parse_tcp
+from wireguard.netstack.tcp import _OutOfOrder, build_segment, parse_tcp
 
 S = TcpState
 M = 0xFFFFFFFF
@@ -242,3 +249,193 @@ def test_full_accept_queue_drops_syns_and_final_acks_until_accepted() -> None:
     d.send(ACK, P + 1, sa_d.seq + 1, payload=b"late")  # its next segment gets in
     conn = accepted(s, listener, 40004)
     assert conn is not None and conn.receive() == b"late"
+
+
+# ------------------------------------------------------------- out-of-order data
+
+
+def _ooo_connection(**cfg: object):
+    return passive(options=mss_option(1460) + SACK_OK, **cfg)
+
+
+def _flood_packets(x, n: int) -> list[bytes]:
+    """*n* one-byte segments, each a byte above a one-byte hole (built
+    beforehand, so that only the stack's work is measured)."""
+    p = x.p
+    src, dst, sport, dport = p.addr, p.stack_addr, p.port, p.stack_port
+    return [
+        build_segment(src, dst, sport, dport, (x.rcv + 2 * i + 1) & M, x.snd, ACK, 65535, b"x")
+        for i in range(n)
+    ]
+
+
+def _flood(x, packets: list[bytes]) -> None:
+    receive, flush = x.s.receive_packet, x.s.packets_to_send
+    for i, packet in enumerate(packets):
+        receive(packet, 0.0)
+        if i & 63 == 0:
+            flush()
+    flush()
+
+
+def test_out_of_order_flood_costs_linear_cpu_and_bounded_memory() -> None:
+    """10^5 one-byte segments with gaps: the memory allocated stays within the
+    connection's budget (twice the receive buffer, plus a little for the
+    connection itself) and does not grow with the count, every segment is
+    held or counted as dropped, and the cost per segment does not grow with
+    what is held: 10x the segments cost well under 20x the CPU (both sizes
+    measured in this run, both under tracemalloc)."""
+    budget = 2 * 256 * 1024
+    cpu = {}
+    peak = {}
+    for n in (10_000, 100_000):
+        x = _ooo_connection()
+        packets = _flood_packets(x, n)
+        gc.collect()
+        tracemalloc.start()
+        start = time.process_time()
+        _flood(x, packets)
+        cpu[n] = time.process_time() - start
+        peak[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak[n] < budget + 512 * 1024, (n, peak[n])
+        st = x.s.stats
+        assert x.c._ooo.segments + st.tcp_ofo_dropped + st.tcp_ofo_pruned == n
+    assert peak[100_000] < peak[10_000] + 64 * 1024, peak
+    assert cpu[100_000] < 20 * cpu[10_000], cpu
+
+
+def test_out_of_order_budget_prunes_from_the_top_and_data_stays_whole() -> None:
+    """Small segments past the budget: new ones above everything held are
+    dropped, a segment below held data prunes from the highest sequence down
+    (tcp_prune_ofo_queue), SACK blocks never report what was dropped, and
+    once the sender repeats what was lost the stream comes out whole."""
+    x = _ooo_connection(receive_buffer=8192)
+    r = x.rcv
+    data = bytes((i * 13) & 0xFF for i in range(8000))
+    # Every other 16-byte piece of the window, from 16 on, arrives out of order.
+    for off in range(16, 8000, 32):
+        x.p.send(ACK, (r + off) & M, x.snd, payload=data[off : off + 16])
+        x.s.packets_to_send()
+    st = x.s.stats
+    assert st.tcp_ofo_dropped > 0  # 250 pieces cost far more than 16 KiB with overhead
+    held_top = x.c._ooo.end - r
+    # SACK blocks report only held data.
+    x.p.send(ACK, (r + held_top + 100) & M, x.snd, payload=b"?")
+    (blocks,) = sack_blocks(x)
+    assert blocks and all(((right - r) & M) <= held_top for _, right in blocks)
+    # A piece below the held data prunes from the top to make room.
+    before = x.c._ooo.end
+    x.p.send(ACK, (r + 8) & M, x.snd, payload=data[8:12])
+    assert st.tcp_ofo_pruned > 0 and x.c._ooo.end < before
+    # The sender repeats everything in order: the stream is whole and the
+    # stack's cumulative ACK says so.
+    got = b""
+    for off in range(0, 8000, 500):
+        x.p.send(ACK, (r + off) & M, x.snd, payload=data[off : off + 500])
+        got += x.c.receive()
+    got += x.c.receive()
+    assert got == data
+    assert [s.ack for s in x.p.take()][-1] == (r + 8000) & M
+
+
+def test_advertised_window_is_never_more_than_the_budget_holds() -> None:
+    """With the out-of-order budget used up by tiny segments, reading the
+    in-order data must not move the window's right edge on (the budget could
+    not hold what it would invite); once the holes are filled and read, the
+    whole buffer is offered again."""
+    x = _ooo_connection(receive_buffer=8192)
+    r = x.rcv
+    x.p.send(ACK, r, x.snd, payload=b"a" * 4000)
+    x.s.packets_to_send()
+    for off in range(4001, 8192, 2):
+        x.p.send(ACK, (r + off) & M, x.snd, payload=b"b")
+        x.s.packets_to_send()
+    assert x.c.receive() == b"a" * 4000
+    x.s.packets_to_send()
+    x.p.send(ACK, r, x.snd, payload=b"a")  # a duplicate: answered with the window now
+    (ack,) = x.p.take()
+    assert ack.ack == (r + 4000) & M
+    assert ((ack.ack + ack.wnd - r) & M) <= 8192  # the edge of the first window, no further
+    data = bytes(range(256)) * 17
+    for off in range(4000, 8192, 1000):
+        x.p.send(ACK, (r + off) & M, x.snd, payload=data[off - 4000 : min(off + 1000, 8192) - 4000])
+        x.c.receive()
+    x.s.packets_to_send()
+    x.p.send(ACK, r, x.snd, payload=b"a")
+    (ack,) = x.p.take()
+    assert ack.ack == (r + 8192) & M and ack.wnd == 8192
+
+
+def test_sack_blocks_repeat_the_most_recently_reported_first() -> None:
+    """RFC 2018 section 4: the first block holds the latest segment, the
+    others repeat the most recently reported blocks (not the highest)."""
+    x = _ooo_connection()
+    r = x.rcv
+    x.p.send(ACK, r + 500, x.snd, payload=b"C" * 100)  # C, the highest, first
+    assert sack_blocks(x) == [[(r + 500, r + 600)]]
+    x.p.send(ACK, r + 100, x.snd, payload=b"A" * 100)  # then A, the lowest
+    assert sack_blocks(x) == [[(r + 100, r + 200), (r + 500, r + 600)]]
+    x.p.send(ACK, r + 300, x.snd, payload=b"B" * 100)  # then B, in between
+    assert sack_blocks(x) == [[(r + 300, r + 400), (r + 100, r + 200), (r + 500, r + 600)]]
+    x.p.send(ACK, r + 550, x.snd, payload=b"C" * 100)  # extends C: C first again
+    assert sack_blocks(x) == [[(r + 500, r + 650), (r + 300, r + 400), (r + 100, r + 200)]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from("aaaapx"), st.integers(0, 300), st.integers(1, 40)),
+        max_size=60,
+    )
+)
+def test_out_of_order_structure_against_a_model(ops: list[tuple[str, int, int]]) -> None:
+    """The held ranges against a model that keeps every byte by position:
+    same bytes, first arrival kept, sorted disjoint non-adjacent ranges with
+    consistent counts, pruning only from the top, and the latest segment's
+    range in the first SACK block."""
+    q = _OutOfOrder()
+    model: dict[int, int] = {}  # position -> byte, what is held
+    rcv_nxt = 1000
+    for stamp, (op, off, length) in enumerate(ops):
+        if op == "a":  # a segment above RCV.NXT
+            seq = rcv_nxt + 1 + off
+            payload = bytes((stamp + i) & 0xFF for i in range(length))
+            q.add(seq, payload)
+            for i, b in enumerate(payload):
+                model.setdefault(seq + i, b)
+            assert q.sack_blocks(4)[0][0] <= seq < q.sack_blocks(4)[0][1]
+        elif op == "p":  # in-order data up to somewhere, then what it reached
+            rcv_nxt += off // 4 + 1
+            pieces, new = q.pull(rcv_nxt)
+            expect = []
+            while rcv_nxt in model or any(p < rcv_nxt for p in model):
+                for p in [p for p in model if p < rcv_nxt]:
+                    del model[p]
+                while rcv_nxt in model:
+                    expect.append(model.pop(rcv_nxt))
+                    rcv_nxt += 1
+            assert b"".join(pieces) == bytes(expect) and new == rcv_nxt
+        else:  # prune to half of what is charged, none below a floor
+            floor = rcv_nxt + off
+            before = dict(model)
+            q.prune(q.memory // 2, floor)
+            kept = {p for r in zip(q.starts, q.ends, strict=True) for p in range(*r)}
+            gone = set(before) - kept
+            assert kept <= set(before)
+            assert not gone or min(gone) > max(kept, default=0)
+            assert not gone or min(gone) >= floor
+            model = {p: before[p] for p in kept}
+        # Invariants, and the bytes themselves.
+        assert all(a < b for a, b in zip(q.ends, q.starts[1:], strict=False))
+        assert all(s < e for s, e in zip(q.starts, q.ends, strict=True))
+        held = {}
+        for s, e, chunks in zip(q.starts, q.ends, q.chunks, strict=True):
+            assert all(chunks) and sum(map(len, chunks)) == e - s
+            held.update(zip(range(s, e), b"".join(chunks), strict=True))
+        assert held == model
+        assert q.octets == len(model)
+        assert q.segments == sum(len(c) for c in q.chunks)
+        blocks = q.sack_blocks(4)
+        assert len(blocks) == min(4, len(q.starts)) and len(set(blocks)) == len(blocks)
+        assert all(b in zip(q.starts, q.ends, strict=True) for b in blocks)

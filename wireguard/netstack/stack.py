@@ -93,6 +93,8 @@ class NetStackStats:
     syncookies_sent: int = 0  # SYNs answered with a cookie: the SYN queue was full
     syncookies_accepted: int = 0  # connections opened by a returned cookie
     syncookies_failed: int = 0  # ACKs to a listener with no valid cookie, cookies in use
+    tcp_ofo_dropped: int = 0  # out-of-order segments dropped: over the memory budget
+    tcp_ofo_pruned: int = 0  # held out-of-order chunks pruned (highest first) for room
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0
 

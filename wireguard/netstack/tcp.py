@@ -27,7 +27,9 @@ What is implemented, with the section that asks for it:
   in D-SACK blocks (RFC 3708). Without SACK agreed: NewReno as above.
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
-  second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
+  second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2). Held data is charged
+  with a per-segment overhead against a memory budget of twice the receive
+  buffer and pruned from the highest sequence down when over it, as Linux.
 * Listeners with a SYN queue and an accept queue, each bounded by the
   backlog; SYN-ACKs retransmitted and given up as Linux's
   tcp_synack_retries; SYN cookies when the SYN queue is full (as Linux's
@@ -54,7 +56,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from bisect import insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +116,12 @@ _DEFAULT_MSS_V6: Final = 1220
 _MAX_WSCALE: Final = 14  # RFC 7323 2.3
 _CLOCK_GRANULARITY: Final = 0.001  # G in RFC 6298 2.2/2.3; our clock is a float of seconds
 _SYN_RETRANSMITTED_RTO: Final = 3.0  # RFC 6298 5.7
+
+# Out-of-order data is charged this much per held segment (chunk) on top of
+# its payload, against a budget of twice the receive buffer: what a held
+# segment costs here in Python objects, rounded up (Linux charges each skb's
+# truesize, and doubles SO_RCVBUF "to allow space for bookkeeping overhead").
+_OOO_OVERHEAD: Final = 256
 
 # SYN cookies: the cookie is our ISS, 2 bits of the cookie period, 2 bits of
 # the MSS index and a 28-bit MAC of the connection's addresses, ports, the
@@ -411,6 +419,171 @@ def rst_for_unexpected(packet: IPPacket, seg: TcpSegment) -> bytes | None:
     )
 
 
+class _OutOfOrder:
+    """Data held above RCV.NXT: sorted, disjoint, non-adjacent ranges
+    [starts[i], ends[i]) whose bytes are the chunks in chunks[i] (segments as
+    they came, less what was held already). A segment finds its place by
+    bisection, so one arrival costs O(log n) comparisons plus the ranges it
+    joins; arrivals above everything (the usual case after a loss) append.
+    ``recent`` keeps a byte of each of the (at most 4) ranges that took data
+    most recently, latest first, for the SACK blocks (RFC 2018 4)."""
+
+    __slots__ = ("chunks", "ends", "octets", "recent", "segments", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.chunks: list[list[bytes]] = []
+        self.octets = 0  # payload bytes held
+        self.segments = 0  # chunks held
+        self.recent: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    @property
+    def memory(self) -> int:
+        """What the held data costs against the budget: payload plus overhead."""
+        return self.octets + self.segments * _OOO_OVERHEAD
+
+    @property
+    def end(self) -> int:
+        """The sequence number after the highest byte held (0 when empty)."""
+        return self.ends[-1] if self.ends else 0
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+        self.chunks.clear()
+        self.octets = self.segments = 0
+        self.recent.clear()
+
+    def _find(self, seq: int) -> int | None:
+        """The index of the range holding *seq*, or None."""
+        k = bisect_right(self.starts, seq) - 1
+        if k >= 0 and seq < self.ends[k]:
+            return k
+        return None
+
+    def add(self, seq: int, payload: bytes) -> None:
+        """Hold [seq, seq + len(payload)); bytes held already are kept as they are."""
+        end = seq + len(payload)
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        if not starts or seq > ends[-1]:
+            starts.append(seq)
+            ends.append(end)
+            chunks.append([payload])
+            self.octets += end - seq
+            self.segments += 1
+        else:
+            i = bisect_left(ends, seq)  # the first range touching or above seq
+            j = bisect_right(starts, end, i)  # ranges i..j-1 touch [seq, end]
+            if i == j:
+                starts.insert(i, seq)
+                ends.insert(i, end)
+                chunks.insert(i, [payload])
+                self.octets += end - seq
+                self.segments += 1
+            elif not (j == i + 1 and starts[i] <= seq and end <= ends[i]):
+                # Join ranges i..j-1 and the parts of the segment between them.
+                joined = chunks[i]
+                lo, hi = starts[i], ends[j - 1]
+                pieces: list[bytes] = []
+                if seq < lo:
+                    pieces.append(payload[: lo - seq])
+                    joined.insert(0, pieces[-1])
+                    lo = seq
+                for k in range(i + 1, j):
+                    pieces.append(payload[ends[k - 1] - seq : starts[k] - seq])
+                    joined.append(pieces[-1])
+                    joined += chunks[k]
+                if end > hi:
+                    pieces.append(payload[hi - seq :])
+                    joined.append(pieces[-1])
+                    hi = end
+                starts[i:j] = [lo]
+                ends[i:j] = [hi]
+                chunks[i:j] = [joined]
+                self.octets += sum(len(p) for p in pieces)
+                self.segments += len(pieces)
+        # The range holding this segment is reported first from now on.
+        first = self._find(seq)
+        keep = [seq]
+        seen = {first}
+        for old in self.recent:
+            k = self._find(old)
+            if k is not None and k not in seen:
+                seen.add(k)
+                keep.append(old)
+                if len(keep) == 4:
+                    break
+        self.recent = keep
+
+    def pull(self, rcv_nxt: int) -> tuple[list[bytes], int]:
+        """Take what RCV.NXT has reached: the bytes that follow it, and the new RCV.NXT."""
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        out: list[bytes] = []
+        k = 0
+        while k < len(starts) and starts[k] <= rcv_nxt:
+            if ends[k] > rcv_nxt:
+                skip = rcv_nxt - starts[k]
+                for c in chunks[k]:
+                    if skip >= len(c):
+                        skip -= len(c)
+                        continue
+                    out.append(c[skip:] if skip else c)
+                    skip = 0
+                rcv_nxt = ends[k]
+            self.octets -= ends[k] - starts[k]
+            self.segments -= len(chunks[k])
+            k += 1
+        if k:
+            del starts[:k], ends[:k], chunks[:k]
+        return out, rcv_nxt
+
+    def prune(self, target: int, floor: int) -> tuple[int, int]:
+        """Drop held chunks from the highest sequence down, none starting below
+        *floor*, until the memory charged is at most *target* (Linux's
+        tcp_prune_ofo_queue). Returns the chunks and octets dropped."""
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        n = octets = 0
+        while starts and self.memory > target:
+            top = chunks[-1]
+            start = ends[-1] - len(top[-1])
+            if start < floor:
+                break
+            top.pop()
+            octets += ends[-1] - start
+            self.octets -= ends[-1] - start
+            self.segments -= 1
+            n += 1
+            ends[-1] = start
+            if not top:
+                starts.pop()
+                ends.pop()
+                chunks.pop()
+        return n, octets
+
+    def sack_blocks(self, n: int) -> list[tuple[int, int]]:
+        """Up to *n* blocks: the ranges that took data most recently, latest
+        first, then the others from the highest down (RFC 2018 4)."""
+        starts, ends = self.starts, self.ends
+        out: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for seq in self.recent:
+            k = self._find(seq)
+            if k is not None and k not in seen:
+                seen.add(k)
+                out.append((starts[k], ends[k]))
+        del out[n:]
+        k = len(starts) - 1
+        while len(out) < n and k >= 0:
+            if k not in seen:
+                out.append((starts[k], ends[k]))
+            k -= 1
+        return out
+
+
 class TcpListener:
     """A passive open (RFC 9293 3.10.1 with no foreign socket) with an accept queue.
 
@@ -633,11 +806,10 @@ class TcpConnection:
         self._sndbuf = bytearray()
         self._fin_queued = False
         self._rcvbuf = bytearray()
-        self._ooo: list[tuple[int, bytes]] = []
+        self._ooo = _OutOfOrder()
         self._ooo_fin: int | None = None
         self._sack = False  # both sides sent SACK-permitted
         self._sack_in_syn = False
-        self._sack_last = 0  # start of the block that took the latest out-of-order data
         self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self._peer_fin = False
         self._app_closed = False  # close() (not shutdown()): no more reads
@@ -815,7 +987,7 @@ class TcpConnection:
         if self.state in _RECEIVE_STATES:
             size = self._cfg.receive_buffer
             offered = self.rcv_adv - self.rcv_nxt
-            new = size - len(buf)
+            new = self._rcv_space()
             if new - offered >= min(size >> 1, self.rmss) and new >= 2 * offered:
                 self._ack_soon()
         return data
@@ -1088,8 +1260,7 @@ class TcpConnection:
             if seq == self.rcv_nxt:
                 self._data_in_order(payload)
             else:
-                self._data_out_of_order(seq, payload)
-                if fin:
+                if self._data_out_of_order(seq, payload) and fin:
                     self._ooo_fin = seq + plen
                 return
         # Eighth: FIN.
@@ -1485,6 +1656,8 @@ class TcpConnection:
         if self._ooo:
             self._pull_ooo()
             self._ack_now = True  # RFC 5681 4.2: ACK at once when a gap is filled
+            if len(buf) + self._ooo.memory > 2 * self._cfg.receive_buffer:
+                self._prune_ooo(0)  # in-order data goes first (Linux's tcp_prune_queue)
         if not self._readable_signalled:
             self._readable_signalled = True
             self._stack._event(TcpReadable(self))
@@ -1497,42 +1670,49 @@ class TcpConnection:
         elif self._delack_at is None:
             self._delack_at = self._stack._now + self._cfg.delayed_ack
 
-    def _data_out_of_order(self, seq: int, payload: bytes) -> None:
-        """Keep a segment beyond RCV.NXT and send an immediate duplicate ACK."""
-        end = seq + len(payload)
-        merged: list[tuple[int, bytes]] = []
-        for s, d in self._ooo:
-            e = s + len(d)
-            if e < seq or s > end:
-                merged.append((s, d))
-                continue
-            if s < seq:
-                payload = d[: seq - s] + payload
-                seq = s
-            if e > end:
-                payload = payload + d[end - s :]
-                end = e
-        insort(merged, (seq, payload))
-        self._ooo = merged
-        self._sack_last = seq
+    def _data_out_of_order(self, seq: int, payload: bytes) -> bool:
+        """Keep a segment beyond RCV.NXT and send an immediate duplicate ACK.
+
+        What is held is charged (payload plus _OOO_OVERHEAD per chunk) against
+        twice the receive buffer, with what waits to be read. Over it, held
+        chunks above this segment are pruned, from the highest down, by an
+        eighth of the budget at a time; if that is not enough (this segment
+        would be the highest), the segment is dropped. Both are counted.
+        False if the segment was dropped.
+        """
+        ooo = self._ooo
+        budget = 2 * self._cfg.receive_buffer
+        cost = len(payload) + _OOO_OVERHEAD
+        kept = True
+        if len(self._rcvbuf) + ooo.memory + cost > budget:
+            self._prune_ooo(seq, budget >> 3)
+            if len(self._rcvbuf) + ooo.memory + cost > budget:
+                self._stack.stats.tcp_ofo_dropped += 1
+                kept = False
+        if kept:
+            ooo.add(seq, payload)
+            if len(self._rcvbuf) + ooo.memory > budget:  # joined pieces cost more
+                self._prune_ooo(0)
         # RFC 5681 4.2: an immediate duplicate ACK, emitted now rather than at the
         # flush so that a burst of out-of-order segments yields as many dup ACKs.
         self._emit(self.snd_max, ACK)
+        return kept
+
+    def _prune_ooo(self, floor: int, slack: int = 0) -> None:
+        """Prune held data (none starting below *floor*) until what is held and
+        what waits to be read fit the budget less *slack*; the FIN, above all
+        data, goes with anything pruned."""
+        target = 2 * self._cfg.receive_buffer - len(self._rcvbuf) - slack
+        n, _ = self._ooo.prune(target, floor)
+        if n:
+            self._stack.stats.tcp_ofo_pruned += n
+            self._ooo_fin = None
 
     def _pull_ooo(self) -> None:
-        ooo = self._ooo
+        pieces, self.rcv_nxt = self._ooo.pull(self.rcv_nxt)
         buf = self._rcvbuf
-        i = 0
-        while i < len(ooo):
-            s, d = ooo[i]
-            if s > self.rcv_nxt:
-                break
-            tail = d[self.rcv_nxt - s :]
-            if tail:
-                buf += tail
-                self.rcv_nxt += len(tail)
-            i += 1
-        del ooo[:i]
+        for piece in pieces:
+            buf += piece
         if self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
             self._ooo_fin = None
             self._fin_arrives(self._stack._now)
@@ -1828,7 +2008,7 @@ class TcpConnection:
         """
         rcv_nxt = self.rcv_nxt
         size = self._cfg.receive_buffer
-        edge = rcv_nxt + size - len(self._rcvbuf)
+        edge = rcv_nxt + self._rcv_space()
         adv = self.rcv_adv
         if edge - adv < min(size >> 1, self.rmss) and adv >= rcv_nxt:
             edge = adv
@@ -1839,6 +2019,18 @@ class TcpConnection:
         if edge > adv:
             self.rcv_adv = edge
         return field
+
+    def _rcv_space(self) -> int:
+        """The window the buffer can hold: its free space, and no more than the
+        memory budget left would take if the unheld part of the window came
+        (so tiny held segments that used the budget up keep the window shut)."""
+        free = self._cfg.receive_buffer - len(self._rcvbuf)
+        ooo = self._ooo
+        if ooo:
+            room = 2 * self._cfg.receive_buffer - len(self._rcvbuf) - ooo.memory + ooo.octets
+            if room < free:
+                free = room
+        return free if free > 0 else 0
 
     def _emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
         """Build one segment and hand it to the stack. ACK carries RCV.NXT."""
@@ -1889,19 +2081,16 @@ class TcpConnection:
 
     def _sack_option(self) -> bytes:
         """SACK blocks for the out-of-order data (RFC 2018 3-4): the block
-        holding the most recent arrival first, then the others from the
-        highest down; at most 4 (36 bytes with the two NOPs, no timestamps).
+        holding the most recent arrival first, then the blocks reported most
+        recently before it, then any others from the highest down; at most 4
+        (36 bytes with the two NOPs, no timestamps).
         Only pure ACKs carry them, so a full-size data segment never grows."""
-        blocks = self._ooo
-        last = self._sack_last
-        first = [(s, s + len(d)) for s, d in blocks if s == last]
-        rest = [(s, s + len(d)) for s, d in reversed(blocks) if s != last]
-        chosen = first + rest
         if self._dsack is not None:
             # A duplicate arrived: its range first (D-SACK, RFC 2883 4), once.
-            chosen.insert(0, self._dsack)
+            chosen = [self._dsack, *self._ooo.sack_blocks(3)]
             self._dsack = None
-        chosen = chosen[:4]
+        else:
+            chosen = self._ooo.sack_blocks(4)
         out = bytearray(b"\x01\x01\x05")
         out.append(2 + 8 * len(chosen))
         for left, right in chosen:
