@@ -24,8 +24,8 @@ import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netstack_helpers import ACK, RST, SYN, Peer, Seg, make_stack, mss_option, ws_option
-from test_netstack_tcp import P, events, passive, sack_blocks
+from netstack_helpers import ACK, FIN, RST, SYN, Peer, Seg, make_stack, mss_option, ws_option
+from test_netstack_tcp import P, events, passive, sack_active, sack_blocks, sack_option
 
 from wireguard.netstack import NetStack, TcpIncoming, TcpState
 from wireguard.netstack.ip import parse_ip
@@ -439,3 +439,51 @@ def test_out_of_order_structure_against_a_model(ops: list[tuple[str, int, int]])
         blocks = q.sack_blocks(4)
         assert len(blocks) == min(4, len(q.starts)) and len(set(blocks)) == len(blocks)
         assert all(b in zip(q.starts, q.ends, strict=True) for b in blocks)
+
+
+def test_sack_scoreboard_of_scraps_stays_bounded_and_linear() -> None:
+    """A receiver that SACKs one-byte scraps of what we sent, four fresh ones
+    per ACK: the scoreboard would grow with every ACK and each ACK walk it
+    all. It is capped (the highest ranges forgotten, counted), so 10x the
+    ACKs cost well under 20x the CPU."""
+    cpu = {}
+    for n in (500, 5000):
+        x = sack_active(initial_window=60)
+        x.c.send(bytes(65535))
+        x.p.take(0.02)
+        start = time.process_time()
+        for i in range(n):
+            blocks = [(x.snd + 2 * (4 * i + j) + 1, x.snd + 2 * (4 * i + j) + 2) for j in range(4)]
+            x.p.send(ACK, x.rcv, x.snd, options=sack_option(blocks), now=0.03)
+            x.s.packets_to_send(0.03)
+        cpu[n] = time.process_time() - start
+        assert len(x.c._sacked) <= x.s.tcp_config.send_buffer // x.c.smss + 8
+    assert x.s.stats.tcp_sack_ranges_dropped > 0
+    assert cpu[5000] < 20 * cpu[500], cpu
+
+
+def test_time_wait_is_bounded_and_counted() -> None:
+    """Each connection the stack closes first lingers 2*MSL in TIME-WAIT; a
+    peer opening and letting us close connections at a high rate would pile
+    them up. Past max_time_wait a connection closes at once (Linux's
+    tcp_max_tw_buckets), after acknowledging the peer's FIN, and is counted."""
+    s = make_stack("10.0.0.2", 1, max_time_wait=2, delayed_ack=0)
+    listener = s.tcp_listen(80)
+    acks = []
+    for port in (40001, 40002, 40003):
+        p = Peer(s, port=port)
+        p.send(SYN, P)
+        synack = p.take_one()
+        p.send(ACK, P + 1, synack.seq + 1)
+        conn = accepted(s, listener, port)
+        assert conn is not None
+        conn.close()
+        fin = p.take_one()
+        p.send(FIN | ACK, P + 1, fin.seq + 1)
+        acks.append(p.take_one())
+    assert all(a.flags == ACK and a.ack == P + 2 for a in acks)
+    assert sorted(c.remote_port for c in s.tcp_connections) == [40001, 40002]
+    assert all(c.state is S.TIME_WAIT for c in s.tcp_connections)
+    assert s.stats.tcp_time_wait_overflows == 1
+    run_timers(s, 61.0)
+    assert s.tcp_connections == [] and s._time_wait == 0

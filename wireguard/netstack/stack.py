@@ -95,6 +95,8 @@ class NetStackStats:
     syncookies_failed: int = 0  # ACKs to a listener with no valid cookie, cookies in use
     tcp_ofo_dropped: int = 0  # out-of-order segments dropped: over the memory budget
     tcp_ofo_pruned: int = 0  # held out-of-order chunks pruned (highest first) for room
+    tcp_sack_ranges_dropped: int = 0  # peer's SACK ranges forgotten: scoreboard full
+    tcp_time_wait_overflows: int = 0  # connections closed without TIME-WAIT: too many
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0
 
@@ -151,6 +153,7 @@ class NetStack:
         self._tcp: dict[tuple[bytes, int, bytes, int], TcpConnection] = {}
         self._tcp_listeners: dict[tuple[bytes | None, int], TcpListener] = {}
         self._tcp_port_refs: dict[int, int] = {}
+        self._time_wait = 0  # connections in TIME-WAIT (bounded by max_time_wait)
         self._udp: dict[tuple[bytes | None, int], UdpSocket] = {}
 
     # ------------------------------------------------------------ packet I/O

@@ -122,6 +122,10 @@ _SYN_RETRANSMITTED_RTO: Final = 3.0  # RFC 6298 5.7
 # segment costs here in Python objects, rounded up (Linux charges each skb's
 # truesize, and doubles SO_RCVBUF "to allow space for bookkeeping overhead").
 _OOO_OVERHEAD: Final = 256
+# The scoreboard of the peer's SACK blocks holds at most this many ranges per
+# send buffer's worth of segments, plus a few (a receiver SACKing scraps of
+# segments would otherwise make every ACK walk an ever longer list).
+_SACKED_SLACK: Final = 8
 
 # SYN cookies: the cookie is our ISS, 2 bits of the cookie period, 2 bits of
 # the MSS index and a 28-bit MAC of the connection's addresses, ports, the
@@ -208,6 +212,11 @@ class TcpConfig:
     """Maximum segment lifetime: TIME-WAIT lasts 2*MSL = 60 s, Linux's fixed value.
     RFC 9293 3.4.2 suggests 2 minutes, but a userspace stack behind a tunnel gains
     nothing from holding ports that long."""
+    max_time_wait: int = 4096
+    """Connections the stack keeps in TIME-WAIT at once; past it a connection that
+    would enter TIME-WAIT closes at once, counted in ``tcp_time_wait_overflows``
+    (Linux's tcp_max_tw_buckets). Lower than Linux's default, as each holds a
+    whole TCB (about 3 KB) rather than the kernel's small TIME-WAIT socket."""
     fin_wait_2_timeout: float = 60.0
     """How long a connection the application has closed waits for the peer's FIN."""
     delayed_ack: float = 0.04
@@ -1514,6 +1523,12 @@ class TcpConnection:
                 right = max(right, sacked[j][1])
                 j += 1
             sacked[i:j] = [[left, right]]
+        limit = self._cfg.send_buffer // self.smss + _SACKED_SLACK
+        if len(sacked) > limit:
+            # Forget the highest ranges: SACK is advisory (RFC 2018 8), at worst
+            # they are retransmitted needlessly. Counted.
+            self._stack.stats.tcp_sack_ranges_dropped += len(sacked) - limit
+            del sacked[limit:]
         return sum(right - left for left, right in sacked) - before
 
     def _undo_recovery(self) -> None:
@@ -1736,6 +1751,15 @@ class TcpConnection:
             self._enter_time_wait(now)
 
     def _enter_time_wait(self, now: float) -> None:
+        stack = self._stack
+        if stack._time_wait >= self._cfg.max_time_wait:
+            # Linux (tcp_max_tw_buckets): past the limit the connection just closes.
+            stack.stats.tcp_time_wait_overflows += 1
+            if self._ack_now:
+                self._emit(self.snd_max, ACK)  # the peer's FIN is acknowledged first
+            self._terminate(None)
+            return
+        stack._time_wait += 1
         self.state = _TIME_WAIT
         self._rto_at = self._persist_at = self._delack_at = self._tlp_at = None
         self._close_at = now + 2 * self._cfg.msl
@@ -2109,6 +2133,8 @@ class TcpConnection:
         if self._released:
             return
         self._released = True
+        if self.state is _TIME_WAIT:
+            self._stack._time_wait -= 1
         self.state = _CLOSED
         if error is not None:
             self.error = error
