@@ -87,7 +87,16 @@ class NetStackStats:
     tcp_fast_recoveries: int = 0  # fast retransmits (three duplicate ACKs)
     tcp_loss_probes: int = 0  # tail loss probes (RFC 8985)
     tcp_recoveries_undone: int = 0  # fast recoveries shown spurious by D-SACK
-    listen_overflows: int = 0
+    listen_overflows: int = 0  # SYNs and final ACKs dropped: the accept queue was full
+    syn_queue_overflows: int = 0  # SYNs dropped: the SYN queue was full, cookies off
+    synack_timeouts: int = 0  # half-open connections given up (max_synack_retransmits)
+    syncookies_sent: int = 0  # SYNs answered with a cookie: the SYN queue was full
+    syncookies_accepted: int = 0  # connections opened by a returned cookie
+    syncookies_failed: int = 0  # ACKs to a listener with no valid cookie, cookies in use
+    tcp_ofo_dropped: int = 0  # out-of-order segments dropped: over the memory budget
+    tcp_ofo_pruned: int = 0  # held out-of-order chunks pruned (highest first) for room
+    tcp_sack_ranges_dropped: int = 0  # peer's SACK ranges forgotten: scoreboard full
+    tcp_time_wait_overflows: int = 0  # connections closed without TIME-WAIT: too many
     udp_no_socket: int = 0
     icmp_echo_answered: int = 0
 
@@ -144,6 +153,7 @@ class NetStack:
         self._tcp: dict[tuple[bytes, int, bytes, int], TcpConnection] = {}
         self._tcp_listeners: dict[tuple[bytes | None, int], TcpListener] = {}
         self._tcp_port_refs: dict[int, int] = {}
+        self._time_wait = 0  # connections in TIME-WAIT (bounded by max_time_wait)
         self._udp: dict[tuple[bytes | None, int], UdpSocket] = {}
 
     # ------------------------------------------------------------ packet I/O
@@ -172,11 +182,15 @@ class NetStack:
                 listener = self._tcp_listeners.get((pkt.dst, seg.dport))
                 if listener is None:
                     listener = self._tcp_listeners.get((None, seg.dport))
-                if listener is not None and seg.flags & (SYN | ACK | RST) == SYN:
-                    listener._syn_arrives(pkt, seg, now)
-                    return
-                if listener is not None and seg.flags & RST:
-                    return  # RFC 9293 3.10.7.2: a RST to a listener is ignored
+                if listener is not None:
+                    control = seg.flags & (SYN | ACK | RST)
+                    if control == SYN:
+                        listener._syn_arrives(pkt, seg, now)
+                        return
+                    if control & RST:
+                        return  # RFC 9293 3.10.7.2: a RST to a listener is ignored
+                    if control == ACK and listener._ack_arrives(pkt, seg, now):
+                        return  # a SYN cookie came back
                 # CLOSED (3.10.7.1), or an ACK to a listener (3.10.7.2, second check).
                 self.stats.tcp_no_connection += 1
                 rst = rst_for_unexpected(pkt, seg)
@@ -312,7 +326,11 @@ class NetStack:
     def tcp_listen(
         self, port: int, addr: AddressLike | None = None, backlog: int | None = None
     ) -> TcpListener:
-        """Passive open on *port* (all our addresses, or *addr*)."""
+        """Passive open on *port* (all our addresses, or *addr*).
+
+        *backlog* (default ``TcpConfig.backlog``) bounds the listener's SYN queue
+        and its accept queue, each, as in Linux; see :class:`~.tcp.TcpListener`.
+        """
         a = addr_bytes(addr) if addr not in (None, "") else None
         if a is not None and a not in self._addr_set:
             raise LocalProtocolError(f"{addr_str(a)} is not one of our addresses")

@@ -27,7 +27,13 @@ What is implemented, with the section that asks for it:
   in D-SACK blocks (RFC 3708). Without SACK agreed: NewReno as above.
 * Out-of-order reassembly (including an out-of-order FIN), immediate duplicate
   ACKs and ACK on filling a gap (RFC 5681 4.2), delayed ACKs bounded by every
-  second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2).
+  second segment (RFC 9293 3.8.6.3, RFC 1122 4.2.3.2). Held data is charged
+  with a per-segment overhead against a memory budget of twice the receive
+  buffer and pruned from the highest sequence down when over it, as Linux.
+* Listeners with a SYN queue and an accept queue, each bounded by the
+  backlog; SYN-ACKs retransmitted and given up as Linux's
+  tcp_synack_retries; SYN cookies when the SYN queue is full (as Linux's
+  tcp_syncookies=1), so a flood of spoofed SYNs does not lock clients out.
 * RST generation and validation (3.10.7 and RFC 5961: exact-match RST, challenge
   ACK for in-window RST and for SYN in a synchronized state, ACK range check).
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
@@ -48,8 +54,9 @@ Comparisons are then plain ``<``, which removes a whole class of modulo bugs.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
-from bisect import insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,6 +116,24 @@ _DEFAULT_MSS_V6: Final = 1220
 _MAX_WSCALE: Final = 14  # RFC 7323 2.3
 _CLOCK_GRANULARITY: Final = 0.001  # G in RFC 6298 2.2/2.3; our clock is a float of seconds
 _SYN_RETRANSMITTED_RTO: Final = 3.0  # RFC 6298 5.7
+
+# Out-of-order data is charged this much per held segment (chunk) on top of
+# its payload, against a budget of twice the receive buffer: what a held
+# segment costs here in Python objects, rounded up (Linux charges each skb's
+# truesize, and doubles SO_RCVBUF "to allow space for bookkeeping overhead").
+_OOO_OVERHEAD: Final = 256
+# The scoreboard of the peer's SACK blocks holds at most this many ranges per
+# send buffer's worth of segments, plus a few (a receiver SACKing scraps of
+# segments would otherwise make every ACK walk an ever longer list).
+_SACKED_SLACK: Final = 8
+
+# SYN cookies: the cookie is our ISS, 2 bits of the cookie period, 2 bits of
+# the MSS index and a 28-bit MAC of the connection's addresses, ports, the
+# client's ISN and the period. A cookie is good for the period it was made in
+# and the next (Linux: a 60 s counter, MAX_SYNCOOKIE_AGE 2).
+_COOKIE_PERIOD: Final = 64.0
+_COOKIE_MSS_V4: Final = (536, 1300, 1380, 1460)
+_COOKIE_MSS_V6: Final = (1220, 1300, 1360, 1440)
 
 
 class TcpState(enum.Enum):
@@ -179,10 +204,19 @@ class TcpConfig:
     max_syn_retransmits: int = 6
     """R2 for SYN, at least 3 minutes per RFC 9293 3.8.3 (1+2+...+64 = 127 s after the
     last, like Linux's tcp_syn_retries=6)."""
+    max_synack_retransmits: int = 5
+    """SYN-ACK retransmissions before a half-open connection is dropped (silently,
+    counted in ``synack_timeouts``): 5 is Linux's tcp_synack_retries, which with
+    backoff from 1 s gives up at 63 s."""
     msl: float = 30.0
     """Maximum segment lifetime: TIME-WAIT lasts 2*MSL = 60 s, Linux's fixed value.
     RFC 9293 3.4.2 suggests 2 minutes, but a userspace stack behind a tunnel gains
     nothing from holding ports that long."""
+    max_time_wait: int = 4096
+    """Connections the stack keeps in TIME-WAIT at once; past it a connection that
+    would enter TIME-WAIT closes at once, counted in ``tcp_time_wait_overflows``
+    (Linux's tcp_max_tw_buckets). Lower than Linux's default, as each holds a
+    whole TCB (about 3 KB) rather than the kernel's small TIME-WAIT socket."""
     fin_wait_2_timeout: float = 60.0
     """How long a connection the application has closed waits for the peer's FIN."""
     delayed_ack: float = 0.04
@@ -194,7 +228,15 @@ class TcpConfig:
     window_scaling: bool = True
     """Offer the window scale option (RFC 7323)."""
     backlog: int = 128
-    """Default accept queue plus half-open connections per listener."""
+    """Default listen backlog. As in Linux it bounds two queues of a listener, each:
+    the accept queue (established, not yet accepted; a SYN or final ACK that finds
+    it full is dropped and counted in ``listen_overflows``) and the SYN queue
+    (half-open, in SYN-RECEIVED; when full, SYN cookies or a counted drop)."""
+    syn_cookies: bool = True
+    """Answer SYNs with SYN cookies when the SYN queue is full (Linux's
+    tcp_syncookies=1): no state is kept, so spoofed SYNs cannot lock clients out.
+    A cookie carries only the MSS: such connections have no window scaling and
+    no SACK (as Linux's without timestamps). Off: such SYNs are dropped."""
     initial_window: int | None = None
     """Initial congestion window in segments; None is RFC 5681 3.1's
     min(4*SMSS, max(2*SMSS, 4380 bytes)). RFC 6928 allows 10."""
@@ -386,13 +428,184 @@ def rst_for_unexpected(packet: IPPacket, seg: TcpSegment) -> bytes | None:
     )
 
 
+class _OutOfOrder:
+    """Data held above RCV.NXT: sorted, disjoint, non-adjacent ranges
+    [starts[i], ends[i]) whose bytes are the chunks in chunks[i] (segments as
+    they came, less what was held already). A segment finds its place by
+    bisection, so one arrival costs O(log n) comparisons plus the ranges it
+    joins; arrivals above everything (the usual case after a loss) append.
+    ``recent`` keeps a byte of each of the (at most 4) ranges that took data
+    most recently, latest first, for the SACK blocks (RFC 2018 4)."""
+
+    __slots__ = ("chunks", "ends", "octets", "recent", "segments", "starts")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.chunks: list[list[bytes]] = []
+        self.octets = 0  # payload bytes held
+        self.segments = 0  # chunks held
+        self.recent: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    @property
+    def memory(self) -> int:
+        """What the held data costs against the budget: payload plus overhead."""
+        return self.octets + self.segments * _OOO_OVERHEAD
+
+    @property
+    def end(self) -> int:
+        """The sequence number after the highest byte held (0 when empty)."""
+        return self.ends[-1] if self.ends else 0
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.ends.clear()
+        self.chunks.clear()
+        self.octets = self.segments = 0
+        self.recent.clear()
+
+    def _find(self, seq: int) -> int | None:
+        """The index of the range holding *seq*, or None."""
+        k = bisect_right(self.starts, seq) - 1
+        if k >= 0 and seq < self.ends[k]:
+            return k
+        return None
+
+    def add(self, seq: int, payload: bytes) -> None:
+        """Hold [seq, seq + len(payload)); bytes held already are kept as they are."""
+        end = seq + len(payload)
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        if not starts or seq > ends[-1]:
+            starts.append(seq)
+            ends.append(end)
+            chunks.append([payload])
+            self.octets += end - seq
+            self.segments += 1
+        else:
+            i = bisect_left(ends, seq)  # the first range touching or above seq
+            j = bisect_right(starts, end, i)  # ranges i..j-1 touch [seq, end]
+            if i == j:
+                starts.insert(i, seq)
+                ends.insert(i, end)
+                chunks.insert(i, [payload])
+                self.octets += end - seq
+                self.segments += 1
+            elif not (j == i + 1 and starts[i] <= seq and end <= ends[i]):
+                # Join ranges i..j-1 and the parts of the segment between them.
+                joined = chunks[i]
+                lo, hi = starts[i], ends[j - 1]
+                pieces: list[bytes] = []
+                if seq < lo:
+                    pieces.append(payload[: lo - seq])
+                    joined.insert(0, pieces[-1])
+                    lo = seq
+                for k in range(i + 1, j):
+                    pieces.append(payload[ends[k - 1] - seq : starts[k] - seq])
+                    joined.append(pieces[-1])
+                    joined += chunks[k]
+                if end > hi:
+                    pieces.append(payload[hi - seq :])
+                    joined.append(pieces[-1])
+                    hi = end
+                starts[i:j] = [lo]
+                ends[i:j] = [hi]
+                chunks[i:j] = [joined]
+                self.octets += sum(len(p) for p in pieces)
+                self.segments += len(pieces)
+        # The range holding this segment is reported first from now on.
+        first = self._find(seq)
+        keep = [seq]
+        seen = {first}
+        for old in self.recent:
+            k = self._find(old)
+            if k is not None and k not in seen:
+                seen.add(k)
+                keep.append(old)
+                if len(keep) == 4:
+                    break
+        self.recent = keep
+
+    def pull(self, rcv_nxt: int) -> tuple[list[bytes], int]:
+        """Take what RCV.NXT has reached: the bytes that follow it, and the new RCV.NXT."""
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        out: list[bytes] = []
+        k = 0
+        while k < len(starts) and starts[k] <= rcv_nxt:
+            if ends[k] > rcv_nxt:
+                skip = rcv_nxt - starts[k]
+                for c in chunks[k]:
+                    if skip >= len(c):
+                        skip -= len(c)
+                        continue
+                    out.append(c[skip:] if skip else c)
+                    skip = 0
+                rcv_nxt = ends[k]
+            self.octets -= ends[k] - starts[k]
+            self.segments -= len(chunks[k])
+            k += 1
+        if k:
+            del starts[:k], ends[:k], chunks[:k]
+        return out, rcv_nxt
+
+    def prune(self, target: int, floor: int) -> tuple[int, int]:
+        """Drop held chunks from the highest sequence down, none starting below
+        *floor*, until the memory charged is at most *target* (Linux's
+        tcp_prune_ofo_queue). Returns the chunks and octets dropped."""
+        starts, ends, chunks = self.starts, self.ends, self.chunks
+        n = octets = 0
+        while starts and self.memory > target:
+            top = chunks[-1]
+            start = ends[-1] - len(top[-1])
+            if start < floor:
+                break
+            top.pop()
+            octets += ends[-1] - start
+            self.octets -= ends[-1] - start
+            self.segments -= 1
+            n += 1
+            ends[-1] = start
+            if not top:
+                starts.pop()
+                ends.pop()
+                chunks.pop()
+        return n, octets
+
+    def sack_blocks(self, n: int) -> list[tuple[int, int]]:
+        """Up to *n* blocks: the ranges that took data most recently, latest
+        first, then the others from the highest down (RFC 2018 4)."""
+        starts, ends = self.starts, self.ends
+        out: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for seq in self.recent:
+            k = self._find(seq)
+            if k is not None and k not in seen:
+                seen.add(k)
+                out.append((starts[k], ends[k]))
+        del out[n:]
+        k = len(starts) - 1
+        while len(out) < n and k >= 0:
+            if k not in seen:
+                out.append((starts[k], ends[k]))
+            k -= 1
+        return out
+
+
 class TcpListener:
     """A passive open (RFC 9293 3.10.1 with no foreign socket) with an accept queue.
 
     Connections complete their handshake here and wait in the queue until
-    :meth:`accept`. When queue plus half-open connections reach *backlog*, new SYNs
-    are dropped without answer, so the client retries (what Linux does), rather
-    than being refused.
+    :meth:`accept`. As in Linux, *backlog* bounds two queues, each: half-open
+    connections (the SYN queue; a SYN-ACK is retransmitted from the initial RTO
+    with backoff and given up after ``max_synack_retransmits``) and established
+    ones not yet accepted (the accept queue). A SYN that finds the accept queue
+    full is dropped without answer, so the client retries, and so is a final
+    ACK (the half-open connection stays; the client's next segment completes
+    it). A SYN that finds the SYN queue full is answered with a SYN cookie
+    (``TcpConfig.syn_cookies``), or dropped. Every drop is counted in the
+    stack's stats.
     """
 
     def __init__(self, stack: NetStack, addr: bytes | None, port: int, backlog: int) -> None:
@@ -402,6 +615,8 @@ class TcpListener:
         self.backlog = backlog
         self._queue: deque[TcpConnection] = deque()
         self._embryos: set[TcpConnection] = set()  # half-open, in SYN-RECEIVED
+        self._cookie_key: bytes | None = None
+        self._cookies_until = 0.0  # cookies are checked until then (2 periods after one)
         self.closed = False
 
     @property
@@ -413,6 +628,11 @@ class TcpListener:
     def pending(self) -> int:
         """Established connections waiting to be accepted."""
         return len(self._queue)
+
+    @property
+    def half_open(self) -> int:
+        """Connections in SYN-RECEIVED (the SYN queue)."""
+        return len(self._embryos)
 
     def accept(self) -> TcpConnection | None:
         """The oldest established connection, or None if the queue is empty."""
@@ -435,14 +655,25 @@ class TcpListener:
 
     def _syn_arrives(self, packet: IPPacket, seg: TcpSegment, now: float) -> None:
         # RFC 9293 3.10.7.2, third check: a SYN creates a connection in SYN-RECEIVED.
-        if self.closed or len(self._queue) + len(self._embryos) >= self.backlog:
-            self._stack.stats.listen_overflows += 1
+        stats = self._stack.stats
+        if self.closed or self._accept_queue_full():
+            stats.listen_overflows += 1
+            return
+        if len(self._embryos) >= self.backlog:
+            if self._stack.tcp_config.syn_cookies:
+                self._send_cookie(packet, seg, now)
+            else:
+                stats.syn_queue_overflows += 1
             return
         conn = TcpConnection(
             self._stack, packet.dst, seg.dport, packet.src, seg.sport, now, listener=self
         )
         self._embryos.add(conn)
         conn._passive_open(seg, now)
+        self._stack._reschedule(conn)
+
+    def _accept_queue_full(self) -> bool:
+        return len(self._queue) >= self.backlog
 
     def _established(self, conn: TcpConnection) -> None:
         self._embryos.discard(conn)
@@ -456,6 +687,71 @@ class TcpListener:
 
     def _embryo_gone(self, conn: TcpConnection) -> None:
         self._embryos.discard(conn)
+
+    # ------------------------------------------------------------ SYN cookies
+
+    def _cookie(self, packet: IPPacket, seg: TcpSegment, isn: int, period: int, index: int) -> int:
+        if self._cookie_key is None:
+            self._cookie_key = self._stack._random(16)
+        mac = hashlib.blake2s(
+            packet.dst
+            + packet.src
+            + struct.pack("!HHIIB", seg.dport, seg.sport, isn, period & _MASK, index),
+            key=self._cookie_key,
+            digest_size=4,
+        ).digest()
+        return ((period & 3) << 30) | (index << 28) | (int.from_bytes(mac, "big") & 0x0FFFFFFF)
+
+    def _send_cookie(self, packet: IPPacket, seg: TcpSegment, now: float) -> None:
+        """Answer a SYN without keeping state: the SYN-ACK's sequence number
+        encodes what the final ACK needs to open the connection."""
+        table = _COOKIE_MSS_V4 if len(packet.src) == 4 else _COOKIE_MSS_V6
+        mss = seg.mss if seg.mss else table[0]
+        index = 0
+        while index < 3 and table[index + 1] <= mss:
+            index += 1
+        period = int(now // _COOKIE_PERIOD)
+        cookie = self._cookie(packet, seg, seg.seq, period, index)
+        rmss = self._stack.mtu - (20 if len(packet.src) == 4 else 40) - 20
+        wnd = min(self._stack.tcp_config.receive_buffer, 0xFFFF)
+        mss_option = b"\x02\x04" + rmss.to_bytes(2, "big")
+        src, dst = packet.dst, packet.src
+        syn_ack = build_segment(
+            src, dst, seg.dport, seg.sport, cookie, seg.seq + 1, SYN | ACK, wnd, options=mss_option
+        )
+        self._stack._output(syn_ack)
+        self._stack.stats.syncookies_sent += 1
+        self._cookies_until = now + 2 * _COOKIE_PERIOD
+
+    def _ack_arrives(self, packet: IPPacket, seg: TcpSegment, now: float) -> bool:
+        """An ACK for no connection: if it returns a cookie of ours, the
+        connection is opened (and the segment processed in it). False if it
+        is not ours to take (the caller answers with a RST)."""
+        if now >= self._cookies_until or self.closed:
+            return False  # no cookies sent lately (Linux: tcp_synq_no_recent_overflow)
+        cookie = (seg.ack - 1) & _MASK
+        isn = (seg.seq - 1) & _MASK
+        period = int(now // _COOKIE_PERIOD)
+        index = (cookie >> 28) & 3
+        for p in (period, period - 1):
+            if (p & 3) == cookie >> 30 and self._cookie(packet, seg, isn, p, index) == cookie:
+                break
+        else:
+            self._stack.stats.syncookies_failed += 1
+            return False
+        if self._accept_queue_full():
+            self._stack.stats.listen_overflows += 1
+            return True  # dropped: the client retransmits
+        self._stack.stats.syncookies_accepted += 1
+        table = _COOKIE_MSS_V4 if len(packet.src) == 4 else _COOKIE_MSS_V6
+        conn = TcpConnection(
+            self._stack, packet.dst, seg.dport, packet.src, seg.sport, now, listener=self
+        )
+        self._embryos.add(conn)
+        conn._cookie_open(isn, cookie, table[index], min(conn._cfg.receive_buffer, 0xFFFF))
+        conn._segment_arrives(seg, now)
+        self._stack._reschedule(conn)
+        return True
 
 
 class TcpConnection:
@@ -500,15 +796,10 @@ class TcpConnection:
         self.state = _CLOSED
         self.error: Exception | None = None
 
-        self.iss = int.from_bytes(stack._random(4), "big")
-        self.snd_una = self.iss
-        self.snd_nxt = self.iss
-        self.snd_max = self.iss  # highest sequence number sent (BSD's snd_max)
-        self._probe_end = self.iss  # end of the last zero-window probe octet
+        self._set_iss(int.from_bytes(stack._random(4), "big"))
         self.snd_wnd = 0
         self.max_snd_wnd = 0
         self.snd_wl1 = 0
-        self.snd_wl2 = self.iss
         self.snd_wscale = 0
         self.irs = 0
         self.rcv_nxt = 0
@@ -522,14 +813,12 @@ class TcpConnection:
                 self._offer_wscale += 1
 
         self._sndbuf = bytearray()
-        self._sndbuf_seq = self.iss + 1  # sequence number of _sndbuf[0]
         self._fin_queued = False
         self._rcvbuf = bytearray()
-        self._ooo: list[tuple[int, bytes]] = []
+        self._ooo = _OutOfOrder()
         self._ooo_fin: int | None = None
         self._sack = False  # both sides sent SACK-permitted
         self._sack_in_syn = False
-        self._sack_last = 0  # start of the block that took the latest out-of-order data
         self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self._peer_fin = False
         self._app_closed = False  # close() (not shutdown()): no more reads
@@ -538,7 +827,6 @@ class TcpConnection:
         self.cwnd = 0
         self.ssthresh = 1 << 30  # "arbitrarily high" (RFC 5681 3.1)
         self._dupacks = 0
-        self._recover = self.iss
         self._in_recovery = False
         # SACK-based loss recovery (RFC 6675, simplified; only with SACK agreed):
         # the scoreboard of what the peer reported holding above SND.UNA, as
@@ -593,6 +881,15 @@ class TcpConnection:
         self.segments_sent = 0
         self.segments_received = 0
         self.retransmits = 0
+
+    def _set_iss(self, iss: int) -> None:
+        self.iss = iss
+        self.snd_una = self.snd_nxt = iss
+        self.snd_max = iss  # highest sequence number sent (BSD's snd_max)
+        self._probe_end = iss  # end of the last zero-window probe octet
+        self.snd_wl2 = iss
+        self._sndbuf_seq = iss + 1  # sequence number of _sndbuf[0]
+        self._recover = iss
 
     # ----------------------------------------------------------------- inspection
 
@@ -699,7 +996,7 @@ class TcpConnection:
         if self.state in _RECEIVE_STATES:
             size = self._cfg.receive_buffer
             offered = self.rcv_adv - self.rcv_nxt
-            new = size - len(buf)
+            new = self._rcv_space()
             if new - offered >= min(size >> 1, self.rmss) and new >= 2 * offered:
                 self._ack_soon()
         return data
@@ -778,6 +1075,20 @@ class TcpConnection:
         self._send_syn(now, ack=True)
         self._rtt_seq = self.iss
         self._rtt_time = now
+
+    def _cookie_open(self, irs: int, iss: int, mss: int, wnd: int) -> None:
+        """SYN-RECEIVED from a returned SYN cookie: the SYN-ACK was *iss* with
+        window *wnd* (unscaled), answering the client's ISN *irs*; the cookie
+        kept only the MSS (no window scaling, no SACK)."""
+        self._set_iss(iss)
+        self.snd_nxt = self.snd_max = iss + 1
+        self.irs = irs
+        self.rcv_nxt = irs + 1
+        self.rcv_adv = irs + 1 + wnd
+        self.snd_wl1 = irs
+        self.smss = min(mss, self.rmss)
+        self.state = _SYN_RECEIVED
+        self._stack._tcp_register(self)
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss is not None and seg.mss > 0:
@@ -927,6 +1238,11 @@ class TcpConnection:
             if not self.snd_una < ack <= self.snd_max:
                 self._emit(ack, RST)
                 return
+            if self._listener is not None and self._listener._accept_queue_full():
+                # Linux (tcp_abort_on_overflow=0): drop the ACK, stay half-open;
+                # the client's next segment tries again.
+                self._stack.stats.listen_overflows += 1
+                return
             self.snd_wnd = seg.wnd << self.snd_wscale
             self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
             self.snd_wl1 = seq
@@ -953,8 +1269,7 @@ class TcpConnection:
             if seq == self.rcv_nxt:
                 self._data_in_order(payload)
             else:
-                self._data_out_of_order(seq, payload)
-                if fin:
+                if self._data_out_of_order(seq, payload) and fin:
                     self._ooo_fin = seq + plen
                 return
         # Eighth: FIN.
@@ -1208,6 +1523,12 @@ class TcpConnection:
                 right = max(right, sacked[j][1])
                 j += 1
             sacked[i:j] = [[left, right]]
+        limit = self._cfg.send_buffer // self.smss + _SACKED_SLACK
+        if len(sacked) > limit:
+            # Forget the highest ranges: SACK is advisory (RFC 2018 8), at worst
+            # they are retransmitted needlessly. Counted.
+            self._stack.stats.tcp_sack_ranges_dropped += len(sacked) - limit
+            del sacked[limit:]
         return sum(right - left for left, right in sacked) - before
 
     def _undo_recovery(self) -> None:
@@ -1350,6 +1671,8 @@ class TcpConnection:
         if self._ooo:
             self._pull_ooo()
             self._ack_now = True  # RFC 5681 4.2: ACK at once when a gap is filled
+            if len(buf) + self._ooo.memory > 2 * self._cfg.receive_buffer:
+                self._prune_ooo(0)  # in-order data goes first (Linux's tcp_prune_queue)
         if not self._readable_signalled:
             self._readable_signalled = True
             self._stack._event(TcpReadable(self))
@@ -1362,42 +1685,49 @@ class TcpConnection:
         elif self._delack_at is None:
             self._delack_at = self._stack._now + self._cfg.delayed_ack
 
-    def _data_out_of_order(self, seq: int, payload: bytes) -> None:
-        """Keep a segment beyond RCV.NXT and send an immediate duplicate ACK."""
-        end = seq + len(payload)
-        merged: list[tuple[int, bytes]] = []
-        for s, d in self._ooo:
-            e = s + len(d)
-            if e < seq or s > end:
-                merged.append((s, d))
-                continue
-            if s < seq:
-                payload = d[: seq - s] + payload
-                seq = s
-            if e > end:
-                payload = payload + d[end - s :]
-                end = e
-        insort(merged, (seq, payload))
-        self._ooo = merged
-        self._sack_last = seq
+    def _data_out_of_order(self, seq: int, payload: bytes) -> bool:
+        """Keep a segment beyond RCV.NXT and send an immediate duplicate ACK.
+
+        What is held is charged (payload plus _OOO_OVERHEAD per chunk) against
+        twice the receive buffer, with what waits to be read. Over it, held
+        chunks above this segment are pruned, from the highest down, by an
+        eighth of the budget at a time; if that is not enough (this segment
+        would be the highest), the segment is dropped. Both are counted.
+        False if the segment was dropped.
+        """
+        ooo = self._ooo
+        budget = 2 * self._cfg.receive_buffer
+        cost = len(payload) + _OOO_OVERHEAD
+        kept = True
+        if len(self._rcvbuf) + ooo.memory + cost > budget:
+            self._prune_ooo(seq, budget >> 3)
+            if len(self._rcvbuf) + ooo.memory + cost > budget:
+                self._stack.stats.tcp_ofo_dropped += 1
+                kept = False
+        if kept:
+            ooo.add(seq, payload)
+            if len(self._rcvbuf) + ooo.memory > budget:  # joined pieces cost more
+                self._prune_ooo(0)
         # RFC 5681 4.2: an immediate duplicate ACK, emitted now rather than at the
         # flush so that a burst of out-of-order segments yields as many dup ACKs.
         self._emit(self.snd_max, ACK)
+        return kept
+
+    def _prune_ooo(self, floor: int, slack: int = 0) -> None:
+        """Prune held data (none starting below *floor*) until what is held and
+        what waits to be read fit the budget less *slack*; the FIN, above all
+        data, goes with anything pruned."""
+        target = 2 * self._cfg.receive_buffer - len(self._rcvbuf) - slack
+        n, _ = self._ooo.prune(target, floor)
+        if n:
+            self._stack.stats.tcp_ofo_pruned += n
+            self._ooo_fin = None
 
     def _pull_ooo(self) -> None:
-        ooo = self._ooo
+        pieces, self.rcv_nxt = self._ooo.pull(self.rcv_nxt)
         buf = self._rcvbuf
-        i = 0
-        while i < len(ooo):
-            s, d = ooo[i]
-            if s > self.rcv_nxt:
-                break
-            tail = d[self.rcv_nxt - s :]
-            if tail:
-                buf += tail
-                self.rcv_nxt += len(tail)
-            i += 1
-        del ooo[:i]
+        for piece in pieces:
+            buf += piece
         if self._ooo_fin is not None and self._ooo_fin == self.rcv_nxt:
             self._ooo_fin = None
             self._fin_arrives(self._stack._now)
@@ -1421,6 +1751,15 @@ class TcpConnection:
             self._enter_time_wait(now)
 
     def _enter_time_wait(self, now: float) -> None:
+        stack = self._stack
+        if stack._time_wait >= self._cfg.max_time_wait:
+            # Linux (tcp_max_tw_buckets): past the limit the connection just closes.
+            stack.stats.tcp_time_wait_overflows += 1
+            if self._ack_now:
+                self._emit(self.snd_max, ACK)  # the peer's FIN is acknowledged first
+            self._terminate(None)
+            return
+        stack._time_wait += 1
         self.state = _TIME_WAIT
         self._rto_at = self._persist_at = self._delack_at = self._tlp_at = None
         self._close_at = now + 2 * self._cfg.msl
@@ -1505,12 +1844,19 @@ class TcpConnection:
         """RFC 6298 5.4-5.7 and RFC 5681 3.1 (loss window)."""
         self._tlp_at = None
         self._retries += 1
-        limit = (
-            self._cfg.max_syn_retransmits
-            if self.state in (_SYN_SENT, _SYN_RECEIVED)
-            else self._cfg.max_retransmits
-        )
+        embryo = self.state is _SYN_RECEIVED and self._listener is not None
+        if embryo:
+            limit = self._cfg.max_synack_retransmits
+        elif self.state in (_SYN_SENT, _SYN_RECEIVED):
+            limit = self._cfg.max_syn_retransmits
+        else:
+            limit = self._cfg.max_retransmits
         if self._retries > limit:
+            if embryo:
+                # The half-open connection goes, without a RST (as Linux's request socks).
+                self._stack.stats.synack_timeouts += 1
+                self._terminate(None)
+                return
             if self.state is not _SYN_SENT:
                 self._emit(self.snd_max, RST | ACK)
             self._terminate(ConnectionTimedOut("connection timed out"))
@@ -1686,7 +2032,7 @@ class TcpConnection:
         """
         rcv_nxt = self.rcv_nxt
         size = self._cfg.receive_buffer
-        edge = rcv_nxt + size - len(self._rcvbuf)
+        edge = rcv_nxt + self._rcv_space()
         adv = self.rcv_adv
         if edge - adv < min(size >> 1, self.rmss) and adv >= rcv_nxt:
             edge = adv
@@ -1697,6 +2043,18 @@ class TcpConnection:
         if edge > adv:
             self.rcv_adv = edge
         return field
+
+    def _rcv_space(self) -> int:
+        """The window the buffer can hold: its free space, and no more than the
+        memory budget left would take if the unheld part of the window came
+        (so tiny held segments that used the budget up keep the window shut)."""
+        free = self._cfg.receive_buffer - len(self._rcvbuf)
+        ooo = self._ooo
+        if ooo:
+            room = 2 * self._cfg.receive_buffer - len(self._rcvbuf) - ooo.memory + ooo.octets
+            if room < free:
+                free = room
+        return free if free > 0 else 0
 
     def _emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
         """Build one segment and hand it to the stack. ACK carries RCV.NXT."""
@@ -1747,19 +2105,16 @@ class TcpConnection:
 
     def _sack_option(self) -> bytes:
         """SACK blocks for the out-of-order data (RFC 2018 3-4): the block
-        holding the most recent arrival first, then the others from the
-        highest down; at most 4 (36 bytes with the two NOPs, no timestamps).
+        holding the most recent arrival first, then the blocks reported most
+        recently before it, then any others from the highest down; at most 4
+        (36 bytes with the two NOPs, no timestamps).
         Only pure ACKs carry them, so a full-size data segment never grows."""
-        blocks = self._ooo
-        last = self._sack_last
-        first = [(s, s + len(d)) for s, d in blocks if s == last]
-        rest = [(s, s + len(d)) for s, d in reversed(blocks) if s != last]
-        chosen = first + rest
         if self._dsack is not None:
             # A duplicate arrived: its range first (D-SACK, RFC 2883 4), once.
-            chosen.insert(0, self._dsack)
+            chosen = [self._dsack, *self._ooo.sack_blocks(3)]
             self._dsack = None
-        chosen = chosen[:4]
+        else:
+            chosen = self._ooo.sack_blocks(4)
         out = bytearray(b"\x01\x01\x05")
         out.append(2 + 8 * len(chosen))
         for left, right in chosen:
@@ -1778,6 +2133,8 @@ class TcpConnection:
         if self._released:
             return
         self._released = True
+        if self.state is _TIME_WAIT:
+            self._stack._time_wait -= 1
         self.state = _CLOSED
         if error is not None:
             self.error = error
