@@ -42,10 +42,6 @@ class Interface(Lifecycle):
         device = await device_from_config(config)
         return cls(name, device, listen_port=config.interface.listen_port or 0, **options)
 
-    def _set_fwmark(self, mark: int) -> None:
-        sock = self.tunnel._sock
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
 
     async def start(self) -> None:
         await self.tunnel.start()
@@ -54,7 +50,7 @@ class Interface(Lifecycle):
                 self.device,
                 now=lambda: self.tunnel.now,
                 on_listen_port=self.tunnel.rebind,
-                on_fwmark=self._set_fwmark,
+                on_fwmark=self.tunnel.set_fwmark,
                 on_effects=self.tunnel.apply,
             )
             self.control = ControlServer(uapi, self._control_path)

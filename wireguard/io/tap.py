@@ -152,6 +152,7 @@ class EndpointTap:
         self.sent = 0
         self.received = 0
         self.send_errors = 0
+        self.capture_errors = 0  # datagrams the pcap could not be written with
         self._sock: socket.socket | None = None
         self._routes: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -231,6 +232,8 @@ class EndpointTap:
         try:
             self.pcap.write_udp(self.clock(), src, dst, data)
         except (ValueError, OSError) as exc:
+            # The datagram went through; only the capture misses it.
+            self.capture_errors += 1
             log.debug("capture: %s", exc)
 
     # --- the datagram paths -------------------------------------------------------
@@ -238,6 +241,7 @@ class EndpointTap:
     def _wire_send(self, data: bytes, address: Any) -> None:
         sock = self._sock
         if sock is None:
+            self.send_errors += 1  # the tunnel is not started, or closed
             return
         try:
             sock.sendto(data, address)
@@ -302,7 +306,7 @@ class EndpointTap:
     # --- time -------------------------------------------------------------------------
 
     def _now(self) -> float:
-        if self.tunnel is not None and self.tunnel._loop is not None:
+        if self.tunnel is not None and self.tunnel.started:
             return self.tunnel.now
         return asyncio.get_running_loop().time()
 
@@ -353,14 +357,10 @@ def attach(
         tunnel.device, pcap=pcap, keylog=keylog, policy=policy, local_address=local_address
     )
     tap.tunnel = tunnel
-    sock = tunnel._sock
-    if isinstance(sock, TappedSocket):
-        raise ValueError("this tunnel is already tapped")
-    if sock is None:
-        sock = tunnel._make_socket(tunnel._listen_port)
-    # The Tunnel reads and writes through whatever object is its socket; the
-    # file descriptor (and so the loop's reader) stays the same.
-    tunnel._sock = tap.wrap(sock)  # type: ignore[assignment]
+    try:
+        tunnel.wrap_socket(tap.wrap)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError("this tunnel is already tapped") from None
     return tap
 
 

@@ -31,6 +31,7 @@ so it is not the default; see ``docs/performance.md``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -146,6 +147,10 @@ class Tun:
         self.name = name
         self.vnet_hdr = vnet_hdr
         self.offload = "gro" if vnet_hdr else "off"
+        #: Packets not passed on, by reason: "write_queue_full" and
+        #: "write_error" (into the kernel), "unsupported_gso" (out of it),
+        #: "closed" (for an interface already gone).
+        self.drops: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def create(cls, name: str, *, offload: str | None = None) -> Tun:
@@ -249,7 +254,10 @@ class Tun:
                 packets.append(data[VNET_HDR_LEN:])
                 n += 1
             else:
-                n += split_gso(data, packets)
+                got = split_gso(data, packets)
+                if not got:
+                    self.drops["unsupported_gso"] += 1
+                n += got
         return packets
 
     def write_packets(self, packets: list[bytes]) -> int:
@@ -264,16 +272,12 @@ class Tun:
                 write(fd, chunk)
             except (BlockingIOError, InterruptedError):
                 dropped += 1
+                self.drops["write_queue_full"] += 1
             except OSError as exc:
                 dropped += 1
+                self.drops["write_error"] += 1
                 log.debug("TUN write failed: %s", exc)
         return dropped
-
-    def write_packet(self, packet: bytes) -> None:
-        if self.vnet_hdr:
-            packet = _VALID_HDR + packet
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            os.write(self.fd, packet)
 
 
 # --------------------------------------------------------------------------- TSO / GRO
@@ -556,7 +560,10 @@ class TunPump:
             self.tunnel.on_packets = None
 
     def _write(self, packets: list[bytes]) -> None:
-        if not self.tun.closed:
+        if self.tun.closed:
+            self.tun.drops["closed"] += len(packets)  # the interface went away
+            self.dropped += len(packets)
+        else:
             self.dropped += self.tun.write_packets(packets)
 
     def _on_readable(self) -> None:

@@ -209,8 +209,38 @@ class Tunnel(Lifecycle):
         self.gro = os.environ.get("WG_PY_UDP_GRO", "1") != "0"
         self._gro_on = False
         self._sockaddrs: dict[Address, tuple] = {}  # type: ignore[type-arg]
+        self._wrap: Callable[[socket.socket], socket.socket] | None = None
+        self._fwmark = 0
 
     # --- lifecycle ---------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._loop is not None
+
+    @property
+    def gro_active(self) -> bool:
+        """Whether the kernel hands us coalesced datagrams (UDP GRO)."""
+        return self._gro_on
+
+    def set_fwmark(self, mark: int) -> None:
+        """Mark the tunnel's datagrams (SO_MARK, for policy routing), now and
+        after every :meth:`rebind`, as wireguard-go keeps its fwmark. Raises
+        OSError (and keeps the old mark) if the kernel refuses it."""
+        if self._sock is not None:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        self._fwmark = mark
+
+    def wrap_socket(self, wrap: Callable[[socket.socket], socket.socket]) -> None:
+        """Send and receive through ``wrap(sock)`` instead of the UDP socket
+        itself, from now on and after every :meth:`rebind` (how
+        :mod:`wireguard.io.tap` captures and misbehaves). The wrapper must
+        keep the socket's file descriptor. One wrapper per tunnel."""
+        if self._wrap is not None:
+            raise ValueError("this tunnel's socket is already wrapped")
+        self._wrap = wrap
+        if self._loop is not None and self._sock is not None:
+            self._sock = wrap(self._sock)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -233,7 +263,12 @@ class Tunnel(Lifecycle):
                 self._gro_on = True
             except OSError:
                 pass
+        if self._fwmark:
+            with contextlib.suppress(OSError):  # it was accepted on the old socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._fwmark)
         self._loop.add_reader(sock.fileno(), self._on_readable)
+        if self._wrap is not None:
+            self._sock = self._wrap(sock)
         self.device.listen_port = self.listen_port
 
     def _detach(self) -> None:

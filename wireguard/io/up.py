@@ -416,7 +416,7 @@ class Service:
 
             def set_fwmark(mark: int) -> None:
                 device.fwmark = mark
-                iface._set_fwmark(mark)
+                iface.tunnel.set_fwmark(mark)
 
             if config.interface.fwmark:
                 set_fwmark(config.interface.fwmark)
@@ -434,7 +434,7 @@ class Service:
             log.info(
                 "up: %s, UDP port %d, %d peer(s), TUN offload %s, UDP GSO %s GRO %s",
                 name, iface.tunnel.listen_port, len(device.peers),
-                tun.offload, iface.tunnel.gso, iface.tunnel._gro_on,
+                tun.offload, iface.tunnel.gso, iface.tunnel.gro_active,
             )  # fmt: skip
             ready(f"ok {iface.tunnel.listen_port}")
             await self.stopping.wait()
@@ -444,6 +444,11 @@ class Service:
                 await self._hooks("PreDown", settings.pre_down, fatal=False)
             if pump is not None:
                 pump.stop()
+            if tun is not None and tun.drops:
+                log.info(
+                    "TUN packets not passed on: %s",
+                    ", ".join(f"{k} {v}" for k, v in sorted(tun.drops.items())),
+                )
             if netlink is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(netlink.undo)
