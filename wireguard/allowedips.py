@@ -219,6 +219,19 @@ class AllowedIPs(Generic[V]):
         pairs = record[1]
         return [self._network(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
 
+    def iter_entries_for(self, value: V) -> Iterator[Network]:
+        """:meth:`entries_for` one prefix at a time, from a copy of the list
+        taken when iteration starts: a listing of a value with very many
+        prefixes can be handed out in slices, each slice making only its own
+        objects."""
+        record = self._by_value.get(id(value))
+        if record is None:
+            return
+        pairs = list(record[1])
+        network = self._network
+        for i in range(0, len(pairs), 2):
+            yield network(pairs[i], pairs[i + 1])
+
     def __len__(self) -> int:
         return self._count
 

@@ -105,7 +105,9 @@ class KeypairRotated:
 
 @dataclass(frozen=True, slots=True)
 class EndpointChanged:
-    """An authenticated packet came from a new address (roaming)."""
+    """An authenticated packet came from a new address (roaming). Not
+    reported when only the local address of a binding's endpoint changed
+    (see :mod:`wireguard.address`)."""
 
     peer: PublicKey
     old: Address | None
@@ -183,7 +185,15 @@ class _TimerActions:
         self.device, self.peer, self.now, self.out = device, peer, now, out
 
     def send_initiation(self, *, is_retry: bool) -> None:
-        self.device._send_initiation(self.peer, self.now, self.out, is_retry=is_retry)
+        # The handshake is retried (no answer within REKEY_TIMEOUT) or renewed
+        # (data unanswered): the local address replies left from may be the
+        # trouble, so it is forgotten (kernel timers.c,
+        # wg_socket_clear_peer_endpoint_src).
+        peer = self.peer
+        endpoint = peer.endpoint
+        if endpoint is not None and len(endpoint) > 2:
+            peer.endpoint = endpoint[:2]
+        self.device._send_initiation(peer, self.now, self.out, is_retry=is_retry)
 
     def send_keepalive(self) -> None:
         self.device._send_keepalive(self.peer, self.now, self.out)
@@ -359,6 +369,42 @@ class Device:
     def clear_peers(self) -> None:
         for key in list(self.peers):
             self.remove_peer(key)
+
+    def clear_sessions(self) -> None:
+        """What the kernel does to every peer when the interface goes down
+        (device.c ``wg_stop``): pending handshakes and every keypair are
+        forgotten, staged packets dropped (counted as ``staged_purged``), timers
+        stopped, and the handshake rate limit reset, so that the next packet
+        (or :meth:`send_keepalive` for a persistent keepalive, as the kernel
+        sends one when the interface comes up) starts a handshake at once.
+        Keys, allowed IPs, endpoints, counters, the last handshake time and
+        the replay protection of initiations stay."""
+        for peer in self.peers.values():
+            self._forget_sessions(peer)
+            if peer.staged:
+                self.drops[Drop.STAGED_PURGED] += len(peer.staged)
+                peer.staged.clear()
+            peer.timers.stop_all()
+            peer.timers.handshake_attempts = 0
+            peer.last_sent_handshake = None
+            self._scheduled.pop(id(peer), None)
+
+    def clear_endpoint_sources(self, local: object | None = None) -> int:
+        """Forget the local address part of peers' endpoints (see
+        :mod:`wireguard.address`): of every peer, or of those whose endpoint
+        has the local address *local*. The binding calls this when that
+        address stopped working (a send from it was refused) and, as the
+        kernel does, when the listen port or the firewall mark changes.
+        Returns how many endpoints changed."""
+        changed = 0
+        for peer in self.peers.values():
+            endpoint = peer.endpoint
+            if endpoint is None or len(endpoint) < 3:
+                continue
+            if local is None or endpoint[2] == local:
+                peer.endpoint = endpoint[:2]
+                changed += 1
+        return changed
 
     def _forget_handshake(self, peer: Peer) -> None:
         """Our pending initiation, if any, can no longer be answered (kernel
@@ -983,8 +1029,12 @@ class Device:
             self.drops[Drop.COOKIE_INVALID] += 1
 
     def _set_endpoint(self, peer: Peer, source: Address, out: Effects) -> None:
-        if peer.endpoint != source:
-            out.events.append(EndpointChanged(peer.public_key, peer.endpoint, source))
+        old = peer.endpoint
+        if old != source:
+            # Roaming is the remote address changing; a new local address
+            # alone (the peer reached another address of ours) is kept quietly.
+            if old is None or old[:2] != source[:2]:
+                out.events.append(EndpointChanged(peer.public_key, old, source))
             peer.endpoint = source
 
     def _receive_transport(self, data: bytes, source: Address, now: float, out: Effects) -> None:

@@ -81,6 +81,8 @@ MAX_LINE = 64 * 1024
 LINES_PER_STEP = 256
 PEER_LINE_COST = 8
 PEERS_PER_STEP = 64
+# ... and at most this many allowed_ip lines (one peer's may fill many steps).
+ALLOWED_IPS_PER_STEP = 1024
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]+")
@@ -187,8 +189,9 @@ def parse_endpoint(value: str) -> Address:
 
 
 def format_endpoint(endpoint: Address) -> str:
-    """``host:port``, with an IPv6 host in brackets (Go's AddrPort.String)."""
-    host, port = endpoint
+    """``host:port``, with an IPv6 host in brackets (Go's AddrPort.String);
+    the local address of a binding's endpoint is not part of it."""
+    host, port = endpoint[0], endpoint[1]
     with contextlib.suppress(ValueError):  # not a literal: print what the binding stored
         host = _format_ip(ipaddress.ip_address(host))
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -350,10 +353,12 @@ class UAPI:
 
     def get_chunks(self, peers_per_chunk: int = PEERS_PER_STEP) -> Iterator[str]:
         """The answer to ``get=1`` in pieces: the interface lines, then
-        *peers_per_chunk* peers at a time, then ``errno=0``. The peers are the
-        ones there were when the first piece was taken; whoever interleaves
-        other requests between pieces answers for the mix (the control server
-        does not: see :mod:`wireguard.io.control`)."""
+        *peers_per_chunk* peers at a time (a piece ends early after
+        :data:`ALLOWED_IPS_PER_STEP` allowed IPs, so one peer with 100,000 of
+        them is many pieces), then ``errno=0``. The peers are the ones there
+        were when the first piece was taken; whoever interleaves other
+        requests between pieces answers for the mix (the control server does
+        not: see :mod:`wireguard.io.control`)."""
         device = self.device
         lines: list[str] = []
         if device.has_identity:
@@ -363,14 +368,24 @@ class UAPI:
         if device.fwmark:
             lines.append(f"fwmark={device.fwmark}")
         peers = list(device.peers.values())
+        entries = device.allowed_ips.iter_entries_for
         for start in range(0, len(peers), peers_per_chunk):
+            budget = ALLOWED_IPS_PER_STEP
             for peer in peers[start : start + peers_per_chunk]:
                 self._peer_lines(peer, lines)
+                for net in entries(peer):
+                    lines.append(f"allowed_ip={_format_ip(net.network_address)}/{net.prefixlen}")
+                    budget -= 1
+                    if budget <= 0:
+                        yield "".join(f"{line}\n" for line in lines)
+                        lines = []
+                        budget = ALLOWED_IPS_PER_STEP
             yield "".join(f"{line}\n" for line in lines)
             lines = []
         yield "".join(f"{line}\n" for line in lines) + "errno=0\n\n"
 
     def _peer_lines(self, peer: Peer, lines: list[str]) -> None:
+        """A peer's lines before its allowed IPs."""
         device = self.device
         psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else "0" * 64
         lines += (f"public_key={peer.public_key.to_hex()}", f"preshared_key={psk}")
@@ -387,10 +402,6 @@ class UAPI:
             f"tx_bytes={peer.tx_bytes}",
             f"rx_bytes={peer.rx_bytes}",
             f"persistent_keepalive_interval={peer.persistent_keepalive}",
-        )
-        lines += (
-            f"allowed_ip={_format_ip(net.network_address)}/{net.prefixlen}"
-            for net in device.allowed_ips.entries_for(peer)
         )
 
     # --- set ------------------------------------------------------------------
@@ -560,7 +571,8 @@ class UAPIConnection:
     the end of the stream), then call :meth:`next_output` until it returns
     None, writing what it returns; only then read again. Each call does a
     bounded amount of work (:data:`LINES_PER_STEP` lines of a set, fewer if
-    they create peers, or :data:`PEERS_PER_STEP` peers of a get answer) and
+    they create peers, or :data:`PEERS_PER_STEP` peers of a get answer, at most
+    :data:`ALLOWED_IPS_PER_STEP` allowed IPs) and
     returns the bytes to write, possibly none yet, so a binding can let other
     work run between calls. Because nothing is read while buffered input is
     left, the buffer holds at most a line and a read, and each answer is out

@@ -22,6 +22,19 @@ datagrams of one flow in one buffer, with their size in a control message).
 Either falls back to one system call per datagram when it is missing or the
 kernel refuses it.
 
+Sticky sources (``sticky=True``, as the TUN binding runs it): the socket
+asks for each datagram's local address (``IPV6_RECVPKTINFO``, or
+``IP_PKTINFO`` on an IPv4 socket) and hands the device sources of the form
+``(host, port, local)`` (see :mod:`wireguard.address`); a datagram to such an
+endpoint leaves with that local address as its source (``IPV6_PKTINFO`` /
+``IP_PKTINFO`` on ``sendmsg``), so a peer that reached one address of a
+multi-homed host hears back from that address, as from the kernel module and
+wireguard-go. If the kernel refuses the source (``EINVAL``: the address was
+removed from the host), the datagram is sent again with the source the
+kernel picks, and the device forgets that local address for every peer
+(:meth:`Device.clear_endpoint_sources`), as the kernel's ``send4``/``send6``
+clear ``endpoint->src``; so do a new listen port and a new firewall mark.
+
 Events (handshakes, roaming, expiry) go to whoever asked for them: the
 ``on_event`` callback and each :meth:`Tunnel.subscribe` stream open at the
 time; the tunnel keeps no history. They are logged at INFO on the
@@ -70,6 +83,13 @@ _native_u16 = struct.Struct("=H").pack
 _native_i32 = struct.Struct("=i").unpack_from
 # Errors meaning "this socket or route cannot do GSO": fall back for good.
 _GSO_ERRORS = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+# Sticky sources: linux/in6.h and linux/in.h.
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+# Errors meaning "that source address cannot be used (any more)".
+_SOURCE_ERRORS = (errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH)
 
 
 def _plain(address: tuple) -> Address:  # type: ignore[type-arg]
@@ -177,6 +197,7 @@ class Tunnel(Lifecycle):
         on_event: Callable[[Event], None] | None = None,
         queue_size: int = 4096,
         sock: socket.socket | None = None,
+        sticky: bool = False,
     ) -> None:
         self.device = device
         self._listen_port = listen_port if listen_port is not None else (device.listen_port or 0)
@@ -211,6 +232,19 @@ class Tunnel(Lifecycle):
         self._sockaddrs: dict[Address, tuple] = {}  # type: ignore[type-arg]
         self._wrap: Callable[[socket.socket], socket.socket] | None = None
         self._fwmark = 0
+        # Sticky sources (see the module): wanted, and on for this socket.
+        self.sticky = sticky
+        self._pktinfo_on = False
+        self._pktinfo_level = 0
+        self._anc_space = self._gro_space
+        self._locals: dict[bytes, str] = {}  # PKTINFO data -> local address
+        self._source_anc: dict[str, list[tuple[int, int, bytes]]] = {}  # local -> cmsg
+        self._failed_sources: set[str] = set()  # refused during this apply()
+        #: Datagrams sent again without their sticky source because the
+        #: kernel refused it (the address went away).
+        self.source_fallbacks = 0
+        # Between close_socket() and open_socket() (the interface is down).
+        self._listening = True
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -226,9 +260,12 @@ class Tunnel(Lifecycle):
     def set_fwmark(self, mark: int) -> None:
         """Mark the tunnel's datagrams (SO_MARK, for policy routing), now and
         after every :meth:`rebind`, as wireguard-go keeps its fwmark. Raises
-        OSError (and keeps the old mark) if the kernel refuses it."""
+        OSError (and keeps the old mark) if the kernel refuses it. Sticky
+        sources are forgotten (routes may differ under the new mark)."""
         if self._sock is not None:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if mark != self._fwmark:
+            self.device.clear_endpoint_sources()
         self._fwmark = mark
 
     def wrap_socket(self, wrap: Callable[[socket.socket], socket.socket]) -> None:
@@ -242,12 +279,45 @@ class Tunnel(Lifecycle):
         if self._loop is not None and self._sock is not None:
             self._sock = wrap(self._sock)
 
-    async def start(self) -> None:
+    async def start(self, *, listen: bool = True) -> None:
+        """Bind (or take the socket given) and start serving; with
+        ``listen=False`` the tunnel starts without a socket, as if
+        :meth:`close_socket` had been called, until :meth:`open_socket`."""
         self._loop = asyncio.get_running_loop()
         self.device.wall_clock_offset = time.time() - self._loop.time()
+        if not listen and self._sock is None:
+            self._listening = False
+            return
         sock = self._sock if self._sock is not None else self._make_socket(self._listen_port)
         self._attach(sock)
         self._reschedule()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the UDP socket is open (see :meth:`close_socket`)."""
+        return self._sock is not None
+
+    def close_socket(self) -> None:
+        """Stop listening (the interface went down): the socket is closed and
+        the timer stopped; datagrams the device asks for meanwhile are
+        counted in :attr:`dropped_datagrams`. The port is kept for
+        :meth:`open_socket`; :meth:`rebind` only records a new one."""
+        self._listening = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self._detach()
+
+    def open_socket(self) -> int:
+        """Listen again on the recorded port (0: any); returns the port.
+        Raises OSError (and stays closed) if it cannot be bound."""
+        if self._sock is None:
+            assert self._loop is not None, "the tunnel is not started"
+            sock = self._make_socket(self._listen_port)
+            self._attach(sock)
+        self._listening = True
+        self._reschedule()
+        return self.listen_port
 
     def _attach(self, sock: socket.socket) -> None:
         assert self._loop is not None
@@ -263,6 +333,21 @@ class Tunnel(Lifecycle):
                 self._gro_on = True
             except OSError:
                 pass
+        self._pktinfo_on = False
+        self._locals.clear()
+        self._source_anc.clear()
+        if self.sticky:
+            v6 = sock.family == socket.AF_INET6
+            try:
+                if v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+                self._pktinfo_on = True
+                self._pktinfo_level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+            except OSError as exc:
+                log.info("sticky sources unavailable (%s)", exc.strerror)
+        self._anc_space = self._gro_space + (self._pktinfo_space if self._pktinfo_on else 0)
         if self._fwmark:
             with contextlib.suppress(OSError):  # it was accepted on the old socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._fwmark)
@@ -309,7 +394,13 @@ class Tunnel(Lifecycle):
 
     def rebind(self, port: int) -> int:
         """Move to another UDP port (``wg set NAME listen-port``); returns the
-        port bound. Raises OSError (and changes nothing) if it is taken."""
+        port bound. Raises OSError (and changes nothing) if it is taken.
+        While the socket is closed (:meth:`close_socket`) the port is only
+        recorded, as the kernel does for an interface that is down."""
+        if self._loop is not None and not self._listening:
+            self._listen_port = port
+            self.device.clear_endpoint_sources()
+            return port
         sock = self._make_socket(port)
         self._listen_port = port
         if self._loop is None:
@@ -317,6 +408,7 @@ class Tunnel(Lifecycle):
             return port
         self._detach()
         self._attach(sock)
+        self.device.clear_endpoint_sources()
         return self.listen_port
 
     async def close(self) -> None:
@@ -397,7 +489,7 @@ class Tunnel(Lifecycle):
         if sock is None:
             return
         got: list[tuple[bytes, Address]] = []
-        if self._gro_on:
+        if self._gro_on or self._pktinfo_on:
             self._read_gro(sock, got.append)
         else:
             recv = sock.recvfrom
@@ -417,13 +509,15 @@ class Tunnel(Lifecycle):
 
     def _read_gro(self, sock: socket.socket, add: Callable[[tuple[bytes, Address]], None]) -> None:
         """recvmsg with UDP_GRO: one buffer may hold several datagrams of
-        ``gso_size`` bytes each (the last may be shorter), from one source."""
+        ``gso_size`` bytes each (the last may be shorter), from one source;
+        with sticky sources, each buffer's local address from its PKTINFO."""
         recv = sock.recvmsg
-        space = self._gro_space
+        space = self._anc_space
         n = 0
         batch = self.batch
-        last_addr = None
+        last_addr = last_info = None
         source: Address = ("", 0)
+        pktinfo = self._pktinfo_level if self._pktinfo_on else -1
         while n < batch:
             try:
                 data, anc, _flags, addr = recv(65535, space)
@@ -433,27 +527,101 @@ class Tunnel(Lifecycle):
                 self.receive_errors += 1
                 log.debug("UDP receive error: %s", exc)
                 break
-            if addr != last_addr:
-                last_addr = addr
-                source = _plain(addr)
             if anc:
                 size = 0
+                info = None
                 for level, kind, value in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
                         size = _native_i32(value)[0]
+                    elif level == pktinfo:
+                        info = value
+                if addr != last_addr or info != last_info:
+                    last_addr, last_info = addr, info
+                    source = _plain(addr) if info is None else self._sticky_source(addr, info)
                 if size and len(data) > size:
                     view = memoryview(data)
                     for i in range(0, len(data), size):
                         add((bytes(view[i : i + size]), source))
                         n += 1
                     continue
+            elif addr != last_addr or last_info is not None:
+                last_addr, last_info = addr, None
+                source = _plain(addr)
             add((data, source))
             n += 1
 
     _gro_space = socket.CMSG_SPACE(4)
+    _pktinfo_space = socket.CMSG_SPACE(20)  # struct in6_pktinfo (in_pktinfo: 12)
+
+    def _sticky_source(self, addr: tuple, info: bytes) -> Address:  # type: ignore[type-arg]
+        """``(host, port, local)`` for a datagram from *addr* whose PKTINFO
+        data is *info*."""
+        local = self._locals.get(info)
+        if local is None:
+            if self._pktinfo_level == socket.IPPROTO_IPV6:  # struct in6_pktinfo
+                raw = info[:16]
+                if raw[:12] == _V4_MAPPED:
+                    local = socket.inet_ntop(socket.AF_INET, raw[12:])
+                else:
+                    local = socket.inet_ntop(socket.AF_INET6, raw)
+            else:  # struct in_pktinfo: ifindex, spec_dst, addr
+                local = socket.inet_ntop(socket.AF_INET, info[4:8])
+            if len(self._locals) > 1024:
+                self._locals.clear()
+            self._locals[info] = local
+        host, port = _plain(addr)
+        return host, port, local
+
+    def _source_cmsg(self, local: str) -> list[tuple[int, int, bytes]]:
+        """The control message that makes *local* a datagram's source."""
+        anc = self._source_anc.get(local)
+        if anc is None:
+            if self._family == socket.AF_INET6:
+                if ":" in local:
+                    raw = socket.inet_pton(socket.AF_INET6, local.split("%", 1)[0])
+                else:
+                    raw = _V4_MAPPED + socket.inet_pton(socket.AF_INET, local)
+                anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, raw + bytes(4))]  # ifindex 0
+            elif ":" in local:
+                anc = []  # an IPv6 local address cannot be the source on an IPv4 socket
+            else:
+                anc = [(socket.IPPROTO_IP, IP_PKTINFO,
+                        bytes(4) + socket.inet_pton(socket.AF_INET, local) + bytes(4))]  # fmt: skip
+            if len(self._source_anc) > 1024:
+                self._source_anc.clear()
+            self._source_anc[local] = anc
+        return anc
+
+    def _send_from(
+        self,
+        sock: socket.socket,
+        buffers: list[bytes],
+        anc: list[tuple[int, int, bytes]],
+        address: tuple,  # type: ignore[type-arg]
+        local: str,
+    ) -> None:
+        """sendmsg from the local address *local*; if the kernel refuses that
+        source (it is no longer an address of this host), the device forgets
+        it and the datagram goes out from the source the kernel picks (what
+        the second attempt raises, the caller handles)."""
+        if local not in self._failed_sources:
+            try:
+                sock.sendmsg(buffers, [*anc, *self._source_cmsg(local)], 0, address)
+                return
+            except OSError as exc:
+                if exc.errno not in _SOURCE_ERRORS:
+                    raise
+                self._failed_sources.add(local)
+                forgot = self.device.clear_endpoint_sources(local)
+                log.info(
+                    "source address %s refused (%s): sending from the kernel's choice; "
+                    "forgotten for %d peer(s)", local, exc.strerror, forgot,
+                )  # fmt: skip
+        self.source_fallbacks += 1
+        sock.sendmsg(buffers, anc, 0, address)
 
     def _sockaddr(self, endpoint: Address) -> tuple:  # type: ignore[type-arg]
-        host, port = endpoint
+        host, port = endpoint[0], endpoint[1]
         if self._family == socket.AF_INET6 and ":" not in host:
             host = "::ffff:" + host
         address = (host, port)
@@ -471,7 +639,10 @@ class Tunnel(Lifecycle):
         for data, endpoint in datagrams:
             address = sockaddrs.get(endpoint) or self._sockaddr(endpoint)
             try:
-                send(data, address)
+                if len(endpoint) == 2:
+                    send(data, address)
+                else:
+                    self._send_from(sock, [data], [], address, endpoint[2])  # type: ignore[misc]
             except (BlockingIOError, InterruptedError):
                 self.dropped_datagrams += 1  # a full socket buffer drops, as UDP does
             except OSError as exc:
@@ -497,7 +668,11 @@ class Tunnel(Lifecycle):
                     break
             address = sockaddrs.get(endpoint) or self._sockaddr(endpoint)
             try:
-                if j - i == 1:
+                if len(endpoint) > 2:
+                    buffers = [data] if j - i == 1 else [b"".join([d for d, _ in datagrams[i:j]])]
+                    anc = [] if j - i == 1 else [(SOL_UDP, UDP_SEGMENT, _native_u16(size))]
+                    self._send_from(sock, buffers, anc, address, endpoint[2])  # type: ignore[misc]
+                elif j - i == 1:
                     sock.sendto(data, address)
                 else:
                     sock.sendmsg(
@@ -524,6 +699,8 @@ class Tunnel(Lifecycle):
         if effects.datagrams:
             if sock is not None:
                 self._send_datagrams(sock, effects.datagrams)
+                if self._failed_sources:
+                    self._failed_sources.clear()
             else:  # closed (or not started): nowhere to send them
                 self.dropped_datagrams += len(effects.datagrams)
         if effects.packets:
