@@ -21,17 +21,24 @@ time reads or changes the device: a ``set`` from its first line to its answer
 is put together (not while the client reads it). Each answer is written, and
 drained, before the connection's next request is read: a client cannot make
 the server hold more than one answer and one read of its input.
+
+A daemon is told when its socket file is removed (``on_removed``), as
+wireguard-go's ``UAPIListen`` watches it with inotify and exits: the file is
+the interface's name in ``wg show interfaces``, and removing it is one way of
+stopping the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from ..uapi import UAPI, UAPIConnection
 from .lifecycle import Lifecycle
@@ -116,21 +123,38 @@ class ControlServer(Lifecycle):
     manager.
     """
 
-    def __init__(self, uapi: UAPI, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        uapi: UAPI,
+        path: str | os.PathLike[str],
+        *,
+        sock: socket.socket | None = None,
+        on_removed: Callable[[], None] | None = None,
+    ) -> None:
         self.uapi = uapi
         self.path = os.fspath(path)
+        # A socket already listening at *path* (a daemon's parent bound it:
+        # wireguard-go's WG_UAPI_FD).
+        self._sock = sock
+        # Called once if the socket file is removed or replaced.
+        self.on_removed = on_removed
         self._server: asyncio.AbstractServer | None = None
         self._identity: tuple[int, int] | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._device_lock = asyncio.Lock()
+        self._watch: _FileWatch | None = None
 
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the control server is already started")
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-        sock = _bind(self.path)
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            sock.setblocking(False)
+        else:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+            sock = _bind(self.path)
         try:
             st = os.stat(self.path)
             self._identity = (st.st_dev, st.st_ino)
@@ -139,8 +163,20 @@ class ControlServer(Lifecycle):
             sock.close()
             self._unlink()
             raise
+        if self.on_removed is not None:
+            self._watch = _FileWatch(self.path, self._identity, self._removed)
+            self._watch.start(asyncio.get_running_loop())
+
+    def _removed(self) -> None:
+        log.info("control socket %s was removed", self.path)
+        self._identity = None  # no longer ours to unlink
+        if self.on_removed is not None:
+            self.on_removed()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         server, self._server = self._server, None
         if server is None:
             return
@@ -215,6 +251,83 @@ class ControlServer(Lifecycle):
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+class _FileWatch:
+    """Calls *on_gone* once when the file at *path* is no longer the one with
+    *identity* (device, inode): inotify on the file (``IN_ATTRIB`` fires when
+    its link count drops, ``IN_DELETE_SELF``/``IN_MOVE_SELF``), where the C
+    library offers it, and a check every few seconds in any case."""
+
+    _IN_ATTRIB = 0x004
+    _IN_MOVE_SELF = 0x800
+    _IN_DELETE_SELF = 0x400
+    _IN_NONBLOCK = 0o4000
+    _IN_CLOEXEC = 0o2000000
+    INTERVAL = 5.0
+
+    def __init__(self, path: str, identity: tuple[int, int] | None, on_gone: Callable[[], None]):
+        self.path = path
+        self.identity = identity
+        self.on_gone = on_gone
+        self._fd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(self._IN_NONBLOCK | self._IN_CLOEXEC)
+            if fd >= 0:
+                mask = self._IN_ATTRIB | self._IN_MOVE_SELF | self._IN_DELETE_SELF
+                if libc.inotify_add_watch(fd, os.fsencode(self.path), mask) < 0:
+                    os.close(fd)
+                else:
+                    self._fd = fd
+                    loop.add_reader(fd, self._on_event)
+        self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            os.close(fd)
+        self._loop = None
+
+    def _arm(self) -> None:
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.INTERVAL, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._check():
+            self._arm()
+
+    def _on_event(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._fd, 4096):
+                pass
+        self._check()
+
+    def _check(self) -> bool:
+        """Whether the file went (and *on_gone* was called)."""
+        try:
+            st = os.lstat(self.path)
+            present = (st.st_dev, st.st_ino) == self.identity and stat.S_ISSOCK(st.st_mode)
+        except FileNotFoundError:
+            present = False
+        except OSError:
+            present = True  # cannot tell: keep serving
+        if present:
+            return False
+        self.stop()
+        self.on_gone()
+        return True
 
 
 def query(path: str, timeout: float = 5.0) -> str:

@@ -3,10 +3,34 @@ and the ``wg`` control socket at ``/var/run/wireguard/NAME.sock``, so the stock
 ``wg show NAME`` / ``wg set NAME ...`` work on it. No TUN: packets go in and
 out through :class:`~wireguard.io.tunnel.Tunnel` (the TUN binding and the
 userspace network stack build on this).
+
+:class:`TunInterface` is that with a TUN interface: the one engine behind both
+``wireguard-sansio`` (the drop-in for wireguard-go, :mod:`wireguard.cli.daemon`)
+and ``python -m wireguard up`` (:mod:`wireguard.io.up`, which adds addresses,
+routes and hooks around it). It behaves as wireguard-go and the kernel module
+do towards whatever configures the interface from outside:
+
+- the UDP socket is open while the interface is up: ``ip link set NAME down``
+  closes it and forgets every session (:meth:`Device.clear_sessions`, the
+  kernel's ``wg_stop``); ``up`` opens it again on the configured port and
+  sends a keepalive to each peer with a persistent keepalive (so the
+  handshake starts at once); ``wg set NAME listen-port`` while down only
+  records the port;
+- ``ip link set NAME mtu N`` sets the device's MTU (its padding); packets up
+  to the TUN's 64 KiB are read and written whatever the MTU;
+- replies leave from the local address the peer last reached (sticky
+  sources, see :mod:`wireguard.io.tunnel`);
+- the interface may be moved to another network namespace and is followed
+  there (:class:`~wireguard.io.tun.LinkMonitor`), while the process, its UDP
+  socket and the control socket stay where they were started;
+- it ends (:meth:`wait` returns why) when the interface is deleted, when its
+  control socket file is removed, or when :meth:`stop` is called (a signal).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 
@@ -15,7 +39,12 @@ from ..device import Device
 from ..uapi import UAPI
 from .control import ControlServer, socket_path
 from .lifecycle import Lifecycle
+from .tun import LinkMonitor, LinkState, Tun, TunPump
 from .tunnel import Tunnel, device_from_config
+
+log = logging.getLogger("wireguard")
+
+__all__ = ["Interface", "TunInterface"]
 
 
 class Interface(Lifecycle):
@@ -29,10 +58,11 @@ class Interface(Lifecycle):
         sock: socket.socket | None = None,
         control: bool = True,
         control_path: str | os.PathLike[str] | None = None,
+        sticky: bool = False,
     ) -> None:
         self.name = name
         self.device = device
-        self.tunnel = Tunnel(device, listen_port=listen_port, host=host, sock=sock)
+        self.tunnel = Tunnel(device, listen_port=listen_port, host=host, sock=sock, sticky=sticky)
         self.control: ControlServer | None = None
         self._want_control = control
         self._control_path = control_path or socket_path(name)
@@ -42,18 +72,20 @@ class Interface(Lifecycle):
         device = await device_from_config(config)
         return cls(name, device, listen_port=config.interface.listen_port or 0, **options)
 
+    def _control_server(self, **options) -> ControlServer:  # type: ignore[no-untyped-def]
+        uapi = UAPI(
+            self.device,
+            now=lambda: self.tunnel.now,
+            on_listen_port=self.tunnel.rebind,
+            on_fwmark=self.tunnel.set_fwmark,
+            on_effects=self.tunnel.apply,
+        )
+        return ControlServer(uapi, self._control_path, **options)
 
     async def start(self) -> None:
         await self.tunnel.start()
         if self._want_control:
-            uapi = UAPI(
-                self.device,
-                now=lambda: self.tunnel.now,
-                on_listen_port=self.tunnel.rebind,
-                on_fwmark=self.tunnel.set_fwmark,
-                on_effects=self.tunnel.apply,
-            )
-            self.control = ControlServer(uapi, self._control_path)
+            self.control = self._control_server()
             try:
                 await self.control.start()
             except BaseException:
@@ -64,3 +96,124 @@ class Interface(Lifecycle):
         if self.control is not None:
             await self.control.close()
         await self.tunnel.close()
+
+
+class TunInterface(Interface):
+    """The engine of a TUN interface (see the module). *tun* is owned from now
+    on (closed by :meth:`close`, which removes the interface). *control_sock*
+    is a socket already listening at the control path, if the caller bound
+    it. The UDP socket opens when the interface is (or comes) up;
+    :meth:`bring_up` opens it at once and raises if the port is taken."""
+
+    def __init__(
+        self,
+        name: str,
+        device: Device,
+        tun: Tun,
+        *,
+        listen_port: int | None = None,
+        control_sock: socket.socket | None = None,
+        control_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(
+            name, device, listen_port=listen_port, control_path=control_path, sticky=True
+        )
+        self.tun = tun
+        self.pump = TunPump(tun, self.tunnel)
+        self.monitor = LinkMonitor(tun, self._link_changed, lambda: self.stop("interface deleted"))
+        self.link: LinkState | None = None
+        self._control_sock = control_sock
+        self._stopped: asyncio.Event | None = None
+        self.stop_reason: str | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        await self.tunnel.start(listen=False)
+        self.control = self._control_server(
+            sock=self._control_sock, on_removed=lambda: self.stop("control socket removed")
+        )
+        self._control_sock = None
+        try:
+            await self.control.start()
+        except BaseException:
+            await self.tunnel.close()
+            raise
+        self.pump.on_error = lambda exc: self.stop("TUN failed")
+        self.pump.start(loop)
+        if self.monitor.start(loop) is None:
+            # Its state cannot be read (old kernel, or already moved where it
+            # cannot be followed): serve as if it were up.
+            log.info("%s: link state unknown; listening regardless", self.name)
+            self.bring_up(quiet=True)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End :meth:`wait` (from a signal handler, say)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def wait(self) -> str:
+        """Until the interface is deleted, its control socket removed or
+        :meth:`stop` called; returns why."""
+        assert self._stopped is not None, "the interface is not started"
+        await self._stopped.wait()
+        return self.stop_reason or "stopped"
+
+    def bring_up(self, *, quiet: bool = False) -> int:
+        """Open the UDP socket, as the interface coming up does; returns the
+        port. Raises OSError if it cannot be bound (unless *quiet*: then it is
+        logged, as wireguard-go logs "Unable to update bind")."""
+        tunnel = self.tunnel
+        if tunnel.listening:
+            return tunnel.listen_port
+        try:
+            port = tunnel.open_socket()
+        except OSError as exc:
+            if not quiet:
+                raise
+            log.error("Unable to update bind: %s", exc.strerror or exc)
+            return 0
+        # The kernel's wg_open: what waits goes out, and every peer with a
+        # persistent keepalive gets one now (which starts a handshake).
+        now = tunnel.now
+        device = self.device
+        for key, peer in list(device.peers.items()):
+            if peer.persistent_keepalive:
+                tunnel.apply(device.send_keepalive(key, now))
+        log.debug("%s: up, UDP port %d", self.name, port)
+        return port
+
+    def bring_down(self) -> None:
+        """Close the UDP socket and forget every session, as the interface
+        going down does."""
+        if self.tunnel.listening:
+            self.tunnel.close_socket()
+            log.debug("%s: down", self.name)
+        self.device.clear_sessions()
+
+    def _link_changed(self, state: LinkState) -> None:
+        old, self.link = self.link, state
+        if state.mtu and (old is None or state.mtu != old.mtu):
+            self.device.mtu = state.mtu
+            log.debug("%s: MTU %d", self.name, state.mtu)
+        if old is not None and old.nsid != state.nsid:
+            log.info("%s: now in network namespace id %s", self.name, state.nsid)
+        if state.up:
+            self.bring_up(quiet=True)
+        elif self.tunnel.listening or old is None or old.up:
+            self.bring_down()
+
+    async def close(self) -> None:
+        self.monitor.stop()
+        self.pump.stop()
+        try:
+            await super().close()
+        finally:
+            if self.tun.drops:
+                log.info(
+                    "TUN packets not passed on: %s",
+                    ", ".join(f"{k} {v}" for k, v in sorted(self.tun.drops.items())),
+                )
+            self.tun.close()

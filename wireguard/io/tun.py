@@ -27,6 +27,14 @@ the kernel hand over 64 KB TCP super-packets, cut here into segments with
 their checksums (:func:`split_gso`). That costs more CPU in this process than
 it saves (the kernel segments and checksums in C, in the sender's context),
 so it is not the default; see ``docs/performance.md``.
+
+:class:`LinkMonitor` follows the interface through rtnetlink: its MTU, whether
+it is up, and where it is. An interface moved to another network namespace
+(``ip link set NAME netns NS``) is followed there, by that namespace's id in
+ours (``NETLINK_LISTEN_ALL_NSID``; an id is assigned if it has none, as
+``ip netns set NS auto`` would), without holding the namespace open; an
+interface deleted (``ip link del``) is noticed by its TUN file descriptor,
+which the kernel then detaches (``EBADFD``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -69,6 +77,8 @@ log = logging.getLogger("wireguard")
 __all__ = [
     "DEFAULT_MTU",
     "Coalescer",
+    "LinkMonitor",
+    "LinkState",
     "NetlinkConfig",
     "Tun",
     "TunError",
@@ -86,7 +96,13 @@ TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNGETFEATURES = 0x800454CF
+TUNGETIFF = 0x800454D2
 TUNSETVNETHDRSZ = 0x400454D8
+TUNGETDEVNETNS = 0x54E3
+# linux/sockios.h
+SIOCGIFMTU = 0x8921
+SIOCSIFMTU = 0x8922
+IFNAMSIZ = 16
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -113,7 +129,23 @@ _NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 
 class TunError(LocalProtocolError):
-    """Setting up the interface failed; the message is one line for a user."""
+    """Setting up the interface failed; the message is one line for a user,
+    :attr:`errno` the system error behind it, if one was."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def validate_kernel_name(name: str) -> str:
+    """An interface name as the kernel takes it (``dev_valid_name``): 1 to 15
+    bytes, not ``.`` or ``..``, no ``/``, ``:`` or white space. wireguard-go
+    takes any such name; wg-quick's rule (:func:`validate_name`) is narrower."""
+    if len(name.encode()) >= IFNAMSIZ:
+        raise TunError(f"interface name too long: {name!r}", errno.ENAMETOOLONG)
+    if not name or name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
+        raise TunError(f"invalid interface name {name!r}", errno.EINVAL)
+    return name
 
 
 def validate_name(name: str) -> str:
@@ -153,8 +185,19 @@ class Tun:
         self.drops: collections.Counter[str] = collections.Counter()
 
     @classmethod
-    def create(cls, name: str, *, offload: str | None = None) -> Tun:
+    def create(
+        cls,
+        name: str,
+        *,
+        offload: str | None = None,
+        strict_name: bool = True,
+        exclusive: bool = True,
+    ) -> Tun:
         """Create interface *name*; fails if any interface of that name exists.
+        The name must follow wg-quick's rule (:func:`validate_name`), or with
+        ``strict_name=False`` only the kernel's (:func:`validate_kernel_name`).
+        With ``exclusive=False`` (wireguard-go's way) a persistent TUN of that
+        name that nobody has open is taken over rather than refused.
 
         *offload* (default: ``WG_PY_TUN_OFFLOAD``, else ``"gro"``):
 
@@ -166,18 +209,21 @@ class Tun:
         - ``"tso"``: also TSO and checksum offload from the kernel: super-packets
           cut here by :func:`split_gso`.
         """
-        validate_name(name)
-        if offload is None:
-            offload = os.environ.get("WG_PY_TUN_OFFLOAD", "gro")
-        offload = {"0": "off", "1": "tso", "": "gro"}.get(offload, offload)
-        if offload not in ("off", "gro", "tso"):
-            raise TunError(f"unknown TUN offload mode {offload!r} (off, gro or tso)")
+        if strict_name:
+            validate_name(name)
+        else:
+            validate_kernel_name(name)
+        offload = _offload_mode(offload)
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise TunError(f"{TUN_PATH} does not exist (no TUN support in this kernel?)") from None
+            raise TunError(
+                f"{TUN_PATH} does not exist (no TUN support in this kernel?)", errno.ENOENT
+            ) from None
         except PermissionError:
-            raise TunError(f"cannot open {TUN_PATH}: permission denied (run as root)") from None
+            raise TunError(
+                f"cannot open {TUN_PATH}: permission denied (run as root)", errno.EACCES
+            ) from None
         try:
             vnet = False
             if offload != "off":
@@ -186,38 +232,71 @@ class Tun:
                     vnet = bool(features & IFF_VNET_HDR)
                 except OSError:
                     vnet = False
-            flags = IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL | (IFF_VNET_HDR if vnet else 0)
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet else 0)
+            if exclusive:
+                flags |= IFF_TUN_EXCL
             try:
                 ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
             except OSError as exc:
                 if exc.errno in (errno.EBUSY, errno.EEXIST, errno.EINVAL):
-                    raise TunError(f"interface {name!r} already exists") from None
+                    raise TunError(f"interface {name!r} already exists", exc.errno) from None
                 if exc.errno == errno.EPERM:
                     raise TunError(
-                        f"cannot create {name!r}: permission denied (run as root)"
+                        f"cannot create {name!r}: permission denied (run as root)", exc.errno
                     ) from None
-                raise TunError(f"cannot create {name!r}: {exc.strerror}") from None
+                raise TunError(f"cannot create {name!r}: {exc.strerror}", exc.errno) from None
             actual = ifr[:16].split(b"\0", 1)[0].decode()
-            mode = "off"
-            if vnet:
-                mode = "gro"
-                try:
-                    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
-                    if offload == "tso":
-                        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-                        mode = "tso"
-                    else:
-                        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
-                except OSError as exc:
-                    # The header stays (it was chosen at TUNSETIFF); without TSO
-                    # the kernel just never sends super-packets.
-                    log.info("TUN offloads unavailable (%s); plain segments", exc.strerror)
+            mode = _set_offloads(fd, vnet, offload)
         except BaseException:
             os.close(fd)
             raise
         tun = cls(fd, actual, vnet)
         tun.offload = mode
         return tun
+
+    @classmethod
+    def from_fd(cls, fd: int, *, offload: str | None = None) -> Tun:
+        """A TUN interface someone else opened (wireguard-go's ``WG_TUN_FD``):
+        its name and whether it carries a virtio-net header are asked of the
+        kernel, and the offloads set as :meth:`create` sets them. The
+        descriptor is made non-blocking; the Tun owns it from now on."""
+        try:
+            ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+        except OSError as exc:
+            raise TunError(
+                f"file descriptor {fd} is not a TUN interface: {exc.strerror}", exc.errno
+            ) from None
+        flags = struct.unpack_from("H", ifr, IFNAMSIZ)[0]
+        if flags & 0x000F != IFF_TUN or not flags & IFF_NO_PI:
+            raise TunError(f"file descriptor {fd} is not a layer-3 TUN without packet info")
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        vnet = bool(flags & IFF_VNET_HDR)
+        mode = _set_offloads(fd, vnet, _offload_mode(offload))
+        tun = cls(fd, ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode(), vnet)
+        tun.offload = mode
+        return tun
+
+    def attached(self) -> str | None:
+        """The interface's current name (it may have been renamed), or None if
+        it was deleted (the kernel detaches the file: ``EBADFD``)."""
+        if self.fd < 0:
+            return None
+        try:
+            ifr = fcntl.ioctl(self.fd, TUNGETIFF, bytes(40))
+        except OSError:
+            return None
+        return ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+
+    def get_mtu(self) -> int:
+        """The interface's MTU, asked by name in this process's network
+        namespace (OSError if it is not there)."""
+        return get_mtu(self.name)
+
+    def set_mtu(self, mtu: int) -> None:
+        """Set the MTU, by name in this process's network namespace."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock, SIOCSIFMTU, struct.pack("16si20x", self.name.encode(), mtu))
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -278,6 +357,42 @@ class Tun:
                 self.drops["write_error"] += 1
                 log.debug("TUN write failed: %s", exc)
         return dropped
+
+
+def get_mtu(name: str) -> int:
+    """The MTU of interface *name* in this process's network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifr = fcntl.ioctl(sock, SIOCGIFMTU, struct.pack("16s24x", name.encode()))
+    return int(struct.unpack_from("i", ifr, IFNAMSIZ)[0])
+
+
+def _offload_mode(offload: str | None) -> str:
+    if offload is None:
+        offload = os.environ.get("WG_PY_TUN_OFFLOAD", "gro")
+    offload = {"0": "off", "1": "tso", "": "gro"}.get(offload, offload)
+    if offload not in ("off", "gro", "tso"):
+        raise TunError(f"unknown TUN offload mode {offload!r} (off, gro or tso)")
+    return offload
+
+
+def _set_offloads(fd: int, vnet: bool, offload: str) -> str:
+    """Header size and offloads for a TUN with a virtio-net header; the mode
+    in effect."""
+    if not vnet:
+        return "off"
+    mode = "gro"
+    try:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+        if offload == "tso":
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            mode = "tso"
+        else:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    except OSError as exc:
+        # The header stays (it was chosen at TUNSETIFF); without TSO the
+        # kernel just never sends super-packets.
+        log.info("TUN offloads unavailable (%s); plain segments", exc.strerror)
+    return mode
 
 
 # --------------------------------------------------------------------------- TSO / GRO
@@ -581,6 +696,283 @@ class TunPump:
         tunnel = self.tunnel
         now = tunnel.now
         tunnel.apply(tunnel.device.send_packets(packets, now, self._effects()))
+
+
+# --------------------------------------------------------------------------- the link
+
+# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/net_namespace.h
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_RTM_NEWLINK = 16
+_RTM_DELLINK = 17
+_RTM_GETLINK = 18
+_RTM_NEWNSID = 88
+_RTM_GETNSID = 90
+_NLM_F_REQUEST = 1
+_NLM_F_ACK = 4
+_RTMGRP_LINK = 1
+_SOL_NETLINK = 270
+_NETLINK_LISTEN_ALL_NSID = 8
+_IFLA_IFNAME = 3
+_IFLA_MTU = 4
+_IFLA_TARGET_NETNSID = 46
+_NETNSA_NSID = 1
+_NETNSA_FD = 3
+_IFF_UP = 0x1
+_nlmsghdr = struct.Struct("=IHHII")
+_ifinfomsg = struct.Struct("=BxHiII")
+_rtattr = struct.Struct("=HH")
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    length = _rtattr.size + len(data)
+    return _rtattr.pack(length, kind) + data + bytes(-length % 4)
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    found: dict[int, bytes] = {}
+    while start + _rtattr.size <= end:
+        length, kind = _rtattr.unpack_from(data, start)
+        if length < _rtattr.size:
+            break
+        found[kind & 0x3FFF] = data[start + _rtattr.size : start + length]
+        start += (length + 3) & ~3
+    return found
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each netlink message in *data*."""
+    offset = 0
+    while offset + _nlmsghdr.size <= len(data):
+        length, kind, _flags, _seq, _pid = _nlmsghdr.unpack_from(data, offset)
+        if length < _nlmsghdr.size:
+            break
+        yield kind, data[offset + _nlmsghdr.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def _request(kind: int, flags: int, payload: bytes) -> list[tuple[int, bytes]]:
+    """One rtnetlink request and its answer (blocking, two seconds at most):
+    the messages up to the first answer; an error answer raises OSError."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        sock.send(_nlmsghdr.pack(_nlmsghdr.size + len(payload), kind, flags, 1, 0) + payload)
+        answer = list(_messages(sock.recv(65536)))
+    for got, body in answer:
+        if got == _NLMSG_ERROR:
+            code = struct.unpack_from("i", body)[0]
+            if code:
+                raise OSError(-code, os.strerror(-code))
+    return answer
+
+
+def _nsid_of(netns_fd: int) -> int:
+    """The id our network namespace knows the namespace *netns_fd* by,
+    assigned first if it has none (``ip netns set NS auto``): link events of
+    a namespace reach a listener elsewhere only through such an id."""
+    ask = struct.pack("=Bxxx", socket.AF_UNSPEC) + _attr(_NETNSA_FD, struct.pack("=I", netns_fd))
+    for attempt in range(2):
+        for kind, body in _request(_RTM_GETNSID, _NLM_F_REQUEST, ask):
+            if kind == _RTM_NEWNSID:
+                nsid = struct.unpack("=i", _attrs(body, 4, len(body))[_NETNSA_NSID])[0]
+                if nsid >= 0:
+                    return int(nsid)
+        if attempt == 0:
+            assign = ask + _attr(_NETNSA_NSID, struct.pack("=i", -1))
+            _request(_RTM_NEWNSID, _NLM_F_REQUEST | _NLM_F_ACK, assign)
+    raise OSError(errno.ENOENT, "the namespace has no id")
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """The interface as rtnetlink last reported it: where it is (*nsid*: the
+    id of its network namespace in ours, None for ours), its index and name
+    there, its MTU, and whether it is up (``IFF_UP``)."""
+
+    nsid: int | None
+    index: int
+    name: str
+    mtu: int
+    up: bool
+
+
+def _link_state(nsid: int | None, kind: int, body: bytes) -> tuple[int, LinkState]:
+    _family, _type, index, flags, _change = _ifinfomsg.unpack_from(body)
+    attrs = _attrs(body, _ifinfomsg.size, len(body))
+    name = attrs.get(_IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+    mtu = struct.unpack("=I", attrs[_IFLA_MTU])[0] if _IFLA_MTU in attrs else 0
+    return kind, LinkState(nsid, index, name, mtu, bool(flags & _IFF_UP))
+
+
+def query_link(name: str, nsid: int | None = None) -> LinkState:
+    """The state of interface *name* in our namespace, or in the one with id
+    *nsid* (``IFLA_TARGET_NETNSID``, Linux 4.20)."""
+    payload = _ifinfomsg.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
+        _IFLA_IFNAME, name.encode() + b"\0"
+    )
+    if nsid is not None:
+        payload += _attr(_IFLA_TARGET_NETNSID, struct.pack("=i", nsid))
+    for kind, body in _request(_RTM_GETLINK, _NLM_F_REQUEST, payload):
+        if kind == _RTM_NEWLINK:
+            return _link_state(nsid, kind, body)[1]
+    raise OSError(errno.ENODEV, f"no interface {name}")
+
+
+class LinkMonitor:
+    """Follows the TUN interface *tun* (see the module): *on_change* is called
+    with each new :class:`LinkState` (MTU or up/down changed, or it moved),
+    *on_gone* once when the interface is deleted. Every *check_interval*
+    seconds the TUN is also asked whether it is still attached, in case an
+    event was missed."""
+
+    def __init__(
+        self,
+        tun: Tun,
+        on_change: Callable[[LinkState], None],
+        on_gone: Callable[[], None],
+        *,
+        check_interval: float = 2.0,
+    ) -> None:
+        self.tun = tun
+        self.on_change = on_change
+        self.on_gone = on_gone
+        self.check_interval = check_interval
+        self.state: LinkState | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._own_netns = _netns_identity(None)
+        self._gone = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> LinkState | None:
+        """Subscribe to link events and read the interface's state (returned;
+        None if it cannot be found, e.g. already moved away and no id)."""
+        self._loop = loop
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            sock.bind((0, _RTMGRP_LINK))
+            with contextlib.suppress(OSError):  # old kernels: only our namespace
+                sock.setsockopt(_SOL_NETLINK, _NETLINK_LISTEN_ALL_NSID, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._on_readable)
+        self._locate()
+        self._arm()
+        return self.state
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _arm(self) -> None:
+        if self._loop is not None and self._sock is not None:
+            self._timer = self._loop.call_later(self.check_interval, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        name = self.tun.attached()
+        if name is None:
+            self._lost()
+            return
+        if self.state is None or name != self.state.name:
+            self._locate()
+        self._arm()
+
+    def _lost(self) -> None:
+        if not self._gone:
+            self._gone = True
+            self.stop()
+            self.on_gone()
+
+    def _update(self, state: LinkState) -> None:
+        old, self.state = self.state, state
+        if state != old:
+            self.on_change(state)
+
+    def _locate(self) -> None:
+        """Find the interface again: its namespace from the TUN
+        (``TUNGETDEVNETNS``), that namespace's id in ours, its state there."""
+        name = self.tun.attached()
+        if name is None:
+            self._lost()
+            return
+        nsid: int | None = None
+        try:
+            netns = fcntl.ioctl(self.tun.fd, TUNGETDEVNETNS)
+        except OSError:
+            netns = -1  # older kernels: assume it stayed here
+        if netns >= 0:
+            try:
+                if _netns_identity(netns) != self._own_netns:
+                    nsid = _nsid_of(netns)
+            except OSError as exc:
+                log.info("cannot follow %s into its network namespace: %s", name, exc)
+                self.state = None
+                return
+            finally:
+                os.close(netns)
+        try:
+            state = query_link(name, nsid)
+        except OSError as exc:
+            log.info("cannot read the state of %s: %s", name, exc.strerror or exc)
+            self.state = None
+            return
+        self._update(state)
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # events were lost: ask afresh
+                    self._locate()
+                    continue
+                log.error("link events: %s", exc.strerror)
+                return
+            nsid = None
+            for level, kind, value in anc:
+                if level == _SOL_NETLINK and kind == _NETLINK_LISTEN_ALL_NSID:
+                    nsid = struct.unpack("=i", value[:4])[0]
+            for kind, body in _messages(data):
+                if kind not in (_RTM_NEWLINK, _RTM_DELLINK) or len(body) < _ifinfomsg.size:
+                    continue
+                _, state = _link_state(nsid, kind, body)
+                current = self.state
+                if current is None:
+                    if state.name == self.tun.name or kind == _RTM_DELLINK:
+                        self._locate()
+                    continue
+                if (state.nsid, state.index) != (current.nsid, current.index):
+                    continue
+                if kind == _RTM_DELLINK:
+                    # Deleted, or moved to another namespace: the TUN knows which.
+                    self._locate()
+                    if self._sock is None:
+                        return
+                else:
+                    self._update(state)
+
+
+def _netns_identity(fd: int | None) -> tuple[int, int]:
+    st = os.stat("/proc/self/ns/net") if fd is None else os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 # --------------------------------------------------------------------------- netlink

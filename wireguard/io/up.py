@@ -8,7 +8,11 @@ interface up, addresses and routes set and the control socket
 ``/var/run/wireguard/NAME.sock`` answering; then it exits 0. An error on
 either side is one line on stderr and exit status 1.
 
-The service (``--foreground``) owns everything it made: the TUN interface
+The service (``--foreground``) is the engine ``wireguard-sansio`` runs
+(:class:`~wireguard.io.interface.TunInterface`: the TUN, the UDP socket, the
+control socket, the link followed through netlink) with the rest of what
+wg-quick does around it: the configuration, addresses, routes, policy rules
+and hooks. It owns everything it made: the TUN interface
 (closing it removes the interface with its addresses and routes), the policy
 rules of a default route, the UDP socket, the control socket and the pid file
 ``/var/run/wireguard/NAME.pid`` (pid and start time, so a reused pid is never
@@ -385,17 +389,24 @@ class Service:
         self.stopping = asyncio.Event()
 
     async def run(self, ready) -> None:  # type: ignore[no-untyped-def]
-        from .interface import Interface
-        from .tun import Tun, TunPump, configure
+        from .interface import TunInterface
+        from .tun import Tun, configure
         from .tunnel import device_from_config
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.stopping.set)
         name, config = self.name, self.config
-        tun = iface = netlink = pump = None
+        tun = engine = netlink = None
         pid_written = up = False
         settings = config.interface
+        port = settings.listen_port or 0
+
+        def stop() -> None:
+            self.stopping.set()
+            if engine is not None:
+                engine.stop("signal")
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop)
         try:
             try:
                 device = await device_from_config(config)
@@ -403,60 +414,60 @@ class Service:
                 raise UpError(f"endpoint: {exc}") from None
             await self._hooks("PreUp", settings.pre_up)
             tun = Tun.create(name)
-            iface = Interface(name, device, listen_port=config.interface.listen_port or 0)
+            engine = TunInterface(name, device, tun, listen_port=port)
+            tun = None  # the engine's now: closed by its close()
             try:
-                await iface.start()
+                await engine.start()
             except OSError as exc:
                 where = socket_path(name)
                 if where in str(exc):
                     raise UpError(f"{where} is in use by a running interface") from None
-                if exc.errno == errno.EADDRINUSE:
-                    raise UpError(f"UDP port {config.interface.listen_port} is in use") from None
                 raise UpError(f"cannot start {name}: {exc.strerror or exc}") from None
 
             def set_fwmark(mark: int) -> None:
                 device.fwmark = mark
-                iface.tunnel.set_fwmark(mark)
+                engine.tunnel.set_fwmark(mark)
 
-            if config.interface.fwmark:
-                set_fwmark(config.interface.fwmark)
+            if settings.fwmark:
+                set_fwmark(settings.fwmark)
             # pyroute2's synchronous API runs its own event loop: in a thread.
-            netlink = await asyncio.to_thread(configure, tun, config, set_fwmark=set_fwmark)
+            netlink = await asyncio.to_thread(configure, engine.tun, config, set_fwmark=set_fwmark)
             if netlink.rules:
                 self._write_rules(netlink.rules)
-            pump = TunPump(tun, iface.tunnel)
-            pump.on_error = lambda exc: self.stopping.set()
-            pump.start(loop)
+            # The link is up now; the engine opens the UDP socket when it hears
+            # of it, or here, where a port in use is an error of `up`.
+            try:
+                engine.bring_up()
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise UpError(f"UDP port {port} is in use") from None
+                raise UpError(f"cannot listen on UDP port {port}: {exc.strerror}") from None
             await self._hooks("PostUp", settings.post_up)
             up = True
             self._write_pid_file()
             pid_written = True
             log.info(
                 "up: %s, UDP port %d, %d peer(s), TUN offload %s, UDP GSO %s GRO %s",
-                name, iface.tunnel.listen_port, len(device.peers),
-                tun.offload, iface.tunnel.gso, iface.tunnel.gro_active,
+                name, engine.tunnel.listen_port, len(device.peers),
+                engine.tun.offload, engine.tunnel.gso, engine.tunnel.gro_active,
             )  # fmt: skip
-            ready(f"ok {iface.tunnel.listen_port}")
-            await self.stopping.wait()
+            ready(f"ok {engine.tunnel.listen_port}")
+            if not self.stopping.is_set():
+                why = await engine.wait()
+                if why != "signal":
+                    log.info("%s", why)
             log.info("shutting down")
         finally:
             if up:
                 await self._hooks("PreDown", settings.pre_down, fatal=False)
-            if pump is not None:
-                pump.stop()
-            if tun is not None and tun.drops:
-                log.info(
-                    "TUN packets not passed on: %s",
-                    ", ".join(f"{k} {v}" for k, v in sorted(tun.drops.items())),
-                )
             if netlink is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(netlink.undo)
                 with contextlib.suppress(OSError):
                     os.unlink(rules_path(name))
-            if iface is not None:
+            if engine is not None:
                 with contextlib.suppress(Exception):
-                    await iface.close()
+                    await engine.close()
             if tun is not None:
                 tun.close()
             if up:
