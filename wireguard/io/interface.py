@@ -144,7 +144,7 @@ class TunInterface(Interface):
         if self.monitor.start(loop) is None:
             # Its state cannot be read (old kernel, or already moved where it
             # cannot be followed): serve as if it were up.
-            log.info("%s: link state unknown; listening regardless", self.name)
+            log.info("Link state unknown; listening regardless")
             self.bring_up(quiet=True)
 
     def stop(self, reason: str = "stopped") -> None:
@@ -182,7 +182,7 @@ class TunInterface(Interface):
         for key, peer in list(device.peers.items()):
             if peer.persistent_keepalive:
                 tunnel.apply(device.send_keepalive(key, now))
-        log.debug("%s: up, UDP port %d", self.name, port)
+        log.debug("Interface up, UDP port %d", port)
         return port
 
     def bring_down(self) -> None:
@@ -190,16 +190,16 @@ class TunInterface(Interface):
         going down does."""
         if self.tunnel.listening:
             self.tunnel.close_socket()
-            log.debug("%s: down", self.name)
+            log.debug("Interface down: UDP socket closed, sessions forgotten")
         self.device.clear_sessions()
 
     def _link_changed(self, state: LinkState) -> None:
         old, self.link = self.link, state
         if state.mtu and (old is None or state.mtu != old.mtu):
             self.device.mtu = state.mtu
-            log.debug("%s: MTU %d", self.name, state.mtu)
+            log.debug("MTU %d", state.mtu)
         if old is not None and old.nsid != state.nsid:
-            log.info("%s: now in network namespace id %s", self.name, state.nsid)
+            log.info("Interface now in network namespace id %s", state.nsid)
         if state.up:
             self.bring_up(quiet=True)
         elif self.tunnel.listening or old is None or old.up:
