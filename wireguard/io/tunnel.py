@@ -88,7 +88,8 @@ IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
-# Errors meaning "that source address cannot be used (any more)".
+# What the kernel answers a send from an address that is not (any more) one
+# of the host's: EINVAL (IPv6), ENETUNREACH (IPv4, through a dual-stack socket).
 _SOURCE_ERRORS = (errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH)
 
 
@@ -604,6 +605,7 @@ class Tunnel(Lifecycle):
         source (it is no longer an address of this host), the device forgets
         it and the datagram goes out from the source the kernel picks (what
         the second attempt raises, the caller handles)."""
+        refused = None
         if local not in self._failed_sources:
             try:
                 sock.sendmsg(buffers, [*anc, *self._source_cmsg(local)], 0, address)
@@ -611,14 +613,16 @@ class Tunnel(Lifecycle):
             except OSError as exc:
                 if exc.errno not in _SOURCE_ERRORS:
                     raise
+                refused = exc
                 self._failed_sources.add(local)
                 forgot = self.device.clear_endpoint_sources(local)
-                log.info(
-                    "source address %s refused (%s): sending from the kernel's choice; "
-                    "forgotten for %d peer(s)", local, exc.strerror, forgot,
-                )  # fmt: skip
         self.source_fallbacks += 1
         sock.sendmsg(buffers, anc, 0, address)
+        if refused is not None:  # (not when the network is unreachable anyway)
+            log.info(
+                "source address %s refused (%s): sent from the kernel's choice; "
+                "forgotten for %d peer(s)", local, refused.strerror, forgot,
+            )  # fmt: skip
 
     def _sockaddr(self, endpoint: Address) -> tuple:  # type: ignore[type-arg]
         host, port = endpoint[0], endpoint[1]
