@@ -29,6 +29,7 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ class Impl:
 
 def sansio_command(directory: Path) -> list[str]:
     """The console script if installed (in CI it must be), else a wrapper."""
-    installed = shutil.which(SANSIO)
+    scripts = Path(sysconfig.get_path("scripts")) / SANSIO  # this interpreter's
+    installed = str(scripts) if scripts.exists() else shutil.which(SANSIO)
     if IN_CI:
         need(installed is not None, f"`{SANSIO}` is not installed (pip install -e .)")
     if installed is not None:
