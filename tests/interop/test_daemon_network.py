@@ -15,11 +15,13 @@ wireguard-go in its place (``impl``); the other side is wireguard-go:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -272,6 +274,24 @@ def _huge(node: Node, peer: Node) -> tuple[str, list[str]]:
     return text, nets
 
 
+@contextlib.contextmanager
+def pinging(node: Node, dst: str) -> Iterator[list[str]]:
+    """A ping every 50 ms while the block runs; its output, once it ends."""
+    out: list[str] = []
+    pinger = subprocess.Popen(
+        ["ip", "netns", "exec", node.where, "ping", "-i", "0.05", "-W", "10", dst],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        yield out
+        time.sleep(0.5)
+    finally:
+        pinger.send_signal(signal.SIGINT)
+        text, _ = pinger.communicate(timeout=30)
+        out.append(text)
+
+
 def _conf_allowed(conf: str) -> list[str]:
     return [n.strip() for line in conf.splitlines() if line.startswith("AllowedIPs")
             for n in line.split("=", 1)[1].split(",")]  # fmt: skip
@@ -290,32 +310,32 @@ def test_huge_configurations(impl: Impl, go: Impl, tmp_path: Path) -> None:
         a, b = p.a, p.b
         assert p.reaches(a, TUN_V4[1])
         text, nets = _huge(a, b)
-        pinger = subprocess.Popen(
-            ["ip", "netns", "exec", a.where, "ping", "-i", "0.05", "-W", "10", TUN_V4[1]],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            time.sleep(0.5)
+        # The setconf replaces the peer (a new session: a ping or two may be
+        # lost, with wireguard-go too); the listings change nothing.
+        with pinging(a, TUN_V4[1]) as during_set:
             set_time = a.setconf(text, tmp_path)
+        assert p.reaches(a, TUN_V4[1])
+        with pinging(a, TUN_V4[1]) as during_get:
             start = time.monotonic()
             show = a.wg("show", a.name, "allowed-ips", timeout=600)
             show_time = time.monotonic() - start
             start = time.monotonic()
             conf = a.wg("showconf", a.name, timeout=600)
             conf_time = time.monotonic() - start
-            time.sleep(1)
-        finally:
-            pinger.send_signal(signal.SIGINT)
-            out, _ = pinger.communicate(timeout=30)
         assert sorted(_listed(show)) == sorted(nets)
         assert sorted(_conf_allowed(conf)) == sorted(nets)
-        sent, received, worst = ping_stats(out)
         times = f"setconf {set_time:.2f} s, show {show_time:.2f} s, showconf {conf_time:.2f} s"
-        print(f"{impl.name}: {times}; ping {received}/{sent}, worst {worst:.0f} ms")
-        assert sent > 20 and received >= sent - 3, out[-400:]
-        # Held up for the whole of an answer, a ping would wait as long.
+        sent, received, worst = ping_stats(during_get[0])
+        _, got_during_set, worst_set = ping_stats(during_set[0])
+        print(f"{impl.name}: {times}; ping {received}/{sent}, worst {worst:.0f} ms "
+              f"({worst_set:.0f} ms during the setconf)")  # fmt: skip
+        assert sent > 10 and received >= sent - 1, during_get[0][-400:]
+        assert got_during_set > 0, during_set[0][-400:]
+        # Held up for the whole of an answer (or of the set), a ping would
+        # have waited as long.
         longest = max(show_time, conf_time)
         assert worst / 1000 < max(longest / 2, 0.5), (worst, show_time, conf_time)
+        assert worst_set / 1000 < max(set_time / 2, 0.5), (worst_set, set_time)
         # 40 peers x 52 allowed IPs (B among them, with its own addresses).
         peers = [b] + [Node(a.impl, a.ns, "x") for _ in range(39)]
         sections, expected = [], {}
