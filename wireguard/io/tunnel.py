@@ -29,9 +29,10 @@ asks for each datagram's local address (``IPV6_RECVPKTINFO``, or
 endpoint leaves with that local address as its source (``IPV6_PKTINFO`` /
 ``IP_PKTINFO`` on ``sendmsg``), so a peer that reached one address of a
 multi-homed host hears back from that address, as from the kernel module and
-wireguard-go. If the kernel refuses the source (``EINVAL``: the address was
-removed from the host), the datagram is sent again with the source the
-kernel picks, and the device forgets that local address for every peer
+wireguard-go. If the kernel refuses the source (the address was removed from
+the host: ``EINVAL``, or ``ENETUNREACH`` for IPv4 through a dual-stack
+socket), the datagram is sent again with the source the kernel picks, and
+the device forgets that local address for every peer
 (:meth:`Device.clear_endpoint_sources`), as the kernel's ``send4``/``send6``
 clear ``endpoint->src``; so do a new listen port and a new firewall mark.
 
