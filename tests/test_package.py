@@ -35,3 +35,13 @@ def test_import_does_not_load_the_bindings() -> None:
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         wireguard.NoSuchThing  # noqa: B018
+
+
+def test_one_version_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    expected = version("wireguard-sansio")
+    assert wireguard.__version__ == expected
+    out = subprocess.run([sys.executable, "-m", "wireguard", "--version"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout == f"wireguard-sansio {expected}\n"

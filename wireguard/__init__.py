@@ -57,7 +57,21 @@ if TYPE_CHECKING:
 _LAZY = {"Tunnel": ".io.tunnel", "RootlessTunnel": ".io.rootless"}
 
 
+def _version() -> str:
+    """The installed distribution's version: one place, the package metadata
+    (pyproject.toml), for ``wireguard.__version__`` and every ``--version``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wireguard-sansio")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = globals()["__version__"] = _version()
+        return value
     # The bindings import asyncio, sockets and the netstack: only when asked.
     if name in _LAZY:
         import importlib
