@@ -207,8 +207,8 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             with contextlib.ExitStack() as stack:
                 if args.write:
-                    kind = PcapngWriter if args.write.endswith(".pcapng") else PcapWriter
-                    writer = kind(stack.enter_context(_replacing(args.write)))
+                    make = PcapngWriter if args.write.endswith(".pcapng") else PcapWriter
+                    writer = make(stack.enter_context(_replacing(args.write)))
                 if args.embed_keys:
                     embedded = PcapngWriter(stack.enter_context(_replacing(args.embed_keys, 0o600)))
                     if key_text:
