@@ -39,7 +39,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Final, NamedTuple
+from typing import IO, Final, NamedTuple, Self
 
 from .address import Address
 from .constants import KEY_LEN
@@ -324,7 +324,44 @@ def _open_binary(target: str | os.PathLike[str] | IO[bytes], mode: str) -> tuple
     return target, False
 
 
-class PcapWriter:
+class _Writer:
+    """What the two capture writers share: UDP datagrams written as the IP
+    packets they were on the wire, and closing (an open file given by the
+    caller is only flushed: it is the caller's to close)."""
+
+    _file: IO[bytes]
+    _owned: bool
+
+    def write_ip(self, timestamp: float, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
+        """One UDP datagram (a WireGuard message), wrapped in the outer IPv4 or
+        IPv6 and UDP headers it would have had on the wire."""
+        self.write_ip(timestamp, build_udp_packet(src, dst, payload))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+        else:
+            self._file.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PcapWriter(_Writer):
     """Write a classic pcap file (magic a1b2c3d4, microsecond timestamps,
     link type RAW) of IPv4 and IPv6 packets.
 
@@ -366,33 +403,8 @@ class PcapWriter:
         self._file.write(struct.pack("<IIII", seconds, micros, len(captured), len(packet)))
         self._file.write(captured)
 
-    def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
-        """One UDP datagram (a WireGuard message), wrapped in the outer IPv4 or
-        IPv6 and UDP headers it would have had on the wire."""
-        self.write_ip(timestamp, build_udp_packet(src, dst, payload))
 
-    def flush(self) -> None:
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._owned:
-            self._file.close()
-        else:
-            self._file.flush()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class PcapngWriter:
+class PcapngWriter(_Writer):
     """Write a pcapng file (draft-ietf-opsawg-pcapng): one section, one
     interface of link type RAW with microsecond timestamps, Enhanced Packet
     Blocks, and Decryption Secrets Blocks of type WireGuard key log
@@ -438,10 +450,6 @@ class PcapngWriter:
         head = struct.pack("<IIIII", 0, high, low, len(captured), len(packet))
         self._block(_PCAPNG_EPB, head + captured)
 
-    def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
-        """One UDP datagram, in the outer IPv4 or IPv6 and UDP headers it had."""
-        self.write_ip(timestamp, build_udp_packet(src, dst, payload))
-
     def write_secrets(self, keylog: str) -> None:
         """A Decryption Secrets Block holding *keylog* (``TYPE = base64``
         lines). Wireshark reads secrets as it meets them, so write them
@@ -469,26 +477,6 @@ class PcapngWriter:
             )
         )
         self._file.flush()
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._owned:
-            self._file.close()
-        else:
-            self._file.flush()
-
-    def __enter__(self) -> PcapngWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- pcap and pcapng reader ------------------------------------------------------
