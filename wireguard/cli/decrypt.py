@@ -109,7 +109,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``decrypt`` on the ``python -m wireguard`` sub-command set
     (the result of ``parser.add_subparsers()``); it sets ``func`` to a
     function of the parsed arguments that returns the exit status."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "decrypt",
         help="follow the handshakes in a capture and decrypt its transport data",
         description=__doc__.split("\n\n")[0] if __doc__ else None,

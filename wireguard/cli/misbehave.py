@@ -13,7 +13,7 @@ from . import CommandError
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``misbehave`` on the ``python -m wireguard`` sub-commands."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "misbehave",
         help="run an endpoint whose datagrams follow scripted misbehaviour rules",
         description=(
