@@ -629,6 +629,9 @@ def test_literals_and_no_servers():
     with pytest.raises(d.DNSNameError):
         r.lookup("a..b")
     assert issubclass(d.ResolutionError, RemoteProtocolError)
+    for bad in (["dns.example"], [("dns.example", 53)]):
+        with pytest.raises(LocalProtocolError, match="not an IP address"):
+            d.Resolver(bad)
 
 
 # --- the cache against a model ------------------------------------------------

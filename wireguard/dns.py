@@ -664,13 +664,11 @@ class _InterfaceDNS(Protocol):
 
 
 def _server(entry: str | IPAddress | Address, port: int) -> Address:
-    if isinstance(entry, tuple):
-        host, p = entry
-        return (str(ipaddress.ip_address(host)), int(p))
+    host, port = entry if isinstance(entry, tuple) else (entry, port)
     try:
-        return (str(ipaddress.ip_address(entry)), port)
+        return (str(ipaddress.ip_address(host)), int(port))
     except ValueError:
-        raise LocalProtocolError(f"DNS server {entry!r} is not an IP address") from None
+        raise LocalProtocolError(f"DNS server {host!r} is not an IP address") from None
 
 
 class Resolver:
