@@ -230,8 +230,13 @@ def test_a_new_mesh_from_the_command_line(tmp_path: Path):
         ipaddress.ip_address(f"10.50.0.{i}") for i in (1, 2, 3)
     ]
     assert [str(n.ipv6) for n in inventory.nodes] == ["fd50::1", "fd50::2", "fd50::3"]
-    # A rootless node added without options serves both proxies on loopback.
+    # A rootless node added without options serves both proxies on loopback
+    # (metrics alone are not something to serve).
     assert (pod.socks5, pod.http) == ("127.0.0.1:1080", "127.0.0.1:8080")
+    ok(inv, "add", "probe", "--kind", "rootless", "--metrics", "9586")
+    probe = mesh.parse_inventory(inv.read_text()).node("probe")
+    assert (probe.socks5, probe.http, probe.metrics) == ("127.0.0.1:1080", "127.0.0.1:8080", "9586")
+    ok(inv, "remove", "probe")
     ok(inv, "render")
     run_sh = (tmp_path / "estate.out" / "pod" / "run.sh").read_text().splitlines()
     assert run_sh[-1] == (
@@ -694,3 +699,4 @@ def test_syncconf_after_add_and_rekey_keeps_the_running_session(tmp_path: Path):
             for node in up:
                 ns, iface = names[node]
                 h.exec(ns, "wg-quick", "down", str(tmp_path / f"{iface}.conf"), check=False)
+

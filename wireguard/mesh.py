@@ -188,7 +188,8 @@ class Network:
 @dataclass(frozen=True)
 class Node:
     """One ``[[node]]`` table. ``endpoint`` is kept as written (``host`` or
-    ``host:port``); ``port`` is the ListenPort when set."""
+    ``host:port``); ``port`` is the ListenPort when set; ``mtu``, when set,
+    is this node's instead of the network's."""
 
     name: str
     kind: str
@@ -200,6 +201,7 @@ class Node:
     hub: bool = False
     routes: tuple[IPNetwork, ...] = ()
     dns: tuple[str, ...] = ()
+    mtu: int | None = None
     socks5: str | None = None
     http: str | None = None
     metrics: str | None = None
@@ -228,8 +230,9 @@ class Node:
 
     @property
     def runs(self) -> str | None:
-        """The command a rootless node runs: ``proxy`` when it serves a proxy,
-        ``forward`` when it only forwards ports, ``None`` for a TUN node."""
+        """The command a rootless node runs: ``proxy`` when it serves a proxy
+        or metrics, ``forward`` when it only forwards ports, ``None`` for a
+        TUN node."""
         if self.kind != "rootless":
             return None
         return "proxy" if (self.socks5 or self.http or self.metrics) else "forward"
@@ -467,6 +470,7 @@ _NODE_FIELDS = (
     "ipv6",
     "routes",
     "dns",
+    "mtu",
     "socks5",
     "http",
     "metrics",
@@ -696,6 +700,8 @@ def _node_value(key: str, raw: object) -> Any:
         return tuple(_route(r) for r in _str_list(raw, "prefixes"))
     if key == "dns":
         return tuple(_check_dns(d) for d in _str_list(raw, "DNS servers or search domains"))
+    if key == "mtu":
+        return _check_mtu(raw)
     if key in ("socks5", "http", "metrics"):
         return _check_listen(raw)
     assert key in ("local_forward", "remote_forward")
@@ -734,10 +740,7 @@ def _cross_check(inv: Inventory) -> Iterable[tuple[str, int | None, str | None]]
             if node.routes:
                 why = "a rootless node has no subnet to route (it owns only its address)"
                 yield why, i, "routes"
-            if not (
-                node.socks5 or node.http or node.metrics or node.local_forward
-                or node.remote_forward
-            ):  # fmt: skip
+            if not (node.socks5 or node.http or node.local_forward or node.remote_forward):
                 yield (
                     "a rootless node needs socks5, http, local_forward or remote_forward"
                     " (what it runs)",
@@ -1240,7 +1243,7 @@ def render(
         ),
         dns=servers,
         dns_search=tuple(d for d in node.dns if not _is_ip(d)),
-        mtu=network.mtu,
+        mtu=node.mtu if node.mtu is not None else network.mtu,
         post_up=tuple(post_up),
         pre_down=tuple(pre_down),
     )

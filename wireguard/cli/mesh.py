@@ -281,6 +281,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         ("ipv6", args.ipv6, "--ipv6"),
         ("routes", args.route or None, "--route"),
         ("dns", args.dns or None, "--dns"),
+        ("mtu", args.mtu, "--mtu"),
         ("socks5", args.socks5, "--socks5"),
         ("http", args.http, "--http"),
         ("metrics", args.metrics, "--metrics"),
@@ -297,8 +298,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         values["endpoint"] = mesh.endpoint_with_port(
             values["endpoint"], values.get("port") or network.port
         )
-    runs = ("socks5", "http", "metrics", "local_forward", "remote_forward")
-    if args.kind == "rootless" and not any(k in values for k in runs):
+    serves = ("socks5", "http", "local_forward", "remote_forward")
+    if args.kind == "rootless" and not any(k in values for k in serves):
         values["socks5"], values["http"] = mesh.DEFAULT_SOCKS5, mesh.DEFAULT_HTTP
     v4, v6 = mesh.allocate(inventory)
     for key, default in (("ipv4", v4), ("ipv6", v6)):
@@ -533,6 +534,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="SERVER|DOMAIN",
         help="its DNS = line (a rootless proxy resolves names through the tunnel with it)",
     )
+    add.add_argument("--mtu", type=int, help="its MTU, in place of the network's")
     add.add_argument("--ipv4", metavar="ADDRESS", help="its address (default the lowest free)")
     add.add_argument("--ipv6", metavar="ADDRESS", help="its address (default the lowest free)")
     add.add_argument(
