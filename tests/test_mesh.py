@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
@@ -40,6 +41,7 @@ from wireguard.config import (
 from wireguard.keys import PresharedKey, PrivateKey
 
 DATA = Path(__file__).resolve().parent / "data" / "mesh"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "hybrid-estate.md"
 EXPECTED = DATA / "expected"
 NODES = ("db", "gw", "web", "batch", "laptop", "edge")
 
@@ -700,3 +702,50 @@ def test_syncconf_after_add_and_rekey_keeps_the_running_session(tmp_path: Path):
                 ns, iface = names[node]
                 h.exec(ns, "wg-quick", "down", str(tmp_path / f"{iface}.conf"), check=False)
 
+
+# ----------------------------------------------------------------- the docs page
+
+
+def _block(text: str, lang: str, first_line: str) -> str:
+    blocks = re.findall(rf"^```{lang}\n(.*?)^```", text, re.S | re.M)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_the_worked_example_is_what_the_tool_writes(tmp_path: Path):
+    """docs/hybrid-estate.md shows real output: its commands, run here with
+    the page's placeholder keys, give the inventory, the VM's file and the
+    Secret's file it shows, and the sidecar's command is the rendered one."""
+    text = DOC.read_text()
+    example = text.split("## Worked example", 1)[1]
+    commands = _block(example, "sh", "python -m wireguard mesh init").replace("\\\n", " ")
+    inv = tmp_path / "mesh.toml"
+    for line in commands.splitlines():
+        argv = shlex.split(line)
+        assert argv[:4] == ["python", "-m", "wireguard", "mesh"]
+        ok(inv, *argv[4:])
+    # The page's keys: every byte of a key the same.
+    keys = {"db": PrivateKey(bytes([1]) * 32), "orders": PrivateKey(bytes([2]) * 32)}
+    written = inv.read_text()
+    for node in mesh.parse_inventory(written).nodes:
+        written = written.replace(
+            node.public_key.to_base64(), keys[node.name].public_key.to_base64()
+        )
+    inv.write_text(written)
+    for name, key in keys.items():
+        (tmp_path / "mesh.keys" / f"{name}.key").write_text(key.to_base64() + "\n")
+    (tmp_path / "mesh.keys" / "db+orders.psk").write_text(
+        PresharedKey(bytes([0x12]) * 32).to_base64() + "\n"
+    )
+    assert written == _block(example, "toml", "# A WireGuard mesh")
+    ok(inv, "render")
+    out = tmp_path / "mesh.out"
+    assert (out / "db" / "wg-mesh.conf").read_text() == _block(example, "ini", "# Node db")
+    secret = example.split("  wg-mesh.conf: |\n", 1)[1].split("\n```", 1)[0]
+    shown = "\n".join(line.removeprefix("    ") for line in secret.split("\n")) + "\n"
+    assert (out / "orders" / "wg-mesh.conf").read_text() == shown
+    # The Deployment's sidecar runs the command `render` gives, on the mounted file.
+    command = example.split("          command:\n", 1)[1].split("          ports:", 1)[0]
+    argv = [line.strip().removeprefix("- ") for line in command.splitlines()]
+    inventory = mesh.parse_inventory(written)
+    assert argv == mesh.proxy_command(inventory, "orders", "/etc/wireguard-mesh/wg-mesh.conf")
