@@ -573,11 +573,15 @@ def test_rekey_and_remove_mend_what_is_missing(golden: Path):
         (("remove", "nobody"), "no node 'nobody'"),
         (("rekey", "nobody"), "no node 'nobody'"),
         (("render", "nobody"), "no node 'nobody'"),
+        (("render", "-o", "{tmp}/mesh.toml"), "exists and is not a directory"),
+        (("init", "-f", "{tmp}/new.toml", "--ipv4", "10.0.0.1/24"), "--ipv4: '10.0.0.1/24' has"),
+        (("init", "-f", "{tmp}/new.toml", "--ipv4", "10.0.0.0/31"), "is too small"),
+        (("init", "-f", "{tmp}/no/such/dir.toml"), "no/such/dir.toml: No such file"),
     ],
 )
 def test_bad_requests_are_one_line_and_change_nothing(golden: Path, args, message):
     before = snapshot(golden.parent)
-    rc, _, err = run_mesh(golden, *args)
+    rc, _, err = run_mesh(golden, *(a.format(tmp=golden.parent) for a in args))
     assert rc == 1 and err.count("\n") == 1 and message in err, err
     assert snapshot(golden.parent) == before
 

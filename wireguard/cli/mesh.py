@@ -171,9 +171,12 @@ def _has_own_comments(text: str) -> bool:
 
 
 def _private_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        os.makedirs(path, mode=_PRIVATE_DIR, exist_ok=True)
-        os.chmod(path, _PRIVATE_DIR)
+    if os.path.isdir(path):
+        return
+    if os.path.lexists(path):
+        raise CommandError(f"{path}: exists and is not a directory")
+    os.makedirs(path, mode=_PRIVATE_DIR)
+    os.chmod(path, _PRIVATE_DIR)
 
 
 def _write_atomic(path: str, text: str, mode: int) -> None:
@@ -181,7 +184,10 @@ def _write_atomic(path: str, text: str, mode: int) -> None:
     created with *mode* from the start (a key is never readable by others,
     even for a moment)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o700)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -416,6 +422,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         for name in names
     ]
     # Everything is rendered (and so checked) before the first file is written.
+    for path in [out] + [os.path.join(out, r.node.name) for r in rendered]:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise CommandError(f"{path}: exists and is not a directory")
     _private_dir(out)
     for result in rendered:
         directory = os.path.join(out, result.node.name)
