@@ -1022,3 +1022,30 @@ def test_decrypt_w_keeps_what_came_before_a_capture_cut_short(
     whole = [p for _, p in PcapReader(whole_out)]
     kept = [p for _, p in PcapReader(cut_out)]
     assert kept and len(kept) < len(whole) + 1 and kept == whole[: len(kept)]
+
+
+def test_pcapng_writer_round_trip_with_secrets(tmp_path: Path) -> None:
+    """PcapngWriter's blocks, read back by our reader and by tshark: packets
+    with their times (microseconds, any time from 1970, past 2106 too), and
+    the secrets block where it was written."""
+    from wireguard.capture import PcapngWriter
+
+    path = tmp_path / "x.pcapng"
+    packet = build_udp_packet(("10.0.0.1", 51820), ("10.0.0.2", 51821), b"hello")
+    with PcapngWriter(path) as writer:
+        writer.write_secrets("LOCAL_STATIC_PRIVATE_KEY = " + "A" * 43 + "=\n")
+        writer.write_ip(1_700_000_000.25, packet)
+        writer.write_ip(2**32 + 0.5, packet)  # after 2106: pcapng holds it
+        with pytest.raises(CaptureFormatError):
+            writer.write_ip(-1.0, packet)
+    assert path.stat().st_mode & 0o777 == 0o600
+    with PcapReader(path) as reader:
+        got = [(p.timestamp, p.packet) for p in reader]
+        assert reader.secrets == [(SECRETS_TYPE_WIREGUARD, b"LOCAL_STATIC_PRIVATE_KEY = "
+                                   + b"A" * 43 + b"=\n")]  # fmt: skip
+    assert got == [(1_700_000_000.25, packet), (2**32 + 0.5, packet)]
+    tshark = need_tool("tshark")
+    fields = ["-T", "fields", "-e", "frame.time_epoch", "-e", "udp.length"]
+    out = subprocess.run([tshark, "-r", str(path), *fields], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    assert out.stdout.split() == ["1700000000.250000000", "13", "4294967296.500000000", "13"]

@@ -95,6 +95,16 @@ FIELDS = ["frame.number", "wg.type", "wg.handshake_ok", "wg.decryption_error", "
           "_ws.expert.severity", "icmp.type", "ip.src", "udp.srcport"]  # fmt: skip
 
 
+def _tshark_rows(tshark: str, cap: Path, *options: str) -> list[dict[str, str]]:
+    args = [tshark, "-n", "-r", str(cap), *options, "-o", "wg.dissect_packet:TRUE",
+            "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]  # fmt: skip
+    for f in FIELDS:
+        args += ["-e", f]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return [dict(zip(FIELDS, r.split("\t"), strict=True)) for r in out.stdout.splitlines()]
+
+
 @pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
 def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> None:
     cap, keys, inner = tmp_path / "a.pcap", tmp_path / "a.keys", tmp_path / "inner.pcap"
@@ -148,14 +158,7 @@ def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> Non
 
     # Wireshark's dissector, with our key log, opens every message.
     tshark = need_tool("tshark")
-    args = [tshark, "-n", "-r", str(cap), "-o", f"wg.keylog_file:{keys}",
-            "-o", "wg.dissect_packet:TRUE", "-T", "fields", "-E", "occurrence=a",
-            "-E", "aggregator=,"]  # fmt: skip
-    for f in FIELDS:
-        args += ["-e", f]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    rows = [dict(zip(FIELDS, r.split("\t"), strict=True)) for r in out.stdout.splitlines()]
+    rows = _tshark_rows(tshark, cap, "-o", f"wg.keylog_file:{keys}")
     assert len(rows) == len(datagrams)
     assert sorted(r["wg.type"] for r in rows if r["wg.type"] in "12") == ["1", "1", "2", "2"]
     for row in rows:
@@ -165,6 +168,51 @@ def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> Non
             assert row["wg.handshake_ok"] in ("1", "True"), row
     icmp = [r["icmp.type"] for r in rows if r["icmp.type"]]
     assert sorted(icmp) == ["0", "0", "0", "8", "8", "8"]
+
+
+@pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
+def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(psk: bool, tmp_path: Path) -> None:
+    """A live capture written as pcapng with embed_keys: Wireshark's dissector
+    opens every message from the one file, with no key log option (the keys
+    are Decryption Secrets Blocks written before the messages they open)."""
+    tshark = need_tool("tshark")
+    cap = tmp_path / "a.pcapng"
+    preshared = PresharedKey.generate() if psk else None
+
+    async def body() -> EndpointTap:
+        a, b, tap = await pair(preshared, pcap=cap, embed_keys=True)
+        try:
+            await a.ping(B_IP, 1)
+            await asyncio.sleep(0.05)
+            b.device.peers[a.device.public_key].last_sent_handshake = None
+            b.tunnel.initiate_handshake(a.device.public_key)
+            await asyncio.sleep(0.2)
+            await b.ping(A_IP, 2)
+        finally:
+            await close(a, b)
+            tap.close()
+        return tap
+
+    tap = asyncio.run(body())
+    assert cap.stat().st_mode & 0o777 == 0o600  # it holds private keys
+    with PcapReader(cap) as reader:
+        assert len(list(reader)) == tap.sent + tap.received
+        assert len(reader.secrets) == 2  # one block per handshake
+    rows = _tshark_rows(tshark, cap)
+    assert sorted(r["wg.type"] for r in rows if r["wg.type"] in "12") == ["1", "1", "2", "2"]
+    for row in rows:
+        assert row["_ws.malformed"] == "" and row["wg.decryption_error"] == "", row
+        if row["wg.type"] == "2":
+            assert row["wg.handshake_ok"] in ("1", "True"), row
+    assert sorted(r["icmp.type"] for r in rows if r["icmp.type"]) == ["0", "0", "8", "8"]
+
+
+def test_embedding_keys_needs_pcapng(tmp_path: Path) -> None:
+    async def body() -> None:
+        with pytest.raises(ValueError, match="pcapng"):
+            await pair(None, pcap=tmp_path / "a.pcap", embed_keys=True)
+
+    asyncio.run(body())
 
 
 def test_no_keys_unless_asked(tmp_path: Path) -> None:
@@ -241,3 +289,39 @@ def test_offloads_are_seen_datagram_by_datagram(tmp_path: Path) -> None:
         assert sock.family == socket.AF_INET  # everything else is the real socket's
     finally:
         real.close()
+
+
+def test_decrypt_embed_keys_makes_one_file_tshark_opens(tmp_path: Path) -> None:
+    """``decrypt CAPTURE --keylog K --embed-keys OUT.pcapng``, as ``editcap
+    --inject-secrets wg,K`` would: the capture and its keys in one file,
+    which tshark opens decrypted with no key log option; and ``-w X.pcapng``
+    writes the inner packets as pcapng."""
+    tshark = need_tool("tshark")
+    cap, keys = tmp_path / "a.pcap", tmp_path / "a.keys"
+    out, inner = tmp_path / "with-keys.pcapng", tmp_path / "inner.pcapng"
+
+    async def body() -> End:
+        a, b, tap = await pair(None, pcap=cap, keylog=keys)
+        try:
+            await a.ping(B_IP, 1)
+            await b.ping(A_IP, 2)
+        finally:
+            await close(a, b)
+            tap.close()
+        return a
+
+    a = asyncio.run(body())
+    argv = ["decrypt", str(cap), "--keylog", str(keys), "--embed-keys", str(out), "-w", str(inner)]
+    assert cli_main(argv) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    with PcapReader(out) as reader, PcapReader(cap) as original:
+        assert [p.packet for p in reader] == [p.packet for p in original]
+        assert len(reader.secrets) == 1
+    with PcapReader(inner) as reader:
+        assert sorted(p.packet for p in reader) == sorted(a.sent + a.received)
+    rows = _tshark_rows(tshark, out)
+    assert all(r["wg.decryption_error"] == "" for r in rows)
+    assert sorted(r["icmp.type"] for r in rows if r["icmp.type"]) == ["0", "0", "8", "8"]
+    # Without the secrets, the same capture does not open.
+    rows = _tshark_rows(tshark, cap)
+    assert not [r for r in rows if r["icmp.type"]]

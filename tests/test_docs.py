@@ -17,3 +17,11 @@ def test_walkthrough_page_is_the_commands_output():
     shown = next(b for b in blocks if b.startswith("WireGuard handshake walkthrough"))
     expected = format_walkthrough(run(now=1_700_000_000.0, random=seeded_random(b"docs")))
     assert shown.rstrip("\n") == expected
+
+
+def test_every_docs_page_is_linked_from_the_readme_index():
+    readme = (DOCS.parent / "README.md").read_text()
+    index = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
+    linked = set(re.findall(r"\]\((docs/[\w./-]+\.md)\)", index))
+    pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")}
+    assert pages == linked, (sorted(pages - linked), sorted(linked - pages))

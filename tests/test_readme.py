@@ -38,3 +38,17 @@ def test_demo_in_a_fresh_venv(tmp_path):
     assert result.stdout.rstrip().splitlines()[-1].startswith("OK in ")
     # It ran from the venv, not from the developer's environment.
     assert (venv / "bin" / "python").exists()
+
+
+def test_readme_lists_every_command_and_no_other():
+    """The README's command list and `python -m wireguard --help` agree."""
+    from wireguard.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    commands = set(sub.choices)
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    listed = set(re.findall(r"^python -m wireguard (\w[\w-]*)", block, re.M))
+    listed |= set(re.findall(r"^python -m wireguard \w+ \| (\w+)", block, re.M))
+    assert listed == commands, (sorted(listed - commands), sorted(commands - listed))

@@ -39,7 +39,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Final, NamedTuple
+from typing import IO, Final, NamedTuple, Self
 
 from .address import Address
 from .constants import KEY_LEN
@@ -80,10 +80,12 @@ __all__ = [
     "KeyLogWriter",
     "PcapReader",
     "PcapWriter",
+    "PcapngWriter",
     "UDPDatagram",
     "build_udp_packet",
     "extract_udp",
     "format_address",
+    "handshake_keylog",
     "internet_checksum",
     "ip_packet_length",
     "parse_ip",
@@ -106,6 +108,15 @@ LINKTYPE_LINUX_SLL2: Final = 276
 SECRETS_TYPE_WIREGUARD: Final = 0x57474B4C
 """The pcapng Decryption Secrets Block type for a WireGuard key log ("WGKL"),
 what ``editcap --inject-secrets wg,KEYLOG`` embeds."""
+
+# pcapng block types (draft-ietf-opsawg-pcapng sections 4 and 10).
+_PCAPNG_SHB: Final = 0x0A0D0D0A
+_PCAPNG_IDB: Final = 0x00000001
+_PCAPNG_OPB: Final = 0x00000002
+_PCAPNG_SPB: Final = 0x00000003
+_PCAPNG_EPB: Final = 0x00000006
+_PCAPNG_DSB: Final = 0x0000000A
+_PCAPNG_BOM: Final = 0x1A2B3C4D
 
 _LINKTYPE_NAMES: Final = {
     LINKTYPE_NULL: "NULL",
@@ -313,7 +324,44 @@ def _open_binary(target: str | os.PathLike[str] | IO[bytes], mode: str) -> tuple
     return target, False
 
 
-class PcapWriter:
+class _Writer:
+    """What the two capture writers share: UDP datagrams written as the IP
+    packets they were on the wire, and closing (an open file given by the
+    caller is only flushed: it is the caller's to close)."""
+
+    _file: IO[bytes]
+    _owned: bool
+
+    def write_ip(self, timestamp: float, packet: bytes) -> None:
+        raise NotImplementedError
+
+    def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
+        """One UDP datagram (a WireGuard message), wrapped in the outer IPv4 or
+        IPv6 and UDP headers it would have had on the wire."""
+        self.write_ip(timestamp, build_udp_packet(src, dst, payload))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._file.close()
+        else:
+            self._file.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PcapWriter(_Writer):
     """Write a classic pcap file (magic a1b2c3d4, microsecond timestamps,
     link type RAW) of IPv4 and IPv6 packets.
 
@@ -355,30 +403,80 @@ class PcapWriter:
         self._file.write(struct.pack("<IIII", seconds, micros, len(captured), len(packet)))
         self._file.write(captured)
 
-    def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
-        """One UDP datagram (a WireGuard message), wrapped in the outer IPv4 or
-        IPv6 and UDP headers it would have had on the wire."""
-        self.write_ip(timestamp, build_udp_packet(src, dst, payload))
 
-    def flush(self) -> None:
-        self._file.flush()
+class PcapngWriter(_Writer):
+    """Write a pcapng file (draft-ietf-opsawg-pcapng): one section, one
+    interface of link type RAW with microsecond timestamps, Enhanced Packet
+    Blocks, and Decryption Secrets Blocks of type WireGuard key log
+    (:meth:`write_secrets`, :meth:`log_handshake`), so that one file opens
+    decrypted in Wireshark with no key log to configure, as a capture made
+    with ``editcap --inject-secrets wg,KEYLOG`` does.
 
-    def close(self) -> None:
-        if self._owned:
-            self._file.close()
-        else:
-            self._file.flush()
+    Its timestamps are 64 bits, so unlike classic pcap it holds any time from
+    1970 on. A file with secrets in it holds private keys: it is as
+    sensitive as a key log, and is created owner-only when given a path."""
 
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+    def __init__(
+        self, target: str | os.PathLike[str] | IO[bytes], *, snaplen: int = _MAX_SNAPLEN
     ) -> None:
-        self.close()
+        if isinstance(target, (str, os.PathLike)):
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._file: IO[bytes] = os.fdopen(fd, "wb")
+            self._owned = True
+        else:
+            self._file, self._owned = target, False
+        self.snaplen = snaplen
+        # Section Header Block: byte-order magic, version 1.0, length unknown.
+        self._block(_PCAPNG_SHB, struct.pack("<IHHq", _PCAPNG_BOM, 1, 0, -1))
+        # Interface Description Block: LINKTYPE_RAW; default if_tsresol (10^-6 s).
+        self._block(_PCAPNG_IDB, struct.pack("<HHI", LINKTYPE_RAW, 0, snaplen))
+
+    def _block(self, kind: int, body: bytes) -> None:
+        padded = body + bytes(-len(body) % 4)
+        length = len(padded) + 12
+        self._file.write(struct.pack("<II", kind, length) + padded + struct.pack("<I", length))
+
+    def write_ip(self, timestamp: float, packet: bytes) -> None:
+        """One IP packet at Unix time *timestamp* (from 1970 on: pcapng's
+        timestamps are unsigned; a time before, or not a number, raises
+        :class:`CaptureFormatError` and writes nothing)."""
+        micros = round(timestamp * 1_000_000) if math.isfinite(timestamp) else -1
+        if not 0 <= micros < 2**64:
+            raise CaptureFormatError(
+                f"{_describe_time(timestamp)} is outside the times pcapng can hold (from 1970)"
+            )
+        captured = packet[: self.snaplen]
+        high, low = micros >> 32, micros & 0xFFFFFFFF
+        head = struct.pack("<IIIII", 0, high, low, len(captured), len(packet))
+        self._block(_PCAPNG_EPB, head + captured)
+
+    def write_secrets(self, keylog: str) -> None:
+        """A Decryption Secrets Block holding *keylog* (``TYPE = base64``
+        lines). Wireshark reads secrets as it meets them, so write them
+        before the packets they open."""
+        data = keylog.encode("ascii")
+        self._block(_PCAPNG_DSB, struct.pack("<II", SECRETS_TYPE_WIREGUARD, len(data)) + data)
+
+    def log_handshake(
+        self,
+        *,
+        local_static_private: bytes | PrivateKey | DHPrivateKey,
+        remote_static_public: bytes | PublicKey,
+        local_ephemeral_private: bytes | PrivateKey | DHPrivateKey,
+        preshared_key: bytes | PresharedKey | None = None,
+    ) -> None:
+        """What :meth:`KeyLogWriter.log_handshake` writes, as a secrets block
+        of this capture: a tap writes it when the ephemeral key is made,
+        before the initiation or response that uses it."""
+        self.write_secrets(
+            handshake_keylog(
+                local_static_private=local_static_private,
+                remote_static_public=remote_static_public,
+                local_ephemeral_private=local_ephemeral_private,
+                preshared_key=preshared_key,
+            )
+        )
+        self._file.flush()
 
 
 # --- pcap and pcapng reader ------------------------------------------------------
@@ -434,13 +532,6 @@ def _linktype_name(linktype: int) -> str:
     return _LINKTYPE_NAMES.get(linktype, str(linktype))
 
 
-_PCAPNG_SHB: Final = 0x0A0D0D0A
-_PCAPNG_IDB: Final = 0x00000001
-_PCAPNG_OPB: Final = 0x00000002
-_PCAPNG_SPB: Final = 0x00000003
-_PCAPNG_EPB: Final = 0x00000006
-_PCAPNG_DSB: Final = 0x0000000A
-_PCAPNG_BOM: Final = 0x1A2B3C4D
 _MAX_BLOCK: Final = 16 * 1024 * 1024  # a sanity bound, as libpcap has one
 
 
@@ -702,6 +793,32 @@ def _raw_key(key: KeyLike) -> bytes:
     return raw
 
 
+def _keylog_text(lines: Iterable[tuple[str, KeyLike]]) -> str:
+    return "".join(
+        f"{kind} = {base64.b64encode(_raw_key(key)).decode('ascii')}\n" for kind, key in lines
+    )
+
+
+def handshake_keylog(
+    *,
+    local_static_private: bytes | PrivateKey | DHPrivateKey,
+    remote_static_public: bytes | PublicKey,
+    local_ephemeral_private: bytes | PrivateKey | DHPrivateKey,
+    preshared_key: bytes | PresharedKey | None = None,
+) -> str:
+    """The key log lines of one side of one handshake, in the order
+    Wireshark's dissector needs them. An all-zero preshared key is left out:
+    it is what "no preshared key" means, and the dissector tries it anyway."""
+    lines: list[tuple[str, KeyLike]] = [
+        ("LOCAL_STATIC_PRIVATE_KEY", local_static_private),
+        ("REMOTE_STATIC_PUBLIC_KEY", remote_static_public),
+        ("LOCAL_EPHEMERAL_PRIVATE_KEY", local_ephemeral_private),
+    ]
+    if preshared_key is not None and any(_raw_key(preshared_key)):
+        lines.append(("PRESHARED_KEY", preshared_key))
+    return _keylog_text(lines)
+
+
 class KeyLogWriter:
     """Append secrets to a key log in the format of Wireshark's WireGuard
     dissector (preference ``wg.keylog_file``) and of the kernel's
@@ -735,10 +852,7 @@ class KeyLogWriter:
         self._file = os.fdopen(fd, "a", encoding="ascii", newline="\n")
 
     def _write(self, lines: Iterable[tuple[str, KeyLike]]) -> None:
-        text = "".join(
-            f"{kind} = {base64.b64encode(_raw_key(key)).decode('ascii')}\n" for kind, key in lines
-        )
-        self._file.write(text)
+        self._file.write(_keylog_text(lines))
         self._file.flush()
 
     def log_local_static_private_key(self, key: bytes | PrivateKey | DHPrivateKey) -> None:
@@ -764,16 +878,16 @@ class KeyLogWriter:
         preshared_key: bytes | PresharedKey | None = None,
     ) -> None:
         """Everything one side knows of one handshake, in the order the
-        dissector needs. An all-zero preshared key is left out: it is what
-        "no preshared key" means, and the dissector tries it anyway."""
-        lines: list[tuple[str, KeyLike]] = [
-            ("LOCAL_STATIC_PRIVATE_KEY", local_static_private),
-            ("REMOTE_STATIC_PUBLIC_KEY", remote_static_public),
-            ("LOCAL_EPHEMERAL_PRIVATE_KEY", local_ephemeral_private),
-        ]
-        if preshared_key is not None and any(_raw_key(preshared_key)):
-            lines.append(("PRESHARED_KEY", preshared_key))
-        self._write(lines)
+        dissector needs (see :func:`handshake_keylog`)."""
+        self._file.write(
+            handshake_keylog(
+                local_static_private=local_static_private,
+                remote_static_public=remote_static_public,
+                local_ephemeral_private=local_ephemeral_private,
+                preshared_key=preshared_key,
+            )
+        )
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

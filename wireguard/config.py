@@ -880,7 +880,7 @@ class _Parser:
                 "PrivateKey", "no PrivateKey: the interface has no identity", self.iface.lineno
             )
         peers = [builder.build() for builder in self.peers]
-        return Config(self.iface.build(), peers, tuple(self.warnings))
+        return Config(self.iface.build(), tuple(peers), tuple(self.warnings))
 
 
 def _emit(config: Config, stacklevel: int) -> None:

@@ -267,7 +267,8 @@ def _hmac_with(pads: tuple[Any, Any], data: bytes) -> bytes:
     inner, outer = pads[0].copy(), pads[1].copy()
     inner.update(data)
     outer.update(inner.digest())
-    return outer.digest()
+    digest: bytes = outer.digest()
+    return digest
 
 
 def kdf1(key: bytes, data: bytes) -> bytes:
@@ -321,4 +322,4 @@ def tai64n(unix_time: float, *, whiten: bool = True) -> bytes:
 def tai64n_to_unix(stamp: bytes) -> float:
     """The Unix time a TAI64N label stands for (for display)."""
     seconds, nanos = _unpack_tai64n(stamp)
-    return seconds - TAI64_EPOCH + nanos / 1e9
+    return float(seconds - TAI64_EPOCH + nanos / 1e9)

@@ -279,9 +279,9 @@ def describe_packet(packet: bytes) -> str:
             return f"UDP {src} -> {dst} len={len(body) - 8}"
         if len(body) >= 20:
             flags = body[13]
-            names = ", ".join(n for bit, n in _TCP_FLAGS if flags & bit)
+            flag_names = ", ".join(n for bit, n in _TCP_FLAGS if flags & bit)
             data = len(body) - (body[12] >> 4) * 4
-            return f"TCP {src} -> {dst} [{names}] len={max(data, 0)}"
+            return f"TCP {src} -> {dst} [{flag_names}] len={max(data, 0)}"
     return f"IPv{ip.version} {ip.src} -> {ip.dst} proto={ip.protocol} len={len(body)}"
 
 
@@ -596,19 +596,19 @@ class CaptureDecryptor:
             tried = True
             for psk in psks:
                 trace = self._new_trace("responder")
-                twin = _fork(pending.responder, psk, trace)
+                responder = _fork(pending.responder, psk, trace)
                 try:
-                    replayed = twin.write_response(ephemeral, b"", psk=psk)
+                    replayed = responder.write_response(ephemeral, b"", psk=psk)
                 except WireGuardError:
                     continue
                 if replayed != msg.noise_body:
                     continue
-                assert twin.transport_keys is not None
+                assert responder.transport_keys is not None
                 if trace is not None:
                     record.traces.append(
                         ("Responder creates the handshake response (replayed)", trace)
                     )
-                keys = twin.transport_keys
+                keys = responder.transport_keys
                 return (keys.receiving_key, keys.sending_key), True
         return None, tried
 

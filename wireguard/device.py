@@ -254,6 +254,12 @@ class Device:
         self._handshakes_in_window = 0
         self._last_under_load: float | None = None
         self._ratelimiter = RateLimiter()
+        # No identity until set_private_key gives one (an all-zero key keeps none).
+        self.private_key = PrivateKey(bytes(32))
+        self.has_identity = False
+        self._static: DHPrivateKey | None = None
+        self.public_key = PublicKey(bytes(32))
+        self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
         self.set_private_key(private_key)
 
     # --- configuration ---------------------------------------------------
@@ -272,24 +278,21 @@ class Device:
         (``wg set wg0 private-key /dev/null``): the device keeps its peers but
         makes and answers no handshakes (:attr:`has_identity` is False,
         :attr:`public_key` all zeros) until it is given a key again."""
-        if getattr(self, "private_key", None) == private_key:
+        if private_key == self.private_key:
             return
         self.private_key = private_key
         self.has_identity = any(private_key.raw)
         if self.has_identity:
-            self._static: DHPrivateKey | None = DHPrivateKey(private_key.raw)
+            self._static = DHPrivateKey(private_key.raw)
             self.public_key = private_key.public_key
         else:
             self._static = None
             self.public_key = PublicKey(bytes(32))
         if self.has_identity and self.public_key in self.peers:
             self.remove_peer(self.public_key)
-        if hasattr(self, "_cookie_checker"):
-            # The cookie secret stays; mac1 and cookie keys follow our key
-            # (cookie.c wg_cookie_checker_precompute_device_keys).
-            self._cookie_checker.set_public_key(self.public_key.raw)
-        else:
-            self._cookie_checker = CookieChecker(self.public_key.raw, self._random)
+        # The cookie secret stays; mac1 and cookie keys follow our key
+        # (cookie.c wg_cookie_checker_precompute_device_keys).
+        self._cookie_checker.set_public_key(self.public_key.raw)
         for peer in self.peers.values():
             peer.static_static = self._static_static(peer.public_key)
             self._forget_handshake(peer)
@@ -543,7 +546,7 @@ class Device:
             else:
                 dst = None
             if dst != last_dst:
-                last_dst = dst
+                last_dst = dst  # type: ignore[assignment]  # None: no destination
                 peer = None if dst is None else lookup(dst)
             if peer is run_peer:
                 run.append(packet)
@@ -704,7 +707,7 @@ class Device:
 
     def _new_index(self) -> int:
         while True:
-            index = _u32(self._random(4))[0]
+            index: int = _u32(self._random(4))[0]
             if index not in self._index:
                 return index
 
@@ -911,14 +914,16 @@ class Device:
                 self.drops[Drop.RATE_LIMITED] += 1
                 return
         if kind == MESSAGE_INITIATION:
-            self._consume_initiation(data, source, now, out)
+            self._consume_initiation(self._static, data, source, now, out)
         else:
             self._consume_response(data, source, now, out)
 
-    def _consume_initiation(self, data: bytes, source: Address, now: float, out: Effects) -> None:
+    def _consume_initiation(
+        self, static: DHPrivateKey, data: bytes, source: Address, now: float, out: Effects
+    ) -> None:
         trace = Trace("responder") if self.trace_handshakes else None
         try:
-            consumed = consume_initiation(data, static_private=self._static, trace=trace)
+            consumed = consume_initiation(data, static_private=static, trace=trace)
         except RemoteProtocolError:
             self.drops[Drop.HANDSHAKE_INVALID] += 1
             return
@@ -1045,10 +1050,11 @@ class Device:
             return
         receiver = _u32(data, 4)[0]
         entry = self._index.get(receiver)
-        if entry is None or entry[1] is None:
+        keypair = entry[1] if entry is not None else None
+        if entry is None or keypair is None:
             self.drops[Drop.UNKNOWN_INDEX] += 1
             return
-        peer, keypair = entry
+        peer = entry[0]
         if not keypair.can_receive(now):
             self.drops[Drop.KEYPAIR_EXPIRED] += 1
             return

@@ -93,7 +93,7 @@ class _Key:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return hmac.compare_digest(self._raw, other._raw)  # type: ignore[attr-defined]
+        return hmac.compare_digest(self._raw, other._raw)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self._raw))

@@ -20,6 +20,7 @@ transport data     >=32   type, receiver, counter(8), packet(+16)
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import (
@@ -193,7 +194,7 @@ def parse_transport_header(data: bytes) -> tuple[int, int]:
 
 Message = Initiation | Response | CookieReply | TransportData
 
-_PARSERS = {
+_PARSERS: dict[int, Callable[[bytes], Message]] = {
     MESSAGE_INITIATION: Initiation.parse,
     MESSAGE_RESPONSE: Response.parse,
     MESSAGE_COOKIE_REPLY: CookieReply.parse,
@@ -205,7 +206,7 @@ def message_type(data: bytes) -> int:
     """The type of a datagram, checking that the three reserved bytes are zero."""
     if len(data) < 4:
         raise MessageFormatError(f"a message is at least 4 bytes, got {len(data)}")
-    word = _u32.unpack_from(data)[0]
+    word: int = _u32.unpack_from(data)[0]
     if word not in _PARSERS:
         raise MessageFormatError(f"unknown message type word {word:#010x}")
     return word

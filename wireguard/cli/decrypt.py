@@ -22,11 +22,11 @@ from typing import IO, Any
 
 from ..capture import (
     SECRETS_TYPE_WIREGUARD,
+    PcapngWriter,
     PcapReader,
     PcapWriter,
     extract_udp,
     parse_keylog,
-    read_keylog,
 )
 from ..config import ConfigError, check_access, read_key_file
 from ..decrypt import CaptureDecryptor, KeyRing
@@ -80,7 +80,18 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a preshared key to try, base64 or a file holding it; may be repeated",
     )
     parser.add_argument(
-        "-w", "--write", metavar="OUT", help="write the decrypted inner IP packets to this pcap"
+        "-w",
+        "--write",
+        metavar="OUT",
+        help="write the decrypted inner IP packets to this capture (pcapng if OUT ends in "
+        ".pcapng, else classic pcap)",
+    )
+    parser.add_argument(
+        "--embed-keys",
+        metavar="OUT.pcapng",
+        help="write the capture itself as pcapng with the keys given (--keylog, --private-key) "
+        "inside, as Decryption Secrets Blocks: one file that Wireshark opens decrypted "
+        "(it holds private keys: created mode 0600)",
     )
     parser.add_argument(
         "--trace", action="store_true", help="print every handshake step, as walkthrough does"
@@ -98,7 +109,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``decrypt`` on the ``python -m wireguard`` sub-command set
     (the result of ``parser.add_subparsers()``); it sets ``func`` to a
     function of the parsed arguments that returns the exit status."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "decrypt",
         help="follow the handshakes in a capture and decrypt its transport data",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -112,26 +123,34 @@ def _indent(text: str, prefix: str) -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
-def _load_keys(args: argparse.Namespace) -> KeyRing:
+def _load_keys(args: argparse.Namespace) -> tuple[KeyRing, str]:
+    """The keys to try, and the same as key log text (for --embed-keys)."""
     keys = KeyRing()
+    texts: list[str] = []
     for path in args.keylog:
         check_access(path)  # a key log holds keys: wg-quick's warning if others can read it
         try:
-            log = read_keylog(path)
+            with open(path, encoding="ascii", errors="replace") as f:
+                text = f.read()
         except OSError as exc:
             raise CommandError(f"--keylog {path}: {exc.strerror}") from None
+        log = parse_keylog(text, name=path)
         if not len(log):
             raise CommandError(f"--keylog {path}: no WireGuard keys in it")
         keys.add_keylog(log)
+        texts.append(text if text.endswith("\n") else text + "\n")
     for text in args.private_key:
-        keys.add_static_private(_key_argument(text, "--private-key"))
+        raw = _key_argument(text, "--private-key")
+        keys.add_static_private(raw)
+        texts.append(f"LOCAL_STATIC_PRIVATE_KEY = {PresharedKey(raw).to_base64()}\n")
     for text in args.psk:
+        # Not embedded: Wireshark ties a PRESHARED_KEY line to an ephemeral key.
         keys.add_psk(_key_argument(text, "--psk"))
-    return keys
+    return keys, "".join(texts)
 
 
 @contextlib.contextmanager
-def _replacing(path: str) -> Iterator[IO[bytes]]:
+def _replacing(path: str, mode: int = 0o666) -> Iterator[IO[bytes]]:
     """A file to write *path*'s new contents to, which become *path* only if
     the block ends without an exception: a capture refused halfway (a time
     classic pcap cannot hold) leaves *path* as it was. (A capture cut short
@@ -151,7 +170,7 @@ def _replacing(path: str) -> Iterator[IO[bytes]]:
         directory, name = os.path.split(target)
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
         with contextlib.suppress(OSError):
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     if fd < 0:
         with open(path, "wb") as f:
             yield f
@@ -159,7 +178,7 @@ def _replacing(path: str) -> Iterator[IO[bytes]]:
     try:
         with os.fdopen(fd, "wb") as f:
             if st is not None:
-                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode) & mode)
             yield f
         try:
             os.replace(temporary, target)
@@ -172,10 +191,11 @@ def _replacing(path: str) -> Iterator[IO[bytes]]:
 
 
 def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
-    keys = _load_keys(args)
+    keys, key_text = _load_keys(args)
     decryptor = CaptureDecryptor(keys, trace=args.trace)
     ports = set(args.port)
-    writer: PcapWriter | None = None
+    writer: PcapWriter | PcapngWriter | None = None
+    embedded: PcapngWriter | None = None
     secrets_seen = 0
     start: float | None = None
     cut: list[CaptureCutShortError] = []  # a capture cut short: what was read is kept
@@ -187,7 +207,12 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             with contextlib.ExitStack() as stack:
                 if args.write:
-                    writer = PcapWriter(stack.enter_context(_replacing(args.write)))
+                    make = PcapngWriter if args.write.endswith(".pcapng") else PcapWriter
+                    writer = make(stack.enter_context(_replacing(args.write)))
+                if args.embed_keys:
+                    embedded = PcapngWriter(stack.enter_context(_replacing(args.embed_keys, 0o600)))
+                    if key_text:
+                        embedded.write_secrets(key_text)
                 for timestamp, packet in _until_cut_short(reader, cut):
                     # Key logs embedded in the pcapng (editcap --inject-secrets wg,...)
                     # come before the packets they open.
@@ -197,6 +222,15 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                         if kind == SECRETS_TYPE_WIREGUARD:
                             text = data.decode("ascii", "replace")
                             keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
+                            if embedded is not None:
+                                embedded.write_secrets(text)
+                    if embedded is not None:
+                        try:
+                            embedded.write_ip(timestamp, packet)
+                        except CaptureFormatError as exc:
+                            raise CommandError(
+                                f"frame {reader.frames}: {exc}; {args.embed_keys} is not written"
+                            ) from None
                     udp = extract_udp(packet)
                     if udp is None:
                         continue

@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     runtime_log = logging.getLogger("wireguard.io.forward")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("forward: %(message)s"))
+    saved = runtime_log.level, runtime_log.propagate
     runtime_log.addHandler(handler)
     runtime_log.setLevel(logging.INFO)
     runtime_log.propagate = False
@@ -249,3 +250,4 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args, specs))
     finally:
         runtime_log.removeHandler(handler)
+        runtime_log.level, runtime_log.propagate = saved

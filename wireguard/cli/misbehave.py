@@ -13,7 +13,7 @@ from . import CommandError
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``misbehave`` on the ``python -m wireguard`` sub-commands."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "misbehave",
         help="run an endpoint whose datagrams follow scripted misbehaviour rules",
         description=(
@@ -36,8 +36,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--duration", type=float, help="seconds to run (default: the pings, or forever)"
     )
-    parser.add_argument("--pcap", help="write the datagrams as on the wire to this pcap")
+    parser.add_argument(
+        "--pcap", help="write the datagrams as on the wire to this capture (pcapng if .pcapng)"
+    )
     parser.add_argument("--keylog", help="write a Wireshark key log here (holds private keys)")
+    parser.add_argument(
+        "--embed-keys",
+        action="store_true",
+        help="put the key log inside the --pcap .pcapng file (it then holds private keys)",
+    )
     parser.set_defaults(func=run_cli)
     return parser
 
@@ -69,7 +76,9 @@ async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
     device = await device_from_config(config)
     addresses = list(args.address) or [str(a.ip) for a in config.interface.addresses]
     tunnel = Tunnel(device, listen_port=config.interface.listen_port or 0)
-    tap = attach(tunnel, pcap=args.pcap, keylog=args.keylog, policy=policy)
+    tap = attach(
+        tunnel, pcap=args.pcap, keylog=args.keylog, policy=policy, embed_keys=args.embed_keys
+    )
     replies: asyncio.Queue[bytes] = asyncio.Queue()
     shown = 0
 

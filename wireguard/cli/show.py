@@ -171,7 +171,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "show", help="show an endpoint's peers, handshakes and transfer (like wg show)"
     )
     parser.add_argument("name", nargs="?", help="interface name (default: all)")

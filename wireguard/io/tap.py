@@ -10,8 +10,12 @@
     tap.close()
 
 - ``pcap``: every datagram the socket sends or receives, with outer IPv4/IPv6
-  and UDP headers as on the wire (:class:`~wireguard.capture.PcapWriter`,
-  raw-IP link type), stamped with the wall clock.
+  and UDP headers as on the wire, raw-IP link type, stamped with the wall
+  clock: classic pcap (:class:`~wireguard.capture.PcapWriter`), or pcapng
+  (:class:`~wireguard.capture.PcapngWriter`) for a path ending in
+  ``.pcapng``. With ``embed_keys=True`` a pcapng capture also holds the key
+  log, as Decryption Secrets Blocks written before the messages they open:
+  the one file opens decrypted in Wireshark (and holds private keys).
 - ``keylog``: the key log Wireshark's WireGuard dissector reads
   (``wg.keylog_file``): our static private key, each peer's static public key,
   the ephemeral private key of every handshake we take part in and the peer's
@@ -23,9 +27,9 @@
   wire side of the policy: it shows what was sent (a duplicated message twice,
   a corrupted one corrupted) and what arrived.
 
-The tap wraps the socket object (composition: the Tunnel is not changed), so
-it follows the socket the Tunnel had when :func:`attach` ran; a later
-``rebind`` (``wg set listen-port``) gets an untapped socket.
+The tap wraps the socket object (composition, through
+:meth:`Tunnel.wrap_socket`), and stays on the new socket after a ``rebind``
+(``wg set listen-port``).
 
 Outer addresses: the socket's own address when it is bound to one; for a
 wildcard-bound socket, the loopback address when talking to loopback, else
@@ -48,7 +52,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..address import Address
-from ..capture import KeyLogWriter, PcapWriter
+from ..capture import KeyLogWriter, PcapngWriter, PcapWriter
 from ..device import Device, Effects
 from ..keys import PublicKey
 from .tunnel import Tunnel
@@ -134,15 +138,19 @@ class EndpointTap:
         self,
         device: Device,
         *,
-        pcap: str | os.PathLike[str] | PcapWriter | None = None,
+        pcap: str | os.PathLike[str] | PcapWriter | PcapngWriter | None = None,
         keylog: str | os.PathLike[str] | KeyLogWriter | None = None,
         policy: Policy | None = None,
         local_address: str | None = None,
         clock: Any = time.time,
+        embed_keys: bool = False,
     ) -> None:
         self.device = device
         self.tunnel: Tunnel | None = None
-        self.pcap = pcap if isinstance(pcap, PcapWriter) or pcap is None else PcapWriter(pcap)
+        self.pcap = _capture_writer(pcap)
+        if embed_keys and not isinstance(self.pcap, PcapngWriter):
+            raise ValueError("embedding keys needs a pcapng capture (a path ending in .pcapng)")
+        self.embed_keys = embed_keys
         self.keylog = (
             keylog if isinstance(keylog, KeyLogWriter) or keylog is None else KeyLogWriter(keylog)
         )
@@ -159,7 +167,7 @@ class EndpointTap:
         self._timer_at: float | None = None
         self._logged_remote: set[PublicKey] = set()
         self._chained = device.on_ephemeral_key
-        if self.keylog is not None:
+        if self.keylog is not None or embed_keys:
             device.on_ephemeral_key = self._on_ephemeral_key
 
     # --- key log ----------------------------------------------------------------
@@ -167,18 +175,21 @@ class EndpointTap:
     def _on_ephemeral_key(self, peer_key: PublicKey, ephemeral: bytes) -> None:
         if self._chained is not None:
             self._chained(peer_key, ephemeral)
-        keylog = self.keylog
-        if keylog is None:
-            return
+        sinks: list[KeyLogWriter | PcapngWriter] = []
+        if self.keylog is not None:
+            sinks.append(self.keylog)
+        if self.embed_keys and isinstance(self.pcap, PcapngWriter):
+            sinks.append(self.pcap)  # before the message that uses the key
         peer = self.device.peers.get(peer_key)
         # The dissector ties a PRESHARED_KEY line to the ephemeral key logged
         # just before it, so each handshake gets its own group of lines.
-        keylog.log_handshake(
-            local_static_private=self.device.private_key,
-            remote_static_public=peer_key,
-            local_ephemeral_private=ephemeral,
-            preshared_key=peer.preshared_key if peer is not None else None,
-        )
+        for sink in sinks:
+            sink.log_handshake(
+                local_static_private=self.device.private_key,
+                remote_static_public=peer_key,
+                local_ephemeral_private=ephemeral,
+                preshared_key=peer.preshared_key if peer is not None else None,
+            )
 
     # --- wrapping -----------------------------------------------------------------
 
@@ -342,19 +353,33 @@ class EndpointTap:
         self._rearm()
 
 
+def _capture_writer(
+    pcap: str | os.PathLike[str] | PcapWriter | PcapngWriter | None,
+) -> PcapWriter | PcapngWriter | None:
+    if pcap is None or isinstance(pcap, (PcapWriter, PcapngWriter)):
+        return pcap
+    return PcapngWriter(pcap) if os.fspath(pcap).endswith(".pcapng") else PcapWriter(pcap)
+
+
 def attach(
     tunnel: Tunnel,
     *,
-    pcap: str | os.PathLike[str] | PcapWriter | None = None,
+    pcap: str | os.PathLike[str] | PcapWriter | PcapngWriter | None = None,
     keylog: str | os.PathLike[str] | KeyLogWriter | None = None,
     policy: Policy | None = None,
     local_address: str | None = None,
+    embed_keys: bool = False,
 ) -> EndpointTap:
     """Tap *tunnel*'s socket (see the module docstring). Call it before or
     after the tunnel starts; a tunnel without a socket yet gets its socket
     made now, on the port it was given."""
     tap = EndpointTap(
-        tunnel.device, pcap=pcap, keylog=keylog, policy=policy, local_address=local_address
+        tunnel.device,
+        pcap=pcap,
+        keylog=keylog,
+        policy=policy,
+        local_address=local_address,
+        embed_keys=embed_keys,
     )
     tap.tunnel = tunnel
     try:
