@@ -255,6 +255,20 @@ def test_udp_limits() -> None:
     stack.udp_bind(53)  # the port is free again
 
 
+def test_udp_discards_are_counted_by_the_stack() -> None:
+    """What a full receive queue drops, and what a socket still held when it
+    closed, is counted in the stack's stats, which outlive the socket."""
+    stack = NetStack(["10.0.0.2"], udp_queue_limit=2)
+    sock = stack.udp_bind(53)
+    for _ in range(5):
+        stack.receive_packet(build_udp(A4, B4, 1, 53, b"x"), 0.0)
+    assert sock.pending == 2 and sock.dropped == 3
+    assert stack.stats.udp_queue_overflows == 3
+    sock.close()
+    assert stack.stats.udp_closed_unread == 2
+    assert stack.stats.udp_queue_overflows == 3  # not lost with the socket
+
+
 # -------------------------------------------------------------------- ICMP
 
 
@@ -290,6 +304,10 @@ def test_icmp_bad_checksum_and_other_types_are_dropped() -> None:
     assert stack.stats.malformed == 1
     # An ICMPv6 router advertisement (134): no link layer here, ignored.
     stack.receive_packet(build_icmp(A6, B6, 134, 0, bytes(4), bytes(8)), 0.0)
+    assert stack.packets_to_send() == []
+    # ... and counted, as is an ICMP error (destination unreachable) for us.
+    stack.receive_packet(build_icmp(A4, B4, ICMP_DEST_UNREACHABLE, 1, bytes(4), bytes(28)), 0.0)
+    assert stack.stats.icmp_unhandled == 2
     assert stack.packets_to_send() == []
 
 

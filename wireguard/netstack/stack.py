@@ -98,7 +98,10 @@ class NetStackStats:
     tcp_sack_ranges_dropped: int = 0  # peer's SACK ranges forgotten: scoreboard full
     tcp_time_wait_overflows: int = 0  # connections closed without TIME-WAIT: too many
     udp_no_socket: int = 0
+    udp_queue_overflows: int = 0  # datagrams dropped: the socket's receive queue was full
+    udp_closed_unread: int = 0  # datagrams still queued when their socket closed
     icmp_echo_answered: int = 0
+    icmp_unhandled: int = 0  # ICMP messages other than echo request and reply: dropped
 
 
 class NetStack:
@@ -216,6 +219,8 @@ class NetStack:
                     self._event(
                         EchoReplyReceived(addr_str(pkt.src), msg.ident, msg.seq, msg.body, now)
                     )
+                else:
+                    self.stats.icmp_unhandled += 1  # errors, NDP: nothing here acts on them
             else:
                 self.stats.unknown_protocol += 1
         except NetstackError:

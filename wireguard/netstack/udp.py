@@ -66,7 +66,8 @@ class UdpSocket:
     """A UDP port bound on the stack: ``sendto`` and ``recvfrom``, never blocking.
 
     Received datagrams wait in a bounded queue; when it is full new ones are
-    dropped and counted, as a kernel does when the socket buffer is full.
+    dropped and counted (in :attr:`dropped` and the stack's
+    ``udp_queue_overflows``), as a kernel does when the socket buffer is full.
     """
 
     def __init__(self, stack: NetStack, addr: bytes | None, port: int, queue_limit: int) -> None:
@@ -118,15 +119,18 @@ class UdpSocket:
         return len(self._queue)
 
     def close(self) -> None:
-        """Unbind the port; queued datagrams are discarded."""
+        """Unbind the port; queued datagrams are discarded (counted in the
+        stack's ``udp_closed_unread``)."""
         if not self.closed:
             self.closed = True
+            self._stack.stats.udp_closed_unread += len(self._queue)
             self._queue.clear()
             self._stack._udp_unbind(self)
 
     def _deliver(self, data: bytes, src: bytes, sport: int) -> None:
         if len(self._queue) >= self._queue_limit:
             self.dropped += 1
+            self._stack.stats.udp_queue_overflows += 1
             return
         was_empty = not self._queue
         self._queue.append((data, (addr_str(src), sport)))
