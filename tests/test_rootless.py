@@ -403,6 +403,35 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
     )
 
 
+def test_forward_report_prints_the_stacks_nonzero_counters(capsys) -> None:
+    """The report shows every counter of the stack that is not zero (what a
+    hostile peer made it drop), and none that is."""
+
+    async def body() -> None:
+        a, _b = pair()
+        st = a.stack.stats
+        st.synack_timeouts, st.syn_queue_overflows, st.syncookies_sent = 3, 4, 5
+        st.tcp_ofo_pruned, st.tcp_ofo_dropped, st.tcp_sack_ranges_dropped = 6, 7, 8
+        st.tcp_time_wait_overflows, st.udp_queue_overflows, st.icmp_unhandled = 9, 10, 11
+        forward_cli._report(a, [], "status")
+
+    run(body)
+    err = capsys.readouterr().err
+    for name, n in [
+        ("synack_timeouts", 3),
+        ("syn_queue_overflows", 4),
+        ("syncookies_sent", 5),
+        ("tcp_ofo_pruned", 6),
+        ("tcp_ofo_dropped", 7),
+        ("tcp_sack_ranges_dropped", 8),
+        ("tcp_time_wait_overflows", 9),
+        ("udp_queue_overflows", 10),
+        ("icmp_unhandled", 11),
+    ]:
+        assert f"{name} {n}" in err, err
+    assert "syncookies_accepted" not in err and "listen_overflows" not in err
+
+
 # --------------------------------------------------- forwards driven in-process
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -58,6 +59,21 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
     return " | ".join(parts)
 
 
+# The stack's counters that _report's "stack:" line shows whatever their value.
+_STACK_LINE = frozenset(
+    {
+        "packets_received",
+        "packets_sent",
+        "tcp_retransmits",
+        "tcp_fast_recoveries",
+        "tcp_recoveries_undone",
+        "tcp_loss_probes",
+        "tcp_timeouts",
+        "icmp_echo_answered",
+    }
+)
+
+
 def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
     status = tunnel.status()
     _log(f"{title}: addresses {', '.join(status.addresses)}, UDP port {status.listen_port}")
@@ -73,6 +89,15 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
             f"{st.tcp_timeouts} timeouts), "
             f"{st.icmp_echo_answered} pings answered"
         )
+        # Every other counter that is not zero: what the stack dropped or
+        # refused (a hostile peer's SYN floods, out-of-order data, ...).
+        others = [
+            f"{f.name} {getattr(st, f.name)}"
+            for f in dataclasses.fields(st)
+            if f.name not in _STACK_LINE and getattr(st, f.name)
+        ]
+        if others:
+            _log("  stack counters: " + ", ".join(others))
     drops = {k: v for k, v in tunnel.device.drops.items() if v}
     if drops:
         _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
