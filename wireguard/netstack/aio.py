@@ -26,19 +26,19 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import LocalProtocolError
-from .events import (
-    EchoReplyReceived,
+from .events import EchoReplyReceived
+from .ip import addr_bytes, addr_str
+from .stack import NetStack, StackEffects
+from .tcp import (
     TcpClosed,
+    TcpConnection,
     TcpEstablished,
     TcpIncoming,
+    TcpListener,
     TcpReadable,
     TcpWritable,
-    UdpReadable,
 )
-from .ip import addr_bytes, addr_str
-from .stack import NetStack
-from .tcp import TcpConnection, TcpListener
-from .udp import UdpSocket
+from .udp import UdpReadable, UdpSocket
 
 __all__ = ["StackDriver", "TcpServer"]
 
@@ -90,6 +90,7 @@ class StackDriver:
         self._pings: dict[tuple[str, int, int], asyncio.Future[float]] = {}
         self._ping_ident = itertools.count(int(self._loop.time() * 1000) & 0xFFFF)
         self.drops: Counter[str] = Counter()
+        self._pending = StackEffects()
 
     # ---------------------------------------------------------- packet plumbing
 
@@ -98,7 +99,7 @@ class StackDriver:
         if self._closed:
             self.drops["after close"] += 1
             return
-        self.stack.receive_packet(packet, self._loop.time())
+        self.stack.receive_packet(packet, self._loop.time(), self._pending)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -111,16 +112,19 @@ class StackDriver:
         if self._closed:
             return
         stack = self.stack
+        out = self._pending
+        now = self._loop.time()
         for _ in range(8):  # events may cause output, which never causes events; bounded
             self._process_events()
-            packets = stack.packets_to_send(self._loop.time())
+            stack.flush(now, out)
+            packets, out.packets = out.packets, []
             for packet in packets:
                 try:
                     self._send_ip(packet)
                 except Exception:
                     self.drops["send failed"] += 1
                     log.exception("send_ip failed; packet dropped")
-            if not packets and not stack._events:
+            if not packets and not out.events:
                 break
         self._arm_timer()
 
@@ -144,12 +148,12 @@ class StackDriver:
         now = self._loop.time()
         if at is not None and now < at:
             now = at
-        self.stack.handle_timer(now)
+        self.stack.handle_timer(now, self._pending)
         self._flush()
 
     def _process_events(self) -> None:
-        stack = self.stack
-        while (ev := stack.next_event()) is not None:
+        events, self._pending.events = self._pending.events, []
+        for ev in events:
             if isinstance(ev, TcpReadable):
                 t = self._transports.get(ev.conn)
                 if t is not None:
