@@ -30,7 +30,7 @@ import tracemalloc
 
 from wireguard.netstack import NetStack, StackEffects, TcpConfig
 from wireguard.netstack.ip import addr_bytes, parse_ip
-from wireguard.netstack.tcp import ACK, SYN, build_segment, parse_tcp
+from wireguard.netstack.tcp import ACK, SYN, SegmentBuilder, parse_tcp
 
 # One accumulator per stack, as a binding keeps one per wake-up: what the
 # stack's calls hand over waits there until take() (events are not used).
@@ -137,18 +137,8 @@ class _Remote:
         options: bytes = b"",
         now: float = 0.0,
     ) -> None:
-        packet = build_segment(
-            self.addr,
-            self.stack.addresses[0],
-            self.port,
-            80,
-            seq,
-            ack,
-            flags,
-            65535,
-            payload,
-            options,
-        )
+        builder = SegmentBuilder(self.addr, self.stack.addresses[0], self.port, 80)
+        packet = builder.build(seq, ack, flags, 65535, payload, options)
         self.stack.receive_packet(packet, now, _out(self.stack))
 
     def handshake(self, now: float = 0.0) -> bool:

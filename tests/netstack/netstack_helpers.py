@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from wireguard.netstack import Event, NetStack, StackEffects, TcpConfig, TcpConnection
 from wireguard.netstack.ip import IPPROTO_TCP, addr_bytes, parse_ip
-from wireguard.netstack.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_segment, parse_tcp
+from wireguard.netstack.tcp import ACK, FIN, PSH, RST, SYN, SegmentBuilder, TcpSegment, parse_tcp
 
 __all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "Link", "Peer", "PulledStack", "Seg", "seeded"]
 
@@ -129,18 +129,8 @@ class Peer:
     ) -> None:
         if len(options) % 4:
             options += b"\x00" * (4 - len(options) % 4)
-        packet = build_segment(
-            self.addr,
-            self.stack_addr,
-            self.port,
-            self.stack_port,
-            seq,
-            ack,
-            flags,
-            wnd,
-            payload,
-            options,
-        )
+        builder = SegmentBuilder(self.addr, self.stack_addr, self.port, self.stack_port)
+        packet = builder.build(seq, ack, flags, wnd, payload, options)
         self.stack.receive_packet(packet, now)
 
     def take(self, now: float | None = None) -> list[Seg]:

@@ -29,7 +29,7 @@ from test_netstack_tcp import P, events, passive, sack_active, sack_blocks, sack
 
 from wireguard.netstack import NetStack, TcpIncoming, TcpState
 from wireguard.netstack.ip import parse_ip
-from wireguard.netstack.tcp import build_segment, parse_tcp
+from wireguard.netstack.tcp import SegmentBuilder, parse_tcp
 from wireguard.netstack.tcp.reassembly import OutOfOrder
 
 S = TcpState
@@ -263,11 +263,8 @@ def _flood_packets(x, n: int) -> list[bytes]:
     """*n* one-byte segments, each a byte above a one-byte hole (built
     beforehand, so that only the stack's work is measured)."""
     p = x.p
-    src, dst, sport, dport = p.addr, p.stack_addr, p.port, p.stack_port
-    return [
-        build_segment(src, dst, sport, dport, (x.rcv + 2 * i + 1) & M, x.snd, ACK, 65535, b"x")
-        for i in range(n)
-    ]
+    builder = SegmentBuilder(p.addr, p.stack_addr, p.port, p.stack_port)
+    return [builder.build((x.rcv + 2 * i + 1) & M, x.snd, ACK, 65535, b"x") for i in range(n)]
 
 
 def _flood(x, packets: list[bytes]) -> None:

@@ -32,7 +32,7 @@ from wireguard.netstack.ip import (
     pseudo_header_sum,
     verify_checksum,
 )
-from wireguard.netstack.tcp import SYN, build_segment
+from wireguard.netstack.tcp import SYN, SegmentBuilder
 from wireguard.netstack.udp import build_udp, parse_udp
 
 A4 = ipaddress.ip_address("10.0.0.1").packed
@@ -159,7 +159,8 @@ def test_garbage_never_escapes_as_another_exception(data: bytes) -> None:
 def test_any_corrupted_byte_of_a_tcp_packet_is_caught(index: int, xor: int) -> None:
     stack = PulledStack(["10.0.0.2"])
     stack.tcp_listen(80)
-    packet = bytearray(build_segment(A4, B4, 1234, 80, 99, 0, SYN, 1000, b"0123456789abcdefghij"))
+    builder = SegmentBuilder(A4, B4, 1234, 80)
+    packet = bytearray(builder.build(99, 0, SYN, 1000, b"0123456789abcdefghij"))
     packet[index] ^= xor
     stack.receive_packet(bytes(packet), 0.0)
     assert stack.stats.malformed + stack.stats.not_for_us + stack.stats.unknown_protocol == 1
@@ -167,7 +168,7 @@ def test_any_corrupted_byte_of_a_tcp_packet_is_caught(index: int, xor: int) -> N
 
 def test_packets_for_other_addresses_are_dropped() -> None:
     stack = PulledStack(["10.0.0.2/32"])
-    stack.receive_packet(build_segment(A4, A4, 1, 80, 0, 0, SYN, 100), 0.0)
+    stack.receive_packet(SegmentBuilder(A4, A4, 1, 80).build(0, 0, SYN, 100), 0.0)
     assert stack.stats.not_for_us == 1
     assert stack.packets_to_send() == []
 

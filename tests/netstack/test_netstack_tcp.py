@@ -40,7 +40,7 @@ from wireguard.netstack import (
     TcpWritable,
 )
 from wireguard.netstack.ip import parse_ip
-from wireguard.netstack.tcp import build_segment, parse_tcp
+from wireguard.netstack.tcp import SegmentBuilder, parse_tcp
 
 P = 1_000_000  # the scripted peer's ISS
 M = 0xFFFFFFFF
@@ -1053,8 +1053,8 @@ def test_connect_requires_own_address_family() -> None:
 def test_checksum_failure_is_counted_and_dropped() -> None:
     x = active()
     pkt = bytearray(
-        build_segment(
-            x.p.addr, x.p.stack_addr, 40000, 50000, x.rcv, x.snd, ACK, 1000, payload=b"abc"
+        SegmentBuilder(x.p.addr, x.p.stack_addr, 40000, 50000).build(
+            x.rcv, x.snd, ACK, 1000, payload=b"abc"
         )
     )
     pkt[-1] ^= 1

@@ -15,12 +15,12 @@ from .connection import (
     TcpWritable,
 )
 from .listener import TcpIncoming, TcpListener
-from .segment import ACK, FIN, PSH, RST, SYN, URG, TcpSegment, build_segment, parse_tcp
+from .segment import ACK, FIN, PSH, RST, SYN, URG, SegmentBuilder, TcpSegment, parse_tcp
 
 __all__ = [
     "ACK", "FIN", "PSH", "RST", "SYN", "URG",
-    "ConnectionRefused", "ConnectionReset", "ConnectionTimedOut",
+    "ConnectionRefused", "ConnectionReset", "ConnectionTimedOut", "SegmentBuilder",
     "TcpClosed", "TcpConfig", "TcpConnection", "TcpConnectionError", "TcpEstablished",
     "TcpIncoming", "TcpListener", "TcpReadable", "TcpSegment", "TcpState", "TcpWritable",
-    "build_segment", "parse_tcp",
+    "parse_tcp",
 ]  # fmt: skip

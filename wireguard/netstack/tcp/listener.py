@@ -14,7 +14,7 @@ from ..events import Event
 from ..ip import IPPacket, addr_str
 from .config import TcpConfig
 from .connection import TcpConnection, TcpState
-from .segment import ACK, MASK, SYN, TcpSegment, build_segment, mss_for_mtu, syn_options
+from .segment import ACK, MASK, SYN, SegmentBuilder, TcpSegment, mss_for_mtu, syn_options
 
 __all__ = ["TcpIncoming", "TcpListener"]
 
@@ -199,11 +199,7 @@ class TcpListener:
         cookie = self._cookie(packet, seg, seg.seq, period, index)
         rmss = mss_for_mtu(self._ctx.mtu, len(packet.src) == 4)
         wnd = min(self._cfg.receive_buffer, 0xFFFF)
-        src, dst = packet.dst, packet.src
-        syn_ack = build_segment(
-            src, dst, seg.dport, seg.sport, cookie, seg.seq + 1, SYN | ACK, wnd,
-            options=syn_options(rmss),
-        )  # fmt: skip
-        self._ctx.emit(syn_ack)
+        builder = SegmentBuilder(packet.dst, packet.src, seg.dport, seg.sport)
+        self._ctx.emit(builder.build(cookie, seg.seq + 1, SYN | ACK, wnd, b"", syn_options(rmss)))
         self._ctx.stats.syncookies_sent += 1
         self._cookies_until = now + 2 * _COOKIE_PERIOD

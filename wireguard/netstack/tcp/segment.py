@@ -1,11 +1,11 @@
 """The TCP segment on the wire (RFC 9293 section 3.1): flags, options,
 parsing and building, and sequence numbers.
 
-One builder makes every segment the stack sends: :class:`SegmentBuilder`
-holds what is fixed for a flow (the IP header template, the pseudo-header
-sum, the ports), so a connection builds its segments with one sum per
-segment; :func:`build_segment` and :func:`rst_for_unexpected` are the same
-builder for a segment of no connection (a RST, a SYN cookie, a test's peer).
+One builder makes every segment: :class:`SegmentBuilder` holds what is
+fixed for a flow (the IP header template, the pseudo-header sum, the ports),
+so a connection builds its segments with one sum per segment; a segment of
+no connection (a RST, :func:`rst_for_unexpected`; a SYN cookie; a test's
+peer) is one builder's one segment.
 
 Sequence numbers are kept *unwrapped* by the connection: unbounded Python
 integers that start at the 32-bit ISS/IRS and only grow; :func:`unwrap`
@@ -31,7 +31,6 @@ __all__ = [
     "URG",
     "SegmentBuilder",
     "TcpSegment",
-    "build_segment",
     "mss_for_mtu",
     "parse_tcp",
     "rst_for_unexpected",
@@ -218,6 +217,8 @@ class SegmentBuilder:
         """The packet of one segment; *seq* and *ack* may be unwrapped, *options*
         padded to 4 bytes."""
         hlen = 20 + len(options)
+        if hlen & 3:
+            raise ValueError("TCP options must be padded to 4 bytes")
         head = _HDR.pack(
             self._sport, self._dport, seq & MASK, ack & MASK, hlen << 2, flags, wnd, 0, 0
         )
@@ -229,25 +230,6 @@ class SegmentBuilder:
             value += int.from_bytes(payload, "big") << (8 if plen & 1 else 0)
         csum = 0xFFFF - value % 0xFFFF
         return self._ip.build(head[:16] + csum.to_bytes(2, "big") + head[18:], payload)
-
-
-def build_segment(
-    src: bytes,
-    dst: bytes,
-    sport: int,
-    dport: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    wnd: int,
-    payload: bytes = b"",
-    options: bytes = b"",
-) -> bytes:
-    """A whole IP packet carrying one TCP segment of no connection (RSTs, SYN
-    cookies, tests)."""
-    if len(options) & 3:
-        raise ValueError("TCP options must be padded to 4 bytes")
-    return SegmentBuilder(src, dst, sport, dport).build(seq, ack, flags, wnd, payload, options)
 
 
 def rst_for_unexpected(packet: IPPacket, seg: TcpSegment) -> bytes | None:
