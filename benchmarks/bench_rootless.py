@@ -20,7 +20,12 @@ Each measures iperf3 TCP A->B and B->A (``-R``) and the CPU seconds the A-side
 process used per GB. Prints medians and the ratios rootless/tun and
 rootless/wireguard-go (the issue's goal: rootless >= 0.5 of the TUN path).
 
-    sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5]
+With ``--compare TREE`` the rootless side runs a second time per round with
+the ``wireguard`` package of another tree (a checkout of an earlier commit,
+say): a before/after in the same run, the order rotated each round, with each
+figure's range across rounds.
+
+    sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5] [--compare TREE]
 """
 
 from __future__ import annotations
@@ -73,14 +78,18 @@ class Bench(NamespacePair):
 
     # --- the A side: (pid, iperf3 target, teardown) -------------------------
 
-    def up_rootless(self):  # type: ignore[no-untyped-def]
+    def up_rootless(self, tree: str | None = None):  # type: ignore[no-untyped-def]
+        """The forwarder, with this tree's package or *tree*'s."""
         log = self.dir / "forward.log"
+        env = dict(os.environ)
+        if tree is not None:
+            env["PYTHONPATH"] = tree
         with open(log, "w") as f:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.a, *self.as_nobody, sys.executable, "-m",
                  "wireguard", "forward", str(self.config_a()), "-L",
                  f"{IPERF_PORT}:{INNER[1]}:{IPERF_PORT}", "--status", "0"],
-                stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/",
+                stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/", env=env,
             )  # fmt: skip
         self.procs.append(proc)
         deadline = time.monotonic() + 30
@@ -158,6 +167,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
     parser.add_argument("--no-tun", action="store_true", help="leave out the TUN path")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument("--compare", metavar="TREE",
+                        help="run rootless also with TREE's package")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_rootless: needs root (network namespaces)", file=sys.stderr)
@@ -167,6 +178,12 @@ def main() -> int:
             print(f"bench_rootless: `{tool}` is not installed", file=sys.stderr)
             return 1
     sides = ["rootless", "tun", "wireguard-go"]
+    if args.compare:
+        tree = str(Path(args.compare).resolve())
+        if not (Path(tree) / "wireguard" / "__init__.py").is_file():
+            print(f"bench_rootless: {tree} has no wireguard package", file=sys.stderr)
+            return 1
+        sides.insert(1, "compare")
     if args.no_tun or importlib.util.find_spec("wireguard.io.up") is None:
         print("bench_rootless: no TUN path (wireguard.io.up): comparing with wireguard-go only",
               file=sys.stderr)  # fmt: skip
@@ -186,7 +203,8 @@ def main() -> int:
                     if side not in sides:
                         continue
                     up = {"rootless": bench.up_rootless, "tun": bench.up_tun,
-                          "wireguard-go": bench.up_wggo}[side]  # fmt: skip
+                          "wireguard-go": bench.up_wggo,
+                          "compare": lambda: bench.up_rootless(tree)}[side]  # fmt: skip
                     try:
                         pid, target, down = up()
                     except RuntimeError as exc:
@@ -207,6 +225,12 @@ def main() -> int:
         finally:
             bench.destroy()
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k, _ in METRICS} for s in sides}
+    if args.compare:
+        print(f"\ncompare = rootless with {tree}; ranges (min-max) across rounds:")
+        for key, label in METRICS:
+            for s in ("rootless", "compare"):
+                values = [r[key] for r in results[s]]
+                print(f"  {label:<28} {s:>17}: {min(values):8.1f} - {max(values):8.1f}")
     print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
           "B = wireguard-go + kernel TCP; A = the side under test")  # fmt: skip
     head = "".join(f" {s:>12} |" for s in sides)

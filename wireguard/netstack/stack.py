@@ -147,9 +147,8 @@ class NetStack:
         """
         out = StackEffects() if out is None else out
         self._ctx.now = now
-        receive = self._receive
         for packet in packets:
-            receive(packet, now)
+            self._receive(packet, now)
         return self._hand_over(out)
 
     def receive_packet(
