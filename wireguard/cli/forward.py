@@ -22,6 +22,7 @@ from typing import Any
 from ..config import ConfigError
 from ..errors import LocalProtocolError
 from ..io.forward import (
+    DEFAULT_TCP_CONNECTIONS,
     DEFAULT_UDP_FLOWS,
     Forward,
     ForwardOptions,
@@ -53,6 +54,7 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
             f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
             f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
             + (f" evicted {c.evicted}" if c.evicted else "")
+            + (f" refused {c.refused}" if c.refused else "")
             + (f" lost {c.discarded} B" if c.discarded else "")
             + (f" dropped {c.dropped}" if c.dropped else "")
         )
@@ -124,7 +126,9 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        options = ForwardOptions(args.connect_timeout, args.udp_timeout, args.udp_flows)
+        options = ForwardOptions(
+            args.connect_timeout, args.udp_timeout, args.udp_flows, args.max_connections
+        )
         made = [make_forward(spec, tunnel, options) for spec in specs]
         for note in fit_descriptors(made):
             _log(note)
@@ -230,6 +234,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="at most N UDP flows per forward; a new one evicts the least recently active "
         f"(counted; default {DEFAULT_UDP_FLOWS})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_TCP_CONNECTIONS,
+        metavar="N",
+        help="at most N TCP connections open per forward; beyond it -R leaves them in the "
+        f"stack's accept queue, -L refuses them (counted; default {DEFAULT_TCP_CONNECTIONS})",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -261,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--connect-timeout must be positive")
     if args.udp_flows < 1:
         raise CommandError("--udp-flows must be at least 1")
+    if args.max_connections < 1:
+        raise CommandError("--max-connections must be at least 1")
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
     # What the forwards log about their connections goes where the status does.
