@@ -22,6 +22,11 @@ datagrams of one flow in one buffer, with their size in a control message).
 Either falls back to one system call per datagram when it is missing or the
 kernel refuses it.
 
+A userspace network stack runs inside the tunnel (:attr:`Tunnel.inside`, see
+:class:`Inside`): the packets a wake-up opens go to it in one call, and its
+answer is sealed in one batch and leaves with the same transmit, on the same
+``now`` and the same timer.
+
 Events (handshakes, roaming, expiry) go to whoever asked for them: the
 ``on_event`` callback and each :meth:`Tunnel.subscribe` stream open at the
 time; the tunnel keeps no history. They are logged at INFO on the
