@@ -119,6 +119,7 @@ class NetStack:
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._pending_output: dict[TcpConnection, None] = {}  # connections to flush
+        self._arrived: dict[TcpConnection, None] = {}  # segments came: deadlines to file
         self._timers: TimerHeap[TcpConnection] = TimerHeap()
         ctx = self._ctx = Context(self.addresses, mtu, random, self.stats)
         ctx.emit = self._out.append
@@ -149,6 +150,7 @@ class NetStack:
         self._ctx.now = now
         for packet in packets:
             self._receive(packet, now)
+        self._file_arrived()
         return self._hand_over(out)
 
     def receive_packet(
@@ -158,6 +160,7 @@ class NetStack:
         out = StackEffects() if out is None else out
         self._ctx.now = now
         self._receive(packet, now)
+        self._file_arrived()
         return self._hand_over(out)
 
     def flush(self, now: float, out: StackEffects | None = None) -> StackEffects:
@@ -201,7 +204,7 @@ class NetStack:
                 conn = self._tcp.get((pkt.dst, seg.dport, pkt.src, seg.sport))
                 if conn is not None:
                     conn.segment_arrives(seg, now)
-                    self._reschedule(conn)
+                    self._arrived[conn] = None  # its deadline is filed after the batch
                     return
                 listener = self._tcp_listeners.get((pkt.dst, seg.dport))
                 if listener is None:
@@ -272,6 +275,15 @@ class NetStack:
             conn.on_timer(now)
             self._reschedule(conn)
         return self._hand_over(out)
+
+    def _file_arrived(self) -> None:
+        """File the deadlines of the connections segments came for, once per
+        connection and batch (nothing reads the heap in between)."""
+        arrived = self._arrived
+        if arrived:
+            for conn in arrived:
+                self._reschedule(conn)
+            arrived.clear()
 
     def _reschedule(self, conn: TcpConnection) -> None:
         d = conn.deadline()
