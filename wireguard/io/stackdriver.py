@@ -176,13 +176,10 @@ class StackBinding:
         for ev in events:
             handlers[type(ev)](self, ev)
 
-    def _readable(self, ev: TcpReadable) -> None:
-        if (t := self._transports.get(ev.conn)) is not None:
-            t._read_ready()
-
-    def _writable(self, ev: TcpWritable) -> None:
-        if (t := self._transports.get(ev.conn)) is not None:
-            t._write_ready()
+    def _ready(self, ev: TcpReadable | TcpWritable) -> None:
+        t = self._transports.get(ev.conn)
+        if t is not None:
+            t._read_ready() if ev.__class__ is TcpReadable else t._write_ready()
 
     def _established(self, ev: TcpEstablished) -> None:
         fut = self._connecting.pop(ev.conn, None)
@@ -213,8 +210,8 @@ class StackBinding:
 
     # What each event of the stack makes the binding do.
     _handlers: ClassVar[dict[type, Callable[[Any, Any], None]]] = {
-        TcpReadable: _readable,
-        TcpWritable: _writable,
+        TcpReadable: _ready,
+        TcpWritable: _ready,
         TcpEstablished: _established,
         TcpClosed: _tcp_closed,
         TcpIncoming: _incoming,
