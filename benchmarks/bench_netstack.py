@@ -28,9 +28,25 @@ import threading
 import time
 import tracemalloc
 
-from wireguard.netstack import NetStack, TcpConfig
+from wireguard.netstack import NetStack, StackEffects, TcpConfig
 from wireguard.netstack.ip import addr_bytes, parse_ip
-from wireguard.netstack.tcp import ACK, SYN, build_segment, parse_tcp
+from wireguard.netstack.tcp import ACK, SYN, SegmentBuilder, parse_tcp
+
+# One accumulator per stack, as a binding keeps one per wake-up: what the
+# stack's calls hand over waits there until take() (events are not used).
+_PENDING: dict[int, StackEffects] = {}
+
+
+def _out(stack: NetStack) -> StackEffects:
+    return _PENDING.setdefault(id(stack), StackEffects())
+
+
+def take(stack: NetStack, now: float = 0.0) -> list[bytes]:
+    """Flush *stack* at *now*: every packet it sent since the last take."""
+    out = stack.flush(now, _out(stack))
+    packets, out.packets = out.packets, []
+    out.events.clear()
+    return packets
 
 
 def netstack_transfer(size: int, chunk: int = 256 * 1024) -> float:
@@ -47,11 +63,10 @@ def netstack_transfer(size: int, chunk: int = 256 * 1024) -> float:
         while moved:
             moved = False
             for src, dst in ((a, b), (b, a)):
-                packets = src.packets_to_send(now)
+                packets = take(src, now)
                 if packets:
                     moved = True
-                    for p in packets:
-                        dst.receive_packet(p, now)
+                    dst.receive_packets(packets, now, _out(dst))
 
     pump()
     server = listener.accept()
@@ -65,8 +80,8 @@ def netstack_transfer(size: int, chunk: int = 256 * 1024) -> float:
         pump()
         received += len(server.receive())
         now += 0.0005  # simulated time moves a little each round (RTT samples, timers)
-        a.handle_timer(now)
-        b.handle_timer(now)
+        a.handle_timer(now, _out(a))
+        b.handle_timer(now, _out(b))
     return time.perf_counter() - start
 
 
@@ -122,24 +137,14 @@ class _Remote:
         options: bytes = b"",
         now: float = 0.0,
     ) -> None:
-        packet = build_segment(
-            self.addr,
-            self.stack.addresses[0],
-            self.port,
-            80,
-            seq,
-            ack,
-            flags,
-            65535,
-            payload,
-            options,
-        )
-        self.stack.receive_packet(packet, now)
+        builder = SegmentBuilder(self.addr, self.stack.addresses[0], self.port, 80)
+        packet = builder.build(seq, ack, flags, 65535, payload, options)
+        self.stack.receive_packet(packet, now, _out(self.stack))
 
     def handshake(self, now: float = 0.0) -> bool:
         """SYN, the stack's SYN-ACK, our ACK; True if the stack answered."""
         self.send(SYN, self.isn, options=self.SACK_OK, now=now)
-        for packet in self.stack.packets_to_send(now):
+        for packet in take(self.stack, now):
             pkt = parse_ip(packet)
             seg = parse_tcp(pkt)
             if pkt.dst == self.addr and seg.dport == self.port and seg.flags == SYN | ACK:
@@ -156,7 +161,7 @@ def _established(receive_buffer: int = 256 * 1024) -> tuple[NetStack, _Remote]:
     remote = _Remote(stack)
     assert remote.handshake()
     assert listener.accept() is not None
-    stack.packets_to_send()
+    take(stack)
     return stack, remote
 
 
@@ -169,11 +174,11 @@ def ooo_cost(held: int, probe: int = 200) -> float:
     base = remote.isn + 1
     for i in range(held):
         remote.send(ACK, base + 2 * i + 1, remote.ack, b"x")
-        stack.packets_to_send()
+        take(stack)
     start = time.perf_counter()
     for i in range(held, held + probe):
         remote.send(ACK, base + 2 * i + 1, remote.ack, b"x")
-        stack.packets_to_send()
+        take(stack)
     return (time.perf_counter() - start) / probe * 1e6
 
 
@@ -187,7 +192,7 @@ def ooo_flood(n: int, memory: bool = False) -> tuple[float, int]:
     start = time.perf_counter()
     for i in range(n):
         remote.send(ACK, base + 2 * i + 1, remote.ack, b"x")
-        stack.packets_to_send()
+        take(stack)
     elapsed = time.perf_counter() - start
     peak = 0
     if memory:
@@ -209,10 +214,10 @@ def syn_flood(n: int) -> tuple[bool, bool, int, int]:
         now = i * 1e-4
         addr = f"10.{1 + (i >> 16) % 200}.{(i >> 8) & 255}.{i & 255}"
         _Remote(stack, addr, 1024 + i % 60000).send(SYN, i * 7919, now=now)
-        stack.packets_to_send(now)
+        take(stack, now)
         if (deadline := stack.next_deadline()) is not None and deadline <= now:
-            stack.handle_timer(now)
-            stack.packets_to_send(now)
+            stack.handle_timer(now, _out(stack))
+            take(stack, now)
     half_open = sum(c.state.value == "SYN-RECEIVED" for c in stack.tcp_connections)
 
     def legit(port: int, t: float) -> bool:
@@ -220,7 +225,7 @@ def syn_flood(n: int) -> tuple[bool, bool, int, int]:
         if not remote.handshake(t):
             return False
         remote.send(ACK, remote.isn + 1, remote.ack, b"hello", now=t)
-        stack.packets_to_send(t)
+        take(stack, t)
         while (conn := listener.accept()) is not None:
             if conn.remote_address == ("10.0.0.1", port):
                 return conn.receive() == b"hello"
@@ -230,8 +235,8 @@ def syn_flood(n: int) -> tuple[bool, bool, int, int]:
     t = now
     while t < now + 64.0:
         t += 0.5
-        stack.handle_timer(t)
-        stack.packets_to_send(t)
+        stack.handle_timer(t, _out(stack))
+        take(stack, t)
     after = legit(50001, t)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -20,17 +20,32 @@ Each measures iperf3 TCP A->B and B->A (``-R``) and the CPU seconds the A-side
 process used per GB. Prints medians and the ratios rootless/tun and
 rootless/wireguard-go (the issue's goal: rootless >= 0.5 of the TUN path).
 
-    sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5]
+With ``--compare TREE`` the rootless side runs a second time per round with
+the ``wireguard`` package of another tree (a checkout of an earlier commit,
+say): a before/after in the same run, the order rotated each round, with each
+figure's range across rounds.
+
+    sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5] [--compare TREE]
+
+``--in-process MIB`` needs neither root nor namespaces: two rootless tunnels
+back to back on loopback in this process (both stacks, both WireGuards), one
+TCP connection moving MIB MiB; it prints the CPU milliseconds per MiB. Run
+under ``valgrind --tool=callgrind`` (twice, with two sizes) it gives the
+instructions per MiB, which the machine's load does not move.
+
+    python benchmarks/bench_rootless.py --in-process 32
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -73,14 +88,18 @@ class Bench(NamespacePair):
 
     # --- the A side: (pid, iperf3 target, teardown) -------------------------
 
-    def up_rootless(self):  # type: ignore[no-untyped-def]
+    def up_rootless(self, tree: str | None = None):  # type: ignore[no-untyped-def]
+        """The forwarder, with this tree's package or *tree*'s."""
         log = self.dir / "forward.log"
+        env = dict(os.environ)
+        if tree is not None:
+            env["PYTHONPATH"] = tree
         with open(log, "w") as f:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.a, *self.as_nobody, sys.executable, "-m",
                  "wireguard", "forward", str(self.config_a()), "-L",
                  f"{IPERF_PORT}:{INNER[1]}:{IPERF_PORT}", "--status", "0"],
-                stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/",
+                stdout=subprocess.DEVNULL, stderr=f, text=True, cwd="/", env=env,
             )  # fmt: skip
         self.procs.append(proc)
         deadline = time.monotonic() + 30
@@ -144,6 +163,54 @@ class Bench(NamespacePair):
         return result
 
 
+def in_process(mib: int) -> None:
+    """Two RootlessTunnels on loopback in this process, MIB MiB from A to B."""
+    from wireguard.device import Device
+    from wireguard.io.rootless import RootlessTunnel
+    from wireguard.keys import PrivateKey
+
+    def udp() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        return s
+
+    async def transfer() -> tuple[float, float]:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        sock_a, sock_b = udp(), udp()
+        dev_a, dev_b = Device(key_a), Device(key_b)
+        dev_a.add_peer(key_b.public_key, allowed_ips=[f"{INNER[1]}/32"],
+                       endpoint=sock_b.getsockname())  # fmt: skip
+        dev_b.add_peer(key_a.public_key, allowed_ips=[f"{INNER[0]}/32"],
+                       endpoint=sock_a.getsockname())  # fmt: skip
+        a = RootlessTunnel(dev_a, [f"{INNER[0]}/24"], sock=sock_a)
+        b = RootlessTunnel(dev_b, [f"{INNER[1]}/24"], sock=sock_b)
+        done = asyncio.Event()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(1 << 20):
+                pass
+            done.set()
+            writer.close()
+
+        async with a, b:
+            await b.start_server(sink, port=IPERF_PORT)
+            _reader, writer = await a.open_connection(INNER[1], IPERF_PORT)
+            chunk = bytes(256 * 1024)
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(mib * 4):
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+            await done.wait()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            writer.close()
+        return wall, cpu
+
+    wall, cpu = asyncio.run(transfer())
+    print(f"in-process, {mib} MiB A->B: {mib / wall:.1f} MiB/s, "
+          f"{cpu / mib * 1000:.2f} ms CPU per MiB")  # fmt: skip
+
+
 METRICS = [
     ("tcp_up_mbit", "TCP A->B, Mbit/s"),
     ("tcp_down_mbit", "TCP B->A, Mbit/s"),
@@ -158,7 +225,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
     parser.add_argument("--no-tun", action="store_true", help="leave out the TUN path")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument("--compare", metavar="TREE",
+                        help="run rootless also with TREE's package")  # fmt: skip
+    parser.add_argument("--in-process", type=int, metavar="MIB",
+                        help="only the in-process transfer of MIB MiB (no root)")  # fmt: skip
     args = parser.parse_args()
+    if args.in_process:
+        in_process(args.in_process)
+        return 0
     if os.geteuid() != 0:
         print("bench_rootless: needs root (network namespaces)", file=sys.stderr)
         return 1
@@ -167,6 +241,12 @@ def main() -> int:
             print(f"bench_rootless: `{tool}` is not installed", file=sys.stderr)
             return 1
     sides = ["rootless", "tun", "wireguard-go"]
+    if args.compare:
+        tree = str(Path(args.compare).resolve())
+        if not (Path(tree) / "wireguard" / "__init__.py").is_file():
+            print(f"bench_rootless: {tree} has no wireguard package", file=sys.stderr)
+            return 1
+        sides.insert(1, "compare")
     if args.no_tun or importlib.util.find_spec("wireguard.io.up") is None:
         print("bench_rootless: no TUN path (wireguard.io.up): comparing with wireguard-go only",
               file=sys.stderr)  # fmt: skip
@@ -186,7 +266,8 @@ def main() -> int:
                     if side not in sides:
                         continue
                     up = {"rootless": bench.up_rootless, "tun": bench.up_tun,
-                          "wireguard-go": bench.up_wggo}[side]  # fmt: skip
+                          "wireguard-go": bench.up_wggo,
+                          "compare": lambda: bench.up_rootless(tree)}[side]  # fmt: skip
                     try:
                         pid, target, down = up()
                     except RuntimeError as exc:
@@ -207,6 +288,12 @@ def main() -> int:
         finally:
             bench.destroy()
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k, _ in METRICS} for s in sides}
+    if args.compare:
+        print(f"\ncompare = rootless with {tree}; ranges (min-max) across rounds:")
+        for key, label in METRICS:
+            for s in ("rootless", "compare"):
+                values = [r[key] for r in results[s]]
+                print(f"  {label:<28} {s:>17}: {min(values):8.1f} - {max(values):8.1f}")
     print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
           "B = wireguard-go + kernel TCP; A = the side under test")  # fmt: skip
     head = "".join(f" {s:>12} |" for s in sides)

@@ -49,7 +49,7 @@ from wireguard.device import Device
 # checker (its secret is renewed lazily when a cookie reply is made), and
 # the handshake trace of a researcher. The timer heap is left out because it
 # is cleaned lazily (stale entries stay until they surface); the deadlines
-# themselves are in ``_scheduled`` and each peer's timers, which are compared.
+# themselves are in each peer's timers, which are compared.
 _EXCLUDED = {
     "_timer_heap",
     "drops",

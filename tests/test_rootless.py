@@ -403,6 +403,35 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
     )
 
 
+def test_forward_report_prints_the_stacks_nonzero_counters(capsys) -> None:
+    """The report shows every counter of the stack that is not zero (what a
+    hostile peer made it drop), and none that is."""
+
+    async def body() -> None:
+        a, _b = pair()
+        st = a.stack.stats
+        st.synack_timeouts, st.syn_queue_overflows, st.syncookies_sent = 3, 4, 5
+        st.tcp_ofo_pruned, st.tcp_ofo_dropped, st.tcp_sack_ranges_dropped = 6, 7, 8
+        st.tcp_time_wait_overflows, st.udp_queue_overflows, st.icmp_unhandled = 9, 10, 11
+        forward_cli._report(a, [], "status")
+
+    run(body)
+    err = capsys.readouterr().err
+    for name, n in [
+        ("synack_timeouts", 3),
+        ("syn_queue_overflows", 4),
+        ("syncookies_sent", 5),
+        ("tcp_ofo_pruned", 6),
+        ("tcp_ofo_dropped", 7),
+        ("tcp_sack_ranges_dropped", 8),
+        ("tcp_time_wait_overflows", 9),
+        ("udp_queue_overflows", 10),
+        ("icmp_unhandled", 11),
+    ]:
+        assert f"{name} {n}" in err, err
+    assert "syncookies_accepted" not in err and "listen_overflows" not in err
+
+
 # --------------------------------------------------- forwards driven in-process
 
 
@@ -412,7 +441,7 @@ def forward_options(*args: str) -> forward_module.ForwardOptions:
     forward_cli._add_arguments(parser)
     parsed = parser.parse_args(["unused.conf", *args])
     return forward_module.ForwardOptions(
-        parsed.connect_timeout, parsed.udp_timeout, parsed.udp_flows
+        parsed.connect_timeout, parsed.udp_timeout, parsed.udp_flows, parsed.max_connections
     )
 
 
@@ -608,6 +637,70 @@ def test_forward_udp_flow_table_is_capped() -> None:
             await udp.close()
             await tcp.close()
             local.close()
+
+    run(body, timeout=120)
+
+
+def test_forward_tcp_connections_are_capped() -> None:
+    """A peer opening connections through a -R TCP forward gets at most the
+    cap (default 256) accepted and relayed at once: the rest wait in the
+    stack's accept queue, bounded by its backlog, and one is accepted each
+    time one closes. A -L forward refuses local connections beyond its cap,
+    counted."""
+    extra = 4
+
+    async def body() -> None:
+        a, b = pair()
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # open until its client goes
+            await reader.read()
+            writer.close()
+
+        async with a, b:
+            service = await asyncio.start_server(hold, "127.0.0.1", 0)
+            port = service.sockets[0].getsockname()[1]
+            options = forward_options()
+            cap = options.max_connections
+            remote = forward_module.TcpRemoteForward(
+                forward_module.parse_forward(f"7070:127.0.0.1:{port}", "R"), a, options
+            )
+            await remote.start()
+            clients = [await b.open_connection(A_ADDR[0], 7070) for _ in range(cap + extra)]
+            deadline = loop.time() + 30
+            while len(held) < cap and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # time for any more to get through
+            c = remote.counters
+            assert (c.total, c.active, len(held)) == (cap, cap, cap), remote.line()
+            assert remote.server.waiting == extra and f"{extra} waiting" in remote.line()
+            # One closes: one waiting connection is accepted in its place.
+            clients[0][1].close()
+            while c.total < cap + 1 and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert (c.total, c.active, remote.server.waiting) == (cap + 1, cap, extra - 1)
+            # -L: beyond its cap a local connection is refused at once, counted.
+            local = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{B_ADDR[0]}:7071", "L"),
+                a,
+                forward_options("--max-connections", "1"),
+            )
+            await b.start_server(echo, port=7071)
+            await local.start()
+            local_port = int(local.where.rsplit(":", 1)[1])
+            r1, w1 = await asyncio.open_connection("127.0.0.1", local_port)
+            w1.write(b"first")
+            assert await r1.readexactly(5) == b"first"
+            r2, w2 = await asyncio.open_connection("127.0.0.1", local_port)
+            assert await r2.read() == b""
+            assert local.counters.refused == 1 and "1 refused" in local.line()
+            for w in (w1, w2, *held, *(w for _, w in clients)):
+                w.close()
+            await local.close()
+            await remote.close()
+            service.close()
 
     run(body, timeout=120)
 

@@ -30,7 +30,6 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
 from itertools import repeat
 
 from .address import Address
@@ -73,6 +72,7 @@ from .noise import Trace
 from .peer import Peer, PendingHandshake
 from .ratelimit import RateLimiter
 from .session import Keypair, KeypairExhausted
+from .timerheap import TimerHeap
 from .timers import Timer
 
 _u32 = struct.Struct("<I").unpack_from
@@ -247,9 +247,8 @@ class Device:
         self.last_trace: list[tuple[str, Trace]] = []
         # receiver index -> (peer, keypair or None for our pending handshake)
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
-        self._timer_heap: list[tuple[float, int, Peer]] = []
-        self._scheduled: dict[int, float] = {}  # id(peer) -> heap time
-        self._seq = 0
+        # When to wake up for which peer: a lazy heap (wireguard.timerheap).
+        self._timer_heap: TimerHeap[Peer] = TimerHeap()
         self._handshake_window_start = 0.0
         self._handshakes_in_window = 0
         self._last_under_load: float | None = None
@@ -328,7 +327,8 @@ class Device:
         if peer is None:
             if public_key == self.public_key:
                 raise ValueError("a peer cannot have the interface's own public key")
-            peer = Peer(public_key, self._static_static(public_key), notify=self._schedule)
+            static = self._static_static(public_key)
+            peer = Peer(public_key, static, notify=self._timer_heap.schedule)
             self.peers[public_key] = peer
         if preshared_key is not None:
             peer.preshared_key = preshared_key
@@ -367,7 +367,7 @@ class Device:
             self.drops[Drop.STAGED_PURGED] += len(peer.staged)
             peer.staged.clear()
         peer.timers.stop_all()
-        self._scheduled.pop(id(peer), None)
+        self._timer_heap.cancel(peer)
 
     def clear_peers(self) -> None:
         for key in list(self.peers):
@@ -426,43 +426,32 @@ class Device:
 
     # --- timers ----------------------------------------------------------
 
-    def _schedule(self, peer: Peer, when: float) -> None:
-        """Make sure the heap wakes us for *peer* no later than *when*. A later
-        or cancelled deadline leaves an early entry, which wakes the device for
-        nothing once and is then replaced: cheaper than a heap update on every
-        packet (the persistent keepalive moves with each one)."""
-        key = id(peer)
-        scheduled = self._scheduled.get(key)
-        if scheduled is None or when < scheduled:
-            self._scheduled[key] = when
-            self._seq += 1
-            heappush(self._timer_heap, (when, self._seq, peer))
-
     def _reschedule(self, peer: Peer) -> None:
+        # A later or cancelled deadline leaves an early entry in the heap,
+        # which wakes the device for nothing once and is then replaced:
+        # cheaper than a heap update on every packet (the persistent
+        # keepalive moves with each one).
         when = peer.timers.earliest()
         if when is not None:
-            self._schedule(peer, when)
+            self._timer_heap.schedule(peer, when)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
         heap = self._timer_heap
-        while heap:
-            when, _, peer = heap[0]
-            if self._scheduled.get(id(peer)) == when and self.peers.get(peer.public_key) is peer:
+        while (first := heap.first()) is not None:
+            when, peer = first
+            if self.peers.get(peer.public_key) is peer:
                 return when
-            heappop(heap)
+            heap.cancel(peer)  # removed
         return None
 
     def handle_timer(self, now: float, out: Effects | None = None) -> Effects:
         """Run every timer that expired at *now*."""
         out = Effects() if out is None else out
         heap = self._timer_heap
-        while heap and heap[0][0] <= now:
-            when, _, peer = heappop(heap)
-            key = id(peer)
-            if self._scheduled.get(key) != when or self.peers.get(peer.public_key) is not peer:
+        while (peer := heap.pop_due(now)) is not None:
+            if self.peers.get(peer.public_key) is not peer:
                 continue
-            del self._scheduled[key]
             for timer in peer.timers.due(now):
                 self._expire(peer, timer, now, out)
             self._reschedule(peer)

@@ -38,12 +38,12 @@ from tests.interop.kernel_vm import (
 )
 from wireguard.capture import PcapReader
 from wireguard.device import Device, Event, HandshakeCompleted
+from wireguard.io.stackdriver import StackDriver
 from wireguard.io.tap import EndpointTap, attach
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PresharedKey, PrivateKey
 from wireguard.misbehaviour import Corrupt, Duplicate, Policy, Replay, Rule, StaleTimestamp
 from wireguard.netstack import NetStack, TcpConfig
-from wireguard.netstack.aio import StackDriver
 from wireguard.netstack.icmp import build_echo, echo_reply_for, parse_icmp
 from wireguard.netstack.ip import addr_bytes, parse_ip
 

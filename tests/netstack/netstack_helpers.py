@@ -1,4 +1,5 @@
-"""Test helpers for the network stack: a scripted remote TCP and a simulated link."""
+"""Test helpers for the network stack: a stack the tests pull from, a scripted
+remote TCP and a simulated link."""
 
 from __future__ import annotations
 
@@ -7,11 +8,56 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wireguard.netstack import NetStack, TcpConfig
+from wireguard.netstack import Event, NetStack, StackEffects, TcpConfig, TcpConnection
 from wireguard.netstack.ip import IPPROTO_TCP, addr_bytes, parse_ip
-from wireguard.netstack.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_segment, parse_tcp
+from wireguard.netstack.tcp import ACK, FIN, PSH, RST, SYN, SegmentBuilder, TcpSegment, parse_tcp
 
-__all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "Link", "Peer", "Seg", "seeded"]
+__all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "Link", "Peer", "PulledStack", "Seg", "seeded"]
+
+
+class PulledStack(NetStack):
+    """A NetStack whose calls all collect into one accumulator, which the
+    tests take from when they choose: the packets sent so far with
+    :meth:`packets_to_send` (after a flush), the events one by one with
+    :meth:`next_event`. A binding does the same with one accumulator per
+    wake-up; here the test is the binding."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.pending = StackEffects()
+        self.clock = 0.0  # the latest time given to the stack
+
+    def receive_packets(self, packets, now, out=None):  # type: ignore[no-untyped-def]
+        self.clock = now
+        return super().receive_packets(packets, now, self.pending if out is None else out)
+
+    def receive_packet(self, packet, now, out=None):  # type: ignore[no-untyped-def]
+        self.clock = now
+        return super().receive_packet(packet, now, self.pending if out is None else out)
+
+    def handle_timer(self, now, out=None):  # type: ignore[no-untyped-def]
+        self.clock = now
+        return super().handle_timer(now, self.pending if out is None else out)
+
+    def flush(self, now, out=None):  # type: ignore[no-untyped-def]
+        self.clock = now
+        return super().flush(now, self.pending if out is None else out)
+
+    def tcp_connect(self, remote_addr, remote_port, now, *args, **kwargs) -> TcpConnection:  # type: ignore[no-untyped-def]
+        self.clock = now
+        return super().tcp_connect(remote_addr, remote_port, now, *args, **kwargs)
+
+    def packets_to_send(self, now: float | None = None) -> list[bytes]:
+        """Everything the stack sent since the last take, after a flush at
+        *now* (default: the latest time it was given)."""
+        self.flush(self.clock if now is None else now)
+        packets, self.pending.packets = self.pending.packets, []
+        return packets
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        events = self.pending.events
+        return events.pop(0) if events else None
 
 
 def seeded(seed: int) -> Callable[[int], bytes]:
@@ -83,18 +129,8 @@ class Peer:
     ) -> None:
         if len(options) % 4:
             options += b"\x00" * (4 - len(options) % 4)
-        packet = build_segment(
-            self.addr,
-            self.stack_addr,
-            self.port,
-            self.stack_port,
-            seq,
-            ack,
-            flags,
-            wnd,
-            payload,
-            options,
-        )
+        builder = SegmentBuilder(self.addr, self.stack_addr, self.port, self.stack_port)
+        packet = builder.build(seq, ack, flags, wnd, payload, options)
         self.stack.receive_packet(packet, now)
 
     def take(self, now: float | None = None) -> list[Seg]:
@@ -218,5 +254,5 @@ class Link:
                 raise AssertionError(f"simulation exceeded {limit} simulated seconds")
 
 
-def make_stack(addr: str, seed: int, **tcp: object) -> NetStack:
-    return NetStack([addr], random=seeded(seed), tcp_config=TcpConfig(**tcp))  # type: ignore[arg-type]
+def make_stack(addr: str, seed: int, **tcp: object) -> PulledStack:
+    return PulledStack([addr], random=seeded(seed), tcp_config=TcpConfig(**tcp))  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from wireguard.io.stackdriver import StackDriver
 from wireguard.netstack import NetStack, TcpConfig
-from wireguard.netstack.aio import StackDriver
 from wireguard.netstack.icmp import build_echo
 from wireguard.netstack.ip import addr_bytes
 

@@ -29,7 +29,8 @@ from test_netstack_tcp import P, events, passive, sack_active, sack_blocks, sack
 
 from wireguard.netstack import NetStack, TcpIncoming, TcpState
 from wireguard.netstack.ip import parse_ip
-from wireguard.netstack.tcp import _OutOfOrder, build_segment, parse_tcp
+from wireguard.netstack.tcp import SegmentBuilder, parse_tcp
+from wireguard.netstack.tcp.reassembly import OutOfOrder
 
 S = TcpState
 M = 0xFFFFFFFF
@@ -262,11 +263,8 @@ def _flood_packets(x, n: int) -> list[bytes]:
     """*n* one-byte segments, each a byte above a one-byte hole (built
     beforehand, so that only the stack's work is measured)."""
     p = x.p
-    src, dst, sport, dport = p.addr, p.stack_addr, p.port, p.stack_port
-    return [
-        build_segment(src, dst, sport, dport, (x.rcv + 2 * i + 1) & M, x.snd, ACK, 65535, b"x")
-        for i in range(n)
-    ]
+    builder = SegmentBuilder(p.addr, p.stack_addr, p.port, p.stack_port)
+    return [builder.build((x.rcv + 2 * i + 1) & M, x.snd, ACK, 65535, b"x") for i in range(n)]
 
 
 def _flood(x, packets: list[bytes]) -> None:
@@ -394,7 +392,7 @@ def test_out_of_order_structure_against_a_model(ops: list[tuple[str, int, int]])
     same bytes, first arrival kept, sorted disjoint non-adjacent ranges with
     consistent counts, pruning only from the top, and the latest segment's
     range in the first SACK block."""
-    q = _OutOfOrder()
+    q = OutOfOrder()
     model: dict[int, int] = {}  # position -> byte, what is held
     rcv_nxt = 1000
     for stamp, (op, off, length) in enumerate(ops):
@@ -486,4 +484,4 @@ def test_time_wait_is_bounded_and_counted() -> None:
     assert all(c.state is S.TIME_WAIT for c in s.tcp_connections)
     assert s.stats.tcp_time_wait_overflows == 1
     run_timers(s, 61.0)
-    assert s.tcp_connections == [] and s._time_wait == 0
+    assert s.tcp_connections == [] and s.time_wait == 0

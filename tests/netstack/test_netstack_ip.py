@@ -8,9 +8,10 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netstack_helpers import PulledStack
 
 from wireguard.errors import LocalProtocolError, RemoteProtocolError
-from wireguard.netstack import EchoReplyReceived, MalformedPacketError, NetStack, UdpReadable
+from wireguard.netstack import EchoReplyReceived, MalformedPacketError, UdpReadable
 from wireguard.netstack.icmp import (
     ICMP_DEST_UNREACHABLE,
     ICMP_ECHO_REPLY,
@@ -31,7 +32,7 @@ from wireguard.netstack.ip import (
     pseudo_header_sum,
     verify_checksum,
 )
-from wireguard.netstack.tcp import SYN, build_segment
+from wireguard.netstack.tcp import SYN, SegmentBuilder
 from wireguard.netstack.udp import build_udp, parse_udp
 
 A4 = ipaddress.ip_address("10.0.0.1").packed
@@ -137,7 +138,7 @@ def test_malformed_ip_is_rejected_with_project_error(packet: bytes) -> None:
     with pytest.raises(MalformedPacketError) as info:
         parse_ip(packet)
     assert isinstance(info.value, RemoteProtocolError)
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     stack.receive_packet(packet, 0.0)  # never raises: counted and dropped
     assert stack.stats.malformed + stack.stats.not_for_us == 1
 
@@ -145,7 +146,7 @@ def test_malformed_ip_is_rejected_with_project_error(packet: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_never_escapes_as_another_exception(data: bytes) -> None:
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     stack.tcp_listen(80)
     stack.udp_bind(53)
     stack.receive_packet(data, 0.0)
@@ -156,35 +157,36 @@ def test_garbage_never_escapes_as_another_exception(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 59), st.integers(1, 255))
 def test_any_corrupted_byte_of_a_tcp_packet_is_caught(index: int, xor: int) -> None:
-    stack = NetStack(["10.0.0.2"])
+    stack = PulledStack(["10.0.0.2"])
     stack.tcp_listen(80)
-    packet = bytearray(build_segment(A4, B4, 1234, 80, 99, 0, SYN, 1000, b"0123456789abcdefghij"))
+    builder = SegmentBuilder(A4, B4, 1234, 80)
+    packet = bytearray(builder.build(99, 0, SYN, 1000, b"0123456789abcdefghij"))
     packet[index] ^= xor
     stack.receive_packet(bytes(packet), 0.0)
     assert stack.stats.malformed + stack.stats.not_for_us + stack.stats.unknown_protocol == 1
 
 
 def test_packets_for_other_addresses_are_dropped() -> None:
-    stack = NetStack(["10.0.0.2/32"])
-    stack.receive_packet(build_segment(A4, A4, 1, 80, 0, 0, SYN, 100), 0.0)
+    stack = PulledStack(["10.0.0.2/32"])
+    stack.receive_packet(SegmentBuilder(A4, A4, 1, 80).build(0, 0, SYN, 100), 0.0)
     assert stack.stats.not_for_us == 1
     assert stack.packets_to_send() == []
 
 
 def test_addresses_in_wg_quick_form_and_mtu_limits() -> None:
-    s = NetStack(["10.0.0.2/24", "fd00::2/64"], mtu=1280)
+    s = PulledStack(["10.0.0.2/24", "fd00::2/64"], mtu=1280)
     assert s.addresses == (B4, B6)
     with pytest.raises(ValueError):
-        NetStack(["fd00::2"], mtu=1000)
+        PulledStack(["fd00::2"], mtu=1000)
     with pytest.raises(ValueError):
-        NetStack([])
+        PulledStack([])
 
 
 # --------------------------------------------------------------------- UDP
 
 
 def test_udp_receive_and_send() -> None:
-    stack = NetStack(["10.0.0.2"])
+    stack = PulledStack(["10.0.0.2"])
     sock = stack.udp_bind(53)
     assert sock.local_address == ("", 53)
     stack.receive_packet(build_udp(A4, B4, 5000, 53, b"query"), 1.0)
@@ -202,7 +204,7 @@ def test_udp_receive_and_send() -> None:
 
 
 def test_udp_ipv6_and_ephemeral_port() -> None:
-    stack = NetStack(["fd00::2"])
+    stack = PulledStack(["fd00::2"])
     sock = stack.udp_bind()
     assert 49152 <= sock.port <= 65535
     sock.sendto(b"hi", ("fd00::1", 9))
@@ -211,7 +213,7 @@ def test_udp_ipv6_and_ephemeral_port() -> None:
 
 
 def test_udp_checksum_rules() -> None:
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     sock = stack.udp_bind(53)
     # IPv4: zero means "no checksum" (RFC 768).
     no_csum = struct.pack("!HHHH", 1, 53, 10, 0) + b"ok"
@@ -227,7 +229,7 @@ def test_udp_checksum_rules() -> None:
 
 
 def test_udp_to_closed_port_gets_port_unreachable() -> None:
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     original = build_udp(A4, B4, 5000, 99, b"hello")
     stack.receive_packet(original, 0.0)
     original6 = build_udp(A6, B6, 5000, 99, b"hello")
@@ -241,7 +243,7 @@ def test_udp_to_closed_port_gets_port_unreachable() -> None:
 
 
 def test_udp_limits() -> None:
-    stack = NetStack(["10.0.0.2"], mtu=1420, udp_queue_limit=2)
+    stack = PulledStack(["10.0.0.2"], mtu=1420, udp_queue_limit=2)
     sock = stack.udp_bind(53)
     with pytest.raises(LocalProtocolError):
         sock.sendto(bytes(1420 - 28 + 1), ("10.0.0.1", 1))
@@ -255,13 +257,27 @@ def test_udp_limits() -> None:
     stack.udp_bind(53)  # the port is free again
 
 
+def test_udp_discards_are_counted_by_the_stack() -> None:
+    """What a full receive queue drops, and what a socket still held when it
+    closed, is counted in the stack's stats, which outlive the socket."""
+    stack = PulledStack(["10.0.0.2"], udp_queue_limit=2)
+    sock = stack.udp_bind(53)
+    for _ in range(5):
+        stack.receive_packet(build_udp(A4, B4, 1, 53, b"x"), 0.0)
+    assert sock.pending == 2 and sock.dropped == 3
+    assert stack.stats.udp_queue_overflows == 3
+    sock.close()
+    assert stack.stats.udp_closed_unread == 2
+    assert stack.stats.udp_queue_overflows == 3  # not lost with the socket
+
+
 # -------------------------------------------------------------------- ICMP
 
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_echo_request_is_answered(family: int) -> None:
     a, b = (A4, B4) if family == 4 else (A6, B6)
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     stack.receive_packet(build_echo(a, b, 0x1234, 7, b"ping data", reply=False), 0.0)
     (out,) = stack.packets_to_send()
     pkt = parse_ip(out)
@@ -273,7 +289,7 @@ def test_echo_request_is_answered(family: int) -> None:
 
 
 def test_ping_from_the_application() -> None:
-    stack = NetStack(["10.0.0.2"])
+    stack = PulledStack(["10.0.0.2"])
     stack.ping("10.0.0.1", 42, 1, b"abc")
     request = parse_ip(stack.packets_to_send()[0])
     msg = parse_icmp(request)
@@ -283,13 +299,17 @@ def test_ping_from_the_application() -> None:
 
 
 def test_icmp_bad_checksum_and_other_types_are_dropped() -> None:
-    stack = NetStack(["10.0.0.2", "fd00::2"])
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
     bad = bytearray(build_echo(A4, B4, 1, 1, b"x", reply=False))
     bad[-1] ^= 1
     stack.receive_packet(bytes(bad), 0.0)
     assert stack.stats.malformed == 1
     # An ICMPv6 router advertisement (134): no link layer here, ignored.
     stack.receive_packet(build_icmp(A6, B6, 134, 0, bytes(4), bytes(8)), 0.0)
+    assert stack.packets_to_send() == []
+    # ... and counted, as is an ICMP error (destination unreachable) for us.
+    stack.receive_packet(build_icmp(A4, B4, ICMP_DEST_UNREACHABLE, 1, bytes(4), bytes(28)), 0.0)
+    assert stack.stats.icmp_unhandled == 2
     assert stack.packets_to_send() == []
 
 

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from wireguard.io.stackdriver import StackDriver
 from wireguard.netstack import NetStack, TcpConfig
-from wireguard.netstack.aio import StackDriver
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001

@@ -12,7 +12,18 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netstack_helpers import ACK, FIN, PSH, RST, SYN, Peer, make_stack, mss_option, ws_option
+from netstack_helpers import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Peer,
+    PulledStack,
+    make_stack,
+    mss_option,
+    ws_option,
+)
 
 from wireguard.errors import LocalProtocolError
 from wireguard.netstack import (
@@ -29,7 +40,7 @@ from wireguard.netstack import (
     TcpWritable,
 )
 from wireguard.netstack.ip import parse_ip
-from wireguard.netstack.tcp import build_segment, parse_tcp
+from wireguard.netstack.tcp import SegmentBuilder, parse_tcp
 
 P = 1_000_000  # the scripted peer's ISS
 M = 0xFFFFFFFF
@@ -148,7 +159,7 @@ def test_syn_without_mss_uses_default_536() -> None:
 
 
 def test_ipv6_mss() -> None:
-    s = NetStack(["fd00::2/128"], mtu=1420)
+    s = PulledStack(["fd00::2/128"], mtu=1420)
     c = s.tcp_connect("fd00::1", 80, 0.0)
     pkt = parse_ip(s.packets_to_send()[0])
     seg = parse_tcp(pkt)
@@ -311,7 +322,7 @@ def test_sequence_numbers_wrap_around() -> None:
     def rnd(n: int) -> bytes:
         return b"\xff\xff\xfe\x00" if n == 4 else bytes(n)
 
-    s = NetStack(["10.0.0.2"], random=rnd, tcp_config=TcpConfig(delayed_ack=0))
+    s = PulledStack(["10.0.0.2"], random=rnd, tcp_config=TcpConfig(delayed_ack=0))
     p = Peer(s, stack_port=50000)
     c = s.tcp_connect("10.0.0.1", 40000, 0.0, local_port=50000)
     syn = p.take_one()
@@ -1042,8 +1053,8 @@ def test_connect_requires_own_address_family() -> None:
 def test_checksum_failure_is_counted_and_dropped() -> None:
     x = active()
     pkt = bytearray(
-        build_segment(
-            x.p.addr, x.p.stack_addr, 40000, 50000, x.rcv, x.snd, ACK, 1000, payload=b"abc"
+        SegmentBuilder(x.p.addr, x.p.stack_addr, 40000, 50000).build(
+            x.rcv, x.snd, ACK, 1000, payload=b"abc"
         )
     )
     pkt[-1] ^= 1
@@ -1192,7 +1203,7 @@ def test_sack_hole_is_not_retransmitted_until_three_segments_are_sacked_above() 
     held = [n for n in range(1, 12)]  # 0 lost: recovery
     for k in range(3, len(held) + 1):
         dupack(x, held[:k], 1.01)
-    assert x.c._in_recovery
+    assert x.c._cc.in_recovery
     held += [13, 14]  # 12 missing, two above it: not lost yet
     assert 12 not in dupack(x, held, 1.02)
     held += [15]  # three above: lost
@@ -1208,7 +1219,7 @@ def test_sack_duplicates_count_whatever_the_window() -> None:
     x.p.take(1.0)
     for k, wnd in ((1, 60000), (2, 58000), (3, 56000)):
         out = dupack(x, list(range(1, k + 1)), 1.0 + k / 1000, wnd=wnd)
-    assert out[0] == 0 and x.c._in_recovery
+    assert out[0] == 0 and x.c._cc.in_recovery
 
 
 def test_sack_lost_retransmission_is_sent_again() -> None:
@@ -1231,7 +1242,7 @@ def test_sack_lost_retransmission_is_sent_again() -> None:
         assert 0 not in dupack(x, held, 1.02)
     held.append(new[2])
     assert 0 in dupack(x, held, 1.03)
-    assert x.c._rto_at is not None and x.c._rto_at > 1.03
+    assert x.c._timers.rto is not None and x.c._timers.rto > 1.03
 
 
 def test_early_retransmit_with_three_segments_outstanding() -> None:
@@ -1262,7 +1273,7 @@ def test_tail_loss_probe_sends_new_data_when_acks_stop() -> None:
     # The probe's ACK acknowledges everything: only the ACKs had been lost.
     x.p.send(ACK, x.rcv, x.snd + 5 * L, now=deadline + 0.01)
     assert x.p.take(deadline + 0.01)  # the next flight
-    assert x.c._tlp_at is not None  # and a probe armed for it
+    assert x.c._timers.tlp is not None  # and a probe armed for it
 
 
 def test_tail_loss_probe_repeats_the_last_segment_when_nothing_is_new() -> None:
@@ -1301,7 +1312,7 @@ def _spurious_recovery(x: Conn, lost: tuple[int, ...]) -> tuple[int, int, list[i
     for i in [n for n in range(10) if n not in lost]:
         held.append(i)
         out += dupack(x, held, 1.0 + i / 1000)
-    assert x.c._in_recovery and x.c.ssthresh < before[0]
+    assert x.c._cc.in_recovery and x.c.ssthresh < before[0]
     return before[0], before[1], [n for n in out if n in lost]
 
 
@@ -1315,7 +1326,7 @@ def test_recovery_shown_spurious_by_dsack_is_undone() -> None:
     assert retransmitted == [0]
     top = x.snd + 10 * L
     x.p.send(ACK, x.rcv, top, now=1.02)  # the late original filled the hole
-    assert not x.c._in_recovery and x.c.cwnd < cwnd
+    assert not x.c._cc.in_recovery and x.c.cwnd < cwnd
     x.p.send(ACK, x.rcv, top, options=sack_option([(x.snd, x.snd + L)]), now=1.03)
     assert (x.c.cwnd, x.c.ssthresh) == (cwnd, ssthresh)
     assert x.s.stats.tcp_recoveries_undone == 1

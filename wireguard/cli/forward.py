@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 from ..config import ConfigError
 from ..errors import LocalProtocolError
 from ..io.forward import (
+    DEFAULT_TCP_CONNECTIONS,
     DEFAULT_UDP_FLOWS,
     Forward,
     ForwardOptions,
@@ -52,10 +54,26 @@ def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
             f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
             f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
             + (f" evicted {c.evicted}" if c.evicted else "")
+            + (f" refused {c.refused}" if c.refused else "")
             + (f" lost {c.discarded} B" if c.discarded else "")
             + (f" dropped {c.dropped}" if c.dropped else "")
         )
     return " | ".join(parts)
+
+
+# The stack's counters that _report's "stack:" line shows whatever their value.
+_STACK_LINE = frozenset(
+    {
+        "packets_received",
+        "packets_sent",
+        "tcp_retransmits",
+        "tcp_fast_recoveries",
+        "tcp_recoveries_undone",
+        "tcp_loss_probes",
+        "tcp_timeouts",
+        "icmp_echo_answered",
+    }
+)
 
 
 def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
@@ -73,6 +91,15 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
             f"{st.tcp_timeouts} timeouts), "
             f"{st.icmp_echo_answered} pings answered"
         )
+        # Every other counter that is not zero: what the stack dropped or
+        # refused (a hostile peer's SYN floods, out-of-order data, ...).
+        others = [
+            f"{f.name} {getattr(st, f.name)}"
+            for f in dataclasses.fields(st)
+            if f.name not in _STACK_LINE and getattr(st, f.name)
+        ]
+        if others:
+            _log("  stack counters: " + ", ".join(others))
     drops = {k: v for k, v in tunnel.device.drops.items() if v}
     if drops:
         _log("  device drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
@@ -99,7 +126,9 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        options = ForwardOptions(args.connect_timeout, args.udp_timeout, args.udp_flows)
+        options = ForwardOptions(
+            args.connect_timeout, args.udp_timeout, args.udp_flows, args.max_connections
+        )
         made = [make_forward(spec, tunnel, options) for spec in specs]
         for note in fit_descriptors(made):
             _log(note)
@@ -205,6 +234,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="at most N UDP flows per forward; a new one evicts the least recently active "
         f"(counted; default {DEFAULT_UDP_FLOWS})",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_TCP_CONNECTIONS,
+        metavar="N",
+        help="at most N TCP connections open per forward; beyond it -R leaves them in the "
+        f"stack's accept queue, -L refuses them (counted; default {DEFAULT_TCP_CONNECTIONS})",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -236,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--connect-timeout must be positive")
     if args.udp_flows < 1:
         raise CommandError("--udp-flows must be at least 1")
+    if args.max_connections < 1:
+        raise CommandError("--max-connections must be at least 1")
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
     # What the forwards log about their connections goes where the status does.

@@ -23,6 +23,13 @@ evictions. Each ``-R udp:`` flow is a kernel socket: :func:`fit_descriptors`
 raises the soft descriptor limit as far as those caps need, and where the hard
 limit does not allow it, lowers the caps rather than leave TCP without sockets.
 
+A TCP forward relays at most ``--max-connections`` connections at once
+(default 256; each holds a kernel socket and the stack's buffers): beyond it
+a ``-R`` forward leaves connections in the stack's accept queue (its backlog
+bounds it, then SYNs are dropped and counted by the stack), accepting one
+each time one closes, as a kernel server that stops calling ``accept()``;
+a ``-L`` forward refuses local connections, counted.
+
 Bytes a TCP client sends before its connection through the tunnel (or to the
 local service) is up are kept and relayed first, the sender paused after 64 KiB.
 
@@ -50,6 +57,7 @@ from ..errors import LocalProtocolError
 from .rootless import RootlessTunnel, format_bytes
 
 __all__ = [
+    "DEFAULT_TCP_CONNECTIONS",
     "DEFAULT_UDP_FLOWS",
     "Counters",
     "Forward",
@@ -76,6 +84,7 @@ class ForwardOptions:
     connect_timeout: float = 30.0  # give up on a connection's other side after this long
     udp_timeout: float = 60.0  # forget a UDP flow idle this long
     udp_flows: int = 1024  # flows per UDP forward (DEFAULT_UDP_FLOWS)
+    max_connections: int = 256  # open connections per TCP forward (DEFAULT_TCP_CONNECTIONS)
 
 
 # --------------------------------------------------------------------------- specs
@@ -199,6 +208,7 @@ class Counters:
     discarded: int = 0  # TCP bytes read for a side already gone (never relayed)
     overflows: int = 0  # connections reset: their side ignored pause_reading()
     evicted: int = 0  # UDP flows dropped to make room (--udp-flows)
+    refused: int = 0  # -L connections refused: --max-connections were open
     dropped: int = 0  # UDP datagrams not relayed (backlog of an opening flow full, flow gone)
     unreachable: int = 0  # ICMP errors on a flow's socket (the destination dropped one)
 
@@ -208,6 +218,7 @@ class Counters:
             f"{self.active} {what} open, {self.total} total"
             + (f", {self.failed} failed" if self.failed else "")
             + (f", {self.evicted} evicted" if self.evicted else "")
+            + (f", {self.refused} refused (connection cap)" if self.refused else "")
             + f", to tunnel {format_bytes(self.to_tunnel)}"
             + f", from tunnel {format_bytes(self.from_tunnel)}"
         )
@@ -424,10 +435,56 @@ class Forward(abc.ABC):
         return f"{self.spec}: {self.counters.line(self.spec.proto)}"
 
 
-class TcpLocalForward(Forward):
+class _Refuse(asyncio.Protocol):
+    """An accepted connection over the cap: closed at once (with a RST)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class _TcpForward(Forward):
+    """A TCP forward: for each connection its listener accepts (side 0),
+    one opened on the other side (side 1), relayed by a :class:`_Link`; at
+    most ``max_connections`` at once."""
+
+    server: Any = None
+    to_tunnel_from = 0  # the side whose bytes go into the tunnel
+    other_side = ""  # where side 1 is, for the log
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.max_connections: int = self.options.max_connections
+
+    def _accept(self) -> asyncio.Protocol:
+        link = _Link(self.counters, to_tunnel_from=self.to_tunnel_from, name=str(self.spec))
+        self._spawn(self._connect(link))
+        return _Side(link, 0)
+
+    async def _connect(self, link: _Link) -> None:
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self._open(lambda: _Side(link, 1))
+        except (OSError, TimeoutError, LocalProtocolError) as exc:
+            log.warning(f"{self.spec}: cannot connect {self.other_side}: {why(exc)}")
+            link.failed()
+            return
+        link.connected()
+
+    @abc.abstractmethod
+    async def _open(self, protocol_factory: Callable[[], asyncio.Protocol]) -> object:
+        """Open side 1 of a connection."""
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        await super().close()
+
+
+class TcpLocalForward(_TcpForward):
     """-L: kernel listener here, connections opened through the tunnel."""
 
-    server: asyncio.base_events.Server | None = None
+    to_tunnel_from = 0
+    other_side = "through the tunnel"
 
     async def start(self) -> None:
         spec = self.spec
@@ -439,59 +496,39 @@ class TcpLocalForward(Forward):
         self.where = ", ".join(names)
 
     def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=0, name=str(self.spec))
-        self._spawn(self._connect(link))
-        return _Side(link, 0)
+        if self.counters.active >= self.max_connections:
+            self.counters.refused += 1
+            return _Refuse()
+        return super()._accept()
 
-    async def _connect(self, link: _Link) -> None:
-        try:
-            async with asyncio.timeout(self.options.connect_timeout):
-                await self.tunnel.create_connection(
-                    lambda: _Side(link, 1), self.spec.host, self.spec.port
-                )
-        except (OSError, TimeoutError, LocalProtocolError) as exc:
-            log.warning(f"{self.spec}: cannot connect through the tunnel: {why(exc)}")
-            link.failed()
-            return
-        link.connected()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        await super().close()
+    async def _open(self, protocol_factory: Callable[[], asyncio.Protocol]) -> object:
+        return await self.tunnel.create_connection(protocol_factory, self.spec.host, self.spec.port)
 
 
-class TcpRemoteForward(Forward):
+class TcpRemoteForward(_TcpForward):
     """-R: listener on the stack, connections passed to a local service."""
 
-    server: Any = None
+    to_tunnel_from = 1
+    other_side = "to the local service"
 
     async def start(self) -> None:
         spec = self.spec
-        self.server = await self.tunnel.create_server(self._accept, spec.bind_host, spec.bind_port)
+        self.server = await self.tunnel.create_server(
+            self._accept, spec.bind_host, spec.bind_port, max_connections=self.max_connections
+        )
         hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
         self.where = ", ".join(_fmt(h, self.server.port) for h in hosts) + " (in the tunnel)"
 
-    def _accept(self) -> asyncio.Protocol:
-        link = _Link(self.counters, to_tunnel_from=1, name=str(self.spec))
-        self._spawn(self._connect(link))
-        return _Side(link, 0)
-
-    async def _connect(self, link: _Link) -> None:
+    async def _open(self, protocol_factory: Callable[[], asyncio.Protocol]) -> object:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.options.connect_timeout):
-                await loop.create_connection(lambda: _Side(link, 1), self.spec.host, self.spec.port)
-        except (OSError, TimeoutError) as exc:
-            log.warning(f"{self.spec}: cannot connect to the local service: {why(exc)}")
-            link.failed()
-            return
-        link.connected()
+        return await loop.create_connection(protocol_factory, self.spec.host, self.spec.port)
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        await super().close()
+    def line(self) -> str:
+        text = super().line()
+        waiting = self.server.waiting if self.server is not None else 0
+        if waiting:
+            text += f", {waiting} waiting (connection cap)"
+        return text
 
 
 _OnDatagram = Callable[[bytes, Any], None]
@@ -526,6 +563,7 @@ class _Flow:
 
 _FLOW_BACKLOG = 64
 DEFAULT_UDP_FLOWS = 1024  # a NAT table's order of size; each -R flow is a kernel socket
+DEFAULT_TCP_CONNECTIONS = 256  # per TCP forward; each holds a kernel socket
 
 
 class _UdpForward(Forward):
@@ -730,18 +768,19 @@ def why(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------- descriptors
 
-# Descriptors kept for all but the -R udp flows: the UDP socket, listeners,
-# the kernel side of TCP connections.
+# Descriptors kept for all but the capped flows and connections: the UDP
+# socket, listeners, the control socket, the interpreter's own.
 _FD_RESERVE = 256
 
 
 def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[int]]:
-    """The soft RLIMIT_NOFILE to set and the flow caps of the ``-R udp`` forwards
-    (each of their flows is a kernel socket; *caps* as asked). The soft limit is
-    raised towards the hard one as far as the caps need (Go's runtime raises it
-    for every program, wireguard-go included); if the hard limit is too low, the
-    caps share half of it, so that a flood of UDP senders cannot take the
-    descriptors TCP connections need."""
+    """The soft RLIMIT_NOFILE to set and the caps of the forwards whose flows
+    or connections are kernel sockets (``-R udp`` flows, TCP connections;
+    *caps* as asked). The soft limit is raised towards the hard one as far as
+    the caps need (Go's runtime raises it for every program, wireguard-go
+    included); if the hard limit is too low, the caps share half of it, so
+    that a flood on one forward cannot take the descriptors the others and
+    the tunnel need."""
     need = sum(caps) + _FD_RESERVE
     infinity = resource.RLIM_INFINITY
     if soft != infinity and soft < need:
@@ -754,25 +793,32 @@ def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[i
 
 
 def fit_descriptors(forwards: list[Forward]) -> list[str]:
-    """Make room for the ``-R udp`` forwards' flows (see :func:`plan_descriptors`),
-    lowering a forward's cap where the limit does not allow it; returns a note
-    for each cap lowered."""
+    """Make room for what the forwards may hold open as kernel sockets: the
+    ``-R udp`` flows and every TCP forward's connections (see
+    :func:`plan_descriptors`), lowering a forward's cap where the limit does
+    not allow it; returns a note for each cap lowered."""
     notes: list[str] = []
-    remote_udp = [f for f in forwards if isinstance(f, UdpRemoteForward)]
-    if not remote_udp:
+    capped = [
+        (f, "max_flows", "flows") if isinstance(f, UdpRemoteForward) else
+        (f, "max_connections", "connections")
+        for f in forwards
+        if isinstance(f, UdpRemoteForward | _TcpForward)
+    ]  # fmt: skip
+    if not capped:
         return notes
+    wanted = [getattr(f, attr) for f, attr, _ in capped]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, hard)
+    new_soft, caps = plan_descriptors(wanted, soft, hard)
     if new_soft != soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
         except (OSError, ValueError):
-            new_soft, caps = plan_descriptors([f.max_flows for f in remote_udp], soft, soft)
-    for forward, cap in zip(remote_udp, caps, strict=True):
-        if cap < forward.max_flows:
+            new_soft, caps = plan_descriptors(wanted, soft, soft)
+    for (forward, attr, noun), cap, was in zip(capped, caps, wanted, strict=True):
+        if cap < was:
             notes.append(
-                f"{forward.spec}: at most {cap} flows, not {forward.max_flows}: "
+                f"{forward.spec}: at most {cap} {noun}, not {was}: "
                 f"each is a descriptor and the limit is {new_soft} (ulimit -n)"
             )
-            forward.max_flows = cap
+            setattr(forward, attr, cap)
     return notes

@@ -1,16 +1,20 @@
 """Rootless tunnels: asyncio streams and datagrams through WireGuard, no TUN, no privileges.
 
-:class:`RootlessTunnel` joins three pieces that each already stand alone:
+:class:`RootlessTunnel` joins two pieces that each already stand alone:
 
 * a :class:`~wireguard.io.interface.Interface` (the sans-I/O
   :class:`~wireguard.device.Device` on a UDP socket, and optionally the ``wg``
-  control socket),
+  control socket), and
 * a userspace :class:`~wireguard.netstack.NetStack` that owns the
-  ``[Interface] Address`` of the configuration, and
-* the stack's asyncio binding :class:`~wireguard.netstack.aio.StackDriver`.
+  ``[Interface] Address`` of the configuration, bound to asyncio by
+  :class:`~wireguard.io.stackdriver.StackBinding`, whose API it is.
 
-IP packets that come out of the tunnel go to the stack; packets the stack
-builds go into the tunnel. On top, the API mirrors asyncio's own::
+The stack runs inside the tunnel's wake-ups (it is the tunnel's
+:attr:`~wireguard.io.tunnel.Tunnel.inside`): the datagrams one wake-up reads
+are opened together, their packets go to the stack in one call, the
+application hears of them, one flush answers, the answer is sealed in one
+batch and sent with the rest: one clock reading, one transmit, one timer
+for the device and the stack. On top, the API mirrors asyncio's own::
 
     async with await RootlessTunnel.from_config("wg0.conf") as tunnel:
         reader, writer = await tunnel.open_connection("10.0.0.1", 80)
@@ -40,12 +44,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config, load
-from ..device import Device, Effects
+from ..device import Device
 from ..netstack import NetStack, NetStackStats, TcpConfig
-from ..netstack.aio import ClientConnectedCallback, StackDriver, TcpServer
 from .control import socket_path
 from .interface import Interface
 from .lifecycle import Lifecycle
+from .stackdriver import StackBinding, ip_literal
 from .tunnel import device_from_config
 
 __all__ = [
@@ -56,9 +60,6 @@ __all__ = [
     "open_tunnel",
     "rootless_tcp_config",
 ]
-
-_DEFAULT_LIMIT = 2**16
-
 
 def rootless_tcp_config() -> TcpConfig:
     """The stack's TCP defaults here: Linux's choices where they differ from the
@@ -117,16 +118,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
-def _literal(host: str, what: str = "host") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise ValueError(
-            f"{what} {host!r} is not an IP address (names are not resolved inside the tunnel)"
-        ) from None
-
-
-class RootlessTunnel(Lifecycle):
+class RootlessTunnel(StackBinding, Lifecycle):
     """A WireGuard endpoint with a userspace TCP/IP stack on its addresses.
 
     *device* is a configured :class:`Device`; *addresses* are the stack's own
@@ -137,7 +129,14 @@ class RootlessTunnel(Lifecycle):
     ``wg show NAME`` finds) or a path containing ``/``; None (the default)
     opens none, since an unprivileged user cannot write /var/run/wireguard.
     *tcp_config* tunes the stack (default :func:`rootless_tcp_config`).
+
+    The asyncio API (``open_connection``, ``create_connection``,
+    ``start_server``, ``create_server``, ``create_datagram_endpoint``,
+    ``ping``) is :class:`~wireguard.io.stackdriver.StackBinding`'s; a
+    destination no peer's AllowedIPs cover fails at once with ENETUNREACH.
     """
+
+    _not_running = "the rootless tunnel is not running (use `async with`)"
 
     def __init__(
         self,
@@ -157,8 +156,10 @@ class RootlessTunnel(Lifecycle):
             raise ValueError("a rootless tunnel needs at least one address ([Interface] Address)")
         self.device = device
         self.mtu = mtu or device.mtu or 1420
-        self.stack = NetStack(
-            addresses, self.mtu, tcp_config=tcp_config or rootless_tcp_config(), random=random
+        super().__init__(
+            NetStack(
+                addresses, self.mtu, tcp_config=tcp_config or rootless_tcp_config(), random=random
+            )
         )
         name, control_path = "rootless", None
         if control is not None:
@@ -178,12 +179,8 @@ class RootlessTunnel(Lifecycle):
             control_path=control_path,
         )
         self.tunnel = self.interface.tunnel
-        self.tunnel.on_packet = self._from_tunnel
-        self.driver: StackDriver | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._out: Effects | None = None
+        self.tunnel.inside = self
         self._started = False
-        self._closed = False
 
     @classmethod
     async def from_config(
@@ -209,7 +206,6 @@ class RootlessTunnel(Lifecycle):
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
-        self.driver = StackDriver(self.stack, self._to_tunnel, loop=self._loop)
         await self.interface.start()
         self._started = True
 
@@ -217,10 +213,9 @@ class RootlessTunnel(Lifecycle):
         """Reset every connection (the RSTs leave first), then close the socket."""
         if self._closed:
             return
+        if self._started:
+            self._shutdown()
         self._closed = True
-        if self.driver is not None:
-            self.driver.close()
-            self._apply_out()
         await self.interface.close()
 
     @property
@@ -233,116 +228,19 @@ class RootlessTunnel(Lifecycle):
 
     # ---------------------------------------------------------------- packets
 
-    def _from_tunnel(self, packet: bytes) -> None:
-        assert self.driver is not None
-        self.driver.deliver_ip(packet)
+    def _transmit(self, packets: list[bytes], now: float) -> None:
+        # A wake-up of the binding's own (application calls): sealed as one
+        # batch, sent at once; the tunnel rearms its timer, the stack's too.
+        self.tunnel.send_packets(packets, now)
 
-    def _to_tunnel(self, packet: bytes) -> None:
-        # The driver hands over its packets one by one in a flush; collect them
-        # into one Effects so the UDP sends and the timer update happen once.
-        out = self._out
-        if out is None:
-            out = self._out = Effects()
-            assert self._loop is not None
-            self._loop.call_soon(self._apply_out)
-        self.device.send_packet(packet, self._loop.time(), out)  # type: ignore[union-attr]
-
-    def _apply_out(self) -> None:
-        out, self._out = self._out, None
-        if out is not None:
-            self.tunnel.apply(out)
-
-    def _driver(self) -> StackDriver:
-        if self.driver is None or self._closed:
-            raise RuntimeError("the rootless tunnel is not running (use `async with`)")
-        return self.driver
-
-    def _check_route(self, host: str) -> str:
-        address = _literal(host)
+    def _destination(self, host: str) -> str:
+        address = ip_literal(host)
         if self.device.allowed_ips.lookup(address.packed) is None:
             raise OSError(
                 errno.ENETUNREACH,
                 f"{address} is not in any peer's AllowedIPs (network is unreachable)",
             )
         return str(address)
-
-    # -------------------------------------------------------------------- TCP
-
-    async def open_connection(
-        self, host: str, port: int, *, limit: int = _DEFAULT_LIMIT, local_port: int | None = None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Like :func:`asyncio.open_connection`, through the tunnel."""
-        return await self._driver().open_connection(
-            self._check_route(host), port, limit=limit, local_port=local_port
-        )
-
-    async def create_connection(
-        self,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        host: str,
-        port: int,
-        *,
-        local_port: int | None = None,
-    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        """Like :meth:`asyncio.loop.create_connection`, through the tunnel."""
-        return await self._driver().create_connection(
-            protocol_factory, self._check_route(host), port, local_port=local_port
-        )
-
-    async def start_server(
-        self,
-        client_connected_cb: ClientConnectedCallback,
-        host: str | None = None,
-        port: int = 0,
-        *,
-        limit: int = _DEFAULT_LIMIT,
-        backlog: int | None = None,
-    ) -> TcpServer:
-        """Like :func:`asyncio.start_server`, listening on the stack's address
-        *host* (default: all of them): peers reach it through the tunnel."""
-        if host is not None:
-            host = str(_literal(host))
-        return await self._driver().start_server(
-            client_connected_cb, host, port, limit=limit, backlog=backlog
-        )
-
-    async def create_server(
-        self,
-        protocol_factory: Callable[[], asyncio.Protocol],
-        host: str | None = None,
-        port: int = 0,
-        *,
-        backlog: int | None = None,
-    ) -> TcpServer:
-        """Like :meth:`asyncio.loop.create_server` on the stack's address(es)."""
-        if host is not None:
-            host = str(_literal(host))
-        return await self._driver().create_server(protocol_factory, host, port, backlog=backlog)
-
-    # -------------------------------------------------------------------- UDP
-
-    async def create_datagram_endpoint(
-        self,
-        protocol_factory: Callable[[], asyncio.DatagramProtocol],
-        local_addr: tuple[str | None, int] | None = None,
-        remote_addr: tuple[str, int] | None = None,
-    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        """Like :meth:`asyncio.loop.create_datagram_endpoint`: *local_addr* is
-        on the stack (default: an ephemeral port on all its addresses),
-        *remote_addr* a host through the tunnel."""
-        if remote_addr is not None:
-            remote_addr = (self._check_route(remote_addr[0]), remote_addr[1])
-        if local_addr is not None and local_addr[0] not in (None, ""):
-            local_addr = (str(_literal(local_addr[0])), local_addr[1])  # type: ignore[arg-type]
-        return await self._driver().create_datagram_endpoint(
-            protocol_factory, local_addr, remote_addr
-        )
-
-    # ------------------------------------------------------------------- ICMP
-
-    async def ping(self, host: str, *, timeout: float = 5.0, data: bytes = b"") -> float:
-        """One ICMP echo through the tunnel; the round-trip time in seconds."""
-        return await self._driver().ping(self._check_route(host), timeout=timeout, data=data)
 
     # ----------------------------------------------------------------- status
 
@@ -368,8 +266,7 @@ class RootlessTunnel(Lifecycle):
             "socket read errors": t.receive_errors,
             "packets out of the tunnel not queued": t.dropped_packets,
         }
-        if self.driver is not None:
-            losses.update(self.driver.drops)
+        losses.update(self.drops)
         return TunnelStatus(
             addresses=self.addresses,
             listen_port=self.listen_port,

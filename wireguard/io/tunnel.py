@@ -36,6 +36,11 @@ the device forgets that local address for every peer
 (:meth:`Device.clear_endpoint_sources`), as the kernel's ``send4``/``send6``
 clear ``endpoint->src``; so do a new listen port and a new firewall mark.
 
+A userspace network stack runs inside the tunnel (:attr:`Tunnel.inside`, see
+:class:`Inside`): the packets a wake-up opens go to it in one call, and its
+answer is sealed in one batch and leaves with the same transmit, on the same
+``now`` and the same timer.
+
 Events (handshakes, roaming, expiry) go to whoever asked for them: the
 ``on_event`` callback and each :meth:`Tunnel.subscribe` stream open at the
 time; the tunnel keeps no history. They are logged at INFO on the
@@ -58,7 +63,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from ..address import Address
 from ..config import Config
@@ -101,6 +106,23 @@ def _plain(address: tuple) -> Address:  # type: ignore[type-arg]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, port
+
+
+class Inside(Protocol):
+    """What runs inside a tunnel in the tunnel's own wake-ups (a userspace
+    network stack: :class:`~wireguard.io.stackdriver.StackBinding`). The
+    packets out of the tunnel go in, and what it answers is sealed and sent
+    in the same wake-up, with the same ``now``; its deadline shares the
+    tunnel's one timer."""
+
+    def receive_packets(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Take packets out of the tunnel; return packets to put into it."""
+
+    def handle_timer(self, now: float) -> list[bytes]:
+        """Run what is due at *now*; return packets to put into the tunnel."""
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` is due, or None."""
 
 
 class EventStream:
@@ -226,6 +248,9 @@ class Tunnel(Lifecycle):
         # A batch consumer for packets out of the tunnel (a TUN writes them
         # with one call); takes precedence over on_packet and the queue.
         self.on_packets: Callable[[list[bytes]], None] | None = None
+        # What runs inside the tunnel in its wake-ups (see Inside): takes
+        # the packets before anything above, answers in the same transmit.
+        self.inside: Inside | None = None
         # Offloads: wanted (switch off with WG_PY_UDP_GSO=0 / WG_PY_UDP_GRO=0);
         # gso turns False for good if the kernel refuses it.
         self.gso = os.environ.get("WG_PY_UDP_GSO", "1") != "0"
@@ -437,6 +462,13 @@ class Tunnel(Lifecycle):
         """Send an IP packet into the tunnel (routed by its destination)."""
         self.apply(self.device.send_packet(packet, self.now))
 
+    def send_packets(self, packets: list[bytes], now: float | None = None) -> None:
+        """Send IP packets into the tunnel, sealed and sent together (at
+        *now*, default the loop's time)."""
+        if now is None:
+            now = self.now
+        self.apply(self.device.send_packets(packets, now), now)
+
     async def recv_packet(self) -> bytes:
         """The next IP packet that came out of the tunnel."""
         return await self._packets.get()
@@ -507,7 +539,8 @@ class Tunnel(Lifecycle):
                     break
                 add((data, _plain(addr)))
         if got:
-            self.apply(self.device.receive_datagrams(got, self.now))
+            now = self.now
+            self.apply(self.device.receive_datagrams(got, now), now)
 
     def _read_gro(self, sock: socket.socket, add: Callable[[tuple[bytes, Address]], None]) -> None:
         """recvmsg with UDP_GRO: one buffer may hold several datagrams of
@@ -698,8 +731,17 @@ class Tunnel(Lifecycle):
                 log.debug("UDP send to %s:%s failed: %s", *address[:2], exc)
             i = j
 
-    def apply(self, effects: Effects) -> None:
-        """Carry out what the device decided, then rearm the timer."""
+    def apply(self, effects: Effects, now: float | None = None) -> None:
+        """Carry out what the device decided, then rearm the timer. With an
+        :attr:`inside`, the packets out of the tunnel go to it first and its
+        answer is sealed into the same effects (at *now*, default the loop's
+        time), so one transmit sends both."""
+        inside = self.inside
+        if inside is not None and effects.packets:
+            if now is None:
+                now = self.now
+            packets, effects.packets = effects.packets, []
+            self._seal(inside.receive_packets(packets, now), now, effects)
         sock = self._sock
         if effects.datagrams:
             if sock is not None:
@@ -733,6 +775,10 @@ class Tunnel(Lifecycle):
         if loop is None or self._sock is None:
             return
         deadline = self.device.next_deadline()
+        if self.inside is not None:
+            inner = self.inside.next_deadline()
+            if inner is not None and (deadline is None or inner < deadline):
+                deadline = inner
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -741,8 +787,22 @@ class Tunnel(Lifecycle):
         self._timer = loop.call_at(deadline, self._on_timer) if deadline is not None else None
 
     def _on_timer(self) -> None:
+        at = self._timer_at
         self._timer = self._timer_at = None
-        self.apply(self.device.handle_timer(self.now))
+        now = self.now
+        if at is not None and now < at:
+            now = at  # asyncio may run a handle up to its clock resolution early
+        out = self.device.handle_timer(now)
+        if self.inside is not None:
+            self._seal(self.inside.handle_timer(now), now, out)
+        self.apply(out, now)
+
+    def _seal(self, packets: list[bytes], now: float, effects: Effects) -> None:
+        """The inside's answer, sealed by the device, joins *effects*."""
+        if packets:
+            sealed = self.device.send_packets(packets, now)
+            effects.datagrams += sealed.datagrams
+            effects.events += sealed.events
 
 
 def _grow_buffers(sock: socket.socket) -> None:

@@ -3,12 +3,15 @@
 The tunnel hands over raw IP packets; :class:`NetStack` turns them into TCP
 connections, UDP sockets and pings, and back into IP packets. Like the rest of
 this package it never does I/O: time is an argument, randomness is injected,
-and :mod:`wireguard.netstack.aio` is the asyncio binding (``open_connection`` /
-``start_server`` over a :class:`NetStack`).
+and every call returns its effects (packets for the tunnel, events for the
+application) in the Device's shape. The asyncio binding (``open_connection``
+/ ``start_server`` over a :class:`NetStack`) is :mod:`wireguard.io.stackdriver`.
 
 Layers (lower never imports higher): ``ip`` (IPv4/IPv6 and checksums), ``icmp``,
-``udp``, ``tcp`` (RFC 9293 state machine), ``stack`` (demultiplexing, timers,
-sockets), ``aio`` (asyncio streams).
+``events`` and ``context`` (what the stack lends its sockets: time, randomness,
+callbacks), ``udp``, ``tcp`` (RFC 9293: the segment, RTT estimation,
+congestion control, SACK, reassembly, timers, the connection's state machine,
+listeners), ``stack`` (demultiplexing, timers, socket tables).
 
 Why not an existing package: PyTCP (``pytcp`` on PyPI, the only maintained
 pure-Python TCP/IP stack) was checked. Its TCP session runs on threads,
@@ -20,29 +23,26 @@ cited in each module.
 """
 
 from ..errors import LocalProtocolError
-from .events import (
-    EchoReplyReceived,
-    Event,
-    TcpClosed,
-    TcpEstablished,
-    TcpIncoming,
-    TcpReadable,
-    TcpWritable,
-    UdpReadable,
-)
+from .context import NetStackStats
+from .events import EchoReplyReceived, Event
 from .ip import MalformedPacketError, NetstackError
-from .stack import NetStack, NetStackStats
+from .stack import NetStack, StackEffects
 from .tcp import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    TcpClosed,
     TcpConfig,
     TcpConnection,
     TcpConnectionError,
+    TcpEstablished,
+    TcpIncoming,
     TcpListener,
+    TcpReadable,
     TcpState,
+    TcpWritable,
 )
-from .udp import UdpSocket
+from .udp import UdpReadable, UdpSocket
 
 __all__ = [
     "ConnectionRefused",
@@ -55,6 +55,7 @@ __all__ = [
     "NetStack",
     "NetStackStats",
     "NetstackError",
+    "StackEffects",
     "TcpClosed",
     "TcpConfig",
     "TcpConnection",

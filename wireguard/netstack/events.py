@@ -1,85 +1,32 @@
 """What the stack tells the application, as typed events (the h11/aioquic style).
 
-The stack queues these while it processes packets and timers; a binding drains
-them with :meth:`NetStack.next_event` after each call and reacts (wakes a
-reader, resumes a writer, accepts a connection). Readiness events are edge
-triggered: :class:`TcpReadable` comes when data or end-of-stream becomes
-available after the buffer was drained, so a binding must read until
-``receive()`` returns nothing, as with epoll's EPOLLET.
+Every call of the stack hands over the events it caused (in
+:attr:`~wireguard.netstack.stack.StackEffects.events`, in order); a binding
+reacts to each (wakes a reader, resumes a writer, accepts a connection).
+Each event is defined by the module of the socket that raises it:
+:class:`~.tcp.connection.TcpEstablished`, :class:`~.tcp.connection.TcpReadable`,
+:class:`~.tcp.connection.TcpWritable`, :class:`~.tcp.connection.TcpClosed`,
+:class:`~.tcp.listener.TcpIncoming` and :class:`~.udp.UdpReadable`; the
+stack's own is :class:`EchoReplyReceived`. All are importable from
+:mod:`wireguard.netstack`.
+
+Readiness events are edge triggered: :class:`~.tcp.connection.TcpReadable`
+comes when data or end-of-stream becomes available after the buffer was
+drained, so a binding must read until ``receive()`` returns nothing, as with
+epoll's EPOLLET.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .tcp import TcpConnection, TcpListener
-    from .udp import UdpSocket
-
-__all__ = [
-    "EchoReplyReceived",
-    "Event",
-    "TcpClosed",
-    "TcpEstablished",
-    "TcpIncoming",
-    "TcpReadable",
-    "TcpWritable",
-    "UdpReadable",
-]
+__all__ = ["EchoReplyReceived", "Event"]
 
 
 class Event:
     """Base class of every event."""
 
     __slots__ = ()
-
-
-@dataclass(slots=True)
-class TcpEstablished(Event):
-    """The three-way handshake completed (RFC 9293 3.5): send and receive may start."""
-
-    conn: TcpConnection
-
-
-@dataclass(slots=True)
-class TcpReadable(Event):
-    """Data, or the peer's FIN (``conn.at_eof``), can be read with ``receive()``."""
-
-    conn: TcpConnection
-
-
-@dataclass(slots=True)
-class TcpWritable(Event):
-    """A ``send()`` was short earlier and the send buffer has room again."""
-
-    conn: TcpConnection
-
-
-@dataclass(slots=True)
-class TcpClosed(Event):
-    """The connection is gone from the application's point of view.
-
-    *error* is None after an orderly close, else the reason: reset by the peer,
-    refused, or timed out after too many retransmissions.
-    """
-
-    conn: TcpConnection
-    error: Exception | None
-
-
-@dataclass(slots=True)
-class TcpIncoming(Event):
-    """A listener's accept queue became non-empty."""
-
-    listener: TcpListener
-
-
-@dataclass(slots=True)
-class UdpReadable(Event):
-    """A UDP socket's receive queue became non-empty."""
-
-    socket: UdpSocket
 
 
 @dataclass(slots=True)

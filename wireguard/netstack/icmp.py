@@ -11,9 +11,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ..ipheader import IPPROTO_ICMP, IPPROTO_ICMPV6
 from .ip import (
-    IPPROTO_ICMP,
-    IPPROTO_ICMPV6,
     IPPacket,
     MalformedPacketError,
     build_ipv4,

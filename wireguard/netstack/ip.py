@@ -1,5 +1,8 @@
 """IPv4 and IPv6 headers: parse, build, and the Internet checksum.
 
+Fields are read at the offsets :mod:`wireguard.ipheader` names for every
+module that reads IP headers; the protocol numbers are its too.
+
 The tunnel hands us whole IP packets (there is no link layer under WireGuard),
 so this is the bottom of the stack. Addresses are kept as raw ``bytes`` (4 or 16
 of them) on the hot path: building :mod:`ipaddress` objects per packet would
@@ -18,6 +21,23 @@ import struct
 from typing import Final
 
 from ..errors import RemoteProtocolError
+from ..ipheader import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_DST,
+    IPV4_FLAGS_FRAGMENT,
+    IPV4_HEADER_LEN,
+    IPV4_PROTOCOL,
+    IPV4_SRC,
+    IPV4_TOTAL_LENGTH,
+    IPV6_DST,
+    IPV6_HEADER_LEN,
+    IPV6_NEXT_HEADER,
+    IPV6_PAYLOAD_LENGTH,
+    IPV6_SRC,
+)
 
 __all__ = [
     "IPPROTO_ICMP",
@@ -39,11 +59,6 @@ __all__ = [
     "verify_checksum",
 ]
 
-IPPROTO_ICMP: Final = 1
-IPPROTO_TCP: Final = 6
-IPPROTO_UDP: Final = 17
-IPPROTO_ICMPV6: Final = 58
-
 # RFC 8200 section 4: extension headers that may precede the upper layer and that
 # we can skip. The fragment header (44) is recognised and refused (no reassembly).
 _IPV6_EXT_SKIPPABLE: Final = frozenset({0, 43, 60})
@@ -51,9 +66,6 @@ _IPV6_FRAGMENT: Final = 44
 _IPV6_NO_NEXT_HEADER: Final = 59
 
 DEFAULT_TTL: Final = 64  # RFC 1700 / Linux default for both TTL and hop limit
-
-_V4_HDR = struct.Struct("!BBHHHBBH4s4s")
-_V6_HDR = struct.Struct("!IHBB16s16s")
 
 
 class NetstackError(RemoteProtocolError):
@@ -99,16 +111,13 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
 class IPPacket:
     """One parsed IP packet. *payload* is the upper-layer bytes (exact length)."""
 
-    __slots__ = ("dst", "hop_limit", "payload", "proto", "src", "version")
+    __slots__ = ("dst", "payload", "proto", "src", "version")
 
-    def __init__(
-        self, version: int, src: bytes, dst: bytes, proto: int, hop_limit: int, payload: bytes
-    ) -> None:
+    def __init__(self, version: int, src: bytes, dst: bytes, proto: int, payload: bytes) -> None:
         self.version = version
         self.src = src
         self.dst = dst
         self.proto = proto
-        self.hop_limit = hop_limit
         self.payload = payload
 
     def __repr__(self) -> str:
@@ -137,32 +146,34 @@ def parse_ip(packet: bytes) -> IPPacket:
 
 
 def _parse_ipv4(packet: bytes) -> IPPacket:
-    # RFC 791 section 3.1.
-    if len(packet) < 20:
+    # RFC 791 section 3.1; the offsets are ipheader's.
+    n = len(packet)
+    if n < IPV4_HEADER_LEN:
         raise MalformedPacketError("IPv4 header truncated")
-    vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _V4_HDR.unpack_from(packet)
-    ihl = (vihl & 0x0F) * 4
-    if ihl < 20:
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < IPV4_HEADER_LEN:
         raise MalformedPacketError("IPv4 IHL below 5")
-    if total < ihl or total > len(packet):
+    total = (packet[IPV4_TOTAL_LENGTH] << 8) | packet[IPV4_TOTAL_LENGTH + 1]
+    if total < ihl or total > n:
         raise MalformedPacketError("IPv4 total length inconsistent")
     if int.from_bytes(packet[:ihl], "big") % 0xFFFF != 0:
         raise MalformedPacketError("IPv4 header checksum mismatch")
-    if frag & 0x3FFF:  # MF set or a non-zero offset
-        raise MalformedPacketError("IPv4 fragments are not supported")
-    return IPPacket(4, src, dst, proto, ttl, packet[ihl:total])
+    if (packet[IPV4_FLAGS_FRAGMENT] & 0x3F) | packet[IPV4_FLAGS_FRAGMENT + 1]:
+        raise MalformedPacketError("IPv4 fragments are not supported")  # MF, or an offset
+    return IPPacket(4, packet[IPV4_SRC], packet[IPV4_DST], packet[IPV4_PROTOCOL], packet[ihl:total])
 
 
 def _parse_ipv6(packet: bytes) -> IPPacket:
-    # RFC 8200 section 3.
-    if len(packet) < 40:
+    # RFC 8200 section 3; the offsets are ipheader's.
+    if len(packet) < IPV6_HEADER_LEN:
         raise MalformedPacketError("IPv6 header truncated")
-    _vtf, plen, nxt, hlim, src, dst = _V6_HDR.unpack_from(packet)
-    end = 40 + plen
+    plen = (packet[IPV6_PAYLOAD_LENGTH] << 8) | packet[IPV6_PAYLOAD_LENGTH + 1]
+    end = IPV6_HEADER_LEN + plen
     if plen == 0 or end > len(packet):
         # A zero payload length means a jumbogram (RFC 2675), never on a tunnel.
         raise MalformedPacketError("IPv6 payload length inconsistent")
-    off = 40
+    nxt = packet[IPV6_NEXT_HEADER]
+    off = IPV6_HEADER_LEN
     while nxt in _IPV6_EXT_SKIPPABLE:
         if off + 8 > end:
             raise MalformedPacketError("IPv6 extension header truncated")
@@ -175,7 +186,7 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
         raise MalformedPacketError("IPv6 fragments are not supported")
     if nxt == _IPV6_NO_NEXT_HEADER:
         raise MalformedPacketError("IPv6 packet without upper-layer header")
-    return IPPacket(6, src, dst, nxt, hlim, packet[off:end])
+    return IPPacket(6, packet[IPV6_SRC], packet[IPV6_DST], nxt, packet[off:end])
 
 
 class IPv4HeaderTemplate:

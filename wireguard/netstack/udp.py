@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Final
 
 from ..errors import LocalProtocolError
-from .events import UdpReadable
+from ..ipheader import IPPROTO_UDP
+from .context import Context
+from .events import Event
 from .ip import (
-    IPPROTO_UDP,
     IPPacket,
     MalformedPacketError,
     addr_bytes,
@@ -20,10 +22,7 @@ from .ip import (
     verify_checksum,
 )
 
-if TYPE_CHECKING:
-    from .stack import NetStack
-
-__all__ = ["UdpSocket", "build_udp", "parse_udp"]
+__all__ = ["UdpReadable", "UdpSocket", "build_udp", "parse_udp"]
 
 _HDR = struct.Struct("!HHHH")
 
@@ -62,16 +61,24 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int, data: bytes) -> by
     return build_ip(src, dst, IPPROTO_UDP, _HDR.pack(sport, dport, length, csum) + data)
 
 
+@dataclass(slots=True)
+class UdpReadable(Event):
+    """A UDP socket's receive queue became non-empty."""
+
+    socket: UdpSocket
+
+
 class UdpSocket:
     """A UDP port bound on the stack: ``sendto`` and ``recvfrom``, never blocking.
 
     Received datagrams wait in a bounded queue; when it is full new ones are
-    dropped and counted, as a kernel does when the socket buffer is full.
+    dropped and counted (in :attr:`dropped` and the stack's
+    ``udp_queue_overflows``), as a kernel does when the socket buffer is full.
     """
 
-    def __init__(self, stack: NetStack, addr: bytes | None, port: int, queue_limit: int) -> None:
-        self._stack = stack
-        self._addr = addr
+    def __init__(self, ctx: Context, addr: bytes | None, port: int, queue_limit: int) -> None:
+        self._ctx = ctx
+        self.addr = addr  # None: all of the stack's addresses
         self.port = port
         self._queue: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._queue_limit = queue_limit
@@ -81,7 +88,7 @@ class UdpSocket:
     @property
     def local_address(self) -> tuple[str, int]:
         """The bound (address, port); the address is "" when bound to all of ours."""
-        return (addr_str(self._addr) if self._addr else "", self.port)
+        return (addr_str(self.addr) if self.addr else "", self.port)
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> int:
         """Queue one datagram to *address*; return its length.
@@ -95,15 +102,14 @@ class UdpSocket:
         port = address[1]
         if not 0 < port < 65536:
             raise LocalProtocolError(f"invalid port {port}")
-        src = self._addr or self._stack._source_address(dst)
+        src = self.addr or self._ctx.source_address(dst)
         if len(src) != len(dst):
             raise LocalProtocolError("address family mismatch")
         header = 20 if len(dst) == 4 else 40
-        if header + 8 + len(data) > self._stack.mtu:
-            raise LocalProtocolError(
-                f"datagram of {len(data)} bytes exceeds the MTU of {self._stack.mtu}"
-            )
-        self._stack._output(build_udp(src, dst, self.port, port, bytes(data)))
+        mtu = self._ctx.mtu
+        if header + 8 + len(data) > mtu:
+            raise LocalProtocolError(f"datagram of {len(data)} bytes exceeds the MTU of {mtu}")
+        self._ctx.emit(build_udp(src, dst, self.port, port, bytes(data)))
         return len(data)
 
     def recvfrom(self) -> tuple[bytes, tuple[str, int]] | None:
@@ -118,17 +124,21 @@ class UdpSocket:
         return len(self._queue)
 
     def close(self) -> None:
-        """Unbind the port; queued datagrams are discarded."""
+        """Unbind the port; queued datagrams are discarded (counted in the
+        stack's ``udp_closed_unread``)."""
         if not self.closed:
             self.closed = True
+            self._ctx.stats.udp_closed_unread += len(self._queue)
             self._queue.clear()
-            self._stack._udp_unbind(self)
+            self._ctx.closed(self)
 
-    def _deliver(self, data: bytes, src: bytes, sport: int) -> None:
+    def deliver(self, data: bytes, src: bytes, sport: int) -> None:
+        """A datagram for this socket came (the stack's side)."""
         if len(self._queue) >= self._queue_limit:
             self.dropped += 1
+            self._ctx.stats.udp_queue_overflows += 1
             return
         was_empty = not self._queue
         self._queue.append((data, (addr_str(src), sport)))
         if was_empty:
-            self._stack._event(UdpReadable(self))
+            self._ctx.notify(UdpReadable(self))

@@ -1,46 +1,58 @@
-"""asyncio binding of :class:`~wireguard.netstack.stack.NetStack`, independent of WireGuard.
+"""The asyncio binding of a :class:`~wireguard.netstack.NetStack`, independent of WireGuard.
 
-:class:`StackDriver` owns the I/O the stack itself never does: it feeds packets
-in with the loop's clock, hands packets out through a callable, and keeps one
-``loop.call_at`` armed at :meth:`NetStack.next_deadline` (no polling). On top it
-offers asyncio's own stream API: :meth:`StackDriver.open_connection` and
-:meth:`StackDriver.start_server` return genuine :class:`asyncio.StreamReader` /
-:class:`asyncio.StreamWriter` objects, wired through a custom
-:class:`asyncio.Transport` so that ``drain()``, ``write_eof()``, ``close()`` and
-reader back-pressure behave as they do over a kernel socket: a paused reader
-stops draining the TCP receive buffer, so the advertised window closes and the
-remote sender slows down, end to end.
+:class:`StackBinding` is what every binding of the stack shares: one wake-up
+routine and asyncio's own API on top. A wake-up takes one ``now``: the
+stack's calls (packets in, or its timers), the events they raise handed to
+the application (readers woken, writers resumed, connections accepted),
+then one flush, which also carries everything the application answered in
+those callbacks; the packets for the tunnel come out at the end, together.
+Application calls between wake-ups (a write, a close) schedule one flush
+for the loop's next turn, so an iteration's worth coalesces as ACKs do in a
+kernel's softirq.
 
-Work is batched per event-loop iteration: packets delivered in one iteration are
-processed, and the resulting events and outgoing packets flushed once, which lets
-ACKs coalesce as they would in a kernel's softirq.
+On top: :meth:`StackBinding.open_connection` and
+:meth:`StackBinding.start_server` return genuine :class:`asyncio.StreamReader`
+/ :class:`asyncio.StreamWriter` objects, wired through a custom
+:class:`asyncio.Transport` so that ``drain()``, ``write_eof()``, ``close()``
+and reader back-pressure behave as they do over a kernel socket: a paused
+reader stops draining the TCP receive buffer, so the advertised window closes
+and the remote sender slows down, end to end. Hosts are IP literals.
+
+Where the packets go and who keeps the timer is a subclass's business:
+:class:`StackDriver` hands them to a callable one by one and keeps its own
+``loop.call_at``; :class:`~wireguard.io.rootless.RootlessTunnel` runs inside
+a :class:`~wireguard.io.tunnel.Tunnel`'s wake-ups, on its clock and timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, ClassVar
 
 from ..errors import LocalProtocolError
-from .events import (
+from ..netstack import (
     EchoReplyReceived,
+    Event,
+    NetStack,
+    StackEffects,
     TcpClosed,
+    TcpConnection,
     TcpEstablished,
     TcpIncoming,
+    TcpListener,
     TcpReadable,
     TcpWritable,
     UdpReadable,
+    UdpSocket,
 )
-from .ip import addr_bytes, addr_str
-from .stack import NetStack
-from .tcp import TcpConnection, TcpListener
-from .udp import UdpSocket
+from ..netstack.ip import addr_bytes, addr_str
 
-__all__ = ["StackDriver", "TcpServer"]
+__all__ = ["ClientConnectedCallback", "StackBinding", "StackDriver", "TcpServer", "ip_literal"]
 
 log = logging.getLogger(__name__)
 
@@ -51,138 +63,176 @@ ClientConnectedCallback = Callable[
 _DEFAULT_LIMIT = 2**16  # asyncio.streams' default reader limit
 _HIGH_WATER = 64 * 1024  # asyncio's default write-buffer limits
 _LOW_WATER = 16 * 1024
+_SETTLE_ROUNDS = 8  # events may cause output, which never causes events; bounded
 
 
-class StackDriver:
-    """Runs a :class:`NetStack` on an asyncio loop.
+def ip_literal(host: str, what: str = "host") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """*host* as an address; ValueError (one clear line) if it is a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(
+            f"{what} {host!r} is not an IP address (names are not resolved inside the tunnel)"
+        ) from None
 
-    *send_ip* is called with every IP packet the stack wants to put into the
-    tunnel; the tunnel calls :meth:`deliver_ip` with every packet it takes out.
-    Create it inside a running loop (or pass *loop*).
 
-    What the driver does not pass on is counted in :attr:`drops` by reason
-    (the stack counts its own in ``stack.stats``): ``"send failed"`` (packets
-    *send_ip* raised on), ``"after close"`` (packets delivered to a closed
-    driver), ``"foreign datagram"`` (to a UDP endpoint connected to another
-    address, which only hears its peer), ``"late echo reply"`` (no ping waits
-    for it any more), ``"write after close"`` (bytes written to a closing TCP
-    transport) and ``"sendto after close"`` (datagrams, to a closed UDP one).
+class StackBinding:
+    """A :class:`NetStack` on an asyncio loop, with asyncio's socket API.
+
+    Subclasses provide :meth:`_transmit` (the packets of a wake-up the
+    binding began itself) and, if they keep their own timer, :meth:`_rearm`.
+    What the binding does not pass on is counted in :attr:`drops` by reason
+    (the stack counts its own in ``stack.stats``): ``"after close"``
+    (packets delivered to a closed binding), ``"foreign datagram"`` (to a
+    UDP endpoint connected to another address, which only hears its peer),
+    ``"late echo reply"`` (no ping waits for it any more), ``"write after
+    close"`` (bytes written to a closing TCP transport) and ``"sendto after
+    close"`` (datagrams, to a closed UDP one).
     """
 
-    def __init__(
-        self,
-        stack: NetStack,
-        send_ip: Callable[[bytes], None],
-        *,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
+    _not_running = "the stack's binding is not running"
+
+    def __init__(self, stack: NetStack, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.stack = stack
-        self._send_ip = send_ip
-        self._loop = loop or asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._pending = StackEffects()  # what the stack handed over, not yet acted on
         self._flush_scheduled = False
+        self._settling = False
         self._closed = False
         self._transports: dict[TcpConnection, _TcpTransport] = {}
         self._connecting: dict[TcpConnection, asyncio.Future[None]] = {}
         self._servers: dict[TcpListener, TcpServer] = {}
         self._udp: dict[UdpSocket, _UdpTransport] = {}
         self._pings: dict[tuple[str, int, int], asyncio.Future[float]] = {}
-        self._ping_ident = itertools.count(int(self._loop.time() * 1000) & 0xFFFF)
+        self._ping_ident: Iterator[int] | None = None
         self.drops: Counter[str] = Counter()
 
-    # ---------------------------------------------------------- packet plumbing
+    # ------------------------------------------------------------- wake-ups
 
-    def deliver_ip(self, packet: bytes) -> None:
-        """Process one IP packet from the tunnel (events and replies follow this turn)."""
+    def receive_packets(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Packets out of the tunnel, in a wake-up at *now*: the stack takes
+        them all, the application hears of it, and what both answer comes
+        back (the packets for the tunnel, in order)."""
         if self._closed:
-            self.drops["after close"] += 1
-            return
-        self.stack.receive_packet(packet, self._loop.time())
-        self._schedule_flush()
+            self.drops["after close"] += len(packets)
+            return []
+        return self._settle(now, self.stack.receive_packets(packets, now, self._pending))
+
+    def handle_timer(self, now: float) -> list[bytes]:
+        """The stack's timers due at *now*, in a wake-up; the packets for the tunnel."""
+        if self._closed:
+            return []
+        return self._settle(now, self.stack.handle_timer(now, self._pending))
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` is due, or None."""
+        return None if self._closed else self.stack.next_deadline()
+
+    def _settle(self, now: float, out: StackEffects) -> list[bytes]:
+        """Events to the application, then the flush, until nothing new
+        happens; every packet for the tunnel (the flush needs no scheduling
+        meanwhile: this one comes after every callback)."""
+        stack = self.stack
+        self._settling = True
+        try:
+            for _ in range(_SETTLE_ROUNDS):
+                if out.events:
+                    events, out.events = out.events, []
+                    self._dispatch(events)
+                stack.flush(now, out)
+                if not out.events:
+                    break
+        finally:
+            self._settling = False
+        if out.events:
+            self._schedule_flush()  # what is left waits for the next turn
+        packets, out.packets = out.packets, []
+        return packets
+
+    def _transmit(self, packets: list[bytes], now: float) -> None:
+        """Send the packets of a wake-up the binding began itself (a flush
+        after application calls, its own timer, closing)."""
+        raise NotImplementedError
+
+    def _rearm(self) -> None:
+        """Keep the timer at :meth:`next_deadline` (if the subclass owns one)."""
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and not self._closed:
+        if not self._flush_scheduled and not self._settling and not self._closed:
             self._flush_scheduled = True
+            assert self._loop is not None
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._closed:
+        if self._closed or self._loop is None:
             return
-        stack = self.stack
-        for _ in range(8):  # events may cause output, which never causes events; bounded
-            self._process_events()
-            packets = stack.packets_to_send(self._loop.time())
-            for packet in packets:
-                try:
-                    self._send_ip(packet)
-                except Exception:
-                    self.drops["send failed"] += 1
-                    log.exception("send_ip failed; packet dropped")
-            if not packets and not stack._events:
-                break
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        deadline = self.stack.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        at = self._timer_at
-        self._timer = None
-        self._timer_at = None
-        # asyncio may run a handle up to one clock resolution early; never pass a
-        # time before the deadline or the stack would ask to be woken again at once.
         now = self._loop.time()
-        if at is not None and now < at:
-            now = at
-        self.stack.handle_timer(now)
-        self._flush()
+        self._transmit(self._settle(now, self._pending), now)
+        self._rearm()
 
-    def _process_events(self) -> None:
-        stack = self.stack
-        while (ev := stack.next_event()) is not None:
-            if isinstance(ev, TcpReadable):
-                t = self._transports.get(ev.conn)
-                if t is not None:
-                    t._read_ready()
-            elif isinstance(ev, TcpWritable):
-                t = self._transports.get(ev.conn)
-                if t is not None:
-                    t._write_ready()
-            elif isinstance(ev, TcpEstablished):
-                fut = self._connecting.pop(ev.conn, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            elif isinstance(ev, TcpClosed):
-                fut = self._connecting.pop(ev.conn, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(ev.error or ConnectionRefusedError("connection closed"))
-                t = self._transports.get(ev.conn)
-                if t is not None:
-                    t._conn_closed(ev.error)
-            elif isinstance(ev, TcpIncoming):
-                server = self._servers.get(ev.listener)
-                if server is not None:
-                    server._accept_all()
-            elif isinstance(ev, UdpReadable):
-                u = self._udp.get(ev.socket)
-                if u is not None:
-                    u._read_ready()
-            elif isinstance(ev, EchoReplyReceived):
-                fut_ping = self._pings.get((ev.src, ev.ident, ev.seq))
-                if fut_ping is not None and not fut_ping.done():
-                    fut_ping.set_result(ev.time)
-                else:
-                    self.drops["late echo reply"] += 1
+    def _dispatch(self, events: list[Event]) -> None:
+        handlers = self._handlers
+        for ev in events:
+            handlers[type(ev)](self, ev)
+
+    def _ready(self, ev: TcpReadable | TcpWritable) -> None:
+        t = self._transports.get(ev.conn)
+        if t is not None:
+            t._read_ready() if ev.__class__ is TcpReadable else t._write_ready()
+
+    def _established(self, ev: TcpEstablished) -> None:
+        fut = self._connecting.pop(ev.conn, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _tcp_closed(self, ev: TcpClosed) -> None:
+        fut = self._connecting.pop(ev.conn, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ev.error or ConnectionRefusedError("connection closed"))
+        if (t := self._transports.get(ev.conn)) is not None:
+            t._conn_closed(ev.error)
+
+    def _incoming(self, ev: TcpIncoming) -> None:
+        if (server := self._servers.get(ev.listener)) is not None:
+            server._accept()
+
+    def _udp_readable(self, ev: UdpReadable) -> None:
+        if (u := self._udp.get(ev.socket)) is not None:
+            u._read_ready()
+
+    def _echo_reply(self, ev: EchoReplyReceived) -> None:
+        fut = self._pings.get((ev.src, ev.ident, ev.seq))
+        if fut is not None and not fut.done():
+            fut.set_result(ev.time)
+        else:
+            self.drops["late echo reply"] += 1
+
+    # What each event of the stack makes the binding do.
+    _handlers: ClassVar[dict[type, Callable[[Any, Any], None]]] = {
+        TcpReadable: _ready,
+        TcpWritable: _ready,
+        TcpEstablished: _established,
+        TcpClosed: _tcp_closed,
+        TcpIncoming: _incoming,
+        UdpReadable: _udp_readable,
+        EchoReplyReceived: _echo_reply,
+    }
+
+    # ------------------------------------------------------------ addresses
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._closed:
+            raise RuntimeError(self._not_running)
+        return self._loop
+
+    def _destination(self, host: str) -> str:
+        """The address to reach *host* at (an IP literal); subclasses may refuse it."""
+        return str(ip_literal(host))
+
+    def _local(self, host: str | None) -> str | None:
+        """One of the stack's addresses to bind to, or None for all of them."""
+        return None if host in (None, "") else str(ip_literal(host, "address"))  # type: ignore[arg-type]
 
     # --------------------------------------------------------------------- TCP
 
@@ -197,10 +247,13 @@ class StackDriver:
         """Like :meth:`asyncio.loop.create_connection`; *host* must be an IP literal.
 
         Raises :class:`ConnectionRefusedError` or :class:`TimeoutError` (the stack's
-        :class:`~.tcp.ConnectionRefused` / :class:`~.tcp.ConnectionTimedOut`).
+        :class:`~wireguard.netstack.ConnectionRefused` /
+        :class:`~wireguard.netstack.ConnectionTimedOut`).
         """
-        conn = self.stack.tcp_connect(host, port, self._loop.time(), local_port=local_port)
-        fut: asyncio.Future[None] = self._loop.create_future()
+        loop = self._running()
+        host = self._destination(host)
+        conn = self.stack.tcp_connect(host, port, loop.time(), local_port=local_port)
+        fut: asyncio.Future[None] = loop.create_future()
         self._connecting[conn] = fut
         self._schedule_flush()
         try:
@@ -225,7 +278,7 @@ class StackDriver:
         local_port: int | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Like :func:`asyncio.open_connection`, through the tunnel."""
-        loop = self._loop
+        loop = self._running()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport, _ = await self.create_connection(
@@ -241,10 +294,18 @@ class StackDriver:
         port: int = 0,
         *,
         backlog: int | None = None,
+        max_connections: int | None = None,
     ) -> TcpServer:
-        """Like :meth:`asyncio.loop.create_server` on one of the stack's addresses."""
-        listener = self.stack.tcp_listen(port, host, backlog)
-        server = TcpServer(self, listener, protocol_factory)
+        """Like :meth:`asyncio.loop.create_server` on one of the stack's
+        addresses (*host*; None: all of them). *max_connections* caps the
+        connections accepted and open at once (None: no cap): beyond it
+        connections wait in the listener's accept queue, which *backlog*
+        bounds (then SYNs are dropped, counted in ``listen_overflows``)."""
+        self._running()
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        listener = self.stack.tcp_listen(port, self._local(host), backlog)
+        server = TcpServer(self, listener, protocol_factory, max_connections)
         self._servers[listener] = server
         return server
 
@@ -256,15 +317,19 @@ class StackDriver:
         *,
         limit: int = _DEFAULT_LIMIT,
         backlog: int | None = None,
+        max_connections: int | None = None,
     ) -> TcpServer:
-        """Like :func:`asyncio.start_server`: *client_connected_cb(reader, writer)*."""
-        loop = self._loop
+        """Like :func:`asyncio.start_server`: *client_connected_cb(reader, writer)*
+        (*max_connections* as for :meth:`create_server`)."""
+        loop = self._running()
 
         def factory() -> asyncio.Protocol:
             reader = asyncio.StreamReader(limit=limit, loop=loop)
             return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
-        return await self.create_server(factory, host, port, backlog=backlog)
+        return await self.create_server(
+            factory, host, port, backlog=backlog, max_connections=max_connections
+        )
 
     # --------------------------------------------------------------------- UDP
 
@@ -274,9 +339,14 @@ class StackDriver:
         local_addr: tuple[str | None, int] | None = None,
         remote_addr: tuple[str, int] | None = None,
     ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
-        """Like :meth:`asyncio.loop.create_datagram_endpoint` (IP literals only)."""
+        """Like :meth:`asyncio.loop.create_datagram_endpoint`: *local_addr* is
+        on the stack (default: an ephemeral port on all its addresses),
+        *remote_addr* a host through the tunnel (IP literals only)."""
+        self._running()
+        if remote_addr is not None:
+            remote_addr = (self._destination(remote_addr[0]), remote_addr[1])
         host, port = local_addr if local_addr is not None else (None, 0)
-        sock = self.stack.udp_bind(port, host)
+        sock = self.stack.udp_bind(port, self._local(host))
         protocol = protocol_factory()
         transport = _UdpTransport(self, sock, protocol, remote_addr)
         self._udp[sock] = transport
@@ -290,12 +360,16 @@ class StackDriver:
 
         Raises :class:`TimeoutError` if no reply comes within *timeout*.
         """
+        loop = self._running()
+        host = self._destination(host)
+        if self._ping_ident is None:
+            self._ping_ident = itertools.count(int(loop.time() * 1000) & 0xFFFF)
         src = addr_str(addr_bytes(host))
         ident = next(self._ping_ident) & 0xFFFF
         key = (src, ident, 1)
-        fut: asyncio.Future[float] = self._loop.create_future()
+        fut: asyncio.Future[float] = loop.create_future()
         self._pings[key] = fut
-        start = self._loop.time()
+        start = loop.time()
         try:
             self.stack.ping(host, ident, 1, data)
             self._schedule_flush()
@@ -307,8 +381,9 @@ class StackDriver:
 
     # ---------------------------------------------------------------- lifetime
 
-    def close(self) -> None:
-        """Stop the timer and reset every connection (the tunnel is going away)."""
+    def _shutdown(self) -> None:
+        """Reset every connection and close every server and endpoint; the
+        RSTs leave at once (the tunnel is going away)."""
         if self._closed:
             return
         for server in list(self._servers.values()):
@@ -317,31 +392,121 @@ class StackDriver:
             transport.abort()
         for u in list(self._udp.values()):
             u.close()
-        # Let the RSTs out, then stop.
-        self._flush()
+        if self._loop is not None:
+            now = self._loop.time()
+            self._transmit(self._settle(now, self._pending), now)
         self._closed = True
+
+
+class StackDriver(StackBinding):
+    """Runs a :class:`NetStack` on an asyncio loop with packets in and out
+    one at a time: *send_ip* is called with every IP packet the stack wants
+    to put into the tunnel; the tunnel calls :meth:`deliver_ip` with every
+    packet it takes out (processed in a flush later in the loop's turn, with
+    the others that came meanwhile). The driver keeps one ``loop.call_at``
+    armed at the stack's next deadline (no polling). Create it inside a
+    running loop (or pass *loop*).
+
+    Besides the binding's :attr:`drops`, ``"send failed"`` counts packets
+    *send_ip* raised on.
+    """
+
+    _not_running = "the stack driver is closed"
+
+    def __init__(
+        self,
+        stack: NetStack,
+        send_ip: Callable[[bytes], None],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(stack, loop=loop or asyncio.get_running_loop())
+        self._send_ip = send_ip
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def deliver_ip(self, packet: bytes) -> None:
+        """Process one IP packet from the tunnel (events and replies follow this turn)."""
+        if self._closed:
+            self.drops["after close"] += 1
+            return
+        assert self._loop is not None
+        self.stack.receive_packet(packet, self._loop.time(), self._pending)
+        self._schedule_flush()
+
+    def _transmit(self, packets: list[bytes], now: float) -> None:
+        for packet in packets:
+            try:
+                self._send_ip(packet)
+            except Exception:
+                self.drops["send failed"] += 1
+                log.exception("send_ip failed; packet dropped")
+
+    def _rearm(self) -> None:
+        deadline = self.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            assert self._loop is not None
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        at = self._timer_at
+        self._timer = None
+        self._timer_at = None
+        assert self._loop is not None
+        # asyncio may run a handle up to one clock resolution early; never pass a
+        # time before the deadline or the stack would ask to be woken again at once.
+        now = self._loop.time()
+        if at is not None and now < at:
+            now = at
+        self._transmit(self.handle_timer(now), now)
+        self._rearm()
+
+    def close(self) -> None:
+        """Stop the timer and reset every connection (the tunnel is going away)."""
+        self._shutdown()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
 
 class TcpServer:
-    """What :meth:`StackDriver.start_server` returns; mirrors :class:`asyncio.Server`."""
+    """What :meth:`StackBinding.start_server` returns; mirrors :class:`asyncio.Server`.
+
+    With *max_connections*, connections beyond that many open at once are
+    not accepted until one closes: they wait in the listener's accept queue
+    (:attr:`waiting`), as they would behind a kernel server that stops
+    calling ``accept()``, and the queue's bound (the backlog) then drops
+    SYNs, counted by the stack.
+    """
 
     def __init__(
         self,
-        driver: StackDriver,
+        driver: StackBinding,
         listener: TcpListener,
         protocol_factory: Callable[[], asyncio.Protocol],
+        max_connections: int | None = None,
     ) -> None:
         self._driver = driver
         self._listener = listener
         self._factory = protocol_factory
-        self._closed_fut: asyncio.Future[None] = driver._loop.create_future()
+        self.max_connections = max_connections
+        self.active = 0  # connections accepted and not yet closed
+        self._closed_fut: asyncio.Future[None] = driver._running().create_future()
 
     @property
     def port(self) -> int:
         return self._listener.port
+
+    @property
+    def waiting(self) -> int:
+        """Established connections in the accept queue, not yet accepted."""
+        return self._listener.pending
 
     @property
     def sockets(self) -> tuple[()]:
@@ -376,13 +541,21 @@ class TcpServer:
         self.close()
         await self.wait_closed()
 
-    def _accept_all(self) -> None:
+    def _accept(self) -> None:
+        """Take connections from the accept queue, up to the cap."""
         driver = self._driver
-        while (conn := self._listener.accept()) is not None:
+        cap = self.max_connections
+        while (cap is None or self.active < cap) and (conn := self._listener.accept()) is not None:
+            self.active += 1
             protocol = self._factory()
-            transport = _TcpTransport(driver, conn, protocol)
+            transport = _TcpTransport(driver, conn, protocol, on_lost=self._lost)
             protocol.connection_made(transport)
             transport._read_ready()
+
+    def _lost(self) -> None:
+        self.active -= 1
+        if not self._listener.closed and self._listener.pending:
+            self._accept()
 
 
 class _TcpTransport(asyncio.Transport):
@@ -394,7 +567,12 @@ class _TcpTransport(asyncio.Transport):
     """
 
     def __init__(
-        self, driver: StackDriver, conn: TcpConnection, protocol: asyncio.BaseProtocol
+        self,
+        driver: StackBinding,
+        conn: TcpConnection,
+        protocol: asyncio.BaseProtocol,
+        *,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             extra={
@@ -405,8 +583,9 @@ class _TcpTransport(asyncio.Transport):
             }
         )
         self._driver = driver
-        self._loop = driver._loop
+        self._loop = driver._running()
         self._conn = conn
+        self._on_lost = on_lost
         self._protocol: Any = protocol
         self._pending = bytearray()
         self._closing = False
@@ -575,6 +754,8 @@ class _TcpTransport(asyncio.Transport):
             self._protocol.connection_lost(exc)
         finally:
             self._protocol = None
+            if self._on_lost is not None:
+                self._on_lost()
 
     def _maybe_pause_protocol(self) -> None:
         if not self._protocol_paused and len(self._pending) > self._high and not self._lost:
@@ -598,7 +779,7 @@ class _UdpTransport(asyncio.DatagramTransport):
 
     def __init__(
         self,
-        driver: StackDriver,
+        driver: StackBinding,
         sock: UdpSocket,
         protocol: asyncio.DatagramProtocol,
         remote_addr: tuple[str, int] | None,
@@ -607,6 +788,7 @@ class _UdpTransport(asyncio.DatagramTransport):
             extra={"sockname": sock.local_address, "peername": remote_addr, "udp_socket": sock}
         )
         self._driver = driver
+        self._loop = driver._running()
         self._sock = sock
         self._protocol: Any = protocol
         self._remote = (
@@ -643,7 +825,7 @@ class _UdpTransport(asyncio.DatagramTransport):
         self._closing = True
         self._sock.close()
         self._driver._udp.pop(self._sock, None)
-        self._driver._loop.call_soon(self._protocol.connection_lost, None)
+        self._loop.call_soon(self._protocol.connection_lost, None)
 
     def abort(self) -> None:
         self.close()
