@@ -396,8 +396,7 @@ def test_socks5_reply_codes_seen_by_curl(dnsmasq) -> None:
 
 
 def test_httpx_through_the_socks5_proxy(dnsmasq) -> None:
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("socksio")
+    import httpx  # a test dependency (httpx[socks]: socksio too)
 
     async def body() -> None:
         async with world(dnsmasq) as w:

@@ -237,8 +237,6 @@ def test_an_aaaa_only_name_over_ipv6_inside_the_tunnel(setup: Setup) -> None:
 
 
 def test_httpx_through_the_socks5_proxy(setup: Setup) -> None:
-    pytest.importorskip("httpx")
-    pytest.importorskip("socksio")
     out = setup.sh(shlex.join([sys.executable, "-c", HTTPX_CLIENT, f"socks5://127.0.0.1:{SOCKS}",
                                f"http://web.internal:{HTTP_B}/blob"]))  # fmt: skip
     assert out.strip() == setup.blob_sha
