@@ -68,16 +68,13 @@ EXIT_SETUP_FAILED = 1
 DEFAULT_MTU = 1420  # wireguard-go's device.DefaultMTU, set when it creates the TUN
 READY_TIMEOUT = 60.0
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import __version__
 
-        return version("wireguard-sansio")
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 def usage() -> str:

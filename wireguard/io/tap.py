@@ -60,7 +60,7 @@ from .tunnel import Tunnel
 if TYPE_CHECKING:
     from ..misbehaviour import Policy, Send
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 # linux/udp.h: segmentation (GSO) and receive (GRO) offload, at level SOL_UDP.

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from .tunnel import Tunnel
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MTU",

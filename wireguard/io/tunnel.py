@@ -72,7 +72,7 @@ from ..keys import PresharedKey, PublicKey
 from .lifecycle import Lifecycle
 from .resolve import resolve_endpoint
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 # linux/udp.h: options at level SOL_UDP (17).
