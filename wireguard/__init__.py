@@ -52,6 +52,7 @@ from .errors import (
 from .keys import PresharedKey, PrivateKey, PublicKey
 
 if TYPE_CHECKING:
+    __version__: str
     from .io.rootless import RootlessTunnel
     from .io.tunnel import Tunnel
 

@@ -26,6 +26,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from ..errors import WireGuardError
 
@@ -143,7 +144,14 @@ def _show_access_warnings_as_wg_quick() -> None:
 
     show = warnings.showwarning
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if isinstance(message, AccessWarning):
             print(message, file=sys.stderr if file is None else file)
         else:

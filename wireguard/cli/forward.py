@@ -248,7 +248,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
     result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "forward",
         help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
         description=_DESCRIPTION,

@@ -15,7 +15,7 @@ def _service_formatter(args: argparse.Namespace) -> logging.Formatter:
     """The service's lines in its log file: time, interface, pid, level."""
     if not args.foreground:
         return _Plain()
-    from ..io.up import interface_name
+    from ..io.tun import interface_name
 
     name = interface_name(os.path.abspath(args.config))
     return logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")

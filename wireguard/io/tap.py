@@ -299,7 +299,7 @@ class EndpointTap:
         return ready
 
     def _sock_address(self, send: Send) -> Any:
-        host, port = send.address
+        host, port = send.address[0], send.address[1]
         sock = self._sock
         if sock is not None and sock.family == socket.AF_INET6 and ":" not in host:
             host = "::ffff:" + host

@@ -51,8 +51,9 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from ..errors import LocalProtocolError
@@ -313,7 +314,7 @@ def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
     raise UpError(f"the service exited with status {code}; see {log_file}")
 
 
-def _read_ready(fd: int, proc: subprocess.Popen) -> str:  # type: ignore[type-arg]
+def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     try:
@@ -386,7 +387,7 @@ class Service:
         self.config = config
         self.stopping = asyncio.Event()
 
-    async def run(self, ready) -> None:  # type: ignore[no-untyped-def]
+    async def run(self, ready: Callable[[str], None]) -> None:
         from .interface import TunInterface
         from .tun import Tun, configure
         from .tunnel import device_from_config
@@ -493,7 +494,7 @@ class Service:
                     raise UpError(message)
                 log.error("%s", message)
 
-    def _write_rules(self, rules: list[dict]) -> None:  # type: ignore[type-arg]
+    def _write_rules(self, rules: list[dict[str, Any]]) -> None:
         noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules}
         _write_run_file(rules_path(self.name), json.dumps(noted))
 
