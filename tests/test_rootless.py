@@ -374,7 +374,7 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
         busy = taken.getsockname()[1]
         cases = [
             ([str(tmp_path / "missing.conf")], "missing.conf: No such file or directory"),
-            ([good, "-L", "8080:example.com:80"], "-L 8080:example.com:80: destination"),
+            ([good, "-L", "8080:bad name:80"], "-L 8080:bad name:80: destination"),  # names: DNS =
             ([good, "-L", "80:10.99.0.2"], "expected [udp:][bind_address:]port:host:hostport"),
             ([good, "-R", "udp:99999:localhost:53"], "listening port 99999 is out of range"),
             ([good, "-L", "[::1:80:10.99.0.2:80"], "unclosed '['"),

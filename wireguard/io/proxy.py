@@ -58,6 +58,7 @@ from ..httpproxy import (
     Limits,
     RequestBody,
     RequestEnd,
+    TunnelData,
     TunnelRequest,
     UpstreamError,
     UpstreamResponse,
@@ -683,6 +684,7 @@ class HTTPProxy(_Proxy):
         early = core.tunnel_established()
         writer.write(core.data_to_send())
         for item in early:
+            assert isinstance(item, TunnelData)
             self.counters.to_tunnel += len(item.data)
             target[1].write(item.data)
         await self._relay((reader, writer), target)
