@@ -194,6 +194,15 @@ async def curl(*args: str) -> tuple[int, bytes, str]:
     return proc.returncode, out, err.decode()
 
 
+async def until(condition: Callable[[], bool], limit: float = 60.0) -> None:
+    """Wait for *condition* (polled; the limit only stops a hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -467,10 +476,7 @@ def test_udp_associate_with_a_stdlib_socket_client(dnsmasq) -> None:
                 _udp_header(B_ADDR[0], 7) + b"echo:last",
             ]
             counters = w.socks.counters  # type: ignore[attr-defined]
-            for _ in range(100):  # the association ends when its TCP connection does
-                if counters.relaying == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: counters.relaying == 0)  # ends with its TCP connection
             assert counters.associations == 1
             assert counters.refusals["UDP fragmented"] == 1
             assert counters.refusals["UDP malformed"] == 1
@@ -601,12 +607,14 @@ def test_a_flood_of_half_open_connections_is_bounded(dnsmasq) -> None:
         options = ProxyOptions(max_connections=cap, handshake_timeout=30.0)
         async with world(dnsmasq, options=options) as w:
             for proxy, port in ((w.socks, w.socks_port), (w.http, w.http_port)):
-                flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4 * cap)]
-                await asyncio.sleep(0.2)
                 c = proxy.counters  # type: ignore[attr-defined]
+                before = c.total
+                flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4 * cap)]
+                await until(lambda c=c, n=before: c.total - n >= 4 * cap)  # all accepted
                 assert c.active <= cap
                 evicted = c.refusals["evicted while negotiating (connection cap)"]
                 assert evicted >= 3 * cap - 1
+                assert c.refusals["incomplete negotiation"] == 0  # each counted once
                 # A good client still gets through the flood (it evicts a half-open one).
                 url = "socks5h" if proxy is w.socks else "http"
                 rc, out, err = await curl("--fail", "--proxy", f"{url}://127.0.0.1:{port}",
