@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -357,6 +358,12 @@ def test_from_config_takes_the_dns_line(tmp_path: Path) -> None:
         assert resolver.servers == ((B_ADDR[0], 53),) and resolver.search == ("corp.test",)
 
     run(body)
+    # and wg-quick takes the same file as it is
+    if os.geteuid() == 0:
+        stripped = subprocess.run([need_tool("wg-quick"), "strip", str(conf)],
+                                  capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert stripped.returncode == 0, stripped.stderr
+        assert "DNS" not in stripped.stdout and "PrivateKey" in stripped.stdout
 
 
 # ------------------------------------------------------------------ SOCKS5
@@ -660,6 +667,18 @@ def proxy_config(tmp_path: Path, key_a: PrivateKey, key_b: PrivateKey, endpoint_
     return conf
 
 
+def udp_exchange(port: int, data: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for _ in range(10):
+            s.sendto(data, ("127.0.0.1", port))
+            try:
+                return s.recv(65535)
+            except TimeoutError:
+                continue
+    raise AssertionError("no UDP reply")
+
+
 def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
     """The command in a subprocess: SOCKS5 and HTTP with users from a file,
     and a -L forward to a name, in one process; the report counts."""
@@ -680,7 +699,8 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
             conf.write_text(text.replace("[Interface]\n", f"[Interface]\nListenPort = {port_a}\n"))
             proc = await asyncio.create_subprocess_exec(
                 *PROXY, str(conf), "--socks5", "0", "--http", "127.0.0.1:0",
-                "--users-file", str(users), "-L", "0:b.test:80", "--status", "0",
+                "--users-file", str(users), "-L", "0:b.test:80", "-L", "udp:0:b.test:7",
+                "--status", "0",
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             lines: list[str] = []
@@ -698,6 +718,7 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
                 socks = int((await matching(r"--socks5 .*listening on 127.0.0.1:(\d+)"))[1])
                 http = int((await matching(r"--http .*listening on 127.0.0.1:(\d+)"))[1])
                 fwd = int((await matching(r"-L tcp .*b\.test:80: listening on .*:(\d+)"))[1])
+                udp = int((await matching(r"-L udp .*b\.test:7: listening on .*:(\d+)"))[1])
                 await matching(r"proxy: ready")
                 await matching(rf"names through the tunnel by {B_ADDR[0]}:53, search corp\.test")
                 for args in (
@@ -711,6 +732,9 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
                 rc, _, _ = await curl("--proxy", f"socks5h://carol:no@127.0.0.1:{socks}",
                                       "http://b.test/file")  # fmt: skip
                 assert rc == 97
+                # -L udp to a name: the flow's destination resolved through the tunnel
+                reply = await asyncio.to_thread(udp_exchange, udp, b"by name")
+                assert reply == b"echo:by name"
             finally:
                 proc.send_signal(signal.SIGTERM)
                 rest = await asyncio.wait_for(proc.stderr.read(), 30)  # type: ignore[union-attr]

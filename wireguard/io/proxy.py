@@ -294,6 +294,9 @@ class _Proxy:
             await self._serve(reader, writer, who)
         except (ConnectionError, OSError):
             pass  # the client went away (or was evicted)
+        except Exception:  # a bug of ours: this client only, counted and logged
+            c.refusals["internal error"] += 1
+            log.exception(f"{self.spec}: {who}: internal error")
         finally:
             if writer in self._evicted:
                 self._evicted.discard(writer)
