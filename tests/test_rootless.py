@@ -622,7 +622,11 @@ def test_forward_udp_flow_table_is_capped() -> None:
                 for _attempt in range(5):  # UDP: the echo's socket may still be full
                     t.sendto(b"last")
                     with contextlib.suppress(TimeoutError):
-                        assert await asyncio.wait_for(got.get(), 2) == b"echo:last"
+                        # A late echo of the flood may come first: the fresh
+                        # flow's kernel socket can get the ephemeral port of an
+                        # evicted flow's, to which the echo server still answers.
+                        while (answer := await asyncio.wait_for(got.get(), 2)) != b"echo:last":
+                            assert answer.startswith(b"echo:from "), answer
                         break
                 else:
                     raise AssertionError(f"no answer through a fresh flow: {udp.line()}")
