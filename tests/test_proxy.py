@@ -608,6 +608,21 @@ def test_an_idle_client_delays_no_other_and_times_out(dnsmasq) -> None:
     run(body)
 
 
+def test_an_idle_keep_alive_http_client_is_closed_after_the_idle_timeout(dnsmasq) -> None:
+    async def body() -> None:
+        options = ProxyOptions(idle_timeout=1.0, handshake_timeout=30.0)
+        async with world(dnsmasq, options=options) as w:
+            reader, writer = await asyncio.open_connection("127.0.0.1", w.http_port)
+            writer.write(b"GET http://b.test/empty HTTP/1.1\r\nHost: b.test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            assert head.startswith(b"HTTP/1.1 204 ") and b"close" not in head.lower()
+            # kept alive, then closed once idle (the 30 s handshake timeout is not it)
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+
+    run(body)
+
+
 def test_a_flood_of_half_open_connections_is_bounded(dnsmasq) -> None:
     async def body() -> None:
         cap = 16
