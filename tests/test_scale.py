@@ -6,6 +6,7 @@ with tracemalloc."""
 from __future__ import annotations
 
 import gc
+import ipaddress
 import random
 import sys
 import tracemalloc
@@ -15,9 +16,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from wireguard.allowedips import AllowedIPs
 from wireguard.device import Device
 from wireguard.keys import PrivateKey, PublicKey
+from wireguard.uapi import (
+    UAPI,
+    UAPIConnection,
+    UAPIError,
+    _format_ip,
+    format_allowed_ip,
+    parse_allowed_ip,
+    parse_allowed_ip_packed,
+)
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "wireguard")
 
@@ -116,3 +130,219 @@ def test_lazy_cookie_state_is_made_once_and_only_when_used() -> None:
     (resp, _), = b.receive_datagram(init, ("192.0.2.1", 51820), 1.0).datagrams
     a.receive_datagram(resp, ("192.0.2.2", 51820), 1.0)
     assert peer.current is not None and peer.cookies is cookies
+
+
+# --- the UAPI's fast paths against what they replaced ------------------------------------
+
+# Text near the forms a prefix takes: valid ones, and the ways to get one wrong
+# (leading zeros, a zone, a netmask, a sign, spaces, too many digits or groups).
+_V4_PARTS = st.sampled_from(["0", "1", "9", "10", "01", "255", "256", "00", "192", " 1", "1 "])
+_HEXTETS = st.sampled_from(["0", "1", "ffff", "FFFF", "0db8", "2001", "12345", "g", "", "00000"])
+
+
+@st.composite
+def prefix_texts(draw: st.DrawFn) -> str:
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        address = ".".join(draw(st.lists(_V4_PARTS, min_size=3, max_size=5)))
+    elif kind == 1:
+        address = ":".join(draw(st.lists(_HEXTETS, min_size=2, max_size=9)))
+        if draw(st.booleans()):
+            address += ":" + ".".join(draw(st.lists(_V4_PARTS, min_size=4, max_size=4)))
+    elif kind == 2:
+        address = str(ipaddress.IPv6Address(draw(st.integers(0, 2**128 - 1)) >> draw(
+            st.integers(0, 128))))  # fmt: skip
+    elif kind == 3:
+        address = str(ipaddress.IPv4Address(draw(st.integers(0, 2**32 - 1))))
+    else:
+        return draw(st.text(alphabet="0123456789abcdef:./%-+ x\x00\u0663", max_size=24))
+    if draw(st.integers(0, 9)) == 0:
+        address += draw(st.sampled_from(["%eth0", "%1", "%"]))
+    odd = st.sampled_from(["", "-1", "+8", "08", "0x8", "255.0.0.0", " 8"])
+    length = draw(st.one_of(st.integers(0, 129).map(str), odd))
+    return address + draw(st.sampled_from(["/", "/", "//", ""])) + length
+
+
+def slow_parse(text: str) -> tuple[bytes, int] | tuple[int, str]:
+    try:
+        network = parse_allowed_ip(text)
+    except UAPIError as exc:
+        return exc.errno, str(exc)
+    return network.network_address.packed, network.prefixlen
+
+
+def fast_parse(text: str) -> tuple[bytes, int] | tuple[int, str]:
+    try:
+        packed, length = parse_allowed_ip_packed(text)
+    except UAPIError as exc:
+        return exc.errno, str(exc)
+    # Host bits stay in the fast path's address; the table masks them off.
+    network = ipaddress.ip_network((packed, length), strict=False)
+    return network.network_address.packed, network.prefixlen
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=prefix_texts())
+def test_fast_prefix_parser_agrees_with_the_ipaddress_one(text: str) -> None:
+    assert fast_parse(text) == slow_parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.0.0.1/24", "0.0.0.0/0", "::/0", "::ffff:10.1.2.3/128", "::1.2.3.4/128", "fd00::1/64",
+     "01.2.3.4/8", "1.2.3.4/033", "1.2.3.4/33", "::/129", "fe80::1%eth0/64", "1.2.3/8",
+     "::ffff:01.2.3.4/128", "1:2:3:4:5:6:7:8:9/128", "1::2::3/64", "1.2.3.4/-1", "10.0.0.0",
+     "/8", "\u0661.2.3.4/8", "1.2.3.4\x00/8", "1.2.3.4/8\x00"],
+)  # fmt: skip
+def test_fast_prefix_parser_on_known_forms(text: str) -> None:
+    assert fast_parse(text) == slow_parse(text)
+
+
+_SPECIAL_V6 = [
+    0, 1, 0xFFFF, 0x1_0000, 0xFFFF_0000_0000, 0xFFFF_0102_0304, 0x0102_0304,
+    0x1_0000_0000, 1 << 80, 1 << 79, 0xFFFF << 80, 0x2001_0DB8 << 96, 2**128 - 1,
+]  # fmt: skip
+_FLIPPED = st.tuples(st.sampled_from(_SPECIAL_V6), st.integers(0, 127)).map(
+    lambda p: p[0] ^ 1 << p[1]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    address=st.one_of(
+        st.integers(0, 2**128 - 1),
+        st.sampled_from(_SPECIAL_V6),
+        _FLIPPED,
+        st.integers(0, 2**128 - 1).map(lambda n: n & ~(0xFFFF_FFFF << 32 * (n % 4))),
+    ),
+    length=st.integers(0, 128),
+)
+def test_allowed_ip_formatting_agrees_with_ipaddress(address: int, length: int) -> None:
+    # What get wrote before: Python's text, IPv4-mapped with a dotted quad
+    # as netip prints it.
+    expected = f"{_format_ip(ipaddress.IPv6Address(address))}/{length}"
+    assert format_allowed_ip(128, address, length) == expected
+    v4 = address & 0xFFFF_FFFF
+    assert format_allowed_ip(32, v4, length % 33) == f"{ipaddress.IPv4Address(v4)}/{length % 33}"
+
+
+class GetModel:
+    """Allowed IPs of peers as plain lists: a prefix added to a peer leaves
+    any peer that had it and goes to the end of its new (or same) peer's
+    list (wireguard-go's allowedips insert); "-prefix" removes it only from
+    the peer that has it; replace_allowed_ips empties the peer's list."""
+
+    def __init__(self) -> None:
+        self.peers: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+
+    def apply(self, peer: str, op: str, text: str) -> None:
+        nets = self.peers.setdefault(peer, [])
+        if op == "replace":
+            nets.clear()
+            return
+        network = ipaddress.ip_network(text, strict=False)
+        if op == "remove":
+            if network in nets:
+                nets.remove(network)
+            return
+        for other in self.peers.values():
+            if network in other:
+                other.remove(network)
+        nets.append(network)
+
+
+_POOL = ["10.0.0.0/8", "10.1.2.3/8", "10.0.0.0/24", "10.0.0.7/32", "0.0.0.0/0", "::/0",
+         "fd00::/8", "fd00::1/128", "::ffff:10.0.0.1/128", "::ffff:0:0/96", "2001:db8::/32",
+         "192.168.0.0/16", "1.0.0.0/8", "0.1.0.0/16"]  # fmt: skip
+_PEER_NAMES = ["a", "b", "c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(_PEER_NAMES),
+            st.sampled_from(["add", "add", "add", "remove", "replace"]),
+            st.sampled_from(_POOL),
+        ),
+        max_size=40,
+    ),
+    split=st.integers(1, 8),
+)
+def test_get_lists_allowed_ips_in_the_order_of_the_model(
+    steps: list[tuple[str, str, str]], split: int
+) -> None:
+    device = Device(PrivateKey(bytes([9]) * 32).clamped())
+    uapi = UAPI(device, now=lambda: 0.0)
+    model = GetModel()
+    keys = {name: PublicKey(bytes([ord(name)]) * 32) for name in _PEER_NAMES}
+    # Several requests, each a run of lines for one peer after another.
+    for start in range(0, len(steps), split):
+        lines = []
+        for name, op, text in steps[start : start + split]:
+            lines.append(f"public_key={keys[name].to_hex()}")
+            if op == "replace":
+                lines.append("replace_allowed_ips=true")
+            else:
+                lines.append(f"allowed_ip={'-' if op == 'remove' else ''}{text}")
+            model.apply(name, op, text)
+        assert uapi.set(lines) == "errno=0\n\n"
+    listed: dict[str, list[str]] = {}
+    current = None
+    names = {key.to_hex(): name for name, key in keys.items()}
+    for line in uapi.get().splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            current = listed.setdefault(names[value], [])
+        elif key == "allowed_ip":
+            assert current is not None
+            current.append(value)
+    expected = {
+        name: [f"{_format_ip(net.network_address)}/{net.prefixlen}" for net in nets]
+        for name, nets in model.peers.items()
+    }
+    assert listed == expected
+    # The routing agrees with the listing: the longest listed prefix wins.
+    owned = [(net, name) for name, nets in model.peers.items() for net in nets]
+    for net, _ in owned:
+        address = net.network_address
+        matches = [(n.prefixlen, nm) for n, nm in owned if n.version == address.version
+                   and address in n]  # fmt: skip
+        best = device.peers[keys[max(matches)[1]]]
+        assert device.allowed_ips.lookup(address) is best
+
+
+def set_lines_cost(count: int) -> int:
+    device = Device(PrivateKey(bytes([9]) * 32).clamped())
+    uapi = UAPI(device, now=lambda: 0.0)
+    lines = "".join(f"allowed_ip=10.{i >> 8 & 255}.{i & 255}.0/24\n" for i in range(count))
+    request = f"set=1\npublic_key={'ab' * 32}\nreplace_allowed_ips=true\n{lines}\n".encode()
+
+    def run() -> None:
+        connection = UAPIConnection(uapi)
+        connection.receive_data(request)
+        assert b"".join(connection.outputs()) == b"errno=0\n\n"
+
+    return lines_run(run)
+
+
+def get_cost(peers: int, per_peer: int) -> int:
+    device = Device(PrivateKey(bytes([9]) * 32).clamped())
+    for n in range(peers):
+        nets = [f"10.{n & 255}.{i >> 8 & 255}.{i & 255}/32" for i in range(per_peer)]
+        device.add_peer(PublicKey(n.to_bytes(32, "big")), endpoint=("192.0.2.1", 1 + n),
+                        allowed_ips=nets)  # fmt: skip
+    uapi = UAPI(device, now=lambda: 0.0)
+    return lines_run(uapi.get)
+
+
+def test_set_and_get_cost_linear_in_lines_and_peers() -> None:
+    # Lines of Python run per allowed IP set, per peer listed, per allowed IP
+    # listed: the same for a small and a 10x larger request (within the
+    # per-request and per-slice overhead).
+    small, large = set_lines_cost(1_000), set_lines_cost(10_000)
+    assert large < 10.5 * small, (small, large)
+    small, large = get_cost(100, 1), get_cost(1_000, 1)
+    assert large < 10.5 * small, (small, large)
+    small, large = get_cost(1, 2_000), get_cost(1, 20_000)
+    assert large < 10.5 * small, (small, large)
