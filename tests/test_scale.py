@@ -142,25 +142,26 @@ _HEXTETS = st.sampled_from(["0", "1", "ffff", "FFFF", "0db8", "2001", "12345", "
 
 @st.composite
 def prefix_texts(draw: st.DrawFn) -> str:
-    kind = draw(st.integers(0, 4))
+    kind = draw(st.integers(0, 6))
     if kind == 0:
         address = ".".join(draw(st.lists(_V4_PARTS, min_size=3, max_size=5)))
     elif kind == 1:
         address = ":".join(draw(st.lists(_HEXTETS, min_size=2, max_size=9)))
         if draw(st.booleans()):
             address += ":" + ".".join(draw(st.lists(_V4_PARTS, min_size=4, max_size=4)))
-    elif kind == 2:
+    elif kind in (2, 5):
         address = str(ipaddress.IPv6Address(draw(st.integers(0, 2**128 - 1)) >> draw(
             st.integers(0, 128))))  # fmt: skip
-    elif kind == 3:
+    elif kind in (3, 6):
         address = str(ipaddress.IPv4Address(draw(st.integers(0, 2**32 - 1))))
     else:
         return draw(st.text(alphabet="0123456789abcdef:./%-+ x\x00\u0663", max_size=24))
     if draw(st.integers(0, 9)) == 0:
         address += draw(st.sampled_from(["%eth0", "%1", "%"]))
     odd = st.sampled_from(["", "-1", "+8", "08", "0x8", "255.0.0.0", " 8"])
-    length = draw(st.one_of(st.integers(0, 129).map(str), odd))
-    return address + draw(st.sampled_from(["/", "/", "//", ""])) + length
+    lengths = st.integers(0, 129).map(str)
+    length = draw(st.one_of(lengths, lengths, lengths, odd))
+    return address + draw(st.sampled_from(["/"] * 6 + ["//", ""])) + length
 
 
 def slow_parse(text: str) -> tuple[bytes, int] | tuple[int, str]:
