@@ -28,9 +28,12 @@ from wireguard.uapi import (
     UAPIConnection,
     UAPIError,
     _format_ip,
+    _parse_endpoint_ipaddress,
     format_allowed_ip,
+    format_endpoint,
     parse_allowed_ip,
     parse_allowed_ip_packed,
+    parse_endpoint,
 )
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "wireguard")
@@ -347,3 +350,58 @@ def test_set_and_get_cost_linear_in_lines_and_peers() -> None:
     assert large < 10.5 * small, (small, large)
     small, large = get_cost(1, 2_000), get_cost(1, 20_000)
     assert large < 10.5 * small, (small, large)
+
+
+_ODD_HOSTS = ["fe80::1%eth0", "FD00::1", "0:0:0:0:0:0:0:1", "01.2.3.4", "host",
+              "::ffff:1.2.3.4", "::1.2.3.4", "1.2.3.4 ", "", "[", "]", "[::1]"]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    host=st.one_of(
+        st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+        st.one_of(st.integers(0, 2**128 - 1), st.sampled_from(_SPECIAL_V6), _FLIPPED).map(
+            lambda n: str(ipaddress.IPv6Address(n))
+        ),
+        st.sampled_from(_ODD_HOSTS),
+    ),
+    port=st.integers(0, 65535),
+)
+def test_endpoint_formatting_agrees_with_ipaddress(host: str, port: int) -> None:
+    try:
+        shown = _format_ip(ipaddress.ip_address(host))
+    except ValueError:
+        shown = host
+    expected = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+    assert format_endpoint((host, port)) == expected
+
+
+def endpoint_result(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except UAPIError as exc:
+        return exc.errno, str(exc)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    host=st.one_of(
+        prefix_texts().map(lambda t: t.split("/")[0]),
+        st.sampled_from(_ODD_HOSTS),
+        st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+    ),
+    brackets=st.sampled_from(["[]", "[]", "", "[", "]"]),
+    port=st.one_of(
+        st.integers(0, 70000).map(str),
+        st.sampled_from(["", "00080", "000000080", "-1", "+1", " 1", "1_0", "\u0661", "65536"]),
+    ),
+)
+def test_fast_endpoint_parser_agrees_with_the_ipaddress_one(
+    host: str, brackets: str, port: str
+) -> None:
+    left = brackets[:1] if brackets != "]" else ""
+    right = brackets[-1:] if brackets != "[" else ""
+    text = f"{left}{host}{right}:{port}"
+    assert endpoint_result(parse_endpoint, text) == endpoint_result(
+        _parse_endpoint_ipaddress, text
+    )

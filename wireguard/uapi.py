@@ -94,6 +94,7 @@ _PREFIX_BITS = re.compile(r"0|[1-9][0-9]{0,2}")
 _LENGTHS = {str(n): n for n in range(129)}
 _inet_pton, _inet_ntop = socket.inet_pton, socket.inet_ntop
 _AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_ZEROS_10 = bytes(10)
 
 
 class UAPIError(LocalProtocolError):
@@ -177,6 +178,26 @@ def parse_endpoint(value: str) -> Address:
     UDP binding reports sources in. Host names are refused: ``wg`` resolves
     them before it sends the request."""
     host, sep, port = value.rpartition(":")
+    if sep and host and port and _DIGITS.fullmatch(port) and len(port) <= 5:
+        # The usual form, read by inet_pton; anything else (and an IPv6
+        # address whose first five groups are zero: mapped, compatible) as
+        # _parse_endpoint_ipaddress reads it.
+        number = int(port)
+        try:
+            if host[0] == "[" and host[-1] == "]":
+                packed = _inet_pton(_AF_INET6, host[1:-1])
+                if number < 65536 and packed[:10] != _ZEROS_10:
+                    return _inet_ntop(_AF_INET6, packed), number
+            elif number < 65536:
+                return _inet_ntop(_AF_INET, _inet_pton(_AF_INET, host)), number
+        except (OSError, ValueError):
+            pass
+    return _parse_endpoint_ipaddress(value)
+
+
+def _parse_endpoint_ipaddress(value: str) -> Address:
+    """:func:`parse_endpoint` with the ``ipaddress`` module."""
+    host, sep, port = value.rpartition(":")
     if not sep or not host or not port:
         raise UAPIError(IPC_ERROR_INVALID, f"endpoint is not ip:port: {_shown(value)}")
     bracketed = host[0] == "["
@@ -199,9 +220,24 @@ def format_endpoint(endpoint: Address) -> str:
     """``host:port``, with an IPv6 host in brackets (Go's AddrPort.String);
     the local address of a binding's endpoint is not part of it."""
     host, port = endpoint[0], endpoint[1]
-    with contextlib.suppress(ValueError):  # not a literal: print what the binding stored
-        host = _format_ip(ipaddress.ip_address(host))
+    if not _is_canonical(host):
+        with contextlib.suppress(ValueError):  # not a literal: print what the binding stored
+            host = _format_ip(ipaddress.ip_address(host))
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_canonical(host: str) -> bool:
+    """Whether *host* is already an address as :func:`_format_ip` writes it
+    (the usual case: parse_endpoint and the binding store that form), read
+    by inet_pton and written back by inet_ntop, which agree with it except
+    where the first five groups of an IPv6 address are zero."""
+    try:
+        if ":" in host:
+            packed = _inet_pton(_AF_INET6, host)
+            return packed[:10] != _ZEROS_10 and _inet_ntop(_AF_INET6, packed) == host
+        return _inet_ntop(_AF_INET, _inet_pton(_AF_INET, host)) == host
+    except (OSError, ValueError):
+        return False
 
 
 def parse_allowed_ip(value: str) -> Network:
