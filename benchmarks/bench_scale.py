@@ -8,8 +8,8 @@ PART is any of (all by default; ``wg`` is left out when not root):
 
 - ``handshake``: full handshakes per second of the sans-I/O Device, a
   responder with ``--peers`` configured peers (each initiator a Device of its
-  own, taken in turn) against a responder with one peer, alternately in the
-  same run; CPU time of this process, medians of the rounds. A handshake is
+  own, taken in turn) against a responder with one peer, alternating in 10
+  slices per round; CPU time of this process, medians of the rounds. A handshake is
   the initiation made, consumed, the response made, consumed, and the
   initiator's confirming keepalive received. Simulated time moves by
   REKEY_TIMEOUT + 0.1 s per handshake in both, so neither is under load and
@@ -117,15 +117,35 @@ class HandshakeBench:
         server.receive_datagram(keepalive, addr, now)
         self.server_cpu += clock() - t
 
-    def rate(self, seconds: float) -> tuple[float, float]:
-        """(full handshakes/s, handshakes/s of the responder's share alone)."""
+    def run_for(self, seconds: float) -> tuple[int, float, float]:
+        """Handshakes for *seconds* of CPU: (count, CPU seconds, of them the
+        responder's)."""
         n, self.server_cpu = 0, 0.0
         start = time.process_time()
         while (elapsed := time.process_time() - start) < seconds:
-            for _ in range(20):
+            for _ in range(10):
                 self.once()
-            n += 20
-        return n / elapsed, n / self.server_cpu
+            n += 10
+        return n, elapsed, self.server_cpu
+
+
+def alternate(
+    benches: list[HandshakeBench], seconds: float, slices: int
+) -> list[tuple[float, float]]:
+    """(full handshakes/s, responder's handshakes/s) of each bench, measured
+    in *slices* alternating slices (a change of the machine's speed falls on
+    all alike)."""
+    totals = [[0, 0.0, 0.0] for _ in benches]
+    for i in range(slices):
+        order = list(enumerate(benches))
+        if i % 2:
+            order.reverse()
+        for index, bench in order:
+            n, cpu, server = bench.run_for(seconds / slices)
+            totals[index][0] += n
+            totals[index][1] += cpu
+            totals[index][2] += server
+    return [(n / cpu, n / server) for n, cpu, server in totals]
 
 
 def part_handshake(args: argparse.Namespace) -> None:
@@ -140,12 +160,10 @@ def part_handshake(args: argparse.Namespace) -> None:
     one.once()
     rates: dict[str, list[tuple[float, float]]] = {"one": [], "many": []}
     for r in range(args.rounds):
-        order = [("one", one), ("many", many)]
-        if r % 2:
-            order.reverse()
-        for name, bench in order:
-            gc.collect()
-            rates[name].append(bench.rate(args.seconds))
+        gc.collect()
+        rate_one, rate_many = alternate([one, many], args.seconds, 10)
+        rates["one"].append(rate_one)
+        rates["many"].append(rate_many)
         print(f"round {r + 1}: 1 peer {rates['one'][-1][0]:6.0f}/s  {args.peers:,} peers "
               f"{rates['many'][-1][0]:6.0f}/s", file=sys.stderr)  # fmt: skip
     drops = {**many.server.drops, **one.server.drops}
