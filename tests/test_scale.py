@@ -405,3 +405,65 @@ def test_fast_endpoint_parser_agrees_with_the_ipaddress_one(
     assert endpoint_result(parse_endpoint, text) == endpoint_result(
         _parse_endpoint_ipaddress, text
     )
+
+
+# --- the set's line framing: fast run of lines against a plain model -------------------
+
+_SET_LINES = [
+    f"public_key={'ab' * 32}", f"public_key={'cd' * 32}", "allowed_ip=10.0.0.0/8",
+    "allowed_ip=fd00::/8", "allowed_ip=-10.0.0.0/8", "allowed_ip=10.0.0.0/33",
+    "replace_allowed_ips=true", "endpoint=192.0.2.1:51820", "persistent_keepalive_interval=x",
+    "fwmark=5", "nonsense", "allowed_ip=1.2.3.4/32\r", "allowed_ip=1.2.3.5/32\r\r",
+    "listen_port=51820",
+]  # fmt: skip
+
+
+def model_answers(uapi: UAPI, requests: list[list[str]]) -> list[str]:
+    """Each request's lines applied with SetRequest, as the protocol reads
+    them: one "\\r" dropped from a line's end, a bad line answered and the
+    rest of the request dropped (the blank line that ends each request is
+    the stream's business)."""
+    answers = []
+    for lines in requests:
+        request = uapi.begin_set()
+        answer = None
+        for line in lines:
+            if line.endswith("\r"):
+                line = line[:-1]
+            try:
+                request.line(line)
+            except UAPIError as exc:
+                answer = request.abort(exc)
+                break
+        answers.append(answer if answer is not None else request.end())
+    return answers
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requests=st.lists(st.lists(st.sampled_from(_SET_LINES), max_size=12), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    blank=st.sampled_from(["\n", "\r\n"]),
+)
+def test_set_framing_matches_a_line_model(
+    requests: list[list[str]], cuts: list[int], blank: str
+) -> None:
+    def fresh() -> UAPI:
+        return UAPI(Device(PrivateKey(bytes([9]) * 32).clamped()), now=lambda: 0.0)
+
+    ours, model = fresh(), fresh()
+    stream = b"".join(
+        ("set=1\n" + "".join(f"{line}\n" for line in lines) + blank).encode() for lines in requests
+    )
+    connection = UAPIConnection(ours)
+    out = []
+    position, turn = 0, 0
+    while position < len(stream):  # in pieces of varying size, as reads come
+        size = cuts[turn % len(cuts)]
+        connection.receive_data(stream[position : position + size])
+        position, turn = position + size, turn + 1
+        while (piece := connection.next_output()) is not None:
+            out.append(piece)
+    answers = [a + "\n\n" for a in b"".join(out).decode().split("\n\n") if a]
+    assert answers == model_answers(model, requests)
+    assert ours.get() == model.get()

@@ -729,6 +729,10 @@ class UAPIConnection:
             return chunk.encode("utf-8", "surrogateescape")
         buffer = self._buffer
         budget = LINES_PER_STEP
+        if self._state is _State.SET:
+            budget, answer = self._set_lines(budget)
+            if answer is not None:
+                return answer
         while budget > 0:
             budget -= 1
             if self._state is _State.GET:
@@ -794,6 +798,43 @@ class UAPIConnection:
                 out = self._end_set()
         self._close()
         return out
+
+    def _set_lines(self, budget: int) -> tuple[int, bytes | None]:
+        """The common run of a set's lines (what a big configuration is
+        made of): complete, non-blank, at most MAX_LINE long, applied one
+        after the other without the general loop's state checks, the
+        buffer cut once at the end. Stops at whatever else comes (a blank
+        line, a long or incomplete one), for the general loop, or at a bad
+        line, with its answer. Returns the budget left and that answer."""
+        assert self._set is not None
+        buffer = self._buffer
+        apply = self._set.line
+        find = buffer.find
+        pos = 0
+        try:
+            while budget > 0:
+                end = find(b"\n", pos)
+                if end <= pos or end - pos > MAX_LINE:
+                    break  # none, blank or too long: the general loop's
+                line = buffer[pos:end]
+                if line[-1] == 0x0D:  # bufio.ScanLines drops one "\r" too
+                    if end - pos == 1:
+                        break  # "\r" alone is a blank line
+                    line = line[:-1]
+                budget -= 1
+                if line.startswith(b"public_key="):
+                    budget -= PEER_LINE_COST - 1
+                pos = end + 1
+                try:
+                    apply(line.decode("utf-8", "surrogateescape"))
+                except UAPIError as exc:
+                    answer = self._set.abort(exc)
+                    self._set = None
+                    self._state = _State.SKIP
+                    return budget, answer.encode()
+        finally:
+            del buffer[:pos]
+        return budget, None
 
     def _set_line(self, line: bytes) -> bytes | None:
         """Apply one line of the set; on a bad line, its answer."""
