@@ -175,16 +175,16 @@ class AllowedIPs(Generic[V]):
             # Its own prefix again: to the end of its list.
             tags = by_value[id(value)]
             if tags.__class__ is dict:
-                del tags[tag]  # type: ignore[union-attr]
-                tags[tag] = None  # type: ignore[index]
+                del tags[tag]
+                tags[tag] = None
             return
-        tags = by_value.get(id(value))
-        if tags is None:
+        held = by_value.get(id(value))
+        if held is None:
             by_value[id(value)] = tag
-        elif tags.__class__ is dict:
-            tags[tag] = None  # type: ignore[index]
+        elif held.__class__ is dict:
+            held[tag] = None
         else:
-            by_value[id(value)] = {tags: None, tag: None}  # type: ignore[dict-item]
+            by_value[id(value)] = {held: None, tag: None}  # type: ignore[dict-item]
 
     def remove(self, network: str | Network, value: V | None = None) -> bool:
         """Remove the exact prefix ``network`` (host bits masked off).
@@ -284,8 +284,8 @@ class AllowedIPs(Generic[V]):
         """Every (prefix, value), grouped by value in the order values first got
         a prefix, each value's prefixes as in :meth:`entries_for`."""
         for tags in list(self._by_value.values()):
-            first = tags if tags.__class__ is int else next(iter(tags))  # type: ignore[arg-type]
-            value = self._owner(first)  # type: ignore[arg-type]
+            first = tags if isinstance(tags, int) else next(iter(tags))
+            value = self._owner(first)
             for net in self.iter_entries_for(value):
                 yield net, value
 
