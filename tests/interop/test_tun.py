@@ -666,3 +666,89 @@ def test_interface_deleted_under_it_stops_the_service(tmp_path):
             time.sleep(0.05)
         assert not (RUN_DIR / f"{ours.name}.sock").exists()
         assert "shutting down" in ours.log_text()
+
+
+# --------------------------------------------------------------------------- queues and losses
+
+QUEUE_SCRIPT = r"""
+import json, socket, subprocess, sys
+from wireguard.io.tun import Tun, get_txqueuelen
+tun = Tun.create("pyq" + sys.argv[1])
+created = get_txqueuelen(tun.name)
+for cmd in (["addr", "add", "10.78.0.1/24", "dev", tun.name],
+            ["link", "set", tun.name, "up", "txqueuelen", "8"]):
+    subprocess.run(["ip", *cmd], check=True)
+before = tun.kernel_drops()
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    for _ in range(100):  # nobody reads the TUN: its queue of 8 fills
+        s.sendto(b"x" * 100, ("10.78.0.2", 9))
+after = tun.kernel_drops()
+print(json.dumps({"name": tun.name, "created": created, "before": before, "after": after}))
+sys.stdout.flush()
+input()  # the test reads `ip -s link` while the interface exists
+"""
+
+
+def test_tun_queue_is_long_and_its_drops_are_counted_as_ip_counts_them():
+    """The TUN is created with a transmit queue long enough for a TCP window
+    (the kernel's default of 500 dropped the bulk of our A->B retransmissions,
+    see docs/performance.md), and what the kernel drops there while nobody
+    reads is what :meth:`Tun.kernel_drops` reports, as ``ip -s link`` shows it."""
+    import json
+
+    with hosts() as h:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", h.a, sys.executable, "-c", QUEUE_SCRIPT, h.tag],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )  # fmt: skip
+        try:
+            got = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            shown = json.loads(h.exec(h.a, "ip", "-j", "-s", "link", "show", got["name"]).stdout)
+        finally:
+            proc.communicate("\n", timeout=10)
+    assert got["created"] == tunmod.TUN_TXQUEUELEN >= 4096
+    dropped = shown[0]["stats64"]["tx"]["dropped"]
+    assert dropped > 0
+    assert got["after"]["read_queue_full"] - got["before"]["read_queue_full"] == dropped
+    assert got["after"]["write_dropped"] == shown[0]["stats64"]["rx"]["dropped"]
+
+
+UDP_DROPS_SCRIPT = r"""
+import asyncio, json, socket
+from wireguard.device import Device
+from wireguard.io.tunnel import Tunnel
+from wireguard.keys import PrivateKey
+
+def snmp():
+    lines = open("/proc/net/snmp").read().splitlines()
+    udp = [line.split()[1:] for line in lines if line.startswith("Udp:")]
+    return int(dict(zip(udp[0], udp[1]))["RcvbufErrors"])
+
+async def main():
+    async with Tunnel(Device(PrivateKey.generate()), listen_port=0, host="127.0.0.1") as tunnel:
+        tunnel._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        before = snmp()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(300):  # the loop does not run meanwhile: the buffer fills
+                s.sendto(b"x" * 200, ("127.0.0.1", tunnel.listen_port))
+        counted = tunnel.counters()["udp_receive_buffer_full"]
+        print(json.dumps({"counted": counted, "kernel": snmp() - before}))
+
+asyncio.run(main())
+"""
+
+
+def test_udp_receive_buffer_drops_are_counted_as_the_kernel_counts_them():
+    """:meth:`Tunnel.counters` reports the datagrams the kernel dropped at the
+    socket's full receive buffer: the namespace's ``Udp.RcvbufErrors``, where
+    that socket is the only one receiving."""
+    import json
+
+    with hosts() as h:
+        tree = str(Path(__file__).resolve().parents[2])
+        out = h.exec(h.a, sys.executable, "-c", UDP_DROPS_SCRIPT,
+                     env=dict(os.environ, PYTHONPATH=tree))  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["kernel"] > 0
+    assert got["counted"] == got["kernel"]

@@ -102,6 +102,8 @@ TUNGETDEVNETNS = 0x54E3
 # linux/sockios.h
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
+SIOCGIFTXQLEN = 0x8942
+SIOCSIFTXQLEN = 0x8943
 IFNAMSIZ = 16
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -121,6 +123,14 @@ VIRTIO_NET_HDR_GSO_TCPV6 = 4
 VIRTIO_NET_HDR_GSO_ECN = 0x80
 _vnet_hdr = struct.Struct("=BBHHHH")
 _VALID_HDR = _vnet_hdr.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+
+# The TUN's transmit queue (the ring the kernel puts packets in for us to
+# read; the kernel's default is 500). The kernel drops, without back-pressure
+# to the sending TCP, whatever does not fit while we are busy: with 500, a
+# TCP flow's window outgrows it and is cut back by loss again and again. This
+# many full-size packets hold a default receive window (tcp_rmem's 6 MiB) of
+# 1,420-byte packets; wireguard-go's ring holds as many 64 KB super-packets.
+TUN_TXQUEUELEN = 5000
 
 # wg-quick's choice: the table and the firewall mark are both 51820 unless taken.
 POLICY_TABLE = 51820
@@ -247,6 +257,10 @@ class Tun:
                 raise TunError(f"cannot create {name!r}: {exc.strerror}", exc.errno) from None
             actual = ifr[:16].split(b"\0", 1)[0].decode()
             mode = _set_offloads(fd, vnet, offload)
+            try:
+                set_txqueuelen(actual, TUN_TXQUEUELEN)
+            except OSError as exc:  # not fatal: the kernel's default queue works, with losses
+                log.info("TUN %s: cannot set txqueuelen: %s", actual, exc.strerror)
         except BaseException:
             os.close(fd)
             raise
@@ -287,6 +301,22 @@ class Tun:
         except OSError:
             return None
         return ifr[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+
+    def kernel_drops(self) -> dict[str, int]:
+        """What the kernel dropped at this interface (its statistics, read by
+        name in this process's network namespace; {} if it is not there):
+        ``read_queue_full``, packets for us that did not fit in the transmit
+        queue while we were busy (``tx_dropped``), and ``write_dropped``,
+        packets we wrote that the kernel could not take (``rx_dropped``)."""
+        found: dict[str, int] = {}
+        base = f"/sys/class/net/{self.name}/statistics/"
+        for key, stat in (("read_queue_full", "tx_dropped"), ("write_dropped", "rx_dropped")):
+            try:
+                with open(base + stat) as f:
+                    found[key] = int(f.read())
+            except (OSError, ValueError):
+                return {}
+        return found
 
     def get_mtu(self) -> int:
         """The interface's MTU, asked by name in this process's network
@@ -364,6 +394,20 @@ def get_mtu(name: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         ifr = fcntl.ioctl(sock, SIOCGIFMTU, struct.pack("16s24x", name.encode()))
     return int(struct.unpack_from("i", ifr, IFNAMSIZ)[0])
+
+
+def get_txqueuelen(name: str) -> int:
+    """The transmit queue length of interface *name* (this network namespace)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifr = fcntl.ioctl(sock, SIOCGIFTXQLEN, struct.pack("16s24x", name.encode()))
+    return int(struct.unpack_from("i", ifr, IFNAMSIZ)[0])
+
+
+def set_txqueuelen(name: str, length: int) -> None:
+    """Set the transmit queue length of interface *name* (``ip link set NAME
+    txqueuelen N``), in this network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCSIFTXQLEN, struct.pack("16si20x", name.encode(), length))
 
 
 def _offload_mode(offload: str | None) -> str:
