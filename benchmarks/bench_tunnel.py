@@ -61,6 +61,12 @@ class Bench(NamespacePair):
         lines = [line for line in (self.dir / "ours.log").read_text().splitlines()
                  if "packets lost, by stage:" in line]  # fmt: skip
         found: dict[str, float] = {}
+        batches = re.findall(r"batches: TUN (\d+) packets in (\d+) wake-ups, UDP (\d+) datagrams "
+                             r"in (\d+) wake-ups", (self.dir / "ours.log").read_text())  # fmt: skip
+        if batches:
+            tun, tun_wakeups, udp, udp_wakeups = (int(x) for x in batches[-1])
+            found["ours_tun_batch"] = tun / max(tun_wakeups, 1)
+            found["ours_udp_batch"] = udp / max(udp_wakeups, 1)
         if lines:
             for part in lines[-1].split("by stage:", 1)[1].split(","):
                 key, _, value = part.strip().rpartition(" ")
@@ -131,8 +137,10 @@ class Bench(NamespacePair):
         result: dict[str, float] = {"rtt_ms": self.ping()}
         for label, extra in (("tcp_up", ()), ("tcp_down", ("-R",))):
             before, seen, jiffies = cpu_seconds(pid), self.counters(side), machine_jiffies()
+            sys_before = cpu_seconds(pid, system=True)
             end = self.iperf(*extra)
             cpu = cpu_seconds(pid) - before
+            system = cpu_seconds(pid, system=True) - sys_before
             busy, idle = (b - a for a, b in zip(jiffies, machine_jiffies(), strict=True))
             # How much of one core the A endpoint used, and how much of the
             # machine's two cores nobody used (the room a second worker has).
@@ -145,6 +153,8 @@ class Bench(NamespacePair):
             result[f"{label}_retr"] = end["sum_sent"].get("retransmits", 0)
             gbytes = bits * self.seconds / 8e9
             result[f"{label}_cpu_s_per_gb"] = cpu / gbytes if gbytes else float("nan")
+            # Of which in the kernel, in the endpoint's system calls.
+            result[f"{label}_sys_s_per_gb"] = system / gbytes if gbytes else float("nan")
             for key, value in after.items():
                 result[f"{label}_{key}"] = value - seen[key]
         seen = self.counters(side)
@@ -166,6 +176,8 @@ METRICS = [
     ("rtt_ms", "ping RTT, ms"),
     ("tcp_up_cpu_s_per_gb", "A endpoint CPU s/GB, TCP A->B"),
     ("tcp_down_cpu_s_per_gb", "A endpoint CPU s/GB, TCP B->A"),
+    ("tcp_up_sys_s_per_gb", "  of which kernel (system time)"),
+    ("tcp_down_sys_s_per_gb", "  of which kernel, TCP B->A"),
     ("tcp_up_a_core_share", "A endpoint, cores used, TCP A->B"),
     ("tcp_down_a_core_share", "A endpoint, cores used, TCP B->A"),
     ("tcp_up_machine_idle", "machine idle share, TCP A->B"),

@@ -37,10 +37,12 @@ def genkey() -> tuple[str, str]:
     return private, public
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its threads."""
+def cpu_seconds(pid: int, *, system: bool = False) -> float:
+    """utime + stime of a process and its threads (only stime: *system*)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
+    if system:
+        return int(fields[12]) / CLK_TCK
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 

@@ -221,6 +221,11 @@ class TunInterface(Interface):
         return found
 
     def _log_counters(self) -> None:
+        pump, tunnel = self.pump, self.tunnel
+        log.info(
+            "batches: TUN %d packets in %d wake-ups, UDP %d datagrams in %d wake-ups",
+            pump.packets_read, pump.wakeups, tunnel.datagrams_read, tunnel.wakeups,
+        )  # fmt: skip
         lost = {k: v for k, v in self.counters().items() if v}
         log.info(
             "packets lost, by stage: %s",

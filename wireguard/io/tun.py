@@ -699,6 +699,10 @@ class TunPump:
         # gets its turn).
         self.batch = batch or int(os.environ.get("WG_PY_TUN_BATCH", "64"))
         self.dropped = 0
+        #: Wake-ups that read packets, and the packets they read (the mean
+        #: batch: what the per-wake-up costs are spread over).
+        self.wakeups = 0
+        self.packets_read = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         # Called once if the TUN fails for good (the interface was deleted).
         self.on_error: Callable[[OSError], None] | None = None
@@ -737,6 +741,8 @@ class TunPump:
             return
         if not packets:
             return
+        self.wakeups += 1
+        self.packets_read += len(packets)
         tunnel = self.tunnel
         now = tunnel.now
         tunnel.apply(tunnel.device.send_packets(packets, now, self._effects()))

@@ -238,6 +238,9 @@ class Tunnel(Lifecycle):
         self._closed = asyncio.Event()
         self.dropped_packets = 0
         self.dropped_datagrams = 0
+        #: Wake-ups that read datagrams, and the datagrams they read.
+        self.wakeups = 0
+        self.datagrams_read = 0
         self.batch = 256
         self.send_errors = 0  # datagrams the kernel refused (other than a full buffer)
         self.receive_errors = 0  # errors reading the socket (ICMP errors surface there)
@@ -578,6 +581,8 @@ class Tunnel(Lifecycle):
                     break
                 add((data, _plain(addr)))
         if got:
+            self.wakeups += 1
+            self.datagrams_read += len(got)
             now = self.now
             self.apply(self.device.receive_datagrams(got, now), now)
 
