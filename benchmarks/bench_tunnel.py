@@ -1,17 +1,26 @@
 """Tunnel throughput through a real TUN: our interface against wireguard-go,
 and wireguard-go against wireguard-go, measured alternately in the same run.
 
-Two network namespaces joined by a veth pair. B always runs wireguard-go.
-A runs, in turn, (a) our endpoint, brought up with ``python -m wireguard
-up`` (what ``python -m wireguard up`` runs), and (b) wireguard-go. Each
-round measures, for each side in turn: ping RTT, iperf3 TCP A->B and B->A,
-and iperf3 UDP A->B at an unlimited rate (received rate and loss), plus the
-CPU seconds the A-side endpoint process used per GB carried. Reports medians
-over the rounds and the ratio ours / wireguard-go.
+Two network namespaces joined by a veth pair. B always runs wireguard-go
+(``--wireguard-go PATH``: the build under comparison; default the one on
+PATH). A runs, in turn, (a) our endpoint, brought up with ``python -m
+wireguard up`` (the TUN engine the ``wireguard-sansio`` daemon also runs),
+and (b) the same wireguard-go. Each round measures, for each side in turn:
+ping RTT, iperf3 TCP A->B and B->A with the sender's retransmissions, and
+iperf3 UDP A->B at an unlimited rate (received rate and loss), plus the CPU
+seconds the A-side endpoint process used per GB carried (and how much of
+that was system time), the share of a core it got and the machine's idle
+share. Where packets were lost is counted per stage for every test: both
+namespaces' ``Udp`` send and receive buffer errors and ``Tcp RetransSegs``
+(``/proc/net/snmp``), and both TUN interfaces' dropped counters (a TUN's
+``tx_dropped``: packets the kernel had for the endpoint that did not fit in
+its queue). Our endpoint's own counters by stage and its mean batch per
+wake-up come from its log at the end of each round. Reports medians over
+the rounds and the ratio ours / wireguard-go.
 
-    sudo python benchmarks/bench_tunnel.py [--rounds 3] [--seconds 5]
+    sudo python benchmarks/bench_tunnel.py [--rounds 3] [--seconds 5] [--wireguard-go PATH]
 
-Needs root, ``ip``, ``wg``, ``wireguard-go`` and ``iperf3``. Everything it
+Needs root, ``ip``, ``wg``, a wireguard-go and ``iperf3``. Everything it
 creates is removed at the end; it kills only processes it started.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -476,7 +477,8 @@ def test_restart_of_wireguard_go_recovers(tmp_path):
 
 
 def test_down_removes_interface_socket_and_pid_file(tmp_path):
-    with pair(tmp_path) as (_h, ours, _wg, _, _):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        assert ping(h, h.a, TUN_B[0])  # three echo requests read from the TUN
         pid = ours.pid()
         sock = RUN_DIR / f"{ours.name}.sock"
         assert sock.exists() and ours.link_exists()
@@ -487,6 +489,14 @@ def test_down_removes_interface_socket_and_pid_file(tmp_path):
         assert not sock.exists()
         assert not (RUN_DIR / f"{ours.name}.pid").exists()
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        # What it carried and lost, logged as it closed.
+        log = ours.log_text()
+        batches = re.search(r"batches: TUN (\d+) packets in (\d+) wake-ups, "
+                            r"UDP (\d+) datagrams in (\d+) wake-ups", log)  # fmt: skip
+        assert batches, log
+        tun, tun_wakeups, udp, udp_wakeups = (int(x) for x in batches.groups())
+        assert 1 <= tun_wakeups <= tun and tun >= 3 and 1 <= udp_wakeups <= udp and udp >= 3
+        assert "packets lost, by stage:" in log
         # Down again: nothing to stop, one line, status 1.
         again = ours.down()
         assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
