@@ -33,9 +33,10 @@ from ..io.forward import (
     parse_forward,
     why,
 )
+from ..io.forward import log as forward_log
 from ..io.rootless import RootlessTunnel, format_bytes
 from . import PROG as _PROG
-from . import CommandError
+from . import CommandError, log_level
 
 PROG = f"{_PROG} forward"
 
@@ -247,7 +248,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
     result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "forward",
         help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
         description=_DESCRIPTION,
@@ -278,12 +279,12 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
     # What the forwards log about their connections goes where the status does.
-    runtime_log = logging.getLogger("wireguard.io.forward")
+    runtime_log = forward_log
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("forward: %(message)s"))
     saved = runtime_log.level, runtime_log.propagate
     runtime_log.addHandler(handler)
-    runtime_log.setLevel(logging.INFO)
+    runtime_log.setLevel(log_level(args, logging.INFO))
     runtime_log.propagate = False
     try:
         return asyncio.run(serve(args, specs))

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..address import Address
 from ..config import Config, load
 from ..device import Device
 from ..netstack import NetStack, NetStackStats, TcpConfig
@@ -77,7 +78,7 @@ def rootless_tcp_config() -> TcpConfig:
 @dataclass
 class PeerStatus:
     public_key: str
-    endpoint: tuple[str, int] | None
+    endpoint: Address | None  # (host, port), or (host, port, local) from a sticky source
     last_handshake_age: float | None  # seconds since the last handshake, None if never
     rx_bytes: int
     tx_bytes: int
