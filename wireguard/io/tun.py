@@ -28,6 +28,12 @@ their checksums (:func:`split_gso`). That costs more CPU in this process than
 it saves (the kernel segments and checksums in C, in the sender's context),
 so it is not the default; see ``docs/performance.md``.
 
+The TUN's transmit queue (the packets the kernel holds for us to read) is
+made :data:`TUN_TXQUEUELEN` long, not the kernel's 500: the kernel drops what
+does not fit without slowing the sending TCP, and a TCP window of full-size
+packets outgrows 500 whenever we are briefly behind. :meth:`Tun.kernel_drops`
+reads what it dropped there.
+
 :class:`LinkMonitor` follows the interface through rtnetlink: its MTU, whether
 it is up, and where it is. An interface moved to another network namespace
 (``ip link set NAME netns NS``) is followed there, by that namespace's id in
