@@ -26,6 +26,7 @@ say): a before/after in the same run, the order rotated each round, with each
 figure's range across rounds.
 
     sudo python benchmarks/bench_rootless.py [--rounds 3] [--seconds 5] [--compare TREE]
+        [--wireguard-go PATH]
 
 ``--in-process MIB`` needs neither root nor namespaces: two rootless tunnels
 back to back on loopback in this process (both stacks, both WireGuards), one
@@ -53,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netbench import MTU, PORT, NamespacePair, cpu_seconds, run
+from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, run
 
 UNDER = ("192.168.232.1", "192.168.232.2")
 INNER = ("10.232.0.1", "10.232.0.2")
@@ -125,7 +126,8 @@ class Bench(NamespacePair):
                                        UNDER[1], INNER[0])  # fmt: skip
         pids = run("ip", "netns", "pids", self.a).stdout.split()
         pid = next(int(p) for p in pids
-                   if Path(f"/proc/{p}/comm").read_text().strip() == "wireguard-go")  # fmt: skip
+                   if Path(f"/proc/{p}/comm").read_text().strip()
+                   == Path(self.wireguard_go).name[:15])  # fmt: skip
 
         def down() -> None:
             self.stop(proc)
@@ -224,6 +226,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per iperf3 test")
     parser.add_argument("--no-tun", action="store_true", help="leave out the TUN path")
+    parser.add_argument("--wireguard-go", default="wireguard-go", metavar="PATH",
+                        help="the wireguard-go binary for B and the reference A "
+                             "(default: the one on PATH)")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
     parser.add_argument("--compare", metavar="TREE",
                         help="run rootless also with TREE's package")  # fmt: skip
@@ -236,7 +241,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_rootless: needs root (network namespaces)", file=sys.stderr)
         return 1
-    for tool in ("ip", "wg", "wireguard-go", "iperf3"):
+    for tool in ("ip", "wg", args.wireguard_go, "iperf3"):
         if shutil.which(tool) is None:
             print(f"bench_rootless: `{tool}` is not installed", file=sys.stderr)
             return 1
@@ -251,10 +256,13 @@ def main() -> int:
         print("bench_rootless: no TUN path (wireguard.io.up): comparing with wireguard-go only",
               file=sys.stderr)  # fmt: skip
         sides.remove("tun")
+    os.environ.update(WG_GO_ENV)
+    version = run(args.wireguard_go, "--version").stdout.splitlines()[0]
     results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="bench-rootless-") as tmp:
         os.chmod(tmp, 0o755)
         bench = Bench(args.seconds, Path(tmp))
+        bench.wireguard_go = args.wireguard_go
         who = "nobody" if bench.as_nobody else "root (nobody cannot run this interpreter)"
         print(f"bench_rootless: the forwarder runs as {who}", file=sys.stderr)
         try:
@@ -295,7 +303,7 @@ def main() -> int:
                 values = [r[key] for r in results[s]]
                 print(f"  {label:<28} {s:>17}: {min(values):8.1f} - {max(values):8.1f}")
     print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
-          "B = wireguard-go + kernel TCP; A = the side under test")  # fmt: skip
+          f"B = {version} + kernel TCP; A = the side under test")  # fmt: skip
     head = "".join(f" {s:>12} |" for s in sides)
     ratios = [s for s in sides if s != "rootless"]
     print(f"| {'metric':<28} |{head}" + "".join(f" {'rootless/' + s[:7]:>16} |" for s in ratios))

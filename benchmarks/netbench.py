@@ -8,6 +8,7 @@ the repository root, so this module is importable beside them).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -36,11 +37,21 @@ def genkey() -> tuple[str, str]:
     return private, public
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its threads."""
+def cpu_seconds(pid: int, *, system: bool = False) -> float:
+    """utime + stime of a process and its threads (only stime: *system*)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
+    if system:
+        return int(fields[12]) / CLK_TCK
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, idle) jiffies of the whole machine so far (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, idle
 
 
 class NamespacePair:
@@ -67,6 +78,8 @@ class NamespacePair:
         self.procs: list[subprocess.Popen[str]] = []
         self.key_a, self.pub_a = genkey()
         self.key_b, self.pub_b = genkey()
+        #: The wireguard-go binary for B (and for any A side that runs it).
+        self.wireguard_go = "wireguard-go"
 
     def create(self) -> None:
         run("ip", "netns", "add", self.a)
@@ -100,7 +113,7 @@ class NamespacePair:
         self.procs.remove(proc)
 
     def start_wireguard_go(self, ns, name, key, peer, peer_ip, peer_host, address):  # type: ignore[no-untyped-def]
-        proc = self.spawn("ip", "netns", "exec", ns, "wireguard-go", "-f", name,
+        proc = self.spawn("ip", "netns", "exec", ns, self.wireguard_go, "-f", name,
                           env=dict(os.environ, **WG_GO_ENV))  # fmt: skip
         sock = Path(f"/var/run/wireguard/{name}.sock")
         deadline = time.monotonic() + 10
@@ -118,6 +131,25 @@ class NamespacePair:
         run("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", name)
         run("ip", "-n", ns, "link", "set", name, "mtu", str(MTU), "up")
         return proc
+
+    def snmp(self, ns: str) -> dict[str, int]:
+        """The namespace's UDP and TCP counters (``/proc/net/snmp``), as
+        ``Udp.RcvbufErrors`` and so on."""
+        lines = run("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout.splitlines()
+        found: dict[str, int] = {}
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            kind, names = head.split(":", 1)
+            for key, value in zip(names.split(), values.split(":", 1)[1].split(), strict=False):
+                found[f"{kind}.{key}"] = int(value)
+        return found
+
+    def link_stats(self, ns: str, name: str) -> dict[str, int]:
+        """An interface's packet counters (``ip -s link``), {} if it is gone."""
+        got = run("ip", "-n", ns, "-s", "-j", "link", "show", "dev", name, check=False)
+        if got.returncode != 0:
+            return {}
+        stats = json.loads(got.stdout)[0].get("stats64", {})
+        return {f"{way}_{k}": v for way in ("rx", "tx") for k, v in stats.get(way, {}).items()}
 
     def destroy(self) -> None:
         for proc in list(reversed(self.procs)):

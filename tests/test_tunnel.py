@@ -184,3 +184,27 @@ def test_event_stream_delivers_to_a_reader_and_ends_with_the_tunnel() -> None:
             tunnel.subscribe(maxsize=0)
 
     asyncio.run(body())
+
+
+def test_counters_count_every_datagram_read_and_each_wake_up() -> None:
+    """The per-wake-up batch counters count each datagram a plain socket sent
+    once (garbage, so the device drops and counts each: ``malformed``), and
+    the loss counters start at zero with a readable receive-buffer count."""
+
+    async def body() -> None:
+        async with Tunnel(Device(PrivateKey.generate()), listen_port=0, host="127.0.0.1") as t:
+            assert t.counters() == {
+                "udp_send_buffer_full": 0, "udp_send_errors": 0, "udp_receive_errors": 0,
+                "packets_queue_full": 0, "udp_receive_buffer_full": 0,
+            }  # fmt: skip
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _ in range(50):
+                    s.sendto(b"not wireguard", ("127.0.0.1", t.listen_port))
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if t.datagrams_read == 50:
+                    break
+            assert t.datagrams_read == 50 == t.device.drops["malformed"]
+            assert 1 <= t.wakeups <= 50
+
+    asyncio.run(body())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.interop.harness import UNDER_V4, Hosts, WireGuardGo, hosts, run, socket_in_netns
 from wireguard.io import tun as tunmod
@@ -160,6 +163,61 @@ def test_coalescer_keeps_gaps_and_other_flows_apart():
     ack = segments[0][:52]
     ack = ack[:2] + struct.pack("!H", 52) + ack[4:]
     assert len(tunmod.Coalescer.join([ack, ack])) == 2
+
+
+def _segment_stream(draw_ops: list[tuple[int, ...]]) -> list[bytes]:
+    """IPv4/IPv6 TCP segments of three flows from a list of operations: each
+    (flow, kind, size, tweak) makes the flow's next packet, in order or not,
+    with the header variations the coalescer must notice."""
+    seqs = [1000, 5000, 0xFFFFF000]
+    out: list[bytes] = []
+    for flow, kind, size, tweak in draw_ops:
+        v6 = flow == 2
+        flags = {0: 0x10, 1: 0x18, 2: 0x11, 3: 0x12, 4: 0x10}[kind]
+        payload = bytes([tweak]) * (0 if kind == 4 else size)
+        seq = (seqs[flow] + (size if tweak == 1 else 0)) & 0xFFFFFFFF  # 1: a gap
+        seqs[flow] = (seq + len(payload)) & 0xFFFFFFFF
+        options = b"\x01\x01\x08\x0a" + struct.pack("!II", 7 + (tweak == 2), 9)  # 2: TSval
+        window = 501 + (tweak == 3)  # 3: a window update
+        tcp = struct.pack("!HHIIBBHHH", 40000 + flow, 5201, seq, 77 + (tweak == 4),
+                          (20 + len(options)) << 2, flags, window, 0, 0) + options  # fmt: skip
+        length = len(tcp) + len(payload)
+        if v6:
+            head = struct.pack("!IHBB", 6 << 28 | (tweak == 5) << 20, length, 6, 64)
+            head += bytes(15) + b"\x01" + bytes(15) + b"\x02"
+        else:
+            frag = 0x2000 if tweak == 6 else 0x4000  # 6: more fragments
+            head = struct.pack("!BBHHHBBH", 0x45, 4 * (tweak == 5), 20 + length, len(out),
+                               frag, 64 - (tweak == 7), 6, 0)  # fmt: skip
+            head += bytes([10, 0, 0, 1 + flow, 10, 0, 0, 9])
+        out.append(head + tcp + payload)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4]),
+                          st.sampled_from([1, 100, 1368, 1368, 1368, 1368]),
+                          st.sampled_from([0] * 12 + list(range(1, 8)))),
+                max_size=120))  # fmt: skip
+def test_coalescer_fast_path_joins_as_the_general_path(ops):
+    """The fast path for the next in-order segment of the flow being joined
+    writes exactly what the general path writes, over mixes of flows, gaps,
+    short and pure-ACK segments, PSH/FIN/SYN, and each header field that
+    must stop a join (timestamps, window, ack, TOS/flow label, TTL,
+    fragments); and what it writes cuts back into as many packets."""
+    packets = _segment_stream(ops)
+    fast = tunmod.Coalescer.join(packets)
+    assert fast == tunmod.Coalescer.join(packets, fast=False)
+    back: list[bytes] = []
+    for chunk in fast:
+        if chunk[1]:  # a GSO super-packet: the kernel would segment it
+            tunmod.split_gso(chunk, back)
+        else:
+            back.append(chunk[tunmod.VNET_HDR_LEN :])
+    # (The packets here carry no valid checksums, which split_gso makes anew;
+    # test_coalescer_joins_what_split_cut checks the bytes on valid ones.)
+    assert len(back) == len(packets)
+    assert sorted(p[-1:] + p[-2:-1] for p in back) == sorted(p[-1:] + p[-2:-1] for p in packets)
 
 
 def test_interface_names():
@@ -476,7 +534,8 @@ def test_restart_of_wireguard_go_recovers(tmp_path):
 
 
 def test_down_removes_interface_socket_and_pid_file(tmp_path):
-    with pair(tmp_path) as (_h, ours, _wg, _, _):
+    with pair(tmp_path) as (h, ours, _wg, _, _):
+        assert ping(h, h.a, TUN_B[0])  # three echo requests read from the TUN
         pid = ours.pid()
         sock = RUN_DIR / f"{ours.name}.sock"
         assert sock.exists() and ours.link_exists()
@@ -487,6 +546,14 @@ def test_down_removes_interface_socket_and_pid_file(tmp_path):
         assert not sock.exists()
         assert not (RUN_DIR / f"{ours.name}.pid").exists()
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        # What it carried and lost, logged as it closed.
+        log = ours.log_text()
+        batches = re.search(r"batches: TUN (\d+) packets in (\d+) wake-ups, "
+                            r"UDP (\d+) datagrams in (\d+) wake-ups", log)  # fmt: skip
+        assert batches, log
+        tun, tun_wakeups, udp, udp_wakeups = (int(x) for x in batches.groups())
+        assert 1 <= tun_wakeups <= tun and tun >= 3 and 1 <= udp_wakeups <= udp and udp >= 3
+        assert "packets lost, by stage:" in log
         # Down again: nothing to stop, one line, status 1.
         again = ours.down()
         assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
@@ -666,3 +733,89 @@ def test_interface_deleted_under_it_stops_the_service(tmp_path):
             time.sleep(0.05)
         assert not (RUN_DIR / f"{ours.name}.sock").exists()
         assert "shutting down" in ours.log_text()
+
+
+# --------------------------------------------------------------------------- queues and losses
+
+QUEUE_SCRIPT = r"""
+import json, socket, subprocess, sys
+from wireguard.io.tun import Tun, get_txqueuelen
+tun = Tun.create("pyq" + sys.argv[1])
+created = get_txqueuelen(tun.name)
+for cmd in (["addr", "add", "10.78.0.1/24", "dev", tun.name],
+            ["link", "set", tun.name, "up", "txqueuelen", "8"]):
+    subprocess.run(["ip", *cmd], check=True)
+before = tun.kernel_drops()
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    for _ in range(100):  # nobody reads the TUN: its queue of 8 fills
+        s.sendto(b"x" * 100, ("10.78.0.2", 9))
+after = tun.kernel_drops()
+print(json.dumps({"name": tun.name, "created": created, "before": before, "after": after}))
+sys.stdout.flush()
+input()  # the test reads `ip -s link` while the interface exists
+"""
+
+
+def test_tun_queue_is_long_and_its_drops_are_counted_as_ip_counts_them():
+    """The TUN is created with a transmit queue long enough for a TCP window
+    (the kernel's default of 500 dropped the bulk of our A->B retransmissions,
+    see docs/performance.md), and what the kernel drops there while nobody
+    reads is what :meth:`Tun.kernel_drops` reports, as ``ip -s link`` shows it."""
+    import json
+
+    with hosts() as h:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", h.a, sys.executable, "-c", QUEUE_SCRIPT, h.tag],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )  # fmt: skip
+        try:
+            got = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            shown = json.loads(h.exec(h.a, "ip", "-j", "-s", "link", "show", got["name"]).stdout)
+        finally:
+            proc.communicate("\n", timeout=10)
+    assert got["created"] == tunmod.TUN_TXQUEUELEN >= 4096
+    dropped = shown[0]["stats64"]["tx"]["dropped"]
+    assert dropped > 0
+    assert got["after"]["read_queue_full"] - got["before"]["read_queue_full"] == dropped
+    assert got["after"]["write_dropped"] == shown[0]["stats64"]["rx"]["dropped"]
+
+
+UDP_DROPS_SCRIPT = r"""
+import asyncio, json, socket
+from wireguard.device import Device
+from wireguard.io.tunnel import Tunnel
+from wireguard.keys import PrivateKey
+
+def snmp():
+    lines = open("/proc/net/snmp").read().splitlines()
+    udp = [line.split()[1:] for line in lines if line.startswith("Udp:")]
+    return int(dict(zip(udp[0], udp[1]))["RcvbufErrors"])
+
+async def main():
+    async with Tunnel(Device(PrivateKey.generate()), listen_port=0, host="127.0.0.1") as tunnel:
+        tunnel._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        before = snmp()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(300):  # the loop does not run meanwhile: the buffer fills
+                s.sendto(b"x" * 200, ("127.0.0.1", tunnel.listen_port))
+        counted = tunnel.counters()["udp_receive_buffer_full"]
+        print(json.dumps({"counted": counted, "kernel": snmp() - before}))
+
+asyncio.run(main())
+"""
+
+
+def test_udp_receive_buffer_drops_are_counted_as_the_kernel_counts_them():
+    """:meth:`Tunnel.counters` reports the datagrams the kernel dropped at the
+    socket's full receive buffer: the namespace's ``Udp.RcvbufErrors``, where
+    that socket is the only one receiving."""
+    import json
+
+    with hosts() as h:
+        tree = str(Path(__file__).resolve().parents[2])
+        out = h.exec(h.a, sys.executable, "-c", UDP_DROPS_SCRIPT,
+                     env=dict(os.environ, PYTHONPATH=tree))  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["kernel"] > 0
+    assert got["counted"] == got["kernel"]

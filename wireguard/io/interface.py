@@ -205,15 +205,39 @@ class TunInterface(Interface):
         elif self.tunnel.listening or old is None or old.up:
             self.bring_down()
 
+    def counters(self) -> dict[str, int]:
+        """Where packets were lost, by stage, from the TUN to the UDP socket
+        and back (all since the interface started): the kernel's drops at the
+        TUN (``tun_read_queue_full``: packets for the tunnel that did not fit
+        in the TUN's queue while we were busy; ``tun_write_dropped``), ours at
+        the TUN (``tun_`` + :attr:`Tun.drops`), the UDP socket's
+        (:meth:`Tunnel.counters`) and the device's (``device_`` +
+        :attr:`Device.drops`: no route, no session, replays, forgeries...).
+        Logged when the interface closes."""
+        found = {f"tun_{k}": v for k, v in self.tun.kernel_drops().items()}
+        found.update((f"tun_{k}", v) for k, v in self.tun.drops.items())
+        found.update(self.tunnel.counters())
+        found.update((f"device_{k}", v) for k, v in self.device.drops.items())
+        return found
+
+    def _log_counters(self) -> None:
+        pump, tunnel = self.pump, self.tunnel
+        log.info(
+            "batches: TUN %d packets in %d wake-ups, UDP %d datagrams in %d wake-ups",
+            pump.packets_read, pump.wakeups, tunnel.datagrams_read, tunnel.wakeups,
+        )  # fmt: skip
+        lost = {k: v for k, v in self.counters().items() if v}
+        log.info(
+            "packets lost, by stage: %s",
+            ", ".join(f"{k} {v}" for k, v in sorted(lost.items())) or "none",
+        )
+
     async def close(self) -> None:
         self.monitor.stop()
         self.pump.stop()
         try:
+            if not self.tun.closed:
+                self._log_counters()
             await super().close()
         finally:
-            if self.tun.drops:
-                log.info(
-                    "TUN packets not passed on: %s",
-                    ", ".join(f"{k} {v}" for k, v in sorted(self.tun.drops.items())),
-                )
             self.tun.close()

@@ -238,6 +238,9 @@ class Tunnel(Lifecycle):
         self._closed = asyncio.Event()
         self.dropped_packets = 0
         self.dropped_datagrams = 0
+        #: Wake-ups that read datagrams, and the datagrams they read.
+        self.wakeups = 0
+        self.datagrams_read = 0
         self.batch = 256
         self.send_errors = 0  # datagrams the kernel refused (other than a full buffer)
         self.receive_errors = 0  # errors reading the socket (ICMP errors surface there)
@@ -451,6 +454,45 @@ class Tunnel(Lifecycle):
         self._endpoint_logged.clear()
         self._closed.set()
 
+    def receive_buffer_drops(self) -> int | None:
+        """Datagrams the kernel dropped because this socket's receive buffer
+        was full (the ``drops`` column of ``/proc/net/udp6`` or ``udp`` for
+        this socket); None without a socket or where that is not readable.
+        Counted from when the socket was opened."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            inode = str(os.fstat(sock.fileno()).st_ino)
+            table = "/proc/net/udp6" if self._family == socket.AF_INET6 else "/proc/net/udp"
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 12 and fields[9] == inode:
+                        return int(fields[-1])
+        except (OSError, ValueError, StopIteration):
+            pass
+        return None
+
+    def counters(self) -> dict[str, int]:
+        """What this tunnel's socket lost, by stage: ``udp_send_buffer_full``
+        (a full send buffer: the datagrams are dropped, as UDP does),
+        ``udp_send_errors`` (refused otherwise), ``udp_receive_errors``
+        (errors reading, ICMP errors among them), ``udp_receive_buffer_full``
+        (dropped by the kernel before we read them), ``packets_queue_full``
+        (out of the tunnel with nobody reading :meth:`recv_packet`)."""
+        found = {
+            "udp_send_buffer_full": self.dropped_datagrams,
+            "udp_send_errors": self.send_errors,
+            "udp_receive_errors": self.receive_errors,
+            "packets_queue_full": self.dropped_packets,
+        }
+        drops = self.receive_buffer_drops()
+        if drops is not None:
+            found["udp_receive_buffer_full"] = drops
+        return found
+
     @property
     def now(self) -> float:
         assert self._loop is not None, "the tunnel is not started"
@@ -539,6 +581,8 @@ class Tunnel(Lifecycle):
                     break
                 add((data, _plain(addr)))
         if got:
+            self.wakeups += 1
+            self.datagrams_read += len(got)
             now = self.now
             self.apply(self.device.receive_datagrams(got, now), now)
 
