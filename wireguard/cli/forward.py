@@ -37,6 +37,7 @@ from ..io.forward import log as forward_log
 from ..io.rootless import RootlessTunnel, format_bytes
 from . import PROG as _PROG
 from . import CommandError, log_level
+from . import ops as _ops
 
 PROG = f"{_PROG} forward"
 
@@ -124,6 +125,7 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     except OSError as exc:
         raise CommandError(f"cannot open the tunnel: {why(exc)}") from None
     forwards: list[Forward] = []
+    ops: _ops.Ops | None = None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
@@ -140,6 +142,7 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
                 raise CommandError(f"{forward.spec}: cannot listen: {why(exc)}") from None
             forwards.append(forward)
             _log(f"{forward.spec}: listening on {forward.where}")
+        ops = await _ops.Ops.start(args, tunnel, lambda: forwards, say=_log)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
@@ -161,6 +164,8 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        if ops is not None:
+            await ops.close()
         for forward in forwards:
             await forward.close()
         await tunnel.close()
@@ -243,6 +248,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="at most N TCP connections open per forward; beyond it -R leaves them in the "
         f"stack's accept queue, -L refuses them (counted; default {DEFAULT_TCP_CONNECTIONS})",
     )
+    _ops.add_reresolve_arguments(parser)
+    _ops.add_metrics_arguments(parser)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -276,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--udp-flows must be at least 1")
     if args.max_connections < 1:
         raise CommandError("--max-connections must be at least 1")
+    _ops.check_ops_arguments(args)
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
     # What the forwards log about their connections goes where the status does.
@@ -286,8 +294,10 @@ def run(args: argparse.Namespace) -> int:
     runtime_log.addHandler(handler)
     runtime_log.setLevel(log_level(args, logging.INFO))
     runtime_log.propagate = False
+    undo_ops_log = _ops.log_to_stderr("forward")
     try:
         return asyncio.run(serve(args, specs))
     finally:
+        undo_ops_log()
         runtime_log.removeHandler(handler)
         runtime_log.level, runtime_log.propagate = saved

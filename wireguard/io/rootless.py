@@ -182,6 +182,7 @@ class RootlessTunnel(StackBinding, Lifecycle):
         self.tunnel = self.interface.tunnel
         self.tunnel.inside = self
         self._started = False
+        self.config: Config | None = None  # set by from_config
 
     @classmethod
     async def from_config(
@@ -199,7 +200,9 @@ class RootlessTunnel(StackBinding, Lifecycle):
         device = await device_from_config(config)
         options.setdefault("listen_port", config.interface.listen_port or 0)
         options.setdefault("mtu", config.interface.mtu)
-        return cls(device, config.interface.addresses, **options)
+        tunnel = cls(device, config.interface.addresses, **options)
+        tunnel.config = config  # what it was made of (endpoint names, for re-resolution)
+        return tunnel
 
     # --------------------------------------------------------------- lifetime
 
