@@ -271,6 +271,20 @@ class Dnsmasq:
 
 OLD, NEW = "192.168.77.10", "192.168.77.11"
 OLD_RE, NEW_RE = re.escape(OLD), re.escape(NEW)
+CHANGED = (
+    rf"endpoint peer-ops\.test:{PORT_B} now resolves to {NEW_RE}:{PORT_B} "
+    rf"\(was {OLD_RE}:{PORT_B}\)"
+)
+
+
+def move(s: Site, dns: Dnsmasq, veth: str) -> None:
+    """The peer's host moves: new record, new address, the old one gone,
+    its WireGuard restarted (not knowing our endpoint, it cannot roam us)."""
+    dns.set(NEW)
+    s.h.exec(s.h.b, "ip", "addr", "add", f"{NEW}/24", "dev", veth)
+    s.h.exec(s.h.b, "ip", "addr", "del", f"{OLD}/24", "dev", veth)
+    s.wg.stop()
+    s.start_peer()
 
 
 @pytest.mark.parametrize(
@@ -302,17 +316,8 @@ def test_the_tunnel_follows_its_peers_name_to_a_new_address(rule: list[str]) -> 
             assert f"{OLD}:{PORT_B}" in forwarder.output  # the status names the endpoint
             assert s.download() == s.sha
             mark = len(forwarder.lines)
-            # The move: new record, new address, the old one gone, WireGuard restarted.
-            dns.set(NEW)
-            s.h.exec(s.h.b, "ip", "addr", "add", f"{NEW}/24", "dev", veth)
-            s.h.exec(s.h.b, "ip", "addr", "del", f"{OLD}/24", "dev", veth)
-            s.wg.stop()
-            s.start_peer()
-            forwarder.wait_for(
-                rf"endpoint peer-ops\.test:{PORT_B} now resolves to "
-                rf"{NEW_RE}:{PORT_B} \(was {OLD_RE}:{PORT_B}\)",
-                timeout=90, after=mark,
-            )  # fmt: skip
+            move(s, dns, veth)
+            forwarder.wait_for(CHANGED, timeout=90, after=mark)
             assert s.download() == s.sha
             # wireguard-go (the new one) shook hands with us at our address
             dump = s.wg.wg("show", s.wg.name, "endpoints").split()
@@ -328,3 +333,43 @@ def test_the_tunnel_follows_its_peers_name_to_a_new_address(rule: list[str]) -> 
                 print("\n" + forwarder.output)
             dns.stop()
         assert not dns.netns_etc.exists()
+
+
+def test_up_follows_its_peers_name_to_a_new_address() -> None:
+    """The same with ``up`` (a TUN interface, the kernel's TCP in namespace A)."""
+    with site(f"peer-ops.test:{PORT_B}", b_knows_a=False) as s:
+        veth = f"vb{s.h.tag}"
+        s.h.exec(s.h.b, "ip", "addr", "add", f"{OLD}/24", "dev", veth)
+        dns = Dnsmasq(s)
+        name = f"pyo{s.h.tag}"
+        conf = s.workdir / f"{name}.conf"
+        conf.write_text(s.config.read_text())
+        conf.chmod(0o600)
+        log = s.workdir / f"{name}.log"
+        up = [sys.executable, "-m", "wireguard", "up", "--log", str(log)]
+        url = f"http://{TUN_B}:{HTTP_B}/file"
+        got = s.workdir / "got-up"
+        curl = shlex.join(["curl", "-sS", "--fail", "--noproxy", "*", "--max-time", "150",
+                           "-o", str(got), url])  # fmt: skip
+        try:
+            dns.start("peer-ops.test", OLD)
+            result = s.h.exec(s.h.a, *up, "--reresolve-after", "8", str(conf), check=False)
+            assert result.returncode == 0, result.stderr + (log.read_text() if log.exists() else "")
+            s.sh(curl, timeout=180)
+            assert hashlib.sha256(got.read_bytes()).hexdigest() == s.sha
+            move(s, dns, veth)
+            _wait(lambda: re.search(CHANGED, log.read_text()) is not None,
+                  "the re-resolution logged", timeout=90)  # fmt: skip
+            got.unlink()
+            s.sh(curl, timeout=180)
+            assert hashlib.sha256(got.read_bytes()).hexdigest() == s.sha
+            assert s.wg.latest_handshake() > 0
+            endpoints = subprocess.run(["wg", "show", name, "endpoints"], capture_output=True,
+                                       text=True, timeout=30).stdout.split()  # fmt: skip
+            assert endpoints[1] == f"{NEW}:{PORT_B}", endpoints
+        finally:
+            subprocess.run([sys.executable, "-m", "wireguard", "down", name],
+                           capture_output=True, timeout=60)  # fmt: skip
+            if log.exists():
+                print("\n" + log.read_text())
+            dns.stop()
