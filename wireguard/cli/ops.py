@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Config, ConfigError, load
 from ..errors import KeyFormatError
+from ..io import metricsserver, resolve
 from ..io.metricsserver import (
     DEFAULT_HEALTH_AGE,
     Collector,
@@ -121,7 +122,7 @@ def log_to_stderr(prefix: str) -> Callable[[], None]:
     lines; returns what undoes it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
-    loggers = [logging.getLogger(n) for n in ("wireguard.io.resolve", "wireguard.io.metricsserver")]
+    loggers = [resolve.log, metricsserver.log]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)

@@ -54,7 +54,7 @@ __all__ = [
     "rootless_collectors",
 ]
 
-log = logging.getLogger("wireguard.io.metricsserver")
+log = logging.getLogger(__name__)
 
 Collector = Callable[[], Iterable[Metric]]
 # A handshake younger than this means a session may be in use: keys are

@@ -145,7 +145,7 @@ REKEY_FAILED_AFTER = 135.0
 # at most this often (or every stale_after seconds, if that is shorter).
 STALE_RETRY = 30.0
 
-relog = logging.getLogger("wireguard.io.resolve")
+relog = log  # re-resolution: INFO for a change, WARNING for a failure
 
 
 class _Binding(Protocol):
