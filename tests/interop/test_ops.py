@@ -34,9 +34,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import need, need_tool
+from tests.conftest import IN_CI, need, need_tool
 from tests.interop.harness import UNDER_V4, Hosts, WireGuardGo, hosts
-from tests.interop.test_forward import Forwarder
+from tests.interop.test_forward import Forwarder, nobody_script
 from wireguard.keys import PrivateKey
 
 pytestmark = pytest.mark.interop
@@ -373,3 +373,146 @@ def test_up_follows_its_peers_name_to_a_new_address() -> None:
             if log.exists():
                 print("\n" + log.read_text())
             dns.stop()
+
+
+# ------------------------------------------------------- HTTP clients in-process
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def example(name: str) -> str:
+    """The runnable example of docs/operations.md marked ``<!-- example: NAME -->``."""
+    text = DOCS.read_text()
+    found = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)^```", text, re.S | re.M)
+    assert found, f"docs/operations.md has no example {name}"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("client", ["httpx", "aiohttp"])
+def test_docs_example_fetches_through_the_tunnel_as_nobody(client: str) -> None:
+    pytest.importorskip(client) if not IN_CI else __import__(client)
+    with site(f"{UNDER_V4[1]}:{PORT_B}", b_knows_a=False) as s:
+        script = s.workdir / f"fetch_{client}.py"
+        script.write_text(example(client))
+        script.chmod(0o644)
+        command = nobody_script(s.workdir, [str(script), str(s.config),
+                                            f"http://{TUN_B}:{HTTP_B}/file"])  # fmt: skip
+        result = subprocess.run(["ip", "netns", "exec", s.h.a, "sh", "-c", command],
+                                capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["200", s.sha], result.stdout + result.stderr
+        # and it was wireguard-go that carried it
+        their_tx = s.wg.wg("show", s.wg.name, "transfer").split()[2]
+        assert int(their_tx) > FILE_SIZE
+
+
+TLS_SERVER = r"""
+import http.server, ssl, sys
+handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=sys.argv[4])
+server = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[3])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def _certificate(path: Path, ip: str) -> None:
+    """A self-signed certificate for *ip* (key and certificate in one PEM file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )  # fmt: skip
+
+
+def test_https_through_the_tunnel_with_httpx_httpcore_and_aiohttp() -> None:
+    """TLS runs in the process over the stack's connection: a server with a
+    certificate the client is told to trust, and one it does not trust."""
+    import asyncio
+    import ssl
+
+    import aiohttp
+    import httpcore
+    import httpx
+
+    from tests.interop.harness import socket_in_netns
+    from wireguard.integrations.aiohttp import TunnelConnector
+    from wireguard.integrations.httpcore import TunnelBackend
+    from wireguard.integrations.httpx import TunnelTransport
+    from wireguard.io.rootless import RootlessTunnel
+
+    with site(f"{UNDER_V4[1]}:{PORT_B}", b_knows_a=False) as s:
+        pem = s.workdir / "tls.pem"
+        _certificate(pem, TUN_B)
+        s.spawn(s.h.b, sys.executable, "-c", TLS_SERVER, TUN_B, "8443", str(pem),
+                str(s.workdir / "www"))  # fmt: skip
+        url = f"https://{TUN_B}:8443/file"
+        trusted = ssl.create_default_context(cafile=str(pem))
+
+        async def main() -> None:
+            sock = socket_in_netns(s.h.a, port=PORT_A)
+            tunnel = await RootlessTunnel.from_config(s.config, sock=sock)
+            async with tunnel:
+                # the server may take a moment to listen: retry the first request
+                for attempt in range(30):
+                    try:
+                        async with httpx.AsyncClient(
+                            transport=TunnelTransport(tunnel, verify=trusted), timeout=60
+                        ) as client:
+                            response = await client.get(url)
+                        break
+                    except httpx.ConnectError:
+                        if attempt == 29:
+                            raise
+                        await asyncio.sleep(0.5)
+                assert response.status_code == 200
+                assert hashlib.sha256(response.content).hexdigest() == s.sha
+                async with httpcore.AsyncConnectionPool(
+                    ssl_context=trusted, network_backend=TunnelBackend(tunnel)
+                ) as pool:
+                    core = await pool.request("GET", url)
+                    assert hashlib.sha256(core.content).hexdigest() == s.sha
+                connector = TunnelConnector(tunnel, ssl=trusted)
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    async with session.get(url) as got:
+                        body = await got.read()
+                        assert got.status == 200
+                        assert hashlib.sha256(body).hexdigest() == s.sha
+                    # keep-alive: a second request on the pooled connection
+                    async with session.get(url) as got:
+                        assert hashlib.sha256(await got.read()).hexdigest() == s.sha
+                # an untrusted certificate is refused, with the reason
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    async with httpx.AsyncClient(transport=TunnelTransport(tunnel)) as client:
+                        await client.get(url)
+                with pytest.raises(aiohttp.ClientError):
+                    async with aiohttp.ClientSession(connector=TunnelConnector(tunnel)) as session:
+                        await session.get(url)
+                # outside every peer's AllowedIPs: at once, a clear error
+                with pytest.raises(httpx.ConnectError, match="AllowedIPs"):
+                    async with httpx.AsyncClient(transport=TunnelTransport(tunnel)) as client:
+                        await client.get("http://10.99.0.1/")
+
+        asyncio.run(main())
