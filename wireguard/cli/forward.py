@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     runtime_log.addHandler(handler)
     runtime_log.setLevel(log_level(args, logging.INFO))
     runtime_log.propagate = False
-    undo_ops_log = _ops.log_to_stderr("forward")
+    undo_ops_log = _ops.log_to_stderr("forward", log_level(args, logging.INFO))
     try:
         return asyncio.run(serve(args, specs))
     finally:

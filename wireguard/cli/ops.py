@@ -117,16 +117,16 @@ def interface_label(config_path: str | os.PathLike[str]) -> str:
     return base[:-5] if base.endswith(".conf") else base
 
 
-def log_to_stderr(prefix: str) -> Callable[[], None]:
-    """Send re-resolution and metrics-server records to stderr as *prefix*
-    lines; returns what undoes it."""
+def log_to_stderr(prefix: str, level: int = logging.INFO) -> Callable[[], None]:
+    """Send re-resolution and metrics-server records of *level* and above to
+    stderr as *prefix* lines; returns what undoes it."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
     loggers = [resolve.log, metricsserver.log]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+        lg.setLevel(level)
         lg.propagate = False
 
     def undo() -> None:
