@@ -101,9 +101,10 @@ v6_ints = near(V6_BASES, 128)
 
 
 @st.composite
-def networks(draw: st.DrawFn) -> tuple[Network, str | Network]:
+def networks(draw: st.DrawFn) -> tuple[Network, str | Network | tuple[bytes, int]]:
     """(the masked network, how it is given to the table: text with host bits
-    left in, or an ipaddress network)."""
+    left in, an ipaddress network, or (address bytes, length) for the
+    insert_packed/remove_packed fast path)."""
     if draw(st.booleans()):
         number, length = draw(v4_ints), draw(st.integers(0, 32))
         text = f"{IPv4Address(number)}/{length}"
@@ -111,7 +112,9 @@ def networks(draw: st.DrawFn) -> tuple[Network, str | Network]:
         number, length = draw(v6_ints), draw(st.integers(0, 128))
         text = f"{IPv6Address(number)}/{length}"
     network = ip_network(text, strict=False)
-    return network, draw(st.sampled_from([text, network]))
+    # The packed form keeps the host bits too: insert_packed masks them.
+    packed = (ipaddress.ip_address(text.split("/")[0]).packed, length)
+    return network, draw(st.sampled_from([text, network, packed]))
 
 
 addresses = st.one_of(v4_ints.map(IPv4Address), v6_ints.map(IPv6Address))
@@ -142,11 +145,18 @@ def test_matches_model(
     for op, network, peer in ops:
         if op == "insert":
             assert network is not None and peer is not None
-            table.insert(network[1], peer)
+            if isinstance(network[1], tuple):
+                table.insert_packed(*network[1], peer)
+            else:
+                table.insert(network[1], peer)
             model.insert(network[0], peer)
         elif op == "remove":
             assert network is not None
-            assert table.remove(network[1], peer) == model.remove(network[0], peer)
+            if isinstance(network[1], tuple):
+                removed = table.remove_packed(*network[1], peer)
+            else:
+                removed = table.remove(network[1], peer)
+            assert removed == model.remove(network[0], peer)
         else:
             assert peer is not None
             assert table.remove_value(peer) == model.remove_value(peer)
@@ -160,6 +170,10 @@ def test_matches_model(
             assert table.lookup(as_input(address, form)) is model.lookup(address)
     for peer in PEERS:
         assert table.entries_for(peer) == model.entries_for(peer)
+        assert list(table.iter_packed_for(peer)) == [
+            (net.max_prefixlen, int(net.network_address), net.prefixlen)
+            for net in model.entries_for(peer)
+        ]
     assert sorted((str(net), id(peer)) for net, peer in table) == sorted(
         (str(net), id(peer)) for net, peer in model.entries
     )

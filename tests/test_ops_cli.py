@@ -95,3 +95,32 @@ def test_a_rootless_tunnels_metrics_parse(config):
         assert families["wireguard_forward_active"].type == "gauge"
 
     asyncio.run(main_())
+
+
+def test_proxy_takes_the_options_and_its_counters_are_served(config):
+    from wireguard.io.proxy import start_socks5
+
+    assert main(["proxy", str(config), "--socks5", "0", "--metrics", "bad"]) == 1
+
+    async def main_() -> None:
+        tunnel = await RootlessTunnel.from_config(config, listen_port=0, host="127.0.0.1")
+        async with tunnel:
+            socks = await start_socks5(tunnel, "127.0.0.1", 0)
+            args = argparse.Namespace(
+                config=str(config), metrics="127.0.0.1:0", healthz_max_age=180.0,
+                healthz_peer=None, reresolve_after=0.0, reresolve_interval=0.0,
+            )  # fmt: skip
+            ops = await Ops.start(args, tunnel, lambda: [socks], say=lambda _: None)
+            try:
+                assert ops.server is not None
+                port = ops.server.addresses[0][1]
+                text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            finally:
+                await ops.close()
+                await socks.close()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        (sample,) = families["wireguard_proxy_active"].samples
+        assert sample.labels["kind"] == "socks5" and sample.labels["proxy"].startswith("--socks5")
+        assert "wireguard_proxy_total" in families and "wireguard_forward_total" not in families
+
+    asyncio.run(main_())

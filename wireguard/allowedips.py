@@ -38,13 +38,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-# Each prefix is also remembered per value as a (key, code) pair: the same int
-# object as the table's key, and a small int naming the family and length
+# Each prefix is also remembered per value, as one int, its tag: the table key
+# shifted left by 8 bits, or'ed with a small int naming the family and length
 # (v4: code = prefix length 0..32; v6: code = 33 + prefix length, 33..161).
-# Python caches ints up to 256, so the code costs no object of its own.
+# A value with one prefix (a server's client, most of the time) keeps just
+# that tag; with more, a dict of tags (to None), which is ordered and moves
+# a tag to its end in O(1): a peer with 100,000 prefixes is re-given one as
+# cheaply as a peer with one.
 _V6_CODE = 33
+_CODE_BITS = 8
+_CODE_MASK = (1 << _CODE_BITS) - 1
 _MISS = object()
 _CACHE_MAX = 4096
+
+Tags = int | dict[int, None]
 
 
 class _Family:
@@ -80,9 +87,10 @@ class AllowedIPs(Generic[V]):
     def __init__(self) -> None:
         self._v4 = _Family(32)
         self._v6 = _Family(128)
-        # id(value) -> (value, [key, code, key, code, ...]) in insertion order;
-        # holding the value keeps its id from being reused while it is here.
-        self._by_value: dict[int, tuple[V, list[int]]] = {}
+        # id(value) -> its tags (see above), in insertion order. A value is
+        # here only while it has a prefix, so the tables hold it, and its id
+        # cannot be reused while it is here.
+        self._by_value: dict[int, Tags] = {}
         self._count = 0
         # address bytes -> result: a flow sends many packets to one address, so
         # most lookups are one dict probe. Any change to the table clears it.
@@ -137,25 +145,46 @@ class AllowedIPs(Generic[V]):
         kernel's ``list_move_tail`` in allowedips.c and wireguard-go's
         ``insert`` do.
         """
+        family, length, key, code = self._parse_network(network)
+        self._insert(family, length, key, code, value)
+
+    def insert_packed(self, address: bytes, length: int, value: V) -> None:
+        """:meth:`insert` of the prefix ``address/length``, the address as its
+        4 or 16 bytes (what ``socket.inet_pton`` gives): the fast way for a
+        caller that parsed the prefix itself (the UAPI's ``allowed_ip=``)."""
+        family, length, key, code = self._packed(address, length)
+        self._insert(family, length, key, code, value)
+
+    def _insert(self, family: _Family, length: int, key: int, code: int, value: V) -> None:
         if value is None:
             raise LocalProtocolError("None cannot be routed to: it means 'no match'")
-        family, length, key, code = self._parse_network(network)
         self._cache.clear()
         table = family.tables.get(length)
         if table is None:
             table = family.tables[length] = {}
             family.rescan()
+        tag = key << _CODE_BITS | code
         old = table.get(key)
+        table[key] = value
+        by_value = self._by_value
         if old is None:
             self._count += 1
+        elif old is not value:
+            self._forget(old, tag)
         else:
-            self._forget(old, key, code)
-        table[key] = value
-        record = self._by_value.get(id(value))
-        if record is None:
-            self._by_value[id(value)] = (value, [key, code])
+            # Its own prefix again: to the end of its list.
+            tags = by_value[id(value)]
+            if tags.__class__ is dict:
+                del tags[tag]
+                tags[tag] = None
+            return
+        held = by_value.get(id(value))
+        if held is None:
+            by_value[id(value)] = tag
+        elif held.__class__ is dict:
+            held[tag] = None
         else:
-            record[1].extend((key, code))
+            by_value[id(value)] = {held: None, tag: None}  # type: ignore[dict-item]
 
     def remove(self, network: str | Network, value: V | None = None) -> bool:
         """Remove the exact prefix ``network`` (host bits masked off).
@@ -164,7 +193,14 @@ class AllowedIPs(Generic[V]):
         ``wg set ... allowed-ips -10.0.0.0/24`` removes a prefix from one peer
         only. Returns whether something was removed.
         """
-        family, length, key, code = self._parse_network(network)
+        return self._remove(*self._parse_network(network), value)
+
+    def remove_packed(self, address: bytes, length: int, value: V | None = None) -> bool:
+        """:meth:`remove` of the prefix ``address/length`` given as for
+        :meth:`insert_packed`."""
+        return self._remove(*self._packed(address, length), value)
+
+    def _remove(self, family: _Family, length: int, key: int, code: int, value: V | None) -> bool:
         self._cache.clear()
         table = family.tables.get(length)
         if table is None:
@@ -176,27 +212,29 @@ class AllowedIPs(Generic[V]):
         if not table:
             del family.tables[length]
             family.rescan()
-        self._forget(old, key, code)
+        self._forget(old, key << _CODE_BITS | code)
         self._count -= 1
         return True
 
     def remove_value(self, value: V) -> int:
         """Remove every prefix of ``value`` (a peer being removed, or its
         allowed IPs being replaced). Returns how many were removed."""
-        record = self._by_value.pop(id(value), None)
-        if record is None:
+        tags = self._by_value.pop(id(value), None)
+        if tags is None:
             return 0
         self._cache.clear()
-        pairs = record[1]
-        for index in range(0, len(pairs), 2):
-            key, code = pairs[index], pairs[index + 1]
-            family, length = self._family_of(code)
+        if tags.__class__ is int:
+            tags = (tags,)  # type: ignore[assignment]
+        v4, v6 = self._v4, self._v6
+        for tag in tags:  # type: ignore[union-attr]
+            code = tag & _CODE_MASK
+            family, length = (v4, code) if code < _V6_CODE else (v6, code - _V6_CODE)
             table = family.tables[length]
-            del table[key]
+            del table[tag >> _CODE_BITS]
             if not table:
                 del family.tables[length]
                 family.rescan()
-        removed = len(pairs) // 2
+        removed = len(tags)  # type: ignore[arg-type]
         self._count -= removed
         return removed
 
@@ -213,24 +251,31 @@ class AllowedIPs(Generic[V]):
     def entries_for(self, value: V) -> list[Network]:
         """The prefixes of ``value``, in the order they were given to it (what
         ``wg show allowed-ips`` and the UAPI ``get=1`` list for a peer)."""
-        record = self._by_value.get(id(value))
-        if record is None:
-            return []
-        pairs = record[1]
-        return [self._network(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
+        return list(self.iter_entries_for(value))
 
     def iter_entries_for(self, value: V) -> Iterator[Network]:
         """:meth:`entries_for` one prefix at a time, from a copy of the list
         taken when iteration starts: a listing of a value with very many
         prefixes can be handed out in slices, each slice making only its own
         objects."""
-        record = self._by_value.get(id(value))
-        if record is None:
-            return
-        pairs = list(record[1])
         network = self._network
-        for i in range(0, len(pairs), 2):
-            yield network(pairs[i], pairs[i + 1])
+        for bits, number, length in self.iter_packed_for(value):
+            yield network(bits, number, length)
+
+    def iter_packed_for(self, value: V) -> Iterator[tuple[int, int, int]]:
+        """:meth:`iter_entries_for` as (32 or 128, the network address as an
+        int, prefix length) triples, without making ``ipaddress`` objects."""
+        tags = self._by_value.get(id(value))
+        if tags is None:
+            return
+        for tag in (tags,) if tags.__class__ is int else list(tags):  # type: ignore[arg-type]
+            code = tag & _CODE_MASK
+            key = tag >> _CODE_BITS
+            if code < _V6_CODE:
+                yield 32, key << (32 - code), code
+            else:
+                length = code - _V6_CODE
+                yield 128, key << (128 - length), length
 
     def __len__(self) -> int:
         return self._count
@@ -238,37 +283,53 @@ class AllowedIPs(Generic[V]):
     def __iter__(self) -> Iterator[tuple[Network, V]]:
         """Every (prefix, value), grouped by value in the order values first got
         a prefix, each value's prefixes as in :meth:`entries_for`."""
-        for value, pairs in list(self._by_value.values()):
-            for index in range(0, len(pairs), 2):
-                yield self._network(pairs[index], pairs[index + 1]), value
+        for tags in list(self._by_value.values()):
+            first = tags if isinstance(tags, int) else next(iter(tags))
+            value = self._owner(first)
+            for net in self.iter_entries_for(value):
+                yield net, value
 
     def __repr__(self) -> str:
         return f"<AllowedIPs {self._count} prefixes, {len(self._by_value)} values>"
 
     # -- helpers -----------------------------------------------------------------
 
-    def _forget(self, value: object, key: int, code: int) -> None:
-        """Drop (key, code) from ``value``'s list of prefixes."""
-        record = self._by_value[id(value)]
-        pairs = record[1]
-        # Keys of different lengths may be equal ints, so match the pair.
-        for index in range(0, len(pairs), 2):
-            if pairs[index + 1] == code and pairs[index] == key:
-                del pairs[index : index + 2]
-                break
-        if not pairs:
-            del self._by_value[id(value)]
+    def _forget(self, value: object, tag: int) -> None:
+        """Drop *tag* from ``value``'s prefixes."""
+        by_value = self._by_value
+        tags = by_value[id(value)]
+        if tags.__class__ is int:
+            del by_value[id(value)]
+            return
+        del tags[tag]  # type: ignore[union-attr]
+        if not tags:
+            del by_value[id(value)]
 
-    def _family_of(self, code: int) -> tuple[_Family, int]:
-        if code < _V6_CODE:
-            return self._v4, code
-        return self._v6, code - _V6_CODE
+    def _owner(self, tag: int) -> V:
+        """The value that has the prefix *tag*."""
+        code = tag & _CODE_MASK
+        family, length = (self._v4, code) if code < _V6_CODE else (self._v6, code - _V6_CODE)
+        return family.tables[length][tag >> _CODE_BITS]  # type: ignore[return-value]
 
-    def _network(self, key: int, code: int) -> Network:
-        if code < _V6_CODE:
-            return ipaddress.IPv4Network((key << (32 - code), code))
-        length = code - _V6_CODE
-        return ipaddress.IPv6Network((key << (128 - length), length))
+    @staticmethod
+    def _network(bits: int, number: int, length: int) -> Network:
+        if bits == 32:
+            return ipaddress.IPv4Network((number, length))
+        return ipaddress.IPv6Network((number, length))
+
+    def _packed(self, address: bytes, length: int) -> tuple[_Family, int, int, int]:
+        """(family, prefix length, table key, code) for ``address/length``."""
+        size = len(address)
+        if size == 4:
+            family, code_base = self._v4, 0
+        elif size == 16:
+            family, code_base = self._v6, _V6_CODE
+        else:
+            raise AddressFormatError(f"an address is 4 or 16 bytes, got {size}")
+        bits = family.bits
+        if length.__class__ is not int or not 0 <= length <= bits:
+            raise AddressFormatError(f"bad prefix length for a {bits}-bit address: {length!r}")
+        return family, length, int.from_bytes(address) >> (bits - length), code_base + length
 
     def _parse_network(self, network: str | Network) -> tuple[_Family, int, int, int]:
         """(family, prefix length, table key, code) for a prefix."""

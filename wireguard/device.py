@@ -249,6 +249,8 @@ class Device:
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
         # When to wake up for which peer: a lazy heap (wireguard.timerheap).
         self._timer_heap: TimerHeap[Peer] = TimerHeap()
+        # One bound method for every peer's timers to report deadlines to.
+        self._schedule = self._timer_heap.schedule
         self._handshake_window_start = 0.0
         self._handshakes_in_window = 0
         self._last_under_load: float | None = None
@@ -328,7 +330,7 @@ class Device:
             if public_key == self.public_key:
                 raise ValueError("a peer cannot have the interface's own public key")
             static = self._static_static(public_key)
-            peer = Peer(public_key, static, notify=self._timer_heap.schedule)
+            peer = Peer(public_key, static, notify=self._schedule)
             self.peers[public_key] = peer
         if preshared_key is not None:
             peer.preshared_key = preshared_key

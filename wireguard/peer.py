@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 from .address import Address
@@ -26,6 +25,9 @@ from .timers import PeerTimers
 if TYPE_CHECKING:
     from .noise import Initiator
 
+# No initiation seen yet: every TAI64N timestamp is later. One object shared by
+# all peers (bytes are immutable; each peer's is replaced, never changed).
+_NO_TIMESTAMP = bytes(12)
 
 
 @dataclass(slots=True)
@@ -38,10 +40,16 @@ class PendingHandshake:
 
 
 class Peer:
-    """A configured peer. Mutated only by the :class:`~wireguard.device.Device`."""
+    """A configured peer. Mutated only by the :class:`~wireguard.device.Device`.
+
+    A server may configure tens of thousands of peers and hear from few of
+    them, so what only a handshake needs is made at the first handshake: the
+    :attr:`cookies` (mac1 and cookie keys, two hashes) and the staging queue.
+    """
 
     __slots__ = (
-        "cookies",
+        "_cookies",
+        "_notify",
         "current",
         "endpoint",
         "handshake",
@@ -76,20 +84,32 @@ class Peer:
         self.static_static = static_static
         self.preshared_key = preshared_key
         self.endpoint = endpoint
-        self.cookies = CookieGenerator(public_key.raw)
+        self._cookies: CookieGenerator | None = None  # made on first use
         # *notify* hears of each timer deadline as it is set (with this peer).
-        self.timers = PeerTimers(persistent_keepalive, partial(notify, self) if notify else None)
+        self._notify = notify
+        self.timers = PeerTimers(persistent_keepalive, self._deadline if notify else None)
         self.handshake: PendingHandshake | None = None
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
         self.next: Keypair | None = None
         self.staged: deque[bytes] | None = None  # made on first use: peers are many
-        self.latest_timestamp = bytes(12)
+        self.latest_timestamp = _NO_TIMESTAMP
         self.last_initiation_consumed: float | None = None
         self.last_sent_handshake: float | None = None
         self.last_handshake: float | None = None  # completion time, for `wg show`
         self.rx_bytes = 0
         self.tx_bytes = 0
+
+    @property
+    def cookies(self) -> CookieGenerator:
+        """mac1/mac2 of what we send this peer, and its cookie replies."""
+        cookies = self._cookies
+        if cookies is None:
+            cookies = self._cookies = CookieGenerator(self.public_key.raw)
+        return cookies
+
+    def _deadline(self, when: float) -> None:
+        self._notify(self, when)  # type: ignore[misc]
 
     @property
     def psk(self) -> bytes:

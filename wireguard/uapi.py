@@ -39,6 +39,7 @@ import errno
 import ipaddress
 import math
 import re
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -60,8 +61,10 @@ __all__ = [
     "SetRequest",
     "UAPIConnection",
     "UAPIError",
+    "format_allowed_ip",
     "format_endpoint",
     "parse_allowed_ip",
+    "parse_allowed_ip_packed",
     "parse_endpoint",
 ]
 
@@ -87,6 +90,11 @@ ALLOWED_IPS_PER_STEP = 1024
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"[0-9]+")
 _PREFIX_BITS = re.compile(r"0|[1-9][0-9]{0,2}")
+# The prefix lengths as netip.ParsePrefix takes them: no sign, no leading zero.
+_LENGTHS = {str(n): n for n in range(129)}
+_inet_pton, _inet_ntop = socket.inet_pton, socket.inet_ntop
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_ZEROS_10 = bytes(10)
 
 
 class UAPIError(LocalProtocolError):
@@ -170,6 +178,26 @@ def parse_endpoint(value: str) -> Address:
     UDP binding reports sources in. Host names are refused: ``wg`` resolves
     them before it sends the request."""
     host, sep, port = value.rpartition(":")
+    if sep and host and port and _DIGITS.fullmatch(port) and len(port) <= 5:
+        # The usual form, read by inet_pton; anything else (and an IPv6
+        # address whose first five groups are zero: mapped, compatible) as
+        # _parse_endpoint_ipaddress reads it.
+        number = int(port)
+        try:
+            if host[0] == "[" and host[-1] == "]":
+                packed = _inet_pton(_AF_INET6, host[1:-1])
+                if number < 65536 and packed[:10] != _ZEROS_10:
+                    return _inet_ntop(_AF_INET6, packed), number
+            elif number < 65536:
+                return _inet_ntop(_AF_INET, _inet_pton(_AF_INET, host)), number
+        except (OSError, ValueError):
+            pass
+    return _parse_endpoint_ipaddress(value)
+
+
+def _parse_endpoint_ipaddress(value: str) -> Address:
+    """:func:`parse_endpoint` with the ``ipaddress`` module."""
+    host, sep, port = value.rpartition(":")
     if not sep or not host or not port:
         raise UAPIError(IPC_ERROR_INVALID, f"endpoint is not ip:port: {_shown(value)}")
     bracketed = host[0] == "["
@@ -192,9 +220,24 @@ def format_endpoint(endpoint: Address) -> str:
     """``host:port``, with an IPv6 host in brackets (Go's AddrPort.String);
     the local address of a binding's endpoint is not part of it."""
     host, port = endpoint[0], endpoint[1]
-    with contextlib.suppress(ValueError):  # not a literal: print what the binding stored
-        host = _format_ip(ipaddress.ip_address(host))
+    if not _is_canonical(host):
+        with contextlib.suppress(ValueError):  # not a literal: print what the binding stored
+            host = _format_ip(ipaddress.ip_address(host))
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_canonical(host: str) -> bool:
+    """Whether *host* is already an address as :func:`_format_ip` writes it
+    (the usual case: parse_endpoint and the binding store that form), read
+    by inet_pton and written back by inet_ntop, which agree with it except
+    where the first five groups of an IPv6 address are zero."""
+    try:
+        if ":" in host:
+            packed = _inet_pton(_AF_INET6, host)
+            return packed[:10] != _ZEROS_10 and _inet_ntop(_AF_INET6, packed) == host
+        return _inet_ntop(_AF_INET, _inet_pton(_AF_INET, host)) == host
+    except (OSError, ValueError):
+        return False
 
 
 def parse_allowed_ip(value: str) -> Network:
@@ -211,6 +254,42 @@ def parse_allowed_ip(value: str) -> Network:
     if not _PREFIX_BITS.fullmatch(bits_text) or int(bits_text) > address.max_prefixlen:
         raise UAPIError(IPC_ERROR_INVALID, f"bad prefix length in allowed_ip: {_shown(value)}")
     return ipaddress.ip_network((address, int(bits_text)), strict=False)
+
+
+def parse_allowed_ip_packed(value: str) -> tuple[bytes, int]:
+    """:func:`parse_allowed_ip` as (the address's 4 or 16 bytes, prefix
+    length), host bits left in, for :meth:`AllowedIPs.insert_packed`. A
+    prefix in the usual form is read by ``inet_pton`` (as strict as netip:
+    no leading zeros in IPv4, no zone); anything else goes to
+    :func:`parse_allowed_ip`, which accepts or refuses it as before."""
+    address_text, _, bits_text = value.rpartition("/")
+    length = _LENGTHS.get(bits_text)
+    if length is not None:
+        try:
+            if ":" in address_text:
+                packed = _inet_pton(_AF_INET6, address_text)
+            elif length <= 32:
+                packed = _inet_pton(_AF_INET, address_text)
+            else:
+                packed = b""
+        except (OSError, ValueError):  # UnicodeError, NUL: ValueError too
+            packed = b""
+        if packed:
+            return packed, length
+    network = parse_allowed_ip(value)
+    return network.network_address.packed, network.prefixlen
+
+
+def format_allowed_ip(bits: int, address: int, length: int) -> str:
+    """``address/length`` as wireguard-go's get writes it (netip's
+    Prefix.String), from :meth:`AllowedIPs.iter_packed_for`'s triple."""
+    if bits == 32:
+        return f"{_inet_ntop(_AF_INET, address.to_bytes(4))}/{length}"
+    if address >> 80:
+        # Not within ::ffff:0:0/96 and the like: no dotted quad in either,
+        # and inet_ntop compresses zeros as netip does (RFC 5952).
+        return f"{_inet_ntop(_AF_INET6, address.to_bytes(16))}/{length}"
+    return f"{_format_ip(ipaddress.IPv6Address(address))}/{length}"
 
 
 # --- set requests ------------------------------------------------------------------
@@ -259,6 +338,10 @@ class SetRequest:
         before it stay applied)."""
         uapi = self._uapi
         key, sep, value = line.partition("=")
+        if key == "allowed_ip" and sep and self._in_peer:
+            # The line a big configuration is made of, first and short.
+            uapi._allowed_ip(self._section, value)  # type: ignore[arg-type]
+            return
         if not sep:
             raise UAPIError(IPC_ERROR_PROTOCOL, f"failed to parse line {_shown(line)}")
         if key == "public_key":
@@ -368,13 +451,13 @@ class UAPI:
         if device.fwmark:
             lines.append(f"fwmark={device.fwmark}")
         peers = list(device.peers.values())
-        entries = device.allowed_ips.iter_entries_for
+        entries = device.allowed_ips.iter_packed_for
         for start in range(0, len(peers), peers_per_chunk):
             budget = ALLOWED_IPS_PER_STEP
             for peer in peers[start : start + peers_per_chunk]:
                 self._peer_lines(peer, lines)
-                for net in entries(peer):
-                    lines.append(f"allowed_ip={_format_ip(net.network_address)}/{net.prefixlen}")
+                for bits, address, length in entries(peer):
+                    lines.append(f"allowed_ip={format_allowed_ip(bits, address, length)}")
                     budget -= 1
                     if budget <= 0:
                         yield "".join(f"{line}\n" for line in lines)
@@ -518,22 +601,25 @@ class UAPI:
             if peer is not None:
                 device.allowed_ips.remove_value(peer)
         elif key == "allowed_ip":
-            # "-PREFIX" removes that one prefix, if this peer has it (exactly
-            # that prefix, host bits masked off); as `wg set ... allowed-ips
-            # -10.0.0.0/24` sends it.
-            remove = value.startswith("-")
-            network = parse_allowed_ip(value[1:] if remove else value)
-            if peer is None:
-                return
-            if remove:
-                device.allowed_ips.remove(network, peer)
-            else:
-                device.allowed_ips.insert(network, peer)
+            self._allowed_ip(section, value)
         elif key == "protocol_version":
             if value != "1":
                 raise UAPIError(IPC_ERROR_INVALID, f"invalid protocol version: {_shown(value)}")
         else:
             raise UAPIError(IPC_ERROR_INVALID, f"invalid UAPI peer key: {_shown(key)}")
+
+    def _allowed_ip(self, section: _PeerSection, value: str) -> None:
+        # "-PREFIX" removes that one prefix, if this peer has it (exactly
+        # that prefix, host bits masked off); as `wg set ... allowed-ips
+        # -10.0.0.0/24` sends it.
+        if value[:1] == "-":
+            packed, length = parse_allowed_ip_packed(value[1:])
+            if section.peer is not None:
+                self.device.allowed_ips.remove_packed(packed, length, section.peer)
+            return
+        packed, length = parse_allowed_ip_packed(value)
+        if section.peer is not None:
+            self.device.allowed_ips.insert_packed(packed, length, section.peer)
 
     def _finish(self, section: _PeerSection | None, now: float, effects: Effects) -> None:
         """End of a peer section (wireguard-go's handlePostConfig)."""
@@ -643,6 +729,10 @@ class UAPIConnection:
             return chunk.encode("utf-8", "surrogateescape")
         buffer = self._buffer
         budget = LINES_PER_STEP
+        if self._state is _State.SET:
+            budget, answer = self._set_lines(budget)
+            if answer is not None:
+                return answer
         while budget > 0:
             budget -= 1
             if self._state is _State.GET:
@@ -708,6 +798,43 @@ class UAPIConnection:
                 out = self._end_set()
         self._close()
         return out
+
+    def _set_lines(self, budget: int) -> tuple[int, bytes | None]:
+        """The common run of a set's lines (what a big configuration is
+        made of): complete, non-blank, at most MAX_LINE long, applied one
+        after the other without the general loop's state checks, the
+        buffer cut once at the end. Stops at whatever else comes (a blank
+        line, a long or incomplete one), for the general loop, or at a bad
+        line, with its answer. Returns the budget left and that answer."""
+        assert self._set is not None
+        buffer = self._buffer
+        apply = self._set.line
+        find = buffer.find
+        pos = 0
+        try:
+            while budget > 0:
+                end = find(b"\n", pos)
+                if end <= pos or end - pos > MAX_LINE:
+                    break  # none, blank or too long: the general loop's
+                line = buffer[pos:end]
+                if line[-1] == 0x0D:  # bufio.ScanLines drops one "\r" too
+                    if end - pos == 1:
+                        break  # "\r" alone is a blank line
+                    line = line[:-1]
+                budget -= 1
+                if line.startswith(b"public_key="):
+                    budget -= PEER_LINE_COST - 1
+                pos = end + 1
+                try:
+                    apply(line.decode("utf-8", "surrogateescape"))
+                except UAPIError as exc:
+                    answer = self._set.abort(exc)
+                    self._set = None
+                    self._state = _State.SKIP
+                    return budget, answer.encode()
+        finally:
+            del buffer[:pos]
+        return budget, None
 
     def _set_line(self, line: bytes) -> bytes | None:
         """Apply one line of the set; on a bad line, its answer."""

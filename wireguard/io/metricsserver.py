@@ -386,9 +386,11 @@ def rootless_collectors(
     """The collectors of a rootless tunnel named *interface*: its device
     (per-peer, as prometheus_wireguard_exporter, with ``remote_ip`` and
     ``remote_port`` unless *remote* is false), its stack, what it did not pass
-    on, the forwards *forwards* returns (objects with ``spec`` and
-    ``counters``, as :class:`~wireguard.io.forward.Forward`) and the
-    endpoint re-resolver's counters."""
+    on, the forwards and proxies *forwards* returns (objects with ``spec`` and
+    ``counters``: a :class:`~wireguard.io.forward.Forward` gives
+    ``wireguard_forward_*{forward,proto}``, a proxy of :mod:`wireguard.io.proxy`
+    ``wireguard_proxy_*{proxy,kind}`` and ``wireguard_proxy_refusals_total{reason}``)
+    and the endpoint re-resolver's counters."""
     where = [("interface", interface)]
 
     def device() -> list[Metric]:
@@ -423,21 +425,34 @@ def rootless_collectors(
         return out
 
     def forward() -> list[Metric]:
-        rows = []
-        for f in forwards() if forwards is not None else ():
-            labels = [*where, ("forward", str(f.spec)), ("proto", f.spec.proto)]
-            rows.append((labels, f.counters))
-        return counter_metrics(
-            "wireguard_forward",
-            rows,
-            gauges={"active"},
-            helps={
-                "active": "Open connections (TCP) or live flows (UDP) of the forward",
-                "total": "Connections or flows the forward has had",
-                "to_tunnel": "Bytes carried into the tunnel",
-                "from_tunnel": "Bytes carried out of the tunnel",
-            },
+        rows, proxy_rows = [], []
+        refusals = Metric(
+            "wireguard_proxy_refusals_total", "counter", "Proxy clients refused or lost, by reason"
         )
+        for f in forwards() if forwards is not None else ():
+            proto = getattr(f.spec, "proto", None)
+            if proto is not None:  # a -L/-R forward
+                labels = [*where, ("forward", str(f.spec)), ("proto", proto)]
+                rows.append((labels, f.counters))
+                continue
+            # a proxy (wireguard.io.proxy): its counters, and its refusals by reason
+            labels = [*where, ("proxy", str(f.spec)), ("kind", str(f.spec.kind))]
+            proxy_rows.append((labels, f.counters))
+            for reason, count in sorted(getattr(f.counters, "refusals", {}).items()):
+                refusals.add(count, [*labels, ("reason", str(reason))])
+        helps = {
+            "active": "Open connections (TCP) or live flows (UDP), or connected clients",
+            "total": "Connections, flows or clients so far",
+            "to_tunnel": "Bytes carried into the tunnel",
+            "from_tunnel": "Bytes carried out of the tunnel",
+        }
+        out = counter_metrics("wireguard_forward", rows, gauges={"active"}, helps=helps)
+        out += counter_metrics(
+            "wireguard_proxy", proxy_rows, gauges={"active", "relaying"}, helps=helps
+        )
+        if refusals.samples:
+            out.append(refusals)
+        return out
 
     def resolution() -> list[Metric]:
         if reresolver is None:
