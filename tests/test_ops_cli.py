@@ -122,5 +122,7 @@ def test_proxy_takes_the_options_and_its_counters_are_served(config):
         (sample,) = families["wireguard_proxy_active"].samples
         assert sample.labels["kind"] == "socks5" and sample.labels["proxy"].startswith("--socks5")
         assert "wireguard_proxy_total" in families and "wireguard_forward_total" not in families
+        # the tunnel's resolver: no DNS = line, so no lookups yet, and no families
+        assert not [name for name in families if name.startswith("wireguard_dns_")]
 
     asyncio.run(main_())

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -386,7 +387,8 @@ def rootless_collectors(
     """The collectors of a rootless tunnel named *interface*: its device
     (per-peer, as prometheus_wireguard_exporter, with ``remote_ip`` and
     ``remote_port`` unless *remote* is false), its stack, what it did not pass
-    on, the forwards and proxies *forwards* returns (objects with ``spec`` and
+    on, the tunnel's name resolver (``wireguard_dns_<counter>_total``), the
+    forwards and proxies *forwards* returns (objects with ``spec`` and
     ``counters``: a :class:`~wireguard.io.forward.Forward` gives
     ``wireguard_forward_*{forward,proto}``, a proxy of :mod:`wireguard.io.proxy`
     ``wireguard_proxy_*{proxy,kind}`` and ``wireguard_proxy_refusals_total{reason}``)
@@ -459,4 +461,20 @@ def rootless_collectors(
             return []
         return counter_metrics("wireguard_endpoint_resolution", [(where, reresolver.counters)])
 
-    return [device, stack, forward, resolution]
+    def dns() -> list[Metric]:
+        # the tunnel's resolver (names through the tunnel: wireguard.io.names'
+        # TunnelResolver.stats):
+        # one family per counter it keeps, whatever they are
+        names = getattr(tunnel, "names", None)
+        stats = getattr(names, "stats", None) or {}
+        if callable(stats):
+            stats = stats()
+        out = []
+        for key, value in sorted(stats.items()):
+            name = "wireguard_dns_" + re.sub(r"[^a-zA-Z0-9_]", "_", key) + "_total"
+            metric = Metric(name, "counter", f"Name lookups through the tunnel: {key}")
+            metric.add(value, where)
+            out.append(metric)
+        return out
+
+    return [device, stack, forward, resolution, dns]
