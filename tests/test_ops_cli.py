@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.test_proxy import dnsmasq  # noqa: F401 - the fixture
 from wireguard.cli import main
 from wireguard.cli.ops import Ops
 from wireguard.io.forward import ForwardOptions, make_forward, parse_forward
@@ -126,3 +127,24 @@ def test_proxy_takes_the_options_and_its_counters_are_served(config):
         assert not [name for name in families if name.startswith("wireguard_dns_")]
 
     asyncio.run(main_())
+
+
+def test_the_tunnels_dns_counters_are_metrics(dnsmasq):  # noqa: F811 - the fixture
+    """Names resolved through the tunnel by dnsmasq (tests/test_proxy.py's
+    world): the resolver's own counters come out as wireguard_dns_*."""
+    from tests.test_proxy import run as run_world
+    from tests.test_proxy import world
+    from wireguard.io.metricsserver import rootless_collectors
+    from wireguard.metrics import render
+
+    async def body() -> None:
+        async with world(dnsmasq) as w:
+            await w.a.resolve("b.test")
+            text = render([m for c in rootless_collectors(w.a, "wgt") for m in c()])
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            assert w.resolver is not None
+            queries = w.resolver.stats["queries"]
+            assert queries >= 2
+            assert families["wireguard_dns_queries"].samples[0].value == queries
+
+    run_world(body)
