@@ -20,15 +20,21 @@ latest handshake, 0 for never, as ``wg show dump`` prints it), each labelled
 commas, ``(none)`` when it has none) and, when asked, ``remote_ip`` and
 ``remote_port``; and ``wireguard_peers_total{interface}``. This module adds
 ``wireguard_dropped_total{interface,reason}`` from :attr:`Device.drops`.
+
+:func:`counter_metrics` turns rows of dataclass counters (the netstack's
+:class:`~wireguard.netstack.NetStackStats`, a forward's counters, the
+endpoint re-resolver's) into one family per field, so a binding exposes new
+counters without code here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import LocalProtocolError
 
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_TYPE",
     "Metric",
+    "counter_metrics",
     "device_metrics",
     "escape_label_value",
     "healthy",
@@ -174,3 +181,31 @@ def healthy(device: Device, now: float, max_age: float, peer: PublicKey | None =
     return any(
         p.last_handshake is not None and now - p.last_handshake < max_age for p in candidates
     )
+
+
+def counter_metrics(
+    prefix: str,
+    rows: Iterable[tuple[Mapping[str, str] | Sequence[tuple[str, str]], Any]],
+    *,
+    gauges: Collection[str] = (),
+    helps: Mapping[str, str] | None = None,
+) -> list[Metric]:
+    """One family per integer field of the dataclass instances in *rows*
+    (labels, instance), in field order: ``PREFIX_FIELD_total`` counters, or
+    ``PREFIX_FIELD`` gauges for the fields named in *gauges*. *helps* gives a
+    field its help text (default: the field's name in words). Instances of
+    different classes may share a prefix only if their field names differ."""
+    families: dict[str, Metric] = {}
+    for labels, counters in rows:
+        for f in dataclasses.fields(counters):
+            value = getattr(counters, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            gauge = f.name in gauges
+            name = f"{prefix}_{f.name}" if gauge else f"{prefix}_{f.name}_total"
+            metric = families.get(name)
+            if metric is None:
+                text = (helps or {}).get(f.name, f.name.replace("_", " "))
+                metric = families[name] = Metric(name, "gauge" if gauge else "counter", text)
+            metric.add(value, labels)
+    return list(families.values())

@@ -41,6 +41,7 @@ from ..io.forward import (
 from ..io.rootless import RootlessTunnel, format_bytes
 from . import PROG as _PROG
 from . import CommandError, log_level
+from . import ops as _ops
 
 PROG = f"{_PROG} forward"
 
@@ -164,6 +165,7 @@ async def serve(
     except OSError as exc:
         raise CommandError(f"cannot open the tunnel: {why(exc)}") from None
     running: list[Any] = []
+    ops: _ops.Ops | None = None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
@@ -178,6 +180,7 @@ async def serve(
                 raise CommandError(f"{service.spec}: cannot listen: {why(exc)}") from None
             running.append(service)
             say(f"{service.spec}: listening on {service.where}")
+        ops = await _ops.Ops.start(args, tunnel, lambda: running, say=say)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, running, "status", name)
@@ -199,6 +202,8 @@ async def serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        if ops is not None:
+            await ops.close()
         for service in running:
             await service.close()
         await tunnel.close()
@@ -294,6 +299,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         help="without a DNS = line, resolve names with this host's resolver (default: refuse "
         "names, so internal names never leak to the local resolver)",
     )
+    _ops.add_reresolve_arguments(parser)
+    _ops.add_metrics_arguments(parser)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -328,6 +335,7 @@ def check_runtime_arguments(args: argparse.Namespace) -> list[ForwardSpec]:
         raise CommandError("--udp-flows must be at least 1")
     if args.max_connections < 1:
         raise CommandError("--max-connections must be at least 1")
+    _ops.check_ops_arguments(args)
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
     return specs
@@ -352,9 +360,11 @@ def run_runtime(
         lg.addHandler(handler)
         lg.setLevel(log_level(args, logging.INFO))
         lg.propagate = False
+    undo_ops_log = _ops.log_to_stderr(name, log_level(args, logging.INFO))
     try:
         return asyncio.run(serve(args, specs, proxies, name))
     finally:
+        undo_ops_log()
         for lg, (level, propagate) in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
             lg.level, lg.propagate = level, propagate

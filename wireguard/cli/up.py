@@ -31,13 +31,17 @@ class _Plain(logging.Formatter):
 
 def cmd_up(args: argparse.Namespace) -> int:
     from ..io.up import up
+    from .ops import reresolve_settings
 
+    interval, stale_after = reresolve_settings(args)
     return up(
         args.config,
         foreground=args.foreground,
         log_file=args.log,
         verbose=args.log_level <= logging.DEBUG,
         ready_fd=args.ready_fd,
+        reresolve_interval=interval,
+        reresolve_after=stale_after,
     )
 
 
@@ -59,6 +63,9 @@ def add_parser(subparsers: Any) -> None:
     up.add_argument("--foreground", action="store_true", help="stay attached and log to stderr")
     up.add_argument("--log", metavar="FILE", help=f"log file (default {LOG_DIRECTORY}/NAME.log)")
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    from .ops import add_reresolve_arguments
+
+    add_reresolve_arguments(up)
     up.set_defaults(func=cmd_up, log_default=logging.INFO, log_formatter=_service_formatter)
     down = subparsers.add_parser(
         "down", help="stop an interface started by up (like wg-quick down)"

@@ -204,6 +204,7 @@ class RootlessTunnel(StackBinding, Lifecycle):
         if resolver is None and dns:
             resolver = Resolver(dns, dns_search, random=random)
         self.names = TunnelResolver(self, resolver, host_resolver=host_resolver)
+        self.config: Config | None = None  # set by from_config
 
     @classmethod
     async def from_config(
@@ -225,7 +226,9 @@ class RootlessTunnel(StackBinding, Lifecycle):
         if "resolver" not in options:
             options.setdefault("dns", config.interface.dns)
             options.setdefault("dns_search", config.interface.dns_search)
-        return cls(device, config.interface.addresses, **options)
+        tunnel = cls(device, config.interface.addresses, **options)
+        tunnel.config = config  # what it was made of (endpoint names, for re-resolution)
+        return tunnel
 
     # --------------------------------------------------------------- lifetime
 

@@ -58,6 +58,7 @@ from typing import Any
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from ..errors import LocalProtocolError
 from .control import SOCKET_DIRECTORY, socket_path
+from .resolve import REKEY_FAILED_AFTER, reresolver_for
 from .tun import TUN_PATH, TunError, interface_name, validate_name
 
 log = logging.getLogger(__name__)
@@ -251,10 +252,15 @@ def up(
     log_file: str | None = None,
     verbose: bool = False,
     ready_fd: int | None = None,
+    reresolve_interval: float | None = None,
+    reresolve_after: float | None = REKEY_FAILED_AFTER,
 ) -> int:
     """``up``: bring up the interface of the wg-quick file at *config_path*
     (in the background, or in this process with *foreground*). Raises
-    :class:`UpError` (or :class:`TunError`) with one line of why not."""
+    :class:`UpError` (or :class:`TunError`) with one line of why not.
+    Endpoint names are looked up again as
+    :class:`~wireguard.io.resolve.EndpointReresolver` says (*reresolve_after*,
+    *reresolve_interval*; None for off)."""
     path = os.path.abspath(config_path)
     name = interface_name(path)
     _need_root()
@@ -270,12 +276,19 @@ def up(
     # Only once nothing stands in the way, so that an error stays one line.
     for note in notes:
         log.warning("%s", note)
+    reresolve = (reresolve_interval, reresolve_after)
     if foreground:
-        return run_foreground(name, config, ready_fd=ready_fd)
-    return _spawn(name, path, log_file or log_path(name), verbose)
+        return run_foreground(name, config, ready_fd=ready_fd, reresolve=reresolve)
+    return _spawn(name, path, log_file or log_path(name), verbose, reresolve)
 
 
-def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
+def _spawn(
+    name: str,
+    path: str,
+    log_file: str,
+    verbose: bool,
+    reresolve: tuple[float | None, float | None] = (None, REKEY_FAILED_AFTER),
+) -> int:
     """Start ``up --foreground`` in its own session and wait for its word."""
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
     read_end, write_end = os.pipe()
@@ -286,6 +299,8 @@ def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
             "--ready-fd", str(write_end), path]  # fmt: skip
     if verbose:
         argv.insert(5, "--verbose")
+    interval, after = reresolve
+    argv[5:5] = ["--reresolve-interval", str(interval or 0), "--reresolve-after", str(after or 0)]
     try:
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(
@@ -341,10 +356,16 @@ def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
 # --------------------------------------------------------------------------- the service
 
 
-def run_foreground(name: str, config: Config, *, ready_fd: int | None = None) -> int:
+def run_foreground(
+    name: str,
+    config: Config,
+    *,
+    ready_fd: int | None = None,
+    reresolve: tuple[float | None, float | None] = (None, REKEY_FAILED_AFTER),
+) -> int:
     """Serve the interface in this process until a signal (the caller sets
     up logging: the ``up`` command writes the service's lines to its log)."""
-    service = Service(name, config)
+    service = Service(name, config, reresolve=reresolve)
 
     def ready(line: str) -> None:
         if ready_fd is not None:
@@ -382,10 +403,17 @@ def _write_run_file(path: str, text: str) -> None:
 class Service:
     """One interface, from creation to teardown, in the running event loop."""
 
-    def __init__(self, name: str, config: Config) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        *,
+        reresolve: tuple[float | None, float | None] = (None, REKEY_FAILED_AFTER),
+    ) -> None:
         self.name = name
         self.config = config
         self.stopping = asyncio.Event()
+        self.reresolve = reresolve  # (interval, stale_after) of the EndpointReresolver
 
     async def run(self, ready: Callable[[str], None]) -> None:
         from .interface import TunInterface
@@ -394,7 +422,7 @@ class Service:
 
         loop = asyncio.get_running_loop()
         name, config = self.name, self.config
-        tun = engine = netlink = None
+        tun = engine = netlink = reresolver = None
         pid_written = up = False
         settings = config.interface
         port = settings.listen_port or 0
@@ -450,6 +478,11 @@ class Service:
                 name, engine.tunnel.listen_port, len(device.peers),
                 engine.tun.offload, engine.tunnel.gso, engine.tunnel.gro_active,
             )  # fmt: skip
+            interval, stale_after = self.reresolve
+            reresolver = reresolver_for(
+                engine.tunnel, config, interval=interval, stale_after=stale_after
+            )
+            reresolver.start()
             ready(f"ok {engine.tunnel.listen_port}")
             if not self.stopping.is_set():
                 why = await engine.wait()
@@ -457,6 +490,8 @@ class Service:
                     log.info("%s", why)
             log.info("shutting down")
         finally:
+            if reresolver is not None:
+                await reresolver.close()
             if up:
                 await self._hooks("PreDown", settings.pre_down, fatal=False)
             if netlink is not None:
