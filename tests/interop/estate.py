@@ -146,6 +146,7 @@ class Estate:
         self.hosts: dict[str, Host] = {}
         self.namespaces: list[str] = []
         self.procs: list[subprocess.Popen] = []
+        self.output: dict[int, list[str]] = {}  # each started process's output lines
         self._veths = 0
         run("ip", "netns", "add", self.lan)
         self.namespaces.append(self.lan)
@@ -214,10 +215,19 @@ class Estate:
         assert result.returncode == 0, f"wg-quick up on {host.node}: {result.stderr}"
 
     def popen(self, ns: str, args: list[str], **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        """A command in *ns*, stopped by :meth:`close`; its output lines in :attr:`output`."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 **kw)  # fmt: skip
         self.procs.append(proc)
+        self.output[proc.pid] = lines = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+
+        threading.Thread(target=read, daemon=True).start()
         return proc
 
     def close(self) -> None:

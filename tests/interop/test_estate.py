@@ -84,7 +84,7 @@ class Mesh:
         self.hosts = estate.hosts
         self.dnsmasq: subprocess.Popen | None = None
         self.pod: subprocess.Popen | None = None
-        self.pod_output: list[str] = []
+        self.pod_output: list[str] = []  # the proxy's output lines
 
     def public_key(self, node: str) -> str:
         text = self.estate.mesh("list").stdout
@@ -252,14 +252,7 @@ def start_pod(m: Mesh) -> None:
     assert argv[:3] == ["-m", "wireguard", "proxy"], line
     argv[3] = str(home / argv[3])
     m.pod = estate.popen(pod.ns, ["sh", "-c", nobody_script(estate.dir, argv)])
-    m.pod_output = []
-
-    def read() -> None:
-        assert m.pod is not None and m.pod.stdout is not None
-        for text in m.pod.stdout:
-            m.pod_output.append(text.rstrip("\n"))
-
-    threading.Thread(target=read, daemon=True).start()
+    m.pod_output = estate.output[m.pod.pid]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         listening = pod.exec("ss", "-Htln").stdout.split()
@@ -284,8 +277,11 @@ def test_rootless_node_downloads_by_name_through_its_proxy(mesh: Mesh) -> None:
                        check=False, timeout=150)  # fmt: skip
         assert got.returncode == 0, (how, got.stderr, "\n".join(m.pod_output[-30:]))
         assert hashlib.sha256(got.stdout).hexdigest() == want, how
-    # The name was asked of go's dnsmasq, through the tunnel.
+    # The name was asked of go's dnsmasq, through the tunnel: from the pod's
+    # mesh address (dnsmasq's log: "query[A] NAME from ADDRESS").
     assert m.dnsmasq is not None
+    log = m.estate.output[m.dnsmasq.pid]
+    assert any(f"{NAME} from {ADDR[POD][0]}" in line and "query[" in line for line in log), log
     # The pod's direct peers (go, hub) reach its stack's address; the guest,
     # behind NAT like the pod, reaches it through the hub.
     for node in (GO, HUB):
@@ -326,7 +322,9 @@ def test_add_and_rekey_while_tcp_transfers_run(mesh: Mesh) -> None:
             assert not any(d.finished.is_set() for d in downloads.values()), [
                 d.error for d in downloads.values()]  # fmt: skip
             time.sleep(0.1)
-        before_go = go.wg_show("transfer")[m.public_key(DB)]
+        db_key = m.public_key(DB)
+        before_go = go.wg_show("transfer")[db_key]
+        handshake_go = int(go.wg_show("latest-handshakes")[db_key][0])
         before_guest = m.guest_transfer()[go_key]
         # The change, as the docs say: add, rekey, render, apply.
         estate.mesh("add", NEW, "--kind", "userspace", "--endpoint", lan_address(LAN[NEW]))
@@ -357,13 +355,21 @@ def test_add_and_rekey_while_tcp_transfers_run(mesh: Mesh) -> None:
             d.release()
     # go's peer db and the guest's peer go were left alone by syncconf: the
     # same peers, their counters never reset.
-    after_go = go.wg_show("transfer")[m.public_key(DB)]
+    after_go = go.wg_show("transfer")[db_key]
     assert int(after_go[0]) >= int(before_go[0]) + BIG // 2, (before_go, after_go)
+    # ... and their session: no new handshake, unless the one before was due
+    # for WireGuard's own rekey (REKEY_AFTER_TIME, 120 s) by now.
+    handshake = int(go.wg_show("latest-handshakes")[db_key][0])
+    assert handshake == handshake_go or handshake >= handshake_go + 110, (
+        handshake_go, handshake)  # fmt: skip
     after_guest = m.guest_transfer()[go_key]
     assert after_guest[1] >= before_guest[1] + BIG // 2, (before_guest, after_guest)
     # The rekeyed hub is known to its peers by its new key only.
     for peers in (go.wg_show("endpoints"), m.guest_transfer()):
         assert new_hub_key in peers and old_hub_key not in peers
+    guest_handshakes = dict(x.split() for x in m.vm.wg("show", "wg0", "latest-handshakes")
+                            .splitlines() if x.strip())  # fmt: skip
+    assert int(guest_handshakes[new_hub_key]) > 0
     # The new node joins: it reaches go and the hub directly, and the guest,
     # which initiates to it (the new node has no endpoint for a node behind NAT).
     m.guest_ping(ADDR[NEW][0])
