@@ -117,9 +117,7 @@ class Host:
     def syncconf(self) -> None:
         """What the docs say to run on a running node after a new render."""
         assert self.conf is not None
-        self.bash(
-            f"wg syncconf {self.interface} <(wg-quick strip {shlex.quote(str(self.conf))})"
-        )
+        self.bash(f"wg syncconf {self.interface} <(wg-quick strip {shlex.quote(str(self.conf))})")
 
     def wg_show(self, what: str) -> dict[str, list[str]]:
         """``wg show IF WHAT`` as {public key: fields}."""
