@@ -389,3 +389,23 @@ def test_add_and_rekey_while_tcp_transfers_run(mesh: Mesh) -> None:
             m.ping(NEW, address)
     m.ping(GO, ADDR[NEW][1])
     m.ping(HUB, ADDR[NEW][0])
+
+
+def test_rootless_node_restarted_after_the_change(mesh: Mesh) -> None:
+    """A rootless node reads its file when it starts (docs: restart it): with
+    the new render it knows the rekeyed hub and the new node."""
+    m = mesh
+    if m.pod is not None and m.pod.poll() is None:
+        m.pod.terminate()
+        m.pod.wait(15)
+    start_pod(m)
+    pod = m.hosts[POD]
+    want = guest_sha256(m, "blob")
+    got = pod.exec(
+        "curl", "-sf", "--max-time", "120", "--socks5-hostname", SOCKS5, f"http://{NAME}/blob",
+        text=False, check=False, timeout=150,
+    )  # fmt: skip
+    assert got.returncode == 0, (got.stderr, "\n".join(m.pod_output[-30:]))
+    assert hashlib.sha256(got.stdout).hexdigest() == want
+    for node in (NEW, HUB):
+        m.ping(node, ADDR[POD][0])
