@@ -28,6 +28,7 @@ from wireguard.cli import forward as forward_cli
 from wireguard.cli import main as cli_main
 from wireguard.config import parse_wg_quick
 from wireguard.device import Device
+from wireguard.dns import ResolutionError
 from wireguard.io import forward as forward_module
 from wireguard.io.rootless import RootlessTunnel, open_tunnel
 from wireguard.keys import PrivateKey
@@ -171,7 +172,8 @@ def test_ping_both_ways_and_errors() -> None:
             with pytest.raises(OSError) as info:
                 await a.open_connection("192.0.2.1", 80)
             assert info.value.errno == errno.ENETUNREACH
-            with pytest.raises(ValueError, match="not an IP address"):
+            # A name without a DNS = line: refused, never sent to the host's resolver.
+            with pytest.raises(ResolutionError, match="no DNS servers are configured"):
                 await a.open_connection("example.com", 80)
             # A port nobody listens on: the peer's stack answers with RST.
             with pytest.raises(ConnectionRefusedError):
@@ -438,7 +440,7 @@ def test_forward_report_prints_the_stacks_nonzero_counters(capsys) -> None:
 def forward_options(*args: str) -> forward_module.ForwardOptions:
     """The forward command's options, as its parser fills them in."""
     parser = argparse.ArgumentParser()
-    forward_cli._add_arguments(parser)
+    forward_cli.add_runtime_arguments(parser)
     parsed = parser.parse_args(["unused.conf", *args])
     return forward_module.ForwardOptions(
         parsed.connect_timeout, parsed.udp_timeout, parsed.udp_flows, parsed.max_connections

@@ -292,7 +292,9 @@ def test_caller_errors_are_local():
 def test_reply_for_errors():
     assert s.Reply.for_error(ConnectionRefusedError()) == s.Reply.CONNECTION_REFUSED
     assert s.Reply.for_error(TimeoutError()) == s.Reply.TTL_EXPIRED
-    assert s.Reply.for_error(OSError(errno.ENETUNREACH, "x")) == s.Reply.NETWORK_UNREACHABLE
+    # The rootless tunnel's error for a destination no peer's AllowedIPs
+    # cover: host unreachable (0x04), as issue 14 asks.
+    assert s.Reply.for_error(OSError(errno.ENETUNREACH, "x")) == s.Reply.HOST_UNREACHABLE
     assert s.Reply.for_error(OSError(errno.EHOSTUNREACH, "x")) == s.Reply.HOST_UNREACHABLE
     assert s.Reply.for_error(ValueError()) == s.Reply.GENERAL_FAILURE
     from wireguard.dns import ResolutionError

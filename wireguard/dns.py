@@ -131,7 +131,14 @@ class ResolutionError(RemoteProtocolError):
     out)."""
 
     def __init__(
-        self, name: str, reason: str, tried: Sequence[str], servers: Sequence[Address]
+        self,
+        name: str,
+        reason: str,
+        tried: Sequence[str],
+        servers: Sequence[Address],
+        *,
+        via: str | None = None,
+        hint: str | None = None,
     ) -> None:
         self.name = name
         self.reason = reason
@@ -146,8 +153,9 @@ class ResolutionError(RemoteProtocolError):
             "no servers": "no DNS servers are configured (a DNS = line)",
         }.get(reason, reason)
         names = ", ".join(self.tried) if self.tried else name
-        asked = ", ".join(_show_server(s) for s in self.servers) or "none"
-        super().__init__(f"cannot resolve {name!r}: {text}; tried {names}; servers {asked}")
+        asked = via or ("servers " + (", ".join(_show_server(s) for s in self.servers) or "none"))
+        message = f"cannot resolve {name!r}: {text}; tried {names}; {asked}"
+        super().__init__(message + (f" ({hint})" if hint else ""))
 
 
 def _show_server(server: Address) -> str:

@@ -80,10 +80,12 @@ class Reply(enum.IntEnum):
     @classmethod
     def for_error(cls, exc: BaseException) -> Reply:
         """The reply for a failure to reach the target: refused (RST) is
-        CONNECTION_REFUSED, a timeout is TTL_EXPIRED, no route (no peer's
-        AllowedIPs cover it) is NETWORK_UNREACHABLE, a name that does not
-        resolve or a host that does not answer is HOST_UNREACHABLE, a
-        permission error NOT_ALLOWED; anything else GENERAL_FAILURE."""
+        CONNECTION_REFUSED, a timeout is TTL_EXPIRED; no route to the host
+        (ENETUNREACH: no peer's AllowedIPs cover it, the rootless tunnel's
+        error), a name that does not resolve or a host that does not answer
+        is HOST_UNREACHABLE (it is that host this proxy cannot reach, the
+        tunnel itself works); a permission error NOT_ALLOWED; anything else
+        GENERAL_FAILURE."""
         if isinstance(exc, ConnectionRefusedError):
             return cls.CONNECTION_REFUSED
         if isinstance(exc, TimeoutError):
@@ -98,7 +100,7 @@ class Reply(enum.IntEnum):
 
 
 _BY_ERRNO = {
-    errno.ENETUNREACH: Reply.NETWORK_UNREACHABLE,
+    errno.ENETUNREACH: Reply.HOST_UNREACHABLE,
     errno.EHOSTUNREACH: Reply.HOST_UNREACHABLE,
     errno.EHOSTDOWN: Reply.HOST_UNREACHABLE,
     errno.ECONNREFUSED: Reply.CONNECTION_REFUSED,

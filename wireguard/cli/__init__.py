@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported here: each command pulls in only what it needs when it runs,
     # so `genkey` does not load asyncio, pyroute2 or the netstack.
     from .. import __version__
-    from . import decrypt, demo, forward, keys, mesh, misbehave, show, up, walkthrough
+    from . import decrypt, demo, forward, keys, mesh, misbehave, proxy, show, up, walkthrough
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="A pure-Python WireGuard endpoint and toolkit."
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"wireguard-sansio {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (keys, walkthrough, decrypt, up, show, misbehave, forward, mesh, demo):
+    for module in (keys, walkthrough, decrypt, up, show, misbehave, forward, proxy, mesh, demo):
         module.add_parser(sub)
     return parser
 

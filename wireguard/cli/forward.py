@@ -2,8 +2,12 @@
 through a rootless tunnel, like ``ssh -L`` / ``ssh -R`` (the forwards
 themselves are :mod:`wireguard.io.forward`).
 
-The tunnel state and per-forward counters are printed to stderr every
-``--status`` seconds, on SIGUSR1 and at exit. SIGINT or SIGTERM stops it.
+This module is also the runtime ``python -m wireguard proxy`` shares
+(:mod:`wireguard.cli.proxy`): :func:`add_runtime_arguments` adds the options
+both commands take to a parser, :func:`serve` runs the tunnel with its
+forwards and proxies. The tunnel state and per-forward counters are printed
+to stderr every ``--status`` seconds, on SIGUSR1 and at exit. SIGINT or
+SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import ConfigError
@@ -39,26 +44,30 @@ from . import CommandError
 
 PROG = f"{_PROG} forward"
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "add_runtime_arguments", "run", "runtime_options", "serve"]
 
 
-def _log(text: str) -> None:
-    print(f"forward: {text}", file=sys.stderr, flush=True)
+def _log(text: str, name: str = "forward") -> None:
+    print(f"{name}: {text}", file=sys.stderr, flush=True)
 
 
-def _status_line(tunnel: RootlessTunnel, forwards: list[Forward]) -> str:
-    parts = [tunnel.status().summary()]
-    for f in forwards:
-        c = f.counters
-        parts.append(
-            f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
-            f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
-            + (f" evicted {c.evicted}" if c.evicted else "")
-            + (f" refused {c.refused}" if c.refused else "")
-            + (f" lost {c.discarded} B" if c.discarded else "")
-            + (f" dropped {c.dropped}" if c.dropped else "")
-        )
-    return " | ".join(parts)
+def _short(f: Any) -> str:
+    """A forward's or a proxy's part of the periodic status line."""
+    if not isinstance(f, Forward):
+        return str(f.short())
+    c = f.counters
+    return (
+        f"-{f.spec.kind}{f.spec.bind_port} {c.active}/{c.total} "
+        f"up {format_bytes(c.to_tunnel)} down {format_bytes(c.from_tunnel)}"
+        + (f" evicted {c.evicted}" if c.evicted else "")
+        + (f" refused {c.refused}" if c.refused else "")
+        + (f" lost {c.discarded} B" if c.discarded else "")
+        + (f" dropped {c.dropped}" if c.dropped else "")
+    )
+
+
+def _status_line(tunnel: RootlessTunnel, forwards: list[Any]) -> str:
+    return " | ".join([tunnel.status().summary(), *(_short(f) for f in forwards)])
 
 
 # The stack's counters that _report's "stack:" line shows whatever their value.
@@ -76,11 +85,20 @@ _STACK_LINE = frozenset(
 )
 
 
-def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None:
+def _report(
+    tunnel: RootlessTunnel, forwards: list[Any], title: str, name: str = "forward"
+) -> None:
+    def _log(text: str) -> None:
+        print(f"{name}: {text}", file=sys.stderr, flush=True)
+
     status = tunnel.status()
     _log(f"{title}: addresses {', '.join(status.addresses)}, UDP port {status.listen_port}")
     for line in status.summary().split("; "):
         _log(f"  {line}")
+    _log(f"  {tunnel.names.describe()}")
+    names = tunnel.names.stats
+    if names:
+        _log("  names: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
     st = status.stack
     if st is not None:
         _log(
@@ -109,9 +127,32 @@ def _report(tunnel: RootlessTunnel, forwards: list[Forward], title: str) -> None
         _log(f"  {f.line()}")
 
 
-async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
+def runtime_options(args: argparse.Namespace) -> ForwardOptions:
+    """The forwards' options from the shared arguments."""
+    return ForwardOptions(
+        args.connect_timeout, args.udp_timeout, args.udp_flows, args.max_connections
+    )
+
+
+async def serve(
+    args: argparse.Namespace,
+    specs: list[ForwardSpec],
+    proxies: Sequence[Callable[[RootlessTunnel], Any]] = (),
+    name: str = "forward",
+) -> int:
+    """Run the tunnel of ``args.config`` with the forwards *specs* and the
+    proxies *proxies* make (each a callable taking the tunnel and returning
+    an object with ``start``, ``close``, ``expire``, ``line``, ``short``,
+    ``where`` and ``spec``), until SIGINT or SIGTERM; *name* prefixes the
+    lines on stderr."""
+
+    def say(text: str) -> None:
+        _log(text, name)
+
     try:
-        tunnel = await RootlessTunnel.from_config(args.config, control=args.control)
+        tunnel = await RootlessTunnel.from_config(
+            args.config, control=args.control, host_resolver=args.host_resolver
+        )
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
@@ -122,27 +163,25 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
         await tunnel.start()
     except OSError as exc:
         raise CommandError(f"cannot open the tunnel: {why(exc)}") from None
-    forwards: list[Forward] = []
+    running: list[Any] = []
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
-        options = ForwardOptions(
-            args.connect_timeout, args.udp_timeout, args.udp_flows, args.max_connections
-        )
-        made = [make_forward(spec, tunnel, options) for spec in specs]
+        made: list[Any] = [make_forward(spec, tunnel, runtime_options(args)) for spec in specs]
+        made += [make(tunnel) for make in proxies]
         for note in fit_descriptors(made):
-            _log(note)
-        for forward in made:
+            say(note)
+        for service in made:
             try:
-                await forward.start()
+                await service.start()
             except (OSError, LocalProtocolError) as exc:
-                raise CommandError(f"{forward.spec}: cannot listen: {why(exc)}") from None
-            forwards.append(forward)
-            _log(f"{forward.spec}: listening on {forward.where}")
+                raise CommandError(f"{service.spec}: cannot listen: {why(exc)}") from None
+            running.append(service)
+            say(f"{service.spec}: listening on {service.where}")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, forwards, "status")
-        _report(tunnel, forwards, "ready")
+        loop.add_signal_handler(signal.SIGUSR1, _report, tunnel, running, "status", name)
+        _report(tunnel, running, "ready", name)
         interval = args.status
         next_status = loop.time() + interval if interval > 0 else None
         while not stop.is_set():
@@ -150,18 +189,18 @@ async def serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
                 async with asyncio.timeout(1.0):
                     await stop.wait()
             now = loop.time()
-            for forward in forwards:
-                forward.expire(now)
+            for service in running:
+                service.expire(now)
             if next_status is not None and now >= next_status:
                 next_status = now + interval
-                _log(time.strftime("%H:%M:%S ") + _status_line(tunnel, forwards))
-        _report(tunnel, forwards, "exiting")
+                say(time.strftime("%H:%M:%S ") + _status_line(tunnel, running))
+        _report(tunnel, running, "exiting", name)
         return 0
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
-        for forward in forwards:
-            await forward.close()
+        for service in running:
+            await service.close()
         await tunnel.close()
 
 
@@ -182,15 +221,22 @@ The tunnel state and per-forward counters go to stderr every --status seconds,
 on SIGUSR1 and at exit. SIGINT or SIGTERM stops it."""
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="wg-quick file; Address = the stack's own")
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``forward`` and ``proxy`` share (the one place to add
+    another): the config, -L/-R, the control socket, the status interval,
+    the timeouts and caps, the resolver."""
+    parser.add_argument(
+        "config", metavar="CONFIG",
+        help="wg-quick file; Address = the stack's own, DNS = the servers names go to",
+    )  # fmt: skip
     parser.add_argument(
         "-L",
         dest="local",
         action="append",
         default=[],
         metavar="[udp:][BIND:]PORT:HOST:HOSTPORT",
-        help="listen here on BIND:PORT (default 127.0.0.1), connect through the tunnel to HOST",
+        help="listen here on BIND:PORT (default 127.0.0.1), connect through the tunnel to HOST "
+        "(an address, or a name the DNS = servers resolve)",
     )
     parser.add_argument(
         "-R",
@@ -242,6 +288,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="at most N TCP connections open per forward; beyond it -R leaves them in the "
         f"stack's accept queue, -L refuses them (counted; default {DEFAULT_TCP_CONNECTIONS})",
     )
+    parser.add_argument(
+        "--host-resolver",
+        action="store_true",
+        help="without a DNS = line, resolve names with this host's resolver (default: refuse "
+        "names, so internal names never leak to the local resolver)",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -254,12 +306,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_arguments(parser)
+    add_runtime_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def check_runtime_arguments(args: argparse.Namespace) -> list[ForwardSpec]:
+    """The -L/-R specs; a CommandError for any shared option out of range."""
     specs: list[ForwardSpec] = []
     try:
         specs += [parse_forward(t, "L") for t in args.local]
@@ -277,16 +330,32 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--max-connections must be at least 1")
     if not os.path.exists(args.config):
         raise CommandError(f"{args.config}: No such file or directory")
-    # What the forwards log about their connections goes where the status does.
-    runtime_log = logging.getLogger("wireguard.io.forward")
+    return specs
+
+
+def run_runtime(
+    args: argparse.Namespace,
+    specs: list[ForwardSpec],
+    proxies: Sequence[Callable[[RootlessTunnel], Any]] = (),
+    name: str = "forward",
+) -> int:
+    """:func:`serve` in a new event loop, the runtime's log on stderr."""
+    # What the forwards and proxies log about their connections goes where the status does.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("forward: %(message)s"))
-    saved = runtime_log.level, runtime_log.propagate
-    runtime_log.addHandler(handler)
-    runtime_log.setLevel(logging.INFO)
-    runtime_log.propagate = False
+    handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("wireguard.io.forward", "wireguard.io.proxy")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
     try:
-        return asyncio.run(serve(args, specs))
+        return asyncio.run(serve(args, specs, proxies, name))
     finally:
-        runtime_log.removeHandler(handler)
-        runtime_log.level, runtime_log.propagate = saved
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.level, lg.propagate = level, propagate
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_runtime(args, check_runtime_arguments(args))

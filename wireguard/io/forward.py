@@ -9,10 +9,14 @@ TCP/IP stack owns the configuration's ``[Interface] Address``.
 ``-L [udp:][BIND_ADDR:]PORT:HOST:HOSTPORT``
     Listen on this host's BIND_ADDR:PORT (default 127.0.0.1, ``*`` for all);
     every connection is carried through the tunnel to HOST:HOSTPORT (an IP
-    address behind a peer).
+    address behind a peer, or a name: resolved through the tunnel by the
+    config's ``DNS =`` servers for each connection or flow, as
+    :meth:`RootlessTunnel.resolve <wireguard.io.rootless.RootlessTunnel.resolve>`
+    does, the cache keeping answers for their TTL).
 ``-R [udp:][STACK_ADDR:]PORT:LOCAL_HOST:LOCAL_PORT``
     Listen on the stack's address PORT (reachable by peers through the
-    tunnel); every connection is passed to LOCAL_HOST:LOCAL_PORT on this host.
+    tunnel); every connection is passed to LOCAL_HOST:LOCAL_PORT on this host
+    (a name there is this host's: the host's resolver answers it).
 
 IPv6 addresses go in brackets: ``-L [::1]:8080:[fd00::1]:80``. UDP forwards
 keep one flow per client address (its own port on the other side), expired
@@ -53,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LocalProtocolError
+from ..errors import WireGuardError
 from .rootless import RootlessTunnel, format_bytes
 
 __all__ = [
@@ -149,8 +153,27 @@ def _ip(text: str, what: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise ForwardSpecError(
-            f"{what} {text!r} is not an IP address (names are not resolved inside the tunnel)"
+            f"{what} {text!r} is not an IP address"
         ) from None
+
+
+def _host(text: str, what: str) -> str:
+    """An IP address (normalised) or a DNS name (checked, kept as written)."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    from ..dns import DNSNameError, encode_name
+
+    try:
+        encode_name(text)
+    except DNSNameError as exc:
+        raise ForwardSpecError(
+            f"{what} {text!r} is neither an IP address nor a name: {exc}"
+        ) from None
+    if any(c.isspace() or c in "/@" for c in text):
+        raise ForwardSpecError(f"{what} {text!r} is neither an IP address nor a name")
+    return text
 
 
 def parse_forward(text: str, kind: str) -> ForwardSpec:
@@ -183,7 +206,7 @@ def parse_forward(text: str, kind: str) -> ForwardSpec:
                 bind = None
             else:
                 bind = _ip(bind_text, "bind address") if bind_text != "localhost" else bind_text
-            host = _ip(host, "destination")
+            host = _host(host, "destination")
         else:
             # The listener is on the stack (one of its addresses, or all); the
             # destination a local service, which the host's resolver may name.
@@ -464,7 +487,7 @@ class _TcpForward(Forward):
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 await self._open(lambda: _Side(link, 1))
-        except (OSError, TimeoutError, LocalProtocolError) as exc:
+        except (OSError, TimeoutError, WireGuardError) as exc:
             log.warning(f"{self.spec}: cannot connect {self.other_side}: {why(exc)}")
             link.failed()
             return
@@ -631,7 +654,7 @@ class _UdpForward(Forward):
             transport = await self._endpoint(
                 lambda data, _src: self._from_destination(addr, flow, data), self._error
             )
-        except (OSError, LocalProtocolError) as exc:
+        except (OSError, WireGuardError) as exc:
             log.warning(f"{self.spec}: cannot open a flow for {addr[0]}:{addr[1]}: {why(exc)}")
             self.counters.failed += 1
             if self.flows.get(addr) is flow:
@@ -754,6 +777,8 @@ def make_forward(spec: ForwardSpec, tunnel: RootlessTunnel, options: ForwardOpti
 
 def why(exc: BaseException) -> str:
     """The C library's words for an error (the stack's errors carry no errno)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH and exc.strerror:
+        return exc.strerror  # the tunnel's: names the destination and its AllowedIPs
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # asyncio's bind errors wrap it in a long sentence
     for kind, code in (
@@ -792,9 +817,10 @@ def plan_descriptors(caps: list[int], soft: int, hard: int) -> tuple[int, list[i
     return soft, [max(1, cap * budget // total) for cap in caps]
 
 
-def fit_descriptors(forwards: list[Forward]) -> list[str]:
+def fit_descriptors(forwards: list[Any]) -> list[str]:
     """Make room for what the forwards may hold open as kernel sockets: the
-    ``-R udp`` flows and every TCP forward's connections (see
+    ``-R udp`` flows, every TCP forward's connections and every proxy's
+    clients (anything else with a ``max_connections``; see
     :func:`plan_descriptors`), lowering a forward's cap where the limit does
     not allow it; returns a note for each cap lowered."""
     notes: list[str] = []
@@ -802,7 +828,7 @@ def fit_descriptors(forwards: list[Forward]) -> list[str]:
         (f, "max_flows", "flows") if isinstance(f, UdpRemoteForward) else
         (f, "max_connections", "connections")
         for f in forwards
-        if isinstance(f, UdpRemoteForward | _TcpForward)
+        if isinstance(f, UdpRemoteForward | _TcpForward) or hasattr(f, "max_connections")
     ]  # fmt: skip
     if not capped:
         return notes

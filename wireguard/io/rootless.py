@@ -27,9 +27,15 @@ Everything runs in the calling process as an ordinary user: the only socket is
 the UDP one (an unprivileged port unless the config says otherwise). The stack
 answers ICMP echo requests to its addresses, so the peer can ping us.
 
-Hosts are IP literals: there is no resolver inside the tunnel. A destination
-no peer's AllowedIPs cover fails at once with ``ENETUNREACH``, as a kernel
-socket without a route would, rather than after a minute of SYN retries.
+Hosts are IP literals or names. Names are resolved through the tunnel by the
+servers of the config's ``DNS =`` line (UDP from the stack's address, TCP
+when an answer is truncated; A and AAAA; a cache that honours TTLs and
+negative answers; the line's search domains): see :meth:`RootlessTunnel.resolve`
+and :mod:`wireguard.io.names`. Without a ``DNS =`` line a name fails with a
+:class:`~wireguard.dns.ResolutionError` saying so, unless ``host_resolver=True``
+asked for the host's resolver. A destination no peer's AllowedIPs cover fails
+at once with ``ENETUNREACH``, as a kernel socket without a route would, rather
+than after a minute of SYN retries.
 """
 
 from __future__ import annotations
@@ -45,10 +51,12 @@ from typing import Any
 
 from ..config import Config, load
 from ..device import Device
+from ..dns import Resolver
 from ..netstack import NetStack, NetStackStats, TcpConfig
 from .control import socket_path
 from .interface import Interface
 from .lifecycle import Lifecycle
+from .names import TunnelResolver, families_for, unreachable
 from .stackdriver import StackBinding, ip_literal
 from .tunnel import device_from_config
 
@@ -130,6 +138,12 @@ class RootlessTunnel(StackBinding, Lifecycle):
     opens none, since an unprivileged user cannot write /var/run/wireguard.
     *tcp_config* tunes the stack (default :func:`rootless_tcp_config`).
 
+    Names: *dns* are the DNS servers (the config's ``DNS =`` addresses, asked
+    through the tunnel), *dns_search* its search domains; *resolver* a
+    configured :class:`~wireguard.dns.Resolver` instead (its timeout,
+    attempts, ndots). With neither, names fail unless *host_resolver* is True
+    (the host's resolver then answers them).
+
     The asyncio API (``open_connection``, ``create_connection``,
     ``start_server``, ``create_server``, ``create_datagram_endpoint``,
     ``ping``) is :class:`~wireguard.io.stackdriver.StackBinding`'s; a
@@ -150,6 +164,10 @@ class RootlessTunnel(StackBinding, Lifecycle):
         control: str | os.PathLike[str] | None = None,
         tcp_config: TcpConfig | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        dns: Iterable[str | ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+        dns_search: Iterable[str] = (),
+        resolver: Resolver | None = None,
+        host_resolver: bool = False,
     ) -> None:
         addresses = list(addresses)
         if not addresses:
@@ -181,6 +199,10 @@ class RootlessTunnel(StackBinding, Lifecycle):
         self.tunnel = self.interface.tunnel
         self.tunnel.inside = self
         self._started = False
+        dns = list(dns)
+        if resolver is None and dns:
+            resolver = Resolver(dns, dns_search, random=random)
+        self.names = TunnelResolver(self, resolver, host_resolver=host_resolver)
 
     @classmethod
     async def from_config(
@@ -188,7 +210,8 @@ class RootlessTunnel(StackBinding, Lifecycle):
     ) -> RootlessTunnel:
         """A tunnel (not yet started) as *config* (a :class:`Config` or a file
         path) says: its ``[Interface] Address`` entries are the stack's
-        addresses, its MTU the stack's MTU, ``ListenPort`` the UDP port."""
+        addresses, its MTU the stack's MTU, ``ListenPort`` the UDP port, its
+        ``DNS =`` servers and search domains the resolver's."""
         if not isinstance(config, Config):
             config = load(config)
         if not config.interface.addresses:
@@ -198,6 +221,9 @@ class RootlessTunnel(StackBinding, Lifecycle):
         device = await device_from_config(config)
         options.setdefault("listen_port", config.interface.listen_port or 0)
         options.setdefault("mtu", config.interface.mtu)
+        if "resolver" not in options:
+            options.setdefault("dns", config.interface.dns)
+            options.setdefault("dns_search", config.interface.dns_search)
         return cls(device, config.interface.addresses, **options)
 
     # --------------------------------------------------------------- lifetime
@@ -241,6 +267,100 @@ class RootlessTunnel(StackBinding, Lifecycle):
                 f"{address} is not in any peer's AllowedIPs (network is unreachable)",
             )
         return str(address)
+
+    def routable(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether a peer's AllowedIPs cover *address* (an IP literal)."""
+        packed = ipaddress.ip_address(address).packed
+        return self.device.allowed_ips.lookup(packed) is not None
+
+    # ------------------------------------------------------------------ names
+
+    async def resolve(self, host: str, family: int = 0) -> list[str]:
+        """The addresses of *host* (a name or an IP literal), IPv4 first,
+        as text: through the tunnel by the ``DNS =`` servers (or the host's
+        resolver if ``host_resolver`` was asked for). *family* is
+        ``socket.AF_INET``, ``AF_INET6`` or 0 for both. Raises
+        :class:`~wireguard.dns.ResolutionError` with one line naming the
+        name and the servers asked."""
+        resolved = await self.names.resolve(host, families_for(family))
+        return [str(a) for a in resolved.addresses]
+
+    async def getaddrinfo(
+        self, host: str, port: int | str | None, family: int = 0, type: int = 0, proto: int = 0,
+        flags: int = 0,
+    ) -> list[tuple[int, int, int, str, tuple[Any, ...]]]:  # fmt: skip
+        """Like :meth:`asyncio.loop.getaddrinfo`, names resolved as by
+        :meth:`resolve`; only the addresses a peer's AllowedIPs cover (those
+        the tunnel can reach) are returned, or ``OSError(ENETUNREACH)``."""
+        number = 0 if port in (None, "") else int(port)  # type: ignore[arg-type]
+        addresses = await self.resolve(host, family)
+        reachable = [a for a in addresses if self.routable(a)]
+        if not reachable:
+            raise unreachable(host, [ipaddress.ip_address(a) for a in addresses])
+        kinds = [type] if type else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+        out = []
+        for a in reachable:
+            fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+            sockaddr: tuple[Any, ...] = (a, number, 0, 0) if fam == socket.AF_INET6 else (a, number)
+            for kind in kinds:
+                stream = kind == socket.SOCK_STREAM
+                p = proto or (socket.IPPROTO_TCP if stream else socket.IPPROTO_UDP)
+                out.append((fam, kind, p, "", sockaddr))
+        return out
+
+    async def _reachable(self, host: str) -> list[str]:
+        """*host*'s addresses that a peer's AllowedIPs cover (a literal as is,
+        its check left to :meth:`_destination`)."""
+        try:
+            return [str(ip_literal(host))]
+        except ValueError:
+            pass
+        resolved = await self.names.resolve(host)
+        reachable = [str(a) for a in resolved.addresses if self.routable(a)]
+        if not reachable:
+            raise unreachable(host, resolved.addresses)
+        return reachable
+
+    async def create_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        host: str,
+        port: int,
+        *,
+        local_port: int | None = None,
+    ) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        """Like :meth:`asyncio.loop.create_connection` through the tunnel;
+        *host* an IP literal or a name (resolved by :meth:`resolve`; its
+        addresses tried in turn, IPv4 first, those no peer's AllowedIPs cover
+        skipped)."""
+        addresses = await self._reachable(host)
+        last: BaseException | None = None
+        for address in addresses:
+            try:
+                return await super().create_connection(
+                    protocol_factory, address, port, local_port=local_port
+                )
+            except (OSError, TimeoutError) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str | None, int] | None = None,
+        remote_addr: tuple[str, int] | None = None,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+        """Like :meth:`asyncio.loop.create_datagram_endpoint`; *remote_addr*'s
+        host may be a name (its first address a peer's AllowedIPs cover)."""
+        if remote_addr is not None:
+            remote_addr = ((await self._reachable(remote_addr[0]))[0], remote_addr[1])
+        return await super().create_datagram_endpoint(protocol_factory, local_addr, remote_addr)
+
+    async def ping(self, host: str, *, timeout: float = 5.0, data: bytes = b"") -> float:
+        """One echo request to *host* (an IP literal or a name)."""
+        address = (await self._reachable(host))[0]
+        return await super().ping(address, timeout=timeout, data=data)
 
     # ----------------------------------------------------------------- status
 
