@@ -246,13 +246,12 @@ class Estate:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             run("ip", "netns", "del", ns, check=False)
+        # What a daemon or the hub's PostUp leaves if `down` did not run.
         for host in self.hosts.values():
             if host.interface:
                 for leftover in (f"{host.interface}.sock", f"{host.interface}.ipv6-forwarding"):
                     with contextlib.suppress(FileNotFoundError):
                         (RUN_DIR / leftover).unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"/run/wireguard/{host.interface}.ipv6-forwarding").unlink()
 
 
 def interface_addresses(conf: str) -> list[str]:
