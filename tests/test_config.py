@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import need_tool
+from tests.conftest import need, need_tool
 from wireguard.config import (
     AccessWarning,
     Config,
@@ -879,18 +879,27 @@ def test_commands_print_the_warning_once(tmp_path: Path) -> None:
 
 
 def test_up_prints_the_warning_before_its_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The library warns (an AccessWarning, no printing); the ``up`` command
+    prints it as wg-quick does, before its own error."""
+    from wireguard.cli import main
+    from wireguard.config import AccessWarning
     from wireguard.io.up import UpError, load_config
 
+    need(os.geteuid() == 0 and os.path.exists("/dev/net/tun"), "up needs root and /dev/net/tun")
     os.chmod(tmp_path, 0o755)
     path = tmp_path / "wg0.conf"
     path.write_text("[Interface]\nListenPort = x\n")
     path.chmod(0o604)
-    with pytest.raises(UpError):
+    with pytest.warns(AccessWarning, match="world accessible"), pytest.raises(UpError):
         load_config(str(path))
-    assert capsys.readouterr().err == f"Warning: `{path}' is world accessible\n"
+    assert capsys.readouterr().err == ""
+    assert main(["up", str(path)]) == 1
+    warning, error, *rest = capsys.readouterr().err.splitlines()
+    assert warning == f"Warning: `{path}' is world accessible" and rest == []
+    assert error.startswith("python -m wireguard up: ") and "ListenPort" in error
     path.write_text(f"[Interface]\nPrivateKey = {SERVER_PRIV}\n")
-    _, notes = load_config(str(path))
-    assert capsys.readouterr().err == f"Warning: `{path}' is world accessible\n"
+    with pytest.warns(AccessWarning):
+        _, notes = load_config(str(path))
     assert not any("world" in note for note in notes)
 
 

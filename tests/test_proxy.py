@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -194,6 +195,15 @@ async def curl(*args: str) -> tuple[int, bytes, str]:
     return proc.returncode, out, err.decode()
 
 
+async def until(condition: Callable[[], bool], limit: float = 60.0) -> None:
+    """Wait for *condition* (polled; the limit only stops a hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -348,6 +358,12 @@ def test_from_config_takes_the_dns_line(tmp_path: Path) -> None:
         assert resolver.servers == ((B_ADDR[0], 53),) and resolver.search == ("corp.test",)
 
     run(body)
+    # and wg-quick takes the same file as it is
+    if os.geteuid() == 0:
+        stripped = subprocess.run([need_tool("wg-quick"), "strip", str(conf)],
+                                  capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert stripped.returncode == 0, stripped.stderr
+        assert "DNS" not in stripped.stdout and "PrivateKey" in stripped.stdout
 
 
 # ------------------------------------------------------------------ SOCKS5
@@ -467,10 +483,7 @@ def test_udp_associate_with_a_stdlib_socket_client(dnsmasq) -> None:
                 _udp_header(B_ADDR[0], 7) + b"echo:last",
             ]
             counters = w.socks.counters  # type: ignore[attr-defined]
-            for _ in range(100):  # the association ends when its TCP connection does
-                if counters.relaying == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: counters.relaying == 0)  # ends with its TCP connection
             assert counters.associations == 1
             assert counters.refusals["UDP fragmented"] == 1
             assert counters.refusals["UDP malformed"] == 1
@@ -595,18 +608,35 @@ def test_an_idle_client_delays_no_other_and_times_out(dnsmasq) -> None:
     run(body)
 
 
+def test_an_idle_keep_alive_http_client_is_closed_after_the_idle_timeout(dnsmasq) -> None:
+    async def body() -> None:
+        options = ProxyOptions(idle_timeout=1.0, handshake_timeout=30.0)
+        async with world(dnsmasq, options=options) as w:
+            reader, writer = await asyncio.open_connection("127.0.0.1", w.http_port)
+            writer.write(b"GET http://b.test/empty HTTP/1.1\r\nHost: b.test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            assert head.startswith(b"HTTP/1.1 204 ") and b"close" not in head.lower()
+            # kept alive, then closed once idle (the 30 s handshake timeout is not it)
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+
+    run(body)
+
+
 def test_a_flood_of_half_open_connections_is_bounded(dnsmasq) -> None:
     async def body() -> None:
         cap = 16
         options = ProxyOptions(max_connections=cap, handshake_timeout=30.0)
         async with world(dnsmasq, options=options) as w:
             for proxy, port in ((w.socks, w.socks_port), (w.http, w.http_port)):
-                flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4 * cap)]
-                await asyncio.sleep(0.2)
                 c = proxy.counters  # type: ignore[attr-defined]
+                before = c.total
+                flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4 * cap)]
+                await until(lambda c=c, n=before: c.total - n >= 4 * cap)  # all accepted
                 assert c.active <= cap
                 evicted = c.refusals["evicted while negotiating (connection cap)"]
                 assert evicted >= 3 * cap - 1
+                assert c.refusals["incomplete negotiation"] == 0  # each counted once
                 # A good client still gets through the flood (it evicts a half-open one).
                 url = "socks5h" if proxy is w.socks else "http"
                 rc, out, err = await curl("--fail", "--proxy", f"{url}://127.0.0.1:{port}",
@@ -652,6 +682,18 @@ def proxy_config(tmp_path: Path, key_a: PrivateKey, key_b: PrivateKey, endpoint_
     return conf
 
 
+def udp_exchange(port: int, data: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for _ in range(10):
+            s.sendto(data, ("127.0.0.1", port))
+            try:
+                return s.recv(65535)
+            except TimeoutError:
+                continue
+    raise AssertionError("no UDP reply")
+
+
 def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
     """The command in a subprocess: SOCKS5 and HTTP with users from a file,
     and a -L forward to a name, in one process; the report counts."""
@@ -672,7 +714,8 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
             conf.write_text(text.replace("[Interface]\n", f"[Interface]\nListenPort = {port_a}\n"))
             proc = await asyncio.create_subprocess_exec(
                 *PROXY, str(conf), "--socks5", "0", "--http", "127.0.0.1:0",
-                "--users-file", str(users), "-L", "0:b.test:80", "--status", "0",
+                "--users-file", str(users), "-L", "0:b.test:80", "-L", "udp:0:b.test:7",
+                "--status", "0",
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             lines: list[str] = []
@@ -690,6 +733,7 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
                 socks = int((await matching(r"--socks5 .*listening on 127.0.0.1:(\d+)"))[1])
                 http = int((await matching(r"--http .*listening on 127.0.0.1:(\d+)"))[1])
                 fwd = int((await matching(r"-L tcp .*b\.test:80: listening on .*:(\d+)"))[1])
+                udp = int((await matching(r"-L udp .*b\.test:7: listening on .*:(\d+)"))[1])
                 await matching(r"proxy: ready")
                 await matching(rf"names through the tunnel by {B_ADDR[0]}:53, search corp\.test")
                 for args in (
@@ -703,6 +747,9 @@ def test_proxy_command_end_to_end(dnsmasq, tmp_path) -> None:
                 rc, _, _ = await curl("--proxy", f"socks5h://carol:no@127.0.0.1:{socks}",
                                       "http://b.test/file")  # fmt: skip
                 assert rc == 97
+                # -L udp to a name: the flow's destination resolved through the tunnel
+                reply = await asyncio.to_thread(udp_exchange, udp, b"by name")
+                assert reply == b"echo:by name"
             finally:
                 proc.send_signal(signal.SIGTERM)
                 rest = await asyncio.wait_for(proc.stderr.read(), 30)  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ Everything else lives in its module (``wireguard.config``, ``wireguard.uapi``,
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .device import (
@@ -51,8 +52,13 @@ from .errors import (
 from .keys import PresharedKey, PrivateKey, PublicKey
 
 if TYPE_CHECKING:
+    __version__: str
     from .io.rootless import RootlessTunnel
     from .io.tunnel import Tunnel
+
+# A library logs and leaves the output to the application (the commands of
+# ``python -m wireguard`` add their own handler): without one, nothing shows.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {"Tunnel": ".io.tunnel", "RootlessTunnel": ".io.rootless"}
 

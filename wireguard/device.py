@@ -390,7 +390,7 @@ class Device:
             peer.timers.stop_all()
             peer.timers.handshake_attempts = 0
             peer.last_sent_handshake = None
-            self._scheduled.pop(id(peer), None)
+            self._timer_heap.cancel(peer)
 
     def clear_endpoint_sources(self, local: object | None = None) -> int:
         """Forget the local address part of peers' endpoints (see

@@ -159,7 +159,7 @@ class ResolutionError(RemoteProtocolError):
 
 
 def _show_server(server: Address) -> str:
-    host, port = server
+    host, port = server[0], server[1]
     shown = f"[{host}]" if ":" in host else host
     return shown if port == 53 else f"{shown}:{port}"
 
@@ -672,7 +672,7 @@ class _InterfaceDNS(Protocol):
 
 
 def _server(entry: str | IPAddress | Address, port: int) -> Address:
-    host, port = entry if isinstance(entry, tuple) else (entry, port)
+    host, port = (entry[0], entry[1]) if isinstance(entry, tuple) else (entry, port)
     try:
         return (str(ipaddress.ip_address(host)), int(port))
     except ValueError:

@@ -46,7 +46,7 @@ import hmac
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -365,7 +365,7 @@ class _Chunked:
                     del buf[:2]
                 elif buf[:1] == b"\n":
                     del buf[:1]
-                elif buf in (b"", b"\r"):
+                elif bytes(buf) in (b"", b"\r"):
                     return None
                 else:
                     raise _HeadError(400, "chunk data is not followed by CRLF")
@@ -405,12 +405,12 @@ def _parse_authority(text: str, default_port: int | None) -> tuple[str, int]:
             raise _HeadError(400, f"bad IPv6 literal {host!r}") from None
         if rest and not rest.startswith(":"):
             raise _HeadError(400, f"bad authority {text!r}")
-        port_text = rest[1:] if rest else None
+        port_text: str | None = rest[1:] if rest else None
     else:
-        host, colon, port_text_ = text.rpartition(":")
+        host, colon, after = text.rpartition(":")
+        port_text = after if colon else None
         if not colon:
-            host, port_text_ = text, None
-        port_text = port_text_
+            host = text
         if not host or not _HOST.match(host):
             raise _HeadError(400, f"bad host {host!r}")
     if port_text is None or port_text == "":
@@ -556,7 +556,7 @@ class HTTPProxyServer:
             self.state = State.CLOSED
         self._close_after = True
 
-    def _error(self, status: int, message: str, extra: Headers = ()) -> None:
+    def _error(self, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.stats[f"error_{status}"] += 1
         self._out += _error_response(status, message, extra)
         self.stats["discarded_bytes"] += len(self._buffer)
@@ -796,7 +796,9 @@ def _fields(headers: Headers) -> bytes:
     return b"".join(n + b": " + v + b"\r\n" for n, v in headers)
 
 
-def _error_response(status: int, message: str, extra: Headers = ()) -> bytes:
+def _error_response(
+    status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
     body = f"{status} {REASONS.get(status, '')}: {message}\n".encode()
     fields = [
         (b"Content-Type", b"text/plain; charset=utf-8"),

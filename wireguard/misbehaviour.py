@@ -537,7 +537,7 @@ def parse_rule(text: str) -> Rule:
     parts = spec.split(":")
     direction: Direction = "out"
     if parts and parts[0] in ("in", "out"):
-        direction = parts.pop(0)  # type: ignore[assignment]
+        direction = "in" if parts.pop(0) == "in" else "out"
     if len(parts) < 2:
         raise ValueError(f"rule {text!r}: expected KIND:ACTION[:ARG]")
     kind, verb, args = parts[0], parts[1], parts[2:]

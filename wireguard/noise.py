@@ -23,6 +23,7 @@ the DH inputs named by role, so a researcher can lay it beside the paper.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -87,7 +88,7 @@ class Trace:
                 lines.append(f"      {key:<11} {value.hex()}")
         return "\n".join(lines)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[TraceStep]:
         return iter(self.steps)
 
 

@@ -311,6 +311,9 @@ class Socks5Server:
 
     # --- input ----------------------------------------------------------
 
+    def _waiting(self) -> bool:
+        return self.state is State.WAITING
+
     def receive_data(self, data: bytes) -> list[Event]:
         """Consume bytes from the client. Raises :class:`Socks5Error` (after
         queuing the reply that applies) when they break the protocol."""
@@ -339,7 +342,7 @@ class Socks5Server:
             if used == 0:
                 break
             del self._buffer[:used]
-        if self._buffer and self.state is State.WAITING:
+        if self._buffer and self._waiting():  # a step may have moved the state on
             events.append(Data(bytes(self._buffer)))
             self._buffer.clear()
         assert len(self._buffer) < MAX_MESSAGE

@@ -7,18 +7,30 @@ errors (a :class:`~wireguard.errors.WireGuardError`, among them
 :class:`~wireguard.config.ConfigError`, which names the file, line and key)
 and an :class:`OSError` are reported alike. Warnings that a config or key
 file can be read by others are printed as wg-quick prints them.
+
+Logging: the library logs under the ``wireguard`` logger and its children
+(``wireguard.io.tunnel``, ...) and prints nothing; a command shows those lines
+on stderr, from its own default level (warnings; ``forward`` and ``up`` also
+what they do, at info). Each ``-v`` shows one level more (down to debug),
+each ``-q`` one less (down to nothing but the error that ends a command,
+which is printed anyway).
+Without either, wireguard-go's ``LOG_LEVEL`` names apply: ``verbose`` (or
+``debug``), ``error``, ``silent``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from ..errors import WireGuardError
 
-__all__ = ["PROG", "CommandError", "build_parser", "main"]
+__all__ = ["PROG", "CommandError", "build_parser", "log_level", "main"]
 
 PROG = "python -m wireguard"
 
@@ -42,12 +54,77 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (keys, walkthrough, decrypt, up, show, misbehave, forward, proxy, mesh, demo):
         module.add_parser(sub)
+    for command in sub.choices.values():
+        _add_logging_options(command)
     return parser
+
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (one level each: -vv debug)"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="count", default=0, help="log less (one level each)"
+    )
+
+
+# wireguard-go's LOG_LEVEL names (device/logger.go: verbose, error, silent).
+_LOG_LEVEL_NAMES = {
+    "verbose": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "error": logging.ERROR,
+    "silent": logging.CRITICAL + 10,
+}
+_STEPS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL + 10)
+
+
+def log_level(args: argparse.Namespace, default: int | None = None) -> int:
+    """The level a command logs at: its default (``log_default``, else
+    warnings, or *default*) moved one level by each ``-v``/``-q``, else
+    ``LOG_LEVEL`` if set. (A command
+    may also set ``log_formatter``, a function of the arguments returning the
+    :class:`logging.Formatter` of its lines.)"""
+    if default is None:
+        default = getattr(args, "log_default", logging.WARNING)
+    verbose, quiet = getattr(args, "verbose", 0), getattr(args, "quiet", 0)
+    if not verbose and not quiet:
+        named = _LOG_LEVEL_NAMES.get(os.environ.get("LOG_LEVEL", "").lower())
+        return default if named is None else named
+    step = min(range(len(_STEPS)), key=lambda i: abs(_STEPS[i] - default))
+    return _STEPS[max(0, min(len(_STEPS) - 1, step - verbose + quiet))]
+
+
+class _LineFormatter(logging.Formatter):
+    """Info and debug lines as they are; warnings and errors with their
+    level in front (``warning: ...``), as the commands print their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.log_level = log_level(args)
+    logger = logging.getLogger("wireguard")
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = getattr(args, "log_formatter", None)
+    handler.setFormatter(_LineFormatter() if formatter is None else formatter(args))
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(args.log_level)
+    try:
+        return _run(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         _show_access_warnings_as_wg_quick()
         try:
@@ -67,7 +144,14 @@ def _show_access_warnings_as_wg_quick() -> None:
 
     show = warnings.showwarning
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if isinstance(message, AccessWarning):
             print(message, file=sys.stderr if file is None else file)
         else:

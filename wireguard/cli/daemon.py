@@ -54,8 +54,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["main"]
+
+if TYPE_CHECKING:
+    from ..io.tun import Tun
 
 PROG = "wireguard-sansio"
 ENV_TUN_FD = "WG_TUN_FD"
@@ -68,16 +72,13 @@ EXIT_SETUP_FAILED = 1
 DEFAULT_MTU = 1420  # wireguard-go's device.DefaultMTU, set when it creates the TUN
 READY_TIMEOUT = 60.0
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import __version__
 
-        return version("wireguard-sansio")
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 def usage() -> str:
@@ -159,7 +160,7 @@ def _go_error(exc: OSError | int) -> str:
 # --------------------------------------------------------------------------- setup
 
 
-def _open_tun(name: str):  # type: ignore[no-untyped-def]
+def _open_tun(name: str) -> Tun:
     """The TUN device: the one passed as WG_TUN_FD, or a new one (MTU 1420)."""
     from ..io.tun import TUN_PATH, Tun, TunError
 
@@ -227,7 +228,7 @@ def _daemonize(argv: Sequence[str], tun_fd: int, uapi_fd: int, name: str) -> Non
     # Out of the way of fds 0-5 first, so that the dup2s below cannot clash.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (tun_fd, uapi_fd, write_end)]
     try:
-        actions: list[tuple] = [  # type: ignore[type-arg]
+        actions: list[tuple[Any, ...]] = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         ]
         if not keep_output:
@@ -302,7 +303,7 @@ def _tell(fd: int | None, line: str) -> None:
             os.close(fd)
 
 
-async def _serve(name: str, tun, uapi: socket.socket, ready_fd: int | None) -> None:  # type: ignore[no-untyped-def]
+async def _serve(name: str, tun: Tun, uapi: socket.socket, ready_fd: int | None) -> None:
     from ..device import Device
     from ..io.interface import TunInterface
     from ..keys import PrivateKey

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ class DemoResult:
     ok: bool
 
 
-def _answer_pings(tunnel: Tunnel, replies: asyncio.Queue[tuple[float, bytes]]):  # type: ignore[no-untyped-def]
+def _answer_pings(
+    tunnel: Tunnel, replies: asyncio.Queue[tuple[float, bytes]]
+) -> Callable[[bytes], None]:
     def on_packet(packet: bytes) -> None:
         ip = parse_ip(packet)
         msg = parse_icmp(ip)

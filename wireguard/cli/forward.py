@@ -40,7 +40,7 @@ from ..io.forward import (
 )
 from ..io.rootless import RootlessTunnel, format_bytes
 from . import PROG as _PROG
-from . import CommandError
+from . import CommandError, log_level
 
 PROG = f"{_PROG} forward"
 
@@ -299,7 +299,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``forward`` on the ``python -m wireguard`` sub-commands (the
     result of ``parser.add_subparsers()``); sets ``func`` to :func:`run`."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "forward",
         help="forward ports through a rootless tunnel (like ssh -L / -R), no root, no TUN",
         description=_DESCRIPTION,
@@ -343,11 +343,14 @@ def run_runtime(
     # What the forwards and proxies log about their connections goes where the status does.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
-    loggers = [logging.getLogger(n) for n in ("wireguard.io.forward", "wireguard.io.proxy")]
+    from ..io import forward as forward_runtime
+    from ..io import proxy as proxy_runtime
+
+    loggers = [forward_runtime.log, proxy_runtime.log]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
+        lg.setLevel(log_level(args, logging.INFO))
         lg.propagate = False
     try:
         return asyncio.run(serve(args, specs, proxies, name))

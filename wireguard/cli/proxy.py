@@ -85,7 +85,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``proxy`` on the ``python -m wireguard`` sub-commands."""
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "proxy",
         help="SOCKS5 and HTTP proxies through a rootless tunnel (names by its DNS), no root",
         description=_DESCRIPTION,

@@ -4,9 +4,29 @@ up`` / ``down`` bring one up and down (the service is :mod:`wireguard.io.up`).""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from typing import Any
 
 from ..io.up import LOG_DIRECTORY
+
+
+def _service_formatter(args: argparse.Namespace) -> logging.Formatter:
+    """The service's lines in its log file: time, interface, pid, level."""
+    if not args.foreground:
+        return _Plain()
+    from ..io.tun import interface_name
+
+    name = interface_name(os.path.abspath(args.config))
+    return logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+
+
+class _Plain(logging.Formatter):
+    """What ``up`` and ``down`` say, as wg-quick says it (warnings marked)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -16,7 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.config,
         foreground=args.foreground,
         log_file=args.log,
-        verbose=args.verbose,
+        verbose=args.log_level <= logging.DEBUG,
         ready_fd=args.ready_fd,
     )
 
@@ -38,11 +58,10 @@ def add_parser(subparsers: Any) -> None:
     up.add_argument("config", metavar="CONFIG", help="wg-quick file, e.g. /etc/wireguard/wg0.conf")
     up.add_argument("--foreground", action="store_true", help="stay attached and log to stderr")
     up.add_argument("--log", metavar="FILE", help=f"log file (default {LOG_DIRECTORY}/NAME.log)")
-    up.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_up, log_default=logging.INFO, log_formatter=_service_formatter)
     down = subparsers.add_parser(
         "down", help="stop an interface started by up (like wg-quick down)"
     )
     down.add_argument("target", metavar="CONFIG|NAME", help="its wg-quick file or its name")
-    down.set_defaults(func=cmd_down)
+    down.set_defaults(func=cmd_down, log_default=logging.INFO, log_formatter=lambda _: _Plain())

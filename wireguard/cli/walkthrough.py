@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from ..crypto import seeded_random
 from ..errors import WireGuardError
 from ..keys import PresharedKey, PrivateKey
 from . import CommandError
 
+_K = TypeVar("_K", PrivateKey, PresharedKey)
 
-def _optional_key(cls, text: str | None, what: str):  # type: ignore[no-untyped-def]
+
+def _optional_key(cls: type[_K], text: str | None, what: str) -> _K | None:
     if text is None:
         return None
     try:

@@ -45,7 +45,7 @@ from .lifecycle import Lifecycle
 
 __all__ = ["SOCKET_DIRECTORY", "ControlServer", "query", "socket_path"]
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 SOCKET_DIRECTORY = "/var/run/wireguard"
 _READ_SIZE = 64 * 1024

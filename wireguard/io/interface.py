@@ -42,7 +42,7 @@ from .lifecycle import Lifecycle
 from .tun import LinkMonitor, LinkState, Tun, TunPump
 from .tunnel import Tunnel, device_from_config
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 __all__ = ["Interface", "TunInterface"]
 

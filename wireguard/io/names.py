@@ -90,8 +90,9 @@ class _TcpAnswer(asyncio.Protocol):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(tcp_frame(self.query.data))
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(tcp_frame(self.query.data))
 
     def data_received(self, data: bytes) -> None:
         if self.done:
@@ -102,7 +103,7 @@ class _TcpAnswer(asyncio.Protocol):
             self.inbox.put_nowait(("data", messages[0], self.query.server, True))
             assert self.transport is not None
             self.transport.close()
-        elif self.frames.pending() > _MAX_TCP_MESSAGE:  # pragma: no cover - framing bounds it
+        elif self.frames.pending > _MAX_TCP_MESSAGE:  # pragma: no cover - framing bounds it
             self._fail()
 
     def eof_received(self) -> bool:
@@ -152,7 +153,8 @@ class TunnelResolver:
     def describe(self) -> str:
         if self.resolver is not None and self.resolver.servers:
             servers = ", ".join(
-                f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.resolver.servers
+                f"[{s[0]}]:{s[1]}" if ":" in s[0] else f"{s[0]}:{s[1]}"
+                for s in self.resolver.servers
             )
             text = f"names through the tunnel by {servers}"
             if self.resolver.search:
@@ -235,15 +237,16 @@ class TunnelResolver:
         async def send_one(query: Query) -> None:
             try:
                 if query.tcp:
-                    transport, _ = await self.binding.create_connection(
+                    stream, _ = await self.binding.create_connection(
                         lambda: _TcpAnswer(inbox, query), query.server[0], query.server[1]
                     )
+                    endpoints.append(stream)
                 else:
-                    transport, _ = await self.binding.create_datagram_endpoint(
-                        lambda: _Inbox(inbox, query), remote_addr=query.server
+                    datagrams, _ = await self.binding.create_datagram_endpoint(
+                        lambda: _Inbox(inbox, query), remote_addr=query.server[:2]
                     )
-                    transport.sendto(query.data)  # type: ignore[attr-defined]
-                endpoints.append(transport)
+                    endpoints.append(datagrams)
+                    datagrams.sendto(query.data)
             except (OSError, WireGuardError, ValueError):
                 # no route to the server (not in AllowedIPs), TCP refused or timed out
                 inbox.put_nowait(("failed", query.id, None, query.tcp))

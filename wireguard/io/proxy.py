@@ -58,6 +58,7 @@ from ..httpproxy import (
     Limits,
     RequestBody,
     RequestEnd,
+    TunnelData,
     TunnelRequest,
     UpstreamError,
     UpstreamResponse,
@@ -187,6 +188,7 @@ class _Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         # clients still negotiating, oldest first: evicted first at the cap
         self._negotiating: dict[asyncio.StreamWriter, None] = {}
+        self._evicted: set[asyncio.StreamWriter] = set()  # no longer counted as active
         self._log_budget = (0.0, 0)
         self.suppressed_logs = 0
 
@@ -276,6 +278,8 @@ class _Proxy:
             oldest = next(iter(self._negotiating))
             del self._negotiating[oldest]
             c.refusals["evicted while negotiating (connection cap)"] += 1
+            c.active -= 1  # now: its task ends on a later turn
+            self._evicted.add(oldest)
             oldest.transport.abort()
         task = asyncio.current_task()
         assert task is not None
@@ -290,8 +294,14 @@ class _Proxy:
             await self._serve(reader, writer, who)
         except (ConnectionError, OSError):
             pass  # the client went away (or was evicted)
+        except Exception:  # a bug of ours: this client only, counted and logged
+            c.refusals["internal error"] += 1
+            log.exception(f"{self.spec}: {who}: internal error")
         finally:
-            c.active -= 1
+            if writer in self._evicted:
+                self._evicted.discard(writer)
+            else:
+                c.active -= 1
             self._tasks.discard(task)
             self._writers.discard(writer)
             self._negotiating.pop(writer, None)
@@ -395,7 +405,10 @@ class Socks5Proxy(_Proxy):
                 while request is None:
                     data = await reader.read(4096)
                     if not data:
-                        self._refuse("incomplete negotiation", f"{who}: closed before its request")
+                        if writer not in self._evicted:
+                            self._refuse(
+                                "incomplete negotiation", f"{who}: closed before its request"
+                            )
                         return
                     try:
                         events = core.receive_data(data)
@@ -683,6 +696,7 @@ class HTTPProxy(_Proxy):
         early = core.tunnel_established()
         writer.write(core.data_to_send())
         for item in early:
+            assert isinstance(item, TunnelData)
             self.counters.to_tunnel += len(item.data)
             target[1].write(item.data)
         await self._relay((reader, writer), target)

@@ -28,7 +28,7 @@ _PERMANENT_EAI = frozenset(
 _FIRST_PAUSE_US = 1_000_000
 _LONGEST_PAUSE_US = 20_000_000
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 def _shown(text: str) -> str:

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..address import Address
 from ..config import Config, load
 from ..device import Device
 from ..dns import Resolver
@@ -85,7 +86,7 @@ def rootless_tcp_config() -> TcpConfig:
 @dataclass
 class PeerStatus:
     public_key: str
-    endpoint: tuple[str, int] | None
+    endpoint: Address | None  # (host, port), or (host, port, local) from a sticky source
     last_handshake_age: float | None  # seconds since the last handshake, None if never
     rx_bytes: int
     tx_bytes: int
@@ -292,13 +293,13 @@ class RootlessTunnel(StackBinding, Lifecycle):
         """Like :meth:`asyncio.loop.getaddrinfo`, names resolved as by
         :meth:`resolve`; only the addresses a peer's AllowedIPs cover (those
         the tunnel can reach) are returned, or ``OSError(ENETUNREACH)``."""
-        number = 0 if port in (None, "") else int(port)  # type: ignore[arg-type]
+        number = 0 if port is None or port == "" else int(port)
         addresses = await self.resolve(host, family)
         reachable = [a for a in addresses if self.routable(a)]
         if not reachable:
             raise unreachable(host, [ipaddress.ip_address(a) for a in addresses])
         kinds = [type] if type else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
-        out = []
+        out: list[tuple[int, int, int, str, tuple[Any, ...]]] = []
         for a in reachable:
             fam = socket.AF_INET6 if ":" in a else socket.AF_INET
             sockaddr: tuple[Any, ...] = (a, number, 0, 0) if fam == socket.AF_INET6 else (a, number)

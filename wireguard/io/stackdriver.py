@@ -232,7 +232,7 @@ class StackBinding:
 
     def _local(self, host: str | None) -> str | None:
         """One of the stack's addresses to bind to, or None for all of them."""
-        return None if host in (None, "") else str(ip_literal(host, "address"))  # type: ignore[arg-type]
+        return None if host in (None, "") else str(ip_literal(host, "address"))
 
     # --------------------------------------------------------------------- TCP
 
@@ -658,7 +658,7 @@ class _TcpTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return len(self._pending)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof_requested:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:

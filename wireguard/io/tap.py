@@ -60,7 +60,7 @@ from .tunnel import Tunnel
 if TYPE_CHECKING:
     from ..misbehaviour import Policy, Send
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 # linux/udp.h: segmentation (GSO) and receive (GRO) offload, at level SOL_UDP.
@@ -299,7 +299,7 @@ class EndpointTap:
         return ready
 
     def _sock_address(self, send: Send) -> Any:
-        host, port = send.address
+        host, port = send.address[0], send.address[1]
         sock = self._sock
         if sock is not None and sock.family == socket.AF_INET6 and ":" not in host:
             host = "::ffff:" + host

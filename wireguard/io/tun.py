@@ -51,7 +51,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalProtocolError
 from ..ipheader import (
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from .tunnel import Tunnel
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MTU",
@@ -615,10 +615,11 @@ class Coalescer:
         return chunks
 
 
-def _emit(flow: list, ip_len: int) -> bytes:  # type: ignore[type-arg]
+def _emit(flow: list[Any], ip_len: int) -> bytes:
     """One write: the virtio-net header, the first packet's headers with the
     total length, and every payload."""
-    head, parts, hlen, gso, size = flow[0], flow[1], flow[2], flow[3], flow[4]
+    head: bytes = flow[0]
+    parts, hlen, gso, size = flow[1], flow[2], flow[3], flow[4]
     if len(parts) == 1:
         return _NO_GSO + head
     hdr = bytearray(head[:hlen])
@@ -1030,7 +1031,8 @@ def configure(
     mtu = mtu or iface.mtu or DEFAULT_MTU
     table_setting = (iface.table or "auto").lower()
     if table_setting not in ("auto", "main", "off") and not table_setting.isdigit():
-        shown = "(not shown: it could be a key)" if looks_like_key(iface.table) else iface.table
+        table = iface.table or ""
+        shown = "(not shown: it could be a key)" if looks_like_key(table) else table
         raise TunError(f"Table = {shown}: use a number, auto, main or off")
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=tun.name)

@@ -63,7 +63,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from ..address import Address
 from ..config import Config
@@ -72,7 +72,7 @@ from ..keys import PresharedKey, PublicKey
 from .lifecycle import Lifecycle
 from .resolve import resolve_endpoint
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 
 # linux/udp.h: options at level SOL_UDP (17).
@@ -99,7 +99,7 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 _SOURCE_ERRORS = (errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH)
 
 
-def _plain(address: tuple) -> Address:  # type: ignore[type-arg]
+def _plain(address: tuple[Any, ...]) -> tuple[str, int]:
     """The device's form of a socket address: IPv4-mapped IPv6 as IPv4,
     no flow info or scope id."""
     host, port = address[0], address[1]
@@ -680,7 +680,7 @@ class Tunnel(Lifecycle):
                 if len(endpoint) == 2:
                     send(data, address)
                 else:
-                    self._send_from(sock, [data], [], address, endpoint[2])  # type: ignore[misc]
+                    self._send_from(sock, [data], [], address, endpoint[2])
             except (BlockingIOError, InterruptedError):
                 self.dropped_datagrams += 1  # a full socket buffer drops, as UDP does
             except OSError as exc:
@@ -709,7 +709,7 @@ class Tunnel(Lifecycle):
                 if len(endpoint) > 2:
                     buffers = [data] if j - i == 1 else [b"".join([d for d, _ in datagrams[i:j]])]
                     anc = [] if j - i == 1 else [(SOL_UDP, UDP_SEGMENT, _native_u16(size))]
-                    self._send_from(sock, buffers, anc, address, endpoint[2])  # type: ignore[misc]
+                    self._send_from(sock, buffers, anc, address, endpoint[2])
                 elif j - i == 1:
                     sock.sendto(data, address)
                 else:

@@ -51,15 +51,16 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from ..errors import LocalProtocolError
 from .control import SOCKET_DIRECTORY, socket_path
 from .tun import TUN_PATH, TunError, interface_name, validate_name
 
-log = logging.getLogger("wireguard")
+log = logging.getLogger(__name__)
 
 LOG_DIRECTORY = "/var/log/wireguard-py"
 READY_TIMEOUT = 30.0
@@ -126,18 +127,21 @@ def load_config(path: str) -> tuple[Config, list[str]]:
     parser noted but for the hooks, which the service runs). A file other
     users can reach gets wg-quick's warning on stderr at once, as wg-quick
     prints it before anything else."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConfigWarning)
-        try:
-            config = load(path)
-        except ConfigError as exc:
-            raise UpError(str(exc)) from None
-        except OSError as exc:
-            raise UpError(f"cannot read {path}: {exc.strerror}") from None
-        finally:
-            for w in caught:
-                if isinstance(w.message, AccessWarning):
-                    print(w.message, file=sys.stderr)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigWarning)
+            try:
+                config = load(path)
+            except ConfigError as exc:
+                raise UpError(str(exc)) from None
+            except OSError as exc:
+                raise UpError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        for w in caught:
+            if isinstance(w.message, AccessWarning):
+                # Shown to the caller's filters (the commands print it as
+                # wg-quick does), before anything else.
+                warnings.warn(w.message, stacklevel=2)
     notes = [
         str(w.message)
         for w in caught
@@ -265,9 +269,9 @@ def up(
         raise UpError(f"{socket_path(name)} is in use by another WireGuard interface")
     # Only once nothing stands in the way, so that an error stays one line.
     for note in notes:
-        print(f"warning: {note}", file=sys.stderr)
+        log.warning("%s", note)
     if foreground:
-        return run_foreground(name, config, ready_fd=ready_fd, verbose=verbose)
+        return run_foreground(name, config, ready_fd=ready_fd)
     return _spawn(name, path, log_file or log_path(name), verbose)
 
 
@@ -299,7 +303,7 @@ def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
         if not _socket_answers(name):
             proc.terminate()
             raise UpError(f"the control socket of {name} does not answer; see {log_file}")
-        print(f"[#] {name} is up: pid {proc.pid}, UDP port {port}, log {log_file}", file=sys.stderr)
+        log.info("[#] %s is up: pid %d, UDP port %s, log %s", name, proc.pid, port, log_file)
         return 0
     if message.startswith("error "):
         raise UpError(message[6:])
@@ -310,7 +314,7 @@ def _spawn(name: str, path: str, log_file: str, verbose: bool) -> int:
     raise UpError(f"the service exited with status {code}; see {log_file}")
 
 
-def _read_ready(fd: int, proc: subprocess.Popen) -> str:  # type: ignore[type-arg]
+def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
     deadline = time.monotonic() + READY_TIMEOUT
     data = b""
     try:
@@ -337,14 +341,9 @@ def _read_ready(fd: int, proc: subprocess.Popen) -> str:  # type: ignore[type-ar
 # --------------------------------------------------------------------------- the service
 
 
-def run_foreground(
-    name: str, config: Config, *, ready_fd: int | None = None, verbose: bool = False
-) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def run_foreground(name: str, config: Config, *, ready_fd: int | None = None) -> int:
+    """Serve the interface in this process until a signal (the caller sets
+    up logging: the ``up`` command writes the service's lines to its log)."""
     service = Service(name, config)
 
     def ready(line: str) -> None:
@@ -388,7 +387,7 @@ class Service:
         self.config = config
         self.stopping = asyncio.Event()
 
-    async def run(self, ready) -> None:  # type: ignore[no-untyped-def]
+    async def run(self, ready: Callable[[str], None]) -> None:
         from .interface import TunInterface
         from .tun import Tun, configure
         from .tunnel import device_from_config
@@ -495,7 +494,7 @@ class Service:
                     raise UpError(message)
                 log.error("%s", message)
 
-    def _write_rules(self, rules: list[dict]) -> None:  # type: ignore[type-arg]
+    def _write_rules(self, rules: list[dict[str, Any]]) -> None:
         noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules}
         _write_run_file(rules_path(self.name), json.dumps(noted))
 
@@ -523,7 +522,7 @@ def down(target: str) -> int:
         leftovers = _remove_leftovers(name)
         if not leftovers:
             raise UpError(f"{name!r} is not an interface of this implementation (not up?)")
-        print(f"[#] {name} was not running; removed {', '.join(leftovers)}", file=sys.stderr)
+        log.info("[#] %s was not running; removed %s", name, ", ".join(leftovers))
         return 0
     os.kill(pid, signal.SIGTERM)
     if not _wait_gone(pid, STOP_TIMEOUT):
@@ -531,7 +530,7 @@ def down(target: str) -> int:
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)
     _remove_leftovers(name)
-    print(f"[#] {name} is down", file=sys.stderr)
+    log.info("[#] %s is down", name)
     return 0
 
 
@@ -574,10 +573,10 @@ def _remove_stale_rules(name: str) -> list[str]:
     if _proc_start_time(int(noted.get("pid", 0))) is not None and _is_ours(noted["pid"]):
         return []  # still running
     if noted.get("netns") != _netns_id():
-        print(
-            f"[#] {name}: its policy rules are in another network namespace; "
+        log.warning(
+            "[#] %s: its policy rules are in another network namespace; "
             "run down there to remove them",
-            file=sys.stderr,
+            name,
         )
         return []
     try:

@@ -124,7 +124,7 @@ class NetStack:
         ctx = self._ctx = Context(self.addresses, mtu, random, self.stats)
         ctx.emit = self._out.append
         ctx.notify = self._events.append
-        ctx.wake = self._pending_output.setdefault  # type: ignore[assignment]
+        ctx.wake = self._pending_output.setdefault
         ctx.schedule = self._reschedule
         ctx.opened = self._opened
         ctx.closed = self._closed

@@ -109,12 +109,13 @@ class OutOfOrder:
                 self.segments += len(pieces)
         # The range holding this segment is reported first from now on.
         first = self._find(seq)
+        assert first is not None  # the range that now holds the segment
         keep = [seq]
         seen = {first}
         for old in self.recent:
-            k = self._find(old)
-            if k is not None and k not in seen:
-                seen.add(k)
+            found = self._find(old)
+            if found is not None and found not in seen:
+                seen.add(found)
                 keep.append(old)
                 if len(keep) == 4:
                     break
