@@ -83,6 +83,32 @@ def _hosts_only(v4: str, v6: str) -> tuple[Any, ...]:
     return (ipaddress.ip_network(f"{v4}/32"), ipaddress.ip_network(f"{v6}/128"))
 
 
+def _side(
+    private_key: PrivateKey,
+    port: int,
+    addresses: tuple[str, str],
+    peer_key: PublicKey,
+    psk: PresharedKey | None,
+    peer_addresses: tuple[str, str],
+    peer_endpoint: tuple[str, int],
+) -> Config:
+    """One end's configuration: its key, port and addresses, and the other
+    end as its only peer (the other end's addresses as AllowedIPs)."""
+    return Config(
+        InterfaceConfig(
+            private_key=private_key, listen_port=port, addresses=_interfaces(*addresses)
+        ),
+        (
+            PeerConfig(
+                peer_key,
+                preshared_key=psk,
+                allowed_ips=_hosts_only(*peer_addresses),
+                endpoint=Endpoint(*peer_endpoint),
+            ),
+        ),
+    )
+
+
 class Peer:
     """One tunnel: the peer's end and the client's end (see the module docstring).
 
@@ -134,20 +160,14 @@ class Peer:
     @property
     def config(self) -> Config:
         """The peer's own configuration (wg-quick form; ``dump_setconf`` for ``wg setconf``)."""
-        return Config(
-            InterfaceConfig(
-                private_key=self.private_key,
-                listen_port=self.endpoint_port_inside,
-                addresses=_interfaces(self.address, self.address6),
-            ),
-            (
-                PeerConfig(
-                    self.client_public_key,
-                    preshared_key=self.preshared_key,
-                    allowed_ips=_hosts_only(self.client_address, self.client_address6),
-                    endpoint=Endpoint(*self.client_endpoint),
-                ),
-            ),
+        return _side(
+            self.private_key,
+            self.endpoint_port_inside,
+            (self.address, self.address6),
+            self.client_public_key,
+            self.preshared_key,
+            (self.client_address, self.client_address6),
+            self.client_endpoint,
         )
 
     @property
@@ -159,20 +179,14 @@ class Peer:
     def client_config(self) -> Config:
         """Your side's configuration: your key and addresses, the peer with its
         endpoint and its tunnel addresses as AllowedIPs."""
-        return Config(
-            InterfaceConfig(
-                private_key=self.client_private_key,
-                listen_port=self.client_port,
-                addresses=_interfaces(self.client_address, self.client_address6),
-            ),
-            (
-                PeerConfig(
-                    self.public_key,
-                    preshared_key=self.preshared_key,
-                    allowed_ips=_hosts_only(self.address, self.address6),
-                    endpoint=Endpoint(*self.endpoint),
-                ),
-            ),
+        return _side(
+            self.client_private_key,
+            self.client_port,
+            (self.client_address, self.client_address6),
+            self.public_key,
+            self.preshared_key,
+            (self.address, self.address6),
+            self.endpoint,
         )
 
     @property
