@@ -129,6 +129,15 @@ class TappedSocket:
         data, address = self.recvfrom(bufsize)
         return data, [], 0, address
 
+    def recvmsg_into(
+        self, buffers: Any, ancbufsize: int = 0, flags: int = 0
+    ) -> tuple[int, list[Any], int, Any]:
+        target = memoryview(buffers[0])
+        data, address = self.recvfrom(len(target))
+        n = min(len(data), len(target))
+        target[:n] = data[:n]
+        return n, [], 0, address
+
 
 class EndpointTap:
     """Capture, key log and misbehaviour policy of one endpoint; see the

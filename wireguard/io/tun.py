@@ -379,12 +379,14 @@ class Tun:
         """Write packets out of the tunnel into the kernel; returns how many
         were dropped (a full queue drops, as a NIC would)."""
         fd = self.fd
-        write = os.write
         dropped = 0
-        chunks = Coalescer.join(packets) if self.vnet_hdr else packets
+        if self.vnet_hdr:
+            write, chunks = os.writev, Coalescer.join(packets)
+        else:
+            write, chunks = os.write, packets  # type: ignore[assignment]
         for chunk in chunks:
             try:
-                write(fd, chunk)
+                write(fd, chunk)  # type: ignore[arg-type]
             except (BlockingIOError, InterruptedError):
                 dropped += 1
                 self.drops["write_queue_full"] += 1
@@ -582,11 +584,13 @@ class Coalescer:
     MAX_BYTES = 65535
 
     @staticmethod
-    def join(packets: list[bytes], *, fast: bool = True) -> list[bytes]:
+    def join(packets: list[bytes], *, fast: bool = True) -> list[list[bytes]]:
         """The writes for *packets*: joined super-packets and single packets,
-        each with its virtio-net header. ``fast=False`` leaves out the fast
-        path for the common case (the tests hold the two to the same answer)."""
-        chunks: list[bytes] = []
+        each with its virtio-net header, as the buffers of one ``writev``
+        (the payloads are not copied into one buffer first). ``fast=False``
+        leaves out the fast path for the common case (the tests hold the two
+        to the same answer)."""
+        chunks: list[list[bytes]] = []
         append = chunks.append
         # flow (addresses and ports) -> [first packet, payloads, header length,
         # segment size, total size, next sequence number, PSH of the last
@@ -640,7 +644,7 @@ class Coalescer:
                     or packet[IPV4_FLAGS_FRAGMENT + 1]
                     or len(packet) <= IPV4_HEADER_LEN + 20
                 ):
-                    append(_NO_GSO + packet)
+                    append([_NO_GSO, packet])
                     continue
                 ip = IPV4_HEADER_LEN
                 key = packet[IPV4_SRC.start : ip + 4]  # addresses and ports
@@ -652,7 +656,7 @@ class Coalescer:
                 ip = IPV6_HEADER_LEN
                 key = packet[IPV6_SRC.start : ip + 4]
             else:
-                append(_NO_GSO + packet)
+                append([_NO_GSO, packet])
                 continue
             th = ip + ((packet[ip + 12] >> 4) << 2)
             plen = len(packet) - th
@@ -663,7 +667,7 @@ class Coalescer:
                     del flows[key]
                     last_key = None
                     append(_emit(flow, ip))
-                append(_NO_GSO + packet)
+                append([_NO_GSO, packet])
                 continue
             seq = _unpack_u32(packet, ip + 4)[0]
             if flow is not None:
@@ -694,7 +698,7 @@ class Coalescer:
                 last_key = None
                 append(_emit(flow, ip))
             if flags & 0x08:  # PSH: a burst ends here
-                append(_NO_GSO + packet)
+                append([_NO_GSO, packet])
                 continue
             flow = [
                 packet, [packet[th:]], th, plen, len(packet), (seq + plen) & 0xFFFFFFFF, 0,
@@ -709,13 +713,13 @@ class Coalescer:
         return chunks
 
 
-def _emit(flow: list[Any], ip_len: int) -> bytes:
-    """One write: the virtio-net header, the first packet's headers with the
-    total length, and every payload."""
+def _emit(flow: list[Any], ip_len: int) -> list[bytes]:
+    """One write's buffers: the virtio-net header, the first packet's headers
+    with the total length, and every payload."""
     head: bytes = flow[0]
     parts, hlen, gso, size = flow[1], flow[2], flow[3], flow[4]
     if len(parts) == 1:
-        return _NO_GSO + head
+        return [_NO_GSO, head]
     hdr = bytearray(head[:hlen])
     hdr[ip_len + 13] |= flow[6]
     if ip_len == 20:
@@ -733,7 +737,7 @@ def _emit(flow: list[Any], ip_len: int) -> bytes:
     p = pseudo % 0xFFFF
     _pack_u16_into(hdr, ip_len + 16, p if p else 0xFFFF)
     vnet = _vnet_hdr.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hlen, gso, ip_len, 16)
-    return b"".join([vnet, hdr, *parts])
+    return [vnet, bytes(hdr), *parts]
 
 
 # --------------------------------------------------------------------------- the pump

@@ -267,6 +267,11 @@ class Tunnel(Lifecycle):
         self._pktinfo_on = False
         self._pktinfo_level = 0
         self._anc_space = self._gro_space
+        # One receive buffer for every GRO read, reused: a fresh 64 KiB
+        # object per read made the allocator give memory back and fault it in
+        # again (about 26,000 page faults a second at 800 Mbit/s).
+        self._rx_buffer = bytearray(65535)
+        self._rx_view = memoryview(self._rx_buffer)
         self._locals: dict[bytes, str] = {}  # PKTINFO data -> local address
         self._source_anc: dict[str, list[tuple[int, int, bytes]]] = {}  # local -> cmsg
         self._failed_sources: set[str] = set()  # refused during this apply()
@@ -590,7 +595,9 @@ class Tunnel(Lifecycle):
         """recvmsg with UDP_GRO: one buffer may hold several datagrams of
         ``gso_size`` bytes each (the last may be shorter), from one source;
         with sticky sources, each buffer's local address from its PKTINFO."""
-        recv = sock.recvmsg
+        recv = sock.recvmsg_into
+        buffers = [self._rx_buffer]
+        whole = self._rx_view
         space = self._anc_space
         n = 0
         batch = self.batch
@@ -599,7 +606,7 @@ class Tunnel(Lifecycle):
         pktinfo = self._pktinfo_level if self._pktinfo_on else -1
         while n < batch:
             try:
-                data, anc, _flags, addr = recv(65535, space)
+                length, anc, _flags, addr = recv(buffers, space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
@@ -617,16 +624,16 @@ class Tunnel(Lifecycle):
                 if addr != last_addr or info != last_info:
                     last_addr, last_info = addr, info
                     source = _plain(addr) if info is None else self._sticky_source(addr, info)
-                if size and len(data) > size:
-                    view = memoryview(data)
-                    for i in range(0, len(data), size):
+                if size and length > size:
+                    view = whole[:length]
+                    for i in range(0, length, size):
                         add((bytes(view[i : i + size]), source))
                         n += 1
                     continue
             elif addr != last_addr or last_info is not None:
                 last_addr, last_info = addr, None
                 source = _plain(addr)
-            add((data, source))
+            add((bytes(whole[:length]), source))
             n += 1
 
     _gro_space = socket.CMSG_SPACE(4)
@@ -750,15 +757,17 @@ class Tunnel(Lifecycle):
                     break
             address = sockaddrs.get(endpoint) or self._sockaddr(endpoint)
             try:
+                # The datagrams go to the kernel as they are (scatter-gather),
+                # not joined into one buffer first.
                 if len(endpoint) > 2:
-                    buffers = [data] if j - i == 1 else [b"".join([d for d, _ in datagrams[i:j]])]
+                    buffers = [data] if j - i == 1 else [d for d, _ in datagrams[i:j]]
                     anc = [] if j - i == 1 else [(SOL_UDP, UDP_SEGMENT, _native_u16(size))]
                     self._send_from(sock, buffers, anc, address, endpoint[2])
                 elif j - i == 1:
                     sock.sendto(data, address)
                 else:
                     sock.sendmsg(
-                        [b"".join([d for d, _ in datagrams[i:j]])],
+                        [d for d, _ in datagrams[i:j]],
                         [(SOL_UDP, UDP_SEGMENT, _native_u16(size))],
                         0,
                         address,
