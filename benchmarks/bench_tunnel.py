@@ -6,17 +6,17 @@ Two network namespaces joined by a veth pair. B always runs wireguard-go
 PATH). A runs, in turn, (a) our endpoint, brought up with ``python -m
 wireguard up`` (the TUN engine the ``wireguard-sansio`` daemon also runs),
 and (b) the same wireguard-go. Each round measures, for each side in turn:
-ping RTT, iperf3 TCP A->B and B->A with the sender's retransmissions, and
-iperf3 UDP A->B at an unlimited rate (received rate and loss), plus the CPU
-seconds the A-side endpoint process used per GB carried (and how much of
-that was system time), the share of a core it got and the machine's idle
-share. Where packets were lost is counted per stage for every test: both
-namespaces' ``Udp`` send and receive buffer errors and ``Tcp RetransSegs``
-(``/proc/net/snmp``), and both TUN interfaces' dropped counters (a TUN's
-``tx_dropped``: packets the kernel had for the endpoint that did not fit in
-its queue). Our endpoint's own counters by stage and its mean batch per
-wake-up come from its log at the end of each round. Reports medians over
-the rounds and the ratio ours / wireguard-go.
+ping RTT idle and under a TCP A->B transfer, iperf3 TCP A->B and B->A with
+the sender's retransmissions, and iperf3 UDP A->B at an unlimited rate
+(received rate and loss), plus the CPU seconds the A-side endpoint process
+used per GB carried (and how much of that was system time), the share of a
+core it got and the machine's idle share. Where packets were lost is counted
+per stage for every test: both namespaces' ``Udp`` send and receive buffer
+errors and ``Tcp RetransSegs`` (``/proc/net/snmp``), and both TUN
+interfaces' dropped counters (a TUN's ``tx_dropped``: packets the kernel had
+for the endpoint that did not fit in its queue). Our endpoint's own counters
+by stage and its mean batch per wake-up come from its log at the end of each
+round. Reports medians over the rounds and the ratio ours / wireguard-go.
 
     sudo python benchmarks/bench_tunnel.py [--rounds 3] [--seconds 5] [--wireguard-go PATH]
 
@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +114,22 @@ class Bench(NamespacePair):
         assert match, out
         return float(match.group(1))
 
+    def ping_under_load(self) -> float:
+        """Mean ping RTT through the tunnel while a TCP A->B transfer fills
+        it: what queueing (our TUN's 5,000-packet queue among it) adds."""
+        load = subprocess.Popen(["ip", "netns", "exec", self.a, "iperf3", "-c", INNER[1],
+                                 "-t", str(max(self.seconds, 4))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            time.sleep(1.5)  # past slow start: the window and the queues are full
+            out = run("ip", "netns", "exec", self.a, "ping", "-c", "20", "-i", "0.1", "-W", "2",
+                      INNER[1], check=False).stdout  # fmt: skip
+        finally:
+            load.wait(self.seconds + 30)
+        time.sleep(0.5)  # let the iperf3 server take the next test
+        match = re.search(r"= [\d.]+/([\d.]+)/", out)
+        return float(match.group(1)) if match else float("nan")
+
     def iperf(self, *extra: str) -> dict:  # type: ignore[type-arg]
         for _ in range(3):
             result = run("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", INNER[1],
@@ -144,6 +161,7 @@ class Bench(NamespacePair):
 
     def measure(self, pid: int, side: str) -> dict[str, float]:
         result: dict[str, float] = {"rtt_ms": self.ping()}
+        result["rtt_loaded_ms"] = self.ping_under_load()
         for label, extra in (("tcp_up", ()), ("tcp_down", ("-R",))):
             before, seen, jiffies = cpu_seconds(pid), self.counters(side), machine_jiffies()
             sys_before = cpu_seconds(pid, system=True)
@@ -183,6 +201,7 @@ METRICS = [
     ("udp_mbit", "UDP A->B received, Mbit/s"),
     ("udp_loss_pct", "UDP A->B loss, %"),
     ("rtt_ms", "ping RTT, ms"),
+    ("rtt_loaded_ms", "ping RTT under TCP A->B load, ms"),
     ("tcp_up_cpu_s_per_gb", "A endpoint CPU s/GB, TCP A->B"),
     ("tcp_down_cpu_s_per_gb", "A endpoint CPU s/GB, TCP B->A"),
     ("tcp_up_sys_s_per_gb", "  of which kernel (system time)"),
