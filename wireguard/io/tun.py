@@ -386,7 +386,7 @@ class Tun:
             write, chunks = os.write, packets  # type: ignore[assignment]
         for chunk in chunks:
             try:
-                write(fd, chunk)  # type: ignore[arg-type]
+                write(fd, chunk)
             except (BlockingIOError, InterruptedError):
                 dropped += 1
                 self.drops["write_queue_full"] += 1
@@ -584,13 +584,13 @@ class Coalescer:
     MAX_BYTES = 65535
 
     @staticmethod
-    def join(packets: list[bytes], *, fast: bool = True) -> list[list[bytes]]:
+    def join(packets: list[bytes], *, fast: bool = True) -> list[list[bytes | memoryview]]:
         """The writes for *packets*: joined super-packets and single packets,
         each with its virtio-net header, as the buffers of one ``writev``
-        (the payloads are not copied into one buffer first). ``fast=False``
+        (the payloads are views of the packets, not copied into one buffer). ``fast=False``
         leaves out the fast path for the common case (the tests hold the two
         to the same answer)."""
-        chunks: list[list[bytes]] = []
+        chunks: list[list[bytes | memoryview]] = []
         append = chunks.append
         # flow (addresses and ports) -> [first packet, payloads, header length,
         # segment size, total size, next sequence number, PSH of the last
@@ -627,7 +627,7 @@ class Coalescer:
                     and packet[12:24] == last_key
                     and packet[38:th] == cur[9]
                 ):
-                    cur[1].append(packet[th:])
+                    cur[1].append(memoryview(packet)[th:])
                     cur[4] += plen
                     cur[5] = (seq + plen) & 0xFFFFFFFF
                     if plen < cur[3]:
@@ -685,7 +685,7 @@ class Coalescer:
                         else (packet[:4] == flow[10] and packet[7] == flow[11])
                     )
                 ):
-                    flow[1].append(packet[th:])
+                    flow[1].append(memoryview(packet)[th:])
                     flow[4] += plen
                     flow[5] = (seq + plen) & 0xFFFFFFFF
                     if plen < flow[3] or flags & 0x08:
@@ -701,7 +701,8 @@ class Coalescer:
                 append([_NO_GSO, packet])
                 continue
             flow = [
-                packet, [packet[th:]], th, plen, len(packet), (seq + plen) & 0xFFFFFFFF, 0,
+                packet, [memoryview(packet)[th:]], th, plen, len(packet),
+                (seq + plen) & 0xFFFFFFFF, 0,
                 packet[ip + 8 : ip + 13], packet[ip + 14 : ip + 16], packet[ip + 18 : th],
                 packet[1] if ip == 20 else packet[:4], packet[8] if ip == 20 else packet[7],
                 packet[28:36] if ip == 20 else None,  # the fast path's ack-to-window bytes
@@ -713,7 +714,7 @@ class Coalescer:
         return chunks
 
 
-def _emit(flow: list[Any], ip_len: int) -> list[bytes]:
+def _emit(flow: list[Any], ip_len: int) -> list[bytes | memoryview]:
     """One write's buffers: the virtio-net header, the first packet's headers
     with the total length, and every payload."""
     head: bytes = flow[0]
