@@ -36,6 +36,7 @@ import ipaddress
 import math
 import os
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -324,7 +325,7 @@ def _open_binary(target: str | os.PathLike[str] | IO[bytes], mode: str) -> tuple
     return target, False
 
 
-class _Writer:
+class _Writer(ABC):
     """What the two capture writers share: UDP datagrams written as the IP
     packets they were on the wire, and closing (an open file given by the
     caller is only flushed: it is the caller's to close)."""
@@ -332,8 +333,9 @@ class _Writer:
     _file: IO[bytes]
     _owned: bool
 
+    @abstractmethod
     def write_ip(self, timestamp: float, packet: bytes) -> None:
-        raise NotImplementedError
+        """One IP packet, as the capture format frames it."""
 
     def write_udp(self, timestamp: float, src: Address, dst: Address, payload: bytes) -> None:
         """One UDP datagram (a WireGuard message), wrapped in the outer IPv4 or

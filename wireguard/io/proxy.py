@@ -45,6 +45,7 @@ import errno
 import ipaddress
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ class ProxyCounters:
     refusals: Counter[str] = field(default_factory=Counter)
 
 
-class _Proxy:
+class _Proxy(ABC):
     """What both proxies share: the listener, the cap, the counters."""
 
     kind = ""
@@ -221,7 +222,7 @@ class _Proxy:
             with contextlib.suppress(BaseException):
                 await task
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:  # noqa: B027 (optional hook: empty by default)
         """A hook of the shared runtime (the proxies keep no idle state)."""
 
     # --- status ------------------------------------------------------------
@@ -311,10 +312,11 @@ class _Proxy:
         """The client is past its negotiation: no longer evicted at the cap."""
         self._negotiating.pop(writer, None)
 
+    @abstractmethod
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str
     ) -> None:
-        raise NotImplementedError
+        """One client's protocol, after it was admitted."""
 
     async def _connect(
         self, host: str, port: int

@@ -30,6 +30,7 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ClassVar
@@ -76,7 +77,7 @@ def ip_literal(host: str, what: str = "host") -> ipaddress.IPv4Address | ipaddre
         ) from None
 
 
-class StackBinding:
+class StackBinding(ABC):
     """A :class:`NetStack` on an asyncio loop, with asyncio's socket API.
 
     Subclasses provide :meth:`_transmit` (the packets of a wake-up the
@@ -149,12 +150,12 @@ class StackBinding:
         packets, out.packets = out.packets, []
         return packets
 
+    @abstractmethod
     def _transmit(self, packets: list[bytes], now: float) -> None:
         """Send the packets of a wake-up the binding began itself (a flush
         after application calls, its own timer, closing)."""
-        raise NotImplementedError
 
-    def _rearm(self) -> None:
+    def _rearm(self) -> None:  # noqa: B027 (optional hook: empty by default)
         """Keep the timer at :meth:`next_deadline` (if the subclass owns one)."""
 
     def _schedule_flush(self) -> None:
