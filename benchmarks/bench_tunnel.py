@@ -17,8 +17,12 @@ interfaces' dropped counters (a TUN's ``tx_dropped``: packets the kernel had
 for the endpoint that did not fit in its queue). Our endpoint's own counters
 by stage and its mean batch per wake-up come from its log at the end of each
 round. Reports medians over the rounds and the ratio ours / wireguard-go.
+With ``--compare TREE`` our endpoint also runs with the ``wireguard``
+package of another tree (a checkout of an earlier commit): a before/after
+in the same run, the three sides rotated each round.
 
     sudo python benchmarks/bench_tunnel.py [--rounds 3] [--seconds 5] [--wireguard-go PATH]
+        [--compare TREE]
 
 Needs root, ``ip``, ``wg``, a wireguard-go and ``iperf3``. Everything it
 creates is removed at the end; it kills only processes it started.
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, machine_jiffies, run
@@ -45,13 +50,31 @@ UNDER = ("192.168.231.1", "192.168.231.2")
 INNER = ("10.231.0.1", "10.231.0.2")
 
 
+@contextlib.contextmanager
+def _pythonpath(tree: str | None) -> Iterator[None]:
+    """The commands run meanwhile import the ``wireguard`` package of *tree*."""
+    if tree is None:
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tree
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 class Bench(NamespacePair):
     def __init__(self, seconds: float, workdir: Path) -> None:
         super().__init__(seconds, workdir, letter="t", under=UNDER, inner=INNER)
 
     # --- the A side -------------------------------------------------------
 
-    def up_ours(self) -> int:
+    def up_ours(self, tree: str | None = None) -> int:
+        """Our endpoint, with this tree's package or *tree*'s."""
         conf = self.dir / f"{self.name_a}.conf"
         conf.write_text(
             f"[Interface]\nPrivateKey = {self.key_a}\nListenPort = {PORT}\n"
@@ -59,8 +82,9 @@ class Bench(NamespacePair):
             f"[Peer]\nPublicKey = {self.pub_b}\nAllowedIPs = {INNER[1]}/32\n"
             f"Endpoint = {UNDER[1]}:{PORT}\n"
         )
-        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
-            "--log", str(self.dir / "ours.log"), str(conf))  # fmt: skip
+        with _pythonpath(tree):
+            run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
+                "--log", str(self.dir / "ours.log"), str(conf))  # fmt: skip
         return int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
 
     def down_ours(self) -> dict[str, float]:
@@ -232,6 +256,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("ours", "wireguard-go"),
                         help="one A side only (quick experiments; no ratio)")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
+    parser.add_argument("--compare", metavar="TREE",
+                        help="also run our endpoint with the wireguard package of TREE "
+                             "(an earlier checkout): a before/after in one run")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_tunnel: needs root (network namespaces)", file=sys.stderr)
@@ -242,7 +269,15 @@ def main() -> int:
             return 1
     os.environ.update(WG_GO_ENV)
     version = run(args.wireguard_go, "--version").stdout.splitlines()[0]
-    results: dict[str, list[dict[str, float]]] = {"ours": [], "wireguard-go": []}
+    sides = ["ours", "wireguard-go"]
+    tree = None
+    if args.compare:
+        tree = str(Path(args.compare).resolve())
+        if not (Path(tree) / "wireguard" / "__init__.py").is_file():
+            print(f"bench_tunnel: {tree} has no wireguard package", file=sys.stderr)
+            return 1
+        sides.append("compare")
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         bench = Bench(args.seconds, Path(tmp))
         bench.wireguard_go = args.wireguard_go
@@ -251,15 +286,19 @@ def main() -> int:
             for r in range(args.rounds):
                 # Alternate which goes first, so a drift in machine load
                 # weighs on both sides alike.
-                order = ["ours", "wireguard-go"] if r % 2 == 0 else ["wireguard-go", "ours"]
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
+                if len(sides) == 2 and r % 2:
+                    order = order[::-1]
                 if args.only:
                     order = [args.only]
                 for side in order:
-                    pid = bench.up_ours() if side == "ours" else bench.up_wggo()
+                    is_ours = side != "wireguard-go"
+                    pid = bench.up_ours(tree if side == "compare" else None) if is_ours else (
+                        bench.up_wggo())  # fmt: skip
                     try:
                         figures = bench.measure(pid, side)
                     finally:
-                        lost = bench.down_ours() if side == "ours" else bench.down_wggo()
+                        lost = bench.down_ours() if is_ours else bench.down_wggo()
                     figures.update(lost or {})
                     results[side].append(figures)
                     shown = "  ".join(f"{k}={v:.1f}" for k, v in figures.items())
@@ -275,6 +314,19 @@ def main() -> int:
         theirs = statistics.median(r[key] for r in results["wireguard-go"] or [{key: 0.0}])
         ratio = f"{ours / theirs:6.2f}" if theirs else "     -"
         print(f"| {label:<34} | {ours:9.2f} | {theirs:12.2f} | {ratio} |")
+    if tree is not None:
+        print(f"\ncompare = our endpoint with {tree}; medians and ranges across rounds")
+        print(f"| {'metric':<34} | {'ours':>19} | {'compare':>19} | {'ratio':>6} |")
+        print(f"|{'-' * 36}|{'-' * 21}|{'-' * 21}|{'-' * 8}|")
+        for key, label in METRICS:
+            cells = []
+            for side in ("ours", "compare"):
+                values = [r[key] for r in results[side]] or [0.0]
+                cells.append((statistics.median(values), min(values), max(values)))
+            (now_, lo, hi), (then, lo2, hi2) = cells
+            ratio = f"{now_ / then:6.2f}" if then else "     -"
+            print(f"| {label:<34} | {now_:8.2f} ({lo:.1f}-{hi:.1f}) | "
+                  f"{then:8.2f} ({lo2:.1f}-{hi2:.1f}) | {ratio} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
