@@ -381,7 +381,7 @@ class Tun:
         fd = self.fd
         dropped = 0
         if self.vnet_hdr:
-            write, chunks = os.writev, Coalescer.join(packets)
+            write, chunks = _write_buffers, Coalescer.join(packets)
         else:
             write, chunks = os.write, packets  # type: ignore[assignment]
         for chunk in chunks:
@@ -395,6 +395,17 @@ class Tun:
                 self.drops["write_error"] += 1
                 log.debug("TUN write failed: %s", exc)
         return dropped
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def _write_buffers(fd: int, buffers: list[bytes | memoryview]) -> int:
+    """One packet from its buffers: a ``writev``, or a joined ``write`` when
+    there are more than one ``writev`` takes (a flow of tiny segments)."""
+    if len(buffers) > _IOV_MAX:
+        return os.write(fd, b"".join(buffers))
+    return os.writev(fd, buffers)
 
 
 def get_mtu(name: str) -> int:
