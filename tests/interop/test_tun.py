@@ -228,6 +228,70 @@ def _segment_stream(draw_ops: list[tuple[int, ...]]) -> list[bytes]:
     return out
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    count=st.integers(3, 200),
+    size=st.sampled_from([1, 7, 536, 1368, 1368, 1448]),
+    push=st.sets(st.integers(0, 199), max_size=6),
+    other=st.sets(st.integers(0, 199), max_size=2),
+    kind=st.sampled_from([2, 3, 4]),
+    last=st.one_of(st.none(), st.integers(1, 1447)),
+    tweak=st.one_of(st.none(), st.tuples(st.integers(0, 199), st.integers(1, 7))),
+    flow=st.sampled_from([0, 0, 0, 1]),
+)
+def test_coalescer_whole_batch_path_joins_as_the_general_path(
+    count, size, push, other, kind, last, tweak, flow
+):
+    """The path for a batch of one IPv4 flow (a bulk transfer's wake-up):
+    the same writes as the per-packet path, whatever the PSH positions, a
+    shorter last segment of any size (around what still fits the 64 KB
+    limit too), a FIN, SYN or pure ACK among them, or one segment that
+    differs (a gap, a header field, a fragment)."""
+    ops = []
+    for i in range(count):
+        k = kind if i in other else 1 if i in push else 0
+        n = min(last, size) if (last is not None and i == count - 1) else size
+        t = tweak[1] if tweak is not None and tweak[0] == i else 0
+        ops.append((flow, k, n, t))
+    packets = _segment_stream(ops)
+    assert _writes(packets) == _writes(packets, fast=False)
+
+
+@pytest.mark.parametrize("count", [48, 95])
+@pytest.mark.parametrize("payload", [1, 1135, 1136, 1187, 1188, 1367])
+def test_coalescer_whole_batch_path_fills_64_kb_as_the_general_path(count, payload):
+    """A shorter last segment right after a full 64 KB write's worth of
+    segments joins that write if its payload still fits (47 x 1,368 bytes
+    and 52 bytes of headers leave 1,187), as the per-packet path joins it."""
+    ops = [(0, 0, 1368 if i < count - 1 else payload, 0) for i in range(count)]
+    packets = _segment_stream(ops)
+    assert _writes(packets) == _writes(packets, fast=False)
+
+
+@pytest.mark.parametrize("offset", range(52))
+def test_coalescer_whole_batch_path_notices_any_header_byte(offset):
+    """One segment in the middle of a bulk wake-up with any one header byte
+    changed (options included; the checksums too, which no join compares):
+    the writes are the per-packet path's."""
+    packets = _segment_stream([(0, 0, 1368, 0) for _ in range(60)])
+    odd = bytearray(packets[30])
+    odd[offset] ^= 0x04
+    packets[30] = bytes(odd)
+    assert _writes(packets) == _writes(packets, fast=False)
+
+
+def test_coalescer_takes_a_bulk_wake_up_whole():
+    """A wake-up of in-order full-size segments with PSH here and there and a
+    shorter last one is joined by the whole-batch path, and as the per-packet
+    path joins it."""
+    ops = [(0, 1 if i in (40, 41, 97) else 0, 1368 if i < 169 else 500, 0) for i in range(170)]
+    packets = _segment_stream(ops)
+    whole = tunmod._join_one_flow(packets)
+    assert whole is not None
+    assert [b"".join(w) for w in whole] == _writes(packets, fast=False)
+    assert len(whole) > 4  # split at the PSH segments and at 64 KB
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4]),
                           st.sampled_from([1, 100, 1368, 1368, 1368, 1368]),
