@@ -672,6 +672,38 @@ def test_send_packets_byte_for_byte_as_one_by_one(c_established, packets):
     """The batch send path (inline encryption, padding cached per size,
     per-run bookkeeping) produces the same datagrams byte for byte, events,
     drops, counters and timers as send_packet for each packet."""
+    _send_alike_batched_and_one_by_one(c_established, packets)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c_established=st.booleans(),
+    size=st.sampled_from([20, 28, 1419, 1420]),
+    count=st.integers(2, 70),
+    odd=st.lists(
+        st.tuples(
+            st.integers(0, 69),
+            st.sampled_from(["c", "nowhere", "v6", "v6like", "short", "empty", "b"]),
+            st.sampled_from([20, 33, 1420, 1500]),
+        ),
+        max_size=2,
+    ),
+)
+def test_send_packets_of_one_destination_as_one_by_one(c_established, size, count, odd):
+    """The whole-batch path (every packet IPv4 to one peer with a session,
+    the common wake-up) and what falls back from it when one packet differs
+    (another peer, no route, IPv6 even where it has b's IPv4 address at
+    IPv4's destination offset, too short, empty, another size; or the peer
+    without a session yet): the same as send_packet for each."""
+    packets = [("b", size)] * count
+    for where, dst, n in odd:
+        if where < count:
+            packets[where] = (dst, n)
+    _send_alike_batched_and_one_by_one(c_established, packets)
+    _send_alike_batched_and_one_by_one(c_established, [("c", size)] * count)
+
+
+def _send_alike_batched_and_one_by_one(c_established: bool, packets: list) -> None:
 
     def setup():
         net, a, b, c = star(5)
@@ -688,6 +720,8 @@ def test_send_packets_byte_for_byte_as_one_by_one(c_established, packets):
             return ipv4_packet("10.0.0.1", "10.0.0.2", b"")[: size - 3]
         if dst == "v6":
             return bytes([0x60]) + bytes(size + 19)  # to ::, routed nowhere
+        if dst == "v6like":  # IPv6 whose bytes 16-19 are b's IPv4 address
+            return bytes([0x60]) + bytes(15) + bytes([10, 0, 0, 2]) + bytes(size + 20)
         address = {"b": "10.0.0.2", "c": "10.0.0.3", "nowhere": "10.9.9.9"}[dst]
         return ipv4_packet("10.0.0.1", address, bytes(size - 20))
 
