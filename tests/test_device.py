@@ -657,6 +657,67 @@ def test_inner_packet_checks_alike_one_by_one_and_batched(
         assert changed == ({reason[kind]: 1} if kind in reason else {})
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    count=st.integers(2, 40),
+    size=st.sampled_from([0, 1, 32, 1380]),
+    odd=st.lists(
+        st.tuples(
+            st.integers(0, 39),
+            st.sampled_from(["spoofed", "v6", "ihl4", "ihl6", "long", "short", "keepalive",
+                             "size", "tiny"]),
+        ),
+        max_size=2,
+    ),
+)
+def test_inner_packets_of_a_run_alike_one_by_one_and_batched(count, size, odd):
+    """A run of IPv4 packets from the peer's address (the whole-run check),
+    padded by the sender or not, with up to two odd ones among them (a spoofed
+    source, IPv6, a header length under or over 20, a stated length too long
+    or too short, a keepalive, another size, too short for a header): the
+    same deliveries and drops as one datagram at a time."""
+    bodies = [bytes([i]) * size for i in range(count)]
+    plains = [ipv4_packet("10.0.0.1", "10.0.0.2", body) for body in bodies]
+    for where, kind in odd:
+        if where >= count:
+            continue
+        plain = bytearray(plains[where])
+        if kind == "spoofed":
+            plain[12:16] = bytes([10, 0, 0, 9])
+        elif kind == "v6":
+            plain[0] = 0x60
+        elif kind in ("ihl4", "ihl6"):
+            plain[0] = 0x44 if kind == "ihl4" else 0x46
+        elif kind in ("long", "short"):
+            plain[2:4] = (len(plain) + (1 if kind == "long" else -1)).to_bytes(2, "big")
+        elif kind == "keepalive":
+            plain = bytearray()
+        elif kind == "size":
+            plain = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2", b"x" * 700))
+        else:
+            plain = plain[:19]
+        plains[where] = bytes(plain)
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    results = []
+    for batched in (False, True):
+        messages = [sending.seal(plain) for plain in plains]
+        drops = dict(b.device.drops)
+        if batched:
+            out = b.device.receive_datagrams([(m, a.address) for m in messages], net.now)
+        else:
+            out = Effects()
+            for m in messages:
+                b.device.receive_datagram(m, a.address, net.now, out)
+        changed = {k: v - drops.get(k, 0) for k, v in b.device.drops.items() if v != drops.get(k)}
+        results.append((out.packets, changed))
+    assert results[0] == results[1]
+    good = sum(1 for plain in plains if plain and plain[12:16] == bytes([10, 0, 0, 1]))
+    assert len(results[0][0]) <= good
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     c_established=st.booleans(),

@@ -83,6 +83,9 @@ _NO_RUN = object()  # send_packets: no run of packets under way
 _first_byte = operator.itemgetter(0)
 _ipv4_destination = operator.itemgetter(IPV4_DST)
 _IPV4_FIRST_BYTES = bytes(range(0x40, 0x50))  # version 4, any header length
+_IPV4_WHOLE_HEADER = bytes(range(0x45, 0x50))  # version 4, a header of 20 bytes or more
+_ipv4_source = operator.itemgetter(IPV4_SRC)
+_ipv4_total_length = operator.itemgetter(slice(IPV4_TOTAL_LENGTH, IPV4_TOTAL_LENGTH + 2))
 _TRANSPORT_WORD = struct.pack("<I", MESSAGE_TRANSPORT_DATA)
 _LASTMINUTE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 _HANDSHAKE_LEN = {MESSAGE_INITIATION: INITIATION_LEN, MESSAGE_RESPONSE: RESPONSE_LEN}
@@ -845,6 +848,8 @@ class Device:
         cut off) and whose source is one of *peer*'s allowed IPs (kernel
         receive.c: cryptokey routing inbound, or a peer could spoof
         another); count the others. Returns how many were not keepalives."""
+        if len(plains) > 1 and self._deliver_whole(peer, plains, out):
+            return len(plains)
         drops = self.drops
         lookup = self.allowed_ips.lookup
         deliver = out.packets.append
@@ -881,6 +886,33 @@ class Device:
                 allowed_src = src
             deliver(plain if length == n else plain[:length])
         return data_count
+
+    def _deliver_whole(self, peer: Peer, plains: list[bytes], out: Effects) -> bool:
+        """:meth:`_deliver` for the common run, whole: IPv4 packets from one of
+        *peer*'s addresses, none a keepalive, each with a valid header and a
+        stated length that fits, checked over the whole list at once (C loops,
+        nothing in Python per packet). False, having done nothing, for
+        anything else."""
+        count = len(plains)
+        lengths = list(map(len, plains))
+        if min(lengths) < IPV4_HEADER_LEN or bytes(map(_first_byte, plains)).translate(
+            None, _IPV4_WHOLE_HEADER
+        ):
+            return False  # a keepalive, too short, not IPv4, or a header under 20 bytes
+        src = plains[0][IPV4_SRC]
+        if list(map(_ipv4_source, plains)).count(src) != count or (
+            self.allowed_ips.lookup(src) is not peer
+        ):
+            return False
+        totals = list(struct.unpack(f"!{count}H", b"".join(map(_ipv4_total_length, plains))))
+        if totals == lengths:
+            out.packets.extend(plains)
+            return True
+        if min(totals) < IPV4_HEADER_LEN or not all(map(operator.le, totals, lengths)):
+            return False
+        # Padded (the sender pads to 16 bytes): cut to the stated length.
+        out.packets.extend(map(bytes.__getitem__, plains, map(slice, totals)))
+        return True
 
     def _received_run(
         self,
