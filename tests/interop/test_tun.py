@@ -290,6 +290,14 @@ def test_coalescer_takes_a_bulk_wake_up_whole():
     assert whole is not None
     assert [b"".join(w) for w in whole] == _writes(packets, fast=False)
     assert len(whole) > 4  # split at the PSH segments and at 64 KB
+    # The timestamps move on within a wake-up (another TSval from packet 50
+    # on): new writes start there, as in the per-packet path, and the batch
+    # is still taken whole.
+    ops = [(0, 1 if i == 97 else 0, 1368, 2 if 50 <= i < 120 else 0) for i in range(170)]
+    packets = _segment_stream(ops)
+    whole = tunmod._join_one_flow(packets)
+    assert whole is not None
+    assert [b"".join(w) for w in whole] == _writes(packets, fast=False)
 
 
 @settings(max_examples=300, deadline=None)

@@ -734,15 +734,21 @@ _seq_column = struct.Struct("!I").unpack_from
 # The header bytes that differ between segments a write joins: IP total
 # length, id and checksum, the sequence number, TCP flags (PSH) and checksum.
 _VARYING = (2, 3, 4, 5, 10, 11, 24, 25, 26, 27, 33, 36, 37)
+# The bytes every segment of a wake-up must share for the whole-batch path:
+# version and header length, the fragment bits, protocol, addresses and
+# ports, TCP data offset.
+_SAME_IN_BATCH = (0, 6, 7, 9, *range(12, 24), 32)
+_as_view: Callable[[bytes], memoryview] = memoryview
 
 
 def _join_one_flow(packets: list[bytes]) -> list[list[bytes | memoryview]] | None:
     """:meth:`Coalescer.join` for a wake-up whose packets are all in-order
     full-size segments of one IPv4 TCP flow (the last may be shorter; any may
     carry PSH), the common case of a bulk transfer; ``None`` for anything
-    else, which the per-packet path takes. Same writes as that path, but each
-    check runs over the whole batch at once (``map`` and C-level compares
-    instead of a Python loop per segment)."""
+    else, which the per-packet path takes. Same writes as that path, but the
+    checks run over the whole batch at once: the headers are laid end to end,
+    so byte k of every header is the extended slice ``[k::th]`` (C loops,
+    nothing in Python per packet)."""
     first = packets[0]
     n = len(first)
     if (
@@ -760,19 +766,15 @@ def _join_one_flow(packets: list[bytes]) -> list[list[bytes | memoryview]] | Non
     lengths = list(map(len, packets))
     if th < 40 or mss <= 0 or lengths[:-1].count(n) != count - 1 or not th < lengths[-1] <= n:
         return None
-    # Every header identical to the first one's but for the IP total length,
-    # id and checksum, the sequence number, PSH and the TCP checksum. The
-    # headers are laid end to end, so byte k of every header is the extended
-    # slice [k::th]: the varying bytes are overwritten with the first
-    # header's and the whole compared at once; flags and sequence numbers are
-    # read the same way. C loops only, nothing in Python per packet.
     headers = b"".join(map(operator.itemgetter(slice(0, th)), packets))
     head = headers[:th]
-    masked = bytearray(headers)
-    for k in _VARYING:
-        masked[k::th] = head[k : k + 1] * count
-    if masked != head * count:
-        return None
+    # The same for all, or the batch is not this case: version and header
+    # length, the fragment bits (DF included: the per-packet path does not
+    # compare it, so it must not split a write here either), protocol,
+    # addresses and ports, data offset.
+    for k in _SAME_IN_BATCH:
+        if headers[k::th] != head[k : k + 1] * count:
+            return None
     flags = headers[33::th]
     if flags.translate(None, b"\x10\x18"):
         return None  # ACK and ACK+PSH only
@@ -784,31 +786,70 @@ def _join_one_flow(packets: list[bytes]) -> list[list[bytes | memoryview]] | Non
     for k in range(4):
         if headers[24 + k :: th] != expected[k::4]:
             return None  # a gap or a retransmission
+    # What else a write's segments must share (TOS, TTL, ack, window, urgent
+    # pointer, options such as the timestamps): a change starts a new write,
+    # as in the per-packet path. The varying bytes are overwritten, and runs
+    # of equal headers found by comparing them whole.
+    masked = bytearray(headers)
+    for k in _VARYING:
+        masked[k::th] = head[k : k + 1] * count
     out: list[list[bytes | memoryview]] = []
-    append = out.append
-    per_write = (Coalescer.MAX_BYTES - th) // mss  # full segments in one write
-    last = count - 1
+    if masked == head * count:
+        _join_run(packets, 0, count, flags, lengths, th, out)
+        return out
+    # Runs of equal headers (a new TSval every millisecond or so, so a few
+    # per wake-up): each run's end found by halving, comparing whole spans.
     i = 0
     while i < count:
+        block = masked[i * th : (i + 1) * th]
+        low, high = i + 1, count  # the run is at least [i, low); at most [i, high)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if masked[i * th : mid * th] == block * (mid - i):
+                low = mid
+            else:
+                high = mid - 1
+        _join_run(packets, i, low, flags, lengths, th, out)
+        i = low
+    return out
+
+
+def _join_run(
+    packets: list[bytes],
+    i: int,
+    stop: int,
+    flags: bytes,
+    lengths: list[int],
+    th: int,
+    out: list[list[bytes | memoryview]],
+) -> None:
+    """The writes for packets[i:stop], in-order segments with equal headers
+    (see :func:`_join_one_flow`), appended to *out*."""
+    append = out.append
+    payload = operator.itemgetter(slice(th, None))  # of a memoryview: a view, not a copy
+    n = len(packets[i])
+    mss = n - th
+    per_write = (Coalescer.MAX_BYTES - th) // mss  # full segments in one write
+    last = len(packets) - 1
+    while i < stop:
         if flags[i] != 0x10:  # PSH on a flow's first segment: it goes alone
             append([_NO_GSO, packets[i]])
             i += 1
             continue
-        psh = flags.find(b"\x18", i + 1)
-        j = count if psh < 0 else psh + 1  # a PSH segment ends the write
+        psh = flags.find(b"\x18", i + 1, stop)
+        j = stop if psh < 0 else psh + 1  # a PSH segment ends the write
         if j - i > per_write:
             j = i + per_write
             if j == last and per_write * mss + lengths[-1] <= Coalescer.MAX_BYTES:
-                j = count  # a shorter last segment (headers and payload) still fits
+                j = stop  # a shorter last segment (headers and payload) still fits
         if j - i == 1:
             append([_NO_GSO, packets[i]])
         else:
             size = n + sum(lengths[i + 1 : j]) - th * (j - i - 1)
-            flow = [packets[i], [memoryview(p)[th:] for p in packets[i:j]], th, mss, size,
-                    0, flags[j - 1] & 0x08]  # fmt: skip
+            payloads = list(map(payload, map(_as_view, packets[i:j])))
+            flow = [packets[i], payloads, th, mss, size, 0, flags[j - 1] & 0x08]
             append(_emit(flow, 20))
         i = j
-    return out
 
 
 def _emit(flow: list[Any], ip_len: int) -> list[bytes | memoryview]:
