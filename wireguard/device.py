@@ -80,6 +80,20 @@ _u32 = struct.Struct("<I").unpack_from
 _u16be = struct.Struct(">H").unpack_from
 _unpack_head = struct.Struct("<II").unpack_from  # type word, receiver index
 _NO_RUN = object()  # send_packets: no run of packets under way
+
+
+def _sealable(peer: Peer, keypair: Keypair, now: float) -> bool:
+    """Whether *peer*'s packets go straight out on *keypair* (its current
+    one): nothing staged before them, an endpoint, and a keypair that may
+    still send (REJECT_AFTER_TIME; the message limit is the seal's)."""
+    return (
+        not peer.staged
+        and peer.endpoint is not None
+        and keypair.sending_valid
+        and now - keypair.created < REJECT_AFTER_TIME
+    )
+
+
 _first_byte = operator.itemgetter(0)
 _ipv4_destination = operator.itemgetter(IPV4_DST)
 _IPV4_FIRST_BYTES = bytes(range(0x40, 0x50))  # version 4, any header length
@@ -494,13 +508,7 @@ class Device:
             # (kernel device.c wg_xmit).
             self.drops[Drop.NO_ENDPOINT] += 1
             return out
-        if (
-            not peer.staged
-            and keypair is not None
-            and endpoint is not None
-            and keypair.sending_valid
-            and now - keypair.created < REJECT_AFTER_TIME
-        ):
+        if keypair is not None and _sealable(peer, keypair, now):
             # The common case, without the staging queue.
             try:
                 message = keypair.seal(packet, self.mtu)
@@ -559,13 +567,7 @@ class Device:
                 self.drops[Drop.NO_ROUTE] += 1
                 continue
             keypair = peer.current
-            if (
-                peer.staged
-                or keypair is None
-                or peer.endpoint is None
-                or not keypair.sending_valid
-                or now - keypair.created >= REJECT_AFTER_TIME
-            ):
+            if keypair is None or not _sealable(peer, keypair, now):
                 # No usable session: stage and handshake, as send_packet.
                 self.send_packet(packet, now, out)
                 last_dst = b""  # the peer's state may have changed
@@ -599,13 +601,7 @@ class Device:
         if peer is None:
             return False
         keypair = peer.current
-        if (
-            peer.staged
-            or keypair is None
-            or peer.endpoint is None
-            or not keypair.sending_valid
-            or now - keypair.created >= REJECT_AFTER_TIME
-        ):
+        if keypair is None or not _sealable(peer, keypair, now):
             return False
         self._seal_run(peer, packets, now, out)
         return True
