@@ -280,6 +280,15 @@ def test_coalescer_whole_batch_path_notices_any_header_byte(offset):
     assert _writes(packets) == _writes(packets, fast=False)
 
 
+@pytest.mark.parametrize("every", [1, 2, 3, 7, 64])
+def test_coalescer_whole_batch_path_with_many_header_runs(every):
+    """A new timestamp every *every* segments, up to every segment (each
+    header differs from the last): the writes are the per-packet path's."""
+    packets = _segment_stream([(0, 0, 1368, 0) for _ in range(256)])
+    packets = [p[:44] + struct.pack("!I", i // every) + p[48:] for i, p in enumerate(packets)]
+    assert _writes(packets) == _writes(packets, fast=False)
+
+
 def test_coalescer_takes_a_bulk_wake_up_whole():
     """A wake-up of in-order full-size segments with PSH here and there and a
     shorter last one is joined by the whole-batch path, and as the per-packet

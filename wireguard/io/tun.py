@@ -599,9 +599,9 @@ class Coalescer:
     def join(packets: list[bytes], *, fast: bool = True) -> list[list[bytes | memoryview]]:
         """The writes for *packets*: joined super-packets and single packets,
         each with its virtio-net header, as the buffers of one ``writev``
-        (the payloads are views of the packets, not copied into one buffer). ``fast=False``
-        leaves out the fast path for the common case (the tests hold the two
-        to the same answer)."""
+        (the payloads are views of the packets, not copied into one
+        buffer). ``fast=False`` leaves out the fast paths for the common
+        cases (the tests hold them to the same answer)."""
         if fast and len(packets) > 2:
             whole = _join_one_flow(packets)
             if whole is not None:
@@ -798,17 +798,21 @@ def _join_one_flow(packets: list[bytes]) -> list[list[bytes | memoryview]] | Non
         _join_run(packets, 0, count, flags, lengths, th, out)
         return out
     # Runs of equal headers (a new TSval every millisecond or so, so a few
-    # per wake-up): each run's end found by halving, comparing whole spans.
+    # per wake-up): each run's end found by galloping, then halving, over
+    # whole spans; only spans past what is known equal are compared, so the
+    # work stays about linear even if every header differs.
     i = 0
     while i < count:
         block = masked[i * th : (i + 1) * th]
-        low, high = i + 1, count  # the run is at least [i, low); at most [i, high)
+        low, high, step = i + 1, count, 1  # [i, low) equal; the end is in [low, high]
         while low < high:
-            mid = (low + high + 1) // 2
-            if masked[i * th : mid * th] == block * (mid - i):
-                low = mid
+            mid = min(low + step, high)
+            if masked[low * th : mid * th] == block * (mid - low):
+                low, step = mid, step * 2
+            elif step > 1:
+                high, step = mid - 1, 1  # a difference in [low, mid): halve from here
             else:
-                high = mid - 1
+                break  # packets[low] differs
         _join_run(packets, i, low, flags, lengths, th, out)
         i = low
     return out
