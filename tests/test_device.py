@@ -669,15 +669,16 @@ def test_inner_packet_checks_alike_one_by_one_and_batched(
         ),
         max_size=2,
     ),
+    source=st.sampled_from(["10.0.0.1", "10.0.0.1", "10.0.0.9"]),  # .9: a's run all spoofed
 )
-def test_inner_packets_of_a_run_alike_one_by_one_and_batched(count, size, odd):
+def test_inner_packets_of_a_run_alike_one_by_one_and_batched(count, size, odd, source):
     """A run of IPv4 packets from the peer's address (the whole-run check),
     padded by the sender or not, with up to two odd ones among them (a spoofed
     source, IPv6, a header length under or over 20, a stated length too long
     or too short, a keepalive, another size, too short for a header): the
     same deliveries and drops as one datagram at a time."""
     bodies = [bytes([i]) * size for i in range(count)]
-    plains = [ipv4_packet("10.0.0.1", "10.0.0.2", body) for body in bodies]
+    plains = [ipv4_packet(source, "10.0.0.2", body) for body in bodies]
     for where, kind in odd:
         if where >= count:
             continue
@@ -762,6 +763,47 @@ def test_send_packets_of_one_destination_as_one_by_one(c_established, size, coun
             packets[where] = (dst, n)
     _send_alike_batched_and_one_by_one(c_established, packets)
     _send_alike_batched_and_one_by_one(c_established, [("c", size)] * count)
+
+
+def test_send_packets_of_one_destination_leave_the_callers_buffers_alone():
+    """bytearray packets in a one-destination batch are sealed as the same
+    bytes are, and the caller's buffers are not padded in place (28-byte
+    packets: 4 bytes of padding each)."""
+    results = []
+    for kind in (bytes, bytearray):
+        net, a, b = pair()
+        net.send(a, b, 0)
+        net.run_for(1)
+        packets = [kind(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 8)) for i in range(5)]
+        before = [bytes(p) for p in packets]
+        out = a.device.send_packets(packets, net.now)
+        assert [bytes(p) for p in packets] == before
+        results.append(out.datagrams)
+    assert results[0] == results[1]
+
+
+def test_send_packets_of_one_destination_on_an_expired_session_as_one_by_one():
+    """One destination whose keypair is past REJECT_AFTER_TIME: staged and a
+    handshake started, as send_packet does for each, never sealed on it."""
+    results = []
+    for batched in (False, True):
+        net, a, b = pair()
+        net.send(a, b, 0)
+        net.run_for(1)
+        later = net.now + REJECT_AFTER_TIME + 1
+        packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 40) for i in range(6)]
+        if batched:
+            out = a.device.send_packets(packets, later)
+        else:
+            out = Effects()
+            for packet in packets:
+                a.device.send_packet(packet, later, out)
+        peer = a.device.peers[b.device.public_key]
+        results.append((out.datagrams, list(peer.staged)))
+    assert results[0] == results[1]
+    datagrams, staged = results[0]
+    assert [d[0] for d, _ in datagrams] == [1]  # one initiation, no transport data
+    assert staged == packets
 
 
 def _send_alike_batched_and_one_by_one(c_established: bool, packets: list) -> None:
