@@ -289,6 +289,45 @@ def test_coalescer_whole_batch_path_with_many_header_runs(every):
     assert _writes(packets) == _writes(packets, fast=False)
 
 
+@pytest.mark.parametrize(
+    "crafted", ["udp", "more-fragments", "offset", "data-offset-4", "short-middle", "long-last"]
+)
+def test_coalescer_whole_batch_path_refuses_crafted_batches(crafted):
+    """Batches made to pass every check of the whole-batch path but one (the
+    sequence numbers still step by the segment size): not TCP, a fragment,
+    a TCP header under 20 bytes, a shorter segment in the middle, a longer
+    last one. The writes are the per-packet path's."""
+    packets = [bytearray(p) for p in _segment_stream([(0, 0, 1368, 0) for _ in range(40)])]
+    if crafted == "udp":
+        for p in packets:
+            p[9] = 17
+    elif crafted in ("more-fragments", "offset"):
+        for p in packets:
+            p[6:8] = b"\x20\x00" if crafted == "more-fragments" else b"\x00\x10"
+    elif crafted == "data-offset-4":
+        for i, p in enumerate(packets):
+            p[32] = 0x40  # and sequence numbers stepping by what that makes the payload
+            p[24:28] = struct.pack("!I", 1000 + i * (len(p) - 36))
+    elif crafted == "short-middle":
+        packets[20] = packets[20][:-300]
+    else:
+        packets[-1] += b"x" * 10
+    batch = [bytes(p) for p in packets]
+    assert _writes(batch) == _writes(batch, fast=False)
+
+
+def test_coalescer_passes_tcp_headers_under_20_bytes_as_they_came():
+    """IPv6 TCP segments whose data offset says 16 bytes (malformed, from a
+    peer): written one by one, unjoined, instead of failing the write (the
+    per-packet path raised struct.error making the joined header)."""
+    packets = [bytearray(p) for p in _segment_stream([(2, 0, 1368, 0) for _ in range(10)])]
+    for i, p in enumerate(packets):
+        p[52] = 0x40  # and sequence numbers stepping by what that makes the payload
+        p[44:48] = struct.pack("!I", 1000 + i * (len(p) - 56))
+    batch = [bytes(p) for p in packets]
+    assert _writes(batch) == [tunmod._NO_GSO + p for p in batch]
+
+
 def test_coalescer_takes_a_bulk_wake_up_whole():
     """A wake-up of in-order full-size segments with PSH here and there and a
     shorter last one is joined by the whole-batch path, and as the per-packet

@@ -678,7 +678,9 @@ class Coalescer:
             plen = len(packet) - th
             flags = packet[ip + 13]
             flow = last if key == last_key else flows.get(key)
-            if plen <= 0 or flags & 0xF7 != 0x10:  # only ACK (and PSH) with data
+            # Only ACK (and PSH) with data, and a TCP header of 20 bytes or more
+            # (a smaller data offset is malformed: passed on as it came).
+            if plen <= 0 or flags & 0xF7 != 0x10 or th < ip + 20:
                 if flow is not None:
                     del flows[key]
                     last_key = None
