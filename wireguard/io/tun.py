@@ -848,14 +848,10 @@ def _join_run(
             j = i + per_write
             if j == last and per_write * mss + lengths[-1] <= Coalescer.MAX_BYTES:
                 j = stop  # a shorter last segment (headers and payload) still fits
-        if j - i == 1:
-            append([_NO_GSO, packets[i]])
-        else:
-            size = n + sum(lengths[i + 1 : j]) - th * (j - i - 1)
-            payloads = list(map(payload, map(_as_view, packets[i:j])))
-            flow = [packets[i], payloads, th, mss, size, 0, flags[j - 1] & 0x08]
-            append(_emit(flow, 20))
-        i = j
+        size = n + sum(lengths[i + 1 : j]) - th * (j - i - 1)
+        payloads = list(map(payload, map(_as_view, packets[i:j])))
+        append(_emit([packets[i], payloads, th, mss, size, 0, flags[j - 1] & 0x08], 20))
+        i = j  # (a write of one segment: _emit gives it back as it came)
 
 
 def _emit(flow: list[Any], ip_len: int) -> list[bytes | memoryview]:
