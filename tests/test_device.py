@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.sim import Link, Network, ipv4_packet, payload_id
 from wireguard.constants import (
     KEEPALIVE_TIMEOUT,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME,
@@ -30,6 +31,7 @@ from wireguard.device import (
 )
 from wireguard.keys import PresharedKey, PublicKey
 from wireguard.keys import PrivateKey as PrivateKeyT
+from wireguard.replay import ReplayWindow
 from wireguard.timers import PeerTimers
 
 
@@ -594,6 +596,135 @@ def test_receive_datagrams_window_after_dense_fill_and_jump(jump):
     assert feed(messages) == expected
 
 
+_ODD_MESSAGES = ["tag", "gap", "duplicate", "seen", "unseen", "source", "index", "short",
+                 "tiny", "keepalive", "limit"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.integers(0, 70),
+    count=st.integers(2, 200),
+    base=st.sampled_from([0, 100, 8190, 2**20, REJECT_AFTER_MESSAGES - 150]),
+    odd=st.lists(
+        st.tuples(st.integers(0, 199), st.sampled_from(_ODD_MESSAGES)),
+        max_size=2,
+        unique_by=lambda odd: odd[0],
+    ),
+    cut=st.sampled_from([None, None, 1, 7, 64]),
+)
+def test_a_run_of_transport_messages_opens_as_one_by_one(before, count, base, odd, cut):
+    """What a bulk transfer's wake-up reads (consecutive counters, one
+    source, one keypair: the whole-run open), after *before* messages taken
+    one at a time, with up to two odd ones among them (a bad tag, a gap, a
+    duplicate, an older counter seen or unseen, another source, another
+    receiver index, too short for a tag or a header, a keepalive, a counter at the limit), in one
+    batch or cut into batches of *cut*: the same deliveries, drops, bytes,
+    endpoint and replay window as one datagram at a time."""
+    from wireguard.crypto import aead_nonce
+
+    header = struct.Struct("<IIQ").pack
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    peer = b.device.peers[a.device.public_key]
+    receiving = peer.current
+    receiving.replay.reset()
+    start = base + before
+
+    def seal(counter, ident, receiver=sending.remote_index, plain=None):
+        if plain is None:
+            plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", ident) + bytes(8))
+        return header(4, receiver, counter) + sending.sending.encrypt(
+            aead_nonce(counter), plain, None
+        )
+
+    ahead = [(seal(base + i, 10_000 + i), a.address) for i in range(before)]
+    run = [(seal(start + i, i), a.address) for i in range(count)]
+    for where, kind in odd:
+        if where >= count:
+            continue
+        message, source = run[where]
+        counter = start + where
+        if kind == "tag":
+            message = message[:-1] + bytes([message[-1] ^ 1])
+        elif kind == "gap":
+            message = seal(counter + 3, where)
+        elif kind == "duplicate" and where:
+            message = run[where - 1][0]
+        elif kind == "seen" and before:
+            message = seal(base, where)
+        elif kind == "unseen":
+            message = seal(max(0, base - 5), where)
+        elif kind == "source":
+            source = ("192.0.2.77", 4000)
+        elif kind == "index":
+            message = seal(counter, where, receiver=sending.remote_index ^ 1)
+        elif kind == "short":
+            message = message[:31]  # a whole header, a tag cut short
+        elif kind == "tiny":
+            message = message[:9]  # not even a header
+        elif kind == "keepalive":
+            message = seal(counter, where, plain=b"")
+        elif kind == "limit":
+            message = seal(REJECT_AFTER_MESSAGES + where, where)
+        run[where] = (message, source)
+
+    def state():
+        window = receiving.replay
+        bitmap = None if window.bitmap is None else bytes(window.bitmap)
+        return window.counter, bitmap, peer.rx_bytes, peer.endpoint, dict(b.device.drops)
+
+    def restore(saved):
+        window = receiving.replay
+        window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops = saved
+        window.bitmap = None if bitmap is None else bytearray(bitmap)
+        b.device.drops.clear()
+        b.device.drops.update(drops)
+
+    for message, source in ahead:
+        b.device.receive_datagram(message, source, net.now)
+    saved = state()
+    results = []
+    for batched in (False, True):
+        restore(saved)
+        out = Effects()
+        if batched:
+            size = cut or count
+            for i in range(0, count, size):
+                out = b.device.receive_datagrams(run[i : i + size], net.now, out)
+        else:
+            for message, source in run:
+                b.device.receive_datagram(message, source, net.now, out)
+        results.append(([payload_id(p) for p in out.packets], state()))
+    assert results[0] == results[1]
+    if not odd and start + count <= REJECT_AFTER_MESSAGES:
+        assert results[0][0] == list(range(count))
+
+
+def test_a_run_longer_than_the_window_opens_as_one_by_one():
+    """A run of more consecutive counters than the replay window holds is
+    not recorded whole (its own slide would clear its first bits), yet every
+    message is delivered once and the window ends as one by one."""
+    from wireguard.constants import COUNTER_WINDOW_SIZE
+
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    receiving = b.device.peers[a.device.public_key].current
+    count = COUNTER_WINDOW_SIZE + 1
+    run = [(sending.seal(ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", i) + bytes(8))),
+            a.address) for i in range(count)]  # fmt: skip
+    out = b.device.receive_datagrams(run, net.now)
+    assert [payload_id(p) for p in out.packets] == list(range(count))
+    twin = ReplayWindow()  # what came before (the first packet) was in order too
+    for counter in range(receiving.replay.counter):
+        twin.update(counter)
+    assert receiving.replay.counter == twin.counter
+    assert receiving.replay.bitmap == twin.bitmap
+
+
 def _inner_expected(plain: bytes, allowed: bytes) -> tuple[str, bytes | None]:
     """The kernel's checks on a decrypted packet (receive.c), from its rules:
     a keepalive is empty; an IPv4 packet needs 20 bytes, IHL >= 5 and a total
@@ -668,6 +799,7 @@ def test_inner_packet_checks_alike_one_by_one_and_batched(
                              "size", "tiny"]),
         ),
         max_size=2,
+        unique_by=lambda odd: odd[0],  # one change per packet
     ),
     source=st.sampled_from(["10.0.0.1", "10.0.0.1", "10.0.0.9"]),  # .9: a's run all spoofed
 )

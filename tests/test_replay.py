@@ -204,3 +204,52 @@ def test_in_order_then_every_replay_rejected() -> None:
     assert all(window.update(counter) for counter in range(total))
     assert not any(window.check(counter) for counter in range(total))
     assert not any(window.update(counter) for counter in range(total))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=bases,
+    moves=st.lists(
+        st.tuples(
+            offsets,
+            st.one_of(
+                st.integers(-2, 70),
+                st.sampled_from([COUNTER_WINDOW_SIZE - 1, COUNTER_WINDOW_SIZE]),
+                st.sampled_from([COUNTER_WINDOW_SIZE + 1, COUNTER_BITS_TOTAL]),
+            ),
+            st.booleans(),
+        ),
+        max_size=40,
+    ),
+)
+def test_update_run_is_update_one_by_one(base: int, moves: list[tuple[int, int, bool]]) -> None:
+    # update_run(first, count) takes a run of consecutive counters all ahead
+    # of the window at once; it must leave the ring exactly as update() of
+    # each in turn would (the per-packet path reads the same bits after it),
+    # and refuse, changing nothing, any run update() would not take whole.
+    run, single, model = ReplayWindow(), ReplayWindow(), ModelWindow()
+    for offset, count, dense in moves:
+        anchor = base if model.greatest is None else model.greatest
+        first = anchor + offset
+        counters = range(first, first + count)
+        whole = (
+            0 < count <= COUNTER_WINDOW_SIZE
+            and first >= run.counter
+            and first + count <= REJECT_AFTER_MESSAGES
+        )
+        before = (run.counter, None if run.bitmap is None else bytes(run.bitmap))
+        assert run.update_run(first, count) == whole
+        if not whole:
+            assert (run.counter, None if run.bitmap is None else bytes(run.bitmap)) == before
+            if dense:  # move on one by one, so later runs meet stale bits
+                for counter in counters:
+                    assert run.update(counter) == single.update(counter) == model.update(counter)
+            continue
+        for counter in counters:
+            assert model.check(counter)
+            assert single.update(counter) and model.update(counter)
+        assert run.counter == single.counter == model.greatest + 1
+        assert run.bitmap == single.bitmap
+    top = single.counter
+    for counter in range(max(0, top - COUNTER_BITS_TOTAL), top + 64):
+        assert run.check(counter) == single.check(counter) == model.check(counter)

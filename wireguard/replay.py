@@ -40,6 +40,7 @@ _RING_BYTES = COUNTER_BITS_TOTAL // 8
 #: The mask that turns a (shifted) counter into its byte of the ring.
 BYTE_MASK = _RING_BYTES - 1
 _ZEROS = bytes(_RING_BYTES)
+_ONES = b"\xff" * _RING_BYTES
 
 assert _WORDS & _WORD_MASK == 0, "the ring length must be a power of two"
 assert COUNTER_WINDOW_SIZE == COUNTER_BITS_TOTAL - _WORD_BITS
@@ -54,9 +55,10 @@ class ReplayWindow:
     so bit positions and word clearing match the kernel's bitmap.
 
     The state is read-only to everyone but this class and
-    ``Keypair.open_batch`` (session.py), which handles the common case (the
-    next counter, within the current 64-bit word) inline for speed and calls
-    :meth:`update` for everything else.
+    ``Keypair.open_batch`` (session.py), which records a wake-up's run of
+    consecutive counters with :meth:`update_run`, handles the common case of
+    one message (the next counter, within the current 64-bit word) inline
+    for speed, and calls :meth:`update` for everything else.
     """
 
     __slots__ = ("bitmap", "counter")
@@ -110,23 +112,7 @@ class ReplayWindow:
             bitmap = self.bitmap
             if bitmap is None:
                 bitmap = self.bitmap = bytearray(_RING_BYTES)
-            index = shifted >> _WORD_SHIFT
-            index_current = current >> _WORD_SHIFT
-            if index != index_current:
-                # Sliding forwards: clear the words index_current+1 .. index
-                # of the ring (all of them if we moved a whole ring or more).
-                # Those words held only counters now outside the window.
-                top = index - index_current
-                if top >= _WORDS:
-                    bitmap[:] = _ZEROS
-                else:
-                    start = ((index_current + 1) & _WORD_MASK) << 3
-                    stop = start + (top << 3)
-                    if stop <= _RING_BYTES:
-                        bitmap[start:stop] = _ZEROS[: stop - start]
-                    else:
-                        bitmap[start:] = _ZEROS[: _RING_BYTES - start]
-                        bitmap[: stop - _RING_BYTES] = _ZEROS[: stop - _RING_BYTES]
+            _slide(bitmap, current >> _WORD_SHIFT, shifted >> _WORD_SHIFT)
             self.counter = shifted
             # The bit is necessarily clear: its word was either just cleared or
             # is the current word, which holds only counters <= the old maximum.
@@ -145,6 +131,70 @@ class ReplayWindow:
         bitmap[byte] = old | bit
         return True
 
+    def update_run(self, first: int, count: int) -> bool:
+        """Accept and record the *count* consecutive counters from *first*,
+        leaving the ring exactly as :meth:`update` of each in turn would; only
+        for a run wholly ahead of every counter accepted so far, below
+        ``REJECT_AFTER_MESSAGES`` and at most ``COUNTER_WINDOW_SIZE`` long
+        (so no bit it sets is cleared by its own slide). False, and no
+        change, for any other run: take it one counter at a time.
+
+        What a bulk transfer's wake-up brings is such a run (the sender's
+        counters in order), so ``Keypair.open_batch`` records it with one
+        call after every tag in it verified.
+        """
+        if not (0 < count <= COUNTER_WINDOW_SIZE and first >= self.counter):
+            return False
+        shifted = first + count  # the last counter, shifted by one
+        if shifted > REJECT_AFTER_MESSAGES:
+            return False
+        bitmap = self.bitmap
+        if bitmap is None:
+            bitmap = self.bitmap = bytearray(_RING_BYTES)
+        _slide(bitmap, self.counter >> _WORD_SHIFT, shifted >> _WORD_SHIFT)
+        self.counter = shifted
+        low, high = (first + 1) & _BIT_MASK, shifted & _BIT_MASK
+        if low <= high:
+            _set_bits(bitmap, low, high)
+        else:  # the run wraps around the ring's end
+            _set_bits(bitmap, low, _BIT_MASK)
+            _set_bits(bitmap, 0, high)
+        return True
+
     def __repr__(self) -> str:
         greatest = self.counter - 1 if self.counter else None
         return f"<ReplayWindow greatest={greatest}>"
+
+
+_BIT_MASK = COUNTER_BITS_TOTAL - 1
+
+
+def _slide(bitmap: bytearray, index_current: int, index: int) -> None:
+    """Sliding forwards from word *index_current* to word *index* (absolute
+    word numbers): clear the words index_current+1 .. index of the ring, all
+    of them if that is a whole ring or more. They held only counters now
+    outside the window."""
+    if index == index_current:
+        return
+    top = index - index_current
+    if top >= _WORDS:
+        bitmap[:] = _ZEROS
+        return
+    start = ((index_current + 1) & _WORD_MASK) << 3
+    stop = start + (top << 3)
+    if stop <= _RING_BYTES:
+        bitmap[start:stop] = _ZEROS[: stop - start]
+    else:
+        bitmap[start:] = _ZEROS[: _RING_BYTES - start]
+        bitmap[: stop - _RING_BYTES] = _ZEROS[: stop - _RING_BYTES]
+
+
+def _set_bits(bitmap: bytearray, low: int, high: int) -> None:
+    """Set the ring's bits *low* .. *high* (inclusive, low <= high)."""
+    first, last = low >> 3, high >> 3
+    if first == last:
+        bitmap[first] |= ((2 << (high - low)) - 1) << (low & 7)
+        return
+    bitmap[first] |= (0xFF << (low & 7)) & 0xFF
+    bitmap[first + 1 : last] = _ONES[: last - first - 1]
+    bitmap[last] |= (2 << (high & 7)) - 1
