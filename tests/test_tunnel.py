@@ -208,3 +208,62 @@ def test_counters_count_every_datagram_read_and_each_wake_up() -> None:
             assert 1 <= t.wakeups <= 50
 
     asyncio.run(body())
+
+
+def _numbered_pings(count: int) -> list[bytes]:
+    return [
+        build_echo(addr_bytes("10.0.0.1"), addr_bytes("10.0.0.2"), 1, i, b"x" * 1000, reply=False)
+        for i in range(count)
+    ]
+
+
+def test_gro_reads_deliver_each_datagram_once_and_garbage_in_them_is_counted() -> None:
+    """Two tunnels on loopback: a burst A sends leaves in GSO sends and
+    reaches B in GRO reads (several datagrams in one buffer): every packet
+    delivered once, in order, each datagram counted as read. Then a GSO
+    burst of equal-size garbage from a plain socket: one GRO read, every
+    datagram in it counted malformed."""
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_a, device_b = Device(key_a), Device(key_b)
+        a = Tunnel(device_a, host="127.0.0.1", listen_port=0)
+        b = Tunnel(device_b, host="127.0.0.1", listen_port=0)
+        got: list[bytes] = []
+        b.on_packets = got.extend
+        async with a, b:
+            if not (a.gro_active and b.gro_active):
+                pytest.fail("UDP GRO is not available on this kernel's loopback")
+            device_a.add_peer(
+                key_b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=("127.0.0.1", b.listen_port)
+            )
+            device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+            pings = _numbered_pings(200)
+            a.send_packets(pings[:1])  # the handshake, then this one
+            while len(got) < 1:
+                await asyncio.sleep(0.01)
+            read_before, wakeups_before = b.datagrams_read, b.wakeups
+            for start in range(1, 200, 50):
+                a.send_packets(pings[start : start + 50])
+                await asyncio.sleep(0.02)
+            for _ in range(300):
+                if len(got) == 200:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == pings
+            assert b.datagrams_read - read_before == 199
+            assert b.wakeups - wakeups_before < 199  # GRO reads: several per read
+            assert not b.device.drops
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_UDP, 103, 100)  # UDP_SEGMENT: cut every 100 bytes
+                s.sendto(bytes(100 * 20 + 30), ("127.0.0.1", b.listen_port))
+            read_before = b.datagrams_read
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if b.datagrams_read - read_before == 21:
+                    break
+            assert b.datagrams_read - read_before == 21
+            assert b.device.drops == {"malformed": 21}
+
+    asyncio.run(body())
