@@ -267,3 +267,64 @@ def test_gro_reads_deliver_each_datagram_once_and_garbage_in_them_is_counted() -
             assert b.device.drops == {"malformed": 21}
 
     asyncio.run(body())
+
+
+def test_traffic_both_ways_rearms_the_loop_timer_rarely() -> None:
+    """Traffic both ways moves the peer's timers with every packet (a packet
+    sent sets the new-handshake timer, one received clears it and sets the
+    keepalive). The device files its deadlines lazily and the tunnel arms its
+    loop timer only when the deadline moves earlier, so over 40 exchanges of
+    5 packets each way the two tunnels arm their timers a few times in all,
+    not once per wake-up, and every packet arrives."""
+    from wireguard.io.deadline import DeadlineTimer
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        armed: list[object] = []
+        call_at = loop.call_at
+
+        def counting_call_at(when, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            owner = getattr(callback, "__self__", None)
+            if isinstance(owner, (DeadlineTimer, Tunnel)):
+                armed.append(owner)  # the tunnel's timer, however it is kept
+            return call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_a, device_b = Device(key_a), Device(key_b)
+        a = Tunnel(device_a, host="127.0.0.1", listen_port=0)
+        b = Tunnel(device_b, host="127.0.0.1", listen_port=0)
+        at_a: list[bytes] = []
+        at_b: list[bytes] = []
+        replies = [
+            build_echo(addr_bytes("10.0.0.2"), addr_bytes("10.0.0.1"), 1, i, b"y" * 100, reply=True)
+            for i in range(5)
+        ]
+
+        def answer(packets: list[bytes]) -> None:
+            at_b.extend(packets)
+            b.send_packets(replies[: len(packets)])
+
+        b.on_packets = answer
+        a.on_packets = at_a.extend
+        async with a, b:
+            device_a.add_peer(
+                key_b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=("127.0.0.1", b.listen_port)
+            )
+            device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+            pings = _numbered_pings(5)
+            a.send_packets(pings[:1])  # the handshake
+            while not at_a:
+                await asyncio.sleep(0.01)
+            armed.clear()
+            for _ in range(40):
+                before = len(at_a)
+                a.send_packets(pings)
+                for _ in range(200):
+                    if len(at_a) - before == 5:
+                        break
+                    await asyncio.sleep(0.002)
+            assert len(at_b) == 1 + 40 * 5 and len(at_a) == 1 + 40 * 5
+            assert len(armed) <= 6, len(armed)  # both tunnels
+
+    asyncio.run(body())

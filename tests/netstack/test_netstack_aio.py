@@ -279,7 +279,7 @@ def test_idle_driver_arms_no_timer() -> None:
         await writer.wait_closed()
         await asyncio.sleep(0.3)  # TIME-WAIT (2*MSL = 0.1 s) runs out
         assert da.stack.tcp_connections == [] and db.stack.tcp_connections == []
-        assert da._timer is None and db._timer is None  # nothing left to wake up for
+        assert da._timer.at is None and db._timer.at is None  # nothing left to wake up for
 
     run(main)
 

@@ -52,6 +52,7 @@ from ..netstack import (
     UdpSocket,
 )
 from ..netstack.ip import addr_bytes, addr_str
+from .deadline import DeadlineTimer
 
 __all__ = ["ClientConnectedCallback", "StackBinding", "StackDriver", "TcpServer", "ip_literal"]
 
@@ -423,8 +424,8 @@ class StackDriver(StackBinding):
     ) -> None:
         super().__init__(stack, loop=loop or asyncio.get_running_loop())
         self._send_ip = send_ip
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        assert self._loop is not None
+        self._timer = DeadlineTimer(self._loop, self._on_timer)
 
     def deliver_ip(self, packet: bytes) -> None:
         """Process one IP packet from the tunnel (events and replies follow this turn)."""
@@ -444,36 +445,16 @@ class StackDriver(StackBinding):
                 log.exception("send_ip failed; packet dropped")
 
     def _rearm(self) -> None:
-        deadline = self.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.set(self.next_deadline())
 
-    def _on_timer(self) -> None:
-        at = self._timer_at
-        self._timer = None
-        self._timer_at = None
-        assert self._loop is not None
-        # asyncio may run a handle up to one clock resolution early; never pass a
-        # time before the deadline or the stack would ask to be woken again at once.
-        now = self._loop.time()
-        if at is not None and now < at:
-            now = at
+    def _on_timer(self, now: float) -> None:
         self._transmit(self.handle_timer(now), now)
         self._rearm()
 
     def close(self) -> None:
         """Stop the timer and reset every connection (the tunnel is going away)."""
         self._shutdown()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
 
 class TcpServer:

@@ -55,6 +55,7 @@ from ..address import Address
 from ..capture import KeyLogWriter, PcapngWriter, PcapWriter
 from ..device import Device, Effects
 from ..keys import PublicKey
+from .deadline import DeadlineTimer
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -172,8 +173,7 @@ class EndpointTap:
         self.capture_errors = 0  # datagrams the pcap could not be written with
         self._sock: socket.socket | None = None
         self._routes: dict[str, str] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: DeadlineTimer | None = None  # made with the running loop
         self._logged_remote: set[PublicKey] = set()
         self._chained = device.on_ephemeral_key
         if self.keylog is not None or embed_keys:
@@ -210,7 +210,6 @@ class EndpointTap:
         """Flush and close the capture and the key log; detach the key-log hook."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         if self.device.on_ephemeral_key == self._on_ephemeral_key:
             self.device.on_ephemeral_key = self._chained
         if self.pcap is not None:
@@ -337,20 +336,11 @@ class EndpointTap:
         policy = self.policy
         if policy is None:
             return
-        deadline = policy.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = (
-            asyncio.get_running_loop().call_at(deadline, self._on_timer)
-            if deadline is not None
-            else None
-        )
+        if self._timer is None:
+            self._timer = DeadlineTimer(asyncio.get_running_loop(), self._on_timer)
+        self._timer.set(policy.next_deadline())
 
-    def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
+    def _on_timer(self, _at: float) -> None:
         policy = self.policy
         if policy is None:
             return

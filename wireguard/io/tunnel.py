@@ -69,6 +69,7 @@ from ..address import Address
 from ..config import Config
 from ..device import Device, Effects, EndpointChanged, Event
 from ..keys import PresharedKey, PublicKey
+from .deadline import DeadlineTimer
 from .lifecycle import Lifecycle
 from .resolve import resolve_endpoint
 
@@ -232,8 +233,7 @@ class Tunnel(Lifecycle):
         self.on_event = on_event
         self._packets: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: DeadlineTimer | None = None
         self._family = socket.AF_INET6
         self._closed = asyncio.Event()
         self.dropped_packets = 0
@@ -319,6 +319,7 @@ class Tunnel(Lifecycle):
         ``listen=False`` the tunnel starts without a socket, as if
         :meth:`close_socket` had been called, until :meth:`open_socket`."""
         self._loop = asyncio.get_running_loop()
+        self._timer = DeadlineTimer(self._loop, self._on_timer)
         self.device.wall_clock_offset = time.time() - self._loop.time()
         if not listen and self._sock is None:
             self._listening = False
@@ -340,7 +341,6 @@ class Tunnel(Lifecycle):
         self._listening = False
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._timer_at = None
         self._detach()
 
     def open_socket(self) -> int:
@@ -449,7 +449,6 @@ class Tunnel(Lifecycle):
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._detach()
         for stream in list(self._streams):
             stream.close()
@@ -824,27 +823,17 @@ class Tunnel(Lifecycle):
         self._reschedule()
 
     def _reschedule(self) -> None:
-        loop = self._loop
-        if loop is None or self._sock is None:
+        timer = self._timer
+        if timer is None or self._sock is None:
             return
         deadline = self.device.next_deadline()
         if self.inside is not None:
             inner = self.inside.next_deadline()
             if inner is not None and (deadline is None or inner < deadline):
                 deadline = inner
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._on_timer) if deadline is not None else None
+        timer.set(deadline)
 
-    def _on_timer(self) -> None:
-        at = self._timer_at
-        self._timer = self._timer_at = None
-        now = self.now
-        if at is not None and now < at:
-            now = at  # asyncio may run a handle up to its clock resolution early
+    def _on_timer(self, now: float) -> None:
         out = self.device.handle_timer(now)
         if self.inside is not None:
             self._seal(self.inside.handle_timer(now), now, out)
