@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, run
+from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, run, tree_env
 
 UNDER = ("192.168.232.1", "192.168.232.2")
 INNER = ("10.232.0.1", "10.232.0.2")
@@ -92,9 +92,7 @@ class Bench(NamespacePair):
     def up_rootless(self, tree: str | None = None):  # type: ignore[no-untyped-def]
         """The forwarder, with this tree's package or *tree*'s."""
         log = self.dir / "forward.log"
-        env = dict(os.environ)
-        if tree is not None:
-            env["PYTHONPATH"] = tree
+        env = tree_env(tree)
         with open(log, "w") as f:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.a, *self.as_nobody, sys.executable, "-m",

@@ -41,30 +41,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, machine_jiffies, run
+from netbench import (
+    MTU,
+    PORT,
+    WG_GO_ENV,
+    NamespacePair,
+    cpu_seconds,
+    machine_jiffies,
+    run,
+    tree_env,
+)
 
 UNDER = ("192.168.231.1", "192.168.231.2")
 INNER = ("10.231.0.1", "10.231.0.2")
-
-
-@contextlib.contextmanager
-def _pythonpath(tree: str | None) -> Iterator[None]:
-    """The commands run meanwhile import the ``wireguard`` package of *tree*."""
-    if tree is None:
-        yield
-        return
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = tree
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
 
 
 class Bench(NamespacePair):
@@ -82,9 +73,8 @@ class Bench(NamespacePair):
             f"[Peer]\nPublicKey = {self.pub_b}\nAllowedIPs = {INNER[1]}/32\n"
             f"Endpoint = {UNDER[1]}:{PORT}\n"
         )
-        with _pythonpath(tree):
-            run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
-                "--log", str(self.dir / "ours.log"), str(conf))  # fmt: skip
+        run("ip", "netns", "exec", self.a, sys.executable, "-m", "wireguard", "up",
+            "--log", str(self.dir / "ours.log"), str(conf), env=tree_env(tree))  # fmt: skip
         return int(Path(f"/var/run/wireguard/{self.name_a}.pid").read_text().split()[0])
 
     def down_ours(self) -> dict[str, float]:

@@ -22,11 +22,22 @@ MTU = 1420
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run(
+    *args: str, check: bool = True, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
     return result
+
+
+def tree_env(tree: str | None) -> dict[str, str] | None:
+    """The environment for a command that imports the ``wireguard`` package of
+    *tree* (a checkout, for a before/after in one run); None (inherit) for
+    this tree's."""
+    if tree is None:
+        return None
+    return dict(os.environ, PYTHONPATH=tree)
 
 
 def genkey() -> tuple[str, str]:
