@@ -702,6 +702,194 @@ def test_a_run_of_transport_messages_opens_as_one_by_one(before, count, base, od
         assert results[0][0] == list(range(count))
 
 
+_ODD_SEGMENTS = ["tag", "gap", "duplicate", "seen", "unseen", "index", "handshake", "limit"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.one_of(st.just(0), st.integers(0, 70)),
+    count=st.integers(1, 64),
+    base=st.sampled_from([0, 100, 8190, 2**20, REJECT_AFTER_MESSAGES - 100]),
+    odd=st.lists(
+        st.tuples(st.integers(0, 63), st.sampled_from(_ODD_SEGMENTS)),
+        max_size=2,
+        unique_by=lambda odd: odd[0],
+    ),
+    last=st.sampled_from(["same", "same", "shorter", "keepalive", "cut"]),
+    source=st.sampled_from(["endpoint", "endpoint", "roamed"]),
+    size_seen=st.sampled_from(["gro", "gro", "larger", "none"]),
+    after=st.sampled_from(["stale", "stale", "nothing"]),
+    slot=st.sampled_from(["current", "current", "next", "expired"]),
+    splits=st.lists(st.integers(1, 63), max_size=3, unique=True).map(sorted),
+    extra=st.sampled_from([None, None, "first", "middle", "roamed middle", "roamed read"]),
+)
+def test_gro_reads_open_as_their_datagrams_cut_apart(
+    before, count, base, odd, last, source, size_seen, after, slot, splits, extra
+):
+    """Device.receive_reads (a wake-up's GRO reads, opened where they lie)
+    against receive_datagrams of the same datagrams cut apart: one run cut
+    into up to four reads at *splits*, another read of one datagram before
+    or between them (from the same source or another), the second read from
+    another source (roaming within a wake-up), a run on the current
+    keypair after *before* messages, with up to two odd ones (a bad tag, a
+    gap, a duplicate, an older counter seen or unseen, another receiver
+    index, a handshake initiation of the same size, a counter at the limit),
+    a last datagram of the same size, shorter, a keepalive or cut below a
+    header, from the peer's endpoint or a new one, the buffer longer than what
+    was read (bytes after *length* are not the read's) or not, on the current
+    keypair, on one not yet confirmed (the responder's next) or on one too
+    old to receive on: the same deliveries, events, drops, timers, bytes,
+    endpoint, keypairs and replay window."""
+    from wireguard.crypto import aead_nonce
+
+    header = struct.Struct("<IIQ").pack
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    peer = b.device.peers[a.device.public_key]
+    now = net.now
+    if slot == "next":  # a new handshake, a's first data not yet arrived
+        a.device.peers[b.device.public_key].last_sent_handshake = None
+        (initiation, _), = a.device.initiate_handshake(b.device.public_key, now).datagrams
+        (response, _), = b.device.receive_datagram(initiation, a.address, now).datagrams
+        a.device.receive_datagram(response, b.address, now)
+        receiving = peer.next
+    else:
+        receiving = peer.current
+        if slot == "expired":
+            now = receiving.created + REJECT_AFTER_TIME
+    sending = a.device.peers[b.device.public_key].current
+    assert sending.remote_index == receiving.local_index
+    receiving.replay.reset()
+    start = base + before
+
+    def seal(counter, ident, receiver=sending.remote_index, plain=None):
+        if plain is None:
+            plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", ident) + bytes(8))
+        return header(4, receiver, counter) + sending.sending.encrypt(
+            aead_nonce(counter), plain, None
+        )
+
+    messages = [seal(start + i, i) for i in range(count)]
+    size = len(messages[0])
+    for where, kind in odd:
+        if where >= count:
+            continue
+        counter = start + where
+        if kind == "tag":
+            messages[where] = messages[where][:-1] + bytes([messages[where][-1] ^ 1])
+        elif kind == "gap":
+            messages[where] = seal(counter + 3, where)
+        elif kind == "duplicate" and where:
+            messages[where] = messages[where - 1]
+        elif kind == "seen" and before:
+            messages[where] = seal(base, where)
+        elif kind == "unseen":
+            messages[where] = seal(max(0, base - 5), where)
+        elif kind == "index":
+            messages[where] = seal(counter, where, receiver=sending.remote_index ^ 1)
+        elif kind == "handshake":
+            messages[where] = b"\x01\x00\x00\x00" + bytes(size - 4)
+        elif kind == "limit":
+            messages[where] = seal(REJECT_AFTER_MESSAGES + where, where)
+    if last == "shorter":
+        plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", count - 1))
+        messages[-1] = seal(start + count - 1, count - 1, plain=plain)
+    elif last == "keepalive":
+        messages[-1] = seal(start + count - 1, count - 1, plain=b"")
+    elif last == "cut":
+        messages[-1] = messages[-1][:13]
+    assert all(len(m) == size for m in messages[:-1]) and len(messages[-1]) <= size
+    address = a.address if source == "endpoint" else ("192.0.2.77", 4000)
+    stale = bytes(range(200)) if after == "stale" else b""
+    reads, cut = [], []  # (buffer, length, size, source); the datagrams cut apart
+    bounds = [0, *(k for k in splits if k < count), count]
+    for first, end in itertools.pairwise(bounds):
+        read = b"".join(messages[first:end])
+        if extra == "roamed read" and first:
+            address = ("192.0.2.79", 4002)  # from the second read on
+        gso_size = {"gro": size, "larger": size + 7, "none": 0}[size_seen]
+        if not 0 < gso_size < len(read):
+            gso_size = 0  # one datagram as the socket gave it
+        reads.append((bytearray(read + stale), len(read), gso_size, address))
+        step = gso_size or len(read)
+        cut += [(read[i : i + step], address) for i in range(0, len(read), step)]
+    if extra is not None and extra != "roamed read":  # handshake-sized, not valid
+        odd_one = b"\x01\x00\x00\x00" + bytes(144)
+        sender = ("192.0.2.78", 4001) if extra == "roamed middle" else address
+        where = 0 if extra == "first" else len(reads) // 2 + (len(reads) > 1)
+        reads.insert(where, (bytearray(odd_one), len(odd_one), 0, sender))
+        at = sum(-(-r[1] // (r[2] or r[1])) for r in reads[:where])
+        cut.insert(at, (odd_one, sender))
+
+    def state():
+        window = receiving.replay
+        bitmap = None if window.bitmap is None else bytes(window.bitmap)
+        timers = {name: getattr(peer.timers, name) for name in TIMER_STATE}
+        keypairs = peer.current, peer.previous, peer.next
+        drops = dict(b.device.drops)
+        return window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs
+
+    def restore(saved):
+        window = receiving.replay
+        window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs = saved
+        peer.current, peer.previous, peer.next = keypairs
+        window.bitmap = None if bitmap is None else bytearray(bitmap)
+        b.device.drops.clear()
+        b.device.drops.update(drops)
+        for name, value in timers.items():
+            setattr(peer.timers, name, value)
+
+    for i in range(before):
+        b.device.receive_datagram(seal(base + i, 10_000 + i), a.address, now)
+    if slot == "next" and before:
+        slot = "current"  # what came before confirmed it (the peer's next is None now)
+    saved = state()
+    results = []
+    keypair = type(receiving)
+    open_reads = keypair.open_reads
+    opened_in_place = []
+
+    def counted(self, *args):
+        opened = open_reads(self, *args)
+        opened_in_place.append(opened[0])
+        return opened
+
+    for in_place in (False, True):
+        restore(saved)
+        if in_place:
+            keypair.open_reads = counted
+            try:
+                out = b.device.receive_reads(reads, now)
+            finally:
+                keypair.open_reads = open_reads
+        else:
+            out = b.device.receive_datagrams(cut, now)
+        results.append((out.packets, out.datagrams, out.events, state()))
+    assert results[0] == results[1]
+    plain_run = last in ("same", "shorter", "keepalive") and source == "endpoint"
+    plain_run = plain_run and slot == "current"
+    plain_run = plain_run and extra in (None, "first") and size_seen == "gro"
+    in_reads = all(end - first > 1 for first, end in itertools.pairwise(bounds))
+    if not odd and plain_run and in_reads and start + count <= REJECT_AFTER_MESSAGES:
+        assert opened_in_place == [count]  # every read, opened where it lay, in one call
+        expected = list(range(count - (last == "keepalive")))
+        assert [payload_id(p) for p in results[0][0]] == expected
+
+
+@pytest.mark.parametrize("gso_size", [0, 1, 1400])
+def test_an_empty_gro_read_is_an_empty_datagram(gso_size):
+    """A read of no bytes is one empty datagram, dropped as malformed and
+    counted, as receive_datagrams counts it."""
+    net, a, b = pair()
+    out = b.device.receive_reads([(bytearray(100), 0, gso_size, a.address)], net.now)
+    assert (out.packets, out.datagrams) == ([], [])
+    assert b.device.drops == {Drop.MALFORMED: 1}
+    b.device.drops.clear()
+    b.device.receive_datagrams([(b"", a.address)], net.now)
+    assert b.device.drops == {Drop.MALFORMED: 1}
+
+
 def test_a_run_longer_than_the_window_opens_as_one_by_one():
     """A run of more consecutive counters than the replay window holds is
     not recorded whole (its own slide would clear its first bits), yet every

@@ -8,6 +8,7 @@ import gc
 import logging
 import re
 import socket
+import struct
 import tracemalloc
 from pathlib import Path
 
@@ -326,5 +327,52 @@ def test_traffic_both_ways_rearms_the_loop_timer_rarely() -> None:
                     await asyncio.sleep(0.002)
             assert len(at_b) == 1 + 40 * 5 and len(at_a) == 1 + 40 * 5
             assert len(armed) <= 6, len(armed)  # both tunnels
+
+    asyncio.run(body())
+
+
+def test_a_wake_up_of_more_gro_reads_than_buffers_delivers_all_in_order() -> None:
+    """A peer (sans-I/O, its own socket) sends 40 GSO bursts of 3 messages
+    while the tunnel is not reading: one wake-up then holds 40 GRO reads,
+    more than the tunnel keeps buffers for, so it hands them to the device in
+    several calls; every packet arrives once and in order, every datagram is
+    counted as read."""
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_b = Device(key_b)
+        device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+        b = Tunnel(device_b, host="127.0.0.1", listen_port=0)
+        got: list[bytes] = []
+        b.on_packets = got.extend
+        async with b:
+            if not b.gro_active:
+                pytest.fail("UDP GRO is not available on this kernel's loopback")
+            a = Roamer(b, key_b, key_a)
+            try:
+                await a.handshake()
+                loop = asyncio.get_running_loop()
+                pings = _numbered_pings(120)
+                sealed = [d for d, _ in a.device.send_packets(pings, loop.time()).datagrams]
+                assert len({len(d) for d in sealed}) == 1
+                read_before = b.datagrams_read
+                sock = a.socks[0]
+                sock.setblocking(True)
+                for i in range(0, 120, 3):  # no await: the tunnel reads after
+                    sock.sendmsg(
+                        [b"".join(sealed[i : i + 3])],
+                        [(socket.SOL_UDP, 103, struct.pack("=H", len(sealed[0])))],
+                        0,
+                        a.b_address,
+                    )
+                for _ in range(300):
+                    if len(got) == 120:
+                        break
+                    await asyncio.sleep(0.01)
+                assert got == pings
+                assert b.datagrams_read - read_before == 120
+                assert not b.device.drops
+            finally:
+                a.close()
 
     asyncio.run(body())

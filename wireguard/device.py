@@ -838,6 +838,87 @@ class Device:
             self._received_run(peer, keypair, rx, data_count, now, out)
         return end
 
+    def receive_reads(
+        self,
+        reads: Sequence[tuple[bytes | bytearray, int, int, Address]],
+        now: float,
+        out: Effects | None = None,
+    ) -> Effects:
+        """The datagrams of a wake-up's UDP reads, where they lie: each read
+        is (buffer, length, size, source), the first *length* bytes of
+        *buffer* holding a datagram every *size* bytes (the last may be
+        shorter; *size* 0, or not under *length*: one datagram), all from
+        *source*, as a GRO read gives them. The same deliveries, drops,
+        events and state as :meth:`receive_datagrams` of them all cut apart,
+        in order. A run of reads from the peer's known endpoint on its
+        current keypair, counters in order (a bulk transfer's wake-up), is
+        opened without cutting it apart first (:meth:`Keypair.open_reads`),
+        with the bookkeeping once; whatever that does not take is cut apart
+        and goes to :meth:`receive_datagrams`. The buffers may be reused
+        once this returns."""
+        out = Effects() if out is None else out
+        cut: list[tuple[bytes, Address]] = []
+        i, n = 0, len(reads)
+        while i < n:
+            buffer, length, size, source = reads[i]
+            j = i
+            while j < n and 0 < (read := reads[j])[2] < read[1] and read[3] == source:
+                j += 1  # reads[i:j]: GRO reads (more than one datagram) from one source
+            opened = self._open_reads(reads, i, j, now, out, cut) if j > i else 0
+            if j == i:
+                j = i + 1
+            for buffer, length, size, _ in reads[i:j]:
+                if not 0 < size < length:
+                    size = max(length, 1)  # one datagram (an empty one too)
+                count = max(-(-length // size), 1)
+                if opened >= count:
+                    opened -= count
+                    continue
+                with memoryview(buffer) as whole, whole[:length] as view:
+                    cuts = range(opened * size, max(length, 1), size)
+                    cut += [(bytes(view[k : k + size]), source) for k in cuts]
+                opened = 0
+            i = j
+        if cut:
+            self.receive_datagrams(cut, now, out)
+        return out
+
+    def _open_reads(
+        self,
+        reads: Sequence[tuple[bytes | bytearray, int, int, Address]],
+        start: int,
+        end: int,
+        now: float,
+        out: Effects,
+        cut: list[tuple[bytes, Address]],
+    ) -> int:
+        """:meth:`receive_reads` for the GRO reads *start* .. *end* - 1, all from
+        one source: if the first is a transport message on its peer's
+        current keypair from the peer's endpoint, the keypair opens what it
+        can of them in place (after *cut*, what came before, has gone to
+        :meth:`receive_datagrams`, so the order holds). Returns how many
+        datagrams (counted across the reads) it took."""
+        buffer, _, _, source = reads[start]
+        head = _unpack_head(buffer)
+        entry = self._index.get(head[1]) if head[0] == MESSAGE_TRANSPORT_DATA else None
+        if (
+            entry is None
+            or (keypair := entry[1]) is None
+            or keypair is not (peer := entry[0]).current
+            or peer.endpoint != source
+            or not keypair.can_receive(now)
+        ):
+            return 0
+        if cut:
+            self.receive_datagrams(cut, now, out)
+            cut.clear()
+        plains: list[bytes] = []
+        opened, rx = keypair.open_reads([read[:3] for read in reads[start:end]], plains)
+        if opened:
+            data_count = self._deliver(peer, plains, out)
+            self._received_run(peer, keypair, rx, data_count, now, out)
+        return opened
+
     def _deliver(self, peer: Peer, plains: list[bytes], out: Effects) -> int:
         """Deliver the decrypted packets that are well-formed IPv4 or IPv6
         packets whose stated length fits what arrived (the padding after it

@@ -17,9 +17,9 @@ inline.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from operator import itemgetter
 
 from cryptography.exceptions import InvalidTag
@@ -46,6 +46,11 @@ _ZEROS = bytes(MESSAGE_PADDING_MULTIPLE)
 _message_of, _source_of = itemgetter(0), itemgetter(1)
 _header_of, _body_of = itemgetter(slice(0, 16)), itemgetter(slice(16, None))
 _NONE = repeat(None)  # no associated data, for every message
+# Keypair.open_segments' header readers, by (datagrams, datagram size): a
+# GRO read's size is the sender's, so few are in use; bounded, whatever a
+# peer sends.
+_segment_headers: dict[tuple[int, int], Callable[[bytes | bytearray], tuple[int, ...]]] = {}
+_SEGMENT_HEADERS_KEPT = 256
 
 
 def padding_length(n: int, mtu: int | None) -> int:
@@ -265,8 +270,78 @@ class Keypair:
         if min(lengths) < TRANSPORT_MIN_LEN:
             return start, 0
         fields = struct.unpack(f"<{2 * count}Q", b"".join(map(_header_of, messages)))
+        opened = self._open_consecutive(fields, map(_body_of, messages), out)
+        if opened == count:
+            return start + count, sum(lengths)
+        return start + opened, sum(lengths[:opened])
+
+    def open_reads(
+        self, reads: Sequence[tuple[bytes | bytearray, int, int]], out: list[bytes]
+    ) -> tuple[int, int]:
+        """:meth:`open_batch`'s whole-run case for the datagrams of UDP GRO
+        reads, opened where they lie: each read is (buffer, length, size),
+        its first *length* bytes a datagram every *size* bytes (the last may
+        be shorter), all of them from one source. Each datagram is decrypted
+        from a view of its buffer (no copy); each read's headers are taken
+        with one ``struct`` call. Returns (how many datagrams, counted across
+        the reads in order, were opened and accepted, their bytes): none, if
+        they are not one run of transport messages to this keypair with
+        consecutive counters ahead of the replay window; fewer than all, if a
+        tag failed (at the first not opened). What was not opened is for
+        :meth:`open_batch`."""
+        fields: list[int] = []
+        counts: list[int] = []
+        for buffer, length, size in reads:
+            count = -(-length // size)
+            if size < TRANSPORT_MIN_LEN or length - (count - 1) * size < TRANSPORT_MIN_LEN:
+                return 0, 0
+            headers = _segment_headers.get((count, size))
+            if headers is None:
+                if len(_segment_headers) >= _SEGMENT_HEADERS_KEPT:
+                    _segment_headers.clear()
+                headers = _segment_headers[count, size] = struct.Struct(
+                    "<" + f"QQ{size - 16}x" * (count - 1) + "QQ"
+                ).unpack_from
+            fields += headers(buffer)
+            counts.append(count)
+        total = len(fields) >> 1
+        if total > COUNTER_WINDOW_SIZE:
+            return 0, 0
+        views = [memoryview(buffer) for buffer, _, _ in reads]
+        try:
+            bodies = chain.from_iterable(
+                map(view.__getitem__, map(slice, range(16, length, size),
+                                          chain(range(size, length, size), (length,))))
+                for view, (_, length, size) in zip(views, reads, strict=True)
+            )  # fmt: skip
+            opened = self._open_consecutive(tuple(fields), bodies, out)
+        finally:
+            for view in views:
+                view.release()
+        rx = 0
+        left = opened
+        for (_, length, size), count in zip(reads, counts, strict=False):
+            if left >= count:
+                rx += length
+                left -= count
+            else:
+                rx += left * size  # all but a read's last are full-size
+                break
+        return opened, rx
+
+    def _open_consecutive(
+        self, fields: tuple[int, ...], bodies: Iterator[bytes | memoryview], out: list[bytes]
+    ) -> int:
+        """The whole-run open of :meth:`_open_whole` and
+        :meth:`open_segments`, given each message's header as two little-endian
+        64-bit fields (type and receiver index, counter) and their bodies:
+        the kind, the receiver index and the counters checked over the whole
+        run, the decrypts in one ``map``, the replay window recorded once.
+        Returns how many were opened and accepted (appended to *out*), 0 if
+        a check failed."""
+        count = len(fields) >> 1
         if fields[::2].count(MESSAGE_TRANSPORT_DATA | self.local_index << 32) != count:
-            return start, 0  # another kind of message, or another receiver index
+            return 0  # another kind of message, or another receiver index
         counters = fields[1::2]
         first = counters[0]
         window = self.replay
@@ -275,17 +350,15 @@ class Keypair:
             or first + count > REJECT_AFTER_MESSAGES
             or counters != tuple(range(first, first + count))
         ):
-            return start, 0
+            return 0
         plains: list[bytes] = []
-        bodies = map(_body_of, messages)
         # extend keeps what it appended before an exception, so a failed tag
         # costs only the messages after it, opened one by one.
         with suppress(InvalidTag):
             plains.extend(map(self.receiving.decrypt, map(aead_nonce, counters), bodies, _NONE))
         opened = len(plains)
-        if not opened:
-            return start, 0
-        accepted = window.update_run(first, opened)
-        assert accepted  # the run was checked to be ahead of the window above
-        out.extend(plains)
-        return start + opened, sum(lengths[:opened]) if opened < count else sum(lengths)
+        if opened:
+            accepted = window.update_run(first, opened)
+            assert accepted  # the run was checked to be ahead of the window above
+            out.extend(plains)
+        return opened

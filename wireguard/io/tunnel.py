@@ -18,7 +18,8 @@ acts once. Where the kernel offers them, the socket uses UDP segmentation
 offload (GSO: a run of equal-size datagrams to one endpoint leaves in one
 ``sendmsg`` with a ``UDP_SEGMENT`` control message, and the kernel cuts it)
 and receive offload (GRO: ``UDP_GRO`` lets the kernel hand over several
-datagrams of one flow in one buffer, with their size in a control message).
+datagrams of one flow in one buffer, with their size in a control message;
+the device opens a wake-up's reads where they lie, ``Device.receive_reads``).
 Either falls back to one system call per datagram when it is missing or the
 kernel refuses it.
 
@@ -79,6 +80,7 @@ log = logging.getLogger(__name__)
 # linux/udp.h: options at level SOL_UDP (17).
 SOL_UDP = 17
 UDP_SEGMENT = 103
+_RX_POOL = 16  # receive buffers of 64 KiB for one wake-up's GRO reads (see Tunnel)
 UDP_GRO = 104
 # The kernel takes at most 64 segments per GSO send (UDP_MAX_SEGMENTS; 128
 # on newer kernels) and at most 64 KB in all.
@@ -267,11 +269,15 @@ class Tunnel(Lifecycle):
         self._pktinfo_on = False
         self._pktinfo_level = 0
         self._anc_space = self._gro_space
-        # One receive buffer for every GRO read, reused: a fresh 64 KiB
-        # object per read made the allocator give memory back and fault it in
-        # again (about 26,000 page faults a second at 800 Mbit/s).
-        self._rx_buffer = bytearray(65535)
-        self._rx_view = memoryview(self._rx_buffer)
+        # Receive buffers for the GRO reads of a wake-up, reused: a fresh
+        # 64 KiB object per read made the allocator give memory back and fault
+        # it in again (about 26,000 page faults a second at 800 Mbit/s). The
+        # device opens a wake-up's reads where they lie, in one call, so each
+        # read of several datagrams keeps its buffer until then; the pool
+        # grows to _RX_POOL buffers, and a wake-up with more such reads hands
+        # them over in several calls.
+        self._rx_pool: list[bytearray] = [bytearray(65535)]
+        self._rx_views: list[memoryview] = [memoryview(self._rx_pool[0])]
         self._locals: dict[bytes, str] = {}  # PKTINFO data -> local address
         self._source_anc: dict[str, list[tuple[int, int, bytes]]] = {}  # local -> cmsg
         self._failed_sources: set[str] = set()  # refused during this apply()
@@ -568,52 +574,68 @@ class Tunnel(Lifecycle):
         sock = self._sock
         if sock is None:
             return
-        got: list[tuple[bytes, Address]] = []
         if self._gro_on or self._pktinfo_on:
-            self._read_gro(sock, got.append)
-        else:
-            recv = sock.recvfrom
-            add = got.append
-            for _ in range(self.batch):
-                try:
-                    data, addr = recv(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # ICMP errors surface here on Linux
-                    self.receive_errors += 1
-                    log.debug("UDP receive error: %s", exc)
-                    break
-                add((data, _plain(addr)))
-        if got:
-            self.wakeups += 1
-            self.datagrams_read += len(got)
-            now = self.now
-            self.apply(self.device.receive_datagrams(got, now), now)
-
-    def _read_gro(self, sock: socket.socket, add: Callable[[tuple[bytes, Address]], None]) -> None:
-        """recvmsg with UDP_GRO: one buffer may hold several datagrams of
-        ``gso_size`` bytes each (the last may be shorter), from one source;
-        with sticky sources, each buffer's local address from its PKTINFO."""
-        recv = sock.recvmsg_into
-        buffers = [self._rx_buffer]
-        whole = self._rx_view
-        space = self._anc_space
-        n = 0
-        batch = self.batch
-        last_addr = last_info = None
-        source: Address = ("", 0)
-        pktinfo = self._pktinfo_level if self._pktinfo_on else -1
-        while n < batch:
+            self._read_gro(sock)
+            return
+        got: list[tuple[bytes, Address]] = []
+        recv = sock.recvfrom
+        add = got.append
+        for _ in range(self.batch):
             try:
-                length, anc, _flags, addr = recv(buffers, space)
+                data, addr = recv(65535)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
                 self.receive_errors += 1
                 log.debug("UDP receive error: %s", exc)
                 break
+            add((data, _plain(addr)))
+        if got:
+            self.wakeups += 1
+            self.datagrams_read += len(got)
+            now = self.now
+            self.apply(self.device.receive_datagrams(got, now), now)
+
+    def _read_gro(self, sock: socket.socket) -> None:
+        """recvmsg with UDP_GRO: one buffer may hold several datagrams of
+        ``gso_size`` bytes each (the last may be shorter), from one source;
+        with sticky sources, each buffer's local address from its PKTINFO.
+        The reads go to the device as they lie (:meth:`Device.receive_reads`),
+        together, then it acts once."""
+        recv = sock.recvmsg_into
+        pool, views = self._rx_pool, self._rx_views
+        reads: list[tuple[bytes | bytearray, int, int, Address]] = []
+        out: Effects | None = None
+        now = 0.0
+        space = self._anc_space
+        taken = 0  # pool buffers holding a read not yet handed over
+        n = 0
+        batch = self.batch
+        last_addr = last_info = None
+        source: Address = ("", 0)
+        pktinfo = self._pktinfo_level if self._pktinfo_on else -1
+        while n < batch:
+            if taken == len(pool):
+                if taken < _RX_POOL:
+                    pool.append(bytearray(65535))
+                    views.append(memoryview(pool[-1]))
+                else:  # every buffer holds a read: hand them over
+                    if out is None:
+                        out, now = Effects(), self.now
+                    self.device.receive_reads(reads, now, out)
+                    reads.clear()
+                    taken = 0
+            buffer = pool[taken]
+            try:
+                length, anc, _flags, addr = recv([buffer], space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors surface here on Linux
+                self.receive_errors += 1
+                log.debug("UDP receive error: %s", exc)
+                break
+            size = 0
             if anc:
-                size = 0
                 info = None
                 for level, kind, value in anc:
                     if level == SOL_UDP and kind == UDP_GRO:
@@ -623,17 +645,25 @@ class Tunnel(Lifecycle):
                 if addr != last_addr or info != last_info:
                     last_addr, last_info = addr, info
                     source = _plain(addr) if info is None else self._sticky_source(addr, info)
-                if size and length > size:
-                    view = whole[:length]
-                    for i in range(0, length, size):
-                        add((bytes(view[i : i + size]), source))
-                        n += 1
-                    continue
             elif addr != last_addr or last_info is not None:
                 last_addr, last_info = addr, None
                 source = _plain(addr)
-            add((bytes(whole[:length]), source))
-            n += 1
+            if size and length > size:
+                reads.append((buffer, length, size, source))
+                taken += 1
+                n += -(-length // size)
+            else:  # one datagram: copied out, its buffer read into again
+                reads.append((bytes(views[taken][:length]), length, 0, source))
+                n += 1
+        if not reads and out is None:
+            return
+        self.wakeups += 1
+        self.datagrams_read += n
+        if out is None:
+            out, now = Effects(), self.now
+        if reads:
+            self.device.receive_reads(reads, now, out)
+        self.apply(out, now)
 
     _gro_space = socket.CMSG_SPACE(4)
     _pktinfo_space = socket.CMSG_SPACE(20)  # struct in6_pktinfo (in_pktinfo: 12)
