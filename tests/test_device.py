@@ -890,6 +890,33 @@ def test_an_empty_gro_read_is_an_empty_datagram(gso_size):
     assert b.device.drops == {Drop.MALFORMED: 1}
 
 
+def test_a_run_on_an_expired_keypair_is_dropped_as_one_by_one():
+    """Past REJECT_AFTER_TIME the keypair accepts nothing: a run of messages
+    on it, in a batch or in GRO reads, is dropped and counted as one
+    datagram at a time drops it, and nothing is delivered."""
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    receiving = b.device.peers[a.device.public_key].current
+    late = receiving.created + REJECT_AFTER_TIME
+    run = [sending.seal(ipv4_packet(a.tunnel_ip, b.tunnel_ip, bytes(16))) for _ in range(6)]
+    size = len(run[0])
+    one = Effects()
+    for message in run:
+        b.device.receive_datagram(message, a.address, late, one)
+    expected = dict(b.device.drops)
+    assert expected == {Drop.KEYPAIR_EXPIRED: 6} and not one.packets
+    read = (bytearray(b"".join(run)), 6 * size, size, a.address)
+    for batch in (
+        lambda: b.device.receive_datagrams([(m, a.address) for m in run], late),
+        lambda: b.device.receive_reads([read], late),
+    ):
+        b.device.drops.clear()
+        assert not batch().packets
+        assert dict(b.device.drops) == expected
+
+
 def test_a_run_longer_than_the_window_opens_as_one_by_one():
     """A run of more consecutive counters than the replay window holds is
     not recorded whole (its own slide would clear its first bits), yet every

@@ -788,7 +788,7 @@ class Device:
         if not isinstance(datagrams, (list, tuple)):
             datagrams = list(datagrams)
         slow = self.receive_datagram
-        index_get = self._index.get
+        steady = self._steady
         unpack = _unpack_head
         transport, min_len = MESSAGE_TRANSPORT_DATA, TRANSPORT_MIN_LEN
         i, n = 0, len(datagrams)
@@ -798,19 +798,34 @@ class Device:
                 slow(data, source, now, out)
                 i += 1
                 continue
-            entry = index_get(head[1])
-            if (
-                entry is None
-                or (keypair := entry[1]) is None
-                or keypair is not (peer := entry[0]).current
-                or peer.endpoint != source
-                or not keypair.can_receive(now)
-            ):
+            found = steady(head[1], source, now)
+            if found is None:
                 self._receive_transport(data, source, now, out)
                 i += 1
                 continue
-            i = self._open_run(peer, keypair, datagrams, i, source, now, out)
+            i = self._open_run(*found, datagrams, i, source, now, out)
         return out
+
+    def _steady(
+        self, receiver: int, source: Address, now: float
+    ) -> tuple[Peer, Keypair] | None:
+        """The peer and keypair that a transport message to *receiver* from
+        *source* opens on in the steady state (the peer's current keypair,
+        from the peer's known endpoint, still able to receive), which the
+        batch paths open runs of; None for anything else, which takes the
+        one-at-a-time path."""
+        entry = self._index.get(receiver)
+        if entry is None:
+            return None
+        peer, keypair = entry
+        if (
+            keypair is None
+            or keypair is not peer.current
+            or peer.endpoint != source
+            or not keypair.can_receive(now)
+        ):
+            return None
+        return peer, keypair
 
     def _open_run(
         self,
@@ -900,15 +915,10 @@ class Device:
         datagrams (counted across the reads) it took."""
         buffer, _, _, source = reads[start]
         head = _unpack_head(buffer)
-        entry = self._index.get(head[1]) if head[0] == MESSAGE_TRANSPORT_DATA else None
-        if (
-            entry is None
-            or (keypair := entry[1]) is None
-            or keypair is not (peer := entry[0]).current
-            or peer.endpoint != source
-            or not keypair.can_receive(now)
-        ):
+        found = self._steady(head[1], source, now) if head[0] == MESSAGE_TRANSPORT_DATA else None
+        if found is None:
             return 0
+        peer, keypair = found
         if cut:
             self.receive_datagrams(cut, now, out)
             cut.clear()
