@@ -917,6 +917,42 @@ def test_a_run_on_an_expired_keypair_is_dropped_as_one_by_one():
         assert dict(b.device.drops) == expected
 
 
+@pytest.mark.parametrize("forged", [0, 3, 7])
+@pytest.mark.parametrize("path", ["datagrams", "reads"])
+def test_a_forged_message_in_a_run_is_decrypted_once(forged, path):
+    """A message whose tag fails inside a run (anyone can send one: the
+    receiver index is on the wire) costs one decrypt, not one per path that
+    looks at it: every message of the run is decrypted exactly once, the
+    forged one is counted, and the others are delivered."""
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    sending = a.device.peers[b.device.public_key].current
+    receiving = b.device.peers[a.device.public_key].current
+    run = [sending.seal(ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", i) + bytes(8)))
+           for i in range(8)]  # fmt: skip
+    run[forged] = run[forged][:-1] + bytes([run[forged][-1] ^ 1])
+    aead = receiving.receiving
+    calls = []
+
+    class Counting:
+        def decrypt(self, nonce, data, associated):
+            calls.append(bytes(nonce))
+            return aead.decrypt(nonce, data, associated)
+
+    receiving.receiving = Counting()
+    b.device.drops.clear()
+    if path == "datagrams":
+        out = b.device.receive_datagrams([(m, a.address) for m in run], net.now)
+    else:
+        size = len(run[0])
+        out = b.device.receive_reads([(bytearray(b"".join(run)), 8 * size, size, a.address)],
+                                     net.now)  # fmt: skip
+    assert len(calls) == len(set(calls)) == 8
+    assert dict(b.device.drops) == {Drop.DECRYPTION_FAILED: 1}
+    assert [payload_id(p) for p in out.packets] == [i for i in range(8) if i != forged]
+
+
 def test_a_run_longer_than_the_window_opens_as_one_by_one():
     """A run of more consecutive counters than the replay window holds is
     not recorded whole (its own slide would clear its first bits), yet every

@@ -875,7 +875,7 @@ class Device:
         cut: list[tuple[bytes, Address]] = []
         i, n = 0, len(reads)
         while i < n:
-            buffer, length, size, source = reads[i]
+            source = reads[i][3]
             j = i
             while j < n and 0 < (read := reads[j])[2] < read[1] and read[3] == source:
                 j += 1  # reads[i:j]: GRO reads (more than one datagram) from one source
@@ -912,7 +912,8 @@ class Device:
         current keypair from the peer's endpoint, the keypair opens what it
         can of them in place (after *cut*, what came before, has gone to
         :meth:`receive_datagrams`, so the order holds). Returns how many
-        datagrams (counted across the reads) it took."""
+        datagrams (counted across the reads) it took: opened, and the one
+        after them if its tag failed (counted here, not decrypted again)."""
         buffer, _, _, source = reads[start]
         head = _unpack_head(buffer)
         found = self._steady(head[1], source, now) if head[0] == MESSAGE_TRANSPORT_DATA else None
@@ -923,11 +924,13 @@ class Device:
             self.receive_datagrams(cut, now, out)
             cut.clear()
         plains: list[bytes] = []
-        opened, rx = keypair.open_reads([read[:3] for read in reads[start:end]], plains)
+        opened, rx, failed = keypair.open_reads([read[:3] for read in reads[start:end]], plains)
+        if failed:
+            self.drops[Drop.DECRYPTION_FAILED] += failed
         if opened:
             data_count = self._deliver(peer, plains, out)
             self._received_run(peer, keypair, rx, data_count, now, out)
-        return opened
+        return opened + failed
 
     def _deliver(self, peer: Peer, plains: list[bytes], out: Effects) -> int:
         """Deliver the decrypted packets that are well-formed IPv4 or IPv6

@@ -46,7 +46,7 @@ _ZEROS = bytes(MESSAGE_PADDING_MULTIPLE)
 _message_of, _source_of = itemgetter(0), itemgetter(1)
 _header_of, _body_of = itemgetter(slice(0, 16)), itemgetter(slice(16, None))
 _NONE = repeat(None)  # no associated data, for every message
-# Keypair.open_segments' header readers, by (datagrams, datagram size): a
+# Keypair.open_reads' header readers, by (datagrams, datagram size): a
 # GRO read's size is the sender's, so few are in use; bounded, whatever a
 # peer sends.
 _segment_headers: dict[tuple[int, int], Callable[[bytes | bytearray], tuple[int, ...]]] = {}
@@ -197,11 +197,11 @@ class Keypair:
         index where the run ended, bytes of the messages accepted, how many
         failed the tag, how many were replays)."""
         index = start
-        rx = 0
+        rx = failed = 0
         if len(datagrams) - start > 1:
-            index, rx = self._open_whole(datagrams, start, source, out)
+            index, rx, failed = self._open_whole(datagrams, start, source, out)
             if index == len(datagrams):
-                return index, rx, 0, 0
+                return index, rx, failed, 0
         append = out.append
         decrypt, nonce, unpack = self.receiving.decrypt, aead_nonce, _unpack_header
         window = self.replay
@@ -209,7 +209,7 @@ class Keypair:
         kind, local, min_len = MESSAGE_TRANSPORT_DATA, self.local_index, TRANSPORT_MIN_LEN
         limit, byte_mask = REJECT_AFTER_MESSAGES, BYTE_MASK
         top, bitmap = window.counter, window.bitmap
-        failed = replayed = 0
+        replayed = 0
         try:
             for message, sender in islice(datagrams, index, None):
                 if sender != source or len(message) < min_len:
@@ -250,7 +250,7 @@ class Keypair:
         start: int,
         source: object,
         out: list[bytes],
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """:meth:`open_batch`'s common case, the rest of *datagrams* from
         *start* checked and opened as a whole: every message from *source*, a
         transport message to this keypair, and their counters consecutive and
@@ -258,43 +258,44 @@ class Keypair:
         them. The checks run as C loops over the whole list (``map``,
         ``list.count``, one ``struct`` unpack of the headers laid end to end),
         so no Python runs per message. Returns (where the per-message loop is
-        to go on, bytes of the messages accepted): *start* and nothing done
-        if any check fails; if a tag fails, what opened before it is
-        accepted, and the loop goes on from the failed one."""
+        to go on, bytes of the messages accepted, how many failed the tag):
+        *start* and nothing done if any check fails; if a tag fails, what
+        opened before it is accepted, the failed one is counted, and the loop
+        goes on after it (so no message is decrypted twice)."""
         rest = datagrams[start:] if start else datagrams
         count = len(rest)
         if count > COUNTER_WINDOW_SIZE or list(map(_source_of, rest)).count(source) != count:
-            return start, 0
+            return start, 0, 0
         messages = list(map(_message_of, rest))
         lengths = list(map(len, messages))
         if min(lengths) < TRANSPORT_MIN_LEN:
-            return start, 0
+            return start, 0, 0
         fields = struct.unpack(f"<{2 * count}Q", b"".join(map(_header_of, messages)))
-        opened = self._open_consecutive(fields, map(_body_of, messages), out)
+        opened, failed = self._open_consecutive(fields, map(_body_of, messages), out)
         if opened == count:
-            return start + count, sum(lengths)
-        return start + opened, sum(lengths[:opened])
+            return start + count, sum(lengths), 0
+        return start + opened + failed, sum(lengths[:opened]), failed
 
     def open_reads(
         self, reads: Sequence[tuple[bytes | bytearray, int, int]], out: list[bytes]
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int]:
         """:meth:`open_batch`'s whole-run case for the datagrams of UDP GRO
         reads, opened where they lie: each read is (buffer, length, size),
         its first *length* bytes a datagram every *size* bytes (the last may
         be shorter), all of them from one source. Each datagram is decrypted
         from a view of its buffer (no copy); each read's headers are taken
         with one ``struct`` call. Returns (how many datagrams, counted across
-        the reads in order, were opened and accepted, their bytes): none, if
-        they are not one run of transport messages to this keypair with
-        consecutive counters ahead of the replay window; fewer than all, if a
-        tag failed (at the first not opened). What was not opened is for
-        :meth:`open_batch`."""
+        the reads in order, were opened and accepted, their bytes, 1 if the
+        datagram after those failed its tag, else 0): none, if they are not
+        one run of transport messages to this keypair with consecutive
+        counters ahead of the replay window; fewer than all, if a tag failed.
+        What was neither opened nor failed is for :meth:`open_batch`."""
         fields: list[int] = []
         counts: list[int] = []
         for buffer, length, size in reads:
             count = -(-length // size)
             if size < TRANSPORT_MIN_LEN or length - (count - 1) * size < TRANSPORT_MIN_LEN:
-                return 0, 0
+                return 0, 0, 0
             headers = _segment_headers.get((count, size))
             if headers is None:
                 if len(_segment_headers) >= _SEGMENT_HEADERS_KEPT:
@@ -306,7 +307,7 @@ class Keypair:
             counts.append(count)
         total = len(fields) >> 1
         if total > COUNTER_WINDOW_SIZE:
-            return 0, 0
+            return 0, 0, 0
         views = [memoryview(buffer) for buffer, _, _ in reads]
         try:
             bodies = chain.from_iterable(
@@ -314,7 +315,7 @@ class Keypair:
                                           chain(range(size, length, size), (length,))))
                 for view, (_, length, size) in zip(views, reads, strict=True)
             )  # fmt: skip
-            opened = self._open_consecutive(tuple(fields), bodies, out)
+            opened, failed = self._open_consecutive(tuple(fields), bodies, out)
         finally:
             for view in views:
                 view.release()
@@ -327,21 +328,22 @@ class Keypair:
             else:
                 rx += left * size  # all but a read's last are full-size
                 break
-        return opened, rx
+        return opened, rx, failed
 
     def _open_consecutive(
         self, fields: tuple[int, ...], bodies: Iterator[bytes | memoryview], out: list[bytes]
-    ) -> int:
+    ) -> tuple[int, int]:
         """The whole-run open of :meth:`_open_whole` and
-        :meth:`open_segments`, given each message's header as two little-endian
+        :meth:`open_reads`, given each message's header as two little-endian
         64-bit fields (type and receiver index, counter) and their bodies:
         the kind, the receiver index and the counters checked over the whole
         run, the decrypts in one ``map``, the replay window recorded once.
-        Returns how many were opened and accepted (appended to *out*), 0 if
-        a check failed."""
+        Returns (how many were opened and accepted, appended to *out*; 1 if
+        the message after them failed its tag, else 0); (0, 0) if a check
+        failed."""
         count = len(fields) >> 1
         if fields[::2].count(MESSAGE_TRANSPORT_DATA | self.local_index << 32) != count:
-            return 0  # another kind of message, or another receiver index
+            return 0, 0  # another kind of message, or another receiver index
         counters = fields[1::2]
         first = counters[0]
         window = self.replay
@@ -350,7 +352,7 @@ class Keypair:
             or first + count > REJECT_AFTER_MESSAGES
             or counters != tuple(range(first, first + count))
         ):
-            return 0
+            return 0, 0
         plains: list[bytes] = []
         # extend keeps what it appended before an exception, so a failed tag
         # costs only the messages after it, opened one by one.
@@ -361,4 +363,4 @@ class Keypair:
             accepted = window.update_run(first, opened)
             assert accepted  # the run was checked to be ahead of the window above
             out.extend(plains)
-        return opened
+        return opened, int(opened < count)
