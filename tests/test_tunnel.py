@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import re
 import socket
@@ -270,13 +271,17 @@ def test_gro_reads_deliver_each_datagram_once_and_garbage_in_them_is_counted() -
     asyncio.run(body())
 
 
-def test_traffic_both_ways_rearms_the_loop_timer_rarely() -> None:
+@pytest.mark.parametrize("deadlines", ["device", "later every call"])
+def test_traffic_both_ways_rearms_the_loop_timer_rarely(deadlines: str) -> None:
     """Traffic both ways moves the peer's timers with every packet (a packet
     sent sets the new-handshake timer, one received clears it and sets the
     keepalive). The device files its deadlines lazily and the tunnel arms its
     loop timer only when the deadline moves earlier, so over 40 exchanges of
     5 packets each way the two tunnels arm their timers a few times in all,
-    not once per wake-up, and every packet arrives."""
+    not once per wake-up, and every packet arrives. "later every call": the
+    devices' next deadline made to move later at every call (what an eager
+    timer heap would report), so the tunnel's own timer is what keeps the
+    count low."""
     from wireguard.io.deadline import DeadlineTimer
 
     async def body() -> None:
@@ -293,6 +298,15 @@ def test_traffic_both_ways_rearms_the_loop_timer_rarely() -> None:
         loop.call_at = counting_call_at  # type: ignore[method-assign]
         key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
         device_a, device_b = Device(key_a), Device(key_b)
+        if deadlines == "later every call":
+            for device in (device_a, device_b):
+                calls = itertools.count(1)
+
+                def later(real=device.next_deadline, calls=calls):  # type: ignore[no-untyped-def]
+                    deadline = real()
+                    return None if deadline is None else deadline + next(calls) * 1e-6
+
+                device.next_deadline = later  # type: ignore[method-assign]
         a = Tunnel(device_a, host="127.0.0.1", listen_port=0)
         b = Tunnel(device_b, host="127.0.0.1", listen_port=0)
         at_a: list[bytes] = []
