@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from itertools import chain, islice, repeat
+from itertools import islice, repeat
 from operator import itemgetter
 
 from cryptography.exceptions import InvalidTag
@@ -46,11 +46,25 @@ _ZEROS = bytes(MESSAGE_PADDING_MULTIPLE)
 _message_of, _source_of = itemgetter(0), itemgetter(1)
 _header_of, _body_of = itemgetter(slice(0, 16)), itemgetter(slice(16, None))
 _NONE = repeat(None)  # no associated data, for every message
-# Keypair.open_reads' header readers, by (datagrams, datagram size): a
-# GRO read's size is the sender's, so few are in use; bounded, whatever a
-# peer sends.
-_segment_headers: dict[tuple[int, int], Callable[[bytes | bytearray], tuple[int, ...]]] = {}
-_SEGMENT_HEADERS_KEPT = 256
+# Keypair.open_reads' readers, by (datagrams, datagram size): the header
+# reader, and the slices of the bodies of all but the last datagram. A GRO
+# read's size is the sender's, so few are in use; bounded, whatever a peer
+# sends.
+_SegmentReader = tuple[Callable[[bytes | bytearray], tuple[int, ...]], tuple[slice, ...]]
+_segment_readers: dict[tuple[int, int], _SegmentReader] = {}
+_SEGMENT_READERS_KEPT = 256
+
+
+def _segment_reader(count: int, size: int) -> _SegmentReader:
+    reader = _segment_readers.get((count, size))
+    if reader is None:
+        if len(_segment_readers) >= _SEGMENT_READERS_KEPT:
+            _segment_readers.clear()
+        headers = struct.Struct("<" + f"QQ{size - 16}x" * (count - 1) + "QQ").unpack_from
+        starts, ends = range(16, (count - 1) * size, size), range(size, count * size, size)
+        bodies = tuple(map(slice, starts, ends))
+        reader = _segment_readers[count, size] = headers, bodies
+    return reader
 
 
 def padding_length(n: int, mtu: int | None) -> int:
@@ -292,30 +306,27 @@ class Keypair:
         What was neither opened nor failed is for :meth:`open_batch`."""
         fields: list[int] = []
         counts: list[int] = []
+        slices: list[tuple[slice, ...]] = []
         for buffer, length, size in reads:
             count = -(-length // size)
             if size < TRANSPORT_MIN_LEN or length - (count - 1) * size < TRANSPORT_MIN_LEN:
                 return 0, 0, 0
-            headers = _segment_headers.get((count, size))
-            if headers is None:
-                if len(_segment_headers) >= _SEGMENT_HEADERS_KEPT:
-                    _segment_headers.clear()
-                headers = _segment_headers[count, size] = struct.Struct(
-                    "<" + f"QQ{size - 16}x" * (count - 1) + "QQ"
-                ).unpack_from
+            headers, bodies = _segment_reader(count, size)
             fields += headers(buffer)
             counts.append(count)
+            slices.append(bodies)
         total = len(fields) >> 1
         if total > COUNTER_WINDOW_SIZE:
             return 0, 0, 0
         views = [memoryview(buffer) for buffer, _, _ in reads]
         try:
-            bodies = chain.from_iterable(
-                map(view.__getitem__, map(slice, range(16, length, size),
-                                          chain(range(size, length, size), (length,))))
-                for view, (_, length, size) in zip(views, reads, strict=True)
-            )  # fmt: skip
-            opened, failed = self._open_consecutive(tuple(fields), bodies, out)
+            # Each read's bodies: the cached slices, then the last datagram's.
+            cut: list[memoryview] = []
+            for view, read, count, bodies in zip(views, reads, counts, slices, strict=True):
+                cut += map(view.__getitem__, bodies)
+                cut.append(view[(count - 1) * read[2] + 16 : read[1]])
+            opened, failed = self._open_consecutive(tuple(fields), iter(cut), out)
+            del cut
         finally:
             for view in views:
                 view.release()
