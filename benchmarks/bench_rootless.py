@@ -54,7 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, run, tree_env
+from netbench import MTU, PORT, WG_GO_ENV, NamespacePair, cpu_seconds, iperf3, run, tree_env
 
 UNDER = ("192.168.232.1", "192.168.232.2")
 INNER = ("10.232.0.1", "10.232.0.2")
@@ -140,14 +140,9 @@ class Bench(NamespacePair):
     # --- measurements -------------------------------------------------------
 
     def iperf(self, target: str, *extra: str) -> dict:  # type: ignore[type-arg]
-        for _attempt in range(3):
-            result = run("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", target,
-                         "-p", str(IPERF_PORT), "-t", str(self.seconds), *extra,
-                         check=False, timeout=self.seconds + 60)  # fmt: skip
-            if result.returncode == 0:
-                return json.loads(result.stdout)["end"]  # type: ignore[no-any-return]
-            time.sleep(1)  # the first try may carry the handshake, or the server is busy
-        raise RuntimeError(f"iperf3 {' '.join(extra)} failed: {result.stdout[-500:]}")
+        return iperf3("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", target,
+                      "-p", str(IPERF_PORT), "-t", str(self.seconds), *extra,
+                      timeout=self.seconds + 60)  # fmt: skip
 
     def measure(self, pid: int, target: str) -> dict[str, float]:
         self.iperf(target, "-t", "1")  # warm-up: handshake, slow start

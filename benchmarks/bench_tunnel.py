@@ -49,6 +49,7 @@ from netbench import (
     WG_GO_ENV,
     NamespacePair,
     cpu_seconds,
+    iperf3,
     machine_jiffies,
     run,
     tree_env,
@@ -145,14 +146,8 @@ class Bench(NamespacePair):
         return float(match.group(1)) if match else float("nan")
 
     def iperf(self, *extra: str) -> dict:  # type: ignore[type-arg]
-        for _ in range(3):
-            result = run("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", INNER[1],
-                         "-t", str(self.seconds), *extra, check=False,
-                         timeout=self.seconds + 30)  # fmt: skip
-            if result.returncode == 0:
-                return json.loads(result.stdout)["end"]
-            time.sleep(1)  # the server may still be busy with the last test
-        raise RuntimeError(f"iperf3 {' '.join(extra)} failed: {result.stdout[-500:]}")
+        return iperf3("ip", "netns", "exec", self.a, "iperf3", "-J", "-c", INNER[1],
+                      "-t", str(self.seconds), *extra, timeout=self.seconds + 30)  # fmt: skip
 
     def counters(self, side: str) -> dict[str, int]:
         """Where packets can be lost, summed over both namespaces' stages:

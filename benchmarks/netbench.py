@@ -31,6 +31,28 @@ def run(
     return result
 
 
+def iperf3(*args: str, timeout: float, attempts: int = 3) -> dict:  # type: ignore[type-arg]
+    """Run an iperf3 client command (*args*, with ``-J``) until it succeeds,
+    up to *attempts* times; its JSON's ``end`` section. A try fails if
+    iperf3 exits non-zero, prints no JSON, or its JSON carries an
+    ``error``: with ``-J``, iperf3 3.12 exits 0 when it cannot even connect,
+    its ``end`` empty. The last failure is raised with iperf3's own words."""
+    why = "not run"
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(1)  # the first try may carry the handshake, or the server is busy
+        result = run(*args, check=False, timeout=timeout)
+        try:
+            report = json.loads(result.stdout)
+        except ValueError:
+            why = (result.stderr.strip() or result.stdout.strip())[-300:] or "no output"
+            continue
+        if result.returncode == 0 and "error" not in report and report.get("end"):
+            return report["end"]  # type: ignore[no-any-return]
+        why = report.get("error") or f"exit status {result.returncode}"
+    raise RuntimeError(f"iperf3 failed {attempts} times, last: {why}")
+
+
 def tree_env(tree: str | None) -> dict[str, str] | None:
     """The environment for a command that imports the ``wireguard`` package of
     *tree* (a checkout, for a before/after in one run); None (inherit) for
