@@ -1504,3 +1504,20 @@ def test_rate_limiter_table_is_bounded():
     assert limiter.allow("10.0.0.1", 5.5)  # a known source still has tokens
     assert limiter.allow("10.9.0.1", 7.0)  # after collection, room again
     assert len(limiter) == 1
+
+
+def test_gro_read_shapes_kept_are_bounded():
+    """A peer chooses its datagram sizes and counts, so the per-shape
+    readers of GRO reads are bounded whatever it sends: many shapes keep
+    at most 256, and a shape's reader still reads its headers and bodies."""
+    from wireguard import session
+
+    for count in range(2, 40):
+        for size in range(32, 52):
+            session._segment_reader(count, size)  # 760 shapes
+    assert len(session._segment_readers) <= 256
+    headers, bodies = session._segment_reader(3, 40)
+    buffer = bytes(range(120))
+    expected = [int.from_bytes(buffer[k : k + 8], "little") for k in (0, 8, 40, 48, 80, 88)]
+    assert list(headers(buffer)) == expected
+    assert [buffer[s] for s in bodies] == [buffer[16:40], buffer[56:80]]
