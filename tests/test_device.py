@@ -596,6 +596,51 @@ def test_receive_datagrams_window_after_dense_fill_and_jump(jump):
     assert feed(messages) == expected
 
 
+def _sealer(a, b, sending):
+    """seal(counter, ident, receiver=..., plain=None): a transport message
+    from *a* to *b* on the keypair *sending*, under any counter and receiver
+    index, its inner packet numbered *ident* (see payload_id) unless
+    *plain* is given."""
+    from wireguard.crypto import aead_nonce
+
+    header = struct.Struct("<IIQ").pack
+
+    def seal(counter, ident, receiver=sending.remote_index, plain=None):
+        if plain is None:
+            plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", ident) + bytes(8))
+        return header(4, receiver, counter) + sending.sending.encrypt(
+            aead_nonce(counter), plain, None
+        )
+
+    return seal
+
+
+def _receiver_state(b, peer, receiving):
+    """state() and restore(saved) of what receiving changes on *b*: the
+    replay window of the keypair *receiving*, *peer*'s bytes, endpoint,
+    timers and keypairs, and the device's drops."""
+
+    def state():
+        window = receiving.replay
+        bitmap = None if window.bitmap is None else bytes(window.bitmap)
+        timers = {name: getattr(peer.timers, name) for name in TIMER_STATE}
+        keypairs = peer.current, peer.previous, peer.next
+        drops = dict(b.device.drops)
+        return window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs
+
+    def restore(saved):
+        window = receiving.replay
+        window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs = saved
+        peer.current, peer.previous, peer.next = keypairs
+        window.bitmap = None if bitmap is None else bytearray(bitmap)
+        b.device.drops.clear()
+        b.device.drops.update(drops)
+        for name, value in timers.items():
+            setattr(peer.timers, name, value)
+
+    return state, restore
+
+
 _ODD_MESSAGES = ["tag", "gap", "duplicate", "seen", "unseen", "source", "index", "short",
                  "tiny", "keepalive", "limit"]  # fmt: skip
 
@@ -619,10 +664,8 @@ def test_a_run_of_transport_messages_opens_as_one_by_one(before, count, base, od
     duplicate, an older counter seen or unseen, another source, another
     receiver index, too short for a tag or a header, a keepalive, a counter at the limit), in one
     batch or cut into batches of *cut*: the same deliveries, drops, bytes,
-    endpoint and replay window as one datagram at a time."""
-    from wireguard.crypto import aead_nonce
-
-    header = struct.Struct("<IIQ").pack
+    endpoint, timers, keypairs and replay window as one datagram at a
+    time."""
     net, a, b = pair()
     net.send(a, b, 0)
     net.run_for(1)
@@ -632,12 +675,7 @@ def test_a_run_of_transport_messages_opens_as_one_by_one(before, count, base, od
     receiving.replay.reset()
     start = base + before
 
-    def seal(counter, ident, receiver=sending.remote_index, plain=None):
-        if plain is None:
-            plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", ident) + bytes(8))
-        return header(4, receiver, counter) + sending.sending.encrypt(
-            aead_nonce(counter), plain, None
-        )
+    seal = _sealer(a, b, sending)
 
     ahead = [(seal(base + i, 10_000 + i), a.address) for i in range(before)]
     run = [(seal(start + i, i), a.address) for i in range(count)]
@@ -670,17 +708,7 @@ def test_a_run_of_transport_messages_opens_as_one_by_one(before, count, base, od
             message = seal(REJECT_AFTER_MESSAGES + where, where)
         run[where] = (message, source)
 
-    def state():
-        window = receiving.replay
-        bitmap = None if window.bitmap is None else bytes(window.bitmap)
-        return window.counter, bitmap, peer.rx_bytes, peer.endpoint, dict(b.device.drops)
-
-    def restore(saved):
-        window = receiving.replay
-        window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops = saved
-        window.bitmap = None if bitmap is None else bytearray(bitmap)
-        b.device.drops.clear()
-        b.device.drops.update(drops)
+    state, restore = _receiver_state(b, peer, receiving)
 
     for message, source in ahead:
         b.device.receive_datagram(message, source, net.now)
@@ -740,9 +768,6 @@ def test_gro_reads_open_as_their_datagrams_cut_apart(
     keypair, on one not yet confirmed (the responder's next) or on one too
     old to receive on: the same deliveries, events, drops, timers, bytes,
     endpoint, keypairs and replay window."""
-    from wireguard.crypto import aead_nonce
-
-    header = struct.Struct("<IIQ").pack
     net, a, b = pair()
     net.send(a, b, 0)
     net.run_for(1)
@@ -763,12 +788,7 @@ def test_gro_reads_open_as_their_datagrams_cut_apart(
     receiving.replay.reset()
     start = base + before
 
-    def seal(counter, ident, receiver=sending.remote_index, plain=None):
-        if plain is None:
-            plain = ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", ident) + bytes(8))
-        return header(4, receiver, counter) + sending.sending.encrypt(
-            aead_nonce(counter), plain, None
-        )
+    seal = _sealer(a, b, sending)
 
     messages = [seal(start + i, i) for i in range(count)]
     size = len(messages[0])
@@ -822,23 +842,7 @@ def test_gro_reads_open_as_their_datagrams_cut_apart(
         at = sum(-(-r[1] // (r[2] or r[1])) for r in reads[:where])
         cut.insert(at, (odd_one, sender))
 
-    def state():
-        window = receiving.replay
-        bitmap = None if window.bitmap is None else bytes(window.bitmap)
-        timers = {name: getattr(peer.timers, name) for name in TIMER_STATE}
-        keypairs = peer.current, peer.previous, peer.next
-        drops = dict(b.device.drops)
-        return window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs
-
-    def restore(saved):
-        window = receiving.replay
-        window.counter, bitmap, peer.rx_bytes, peer.endpoint, drops, timers, keypairs = saved
-        peer.current, peer.previous, peer.next = keypairs
-        window.bitmap = None if bitmap is None else bytearray(bitmap)
-        b.device.drops.clear()
-        b.device.drops.update(drops)
-        for name, value in timers.items():
-            setattr(peer.timers, name, value)
+    state, restore = _receiver_state(b, peer, receiving)
 
     for i in range(before):
         b.device.receive_datagram(seal(base + i, 10_000 + i), a.address, now)
