@@ -10,6 +10,8 @@
   ``hmac_`` (HMAC): HMAC over BLAKE2s-256; ``kdf1``/``kdf2``/``kdf3``: the
   HKDF-style chain of the paper.
 - ``tai64n``: the 12-byte timestamp, from a time given as input.
+- ``aead_backend`` / ``slow_aead_note``: which ``cryptography`` and OpenSSL
+  do the AEAD, and whether that release is one of the slow ones.
 
 Nothing here reads a clock or draws random bytes except ``dh_generate`` when no
 private key is given, and that takes the random source as an argument.
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Callable
 from typing import Any
 
+import cryptography
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
@@ -179,6 +183,37 @@ def dh(private: bytes | DHPrivateKey, public: bytes) -> bytes:
 aead_nonce = struct.Struct("<4xQ").pack
 """aead_nonce(counter): 32 zero bits followed by the 64-bit little-endian
 counter (one struct call: it runs for every transport packet)."""
+
+
+FAST_AEAD_FROM = (45, 0)
+"""The first ``cryptography`` release whose ChaCha20-Poly1305 call costs
+under about 1.5 us of fixed work. Measured on one machine
+(docs/performance.md, "The cryptography release"): 42.0.8 pays 7-8 us per
+call, 44.0.3 2-4 us, 45.0.7 and later 0.8-1.4 us, on the same interpreter."""
+
+
+def aead_backend() -> str:
+    """What does the AEAD: ``"cryptography 48.0.0 (OpenSSL 4.0.0 14 Apr 2026)"``."""
+    from cryptography.hazmat.backends.openssl import backend
+
+    return f"cryptography {cryptography.__version__} ({backend.openssl_version_text()})"
+
+
+def slow_aead_note(version: str | None = None) -> str | None:
+    """One line for the log when the installed ``cryptography`` (or
+    *version*) is older than :data:`FAST_AEAD_FROM`, else None. Such a
+    release works, but every transport packet pays 2-4 times the AEAD's
+    fixed cost; nothing about the tunnel changes except its speed."""
+    version = cryptography.__version__ if version is None else version
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or (int(found[1]), int(found[2])) >= FAST_AEAD_FROM:
+        return None
+    fast = ".".join(map(str, FAST_AEAD_FROM))
+    return (
+        f"cryptography {version}: each ChaCha20-Poly1305 call costs 2-4 times what it does"
+        f" from {fast} on, so throughput is lower; `pip install 'cryptography>={fast}'`"
+        " (see docs/performance.md)"
+    )
 
 
 def chacha20poly1305_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

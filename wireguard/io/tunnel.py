@@ -68,6 +68,7 @@ from typing import Any, Protocol, Self
 
 from ..address import Address
 from ..config import Config
+from ..crypto import slow_aead_note
 from ..device import Device, Effects, EndpointChanged, Event
 from ..keys import PresharedKey, PublicKey
 from .deadline import DeadlineTimer
@@ -75,6 +76,17 @@ from .lifecycle import Lifecycle
 from .resolve import resolve_endpoint
 
 log = logging.getLogger(__name__)
+_aead_checked = False
+
+
+def _note_slow_aead() -> None:
+    """Log :func:`~wireguard.crypto.slow_aead_note`, once per process."""
+    global _aead_checked
+    if not _aead_checked:
+        _aead_checked = True
+        note = slow_aead_note()
+        if note is not None:
+            log.warning("%s", note)
 
 
 # linux/udp.h: options at level SOL_UDP (17).
@@ -324,6 +336,7 @@ class Tunnel(Lifecycle):
         """Bind (or take the socket given) and start serving; with
         ``listen=False`` the tunnel starts without a socket, as if
         :meth:`close_socket` had been called, until :meth:`open_socket`."""
+        _note_slow_aead()
         self._loop = asyncio.get_running_loop()
         self._timer = DeadlineTimer(self._loop, self._on_timer)
         self.device.wall_clock_offset = time.time() - self._loop.time()
