@@ -18,6 +18,7 @@ as one TUN read or one UDP GRO read gives them:
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import struct
 import sys
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from bench_transport import established_pair
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from wireguard.crypto import aead_backend
 from wireguard.io.tun import Coalescer
 
 BATCH = 64
@@ -125,7 +127,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, fn in fns.items():
             got[name].append(per_packet_us(fn, args.seconds))
-    print(f"{args.rounds} rounds, medians, CPU us per 1,420-byte packet ({BATCH} per batch)")
+    print(f"{args.rounds} rounds, medians, CPU us per 1,420-byte packet ({BATCH} per batch); "
+          f"python {platform.python_version()}, {aead_backend()}")  # fmt: skip
     print("| stage | us per packet |")
     print("| --- | --- |")
     for name, values in got.items():

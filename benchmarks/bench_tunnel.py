@@ -55,6 +55,8 @@ from netbench import (
     tree_env,
 )
 
+from wireguard.crypto import aead_backend
+
 UNDER = ("192.168.231.1", "192.168.231.2")
 INNER = ("10.231.0.1", "10.231.0.2")
 
@@ -291,7 +293,7 @@ def main() -> int:
         finally:
             bench.destroy()
     print(f"\n{args.rounds} rounds, {args.seconds:g} s per iperf3 test, medians; "
-          f"A = the side under test, B = {version}")  # fmt: skip
+          f"A = the side under test, B = {version}; ours on {aead_backend()}")  # fmt: skip
     print(f"| {'metric':<34} | {'ours':>9} | {'wireguard-go':>12} | {'ratio':>6} |")
     print(f"|{'-' * 36}|{'-' * 11}|{'-' * 14}|{'-' * 8}|")
     for key, label in METRICS:
