@@ -365,8 +365,9 @@ class Keypair:
         ):
             return 0, 0
         plains: list[bytes] = []
-        # extend keeps what it appended before an exception, so a failed tag
-        # costs only the messages after it, opened one by one.
+        # extend keeps what it appended before an exception: the messages
+        # before a failed tag are accepted, the failed one is counted and
+        # skipped by the callers, and those after it are opened one by one.
         with suppress(InvalidTag):
             plains.extend(map(self.receiving.decrypt, map(aead_nonce, counters), bodies, _NONE))
         opened = len(plains)
