@@ -390,3 +390,35 @@ def test_a_wake_up_of_more_gro_reads_than_buffers_delivers_all_in_order() -> Non
                 a.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("gro", [False, True], ids=["recvfrom", "gro"])
+def test_a_failed_read_is_counted_and_ends_the_wake_up(gro: bool) -> None:
+    """A read that raises (an ICMP error surfaces so) is counted in
+    ``udp_receive_errors`` on both read paths, and the wake-up stops there
+    instead of spinning on the error."""
+
+    class Failing:
+        calls = 0
+
+        def _fail(self, *args: object) -> None:
+            self.calls += 1
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        recvfrom = recvmsg_into = _fail
+
+    async def body() -> None:
+        async with Tunnel(Device(PrivateKey.generate()), listen_port=0, host="127.0.0.1") as t:
+            real, gro_was = t._sock, t._gro_on
+            failing = Failing()
+            t._sock, t._gro_on = failing, gro  # type: ignore[assignment]
+            try:
+                t._on_readable()
+                t._on_readable()
+            finally:
+                t._sock, t._gro_on = real, gro_was
+            assert failing.calls == 2
+            assert t.counters()["udp_receive_errors"] == 2
+            assert t.wakeups == 0 and t.datagrams_read == 0
+
+    asyncio.run(body())

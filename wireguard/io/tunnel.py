@@ -599,8 +599,7 @@ class Tunnel(Lifecycle):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
-                self.receive_errors += 1
-                log.debug("UDP receive error: %s", exc)
+                self._receive_failed(exc)
                 break
             add((data, _plain(addr)))
         if got:
@@ -608,6 +607,12 @@ class Tunnel(Lifecycle):
             self.datagrams_read += len(got)
             now = self.now
             self.apply(self.device.receive_datagrams(got, now), now)
+
+    def _receive_failed(self, exc: OSError) -> None:
+        """A read of the UDP socket failed (an ICMP error, on Linux): counted
+        in ``udp_receive_errors``; the wake-up ends there."""
+        self.receive_errors += 1
+        log.debug("UDP receive error: %s", exc)
 
     def _read_gro(self, sock: socket.socket) -> None:
         """recvmsg with UDP_GRO: one buffer may hold several datagrams of
@@ -644,8 +649,7 @@ class Tunnel(Lifecycle):
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP errors surface here on Linux
-                self.receive_errors += 1
-                log.debug("UDP receive error: %s", exc)
+                self._receive_failed(exc)
                 break
             size = 0
             if anc:
