@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import wireguard
-from wireguard.device import Device, EndpointChanged, HandshakeCompleted
+from wireguard.device import Device, Effects, EndpointChanged, HandshakeCompleted
 from wireguard.io.tunnel import Tunnel
 from wireguard.keys import PrivateKey
 from wireguard.netstack.icmp import build_echo
@@ -394,9 +394,8 @@ def test_a_wake_up_of_more_gro_reads_than_buffers_delivers_all_in_order() -> Non
 
 @pytest.mark.parametrize("gro", [False, True], ids=["recvfrom", "gro"])
 def test_a_failed_read_is_counted_and_ends_the_wake_up(gro: bool) -> None:
-    """A read that raises (an ICMP error surfaces so) is counted in
-    ``udp_receive_errors`` on both read paths, and the wake-up stops there
-    instead of spinning on the error."""
+    """A read that raises is counted in ``udp_receive_errors`` on both read
+    paths, and the wake-up stops there instead of spinning on the error."""
 
     class Failing:
         calls = 0
@@ -420,5 +419,26 @@ def test_a_failed_read_is_counted_and_ends_the_wake_up(gro: bool) -> None:
             assert failing.calls == 2
             assert t.counters()["udp_receive_errors"] == 2
             assert t.wakeups == 0 and t.datagrams_read == 0
+
+    asyncio.run(body())
+
+
+def test_an_icmp_port_unreachable_is_not_a_receive_error() -> None:
+    """What the counter's docstring says of the kernel: a datagram sent to a
+    closed port draws an ICMP port unreachable, which Linux does not report
+    to an unconnected socket without IP_RECVERR, so neither the sends nor
+    the reads after it fail."""
+
+    async def body() -> None:
+        async with Tunnel(Device(PrivateKey.generate()), listen_port=0, host="127.0.0.1") as t:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+                closed.bind(("127.0.0.1", 0))
+                port = closed.getsockname()[1]
+            for _ in range(3):
+                t.apply(Effects(datagrams=[(b"x" * 32, ("127.0.0.1", port))]))
+                await asyncio.sleep(0.05)
+            counters = t.counters()
+            assert counters["udp_receive_errors"] == 0
+            assert counters["udp_send_errors"] == 0 and counters["udp_send_buffer_full"] == 0
 
     asyncio.run(body())

@@ -257,7 +257,7 @@ class Tunnel(Lifecycle):
         self.datagrams_read = 0
         self.batch = 256
         self.send_errors = 0  # datagrams the kernel refused (other than a full buffer)
-        self.receive_errors = 0  # errors reading the socket (ICMP errors surface there)
+        self.receive_errors = 0  # errors reading the socket (see _receive_failed)
         self._streams: list[EventStream] = []
         # Endpoint changes: at most one log line per peer this often.
         self.endpoint_log_interval = 10.0
@@ -502,7 +502,7 @@ class Tunnel(Lifecycle):
         """What this tunnel's socket lost, by stage: ``udp_send_buffer_full``
         (a full send buffer: the datagrams are dropped, as UDP does),
         ``udp_send_errors`` (refused otherwise), ``udp_receive_errors``
-        (errors reading, ICMP errors among them), ``udp_receive_buffer_full``
+        (errors reading; none expected, see :meth:`_receive_failed`), ``udp_receive_buffer_full``
         (dropped by the kernel before we read them), ``packets_queue_full``
         (out of the tunnel with nobody reading :meth:`recv_packet`)."""
         found = {
@@ -598,7 +598,7 @@ class Tunnel(Lifecycle):
                 data, addr = recv(65535)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # ICMP errors surface here on Linux
+            except OSError as exc:
                 self._receive_failed(exc)
                 break
             add((data, _plain(addr)))
@@ -609,8 +609,11 @@ class Tunnel(Lifecycle):
             self.apply(self.device.receive_datagrams(got, now), now)
 
     def _receive_failed(self, exc: OSError) -> None:
-        """A read of the UDP socket failed (an ICMP error, on Linux): counted
-        in ``udp_receive_errors``; the wake-up ends there."""
+        """A read of the UDP socket failed: counted in
+        ``udp_receive_errors``; the wake-up ends there. None is expected:
+        Linux reports an ICMP error (port unreachable...) only to a
+        connected socket or one with ``IP_RECVERR``, and this one is
+        neither; what is left is the rare ENOMEM and the like."""
         self.receive_errors += 1
         log.debug("UDP receive error: %s", exc)
 
@@ -648,7 +651,7 @@ class Tunnel(Lifecycle):
                 length, anc, _flags, addr = recv([buffer], space)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # ICMP errors surface here on Linux
+            except OSError as exc:
                 self._receive_failed(exc)
                 break
             size = 0
