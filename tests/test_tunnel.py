@@ -398,10 +398,15 @@ def test_a_failed_read_is_counted_and_ends_the_wake_up(gro: bool) -> None:
     paths, and the wake-up stops there instead of spinning on the error."""
 
     class Failing:
+        """Fails its first 10 reads, then has nothing to read: a wake-up
+        that went on reading after an error would make more than one call."""
+
         calls = 0
 
         def _fail(self, *args: object) -> None:
             self.calls += 1
+            if self.calls > 10:
+                raise BlockingIOError
             raise ConnectionRefusedError(111, "Connection refused")
 
         recvfrom = recvmsg_into = _fail

@@ -186,10 +186,12 @@ counter (one struct call: it runs for every transport packet)."""
 
 
 FAST_AEAD_FROM = (45, 0)
-"""The first ``cryptography`` release whose ChaCha20-Poly1305 call costs
-under about 1.5 us of fixed work. Measured on one machine
+"""The ``cryptography`` release from which a ChaCha20-Poly1305 call costs
+about 1 us of fixed work. Measured on one machine, PyPI's wheels
 (docs/performance.md, "The cryptography release"): 42.0.8 pays 7-8 us per
-call, 44.0.3 2-4 us, 45.0.7 and later 0.8-1.4 us, on the same interpreter."""
+call, 44.0.3 2-4 us, 45.0.7 and later 0.8-1.4 us; 43.0.3 is as slow as 44,
+and 45.0.0 as fast as 45.0.7. The step is cryptography's own: 44.0.3 and
+45.0.0 bring the same OpenSSL (3.4.1)."""
 
 
 def aead_backend() -> str:
@@ -209,8 +211,9 @@ def slow_aead_note(version: str | None = None) -> str | None:
     if found is None or (int(found[1]), int(found[2])) >= FAST_AEAD_FROM:
         return None
     fast = ".".join(map(str, FAST_AEAD_FROM))
+    shown = aead_backend() if version == cryptography.__version__ else f"cryptography {version}"
     return (
-        f"cryptography {version}: each ChaCha20-Poly1305 call costs 2-4 times what it does"
+        f"{shown}: each ChaCha20-Poly1305 call costs 2-4 times what it does"
         f" from {fast} on, so throughput is lower; `pip install 'cryptography>={fast}'`"
         " (see docs/performance.md)"
     )

@@ -216,11 +216,28 @@ def _open_uapi(name: str) -> socket.socket:
 # --------------------------------------------------------------------------- background
 
 
+def _keeps_output() -> bool:
+    """Whether the background process keeps stdout and stderr (LOG_LEVEL set
+    and not silent); otherwise they go to /dev/null, as in wireguard-go."""
+    return os.environ.get("LOG_LEVEL", "") != "" and _log_level() <= logging.CRITICAL
+
+
+def _say_slow_aead() -> None:
+    """The slow-``cryptography`` note on this terminal's stderr, for a
+    background process whose log goes nowhere (its tunnel would log it
+    there, unseen); with LOG_LEVEL set the background process says it."""
+    from ..crypto import slow_aead_note
+
+    note = slow_aead_note()
+    if note is not None and not _keeps_output():
+        print(f"Warning: {note}", file=sys.stderr, flush=True)
+
+
 def _daemonize(argv: Sequence[str], tun_fd: int, uapi_fd: int, name: str) -> None:
     """Start this command again in the background with the TUN and the
     control socket as fds 3 and 4, and wait until it serves them."""
     read_end, write_end = os.pipe()
-    keep_output = os.environ.get("LOG_LEVEL", "") != "" and _log_level() <= logging.CRITICAL
+    keep_output = _keeps_output()
     env = dict(os.environ)
     env.update({ENV_TUN_FD: "3", ENV_UAPI_FD: "4", ENV_FOREGROUND: "1", ENV_READY_FD: "5"})
     package_root = str(Path(__file__).resolve().parents[2])
@@ -369,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = tun.name
         uapi = _open_uapi(name)
         if not foreground:
+            _say_slow_aead()
             _daemonize(args, tun.fd, uapi.fileno(), name)
             served = True  # the socket file is the background process's now
             return EXIT_SETUP_SUCCESS
