@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import need
 from wireguard.io.stackdriver import StackDriver
 from wireguard.netstack import NetStack, TcpConfig
 
@@ -51,10 +52,7 @@ def _missing() -> str | None:
 
 def _require() -> None:
     reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"kernel interop test cannot run under CI: {reason}")
-        pytest.skip(reason)
+    need(reason is None, f"kernel interop test: {reason}")
 
 
 def _ip(*args: str) -> None:
