@@ -156,7 +156,7 @@ def main() -> None:
         )
     o, w = statistics.median(ours), statistics.median(raw)
     mbit = o * SIZE * 8 / 1e6
-    print(f"{aead_backend()}")
+    print(aead_backend())
     print(f"device -> device, {SIZE}-byte packets: {o:8.0f} packets/s ({mbit:.0f} Mbit/s)")
     print(f"raw ChaCha20-Poly1305 enc+dec:        {w:8.0f} packets/s")
     ratios = sorted(x / y for x, y in zip(ours, raw, strict=True))

@@ -206,12 +206,13 @@ def slow_aead_note(version: str | None = None) -> str | None:
     *version*) is older than :data:`FAST_AEAD_FROM`, else None. Such a
     release works, but every transport packet pays 2-4 times the AEAD's
     fixed cost; nothing about the tunnel changes except its speed."""
+    installed = version is None
     version = cryptography.__version__ if version is None else version
     found = re.match(r"(\d+)\.(\d+)", version)
     if found is None or (int(found[1]), int(found[2])) >= FAST_AEAD_FROM:
         return None
     fast = ".".join(map(str, FAST_AEAD_FROM))
-    shown = aead_backend() if version == cryptography.__version__ else f"cryptography {version}"
+    shown = aead_backend() if installed else f"cryptography {version}"
     return (
         f"{shown}: each ChaCha20-Poly1305 call costs 2-4 times what it does"
         f" from {fast} on, so throughput is lower; `pip install 'cryptography>={fast}'`"
