@@ -1525,3 +1525,37 @@ def test_gro_read_shapes_kept_are_bounded():
     expected = [int.from_bytes(buffer[k : k + 8], "little") for k in (0, 8, 40, 48, 80, 88)]
     assert list(headers(buffer)) == expected
     assert [buffer[s] for s in bodies] == [buffer[16:40], buffer[56:80]]
+
+
+def _kernel_padding(n: int, mtu: int | None) -> int:
+    """The kernel's rule (drivers/net/wireguard/send.c, calculate_skb_padding;
+    wireguard-go's calculatePaddingSize agrees): a packet longer than the MTU
+    pads what is left of it modulo the MTU; then up to a multiple of 16, but
+    never beyond the MTU; with no MTU, to a multiple of 16."""
+    if not mtu:
+        return -n % 16
+    last = n % mtu if n > mtu else n
+    return min(mtu, (last + 15) // 16 * 16) - last
+
+
+@settings(max_examples=3000, deadline=None)
+@given(n=st.integers(0, 20_000), mtu=st.one_of(st.none(), st.integers(576, 9000)))
+def test_padding_is_the_kernels(n: int, mtu: int | None) -> None:
+    from wireguard.session import padding_length
+
+    assert padding_length(n, mtu) == _kernel_padding(n, mtu)
+
+
+@pytest.mark.parametrize(("n", "pad"), [(1436, 0), (1421, 15), (2000, 12), (1420, 0), (1410, 10)])
+def test_packet_longer_than_the_mtu_is_padded_as_the_kernel_pads(n: int, pad: int) -> None:
+    # What is sent, one by one and batched, at the default MTU of 1420.
+    net, a, b = pair()
+    net.send(a, b, 0)
+    net.run_for(1)
+    packet = ipv4_packet(a.tunnel_ip, b.tunnel_ip, bytes(n - 20))
+    (one,) = a.device.send_packet(packet, net.now).datagrams
+    batch = a.device.send_packets([packet, packet], net.now).datagrams
+    messages = [d[0] for d in [one, *batch]]
+    assert [len(m) for m in messages] == [16 + n + pad + 16] * 3
+    got = b.device.receive_datagrams([(m, a.address) for m in messages], net.now).packets
+    assert got == [packet] * 3

@@ -69,10 +69,14 @@ def _segment_reader(count: int, size: int) -> _SegmentReader:
 
 def padding_length(n: int, mtu: int | None) -> int:
     """Zero bytes to add to an *n*-byte packet: up to a multiple of 16, but
-    never beyond the MTU (kernel send.c calculate_skb_padding), so padding
-    cannot make a packet that fits the tunnel too big for it."""
+    never beyond the MTU, so padding cannot make a packet that fits the
+    tunnel too big for it; a packet longer than the MTU is padded by what is
+    left of it modulo the MTU (kernel send.c calculate_skb_padding,
+    wireguard-go calculatePaddingSize). No MTU (None or 0): to 16."""
+    if mtu and n > mtu:
+        n %= mtu
     pad = -n & 15
-    if pad and mtu is not None and n + pad > mtu >= n:
+    if pad and mtu and n + pad > mtu:
         pad = mtu - n
     return pad
 
