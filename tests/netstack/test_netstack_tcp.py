@@ -555,6 +555,65 @@ def test_probe_accepted_when_window_reopened_silently() -> None:
     assert sum(len(s.payload) for s in rest) == 2000 - 1381
 
 
+def _shut_window() -> Conn:
+    """An established connection with data waiting and the peer's window shut."""
+    x = active(peer_wnd=1380)
+    x.c.send(bytes(5000))
+    assert len(x.p.take(1.0)) == 1
+    x.p.send(ACK, x.rcv, x.snd + 1380, wnd=0, now=1.1)
+    assert x.p.take(1.1) == []
+    return x
+
+
+def test_window_shut_for_days_probes_at_max_rto_and_stays_open() -> None:
+    # RFC 1122 4.2.2.17: the receiver may keep its window shut indefinitely, and
+    # the sender stays open while its probes are acknowledged; the interval is
+    # the backed-off RTO, bounded by max_rto (RFC 6298 2.5). (It used to grow
+    # 2**n unbounded until the float overflowed, about 17 hours in.)
+    x = _shut_window()
+    t, probes, last = 1.1, 0, None
+    while t < 3 * 86400:
+        t = x.s.next_deadline()
+        x.s.handle_timer(t)
+        for seg in x.p.take(t):
+            assert len(seg.payload) == 1
+            if last is not None:
+                assert t - last <= 60.0 + 1e-6
+            probes, last = probes + 1, t
+            x.p.send(ACK, x.rcv, x.snd + 1380, wnd=0, now=t)  # answered: still shut
+    assert probes > 3 * 86400 // 60 - 10
+    assert t - last == pytest.approx(0.0) and x.s.next_deadline() == pytest.approx(t + 60.0)
+    assert x.c.state is S.ESTABLISHED and x.c.error is None
+
+
+def test_unanswered_window_probes_time_out_after_max_retransmits() -> None:
+    # RFC 9293 3.8.6.1 keeps the connection open only while the probes are
+    # acknowledged; unanswered, they count like retransmissions against R2
+    # (3.8.3): max_retransmits probes, then the connection times out, as Linux's
+    # tcp_probe_timer aborts after tcp_retries2 unanswered probes.
+    x = _shut_window()
+    limit = x.s.tcp_config.max_retransmits
+
+    def probe(answer: bool) -> None:
+        t = x.s.next_deadline()
+        x.s.handle_timer(t)
+        (seg,) = x.p.take(t)
+        assert len(seg.payload) == 1 and x.c.state is S.ESTABLISHED
+        if answer:
+            x.p.send(ACK, x.rcv, x.snd + 1380, wnd=0, now=t)
+
+    for _ in range(limit - 1):
+        probe(answer=False)
+    probe(answer=True)  # an acknowledged probe starts the count again
+    for _ in range(limit):
+        probe(answer=False)
+    t = x.s.next_deadline()
+    x.s.handle_timer(t)
+    (rst,) = x.p.take(t)
+    assert rst.flags & RST
+    assert x.c.state is S.CLOSED and isinstance(x.c.error, ConnectionTimedOut)
+
+
 # ----------------------------------------------------------- out-of-order arrival
 
 

@@ -283,6 +283,7 @@ class TcpConnection:
         self._retries = 0  # retransmission timeouts in a row (R2 of RFC 9293 3.8.3)
         self._syn_retransmitted = False
         self._persist_backoff = 0
+        self._probes_out = 0  # window probes not answered (RFC 9293 3.8.6.1)
 
         self._timers = TcpTimers()
         # When on_timer() must be called next (None: no timer runs): the
@@ -798,6 +799,7 @@ class TcpConnection:
 
     def _ack_arrives(self, seg: TcpSegment, seq: int, ack: int, plen: int, now: float) -> bool:
         """RFC 9293 3.10.7.4 fifth check for synchronized states; False to stop."""
+        self._probes_out = 0  # the peer answers: it may keep its window shut
         snd_una = self.snd_una
         wnd = seg.wnd << self.snd_wscale
         newly_sacked = 0
@@ -1240,8 +1242,16 @@ class TcpConnection:
         if self.state not in _SEND_STATES or self.snd_wnd > 0:
             self._ctx.wake(self)
             return
+        if self._probes_out >= self._cfg.max_retransmits:
+            # RFC 9293 3.8.6.1 keeps the connection open only while the probes
+            # are acknowledged: unanswered, they count against R2 (3.8.3), as
+            # Linux's tcp_probe_timer gives up after tcp_retries2 of them.
+            self._emit(self.snd_max, RST | ACK)
+            self._terminate(ConnectionTimedOut("connection timed out"))
+            return
         off = self.snd_nxt - self._sndbuf_seq
         if 0 <= off < len(self._sndbuf):
+            self._probes_out += 1
             self._emit(self.snd_nxt, ACK, bytes(self._sndbuf[off : off + 1]))
             # SND.NXT and SND.MAX stay (pure ACKs carry SND.MAX, which must stay
             # acceptable to a peer whose window is shut); if the peer takes the

@@ -85,5 +85,7 @@ class RttEstimator:
             self.rto = max(initial_rto, _SYN_RETRANSMITTED_RTO)
 
     def backed_off(self, times: int) -> float:
-        """The RTO doubled *times* times, bounded: the persist timer's interval."""
-        return min(self.rto * (1 << times), self._max)
+        """The RTO doubled *times* times, bounded: the persist timer's interval.
+        (A float power: ``1 << times`` would overflow the conversion to float
+        after 1,023 doublings, which a window shut for a day reaches.)"""
+        return min(self.rto * 2.0 ** min(times, 1023), self._max)
