@@ -158,6 +158,24 @@ def test_syn_without_mss_uses_default_536() -> None:
     assert x.c.smss == 536
 
 
+@pytest.mark.parametrize("mss", [1, 8, 47, 48, 100])
+def test_peer_mss_has_a_floor_of_48(mss: int) -> None:
+    # A peer's MSS of a few octets would make us send (and keep a SACK
+    # scoreboard of) a segment per octet or so; Linux raises a smaller one to
+    # TCP_MIN_SND_MSS, 48 (CVE-2019-11479), and so do we, passive or active.
+    want = max(mss, 48)
+    x = passive(options=mss_option(mss))
+    assert x.c.smss == want
+    x.c.send(bytes(1000))
+    assert {len(s.payload) for s in x.p.take(1.0)} <= {want, 1000 % want}
+    s = make_stack("10.0.0.2", 1, delayed_ack=0)
+    p = Peer(s, stack_port=50000)
+    c = s.tcp_connect("10.0.0.1", 40000, 0.0, local_port=50000)
+    syn = p.take_one()
+    p.send(SYN | ACK, P, syn.seq + 1, options=mss_option(mss))
+    assert c.state is S.ESTABLISHED and c.smss == want
+
+
 def test_ipv6_mss() -> None:
     s = PulledStack(["fd00::2/128"], mtu=1420)
     c = s.tcp_connect("fd00::1", 80, 0.0)
@@ -1199,14 +1217,14 @@ def sack_option(blocks: list[tuple[int, int]]) -> bytes:
     return b"\x01\x01\x05" + bytes([2 + len(body)]) + body
 
 
-def sack_active(**cfg) -> Conn:
-    """Active open whose SYN-ACK agrees to SACK, a measured RTT of 10 ms."""
+def sack_active(*, mss: int = 1460, **cfg) -> Conn:
+    """Active open whose SYN-ACK agrees to SACK (with MSS *mss*), a measured RTT of 10 ms."""
     cfg.setdefault("delayed_ack", 0)
     s = make_stack("10.0.0.2", 1, **cfg)
     p = Peer(s, stack_port=50000)
     c = s.tcp_connect("10.0.0.1", 40000, 0.0, local_port=50000)
     syn = p.take_one(0.0)
-    p.send(SYN | ACK, P, syn.seq + 1, options=mss_option(1460) + b"\x01\x01\x04\x02", now=0.01)
+    p.send(SYN | ACK, P, syn.seq + 1, options=mss_option(mss) + b"\x01\x01\x04\x02", now=0.01)
     p.take_one(0.01)
     assert c._sack and c.srtt == pytest.approx(0.01)
     return Conn(s, p, c, (syn.seq + 1) & M, P + 1)

@@ -104,10 +104,16 @@ _DUPTHRESH = 3  # duplicate ACKs (or segments SACKed above a hole) that mean los
 _MIN_PTO = 0.01  # tail loss probe: the least probe timeout, as Linux
 _DELAYED_ACK_ALLOWANCE = 0.2  # RFC 8985 WCDelAckT: a peer may delay an ACK this long
 _MAX_WSCALE: Final = 14  # RFC 7323 2.3
+# The least send MSS: a peer's smaller MSS option is raised to it, as Linux's
+# TCP_MIN_SND_MSS (48; CVE-2019-11479, a segment and a SACK range per octet).
+_MIN_SND_MSS: Final = 48
 # The scoreboard of the peer's SACK blocks holds at most this many ranges per
 # send buffer's worth of segments, plus a few (a receiver SACKing scraps of
-# segments would otherwise make every ACK walk an ever longer list).
+# segments would otherwise make every ACK walk an ever longer list). Segments
+# are counted as at least 536 octets (the default MSS, RFC 9293 3.7.1), so a
+# peer's small MSS does not lengthen that walk tenfold.
 _SACKED_SLACK: Final = 8
+_SACKED_MSS: Final = 536
 
 
 class TcpState(enum.Enum):
@@ -532,7 +538,7 @@ class TcpConnection:
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss is not None and seg.mss > 0:
-            self.smss = min(seg.mss, self.rmss)
+            self.smss = min(max(seg.mss, _MIN_SND_MSS), self.rmss)
         if seg.wscale is not None and self._cfg.window_scaling:
             # RFC 7323 2.2: scaling is on only if both sides sent the option.
             self.snd_wscale = min(seg.wscale, _MAX_WSCALE)
@@ -947,7 +953,9 @@ class TcpConnection:
         sacked = self._sacked
         if sacked.dsack(blocks, ack) and not self._cc.in_recovery:
             self._undo_recovery()
-        limit = self._cfg.send_buffer // self.smss + _SACKED_SLACK
+        smss = self.smss
+        limit = self._cfg.send_buffer // (smss if smss > _SACKED_MSS else _SACKED_MSS)
+        limit += _SACKED_SLACK
         newly, dropped = sacked.update(blocks, self.snd_una, self.snd_max, limit)
         if dropped:
             self._ctx.stats.tcp_sack_ranges_dropped += dropped  # forgotten: counted
