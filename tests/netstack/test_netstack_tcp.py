@@ -947,8 +947,10 @@ SYNCHRONIZED = [
 @pytest.mark.parametrize("state", SYNCHRONIZED, ids=lambda s: s.value)
 def test_rst_exact_sequence_closes(state: S) -> None:
     x = _to_state(state)
+    before = x.s.stats.tcp_segments_rejected
     x.p.send(RST, x.rcv)
     assert x.c.state is S.CLOSED
+    assert x.s.stats.tcp_segments_rejected == before  # accepted
     assert x.p.take() == []  # never answer a RST
     assert x.s.tcp_connections == []
     evs = events(x.s)
@@ -967,28 +969,71 @@ def test_rst_exact_sequence_closes(state: S) -> None:
 @pytest.mark.parametrize("state", SYNCHRONIZED, ids=lambda s: s.value)
 def test_rst_in_window_gets_challenge_ack(state: S) -> None:
     x = _to_state(state)
+    before = x.s.stats.tcp_segments_rejected
     x.p.send(RST, x.rcv + 10)
     ack = x.p.take_one()  # RFC 5961 3.2: a challenge ACK, the connection stays
     assert ack.flags == ACK and ack.ack == x.rcv and ack.seq == x.snd
     assert x.c.state is state
+    assert x.s.stats.tcp_segments_rejected == before + 1
 
 
 @pytest.mark.parametrize("state", SYNCHRONIZED, ids=lambda s: s.value)
 @pytest.mark.parametrize("offset", [-5000, 10_000_000])
 def test_rst_out_of_window_is_ignored(state: S, offset: int) -> None:
     x = _to_state(state)
+    before = x.s.stats.tcp_segments_rejected
     x.p.send(RST, x.rcv + offset)
     assert x.p.take() == []
     assert x.c.state is state
+    assert x.s.stats.tcp_segments_rejected == before + 1  # ignored, but counted
 
 
 @pytest.mark.parametrize("state", SYNCHRONIZED[1:], ids=lambda s: s.value)
 def test_syn_in_synchronized_state_gets_challenge_ack(state: S) -> None:
     x = _to_state(state)
+    before = x.s.stats.tcp_segments_rejected
     x.p.send(SYN, x.rcv + 5)
     ack = x.p.take_one()  # RFC 5961 4.2 (RFC 9293 3.10.7.4 fourth)
     assert ack.flags == ACK and ack.ack == x.rcv
     assert x.c.state is state
+    assert x.s.stats.tcp_segments_rejected == before + 1
+
+
+def test_segments_not_accepted_are_counted() -> None:
+    # RFC 9293 3.10.7.4: each of these is discarded (some answered with an
+    # ACK); none may go uncounted.
+    x = passive()
+    rejected = x.s.stats.tcp_segments_rejected
+    cases = [
+        (PSH, x.rcv, 0, b"hello"),  # fifth check: no ACK bit, dropped
+        (ACK, x.rcv, x.snd + 5000, b""),  # acknowledges what was never sent
+        (ACK, x.rcv, x.snd - 300_000, b""),  # RFC 5961 5.2: far too old
+        (ACK | PSH, x.rcv + 10_000_000, x.snd, b"x"),  # outside the window
+        (ACK | PSH, x.rcv - 100, x.snd, b"x" * 10),  # all of it came before
+    ]
+    for n, (flags, seq, ack, payload) in enumerate(cases, 1):
+        x.p.send(flags, seq, ack, payload=payload)
+        x.p.take()
+        assert x.s.stats.tcp_segments_rejected == rejected + n, flags
+    assert x.c.readable_bytes == 0 and x.c.state is S.ESTABLISHED
+    # A RST to a listener is ignored (3.10.7.2), and counted.
+    x.p.port += 1
+    x.p.send(RST, 12345)
+    assert x.p.take() == [] and x.s.stats.tcp_segments_rejected == rejected + len(cases) + 1
+
+
+def test_data_beyond_the_receive_window_is_counted() -> None:
+    # What lies past the window's right edge is trimmed off, and a full
+    # buffer takes no data at all (RFC 9293 3.10.7.4): counted in octets.
+    x = passive(receive_buffer=4096)
+    x.p.send(ACK | PSH, x.rcv, x.snd, payload=bytes(6000))
+    assert x.c.readable_bytes == 4096
+    assert x.s.stats.tcp_octets_beyond_window == 6000 - 4096
+    x.p.take()
+    x.p.send(ACK | PSH, x.rcv + 4096, x.snd, payload=bytes(1000))  # the window is 0
+    assert x.c.readable_bytes == 4096
+    assert x.s.stats.tcp_octets_beyond_window == 6000 - 4096 + 1000
+    assert x.s.stats.tcp_segments_rejected == 0  # accepted, only trimmed
 
 
 def test_rst_in_syn_sent_with_acceptable_ack_refuses() -> None:
@@ -1011,6 +1056,7 @@ def test_rst_in_syn_sent_unacceptable_is_ignored(flags: int, ack_off: int) -> No
     p.send(flags, 0, syn.seq + ack_off)
     assert c.state is S.SYN_SENT
     assert p.take() == []
+    assert s.stats.tcp_segments_rejected == 1
 
 
 def test_bad_ack_in_syn_sent_gets_rst() -> None:
@@ -1022,6 +1068,7 @@ def test_bad_ack_in_syn_sent_gets_rst() -> None:
     rst = p.take_one()
     assert rst.flags == RST and rst.seq == (syn.seq + 77) & M
     assert c.state is S.SYN_SENT
+    assert s.stats.tcp_segments_rejected == 1
 
 
 def test_rst_in_active_syn_received_refuses() -> None:

@@ -38,6 +38,12 @@ class NetStackStats:
     not_for_us: int = 0
     unknown_protocol: int = 0
     tcp_no_connection: int = 0
+    # Segments a connection or listener did not accept (RFC 9293 3.10.7): outside
+    # the window, a RST not exactly at RCV.NXT or to a listener, a SYN when
+    # synchronized, no ACK bit, an ACK of what was never sent or far too old.
+    # Each was answered as the RFC says (an ACK, a challenge ACK, a RST, nothing).
+    tcp_segments_rejected: int = 0
+    tcp_octets_beyond_window: int = 0  # data dropped: past the receive window's right edge
     tcp_retransmits: int = 0
     tcp_timeouts: int = 0  # retransmission timeouts with data outstanding
     tcp_fast_recoveries: int = 0  # fast retransmits (three duplicate ACKs)

@@ -215,6 +215,7 @@ class NetStack:
                         listener.syn_arrives(pkt, seg, now)
                         return
                     if control & RST:
+                        self.stats.tcp_segments_rejected += 1
                         return  # RFC 9293 3.10.7.2: a RST to a listener is ignored
                     if control == ACK and listener.ack_arrives(pkt, seg, now):
                         return  # a SYN cookie came back

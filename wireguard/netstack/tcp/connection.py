@@ -678,6 +678,7 @@ class TcpConnection:
             # process the control part of an in-sequence segment, drop its data.
             acceptable = seq == rcv_nxt
             if acceptable and plen:
+                self._ctx.stats.tcp_octets_beyond_window += plen
                 payload = b""
                 plen = 0
                 fin = 0
@@ -687,6 +688,7 @@ class TcpConnection:
                 rcv_nxt <= seq + seg_len - 1 < rcv_nxt + wnd
             )
         if not acceptable:
+            self._ctx.stats.tcp_segments_rejected += 1
             if not flags & RST:
                 if plen and seq + plen <= rcv_nxt:
                     self._dsack = (seq, seq + plen)  # all of it came before
@@ -707,7 +709,9 @@ class TcpConnection:
             if not flags & SYN:
                 self._ack_soon()  # a retransmission: tell the peer where we are
         if seq + plen > rcv_nxt + wnd:
-            payload = payload[: max(0, rcv_nxt + wnd - seq)]
+            keep = max(0, rcv_nxt + wnd - seq)
+            self._ctx.stats.tcp_octets_beyond_window += plen - keep
+            payload = payload[:keep]
             fin = 0
         return seq, payload, fin
 
@@ -720,20 +724,24 @@ class TcpConnection:
         # Second: RST (RFC 9293 3.10.7.4 second, RFC 5961 3.2).
         if flags & RST:
             if unwrap(seg.seq, rcv_nxt) != rcv_nxt:
+                self._ctx.stats.tcp_segments_rejected += 1
                 self._emit(self.snd_max, ACK)  # challenge ACK
                 return False
             self._rst_arrives()
             return False
         # Fourth: SYN in a synchronized state -> challenge ACK (RFC 5961 4.2).
         if flags & SYN:
+            self._ctx.stats.tcp_segments_rejected += 1
             self._emit(self.snd_max, ACK)
             return False
         # Fifth: ACK.
         if not flags & ACK:
+            self._ctx.stats.tcp_segments_rejected += 1
             return False
         ack = unwrap(seg.ack, self.snd_una)
         if self.state is _SYN_RECEIVED:
             if not self.snd_una < ack <= self.snd_max:
+                self._ctx.stats.tcp_segments_rejected += 1
                 self._emit(ack, RST)
                 return False
             if self._listener is not None and self._listener.accept_queue_full():
@@ -747,9 +755,11 @@ class TcpConnection:
             self.snd_wl2 = ack
             self._become_established(now)
         if ack > self.snd_max and ack > self._probe_end:
+            self._ctx.stats.tcp_segments_rejected += 1
             self._emit(self.snd_max, ACK)  # acks something not yet sent
             return False
         if ack < self.snd_una - max(self.max_snd_wnd, 1):
+            self._ctx.stats.tcp_segments_rejected += 1
             self._emit(self.snd_max, ACK)  # RFC 5961 5.2: far too old
             return False
         return self._ack_arrives(seg, seq, ack, plen, now)
@@ -761,14 +771,18 @@ class TcpConnection:
         if flags & ACK:
             ack = unwrap(seg.ack, self.snd_una)
             if ack <= self.iss or ack > self.snd_max:
+                self._ctx.stats.tcp_segments_rejected += 1
                 if not flags & RST:
                     self._emit(ack, RST)
                 return
         if flags & RST:
             if flags & ACK:  # acceptable ACK checked above
                 self._terminate(ConnectionRefused("connection refused"))
+            else:
+                self._ctx.stats.tcp_segments_rejected += 1
             return
         if not flags & SYN:
+            self._ctx.stats.tcp_segments_rejected += 1
             return
         self.irs = seg.seq
         self.rcv_nxt = self.rcv_adv = seg.seq + 1
