@@ -64,6 +64,9 @@ class NetStackStats:
     udp_closed_unread: int = 0  # datagrams still queued when their socket closed
     icmp_echo_answered: int = 0
     icmp_unhandled: int = 0  # ICMP messages other than echo request and reply: dropped
+    icmp_errors_rate_limited: int = 0  # ICMP errors not sent: over the rate limit
+    icmp_echo_too_big: int = 0  # echo requests unanswered: the reply would exceed the MTU
+    ipv6_option_discarded: int = 0  # RFC 8200 4.2/4.4: an option or routing header says discard
 
 
 def _unset(*_: Any) -> None:

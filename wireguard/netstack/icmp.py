@@ -1,7 +1,9 @@
-"""ICMP (RFC 792) and ICMPv6 (RFC 4443): echo both ways, and "port unreachable".
+"""ICMP (RFC 792) and ICMPv6 (RFC 4443): echo both ways, "port unreachable" and
+"parameter problem".
 
 Only what a host behind a tunnel needs: answer pings to our own addresses, let
-the application ping through the tunnel, and report a closed UDP port. There is
+the application ping through the tunnel, report a closed UDP port and an IPv6
+extension header that says so (RFC 8200 4.2, 4.4), at a limited rate. There is
 no link layer under WireGuard, so no ARP and no Neighbor Discovery: every other
 ICMPv6 message (router advertisements, MLD, NDP) is dropped.
 """
@@ -26,14 +28,20 @@ __all__ = [
     "ICMPV6_DEST_UNREACHABLE",
     "ICMPV6_ECHO_REPLY",
     "ICMPV6_ECHO_REQUEST",
+    "ICMPV6_PARAM_PROBLEM",
     "ICMP_DEST_UNREACHABLE",
     "ICMP_ECHO_REPLY",
     "ICMP_ECHO_REQUEST",
+    "ICMP_ERRORS_BURST",
+    "ICMP_ERRORS_PER_SEC",
+    "IcmpErrorLimit",
     "IcmpMessage",
     "build_echo",
     "build_icmp",
+    "build_parameter_problem",
     "build_port_unreachable",
     "echo_reply_for",
+    "is_single_host",
     "parse_icmp",
 ]
 
@@ -44,8 +52,20 @@ ICMP_ECHO_REQUEST: Final = 8
 
 ICMPV6_DEST_UNREACHABLE: Final = 1
 ICMPV6_PORT_UNREACHABLE: Final = 4  # code
+ICMPV6_PARAM_PROBLEM: Final = 4
 ICMPV6_ECHO_REQUEST: Final = 128
 ICMPV6_ECHO_REPLY: Final = 129
+
+# The rate of ICMP errors we originate, both families together: a token bucket
+# of ICMP_ERRORS_BURST errors refilled at ICMP_ERRORS_PER_SEC. RFC 4443 2.4(f):
+# an IPv6 node MUST limit the rate of the ICMPv6 errors it originates (token
+# bucket suggested); RFC 1812 4.3.2.8 the same for IPv4. The values are Linux's
+# defaults, net.ipv4.icmp_msgs_per_sec = 1000 and net.ipv4.icmp_msgs_burst = 50
+# (net/ipv4/icmp.c, icmp_sk_init), a budget icmp_global_allow() keeps for ICMPv6
+# errors too. One global bucket: per-destination state, as Linux's inetpeer
+# icmp_ratelimit keeps, would be memory whose size a remote peer chooses.
+ICMP_ERRORS_PER_SEC: Final = 1000
+ICMP_ERRORS_BURST: Final = 50
 
 _HDR = struct.Struct("!BBHHH")
 
@@ -54,6 +74,50 @@ _HDR = struct.Struct("!BBHHH")
 # than 8 bytes but 576 is the classic bound.
 _V4_ERROR_QUOTE: Final = 576 - 20 - 8
 _V6_ERROR_QUOTE: Final = 1280 - 40 - 8
+
+# The unspecified address and loopback (RFC 4291 2.5.2, 2.5.3).
+_V6_NOT_A_HOST: Final = frozenset({bytes(16), bytes(15) + b"\x01"})
+
+
+class IcmpErrorLimit:
+    """The token bucket limiting the ICMP errors a stack originates (see
+    ICMP_ERRORS_PER_SEC). Time is the caller's *now*; no clock is read."""
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float = ICMP_ERRORS_PER_SEC, burst: int = ICMP_ERRORS_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp: float | None = None
+
+    def allow(self, now: float) -> bool:
+        """Take a token for one error at *now*: False if there is none."""
+        stamp = self._stamp
+        tokens = self._tokens
+        if stamp is None or now > stamp:  # a clock that goes back refills nothing
+            if stamp is not None:
+                tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+            self._stamp = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+def is_single_host(addr: bytes) -> bool:
+    """Whether *addr* may be sent an ICMP error about a packet from it.
+
+    RFC 1122 3.2.2: never about a datagram whose source does not define a single
+    host (a zero, loopback, broadcast, multicast or Class E address); RFC 4443
+    2.4(e.6): nor an IPv6 source that does not identify a single node (the
+    unspecified address, a multicast one), nor, RFC 4291 2.5.3, loopback.
+    """
+    if len(addr) == 4:
+        first = addr[0]
+        return first != 0 and first != 127 and first < 224  # 224/4 multicast, 240/4 class E
+    return addr[0] != 0xFF and addr not in _V6_NOT_A_HOST
 
 
 class IcmpMessage:
@@ -143,4 +207,24 @@ def build_port_unreachable(original: bytes, packet: IPPacket) -> bytes:
         ICMPV6_PORT_UNREACHABLE,
         b"\x00\x00\x00\x00",
         original[:_V6_ERROR_QUOTE],
+    )
+
+
+def build_parameter_problem(
+    original: bytes, src: bytes, dst: bytes, code: int, pointer: int
+) -> bytes:
+    """ICMPv6 Parameter Problem (RFC 4443 3.4) about *original*, an IPv6 packet
+    from *src* to *dst*; *pointer* is the offset in it of the octet at fault.
+
+    As much of the invoking packet is quoted as fits in 1280 octets (RFC 4443
+    2.4(c)), not the link padding after its payload length.
+    """
+    end = 40 + int.from_bytes(original[4:6], "big")
+    return build_icmp(
+        dst,
+        src,
+        ICMPV6_PARAM_PROBLEM,
+        code,
+        pointer.to_bytes(4, "big"),
+        original[: min(end, _V6_ERROR_QUOTE)],
     )

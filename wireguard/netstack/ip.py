@@ -44,6 +44,9 @@ __all__ = [
     "IPPROTO_ICMPV6",
     "IPPROTO_TCP",
     "IPPROTO_UDP",
+    "PARAM_PROBLEM_HEADER_FIELD",
+    "PARAM_PROBLEM_UNRECOGNISED_OPTION",
+    "ExtensionHeaderDiscard",
     "IPPacket",
     "MalformedPacketError",
     "NetstackError",
@@ -60,10 +63,25 @@ __all__ = [
 ]
 
 # RFC 8200 section 4: extension headers that may precede the upper layer and that
-# we can skip. The fragment header (44) is recognised and refused (no reassembly).
-_IPV6_EXT_SKIPPABLE: Final = frozenset({0, 43, 60})
+# we walk. The fragment header (44) is recognised and refused (no reassembly).
+_IPV6_HOP_BY_HOP: Final = 0
+_IPV6_ROUTING: Final = 43
+_IPV6_EXT_SKIPPABLE: Final = frozenset({_IPV6_HOP_BY_HOP, _IPV6_ROUTING, 60})
 _IPV6_FRAGMENT: Final = 44
 _IPV6_NO_NEXT_HEADER: Final = 59
+
+# Bounds on the work an extension-header chain costs, Linux's (include/net/ipv6.h):
+# IP6_MAX_EXT_HDRS_CNT, headers walked per packet; IP6_DEFAULT_MAX_HBH_OPTS_CNT and
+# IP6_DEFAULT_MAX_DST_OPTS_CNT, non-padding options per header. Padding runs of
+# more than 7 octets are refused as in Linux's ip6_parse_tlv (RFC 4942 2.1.9.5:
+# padding only aligns, 7 octets at most).
+_IPV6_MAX_EXT_HEADERS: Final = 12
+_IPV6_MAX_OPTIONS: Final = 8
+_IPV6_MAX_PADDING: Final = 7
+
+# RFC 4443 section 3.4: Parameter Problem codes.
+PARAM_PROBLEM_HEADER_FIELD: Final = 0
+PARAM_PROBLEM_UNRECOGNISED_OPTION: Final = 2
 
 DEFAULT_TTL: Final = 64  # RFC 1700 / Linux default for both TTL and hop limit
 
@@ -74,6 +92,40 @@ class NetstackError(RemoteProtocolError):
 
 class MalformedPacketError(NetstackError):
     """Truncated, inconsistent lengths, bad checksum, unsupported version or fragment."""
+
+
+class ExtensionHeaderDiscard(NetstackError):
+    """An IPv6 packet its extension headers say to discard (RFC 8200 4.2, 4.4).
+
+    *code* and *pointer* (the offset in the packet of the octet at fault) are
+    those of the ICMPv6 Parameter Problem (RFC 4443 3.4) RFC 8200 asks for when
+    *report* is true. *proto* and *upper* are the upper-layer protocol and its
+    offset, *end* the end of the packet by its payload length: RFC 4443 2.4(e.1)
+    forbids an error about an ICMPv6 error message.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        src: bytes,
+        dst: bytes,
+        *,
+        code: int,
+        pointer: int,
+        report: bool,
+        proto: int,
+        upper: int,
+        end: int,
+    ) -> None:
+        super().__init__(reason)
+        self.src = src
+        self.dst = dst
+        self.code = code
+        self.pointer = pointer
+        self.report = report
+        self.proto = proto
+        self.upper = upper
+        self.end = end
 
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
@@ -133,7 +185,8 @@ def parse_ip(packet: bytes) -> IPPacket:
     Trailing bytes beyond the length in the header are ignored (RFC 1122 3.2.1.2
     permits link padding). Fragments are refused: WireGuard peers send packets
     sized to the tunnel MTU, and a reassembly buffer is an attack surface that
-    rootless clients do not need.
+    rootless clients do not need. An IPv6 packet whose Routing header or
+    options say to discard it raises :class:`ExtensionHeaderDiscard`.
     """
     if not packet:
         raise MalformedPacketError("empty packet")
@@ -174,19 +227,109 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
         raise MalformedPacketError("IPv6 payload length inconsistent")
     nxt = packet[IPV6_NEXT_HEADER]
     off = IPV6_HEADER_LEN
-    while nxt in _IPV6_EXT_SKIPPABLE:
-        if off + 8 > end:
-            raise MalformedPacketError("IPv6 extension header truncated")
-        nxt_next = packet[off]
-        off += (packet[off + 1] + 1) * 8
-        if off > end:
-            raise MalformedPacketError("IPv6 extension header truncated")
-        nxt = nxt_next
+    if nxt in _IPV6_EXT_SKIPPABLE:  # rare: the fast path does not walk
+        nxt, off = _ipv6_extension_headers(packet, nxt, end)
     if nxt == _IPV6_FRAGMENT:
         raise MalformedPacketError("IPv6 fragments are not supported")
     if nxt == _IPV6_NO_NEXT_HEADER:
         raise MalformedPacketError("IPv6 packet without upper-layer header")
     return IPPacket(6, packet[IPV6_SRC], packet[IPV6_DST], nxt, packet[off:end])
+
+
+def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int]:
+    """Walk the extension headers from the IPv6 header on: the upper-layer
+    protocol and its offset, or :class:`ExtensionHeaderDiscard` if a header
+    says to discard the packet (the walk goes on to find the upper layer)."""
+    off = IPV6_HEADER_LEN
+    discard: tuple[str, int, int, bool] | None = None  # reason, code, pointer, report
+    count = 0
+    while nxt in _IPV6_EXT_SKIPPABLE:
+        count += 1
+        if count > _IPV6_MAX_EXT_HEADERS:
+            raise MalformedPacketError("too many IPv6 extension headers")
+        if nxt == _IPV6_HOP_BY_HOP and off != IPV6_HEADER_LEN:
+            # RFC 8200 4.3: Hop-by-Hop Options only right after the IPv6 header.
+            raise MalformedPacketError("IPv6 hop-by-hop options header not first")
+        if off + 8 > end:
+            raise MalformedPacketError("IPv6 extension header truncated")
+        header_end = off + (packet[off + 1] + 1) * 8
+        if header_end > end:
+            raise MalformedPacketError("IPv6 extension header truncated")
+        if discard is None:
+            if nxt == _IPV6_ROUTING:
+                # RFC 8200 4.4: Segments Left non-zero and a Routing Type the node
+                # does not process: discard, Parameter Problem code 0 at the type.
+                # A host that forwards nothing processes none (type 0 counts as
+                # unrecognised, RFC 5095 3); with Segments Left 0 the header is
+                # ignored.
+                if packet[off + 3]:
+                    discard = (
+                        "IPv6 routing header with segments left",
+                        PARAM_PROBLEM_HEADER_FIELD,
+                        off + 2,
+                        True,
+                    )
+            else:
+                discard = _ipv6_options(packet, off + 2, header_end)
+        nxt = packet[off]
+        off = header_end
+    if discard is not None:
+        reason, code, pointer, report = discard
+        raise ExtensionHeaderDiscard(
+            reason,
+            packet[IPV6_SRC],
+            packet[IPV6_DST],
+            code=code,
+            pointer=pointer,
+            report=report,
+            proto=nxt,
+            upper=off,
+            end=end,
+        )
+    return nxt, off
+
+
+def _ipv6_options(packet: bytes, pos: int, end: int) -> tuple[str, int, int, bool] | None:
+    """Check the options of a Hop-by-Hop or Destination Options header
+    (RFC 8200 4.2) from *pos* to *end*: None, or why and how to discard.
+
+    Pad1 (type 0) and PadN (type 1) are the only options recognised; for any
+    other the two high-order bits of its type say: 00 skip it, 01 discard the
+    packet, 10 discard and send Parameter Problem code 2 pointing at the type,
+    11 the same unless the destination is multicast.
+    """
+    padding = 0
+    options = 0
+    while pos < end:
+        kind = packet[pos]
+        if kind == 0:  # Pad1: one octet, no length
+            padding += 1
+            if padding > _IPV6_MAX_PADDING:
+                raise MalformedPacketError("IPv6 option padding too long")
+            pos += 1
+            continue
+        if pos + 2 > end:
+            raise MalformedPacketError("IPv6 option truncated")
+        option_end = pos + 2 + packet[pos + 1]
+        if option_end > end:
+            raise MalformedPacketError("IPv6 option overruns its header")
+        if kind == 1:  # PadN: N-2 zero octets of data
+            padding += option_end - pos
+            if padding > _IPV6_MAX_PADDING or any(packet[pos + 2 : option_end]):
+                raise MalformedPacketError("IPv6 PadN option invalid")
+        else:
+            padding = 0
+            options += 1
+            if options > _IPV6_MAX_OPTIONS:
+                raise MalformedPacketError("too many IPv6 options")
+            action = kind >> 6
+            if action == 1:
+                return ("IPv6 option says discard", PARAM_PROBLEM_UNRECOGNISED_OPTION, pos, False)
+            if action:  # 10, or 11 with a destination not multicast (ff00::/8)
+                report = action == 2 or packet[IPV6_DST.start] != 0xFF
+                return ("IPv6 option says discard", PARAM_PROBLEM_UNRECOGNISED_OPTION, pos, report)
+        pos = option_end
+    return None
 
 
 class IPv4HeaderTemplate:

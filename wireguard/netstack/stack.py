@@ -42,12 +42,16 @@ from .events import EchoReplyReceived, Event
 from .icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    IcmpErrorLimit,
     build_echo,
+    build_parameter_problem,
     build_port_unreachable,
     echo_reply_for,
+    is_single_host,
     parse_icmp,
 )
-from .ip import NetstackError, addr_bytes, addr_str, parse_ip
+from .ip import ExtensionHeaderDiscard, NetstackError, addr_bytes, addr_str, parse_ip
 from .tcp import ACK, RST, SYN, TcpConfig, TcpConnection, TcpListener, parse_tcp
 from .tcp.segment import rst_for_unexpected
 from .udp import DEFAULT_UDP_QUEUE, UdpSocket, parse_udp
@@ -114,6 +118,7 @@ class NetStack:
         self._udp_queue_limit = udp_queue_limit
         self._ephemeral = ephemeral_ports
         self.stats = NetStackStats()
+        self._icmp_errors = IcmpErrorLimit()  # RFC 4443 2.4(f), RFC 1812 4.3.2.8
 
         # What the sockets emitted and notified since the last call handed it over.
         self._out: list[bytes] = []
@@ -231,13 +236,19 @@ class NetStack:
                     sock.deliver(data, pkt.src, sport)
                 else:
                     self.stats.udp_no_socket += 1
-                    self._out.append(build_port_unreachable(packet, pkt))
+                    if self._icmp_error_allowed(pkt.src, now):
+                        self._out.append(build_port_unreachable(packet, pkt))
             elif (proto == IPPROTO_ICMP and pkt.version == 4) or (
                 proto == IPPROTO_ICMPV6 and pkt.version == 6
             ):
                 msg = parse_icmp(pkt)
                 reply = echo_reply_for(pkt, msg)
                 if reply is not None:
+                    if len(reply) > self.mtu:
+                        # The reply is as large as the request (RFC 792, RFC 4443
+                        # 4.2) and the stack never fragments: unanswered.
+                        self.stats.icmp_echo_too_big += 1
+                        return
                     self.stats.icmp_echo_answered += 1
                     self._out.append(reply)
                 elif msg.type == (ICMP_ECHO_REPLY if pkt.version == 4 else ICMPV6_ECHO_REPLY):
@@ -248,8 +259,49 @@ class NetStack:
                     self.stats.icmp_unhandled += 1  # errors, NDP: nothing here acts on them
             else:
                 self.stats.unknown_protocol += 1
+        except ExtensionHeaderDiscard as discard:
+            self._extension_header_discard(packet, discard, now)
         except NetstackError:
             self.stats.malformed += 1
+
+    def _extension_header_discard(
+        self, packet: bytes, discard: ExtensionHeaderDiscard, now: float
+    ) -> None:
+        """An IPv6 packet an option or Routing header said to discard (RFC 8200
+        4.2, 4.4): counted, and answered with a Parameter Problem if asked for."""
+        if discard.dst not in self._addr_set:
+            self.stats.not_for_us += 1
+            return
+        self.stats.ipv6_option_discarded += 1
+        if not discard.report:
+            return
+        upper = discard.upper
+        if (
+            discard.proto == IPPROTO_ICMPV6
+            and upper < discard.end
+            and packet[upper] < ICMPV6_ECHO_REQUEST
+        ):
+            return  # RFC 4443 2.4(e.1): no error about an ICMPv6 error message (types 0-127)
+        if self._icmp_error_allowed(discard.src, now):
+            self._out.append(
+                build_parameter_problem(
+                    packet, discard.src, discard.dst, discard.code, discard.pointer
+                )
+            )
+
+    def _icmp_error_allowed(self, src: bytes, now: float) -> bool:
+        """Whether an ICMP error about a packet from *src* may be sent at *now*.
+
+        Never to a source that is not a single host (RFC 1122 3.2.2, RFC 4443
+        2.4(e.6)); otherwise within the rate limit (RFC 4443 2.4(f), RFC 1812
+        4.3.2.8), what is over it counted.
+        """
+        if not is_single_host(src):
+            return False
+        if self._icmp_errors.allow(now):
+            return True
+        self.stats.icmp_errors_rate_limited += 1
+        return False
 
     # ------------------------------------------------------------------ timers
 

@@ -1,0 +1,337 @@
+"""The limits on what the stack answers: the ICMP error rate (RFC 4443 2.4(f),
+RFC 1812 4.3.2.8), IPv6 extension headers it must not skip (RFC 8200 4.2 and
+4.4), and replies that would not fit the MTU."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+from netstack_helpers import PulledStack, seeded
+
+from wireguard.netstack.icmp import build_echo, build_icmp, parse_icmp
+from wireguard.netstack.ip import (
+    IPPROTO_ICMPV6,
+    IPPROTO_UDP,
+    build_ipv6,
+    checksum,
+    parse_ip,
+    pseudo_header_sum,
+)
+from wireguard.netstack.udp import UdpSocket, build_udp
+
+A4 = ipaddress.ip_address("10.0.0.1").packed
+B4 = ipaddress.ip_address("10.0.0.2").packed
+A6 = ipaddress.ip_address("fd00::1").packed
+B6 = ipaddress.ip_address("fd00::2").packed
+
+# Linux's defaults (net/ipv4/icmp.c, icmp_sk_init): net.ipv4.icmp_msgs_per_sec
+# = 1000 and net.ipv4.icmp_msgs_burst = 50, one budget for ICMP and ICMPv6 errors.
+LINUX_MSGS_PER_SEC = 1000
+LINUX_MSGS_BURST = 50
+
+ICMPV6_PARAM_PROBLEM = 4  # RFC 4443 3.4
+
+
+def _stack() -> PulledStack:
+    return PulledStack(["10.0.0.2", "fd00::2"], mtu=1420, random=seeded(1))
+
+
+def _closed_port(family: int, src: bytes | None = None) -> bytes:
+    if family == 4:
+        return build_udp(src or A4, B4, 40000, 9999, b"x" * 100)
+    return build_udp(src or A6, B6, 40000, 9999, b"x" * 100)
+
+
+def _errors(stack: PulledStack, now: float) -> list[bytes]:
+    return [p for p in stack.packets_to_send(now) if parse_ip(p).proto in (1, 58)]
+
+
+# ------------------------------------------------------- ICMP error rate limit
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_errors_at_one_instant_are_limited_to_a_burst(family: int) -> None:
+    """RFC 4443 2.4(f): a node MUST limit the rate of ICMPv6 errors it
+    originates (RFC 1812 4.3.2.8 for IPv4); 10,000 datagrams to a closed port
+    in one instant get at most Linux's burst of errors, and every error not sent
+    is counted. After an hour of quiet the budget is still one burst, not more."""
+    stack = _stack()
+    for _ in range(10_000):
+        stack.receive_packet(_closed_port(family), 0.0)
+    sent = len(_errors(stack, 0.0))
+    assert 0 < sent <= LINUX_MSGS_BURST
+    assert stack.stats.udp_no_socket == 10_000
+    assert stack.stats.icmp_errors_rate_limited == 10_000 - sent
+    for _ in range(10_000):
+        stack.receive_packet(_closed_port(family), 3600.0)
+    again = len(_errors(stack, 3600.0))
+    assert 0 < again <= LINUX_MSGS_BURST
+    assert stack.stats.icmp_errors_rate_limited == 20_000 - sent - again
+
+
+def test_icmp_error_rate_over_time_is_linux_default() -> None:
+    """Over two seconds of datagrams every 0.1 ms, the errors sent are bounded
+    by the burst plus 1000 a second, and the limit does not starve either."""
+    stack = _stack()
+    sent = 0
+    for i in range(20_000):
+        now = i * 0.0001
+        stack.receive_packet(_closed_port(4), now)
+        sent += len(_errors(stack, now))
+    elapsed = 19_999 * 0.0001
+    assert sent <= LINUX_MSGS_BURST + LINUX_MSGS_PER_SEC * elapsed + 1
+    assert sent >= LINUX_MSGS_PER_SEC * elapsed - 1
+    assert stack.stats.icmp_errors_rate_limited == 20_000 - sent
+
+
+def test_icmp_error_budget_is_shared_by_both_families() -> None:
+    """One global budget (as Linux's icmp_global_allow, used by ICMPv6 too):
+    per-destination state would be memory a remote peer controls."""
+    stack = _stack()
+    for _ in range(5_000):
+        stack.receive_packet(_closed_port(4), 0.0)
+        stack.receive_packet(_closed_port(6), 0.0)
+    sent = len(_errors(stack, 0.0))
+    assert 0 < sent <= LINUX_MSGS_BURST
+    assert stack.stats.icmp_errors_rate_limited == 10_000 - sent
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "0.0.0.0",  # RFC 1122 3.2.2: a zero address
+        "255.255.255.255",  # broadcast
+        "224.0.0.1",  # multicast
+        "127.0.0.1",  # loopback
+        "240.0.0.1",  # class E
+        "::",  # RFC 4443 2.4(e.6): the unspecified address
+        "ff02::1",  # a multicast address
+        "::1",  # loopback (RFC 4291 2.5.3: never the source of a packet from the wire)
+    ],
+)
+def test_no_icmp_error_to_a_source_that_is_not_one_host(source: str) -> None:
+    """RFC 1122 3.2.2 and RFC 4443 2.4(e.6): no ICMP error for a datagram whose
+    source does not identify a single node."""
+    stack = _stack()
+    src = ipaddress.ip_address(source).packed
+    stack.receive_packet(_closed_port(4 if len(src) == 4 else 6, src), 0.0)
+    assert stack.stats.udp_no_socket == 1
+    assert _errors(stack, 0.0) == []
+
+
+# ---------------------------------------------------- IPv6 extension headers
+
+
+def _udp6(data: bytes, dport: int = 5353) -> bytes:
+    length = 8 + len(data)
+    head = struct.pack("!HHHH", 40000, dport, length, 0)
+    csum = checksum(head + data, pseudo_header_sum(A6, B6, IPPROTO_UDP, length))
+    return struct.pack("!HHHH", 40000, dport, length, csum) + data
+
+
+def _options_header(nxt: int, options: bytes) -> bytes:
+    """A Hop-by-Hop or Destination Options header (RFC 8200 4.3, 4.6)."""
+    assert (2 + len(options)) % 8 == 0
+    return bytes((nxt, (2 + len(options)) // 8 - 1)) + options
+
+
+def _routing_header(nxt: int, type_: int, segments_left: int) -> bytes:
+    # RFC 8200 4.4: next header, length (units of 8 octets beyond the first 8),
+    # routing type, segments left, 4 octets type-specific, then one address.
+    return bytes((nxt, 2, type_, segments_left)) + bytes(4) + bytes(16)
+
+
+_UDP0 = _udp6(b"")
+_NINE_OPTIONS = b"\x1e\x00" * 9 + b"\x01\x02\x00\x00"  # nine empty type-00 options, PadN
+
+
+def _bound_stack() -> tuple[PulledStack, UdpSocket]:
+    stack = _stack()
+    return stack, stack.udp_bind(5353)
+
+
+def _param_problem(stack: PulledStack) -> list[tuple[int, int, bytes]]:
+    """(code, pointer, quoted packet) of every Parameter Problem sent."""
+    out = []
+    for packet in stack.packets_to_send():
+        pkt = parse_ip(packet)
+        assert pkt.proto == IPPROTO_ICMPV6 and pkt.dst == A6 and pkt.src == B6
+        msg = parse_icmp(pkt)
+        assert msg.type == ICMPV6_PARAM_PROBLEM
+        out.append((msg.code, (msg.ident << 16) | msg.seq, msg.body))
+    return out
+
+
+@pytest.mark.parametrize("routing_type", [0, 2, 3, 4, 253])
+def test_routing_header_with_segments_left_is_not_delivered(routing_type: int) -> None:
+    """RFC 8200 4.4: a Routing header this node does not process (type 0 is
+    to be treated as unrecognised, RFC 5095 3) with Segments Left non-zero:
+    discard, and send Parameter Problem code 0 pointing at the Routing Type.
+    This host forwards nothing, so it processes no routing type."""
+    stack, sock = _bound_stack()
+    packet = build_ipv6(A6, B6, 43, _routing_header(IPPROTO_UDP, routing_type, 1) + _udp6(b"r"))
+    stack.receive_packet(packet, 0.0)
+    assert sock.recvfrom() is None
+    assert stack.stats.ipv6_option_discarded == 1
+    assert _param_problem(stack) == [(0, 40 + 2, packet)]
+
+
+def test_routing_header_with_no_segments_left_is_skipped() -> None:
+    """RFC 8200 4.4: Segments Left zero: ignore the header, go on to the next."""
+    stack, sock = _bound_stack()
+    packet = build_ipv6(A6, B6, 43, _routing_header(IPPROTO_UDP, 0, 0) + _udp6(b"r"))
+    stack.receive_packet(packet, 0.0)
+    assert sock.recvfrom() == (b"r", ("fd00::1", 40000))
+    assert stack.stats.ipv6_option_discarded == 0
+
+
+@pytest.mark.parametrize("header", [0, 60], ids=["hop-by-hop", "destination"])
+@pytest.mark.parametrize(
+    ("option", "delivered", "code"),
+    [
+        (0x1E, True, None),  # 00: skip the option
+        (0x7E, False, None),  # 01: discard
+        (0xBE, False, 2),  # 10: discard, Parameter Problem code 2
+        (0xFE, False, 2),  # 11: the same, the destination not being multicast
+    ],
+)
+def test_unrecognised_option_follows_its_action_bits(
+    header: int, option: int, delivered: bool, code: int | None
+) -> None:
+    """RFC 8200 4.2: the two high-order bits of an unrecognised option's type
+    say what to do; the Parameter Problem points at the option's type octet."""
+    stack, sock = _bound_stack()
+    # PadN (two octets of padding), then the option with 2 octets of data.
+    ext = _options_header(IPPROTO_UDP, b"\x01\x00" + bytes((option, 2)) + b"\x00\x00")
+    packet = build_ipv6(A6, B6, header, ext + _udp6(b"o"))
+    stack.receive_packet(packet, 0.0)
+    got = sock.recvfrom()
+    assert (got is not None) == delivered
+    assert stack.stats.ipv6_option_discarded == (0 if delivered else 1)
+    assert stack.stats.malformed == 0
+    expected = [] if code is None else [(code, 40 + 2 + 2, packet)]
+    assert _param_problem(stack) == expected
+
+
+def test_pad1_and_padn_are_recognised() -> None:
+    """RFC 8200 4.2: Pad1 (type 0) and PadN (type 1) are the options every
+    node recognises (their type's high bits would say discard-and-report)."""
+    stack, sock = _bound_stack()
+    # Pad1, PadN (1 octet), Router Alert (RFC 2711, action 00), PadN (4 octets).
+    options = b"\x00" + b"\x01\x01\x00" + b"\x05\x02\x00\x00" + b"\x01\x04" + bytes(4)
+    ext = _options_header(IPPROTO_UDP, options)
+    stack.receive_packet(build_ipv6(A6, B6, 60, ext + _udp6(b"p")), 0.0)
+    assert sock.recvfrom() == (b"p", ("fd00::1", 40000))
+
+
+def test_parameter_problems_go_through_the_rate_limit() -> None:
+    stack, _ = _bound_stack()
+    ext = _options_header(IPPROTO_UDP, bytes((0xBE, 4)) + bytes(4))
+    for _ in range(10_000):
+        stack.receive_packet(build_ipv6(A6, B6, 60, ext + _udp6(b"o")), 0.0)
+    sent = len(_param_problem(stack))
+    assert 0 < sent <= LINUX_MSGS_BURST
+    assert stack.stats.ipv6_option_discarded == 10_000
+    assert stack.stats.icmp_errors_rate_limited == 10_000 - sent
+
+
+def test_no_parameter_problem_about_an_icmpv6_error() -> None:
+    """RFC 4443 2.4(e.1): no ICMPv6 error in response to an ICMPv6 error message."""
+    stack, _ = _bound_stack()
+    error = build_icmp(A6, B6, 1, 4, bytes(4), bytes(48))  # destination unreachable
+    ext = _options_header(IPPROTO_ICMPV6, bytes((0xBE, 4)) + bytes(4))
+    stack.receive_packet(build_ipv6(A6, B6, 60, ext + parse_ip(error).payload), 0.0)
+    assert stack.stats.ipv6_option_discarded == 1
+    assert stack.packets_to_send() == []
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        # An option whose length runs past the end of its header.
+        build_ipv6(A6, B6, 60, _options_header(IPPROTO_UDP, b"\x1e\x05" + bytes(4)) + _udp6(b"")),
+        # A header ending in the middle of an option's type and length.
+        build_ipv6(A6, B6, 60, _options_header(IPPROTO_UDP, bytes(5) + b"\x1e") + _udp6(b"")),
+        # More than 7 octets of consecutive padding (Linux ip6_parse_tlv, RFC 4942 2.1.9.5).
+        build_ipv6(A6, B6, 60, _options_header(IPPROTO_UDP, bytes(14)) + _udp6(b"")),
+        # PadN with non-zero contents (RFC 4942 2.1.9.5).
+        build_ipv6(A6, B6, 60, _options_header(IPPROTO_UDP, b"\x01\x04\x00\x01\x00\x00") + _UDP0),
+        # More than 8 non-padding options (Linux IP6_DEFAULT_MAX_DST_OPTS_CNT).
+        build_ipv6(A6, B6, 60, _options_header(IPPROTO_UDP, _NINE_OPTIONS) + _UDP0),
+        # Hop-by-Hop anywhere but right after the IPv6 header (RFC 8200 4.3).
+        build_ipv6(
+            A6,
+            B6,
+            60,
+            _options_header(0, bytes((1, 4)) + bytes(4))
+            + _options_header(IPPROTO_UDP, bytes((1, 4)) + bytes(4))
+            + _udp6(b""),
+        ),
+    ],
+    ids=[
+        "option-overrun",
+        "option-truncated",
+        "padding-over-7",
+        "padn-not-zero",
+        "options-over-8",
+        "hbh-late",
+    ],
+)
+def test_malformed_extension_headers_are_counted_as_malformed(packet: bytes) -> None:
+    stack, sock = _bound_stack()
+    stack.receive_packet(packet, 0.0)
+    assert sock.recvfrom() is None
+    assert stack.stats.malformed == 1
+    assert stack.packets_to_send() == []
+
+
+def test_extension_header_chain_is_bounded() -> None:
+    """At most 12 extension headers are walked (Linux IP6_MAX_EXT_HDRS_CNT):
+    the work per packet stays bounded whatever the chain."""
+    stack, sock = _bound_stack()
+    dest = _options_header(60, bytes((1, 4)) + bytes(4))
+    last = _options_header(IPPROTO_UDP, bytes((1, 4)) + bytes(4))
+    stack.receive_packet(build_ipv6(A6, B6, 60, dest * 11 + last + _udp6(b"12")), 0.0)
+    assert sock.recvfrom() == (b"12", ("fd00::1", 40000))
+    stack.receive_packet(build_ipv6(A6, B6, 60, dest * 12 + last + _udp6(b"13")), 0.0)
+    assert sock.recvfrom() is None
+    assert stack.stats.malformed == 1
+
+
+# ------------------------------------------------------------- MTU bounds
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_echo_request_whose_reply_exceeds_the_mtu_is_not_answered(family: int) -> None:
+    """The MTU bounds every packet the stack sends (NetStack's contract) and
+    the stack never fragments: an echo whose reply (as large as the request,
+    RFC 792 / RFC 4443 4.2) would exceed it is left unanswered, counted."""
+    a, b = (A4, B4) if family == 4 else (A6, B6)
+    header = 20 if family == 4 else 40
+    stack = _stack()
+    fits = build_echo(a, b, 1, 1, bytes(1420 - header - 8), reply=False)
+    assert len(fits) == 1420
+    stack.receive_packet(fits, 0.0)
+    (reply,) = stack.packets_to_send()
+    assert len(reply) == 1420
+    stack.receive_packet(build_echo(a, b, 1, 2, bytes(1420 - header - 8 + 1), reply=False), 0.0)
+    stack.receive_packet(build_echo(a, b, 1, 3, bytes(60000), reply=False), 0.0)
+    assert stack.packets_to_send() == []
+    assert stack.stats.icmp_echo_too_big == 2
+    assert stack.stats.icmp_echo_answered == 1
+
+
+@pytest.mark.parametrize(("family", "bound"), [(4, 576), (6, 1280)])
+def test_icmp_error_fits_the_minimum_mtu(family: int, bound: int) -> None:
+    """RFC 1812 4.3.2.3 (576 octets) and RFC 4443 2.4(c) (1280): an error
+    quoting the largest datagram stays within the protocol's minimum MTU,
+    which is no more than any MTU the stack accepts."""
+    stack = PulledStack(["10.0.0.2"] if family == 4 else ["fd00::2"], mtu=bound)
+    data = bytes(65535 - (20 if family == 4 else 0) - 8)
+    stack.receive_packet(
+        build_udp(A4, B4, 1, 9, data) if family == 4 else build_udp(A6, B6, 1, 9, data), 0.0
+    )
+    (error,) = stack.packets_to_send()
+    assert len(error) == bound <= stack.mtu
