@@ -63,9 +63,14 @@ ICMPV6_ECHO_REPLY: Final = 129
 # defaults, net.ipv4.icmp_msgs_per_sec = 1000 and net.ipv4.icmp_msgs_burst = 50
 # (net/ipv4/icmp.c, icmp_sk_init), a budget icmp_global_allow() keeps for ICMPv6
 # errors too. One global bucket: per-destination state, as Linux's inetpeer
-# icmp_ratelimit keeps, would be memory whose size a remote peer chooses.
+# icmp_ratelimit keeps, would be memory whose size a remote peer chooses. An
+# error costs 0, 1 or 2 tokens at random, one on average, as in Linux since the
+# fix of CVE-2020-25705 ("SAD DNS"): with a fixed cost, a sender that counts the
+# errors of a burst learns how many of the probes it spoofed before them found
+# an open UDP port.
 ICMP_ERRORS_PER_SEC: Final = 1000
 ICMP_ERRORS_BURST: Final = 50
+_REFILL_STEP: Final = 0.02  # seconds: Linux refills when at least HZ / 50 passed
 
 _HDR = struct.Struct("!BBHHH")
 
@@ -81,7 +86,13 @@ _V6_NOT_A_HOST: Final = frozenset({bytes(16), bytes(15) + b"\x01"})
 
 class IcmpErrorLimit:
     """The token bucket limiting the ICMP errors a stack originates (see
-    ICMP_ERRORS_PER_SEC). Time is the caller's *now*; no clock is read."""
+    ICMP_ERRORS_PER_SEC). Time is the caller's *now*; no clock is read.
+
+    As Linux's icmp_global_allow and icmp_global_consume: an error may go while
+    the bucket holds a token; it then costs what the caller drew (0-2), which
+    may leave the bucket owing up to a token, so the rate is the configured one
+    on average; the bucket is refilled in steps of at least 20 ms (HZ / 50).
+    """
 
     __slots__ = ("_stamp", "_tokens", "burst", "rate")
 
@@ -91,18 +102,17 @@ class IcmpErrorLimit:
         self._tokens = float(burst)
         self._stamp: float | None = None
 
-    def allow(self, now: float) -> bool:
-        """Take a token for one error at *now*: False if there is none."""
+    def allow(self, now: float, cost: int = 1) -> bool:
+        """One error at *now*, if a token is left; it then costs *cost* tokens."""
         stamp = self._stamp
-        tokens = self._tokens
-        if stamp is None or now > stamp:  # a clock that goes back refills nothing
-            if stamp is not None:
-                tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+        if stamp is None:
             self._stamp = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        elif now - stamp >= _REFILL_STEP:  # a clock that goes back refills nothing
+            self._tokens = min(float(self.burst), self._tokens + (now - stamp) * self.rate)
+            self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= cost
             return True
-        self._tokens = tokens
         return False
 
 

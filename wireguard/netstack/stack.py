@@ -294,11 +294,15 @@ class NetStack:
 
         Never to a source that is not a single host (RFC 1122 3.2.2, RFC 4443
         2.4(e.6)); otherwise within the rate limit (RFC 4443 2.4(f), RFC 1812
-        4.3.2.8), what is over it counted.
+        4.3.2.8), what is over it counted; each error costs a random 0-2
+        tokens (see ICMP_ERRORS_BURST).
         """
         if not is_single_host(src):
             return False
-        if self._icmp_errors.allow(now):
+        draw = self._random(1)[0]
+        while draw == 255:  # 0-254: uniform over the three costs
+            draw = self._random(1)[0]
+        if self._icmp_errors.allow(now, draw % 3):
             return True
         self.stats.icmp_errors_rate_limited += 1
         return False
