@@ -5,7 +5,9 @@ Every command reports a mistake the same way: one line on stderr,
 Ctrl-C). A command raises :class:`CommandError` for that; the library's own
 errors (a :class:`~wireguard.errors.WireGuardError`, among them
 :class:`~wireguard.config.ConfigError`, which names the file, line and key)
-and an :class:`OSError` are reported alike. Warnings that a config or key
+and an :class:`OSError` are reported alike; so is a mistake in the command
+line itself (a missing or unknown argument), with where to find the usage,
+instead of argparse's usage text and status 2. Warnings that a config or key
 file can be read by others are printed as wg-quick prints them.
 
 Logging: the library logs under the ``wireguard`` logger and its children
@@ -26,7 +28,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from ..errors import WireGuardError
 
@@ -39,15 +41,33 @@ class CommandError(Exception):
     """A command cannot do what was asked: one line on stderr, exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with wg's manners: a mistake in the command line is one line
+    naming the command, and status 1 (``--help`` and ``--version`` exit 0)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The (sub)parser of the command *args* chose, the innermost one."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here: each command pulls in only what it needs when it runs,
     # so `genkey` does not load asyncio, pyroute2 or the netstack.
     from .. import __version__
     from . import decrypt, demo, forward, keys, mesh, misbehave, proxy, show, up, walkthrough
 
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="A pure-Python WireGuard endpoint and toolkit."
-    )
+    parser = _Parser(prog=PROG, description="A pure-Python WireGuard endpoint and toolkit.")
     parser.add_argument(
         "--version", action="version", version=f"wireguard-sansio {__version__}"
     )
@@ -108,7 +128,9 @@ class _LineFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command they were given to, not by the top level
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.log_level = log_level(args)
     logger = logging.getLogger("wireguard")
     handler = logging.StreamHandler(sys.stderr)
