@@ -327,6 +327,34 @@ def test_save_config_and_hooks_round_trip() -> None:
     assert parse_wg_quick(dump_wg_quick(config)) == config
 
 
+def test_hooks_keep_a_hash_as_wg_quick_does() -> None:
+    # wg-quick (wireguard-tools src/wg-quick/linux.bash parse_options, since
+    # v1.0.20260223, commit 90deacd) keeps a hook's whole line after the first
+    # '=', '#' included, trimmed of outer spaces, and lets bash read comments.
+    text = (
+        f"[Interface]\nPrivateKey = {SERVER_PRIV}\n"
+        "PostUp = iptables -A INPUT -m comment --comment 'vpn#1' -j ACCEPT\n"
+        'PreDown =  echo "a#b" > /tmp/x # bash ignores this  \n'
+        "PostDown = # commented out\n"
+        "ListenPort = 51820 # a comment, as everywhere else\n"
+    )
+    config = parse_wg_quick(text, "wg0.conf")
+    assert config.interface.post_up == ("iptables -A INPUT -m comment --comment 'vpn#1' -j ACCEPT",)
+    assert config.interface.pre_down == ('echo "a#b" > /tmp/x # bash ignores this',)
+    assert config.interface.post_down == ("# commented out",)
+    assert config.interface.listen_port == 51820
+    assert [w.lineno for w in config.warnings] == [3, 4, 5]
+    assert parse_wg_quick(dump_wg_quick(config)) == config
+    built = InterfaceConfig(post_up=["echo 'a#b' # c"])
+    assert parse_wg_quick(dump_wg_quick(Config(built))).interface == built
+
+
+def test_hook_with_nul_after_the_hash_is_an_error_at_its_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_wg_quick("[Interface]\nPostUp = echo # a\0b\n", "wg0.conf")
+    assert (exc.value.lineno, exc.value.key) == (2, "PostUp")
+
+
 def test_hook_warning_is_issued_with_location() -> None:
     with pytest.warns(ConfigWarning) as record:
         parse_wg_quick(f"[Interface]\nPrivateKey={SERVER_PRIV}\nPostUp = iptables -L\n", "wg9.conf")
@@ -425,7 +453,7 @@ def test_model_validates_what_it_cannot_write() -> None:
         (lambda: InterfaceConfig(mtu=67), "MTU"),
         (lambda: InterfaceConfig(table="main table"), "Table"),
         (lambda: InterfaceConfig(dns_search=["1.2.3"]), "DNS"),
-        (lambda: InterfaceConfig(post_up=["echo # lost"]), "PostUp"),
+        (lambda: InterfaceConfig(post_up=["echo a\nb"]), "PostUp"),
         (lambda: InterfaceConfig(pre_down=[" padded"]), "PreDown"),
         (lambda: InterfaceConfig(private_key=PublicKey(bytes(32))), "PrivateKey"),  # type: ignore[arg-type]
         (
@@ -679,7 +707,7 @@ endpoints = st.builds(
 )
 hooks = (
     st.text(
-        st.characters(blacklist_characters="#\n\r\0", blacklist_categories=("Cs",)),
+        st.characters(blacklist_characters="\n\r\0", blacklist_categories=("Cs",)),
         min_size=1,
         max_size=40,
     )

@@ -10,7 +10,9 @@ The syntax is wg's own (``config.c`` in wireguard-tools), not :mod:`configparser
 ``#`` starts a comment anywhere on a line, keys and section names are
 case-insensitive, and whitespace is ignored around ``=`` and inside values (``wg``
 deletes every space of a line before looking at it). Hook commands are the one
-exception: they keep their inner spaces, because ``wg-quick`` hands them to bash.
+exception: as in ``wg-quick``, a hook is the whole rest of its line after the
+first ``=``, inner spaces and ``#`` included, because ``wg-quick`` hands it to
+bash, which decides what is a comment.
 
 What this module will not do, on purpose:
 
@@ -370,17 +372,18 @@ def _parse_endpoint(text: str) -> Endpoint:
 
 
 def _check_hook(command: str) -> str:
-    # A hook must survive dump -> parse unchanged: '#' would start a comment,
-    # a newline would end the line, and outer whitespace would be trimmed.
+    # A hook must survive dump -> parse unchanged: a newline would end the
+    # line, and outer whitespace would be trimmed. A '#' is fine: a hook keeps
+    # the rest of its line, as in wg-quick.
     if (
         not isinstance(command, str)
         or not command
         or command != command.strip(_WS)
-        or any(c in command for c in "#\n\r\0")
+        or any(c in command for c in "\n\r\0")
     ):
         raise _Problem(
             f"{_q(command)} cannot be written to a config file (empty, outer whitespace,"
-            " '#', a newline or NUL)"
+            " a newline or NUL)"
         )
     return command
 
@@ -716,6 +719,11 @@ class _Parser:
                 _shown_key(key_text), "key outside a section (expected [Interface] or [Peer] first)"
             )
         lookup = _compact(key_text).lower()
+        if self.section == "interface" and _WG_QUICK_KEYS.get(lookup) in HOOK_KEYS:
+            # wg-quick's parse_options (src/wg-quick/linux.bash, since
+            # v1.0.20260223) gives a hook the unstripped rest of the line, '#'
+            # and all; the first '=' is the same one, it comes before any '#'.
+            value = raw.partition("=")[2]
         if self.section == "interface":
             self.interface_key(lookup, key_text, value)
         else:
