@@ -411,6 +411,39 @@ def test_up_warns_about_dns_but_not_about_the_hooks_it_runs(tmp_path):
     assert notes == [f"{conf}: DNS is not applied by this implementation"]
 
 
+@pytest.mark.parametrize(
+    "hook",
+    ["false; touch {marker}", "false | cat; touch {marker}", "false | cat"],
+)
+def test_hook_stops_at_its_first_failing_command_as_wg_quick(tmp_path, hook):
+    """wg-quick (src/wg-quick/linux.bash) runs under ``set -e -o pipefail``
+    and each hook as ``(eval "$hook")``: the first failing command, or pipe
+    with a failing part, ends the hook with its status and ``up`` fails."""
+    import asyncio
+
+    from wireguard.config import Config
+    from wireguard.io.up import Service, UpError
+
+    marker = tmp_path / "ran"
+    command = hook.format(marker=marker)
+    with pytest.raises(UpError, match=r"^PostUp failed \(status 1\): false"):
+        asyncio.run(Service("pyhook0", Config())._hooks("PostUp", [command]))
+    assert not marker.exists()
+
+
+def test_hook_failure_in_a_condition_is_not_fatal_as_with_set_e(tmp_path):
+    # Under errexit, a failure tested by `||`, `&&` or `if` is not fatal (bash(1), set -e).
+    import asyncio
+
+    from wireguard.config import Config
+    from wireguard.io.up import Service
+
+    marker = tmp_path / "ran"
+    hook = f"false || true; if false; then :; fi; false && :; touch {marker}"
+    asyncio.run(Service("pyhook0", Config())._hooks("PostUp", [hook]))
+    assert marker.exists()
+
+
 def test_up_without_root_is_one_line(tmp_path, monkeypatch, capsys):
     from wireguard.io import up
 

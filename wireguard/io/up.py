@@ -26,8 +26,10 @@ the policy rules of a default route, which the service notes in
 they were added in).
 
 PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
-with ``%i`` replaced by the interface name, by bash (``sh`` if there is none),
-in the service, output to its log. PreUp runs before the interface exists and
+with ``%i`` replaced by the interface name, by bash with errexit and pipefail
+(``sh -e`` if there is none, which is logged), in the service, output to its
+log: the first failing command ends the hook, as under wg-quick's ``set -e -o
+pipefail``. PreUp runs before the interface exists and
 PostUp once addresses and routes are set; if either fails, ``up`` fails with
 one line naming it and nothing stays behind. PreDown runs before the teardown
 and PostDown after it; a failure there is logged and the teardown goes on.
@@ -511,15 +513,24 @@ class Service:
 
     async def _hooks(self, key: str, commands: Sequence[str], *, fatal: bool = True) -> None:
         """Run one kind of hook, as wg-quick: ``%i`` is the interface name,
-        the shell is bash. A failure stops ``up`` (*fatal*) or is logged."""
-        shell = shutil.which("bash") or "/bin/sh"
+        the shell is bash with errexit and pipefail (wg-quick runs under
+        ``set -e -o pipefail`` and each hook as ``(eval "$hook")``), so the
+        first failing command ends the hook. A failure stops ``up`` (*fatal*)
+        or is logged."""
+        if not commands:
+            return
+        bash = shutil.which("bash")
+        if bash is not None:
+            argv = [bash, "-e", "-o", "pipefail", "-c"]
+        else:
+            # POSIX sh has errexit; dash (Debian's sh) has no pipefail.
+            log.warning("bash not found: %s hooks run by /bin/sh -e, without pipefail", key)
+            argv = ["/bin/sh", "-e", "-c"]
         for command in commands:
             line = command.replace("%i", self.name)
             log.info("[#] %s", line)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    shell, "-c", line, stdin=subprocess.DEVNULL
-                )
+                proc = await asyncio.create_subprocess_exec(*argv, line, stdin=subprocess.DEVNULL)
                 status = await proc.wait()
             except OSError as exc:
                 status, line = -1, f"{line} ({exc.strerror})"
