@@ -447,3 +447,27 @@ def test_an_icmp_port_unreachable_is_not_a_receive_error() -> None:
             assert counters["udp_send_errors"] == 0 and counters["udp_send_buffer_full"] == 0
 
     asyncio.run(body())
+
+
+def test_device_from_config_skips_a_peer_with_the_interfaces_own_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # wireguard-go (device/uapi.go handlePublicKeyLine: "Ignore peer with the
+    # same public key as this device") and the kernel (netlink set_peer) skip
+    # such a peer, so a shared list of all nodes works on every node.
+    from wireguard.config import parse_wg_quick
+    from wireguard.io.tunnel import device_from_config
+
+    me, other = PrivateKey.generate(), PrivateKey.generate()
+    config = parse_wg_quick(
+        f"[Interface]\nPrivateKey = {me}\n\n"
+        f"[Peer]\nPublicKey = {me.public_key}\nAllowedIPs = 10.0.0.1/32\n\n"
+        f"[Peer]\nPublicKey = {other.public_key}\nAllowedIPs = 10.0.0.2/32\n",
+        "wg0.conf",
+    )
+    with caplog.at_level(logging.WARNING, logger="wireguard.io.tunnel"):
+        device = asyncio.run(device_from_config(config))
+    assert list(device.peers) == [other.public_key]
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(skipped) == 1 and str(me.public_key) in skipped[0], skipped
+    assert str(other.public_key) not in skipped[0]

@@ -913,7 +913,11 @@ def _grow_buffers(sock: socket.socket) -> None:
 
 async def device_from_config(config: Config, **device_options) -> Device:  # type: ignore[no-untyped-def]
     """A Device configured as *config* says (endpoints resolved here, since
-    resolution is I/O). The interface needs a private key."""
+    resolution is I/O). The interface needs a private key.
+
+    A peer with the interface's own public key is skipped with a warning, as
+    wireguard-go (device/uapi.go handlePublicKeyLine) and the kernel (netlink
+    set_peer) ignore it, and as our UAPI does."""
     if config.interface.private_key is None:
         raise ValueError("the configuration has no PrivateKey")
     mtu = config.interface.mtu or 1420
@@ -922,6 +926,12 @@ async def device_from_config(config: Config, **device_options) -> Device:  # typ
     device.fwmark = config.interface.fwmark or 0
     loop = asyncio.get_running_loop()
     for peer in config.peers:
+        if peer.public_key == device.public_key:
+            log.warning(
+                "peer %s ignored: it has the interface's own public key (as wg ignores it)",
+                peer.public_key,
+            )
+            continue
         endpoint = None
         if peer.endpoint is not None:
             endpoint = await resolve_endpoint(peer.endpoint.host, peer.endpoint.port)
