@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 import os
 import sys
 import time
@@ -89,23 +90,39 @@ def parse_get(name: str, answer: str) -> InterfaceState:
     return state
 
 
+# Units as wireguard-tools src/show.c bytes() and pretty_time() use them.
+_BYTE_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+_TIME_UNITS = (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
 def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, size in _BYTE_UNITS:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
 
 
-def _ago(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds <= 0:
-        return "Now"
+def _duration(seconds: int) -> str:
+    """*seconds* as show.c's pretty_time() spells them ("1 year, 1 day, 5
+    seconds"): a year is 365 days, units that are zero are left out (so 0 is
+    the empty string)."""
     parts = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds >= size:
-            count, seconds = divmod(seconds, size)
-            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
-    return ", ".join(parts) + " ago"
+    for unit, size in _TIME_UNITS:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    return ", ".join(parts)
+
+
+def _ago(now: float, then: float) -> str:
+    """show.c's ago(): whole seconds of the wall clock, as time(NULL) and
+    tv_sec are."""
+    seconds = math.floor(now) - math.floor(then)
+    if seconds == 0:
+        return "Now"
+    if seconds < 0:
+        return "(System clock wound backward; connection problems may ensue.)"
+    return _duration(seconds) + " ago"
 
 
 def format_state(state: InterfaceState, now: float | None = None) -> str:
@@ -126,13 +143,13 @@ def format_state(state: InterfaceState, now: float | None = None) -> str:
             lines.append(f"  endpoint: {peer.endpoint}")
         lines.append(f"  allowed ips: {', '.join(peer.allowed_ips) or '(none)'}")
         if peer.last_handshake:
-            lines.append(f"  latest handshake: {_ago(now - peer.last_handshake)}")
+            lines.append(f"  latest handshake: {_ago(now, peer.last_handshake)}")
         if peer.rx_bytes or peer.tx_bytes:
             lines.append(
                 f"  transfer: {_bytes(peer.rx_bytes)} received, {_bytes(peer.tx_bytes)} sent"
             )
         if peer.persistent_keepalive:
-            lines.append(f"  persistent keepalive: every {peer.persistent_keepalive} seconds")
+            lines.append(f"  persistent keepalive: every {_duration(peer.persistent_keepalive)}")
     return "\n".join(lines)
 
 
