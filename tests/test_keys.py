@@ -109,6 +109,23 @@ def test_cli_pubkey_bad_input(stdin):
     assert "Key is not the correct length or format" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        *("{k}", "{k}\n", "{k} \t\r\n\n", "{k}\0\n"),  # whitespace and NULs after: taken
+        *(" {k}\n", "\t{k}", "\n{k}", "{k}x\n", "{k}\n{k}\n", "{k}\u00a0"),  # refused
+    ],
+)
+def test_pubkey_takes_what_wg_pubkey_takes(layout: str) -> None:
+    # pubkey.c: exactly 44 characters of key first, then only whitespace.
+    wg = need_tool("wg")
+    text = layout.format(k=PrivateKey.generate().to_base64())
+    theirs = subprocess.run([wg, "pubkey"], input=text, capture_output=True, text=True)
+    ours = run_cli("pubkey", stdin=text)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout)
+    assert ours.stderr.split(": ", 1)[-1] == theirs.stderr.split(": ", 1)[-1]
+
+
 def test_pubkey_agrees_with_wg():
     wg = need_tool("wg")
     for _ in range(20):
@@ -121,3 +138,37 @@ def test_pubkey_agrees_with_wg():
     ours = run_cli("genkey").stdout
     theirs = subprocess.run([wg, "pubkey"], input=ours, capture_output=True, text=True)
     assert theirs.stdout.strip() == PrivateKey.from_base64(ours).public_key.to_base64()
+
+
+# Not whitespace to wg: char_is_space() (wireguard-tools src/ctype.h) is ASCII
+# " \t\n\v\f\r" only, and key_from_base64 (src/encoding.c) takes exactly 44
+# characters, so a key followed by any other space is refused.
+NOT_WG_SPACE = ["\u00a0", "\u2003", "\u3000", "\x1c", "\x85", "\u2028"]
+
+
+@pytest.mark.parametrize("space", NOT_WG_SPACE)
+def test_unicode_space_around_a_key_is_refused_as_wg_refuses_it(space: str) -> None:
+    key = PrivateKey.generate().to_base64()
+    for text in (key + space, space + key, f" {key}{space}\n"):
+        with pytest.raises(KeyFormatError):
+            PrivateKey.from_base64(text)
+    # What wg does allow around a key still works.
+    assert PrivateKey.from_base64(f" \t{key}\r\n\v\f").to_base64() == key
+
+
+@pytest.mark.parametrize("space", NOT_WG_SPACE)
+def test_unicode_space_after_a_key_is_refused_by_wg_pubkey_too(space: str) -> None:
+    wg = need_tool("wg")
+    key = PrivateKey.generate().to_base64()
+    theirs = subprocess.run([wg, "pubkey"], input=(key + space).encode(), capture_output=True)
+    assert theirs.returncode == 1
+    assert run_cli("pubkey", stdin=key + space).returncode == 1
+
+
+def test_config_refuses_a_key_with_unicode_space_as_wg_setconf_does() -> None:
+    from wireguard.config import ConfigError, parse_setconf
+
+    key = PrivateKey.generate().to_base64()
+    with pytest.raises(ConfigError) as exc:
+        parse_setconf(f"[Interface]\nPrivateKey = {key}\u00a0\n", "wg0.conf")
+    assert (exc.value.filename, exc.value.lineno, exc.value.key) == ("wg0.conf", 2, "PrivateKey")

@@ -25,6 +25,10 @@ _K = TypeVar("_K", bound="_Key")
 # colons and hyphens long before that.
 _KEY_LIKE = re.compile(r"[A-Za-z0-9+/=]{20,}")
 
+# char_is_space() in wireguard-tools src/ctype.h; str.strip() would also take
+# Unicode spaces (U+00A0, U+2003, ...) and \x1c..\x1f, which wg refuses.
+_ASCII_SPACE = " \t\n\v\f\r"
+
 
 def looks_like_key(text: str) -> bool:
     """Whether *text* could hold a key or a good part of one (20 base64 or
@@ -48,8 +52,10 @@ class _Key:
 
     @classmethod
     def from_base64(cls: type[_K], text: str) -> _K:
-        """Parse a key as ``wg`` prints it (surrounding whitespace allowed)."""
-        text = text.strip()
+        """Parse a key as ``wg`` prints it (surrounding ASCII whitespace allowed:
+        space, tab, CR, LF, VT, FF, what wg's ``char_is_space()`` skips; any
+        other space, such as U+00A0, makes it not a key, as for wg)."""
+        text = text.strip(_ASCII_SPACE)
         if len(text) != 44 or text[43] != "=" or text[42] not in _LAST_CHARS:
             raise KeyFormatError(
                 "a key is 44 characters of base64 ending in '=' (as `wg genkey` prints it)"
@@ -64,7 +70,7 @@ class _Key:
     def from_hex(cls: type[_K], text: str) -> _K:
         """Parse 64 hex digits (the form of the ``wg`` control socket)."""
         try:
-            raw = bytes.fromhex(text.strip())
+            raw = bytes.fromhex(text.strip(_ASCII_SPACE))
         except ValueError:
             raise KeyFormatError("a key is 64 hexadecimal digits") from None
         return cls(raw)

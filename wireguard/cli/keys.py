@@ -10,8 +10,11 @@ from ..errors import WireGuardError
 from ..keys import PresharedKey, PrivateKey
 from . import CommandError
 
-# What `wg pubkey` says of anything but one key.
+# What `wg pubkey` says of anything but one key (pubkey.c), and the
+# whitespace it allows after it (char_is_space in ctype.h).
 _NOT_A_KEY = "Key is not the correct length or format"
+_TRAILING = "Trailing characters found after key"
+_SPACE = " \t\n\v\f\r\0"
 
 
 def cmd_genkey(args: argparse.Namespace) -> int:
@@ -25,10 +28,18 @@ def cmd_genpsk(args: argparse.Namespace) -> int:
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
-    # `wg pubkey` reads at most one line of base64 from stdin.
-    data = sys.stdin.read(4096)
+    # As `wg pubkey` (pubkey.c): 44 characters, then what follows them, read to
+    # the end, may only be whitespace or NULs, then those 44 must be the key.
+    text = sys.stdin.read(44)
+    if len(text) != 44:
+        raise CommandError(_NOT_A_KEY)
+    while rest := sys.stdin.read(4096):
+        if rest.strip(_SPACE):
+            raise CommandError(_TRAILING)
+    if text != text.strip(_SPACE):  # from_base64 would take that whitespace
+        raise CommandError(_NOT_A_KEY)
     try:
-        key = PrivateKey.from_base64(data)
+        key = PrivateKey.from_base64(text)
     except WireGuardError:
         raise CommandError(_NOT_A_KEY) from None
     print(key.public_key.to_base64())
