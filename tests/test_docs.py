@@ -25,3 +25,21 @@ def test_every_docs_page_is_linked_from_the_readme_index():
     linked = set(re.findall(r"\]\((docs/[\w./-]+\.md)\)", index))
     pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")}
     assert pages == linked, (sorted(pages - linked), sorted(linked - pages))
+
+
+def test_every_test_the_docs_name_exists():
+    """A test file or test function the docs point to (``tests/x.py``,
+    ``tests/x.py::test_y``, or a `test_y` in a table of the kernel tests) is
+    there: a renamed file left a page pointing at nothing."""
+    root = DOCS.parent
+    pages = [root / "README.md", *sorted(DOCS.glob("*.md"))]
+    missing = []
+    for page in pages:
+        text = page.read_text()
+        for path, func in re.findall(r"\b(tests/[\w/]+\.py)(?:::(test_\w+))?", text):
+            file = root / path
+            if not file.exists():
+                missing.append(f"{page.name}: {path}")
+            elif func and not re.search(rf"^(async )?def {func}\(", file.read_text(), re.M):
+                missing.append(f"{page.name}: {path}::{func}")
+    assert missing == []

@@ -867,8 +867,9 @@ def _node_lines(node: Node) -> list[str]:
 
 def dump_inventory(inventory: Inventory) -> str:
     """The inventory as TOML, deterministically: a header comment, the
-    network, then the nodes in inventory order, one ``[[node]]`` table each,
-    fields in a fixed order, defaults left out.
+    network (its port, keepalive and interface always written), then the
+    nodes in inventory order, one ``[[node]]`` table each, fields in a fixed
+    order, a node's defaults left out.
     ``parse_inventory(dump_inventory(inv)) == inv``."""
     out = [_HEADER_COMMENT.rstrip("\n"), "", *_network_lines(inventory.network)]
     for node in inventory.nodes:
