@@ -13,11 +13,13 @@ import asyncio.selector_events
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -709,6 +711,223 @@ def test_forward_tcp_connections_are_capped() -> None:
             service.close()
 
     run(body, timeout=120)
+
+
+async def _until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Wait for *condition* (polled; the limit only stops a hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+class _Opening:
+    """Wraps a create_connection: counts the connections being opened at once
+    (held at a gate until the test opens it)."""
+
+    def __init__(self, connect: Callable[..., Awaitable[object]]) -> None:
+        self.connect = connect
+        self.gate = asyncio.Event()
+        self.now = self.peak = self.calls = 0
+
+    async def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.now += 1
+        self.calls += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await self.gate.wait()
+            return await self.connect(*args, **kwargs)
+        finally:
+            self.now -= 1
+
+
+def _connect_and_reset(port: int) -> None:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # a RST at once
+
+
+def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> None:
+    """Clients that connect and reset at once, while their connection's other
+    side is still being opened, cannot make a TCP forward open more than its
+    --max-connections at once: a -L forward's local client that left has its
+    connect through the tunnel cancelled, and its slot is free only once that
+    is done; a -R forward's peer that reset has its connect to the local
+    service cancelled the same way. Every slot is freed, and the forward then
+    relays."""
+    cap, clients = 4, 60
+
+    async def body() -> None:
+        a, b = pair()
+        loop = asyncio.get_running_loop()
+        async with a, b:
+            await b.start_server(echo, port=7)
+            # -L: local clients, connections opened through the tunnel.
+            opening = _Opening(a.create_connection)
+            a.create_connection = opening  # type: ignore[method-assign]
+            options = forward_options("--max-connections", str(cap))
+            local = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{B_ADDR[0]}:7", "L"), a, options
+            )
+            await local.start()
+            port = int(local.where.rsplit(":", 1)[1])
+            for _ in range(clients):
+                _connect_and_reset(port)
+                await asyncio.sleep(0.005)  # the forward accepts, and sees the reset
+            await _until(lambda: local.counters.total + local.counters.refused >= cap + 1)
+            await _until(lambda: opening.now == 0 and local.counters.active == 0)
+            c = local.counters
+            assert opening.peak <= cap, (opening.peak, local.line())
+            assert c.failed == 0, local.line()
+            opening.gate.set()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"after the flood")
+            writer.write_eof()
+            assert await reader.read() == b"after the flood"
+            writer.close()
+            await _until(lambda: c.active == 0)
+            await local.close()
+
+            # -R: peers in the tunnel, connections opened to a local service.
+            service = await asyncio.start_server(echo, "127.0.0.1", 0)
+            service_port = service.sockets[0].getsockname()[1]
+            kernel = _Opening(loop.create_connection)
+            remote = forward_module.TcpRemoteForward(
+                forward_module.parse_forward(f"7070:127.0.0.1:{service_port}", "R"), a, options
+            )
+            await remote.start()
+            loop.create_connection = kernel  # type: ignore[method-assign]
+            try:
+                for _ in range(clients):
+                    _, w = await b.open_connection(A_ADDR[0], 7070)
+                    w.transport.abort()  # a RST
+                    await asyncio.sleep(0.005)
+                await _until(lambda: remote.counters.total >= cap + 1)
+                await _until(
+                    lambda: kernel.now == 0
+                    and remote.counters.active == 0
+                    and remote.server.active == 0
+                    and remote.server.waiting == 0
+                )
+                r = remote.counters
+                assert kernel.peak <= cap, (kernel.peak, remote.line())
+                assert r.failed == 0, remote.line()
+                kernel.gate.set()
+                reader, writer = await b.open_connection(A_ADDR[0], 7070)
+                writer.write(b"after the flood")
+                writer.write_eof()
+                assert await reader.read() == b"after the flood"
+                writer.close()
+                await _until(lambda: r.active == 0)
+            finally:
+                del loop.create_connection
+            await remote.close()
+            service.close()
+
+    run(body, timeout=120)
+
+
+class _Sink(asyncio.DatagramProtocol):
+    """Collects datagrams; answers b"big?" with one too large for the tunnel
+    and b"small?" with a small one."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.got.append(data)
+        assert self.transport is not None
+        if data == b"big?":
+            self.transport.sendto(b"B" * 1450, addr)
+        elif data == b"small?":
+            self.transport.sendto(b"small", addr)
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["open-flow", "opening-flow"])
+def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
+    caplog, first: bool
+) -> None:
+    """A datagram that does not fit in one tunnel packet (MTU 1420; the stack
+    does not fragment) is dropped and counted in `dropped`, not counted as
+    carried, logged once for its flow, and no exception escapes to the loop:
+    a -L client's datagram into the tunnel (the first of its flow, waiting for
+    the flow to open, or a later one) and a -R local service's reply."""
+
+    async def body() -> None:
+        a, b = pair()
+        loop = asyncio.get_running_loop()
+        escaped: list[object] = []
+        loop.set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
+        async with a, b:
+            # -L udp: into the tunnel.
+            sink = _Sink()
+            await b.create_datagram_endpoint(lambda: sink, local_addr=(None, 9))
+            local = forward_module.UdpLocalForward(
+                forward_module.parse_forward(f"udp:127.0.0.1:0:{B_ADDR[0]}:9", "L"),
+                a,
+                forward_options(),
+            )
+            await local.start()
+            port = int(local.where.rsplit(":", 1)[1])
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.bind(("127.0.0.1", 0))
+            try:
+                if not first:
+                    client.sendto(b"one", ("127.0.0.1", port))
+                    await _until(lambda: sink.got == [b"one"])
+                for _ in range(3):
+                    client.sendto(b"y" * 1450, ("127.0.0.1", port))
+                client.sendto(b"last", ("127.0.0.1", port))
+                await _until(lambda: sink.got[-1:] == [b"last"])
+            finally:
+                client.close()
+            c = local.counters
+            relayed = len(sink.got)
+            assert (c.datagrams_to_tunnel, c.dropped) == (relayed, 3), local.line()
+            assert c.to_tunnel == sum(map(len, sink.got)), local.line()
+            assert "3 datagrams dropped" in local.line()
+            await local.close()
+
+            # -R udp: a local service's reply into the tunnel.
+            service = _Sink()
+            st, _ = await loop.create_datagram_endpoint(
+                lambda: service, local_addr=("127.0.0.1", 0)
+            )
+            remote = forward_module.UdpRemoteForward(
+                forward_module.parse_forward(
+                    f"udp:5355:127.0.0.1:{st.get_extra_info('sockname')[1]}", "R"
+                ),
+                a,
+                forward_options(),
+            )
+            await remote.start()
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+            peer, _ = await b.create_datagram_endpoint(
+                lambda: _Collect(got), remote_addr=(A_ADDR[0], 5355)
+            )
+            peer.sendto(b"big?")
+            peer.sendto(b"big?")
+            peer.sendto(b"small?")
+            assert await asyncio.wait_for(got.get(), 30) == b"small"
+            r = remote.counters
+            await _until(lambda: r.dropped == 2)
+            # -R: the peer's datagrams come from the tunnel, the replies go into it.
+            assert (r.datagrams_from_tunnel, r.datagrams_to_tunnel) == (3, 1), remote.line()
+            assert r.to_tunnel == len(b"small"), remote.line()
+            peer.close()
+            await remote.close()
+            st.close()
+        assert not escaped, escaped
+
+    with caplog.at_level(logging.DEBUG, logger="wireguard.io.forward"):
+        run(body)
+    told = [r.getMessage() for r in caplog.records if "MTU" in r.getMessage()]
+    assert len(told) == 2, told  # once per flow, not once per datagram
 
 
 def test_flow_caps_fit_the_descriptor_limit(tmp_path) -> None:

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import WireGuardError
+from ..errors import LocalProtocolError, WireGuardError
 from .rootless import RootlessTunnel, format_bytes
 
 __all__ = [
@@ -232,7 +232,7 @@ class Counters:
     overflows: int = 0  # connections reset: their side ignored pause_reading()
     evicted: int = 0  # UDP flows dropped to make room (--udp-flows)
     refused: int = 0  # -L connections refused: --max-connections were open
-    dropped: int = 0  # UDP datagrams not relayed (backlog of an opening flow full, flow gone)
+    dropped: int = 0  # UDP datagrams not relayed (backlog full, flow gone, too large for the MTU)
     unreachable: int = 0  # ICMP errors on a flow's socket (the destination dropped one)
 
     def line(self, proto: str) -> str:
@@ -307,7 +307,13 @@ class _Side(asyncio.Protocol):
 
 class _Link:
     """A relayed connection: side 0 accepted, side 1 opened for it.
-    *to_tunnel_from* is the side whose bytes go into the tunnel."""
+    *to_tunnel_from* is the side whose bytes go into the tunnel.
+
+    It counts as active (holds one of the forward's --max-connections) until
+    both its sides are gone and the opening of side 1 has ended: a client
+    that leaves while side 1 is being opened has that connect cancelled (no
+    point connecting for it), and frees its slot only once the cancelled
+    connect has released its socket."""
 
     def __init__(self, counters: Counters, to_tunnel_from: int, name: str = "") -> None:
         self.counters = counters
@@ -318,7 +324,11 @@ class _Link:
         self.write_full = [False, False]  # a side's write buffer is over its high-water mark
         self.held = True  # side 1 is not connected yet: side 0's bytes wait in pending
         self.pending = bytearray()
-        self.done = False
+        self.done = False  # a side is gone: the other is closed
+        self.gone = [False, False]  # connection_lost seen, per side
+        self.connecting: asyncio.Task[Any] | None = None  # opening side 1, until it is done
+        self.released = False  # no longer counted in counters.active
+        self.opening = True  # side 1 is being opened: neither connected() nor failed() yet
         counters.active += 1
         counters.total += 1
 
@@ -340,7 +350,7 @@ class _Link:
 
     def connected(self) -> None:
         """Side 1 is connected: what side 0 sent meanwhile (and its EOF) goes first."""
-        self.held = False
+        self.opening = self.held = False
         pending, self.pending = self.pending, bytearray()
         side0, side1 = self.sides
         if self.done or side0 is None or side0.transport is None:
@@ -357,6 +367,7 @@ class _Link:
         self.update_reading(0)
 
     def failed(self) -> None:
+        self.opening = False
         self.counters.failed += 1
         self.counters.discarded += len(self.pending)
         self.pending.clear()
@@ -411,19 +422,48 @@ class _Link:
                 other.transport.close()
         return True  # keep our writing half open (TCP half-close)
 
+    def abandoned(self) -> None:
+        """The opening of side 1 was cancelled (side 0 went, or the forward
+        closes): side 0 cannot be relayed."""
+        self.counters.discarded += len(self.pending)
+        self.pending.clear()
+        side0 = self.sides[0]
+        if side0 is not None and side0.transport is not None and not self.gone[0]:
+            side0.transport.abort()
+
+    def opened(self, task: asyncio.Task[Any]) -> None:
+        """The task opening side 1 is done (connected, failed or cancelled)."""
+        self.connecting = None
+        if task.cancelled():
+            self.abandoned()
+        self._release()
+
+    def _release(self) -> None:
+        side1 = self.sides[1]
+        if (
+            not self.released
+            and self.connecting is None
+            and self.gone[0]
+            and (side1 is None or self.gone[1])
+        ):
+            self.released = True
+            self.counters.active -= 1
+
     def lost(self, index: int, exc: Exception | None) -> None:
+        self.gone[index] = True
         if index == 0 and self.pending:
             self.counters.discarded += len(self.pending)
             self.pending.clear()
+        if index == 0 and self.opening and self.connecting is not None:
+            self.connecting.cancel()  # nobody to connect for any more
         other = self.sides[1 - index]
         if other is not None and other.transport is not None and not other.transport.is_closing():
             if exc is not None:
                 other.transport.abort()
             else:
                 other.transport.close()
-        if not self.done:
-            self.done = True
-            self.counters.active -= 1
+        self.done = True
+        self._release()
 
 
 # ----------------------------------------------------------------------- forwards
@@ -438,10 +478,11 @@ class Forward(abc.ABC):
         self.where = ""  # what is listening, after start()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -480,7 +521,8 @@ class _TcpForward(Forward):
 
     def _accept(self) -> asyncio.Protocol:
         link = _Link(self.counters, to_tunnel_from=self.to_tunnel_from, name=str(self.spec))
-        self._spawn(self._connect(link))
+        link.connecting = task = self._spawn(self._connect(link))
+        task.add_done_callback(link.opened)
         return _Side(link, 0)
 
     async def _connect(self, link: _Link) -> None:
@@ -576,12 +618,13 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class _Flow:
-    __slots__ = ("last", "pending", "transport")
+    __slots__ = ("last", "pending", "told", "transport")
 
     def __init__(self, now: float) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.pending: list[bytes] | None = []  # datagrams waiting for the transport
         self.last = now
+        self.told = False  # a datagram the stack refused was logged (once per flow)
 
 
 _FLOW_BACKLOG = 64
@@ -617,6 +660,27 @@ class _UdpForward(Forward):
     def _error(self) -> None:
         self.counters.unreachable += 1
 
+    def _send(
+        self,
+        flow: _Flow,
+        transport: asyncio.DatagramTransport,
+        data: bytes,
+        to_tunnel: bool,
+        addr: Any = None,
+    ) -> None:
+        """Send one datagram of *flow*, counted as carried or, if the stack
+        refuses it (larger than one tunnel packet: the stack does not
+        fragment), as dropped."""
+        try:
+            transport.sendto(data, addr)
+        except LocalProtocolError as exc:
+            self.counters.dropped += 1
+            if not flow.told:
+                flow.told = True
+                log.info(f"{self.spec}: dropped a datagram (and will others of its flow): {exc}")
+            return
+        self._count(to_tunnel, len(data))
+
     def _from_client(self, data: bytes, addr: Any) -> None:
         now = asyncio.get_running_loop().time()
         flows = self.flows
@@ -633,8 +697,7 @@ class _UdpForward(Forward):
             flows.move_to_end(addr)
         flow.last = now
         if flow.transport is not None:
-            self._count(self.client_to_tunnel, len(data))
-            flow.transport.sendto(data)
+            self._send(flow, flow.transport, data, self.client_to_tunnel)
         elif flow.pending is not None and len(flow.pending) < _FLOW_BACKLOG:
             flow.pending.append(data)
         else:
@@ -646,8 +709,7 @@ class _UdpForward(Forward):
             return
         flow.last = asyncio.get_running_loop().time()
         self.flows.move_to_end(addr)
-        self._count(not self.client_to_tunnel, len(data))
-        self.listener.sendto(data, addr)
+        self._send(flow, self.listener, data, not self.client_to_tunnel, addr)
 
     async def _open_flow(self, addr: Any, flow: _Flow) -> None:
         try:
@@ -666,8 +728,7 @@ class _UdpForward(Forward):
         flow.transport = transport
         pending, flow.pending = flow.pending or [], None
         for data in pending:
-            self._count(self.client_to_tunnel, len(data))
-            transport.sendto(data)
+            self._send(flow, transport, data, self.client_to_tunnel)
 
     @abc.abstractmethod
     async def _endpoint(
