@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -647,6 +648,111 @@ def test_a_flood_of_half_open_connections_is_bounded(dnsmasq) -> None:
                     writer.close()
 
     run(body)
+
+
+def test_socks5_udp_datagram_too_large_for_the_tunnel_is_refused_and_counted(caplog) -> None:
+    """A UDP ASSOCIATE client's datagram that does not fit in one tunnel packet
+    (MTU 1420; the stack does not fragment) is dropped, counted by reason and
+    not as carried, logged once for the association, and no exception escapes
+    to the loop; the datagrams around it are relayed."""
+
+    class Sink(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+
+        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+            self.got.append(data)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        escaped: list[object] = []
+        loop.set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
+        a, b, _, _ = pair()
+        async with b, a:
+            sink = Sink()
+            await b.create_datagram_endpoint(lambda: sink, local_addr=(None, 9))
+            socks = await start_socks5(a, "127.0.0.1", 0)
+            tcp, relay = await asyncio.to_thread(_socks5_udp_associate, socks.port)
+            udp = udp_socket()
+            try:
+                header = _udp_header(B_ADDR[0], 9)
+                udp.sendto(header + b"first", relay)
+                await until(lambda: sink.got == [b"first"])
+                udp.sendto(header + b"y" * 1450, relay)
+                udp.sendto(header + b"z" * 1450, relay)
+                udp.sendto(header + b"last", relay)
+                await until(lambda: sink.got[-1:] == [b"last"])
+            finally:
+                udp.close()
+                tcp.close()
+            c = socks.counters
+            await until(lambda: c.relaying == 0)
+            assert sink.got == [b"first", b"last"]
+            assert c.datagrams_to_tunnel == 2 and c.to_tunnel == len(b"firstlast"), socks.line()
+            assert c.refusals["UDP too large for the tunnel"] == 2, socks.line()
+            assert sum(c.refusals.values()) == 2, socks.line()
+            await socks.close()
+        assert not escaped, escaped
+
+    with caplog.at_level(logging.DEBUG, logger="wireguard.io.proxy"):
+        run(body)
+    told = [r.getMessage() for r in caplog.records if "MTU" in r.getMessage()]
+    assert len(told) == 1, told  # once for the association, not per datagram
+
+
+@pytest.mark.parametrize("during", ["response", "request body"])
+def test_http_proxy_close_closes_the_upstream_of_a_forwarded_request(during: str) -> None:
+    """close() while a forwarded request is under way (waiting for its
+    response, or for the rest of its body) closes its upstream connection
+    through the tunnel and ends every task of the proxy, quietly (no
+    traceback from the loop's exception handler)."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        escaped: list[object] = []
+        loop.set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
+        a, b, _, _ = pair()
+        opened: list[bytes] = []
+        ended: list[bool] = []
+
+        async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):  # never answers
+                    opened.append(data)
+            except ConnectionError:
+                pass
+            ended.append(True)
+            writer.close()
+
+        async with b, a:
+            await b.start_server(origin, port=80)
+            http = await start_http_proxy(a, "127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+            if during == "response":
+                head = f"GET http://{B_ADDR[0]}/ HTTP/1.1\r\nHost: {B_ADDR[0]}\r\n\r\n"
+            else:
+                head = (
+                    f"POST http://{B_ADDR[0]}/ HTTP/1.1\r\nHost: {B_ADDR[0]}\r\n"
+                    "Content-Length: 100\r\n\r\n0123456789"
+                )
+            writer.write(head.encode())
+            await writer.drain()
+            await until(lambda: b"".join(opened).endswith(b"\r\n\r\n" if during == "response"
+                                                      else b"0123456789"))
+            await http.close()
+            await until(lambda: bool(ended), limit=10)  # the upstream connection was closed
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            left = [
+                t.get_coro().__qualname__
+                for t in asyncio.all_tasks()
+                if t is not asyncio.current_task()
+            ]
+            assert not [n for n in left if "Proxy" in n], left
+            await asyncio.sleep(0)  # a done callback of the client's task runs here
+        assert not escaped, escaped
+
+    run(body, timeout=60)
 
 
 # ------------------------------------------------------------ library, CLI

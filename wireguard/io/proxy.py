@@ -51,7 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import WireGuardError
+from ..errors import LocalProtocolError, WireGuardError
 from ..httpproxy import (
     ForwardRequest,
     HTTPProxyError,
@@ -192,6 +192,7 @@ class _Proxy(ABC):
         self._evicted: set[asyncio.StreamWriter] = set()  # no longer counted as active
         self._log_budget = (0.0, 0)
         self.suppressed_logs = 0
+        self._closing = False  # close() cancels the clients' tasks
 
     # --- lifetime ----------------------------------------------------------
 
@@ -212,6 +213,7 @@ class _Proxy(ABC):
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        self._closing = True
         if self.server is not None:
             self.server.close()
         for writer in list(self._writers):
@@ -295,6 +297,12 @@ class _Proxy(ABC):
             await self._serve(reader, writer, who)
         except (ConnectionError, OSError):
             pass  # the client went away (or was evicted)
+        except asyncio.CancelledError:
+            # close() hangs up on clients by cancelling them. Ending quietly:
+            # asyncio (3.11) reports a client task that ends cancelled as an
+            # unhandled exception with a traceback.
+            if not self._closing:
+                raise
         except Exception:  # a bug of ours: this client only, counted and logged
             c.refusals["internal error"] += 1
             log.exception(f"{self.spec}: {who}: internal error")
@@ -534,6 +542,7 @@ class _UdpRelay:
         self.waiting = 0  # datagrams whose destination name is being resolved
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.told = False  # a datagram the stack refused was logged
 
     def from_client(self, data: bytes, addr: Any) -> None:
         datagram = self.association.from_client(data, (addr[0], addr[1]))
@@ -574,9 +583,23 @@ class _UdpRelay:
             )
             return
         c = self.proxy.counters
+        try:
+            self.inside.sendto(data, (host, port))
+        except LocalProtocolError as exc:
+            # Larger than one tunnel packet (the stack does not fragment), or
+            # an address the stack cannot send from: dropped, counted.
+            header = 20 if ipaddress.ip_address(host).version == 4 else 40
+            big = header + 8 + len(data) > self.proxy.tunnel.mtu
+            c.refusals["UDP too large for the tunnel" if big else "UDP not sendable"] += 1
+            if not self.told:
+                self.told = True  # once for the association: a flood is counted, not logged
+                log.info(
+                    f"{self.proxy.spec}: UDP to {_fmt(host, port)}: dropped a datagram "
+                    f"(and will others of this association): {exc}"
+                )
+            return
         c.datagrams_to_tunnel += 1
         c.to_tunnel += len(data)
-        self.inside.sendto(data, (host, port))
 
     def from_tunnel(self, data: bytes, addr: Any) -> None:
         client = self.association.client
@@ -715,7 +738,6 @@ class HTTPProxy(_Proxy):
     ) -> tuple[_Upstream | None, list[Any]]:
         """One forwarded request and its response; returns the upstream
         connection if it can carry the next request, and the events left."""
-        c = self.counters
         key = (request.host.lower(), request.port)
         if upstream is not None and (upstream.key != key or upstream.reader.at_eof()):
             upstream.writer.close()
@@ -726,13 +748,37 @@ class HTTPProxy(_Proxy):
                 writer.write(core.data_to_send())
                 return None, []
             upstream = _Upstream(key, *target)
+        up = upstream
+        try:
+            kept, events = await self._forward(core, request, events, up, reader, writer, who)
+        except BaseException:  # cancelled (close()), or a bug: the upstream goes too
+            _hang_up(up.writer)
+            raise
+        if kept is None:
+            _hang_up(up.writer)  # an error path left it open
+        return kept, events
+
+    async def _forward(
+        self,
+        core: HTTPProxyServer,
+        request: ForwardRequest,
+        events: list[Any],
+        up: _Upstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        who: str,
+    ) -> tuple[_Upstream | None, list[Any]]:
+        """The request on *up* and its response (see :meth:`_exchange`)."""
+        c = self.counters
+        key = up.key
+        upstream: _Upstream | None = up
         c.connects += 1
         c.relaying += 1
-        up = upstream
         up.writer.write(request.head)
         c.to_tunnel += len(request.head)
         response = UpstreamResponse(request.method, self.options.limits)
         answer = asyncio.ensure_future(self._response(core, up, response, writer))
+        reading: asyncio.Future[bytes] | None = None
         try:
             request_done = False
             while not request_done:
@@ -776,6 +822,9 @@ class HTTPProxy(_Proxy):
             return None, []
         finally:
             c.relaying -= 1
+            for pending in (answer, reading):  # still running only if we were cancelled
+                if pending is not None and not pending.done():
+                    pending.cancel()
         if not reusable:
             up.writer.close()
             upstream = None
@@ -809,6 +858,19 @@ class HTTPProxy(_Proxy):
             writer.write(core.data_to_send())
             await writer.drain()
         return response.reusable
+
+
+def _hang_up(writer: asyncio.StreamWriter) -> None:
+    """Close an upstream connection no longer used, unless closing already:
+    with a FIN if nothing is left to send, else a reset (an upstream that does
+    not read cannot hold it open)."""
+    transport = writer.transport
+    if transport.is_closing():
+        return
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 @dataclass
