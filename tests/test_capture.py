@@ -33,6 +33,7 @@ from wireguard.capture import (
     SECRETS_TYPE_WIREGUARD,
     CaptureFormatError,
     KeyLogWriter,
+    PcapngWriter,
     PcapReader,
     PcapWriter,
     UDPDatagram,
@@ -575,6 +576,29 @@ def test_pcap_writer_time_range(tmp_path: Path) -> None:
 
 
 # --- key log ---------------------------------------------------------------------------------
+
+
+def test_pcapng_with_secrets_is_owner_only_and_follows_no_link(tmp_path: Path) -> None:
+    # As the key log: an existing file is made 0600 before keys go in, and a
+    # symbolic link is refused rather than followed (to a file others read).
+    path = tmp_path / "old.pcapng"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    with PcapngWriter(path) as out:
+        out.log_handshake(
+            local_static_private=bytes(range(32)),
+            remote_static_public=bytes(32),
+            local_ephemeral_private=bytes(range(1, 33)),
+        )
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    target = tmp_path / "shared.pcapng"
+    target.write_bytes(b"")
+    target.chmod(0o644)
+    link = tmp_path / "link.pcapng"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        PcapngWriter(link)
+    assert target.read_bytes() == b"" and stat.S_IMODE(os.stat(target).st_mode) == 0o644
 
 
 def test_keylog_format_and_mode(scenario: Scenario, files: dict[str, Path]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,11 +171,17 @@ def test_capture_and_keylog_of_a_live_endpoint(psk: bool, tmp_path: Path) -> Non
     assert sorted(icmp) == ["0", "0", "0", "8", "8", "8"]
 
 
+@pytest.mark.parametrize("first", ["tapped", "peer"], ids=["tapped-initiates", "peer-initiates"])
 @pytest.mark.parametrize("psk", [False, True], ids=["no-psk", "psk"])
-def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(psk: bool, tmp_path: Path) -> None:
+def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(
+    psk: bool, first: str, tmp_path: Path
+) -> None:
     """A live capture written as pcapng with embed_keys: Wireshark's dissector
     opens every message from the one file, with no key log option (the keys
-    are Decryption Secrets Blocks written before the messages they open)."""
+    are Decryption Secrets Blocks written before the messages they open),
+    whichever side starts: the tapped endpoint's static key, which opens an
+    initiation sent to it, is the file's first block (it was written with the
+    first ephemeral key, after an initiation the peer sent first)."""
     tshark = need_tool("tshark")
     cap = tmp_path / "a.pcapng"
     preshared = PresharedKey.generate() if psk else None
@@ -182,12 +189,16 @@ def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(psk: bool, tmp_pa
     async def body() -> EndpointTap:
         a, b, tap = await pair(preshared, pcap=cap, embed_keys=True)
         try:
-            await a.ping(B_IP, 1)
+            if first == "tapped":
+                await a.ping(B_IP, 1)
+            else:
+                await b.ping(A_IP, 1)
             await asyncio.sleep(0.05)
-            b.device.peers[a.device.public_key].last_sent_handshake = None
-            b.tunnel.initiate_handshake(a.device.public_key)
+            again, other = (b, a) if first == "tapped" else (a, b)
+            again.device.peers[other.device.public_key].last_sent_handshake = None
+            again.tunnel.initiate_handshake(other.device.public_key)
             await asyncio.sleep(0.2)
-            await b.ping(A_IP, 2)
+            await again.ping(B_IP if again is a else A_IP, 2)
         finally:
             await close(a, b)
             tap.close()
@@ -197,7 +208,7 @@ def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(psk: bool, tmp_pa
     assert cap.stat().st_mode & 0o777 == 0o600  # it holds private keys
     with PcapReader(cap) as reader:
         assert len(list(reader)) == tap.sent + tap.received
-        assert len(reader.secrets) == 2  # one block per handshake
+        assert len(reader.secrets) == 3  # the static key first, then one block per handshake
     rows = _tshark_rows(tshark, cap)
     assert sorted(r["wg.type"] for r in rows if r["wg.type"] in "12") == ["1", "1", "2", "2"]
     for row in rows:
@@ -205,14 +216,49 @@ def test_pcapng_with_the_keys_inside_opens_decrypted_in_tshark(psk: bool, tmp_pa
         if row["wg.type"] == "2":
             assert row["wg.handshake_ok"] in ("1", "True"), row
     assert sorted(r["icmp.type"] for r in rows if r["icmp.type"]) == ["0", "0", "8", "8"]
+    decrypted = subprocess.run(
+        [sys.executable, "-m", "wireguard", "decrypt", str(cap)], capture_output=True, text=True
+    )
+    assert decrypted.returncode == 0, decrypted.stderr
+    assert "2 handshakes followed" in decrypted.stdout, decrypted.stdout
 
 
 def test_embedding_keys_needs_pcapng(tmp_path: Path) -> None:
+    # Refused before anything is opened: yesterday's capture stays as it was.
+    old = tmp_path / "a.pcap"
+    old.write_bytes(b"yesterday's capture")
+
     async def body() -> None:
         with pytest.raises(ValueError, match="pcapng"):
-            await pair(None, pcap=tmp_path / "a.pcap", embed_keys=True)
+            await pair(None, pcap=old, embed_keys=True)
 
     asyncio.run(body())
+    assert old.read_bytes() == b"yesterday's capture"
+
+
+def test_a_second_tap_is_refused_and_leaves_the_first_capture_alone(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.pcap", tmp_path / "second.pcap"
+    second.write_bytes(b"kept")
+
+    async def body() -> None:
+        a, b, tap = await pair(pcap=first)
+        try:
+            await a.ping(B_IP, 1)
+            size = first.stat().st_size
+            with pytest.raises(ValueError, match="already tapped"):
+                attach(a.tunnel, pcap=second)
+            with pytest.raises(ValueError, match="already tapped"):
+                attach(a.tunnel, pcap=first)  # the same file: not truncated under the tap
+            assert first.stat().st_size == size
+            await a.ping(B_IP, 2)
+        finally:
+            await close(a, b)
+            tap.close()
+        with PcapReader(first) as reader:
+            assert len(list(reader)) == tap.sent + tap.received
+
+    asyncio.run(body())
+    assert second.read_bytes() == b"kept"
 
 
 def test_no_keys_unless_asked(tmp_path: Path) -> None:

@@ -416,13 +416,18 @@ class PcapngWriter(_Writer):
 
     Its timestamps are 64 bits, so unlike classic pcap it holds any time from
     1970 on. A file with secrets in it holds private keys: it is as
-    sensitive as a key log, and is created owner-only when given a path."""
+    sensitive as a key log, and is opened as one when given a path: owner-only
+    (an existing file is made so before anything is written), and a symbolic
+    link is refused rather than followed."""
 
     def __init__(
         self, target: str | os.PathLike[str] | IO[bytes], *, snaplen: int = _MAX_SNAPLEN
     ) -> None:
         if isinstance(target, (str, os.PathLike)):
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(target, flags, 0o600)
+            with contextlib.suppress(AttributeError, OSError):
+                os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
             self._file: IO[bytes] = os.fdopen(fd, "wb")
             self._owned = True
         else:
@@ -478,6 +483,13 @@ class PcapngWriter(_Writer):
                 preshared_key=preshared_key,
             )
         )
+        self._file.flush()
+
+    def log_local_static_private_key(self, key: bytes | PrivateKey | DHPrivateKey) -> None:
+        """A secrets block of the endpoint's static private key alone: what
+        opens an initiation sent to it, before it has made an ephemeral key
+        (a tap writes it first, so a session the peer starts opens too)."""
+        self.write_secrets(_keylog_text([("LOCAL_STATIC_PRIVATE_KEY", key)]))
         self._file.flush()
 
 

@@ -157,10 +157,14 @@ class EndpointTap:
     ) -> None:
         self.device = device
         self.tunnel: Tunnel | None = None
-        self.pcap = _capture_writer(pcap)
-        if embed_keys and not isinstance(self.pcap, PcapngWriter):
+        if embed_keys and not _is_pcapng(pcap):  # refused before any file is opened
             raise ValueError("embedding keys needs a pcapng capture (a path ending in .pcapng)")
+        self.pcap = _capture_writer(pcap)
         self.embed_keys = embed_keys
+        if embed_keys and isinstance(self.pcap, PcapngWriter):
+            # First in the file: the static key opens an initiation the peer
+            # sends before this endpoint has made any ephemeral key.
+            self.pcap.log_local_static_private_key(device.private_key)
         self.keylog = (
             keylog if isinstance(keylog, KeyLogWriter) or keylog is None else KeyLogWriter(keylog)
         )
@@ -352,6 +356,12 @@ class EndpointTap:
         self._rearm()
 
 
+def _is_pcapng(pcap: str | os.PathLike[str] | PcapWriter | PcapngWriter | None) -> bool:
+    if pcap is None or isinstance(pcap, (PcapWriter, PcapngWriter)):
+        return isinstance(pcap, PcapngWriter)
+    return os.fspath(pcap).endswith(".pcapng")
+
+
 def _capture_writer(
     pcap: str | os.PathLike[str] | PcapWriter | PcapngWriter | None,
 ) -> PcapWriter | PcapngWriter | None:
@@ -371,7 +381,10 @@ def attach(
 ) -> EndpointTap:
     """Tap *tunnel*'s socket (see the module docstring). Call it before or
     after the tunnel starts; a tunnel without a socket yet gets its socket
-    made now, on the port it was given."""
+    made now, on the port it was given. A tunnel already tapped is refused
+    before the files are opened (so the first tap's capture is left alone)."""
+    if tunnel.socket_wrapped:
+        raise ValueError("this tunnel is already tapped")
     tap = EndpointTap(
         tunnel.device,
         pcap=pcap,
@@ -381,10 +394,7 @@ def attach(
         embed_keys=embed_keys,
     )
     tap.tunnel = tunnel
-    try:
-        tunnel.wrap_socket(tap.wrap)  # type: ignore[arg-type]
-    except ValueError:
-        raise ValueError("this tunnel is already tapped") from None
+    tunnel.wrap_socket(tap.wrap)  # type: ignore[arg-type]
     return tap
 
 

@@ -321,6 +321,11 @@ class Tunnel(Lifecycle):
             self.device.clear_endpoint_sources()
         self._fwmark = mark
 
+    @property
+    def socket_wrapped(self) -> bool:
+        """Whether :meth:`wrap_socket` was called (one wrapper per tunnel)."""
+        return self._wrap is not None
+
     def wrap_socket(self, wrap: Callable[[socket.socket], socket.socket]) -> None:
         """Send and receive through ``wrap(sock)`` instead of the UDP socket
         itself, from now on and after every :meth:`rebind` (how
