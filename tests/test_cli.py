@@ -45,3 +45,14 @@ def test_help_and_version_still_exit_0() -> None:
     assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m wireguard up")
     version = _run(["--version"])
     assert version.returncode == 0 and version.stdout.startswith("wireguard-sansio ")
+
+
+def test_walkthrough_with_a_seed_is_the_same_every_run() -> None:
+    # --seed promises the same output every run: the TAI64N timestamp (and
+    # all that follows from it) must not come from the clock then.
+    first, second = _run(["walkthrough", "--seed", "x"]), _run(["walkthrough", "--seed", "x"])
+    assert first.returncode == 0 and first.stdout == second.stdout
+    timed = _run(["walkthrough", "--seed", "x", "--time", "1700000000"])
+    assert timed.stdout == first.stdout  # the fixed time is the docs' example's
+    fresh = _run(["walkthrough", "--seed", "x", "--time", "1700000001"])
+    assert fresh.stdout != first.stdout  # the time is in it

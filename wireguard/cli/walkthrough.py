@@ -25,14 +25,25 @@ def _optional_key(cls: type[_K], text: str | None, what: str) -> _K | None:
         raise CommandError(f"{what}: {exc}") from None
 
 
+# The time a seeded run takes when none is given: the docs' example's, so that
+# `--seed` alone repeats (the timestamp changes everything after it).
+_SEEDED_TIME = 1_700_000_000.0
+
+
 def cmd_walkthrough(args: argparse.Namespace) -> int:
     from ..walkthrough import format_walkthrough, run
 
+    if args.time is not None:
+        now = args.time
+    elif args.seed is not None:
+        now = _SEEDED_TIME
+    else:
+        now = time.time()
     w = run(
         _optional_key(PrivateKey, args.initiator_key, "--initiator-key"),
         _optional_key(PrivateKey, args.responder_key, "--responder-key"),
         _optional_key(PresharedKey, args.psk, "--psk"),
-        now=args.time if args.time is not None else time.time(),
+        now=now,
         random=seeded_random(args.seed.encode()) if args.seed is not None else os.urandom,
     )
     print(format_walkthrough(w))
@@ -44,7 +55,11 @@ def add_parser(sub: Any) -> None:
     w.add_argument("--initiator-key", metavar="BASE64", help="initiator's private key")
     w.add_argument("--responder-key", metavar="BASE64", help="responder's private key")
     w.add_argument("--psk", metavar="BASE64", help="preshared key")
-    w.add_argument("--time", type=float, help="Unix time for the TAI64N timestamp")
+    w.add_argument(
+        "--time",
+        type=float,
+        help="Unix time for the TAI64N timestamp (default: now; with --seed, 1700000000)",
+    )
     w.add_argument(
         "--seed",
         help="draw keys, ephemerals and indices from this seed: the same output every run",
