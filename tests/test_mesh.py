@@ -196,6 +196,43 @@ def test_the_units_pass_systemd_analyze_and_run_sh_is_sh(golden: Path):
         assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.parametrize("directory", ["my venv", "100%venv", "a$HOME", "x %i $$y"])
+def test_a_units_python_with_a_space_or_a_specifier_is_quoted(golden: Path, directory: str):
+    """systemd.service(5), "Command lines": a word with spaces is quoted, '%'
+    is written '%%' (a specifier otherwise); systemd-analyze verify finds the
+    executable only when the unit names it exactly (and `run.sh` runs it)."""
+    analyze = need_tool("systemd-analyze")
+    venv = golden.parent / directory / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
+    python = str(venv / "python")
+    ok(golden, "render", "--systemd", "--python", python)
+    root = golden.parent / "mesh.out"
+    for unit in (
+        root / "web" / "wg-mesh-proxy.service",
+        root / "batch" / "wg-mesh-forward.service",
+    ):
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    run_sh = (root / "batch" / "run.sh").read_text().splitlines()[-1]
+    assert shlex.split(run_sh)[1] == python
+
+
+@pytest.mark.parametrize("directory", ['q"uote', "q'uote", "back\\slash", "new\nline"])
+def test_a_units_python_systemd_cannot_run_is_refused(golden: Path, directory: str):
+    """systemd refuses an executable path with a quote, a backslash or a
+    control character however it is quoted ("Executable name contains
+    special characters"): refused before anything is written."""
+    python = str(golden.parent / directory / "bin" / "python")
+    before = snapshot(golden.parent)
+    rc, _, err = run_mesh(golden, "render", "--systemd", "--python", python)
+    assert rc == 1 and err.count("\n") == 1 and "systemd refuses an executable path" in err, err
+    assert snapshot(golden.parent) == before
+    ok(golden, "render", "--python", python)  # no unit: run.sh quotes it for sh
+
+
 def test_the_forward_command_line_is_one_the_forward_command_takes(golden: Path):
     """Checked against the real parser, so the two cannot drift apart."""
     inventory = mesh.parse_inventory(golden.read_text())
@@ -594,6 +631,159 @@ def test_bad_requests_are_one_line_and_change_nothing(golden: Path, args, messag
     assert snapshot(golden.parent) == before
 
 
+@pytest.mark.parametrize(
+    ("init", "option", "address", "family"),
+    [
+        (("--ipv4", "10.9.0.0/24", "--ipv6", "none"), "--ipv6", "fd00::5", "ipv6"),
+        (("--ipv4", "none", "--ipv6", "fd09::/64"), "--ipv4", "10.9.0.5", "ipv4"),
+    ],
+)
+def test_add_refuses_an_address_in_a_family_the_network_lacks(
+    tmp_path: Path, init, option, address, family
+):
+    """The same refusal as the parser's for that node written by hand, before
+    any key or inventory is written (docs/hybrid-estate.md, Checks)."""
+    inv = tmp_path / "mesh.toml"
+    ok(inv, "init", *init)
+    before = snapshot(tmp_path)
+    rc, _, err = run_mesh(inv, "add", "x", "--kind", "kernel", option, address)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"node 'x': {family}: the network has no {family} prefix" in err, err
+    assert snapshot(tmp_path) == before  # no mesh.keys/, the inventory as it was
+    # By hand: the parser's message is the same one.
+    key = PrivateKey.generate().public_key
+    other = "ipv4" if family == "ipv6" else "ipv6"
+    own = "10.9.0.1" if other == "ipv4" else "fd09::1"
+    table = (
+        f'\n[[node]]\nname = "x"\nkind = "kernel"\n{other} = "{own}"\n'
+        f'{family} = "{address}"\npublic_key = "{key.to_base64()}"\n'
+    )
+    with pytest.raises(mesh.InventoryError) as caught:
+        mesh.parse_inventory(inv.read_text() + table, str(inv))
+    assert caught.value.message == f"the network has no {family} prefix"
+    assert (caught.value.node, caught.value.field) == ("x", family)
+
+
+def test_two_nodes_with_one_public_key_are_refused_with_the_line(golden: Path):
+    """WireGuard knows a peer by its public key alone (wg(8): `peer
+    <public-key>`): two nodes with one key would be one peer."""
+    laptop = 'public_key = "UKYUCbHd0DJemxa3AOcZ6XcsBwALG9d4bpB8ZT0gSV0="'
+    _mutate('public_key = "9bLW5g+Ud+MQwpgtqqbJE2wQihd3xZR+RI+jfWgXRVc="', laptop)(golden)
+    before = snapshot(golden.parent)
+    for action in (("render",), ("add", "phone", "--kind", "kernel"), ("list",)):
+        rc, _, err = run_mesh(golden, *action)
+        assert rc == 1 and err.count("\n") == 1, err
+        m = re.search(
+            r"mesh\.toml:(\d+): node 'edge': public_key: UKYUCbHd0DJemxa3AOcZ6XcsBwALG9d4bpB8ZT0g"
+            r"SV0= is also the public key of node 'laptop'",
+            err,
+        )
+        assert m, err
+        lines = golden.read_text().splitlines()
+        assert lines[int(m.group(1)) - 1] == laptop
+        assert 'name = "edge"' in lines[int(m.group(1)) - 7 : int(m.group(1))]
+        assert snapshot(golden.parent) == before
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_the_interface_names_linux_refuses_are_refused(tmp_path: Path, name: str):
+    """Linux's dev_valid_name (net/core/dev.c) refuses "." and "..", which
+    wg-quick's pattern lets through."""
+    inv = tmp_path / "mesh.toml"
+    rc, _, err = run_mesh(inv, "init", "--ipv4", "10.9.0.0/24", "--interface", name)
+    assert rc == 1 and err.count("\n") == 1 and "--interface: " in err, err
+    assert not inv.exists()
+    ok(inv, "init", "--ipv4", "10.9.0.0/24")
+    text = inv.read_text().replace('interface = "wg-mesh"', f'interface = "{name}"')
+    with pytest.raises(mesh.InventoryError) as caught:
+        mesh.parse_inventory(text, "mesh.toml")
+    assert str(caught.value).startswith("mesh.toml:")
+    assert (caught.value.node, caught.value.field) == (None, "interface")
+    lineno = caught.value.lineno
+    assert lineno is not None and text.splitlines()[lineno - 1] == f'interface = "{name}"'
+
+
+@pytest.mark.parametrize(
+    ("init", "v4", "v6"),
+    [
+        (("--ipv6", "none"), "10.77.0.0/24", None),
+        (("--ipv4", "none"), None, "random"),
+        (("--ipv4", "10.9.0.0/24"), "10.9.0.0/24", None),
+        (("--ipv6", "fd09::/64"), None, "fd09::/64"),
+    ],
+)
+def test_init_with_one_family_none_keeps_the_others_default(tmp_path: Path, init, v4, v6):
+    """docs/hybrid-estate.md: with neither option, 10.77.0.0/24 and a random
+    /64; `none` leaves that family out."""
+    inv = tmp_path / "mesh.toml"
+    ok(inv, "init", *init)
+    network = mesh.parse_inventory(inv.read_text()).network
+    assert (str(network.ipv4) if network.ipv4 else None) == v4
+    if v6 == "random":
+        assert network.ipv6 is not None and network.ipv6.prefixlen == 64
+        assert network.ipv6.subnet_of(ipaddress.ip_network("fd00::/8"))
+    else:
+        assert (str(network.ipv6) if network.ipv6 else None) == v6
+
+
+def test_init_with_both_families_none_is_one_line(tmp_path: Path):
+    inv = tmp_path / "mesh.toml"
+    rc, _, err = run_mesh(inv, "init", "--ipv4", "none", "--ipv6", "none")
+    assert rc == 1 and err.count("\n") == 1 and "needs an IPv4 or an IPv6 prefix" in err, err
+    assert not inv.exists()
+
+
+def _ipv6_survives_mtu(mtu: int) -> bool:
+    """Linux itself: whether an interface with this MTU keeps IPv6 (its
+    /proc/sys/net/ipv6/conf/IF directory, an address added)."""
+    tag = secrets.token_hex(3)
+    ns, iface = f"pywg-{tag}-mtu", f"mt{tag}"
+    _netns(ns)
+    try:
+
+        def ip(*cmd: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ip", "-n", ns, *cmd], capture_output=True, text=True)
+
+        assert ip("link", "add", iface, "type", "veth", "peer", "name", f"{iface}p").returncode == 0
+        assert ip("link", "set", iface, "mtu", str(mtu)).returncode == 0
+        added = ip("-6", "addr", "add", "fd00::1/64", "dev", iface).returncode == 0
+        conf = subprocess.run(
+            ["ip", "netns", "exec", ns, "test", "-d", f"/proc/sys/net/ipv6/conf/{iface}"]
+        )
+        return added and conf.returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_an_mtu_below_ipv6s_minimum_is_refused_when_the_mesh_has_ipv6(tmp_path: Path):
+    """RFC 8200 section 5: IPv6 needs a link MTU of at least 1280; Linux
+    removes IPv6 from an interface with a smaller one (checked below in a
+    network namespace when root), so wg-quick could not bring the file up."""
+    if os.geteuid() == 0 and shutil.which("ip"):
+        assert not _ipv6_survives_mtu(1279) and _ipv6_survives_mtu(1280)
+    inv = tmp_path / "mesh.toml"
+    ok(inv, "init", "--ipv4", "10.9.0.0/24", "--ipv6", "fd09::/64")
+    before = snapshot(tmp_path)
+    rc, _, err = run_mesh(inv, "add", "a", "--kind", "kernel", "--mtu", "1279")
+    assert rc == 1 and err.count("\n") == 1 and "node 'a': mtu: 1279 is below 1280" in err, err
+    assert snapshot(tmp_path) == before
+    ok(inv, "add", "a", "--kind", "kernel", "--mtu", "1280")
+    # The network's own, by hand and by init.
+    text = inv.read_text().replace("interface = ", "mtu = 1000\ninterface = ", 1)
+    with pytest.raises(mesh.InventoryError) as caught:
+        mesh.parse_inventory(text, "mesh.toml")
+    assert re.fullmatch(r"mesh\.toml:\d+: \[network\] mtu: 1000 is below 1280.*", str(caught.value))
+    lineno = caught.value.lineno
+    assert lineno is not None and text.splitlines()[lineno - 1] == "mtu = 1000"
+    new = tmp_path / "new.toml"
+    rc, _, err = run_mesh(new, "init", "--ipv6", "fd09::/64", "--mtu", "1000")
+    assert rc == 1 and err.count("\n") == 1 and "--mtu: 1000 is below 1280" in err, err
+    assert not new.exists()
+    # Without IPv6, Linux's IPv4 minimum (68) is the floor.
+    ok(tmp_path / "v4.toml", "init", "--ipv4", "10.9.0.0/24", "--mtu", "1000")
+    ok(tmp_path / "v4.toml", "add", "b", "--kind", "kernel", "--mtu", "576")
+
+
 # --------------------------------------------------------- real tools, as root
 
 
@@ -601,9 +791,12 @@ def _netns(name: str) -> None:
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
 
 
-def test_the_hub_hooks_switch_forwarding_on_and_put_ipv6_back(golden: Path):
+@pytest.mark.parametrize("dot", ["", "."])
+def test_the_hub_hooks_switch_forwarding_on_and_put_ipv6_back(golden: Path, dot: str):
     """Run the hub's PostUp/PreDown as wg-quick does (bash, %i replaced) in a
-    network namespace, and read the kernel's sysctls."""
+    network namespace, and read the kernel's sysctls. An interface name may
+    hold a '.' (wg-quick's pattern and Linux's dev_valid_name allow it),
+    which sysctl would read as a separator in the dotted form of a key."""
     need(os.geteuid() == 0, "network namespaces need root")
     need_tool("ip")
     ok(golden, "render")
@@ -611,7 +804,7 @@ def test_the_hub_hooks_switch_forwarding_on_and_put_ipv6_back(golden: Path):
         warnings.simplefilter("ignore", ConfigWarning)
         config = parse_wg_quick((golden.parent / "mesh.out" / "gw" / "wg-mesh.conf").read_text())
     tag = secrets.token_hex(3)
-    ns, iface = f"pywg-{tag}-hub", f"mh{tag}"
+    ns, iface = f"pywg-{tag}-hub", f"mh{dot}{tag}"
     _netns(ns)
 
     def sh(*cmd: str) -> str:

@@ -45,7 +45,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any
+from typing import Any, Final
 
 from .config import (
     Config,
@@ -672,6 +672,9 @@ def _check_interface(value: object) -> str:
             f"{_shown(text)} is not an interface name"
             " (1..15 of letters, digits and _=+.-, as for wg-quick)"
         )
+    if text in (".", ".."):
+        # Linux's dev_valid_name (net/core/dev.c) refuses them.
+        raise _Problem(f"{_shown(text)} is not an interface name (Linux refuses '.' and '..')")
     return text
 
 
@@ -711,18 +714,41 @@ def _node_value(key: str, raw: object) -> Any:
 def _cross_check(inv: Inventory) -> Iterable[tuple[str, int | None, str | None]]:
     """What no single value shows: (problem, node index, field) in file order."""
     network = inv.network
+    if network.ipv6 is not None and network.mtu is not None:
+        problem = _ipv6_mtu_problem(network.mtu)
+        if problem:
+            yield problem, None, "mtu"
     seen: dict[str, int] = {}
     for i, node in enumerate(inv.nodes):
         if node.name in seen:
             yield f"defined twice (first as node #{seen[node.name] + 1})", i, "name"
         seen[node.name] = i
+    key_owners: dict[PublicKey, str] = {}
+    for i, node in enumerate(inv.nodes):
+        # WireGuard knows a peer by its public key alone: two nodes, one peer.
+        if node.public_key in key_owners:
+            yield (
+                f"{node.public_key.to_base64()} is also the public key of node"
+                f" '{key_owners[node.public_key]}'",
+                i,
+                "public_key",
+            )
+        key_owners.setdefault(node.public_key, node.name)
     owners: dict[IPAddress, str] = {}
     for i, node in enumerate(inv.nodes):
+        if network.ipv6 is not None and node.mtu is not None:
+            problem = _ipv6_mtu_problem(node.mtu)
+            if problem:
+                yield problem, i, "mtu"
         for addr, prefix, key in (
             (node.ipv4, network.ipv4, "ipv4"),
             (node.ipv6, network.ipv6, "ipv6"),
         ):
-            if addr is None or prefix is None:
+            if addr is None:
+                continue
+            if prefix is None:
+                # The parser says so first for a file; this is for `add`.
+                yield f"the network has no {key} prefix", i, key
                 continue
             if addr not in prefix:
                 yield f"{addr} is outside the network {prefix}", i, key
@@ -777,6 +803,17 @@ def _cross_check(inv: Inventory) -> Iterable[tuple[str, int | None, str | None]]
                     i,
                     "endpoint",
                 )
+
+
+def _ipv6_mtu_problem(mtu: int) -> str | None:
+    """IPv6 needs a link MTU of at least 1280 (RFC 8200 section 5); Linux
+    removes IPv6 from an interface with a smaller one."""
+    if mtu >= 1280:
+        return None
+    return (
+        f"{mtu} is below 1280, IPv6's minimum MTU (RFC 8200), and the network has IPv6"
+        " (Linux drops IPv6 from the interface)"
+    )
 
 
 def _reserved(addr: IPAddress, prefix: IPNetwork) -> str:
@@ -1098,22 +1135,27 @@ def _forwarding_hooks(network: Network) -> tuple[list[str], list[str]]:
     """A hub's PostUp/PreDown. IPv4 forwarding is switched on for packets
     arriving on this interface only (the interface's own sysctl, gone with
     it). Linux has no per-interface switch for IPv6 forwarding: the global
-    one is set, and its previous value put back at PreDown."""
+    one is set, and its previous value put back at PreDown. The keys are
+    written with '/' separators (sysctl(8) takes them), since an interface
+    name may hold a '.', which the dotted form reads as a separator."""
     post_up: list[str] = []
     pre_down: list[str] = []
     if network.ipv4 is not None:
-        post_up.append("sysctl -q -w net.ipv4.conf.%i.forwarding=1")
+        post_up.append("sysctl -q -w net/ipv4/conf/%i/forwarding=1")
     if network.ipv6 is not None:
         saved = "/run/wireguard/%i.ipv6-forwarding"
         post_up.append(
-            f"mkdir -p /run/wireguard && sysctl -n net.ipv6.conf.all.forwarding > {saved}"
-            " && sysctl -q -w net.ipv6.conf.all.forwarding=1"
+            f"mkdir -p /run/wireguard && sysctl -n net/ipv6/conf/all/forwarding > {saved}"
+            " && sysctl -q -w net/ipv6/conf/all/forwarding=1"
         )
         pre_down.append(
-            f"[ ! -f {saved} ] || {{ sysctl -q -w net.ipv6.conf.all.forwarding=$(cat {saved})"
+            f"[ ! -f {saved} ] || {{ sysctl -q -w net/ipv6/conf/all/forwarding=$(cat {saved})"
             f" && rm -f {saved}; }}"
         )
     return post_up, pre_down
+
+
+_CONFIG_ARG: Final = 4  # where proxy_command's argv names the config file
 
 
 def proxy_command(
@@ -1126,7 +1168,7 @@ def proxy_command(
     node = inventory.node(name)
     if node.runs is None:
         raise InventoryError(f"node '{name}' is a {node.kind} node: it runs wg-quick")
-    argv = [python, "-m", "wireguard", node.runs, config_path]
+    argv = [python, "-m", "wireguard", node.runs, config_path]  # FILE is _CONFIG_ARG
     for flag, value in (("--socks5", node.socks5), ("--http", node.http)):
         if value:
             argv += [flag, value]
@@ -1154,8 +1196,15 @@ def _peer_comment(peer: Peer) -> str:
 
 def _unit(inventory: Inventory, node: Node, conf_name: str, unit_name: str, python: str) -> str:
     interface = inventory.network.interface
-    argv = proxy_command(inventory, node.name, f"%d/{conf_name}", python)
-    command = " ".join(argv)
+    argv = proxy_command(inventory, node.name, conf_name, python)
+    words = [_systemd_word(arg) for arg in argv]
+    # The config is read from the credentials directory: %d, a specifier.
+    words[_CONFIG_ARG] = f"%d/{_systemd_word(conf_name)}"
+    command = " ".join(words)
+    if any("$" in arg for arg in argv):
+        # systemd takes the executable's path as written but expands $VAR in
+        # the arguments, argv[0] included; ':' turns that off (systemd.service(5)).
+        command = ":" + command
     return f"""\
 # Node {node.name} of the WireGuard mesh, rootless: `{node.runs}` as a dynamic
 # unprivileged user with no capabilities, the config passed as a credential.
@@ -1186,6 +1235,31 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 """
+
+
+_SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# What systemd refuses in an executable's path (its string_is_safe: quotes,
+# backslashes, control characters), however it is quoted.
+_SYSTEMD_UNSAFE = re.compile(r"[\"'\\\x00-\x1f\x7f]")
+
+
+def _systemd_word(text: str) -> str:
+    """*text* as one word of a unit's command line, as systemd.service(5)
+    "Command lines" reads it: '%' doubled (a specifier otherwise), and, when
+    it holds anything but plain characters, in double quotes with C-style
+    escapes. A '$' is left alone (see :func:`_unit`)."""
+    text = text.replace("%", "%%")
+    if _SYSTEMD_PLAIN.fullmatch(text):
+        return text
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _dropin(inventory: Inventory, node: Node) -> str:
@@ -1290,11 +1364,17 @@ def render(
             )
         )
         if systemd:
+            unit_python = python or DEFAULT_UNIT_PYTHON
+            if _SYSTEMD_UNSAFE.search(unit_python):
+                raise InventoryError(
+                    f"{_shown(unit_python)}: systemd refuses an executable path with a quote,"
+                    " a backslash or a control character (the unit could not start)"
+                )
             unit_name = f"{iface}-{node.runs}.service"
             files.append(
                 RenderedFile(
                     unit_name,
-                    _unit(inventory, node, conf_name, unit_name, python or DEFAULT_UNIT_PYTHON),
+                    _unit(inventory, node, conf_name, unit_name, unit_python),
                     0o644,
                 )
             )

@@ -244,8 +244,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if os.path.lexists(path):
         raise CommandError(f"{path} exists: `init` makes a new inventory (edit this one instead)")
     ipv4, ipv6 = args.ipv4, args.ipv6
-    if ipv4 is None and ipv6 is None:
+    v4_none = ipv4 is not None and ipv4.lower() == "none"
+    v6_none = ipv6 is not None and ipv6.lower() == "none"
+    # Neither family given: both defaults. One family given as `none`: the
+    # other's default. One given as a prefix: that family alone.
+    if ipv4 is None and (ipv6 is None or v6_none):
         ipv4 = "10.77.0.0/24"
+    if ipv6 is None and (args.ipv4 is None or v4_none):
         # RFC 4193: a ULA /48 from a random 40-bit global ID, its first /64.
         global_id = secrets.randbits(40)
         ipv6 = str(ipaddress.IPv6Network(((0xFD << 120) | (global_id << 80), 64)))
@@ -264,6 +269,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         if prefix is not None and prefix.prefixlen > most:
             raise CommandError(f"--ipv{prefix.version}: {prefix} is too small (at most /{most})")
     inventory = Inventory(network)
+    try:
+        mesh.validate(inventory, path)
+    except InventoryError as exc:
+        raise CommandError(f"--{exc.field}: {exc.message}" if exc.field else exc.message) from None
     text = mesh.dump_inventory(inventory)
     assert mesh.parse_inventory(text, path) == inventory
     _write_atomic(path, text, 0o644)
