@@ -357,3 +357,48 @@ def test_icmp_error_fits_the_minimum_mtu(family: int, bound: int) -> None:
     )
     (error,) = stack.packets_to_send()
     assert len(error) == bound <= stack.mtu
+
+
+# ------------------------------------------------- a protocol nothing here speaks
+
+
+def test_unknown_protocol_gets_protocol_unreachable_over_ipv4() -> None:
+    """RFC 1122 3.2.2.1: a host SHOULD send Protocol Unreachable (type 3 code
+    2) for a transport protocol it does not have (as Linux does), quoting the
+    invoking packet, through the rate limit; counted as unknown_protocol."""
+    from wireguard.netstack.ip import build_ipv4
+
+    stack = _stack()
+    packet = build_ipv4(A4, B4, 132, bytes(20))  # SCTP: not ours
+    stack.receive_packet(packet, 0.0)
+    assert stack.stats.unknown_protocol == 1
+    (error,) = _errors(stack, 0.0)
+    pkt = parse_ip(error)
+    msg = parse_icmp(pkt)
+    assert (pkt.src, pkt.dst, msg.type, msg.code) == (B4, A4, 3, 2)
+    assert msg.body == packet
+
+
+def test_unknown_next_header_gets_parameter_problem_over_ipv6() -> None:
+    """RFC 8200 section 4: an unrecognised Next Header value SHOULD get a
+    Parameter Problem code 1 pointing at that field (offset 6 without
+    extension headers, else the last extension header's first octet)."""
+    stack = _stack()
+    plain = build_ipv6(A6, B6, 132, bytes(20))
+    stack.receive_packet(plain, 0.0)
+    ext = _options_header(132, bytes(6))  # a Destination Options header, then SCTP
+    behind = build_ipv6(A6, B6, 60, ext + bytes(20))
+    stack.receive_packet(behind, 0.0)
+    assert stack.stats.unknown_protocol == 2
+    assert _param_problem(stack) == [(1, 6, plain), (1, 40, behind)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_port_unreachable_quotes_the_packet_not_the_link_padding(family: int) -> None:
+    """RFC 1122 3.2.1.2 lets a link pad a packet past its IP length; the error
+    quotes the invoking packet (RFC 792, RFC 4443 2.4(c)), not the padding."""
+    stack = _stack()
+    packet = _closed_port(family)
+    stack.receive_packet(packet + b"PAD" * 4, 0.0)
+    (error,) = _errors(stack, 0.0)
+    assert parse_icmp(parse_ip(error)).body == packet

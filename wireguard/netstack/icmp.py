@@ -40,6 +40,7 @@ __all__ = [
     "build_icmp",
     "build_parameter_problem",
     "build_port_unreachable",
+    "build_protocol_unreachable",
     "echo_reply_for",
     "is_single_host",
     "parse_icmp",
@@ -47,6 +48,7 @@ __all__ = [
 
 ICMP_ECHO_REPLY: Final = 0
 ICMP_DEST_UNREACHABLE: Final = 3
+ICMP_PROTOCOL_UNREACHABLE: Final = 2  # code
 ICMP_PORT_UNREACHABLE: Final = 3  # code
 ICMP_ECHO_REQUEST: Final = 8
 
@@ -202,21 +204,38 @@ def build_port_unreachable(original: bytes, packet: IPPacket) -> bytes:
     sender can match the error to its socket (RFC 1122 3.2.2.1, RFC 4443 3.1).
     """
     if packet.version == 4:
+        end = int.from_bytes(original[2:4], "big")  # not the link padding after it
         return build_icmp(
             packet.dst,
             packet.src,
             ICMP_DEST_UNREACHABLE,
             ICMP_PORT_UNREACHABLE,
             b"\x00\x00\x00\x00",
-            original[:_V4_ERROR_QUOTE],
+            original[: min(end, _V4_ERROR_QUOTE)],
         )
+    end = 40 + int.from_bytes(original[4:6], "big")
     return build_icmp(
         packet.dst,
         packet.src,
         ICMPV6_DEST_UNREACHABLE,
         ICMPV6_PORT_UNREACHABLE,
         b"\x00\x00\x00\x00",
-        original[:_V6_ERROR_QUOTE],
+        original[: min(end, _V6_ERROR_QUOTE)],
+    )
+
+
+def build_protocol_unreachable(original: bytes, packet: IPPacket) -> bytes:
+    """ "Protocol unreachable" (RFC 792; RFC 1122 3.2.2.1: a host SHOULD send
+    it) for an IPv4 packet of a transport protocol this stack does not have;
+    IPv6 says so with a Parameter Problem instead (RFC 8200 section 4)."""
+    end = int.from_bytes(original[2:4], "big")  # not the link padding after it
+    return build_icmp(
+        packet.dst,
+        packet.src,
+        ICMP_DEST_UNREACHABLE,
+        ICMP_PROTOCOL_UNREACHABLE,
+        b"\x00\x00\x00\x00",
+        original[: min(end, _V4_ERROR_QUOTE)],
     )
 
 

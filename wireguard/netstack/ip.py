@@ -45,6 +45,7 @@ __all__ = [
     "IPPROTO_TCP",
     "IPPROTO_UDP",
     "PARAM_PROBLEM_HEADER_FIELD",
+    "PARAM_PROBLEM_NEXT_HEADER",
     "PARAM_PROBLEM_UNRECOGNISED_OPTION",
     "ExtensionHeaderDiscard",
     "IPPacket",
@@ -57,6 +58,7 @@ __all__ = [
     "build_ipv6",
     "checksum",
     "header_template",
+    "ipv6_upper_layer_pointer",
     "parse_ip",
     "pseudo_header_sum",
     "verify_checksum",
@@ -81,6 +83,7 @@ _IPV6_MAX_PADDING: Final = 7
 
 # RFC 4443 section 3.4: Parameter Problem codes.
 PARAM_PROBLEM_HEADER_FIELD: Final = 0
+PARAM_PROBLEM_NEXT_HEADER: Final = 1
 PARAM_PROBLEM_UNRECOGNISED_OPTION: Final = 2
 
 DEFAULT_TTL: Final = 64  # RFC 1700 / Linux default for both TTL and hop limit
@@ -287,6 +290,17 @@ def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int
             end=end,
         )
     return nxt, off
+
+
+def ipv6_upper_layer_pointer(packet: bytes) -> int:
+    """The offset of the Next Header field naming the upper layer of an IPv6
+    packet :func:`parse_ip` accepted: the pointer of a Parameter Problem
+    code 1 (RFC 8200 section 4, RFC 4443 3.4)."""
+    pointer, nxt, off = IPV6_NEXT_HEADER, packet[IPV6_NEXT_HEADER], IPV6_HEADER_LEN
+    while nxt in _IPV6_EXT_SKIPPABLE:
+        pointer, nxt = off, packet[off]
+        off += (packet[off + 1] + 1) * 8
+    return pointer
 
 
 def _ipv6_options(packet: bytes, pos: int, end: int) -> tuple[str, int, int, bool] | None:

@@ -47,11 +47,20 @@ from .icmp import (
     build_echo,
     build_parameter_problem,
     build_port_unreachable,
+    build_protocol_unreachable,
     echo_reply_for,
     is_single_host,
     parse_icmp,
 )
-from .ip import ExtensionHeaderDiscard, NetstackError, addr_bytes, addr_str, parse_ip
+from .ip import (
+    PARAM_PROBLEM_NEXT_HEADER,
+    ExtensionHeaderDiscard,
+    NetstackError,
+    addr_bytes,
+    addr_str,
+    ipv6_upper_layer_pointer,
+    parse_ip,
+)
 from .tcp import ACK, RST, SYN, TcpConfig, TcpConnection, TcpListener, parse_tcp
 from .tcp.segment import rst_for_unexpected
 from .udp import DEFAULT_UDP_QUEUE, UdpSocket, parse_udp
@@ -259,6 +268,16 @@ class NetStack:
                     self.stats.icmp_unhandled += 1  # errors, NDP: nothing here acts on them
             else:
                 self.stats.unknown_protocol += 1
+                if self._icmp_error_allowed(pkt.src, now):  # RFC 1122 3.2.2.1, RFC 8200 4
+                    if pkt.version == 4:
+                        self._out.append(build_protocol_unreachable(packet, pkt))
+                    else:
+                        pointer = ipv6_upper_layer_pointer(packet)
+                        self._out.append(
+                            build_parameter_problem(
+                                packet, pkt.src, pkt.dst, PARAM_PROBLEM_NEXT_HEADER, pointer
+                            )
+                        )
         except ExtensionHeaderDiscard as discard:
             self._extension_header_discard(packet, discard, now)
         except NetstackError:
