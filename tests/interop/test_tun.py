@@ -199,6 +199,67 @@ def test_coalescer_keeps_gaps_and_other_flows_apart():
     assert len(_writes([ack, ack])) == 2
 
 
+def _resplit(packets: list[bytes], **options: bool) -> list[bytes]:
+    """What the kernel gets from the Coalescer's writes of *packets*: each
+    write cut back into segments, as the kernel's GSO cuts it."""
+    out: list[bytes] = []
+    for write in _writes(packets, **options):
+        tunmod.split_gso(write, out)
+    return out
+
+
+def _ipv4_fixed(packet: bytearray) -> bytes:
+    """*packet* with its IPv4 header checksum made right again."""
+    packet[10:12] = b"\0\0"
+    packet[10:12] = struct.pack("!H", 0xFFFF - ref_checksum(bytes(packet[:20])))
+    return bytes(packet)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_coalescer_never_reorders_a_flow_around_a_packet_it_cannot_join(fast):
+    """A segment of the flow with IP options (or an IPv4 fragment) is passed as
+    it came, and the flow's earlier segments go out before it, as in
+    wireguard-go's handleGRO (it wrote it ahead of them)."""
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(False, os.urandom(1368 * 4), 1368, flags=0x10), segments)
+    odd = bytearray(segments[2])  # the same segment with 4 octets of IP options
+    odd[0] = 0x46
+    odd[2:4] = struct.pack("!H", len(odd) + 4)
+    odd = bytearray(_ipv4_fixed(bytearray(odd[:20] + b"\x01\x01\x01\x00" + odd[20:])))
+    got = _resplit([segments[0], segments[1], bytes(odd), segments[3]], fast=fast)
+    assert [struct.unpack_from("!I", p, (p[0] & 15) * 4 + 4)[0] for p in got] == [
+        struct.unpack_from("!I", p, 24)[0] for p in segments
+    ]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_coalescer_keeps_segments_whose_df_bit_differs_apart(fast):
+    """DF is not a byte the kernel's segmentation may change: segments that
+    differ in it are not joined (the kernel's inet_gro_flush, wireguard-go's
+    ipHeadersCanCoalesce)."""
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(False, os.urandom(1368 * 6), 1368, flags=0x10), segments)
+    clear = bytearray(segments[3])
+    clear[6] &= ~0x40
+    segments[3] = _ipv4_fixed(clear)
+    assert _resplit(segments, fast=fast) == segments
+
+
+def test_a_failed_write_of_joined_segments_counts_each_segment():
+    """Tun.drops and write_packets count packets, not writes: a joined write
+    of 10 segments that fails loses 10."""
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(False, os.urandom(1368 * 10), 1368, flags=0x10), segments)
+    assert len(_writes(segments)) == 1
+    fd = os.open(os.devnull, os.O_RDONLY)  # writing to it fails (EBADF)
+    tun = tunmod.Tun(fd, "ro", vnet_hdr=True)
+    try:
+        assert tun.write_packets(segments) == 10
+        assert tun.drops["write_error"] == 10
+    finally:
+        tun.close()
+
+
 def _segment_stream(draw_ops: list[tuple[int, ...]]) -> list[bytes]:
     """IPv4/IPv6 TCP segments of three flows from a list of operations: each
     (flow, kind, size, tweak) makes the flow's next packet, in order or not,

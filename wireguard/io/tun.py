@@ -62,7 +62,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalProtocolError
 from ..ipheader import (
+    IPPROTO_ICMPV6,
     IPPROTO_TCP,
+    IPPROTO_UDP,
     IPV4_FLAGS_FRAGMENT,
     IPV4_HEADER_LEN,
     IPV4_PROTOCOL,
@@ -389,11 +391,13 @@ class Tun:
             try:
                 write(fd, chunk)
             except (BlockingIOError, InterruptedError):
-                dropped += 1
-                self.drops["write_queue_full"] += 1
+                lost = _packets_in(chunk) if self.vnet_hdr else 1
+                dropped += lost
+                self.drops["write_queue_full"] += lost
             except OSError as exc:
-                dropped += 1
-                self.drops["write_error"] += 1
+                lost = _packets_in(chunk) if self.vnet_hdr else 1
+                dropped += lost
+                self.drops["write_error"] += lost
                 log.debug("TUN write failed: %s", exc)
         return dropped
 
@@ -471,7 +475,7 @@ _unpack_u32 = _u32.unpack_from
 # fragment offset, TTL, protocol, sequence number, and the 8 bytes from the
 # acknowledgment number to the window (ack, data offset, flags, window).
 _v4_tcp_fields = struct.Struct("!xB4xHBB14xI8s").unpack_from
-_NO_FLOW: list = [None] * 13  # type: ignore[type-arg]
+_NO_FLOW: list = [None] * 14  # type: ignore[type-arg]
 
 
 def _finish(total: int) -> int:
@@ -582,6 +586,34 @@ def split_gso(data: bytes, out: list[bytes]) -> int:
 _NO_GSO = _vnet_hdr.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
 
 
+def _flush(
+    flows: dict[bytes, list[Any]], append: Callable[[list[bytes | memoryview]], None]
+) -> None:
+    """Emit every flow being joined, in the order they began, and forget them."""
+    for flow in flows.values():
+        append(_emit(flow, 20 if flow[0][0] == 0x45 else 40))
+    flows.clear()
+
+
+def _may_be_tcp(packet: bytes) -> bool:
+    """Whether a packet the coalescer does not parse could be TCP (IPv4 with
+    options, IPv6 with extension headers, anything unknown): UDP and ICMP
+    cannot be of a TCP flow, and need not wait for one."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) > IPV4_PROTOCOL:
+        return packet[IPV4_PROTOCOL] == IPPROTO_TCP
+    if version == 6 and len(packet) > IPV6_NEXT_HEADER:
+        return packet[IPV6_NEXT_HEADER] not in (IPPROTO_UDP, IPPROTO_ICMPV6)
+    return True
+
+
+def _packets_in(write: list[bytes | memoryview]) -> int:
+    """How many packets one of :meth:`Coalescer.join`'s writes carries: a
+    single packet is [header, packet], a joined one [header, headers, payload
+    of each segment...]."""
+    return len(write) - 2 if len(write) > 2 else 1
+
+
 class Coalescer:
     """Joins in-order TCP segments of a flow into one super-packet for a TUN
     with a virtio-net header (the GRO half, as wireguard-go's
@@ -611,7 +643,8 @@ class Coalescer:
         # flow (addresses and ports) -> [first packet, payloads, header length,
         # segment size, total size, next sequence number, PSH of the last
         # segment, and what must match: ack + data offset, window, urgent
-        # pointer + options, TOS/traffic class + flow label, TTL/hop limit]
+        # pointer + options, TOS/traffic class + flow label, TTL/hop limit,
+        # the fast path's ack-to-window bytes, IPv4 DF (as flags and offset)]
         flows: dict[bytes, list] = {}  # type: ignore[type-arg]
         last_key = None
         last: list = _NO_FLOW  # type: ignore[type-arg]  # the flow made last
@@ -635,7 +668,7 @@ class Coalescer:
                     block == cur[12]  # ack, data offset, flags ACK only, window
                     and seq == cur[5]
                     and proto == IPPROTO_TCP
-                    and not frag & 0x3FFF
+                    and frag == cur[13]  # no fragment, the same DF (inet_gro_flush)
                     and 0 < plen <= cur[3]
                     and cur[4] + plen <= 65535
                     and tos == cur[10]
@@ -660,6 +693,9 @@ class Coalescer:
                     or packet[IPV4_FLAGS_FRAGMENT + 1]
                     or len(packet) <= IPV4_HEADER_LEN + 20
                 ):
+                    if flows and packet[IPV4_PROTOCOL] == IPPROTO_TCP:
+                        _flush(flows, append)  # it may be of a flow: after its segments
+                        last_key = None
                     append([_NO_GSO, packet])
                     continue
                 ip = IPV4_HEADER_LEN
@@ -672,6 +708,11 @@ class Coalescer:
                 ip = IPV6_HEADER_LEN
                 key = packet[IPV6_SRC.start : ip + 4]
             else:
+                if flows and _may_be_tcp(packet):
+                    # TCP with IP options or IPv6 extension headers, not joined:
+                    # after the segments of its flow, which may be waiting.
+                    _flush(flows, append)
+                    last_key = None
                 append([_NO_GSO, packet])
                 continue
             th = ip + ((packet[ip + 12] >> 4) << 2)
@@ -698,7 +739,12 @@ class Coalescer:
                     and packet[ip + 14 : ip + 16] == flow[8]
                     and packet[ip + 18 : th] == flow[9]
                     and (
-                        (packet[1] == flow[10] and packet[8] == flow[11])
+                        # TOS, TTL, and DF (the kernel's inet_gro_flush)
+                        (
+                            packet[1] == flow[10]
+                            and packet[8] == flow[11]
+                            and packet[6] << 8 == flow[13]
+                        )
                         if ip == 20
                         else (packet[:4] == flow[10] and packet[7] == flow[11])
                     )
@@ -724,11 +770,11 @@ class Coalescer:
                 packet[ip + 8 : ip + 13], packet[ip + 14 : ip + 16], packet[ip + 18 : th],
                 packet[1] if ip == 20 else packet[:4], packet[8] if ip == 20 else packet[7],
                 packet[28:36] if ip == 20 else None,  # the fast path's ack-to-window bytes
+                packet[6] << 8 if ip == 20 else None,  # flags and fragment offset: DF only
             ]  # fmt: skip
             flows[key] = last = flow
             last_key = key
-        for flow in flows.values():
-            append(_emit(flow, 20 if flow[0][0] == 0x45 else 40))
+        _flush(flows, append)
         return chunks
 
 
@@ -771,8 +817,8 @@ def _join_one_flow(packets: list[bytes]) -> list[list[bytes | memoryview]] | Non
     headers = b"".join(map(operator.itemgetter(slice(0, th)), packets))
     head = headers[:th]
     # The same for all, or the batch is not this case: version and header
-    # length, the fragment bits (DF included: the per-packet path does not
-    # compare it, so it must not split a write here either), protocol,
+    # length, the fragment bits (DF included: segments differing in it are
+    # not joined, as the per-packet path does not join them), protocol,
     # addresses and ports, data offset.
     for k in _SAME_IN_BATCH:
         if headers[k::th] != head[k : k + 1] * count:
