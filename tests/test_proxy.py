@@ -280,6 +280,44 @@ def test_search_domains_and_aaaa_only_names(dnsmasq) -> None:
     run(body)
 
 
+def test_an_absolute_name_is_not_answered_by_a_relative_lookup_in_flight(dnsmasq) -> None:
+    """'db' is searched (db.corp.test); 'db.' is absolute and asked alone
+    (RFC 1034 3.1, resolv.conf(5)): two lookups at once must not share."""
+
+    async def body() -> None:
+        async with world(dnsmasq) as w:
+            relative, absolute = await asyncio.gather(
+                w.a.resolve("db"), w.a.resolve("db."), return_exceptions=True
+            )
+            assert relative == ["10.5.5.5"]
+            assert isinstance(absolute, ResolutionError), absolute
+
+    run(body)
+
+
+def test_a_lookup_shared_with_a_cancelled_one_still_gets_its_answer(dnsmasq) -> None:
+    """The first of two lookups of one name is cancelled (its client left, its
+    connect timed out): the second, which shares its queries, still resolves;
+    with no one left waiting, the queries stop."""
+
+    async def body() -> None:
+        async with world(dnsmasq) as w:
+            first = asyncio.ensure_future(w.a.resolve("www"))
+            second = asyncio.ensure_future(w.a.resolve("www"))
+            await asyncio.sleep(0)  # both started: the second shares the first's
+            first.cancel()
+            assert await second == [B_ADDR[0]]
+            assert first.cancelled()
+            alone = asyncio.ensure_future(w.a.resolve("b.test"))
+            await asyncio.sleep(0)
+            alone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await alone
+            assert await w.a.resolve("b.test", socket.AF_INET) == [B_ADDR[0]]
+
+    run(body)
+
+
 def test_a_dead_server_then_a_live_one_and_all_dead(dnsmasq) -> None:
     async def body() -> None:
         dead = (B_ADDR[0], 5399)  # B's stack: nothing listens there

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -138,7 +139,8 @@ class TunnelResolver:
         self.clock = clock  # None: the loop's time (a test may shift it past TTLs)
         self.resolver = resolver
         self.host_resolver = host_resolver
-        self._inflight: dict[tuple[str, tuple[int, ...]], asyncio.Future[Resolved]] = {}
+        # (name, families) -> [the lookup's task, how many callers wait for it]
+        self._inflight: dict[tuple[str, tuple[int, ...]], list[Any]] = {}
         self._slots = asyncio.Semaphore(max_lookups)
         self.host_lookups = 0  # names the host's resolver answered (host_resolver)
 
@@ -182,28 +184,37 @@ class TunnelResolver:
             raise ResolutionError(
                 name, "no servers", [name], [], hint="pass --host-resolver to use the host's"
             )
-        key = (name.lower().rstrip("."), families)
-        shared = self._inflight.get(key)
-        if shared is not None:
-            return await asyncio.shield(shared)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Resolved] = loop.create_future()
-        self._inflight[key] = future
+        # 'db.' is absolute and 'db' searched: they are not the same lookup.
+        key = (name.lower(), families)
+        entry = self._inflight.get(key)
+        if entry is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(name, families))
+            entry = self._inflight[key] = [task, 0]
+            task.add_done_callback(functools.partial(self._finished, key, entry))
+        task = entry[0]
+        entry[1] += 1
         try:
-            async with self._slots:
-                result = await self._run(self.resolver.lookup(name, families))
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-                future.exception()  # retrieved: the waiters (if any) re-raise it
-            else:
-                future.cancel()
-            raise
-        else:
-            future.set_result(result)
-            return result
+            # Shielded: a caller cancelled (its client left, its connect timed
+            # out) does not cancel the queries the others wait for.
+            return await asyncio.shield(task)
         finally:
-            self._inflight.pop(key, None)
+            entry[1] -= 1
+            if not entry[1] and not task.done():
+                # Nobody waits any more: the queries stop, and a later lookup
+                # of the name makes its own.
+                if self._inflight.get(key) is entry:
+                    del self._inflight[key]
+                task.cancel()
+
+    async def _lookup(self, name: str, families: tuple[int, ...]) -> Resolved:
+        async with self._slots:
+            return await self._run(self.resolver.lookup(name, families))  # type: ignore[union-attr]
+
+    def _finished(self, key: tuple[str, tuple[int, ...]], entry: list[Any], task: Any) -> None:
+        if self._inflight.get(key) is entry:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters (if any) re-raise it
 
     async def _host(self, name: str, families: tuple[int, ...]) -> Resolved:
         loop = asyncio.get_running_loop()
