@@ -425,11 +425,18 @@ def test_pointer_chains_are_bounded():
 
 
 def test_names_that_cannot_be_asked_for():
-    for bad in ("", "a..b", "x" * 64 + ".test", ".".join(["abcdefg"] * 40)):
+    # RFC 1035 3.1: the null label is the root's alone, so an empty label
+    # anywhere else (a leading dot, two dots, '..') is not a name.
+    for bad in ("", "a..b", "..", ".a", "a...", "x" * 64 + ".test", ".".join(["abcdefg"] * 40)):
         with pytest.raises(d.DNSNameError):
             d.encode_name(bad)
+        with pytest.raises(d.DNSNameError):
+            d.Resolver(["10.0.0.53"]).lookup(bad)  # lookup() says so, not start()
         assert issubclass(d.DNSNameError, LocalProtocolError)
     assert d.encode_name("a" * 63) == b"\x3f" + b"a" * 63 + b"\x00"
+    assert d.encode_name(".") == b"\x00" and d.encode_name("a.") == b"\x01a\x00"
+    with pytest.raises(d.DNSNameError):
+        d.Resolver(["10.0.0.53"]).lookup(".")  # the root has no address to look up
 
 
 def test_tcp_frames_split_anywhere():

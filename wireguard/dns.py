@@ -179,10 +179,10 @@ _LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 def encode_name(name: str) -> bytes:
     """``name`` (dotted, a trailing dot optional) in wire form. Non-ASCII
     labels are IDNA-encoded. Raises :class:`DNSNameError`."""
-    text = name[:-1] if name.endswith(".") and name != "." else name
-    if text == "." or text == "":
-        if text == ".":
-            return b"\x00"
+    if name == ".":
+        return b"\x00"  # the root: its null label is the only empty one (RFC 1035 3.1)
+    text = name[:-1] if name.endswith(".") else name
+    if not text:
         raise DNSNameError("an empty name cannot be resolved")
     out = bytearray()
     for label in text.split("."):
@@ -729,6 +729,8 @@ class Resolver:
         one with at least ``ndots`` dots is tried as is, then with each
         search domain; one with fewer, with each search domain, then as is."""
         encode_name(name)
+        if name == ".":
+            raise DNSNameError("'.' is the root, which has no address")
         if name.endswith("."):
             return [name[:-1]]
         with_search = [f"{name}.{domain}" for domain in self.search]
