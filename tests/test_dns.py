@@ -721,3 +721,33 @@ def test_cache_eviction_is_counted():
         cache.put(d.Answer(f"n{i}", d.A, 0, (ipaddress.ip_address("10.0.0.1"),), f"n{i}", 60), 0)
     assert len(cache) == 2 and cache.stats["evicted"] == 3
     assert cache.get("n4", d.A, 1) is not None and cache.get("n0", d.A, 1) is None
+
+
+def test_a_server_without_edns_is_asked_again_without_it():
+    """RFC 6891 section 7: a responder without EDNS answers FORMERR and no OPT
+    record; the requester falls back to a query without EDNS (as glibc does),
+    to the same server, instead of counting the server as failed."""
+    asked_with_opt = []
+
+    def legacy_server(wire: bytes) -> bytes:
+        query = dns.message.from_wire(wire)
+        asked_with_opt.append(query.edns >= 0)
+        response = dns.message.make_response(query)
+        if query.edns >= 0:
+            response.use_edns(False)
+            response.set_rcode(dns.rcode.FORMERR)
+        else:
+            response.answer.append(
+                dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "10.0.0.5")
+            )
+        return response.to_wire()
+
+    resolver = d.Resolver(["10.77.0.2"], edns_payload=1232)
+    lookup = resolver.lookup("db.test", (d.A,))
+    queries = lookup.start(0.0)
+    while queries and not lookup.done:
+        query = queries.pop(0)
+        queries += lookup.receive(legacy_server(query.data), query.server, 0.0, tcp=query.tcp)
+    assert lookup.result().addresses == (ipaddress.ip_address("10.0.0.5"),)
+    assert asked_with_opt == [True, False]
+    assert resolver.stats["server_failures"] == 0 and resolver.stats["edns_fallbacks"] == 1

@@ -767,6 +767,7 @@ class _Try:
     server_index: int = 0
     round: int = 0
     tcp: bool = False
+    no_edns: bool = False  # the server answered FORMERR without OPT: ask it without EDNS
     deadline: float = 0.0
     answer: Answer | None = None
     outcome: str | None = None  # "answer", "SERVFAIL", "timeout"
@@ -839,8 +840,10 @@ class Lookup:
         """A message from ``server``. One that answers none of our questions
         (wrong source, id or question: RFC 5452 section 9.1) is counted and
         ignored; a truncated UDP answer makes the same server be asked over
-        TCP (RFC 7766 section 5); SERVFAIL, REFUSED, NOTIMP and FORMERR move
-        on to the next server, as glibc's ``res_send`` does."""
+        TCP (RFC 7766 section 5); a FORMERR without an OPT record to a query
+        with one makes the same server be asked without EDNS (RFC 6891
+        section 7); SERVFAIL, REFUSED, NOTIMP and FORMERR otherwise move on to
+        the next server, as glibc's ``res_send`` does."""
         stats = self.resolver.stats
         if self.done:
             stats["late"] += 1
@@ -861,6 +864,18 @@ class Lookup:
             current.tcp = True
             out.append(self._send(current, now))
             return out
+        edns = self.resolver.edns_payload is not None and not current.no_edns
+        if rcode == Rcode.FORMERR and edns:
+            # RFC 6891 section 7: a server without EDNS says FORMERR and sends no
+            # OPT record; ask it again without one (as glibc does).
+            try:
+                opt = any(r.type == OPT for r in parse_message(data).additionals)
+            except DNSFormatError:
+                opt = False
+            if not opt:
+                stats["edns_fallbacks"] += 1
+                current.no_edns = True
+                return [self._send(current, now)]
         if rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
             try:
                 answer = interpret(parse_message(data), current.question)
@@ -940,12 +955,13 @@ class Lookup:
         resolver.stats["queries"] += 1
         if current.tcp:
             resolver.stats["tcp"] += 1
-        data = build_query(current.name, current.qtype, qid, edns_payload=resolver.edns_payload)
+        edns = None if current.no_edns else resolver.edns_payload
+        data = build_query(current.name, current.qtype, qid, edns_payload=edns)
         return Query(qid, server, data, current.tcp)
 
     def _next_server(self, current: _Try, now: float) -> list[Query]:
         resolver = self.resolver
-        current.tcp = False
+        current.tcp = current.no_edns = False
         current.server_index += 1
         if current.server_index >= len(resolver.servers):
             current.server_index = 0
