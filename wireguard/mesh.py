@@ -842,12 +842,19 @@ def validate(inventory: Inventory, filename: str = "<inventory>") -> None:
 
 
 def _toml_string(text: str) -> str:
+    return _quoted(text, "\\u{:04x}")
+
+
+def _quoted(text: str, control: str) -> str:
+    """*text* in double quotes, '"' and '\\' escaped with a backslash and
+    control characters as *control* formats their code (TOML's basic
+    strings and systemd's command lines agree on the rest)."""
     out = []
     for ch in text:
         if ch in ('"', "\\"):
             out.append("\\" + ch)
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
+            out.append(control.format(ord(ch)))
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
@@ -1251,15 +1258,7 @@ def _systemd_word(text: str) -> str:
     text = text.replace("%", "%%")
     if _SYSTEMD_PLAIN.fullmatch(text):
         return text
-    out = []
-    for ch in text:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    return _quoted(text, "\\x{:02x}")
 
 
 def _dropin(inventory: Inventory, node: Node) -> str:

@@ -203,39 +203,37 @@ def build_port_unreachable(original: bytes, packet: IPPacket) -> bytes:
     *original* is the invoking IP packet as received; its start is quoted so the
     sender can match the error to its socket (RFC 1122 3.2.2.1, RFC 4443 3.1).
     """
-    if packet.version == 4:
-        end = int.from_bytes(original[2:4], "big")  # not the link padding after it
-        return build_icmp(
-            packet.dst,
-            packet.src,
-            ICMP_DEST_UNREACHABLE,
-            ICMP_PORT_UNREACHABLE,
-            b"\x00\x00\x00\x00",
-            original[: min(end, _V4_ERROR_QUOTE)],
-        )
-    end = 40 + int.from_bytes(original[4:6], "big")
+    v4 = packet.version == 4
     return build_icmp(
         packet.dst,
         packet.src,
-        ICMPV6_DEST_UNREACHABLE,
-        ICMPV6_PORT_UNREACHABLE,
+        ICMP_DEST_UNREACHABLE if v4 else ICMPV6_DEST_UNREACHABLE,
+        ICMP_PORT_UNREACHABLE if v4 else ICMPV6_PORT_UNREACHABLE,
         b"\x00\x00\x00\x00",
-        original[: min(end, _V6_ERROR_QUOTE)],
+        _quote(original),
     )
+
+
+def _quote(original: bytes) -> bytes:
+    """What an error quotes of the IP packet *original*: as much as fits in
+    576 (IPv4) or 1280 (IPv6) octets, up to its IP length, not the link
+    padding after it (RFC 1122 3.2.1.2 lets a link pad)."""
+    if original[0] >> 4 == 4:
+        return original[: min(int.from_bytes(original[2:4], "big"), _V4_ERROR_QUOTE)]
+    return original[: min(40 + int.from_bytes(original[4:6], "big"), _V6_ERROR_QUOTE)]
 
 
 def build_protocol_unreachable(original: bytes, packet: IPPacket) -> bytes:
     """ "Protocol unreachable" (RFC 792; RFC 1122 3.2.2.1: a host SHOULD send
     it) for an IPv4 packet of a transport protocol this stack does not have;
     IPv6 says so with a Parameter Problem instead (RFC 8200 section 4)."""
-    end = int.from_bytes(original[2:4], "big")  # not the link padding after it
     return build_icmp(
         packet.dst,
         packet.src,
         ICMP_DEST_UNREACHABLE,
         ICMP_PROTOCOL_UNREACHABLE,
         b"\x00\x00\x00\x00",
-        original[: min(end, _V4_ERROR_QUOTE)],
+        _quote(original),
     )
 
 
@@ -248,12 +246,5 @@ def build_parameter_problem(
     As much of the invoking packet is quoted as fits in 1280 octets (RFC 4443
     2.4(c)), not the link padding after its payload length.
     """
-    end = 40 + int.from_bytes(original[4:6], "big")
-    return build_icmp(
-        dst,
-        src,
-        ICMPV6_PARAM_PROBLEM,
-        code,
-        pointer.to_bytes(4, "big"),
-        original[: min(end, _V6_ERROR_QUOTE)],
-    )
+    rest = pointer.to_bytes(4, "big")
+    return build_icmp(dst, src, ICMPV6_PARAM_PROBLEM, code, rest, _quote(original))
