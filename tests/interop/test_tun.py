@@ -232,6 +232,25 @@ def test_coalescer_never_reorders_a_flow_around_a_packet_it_cannot_join(fast):
     ]
 
 
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_pure_ack_of_another_flow_does_not_cut_a_flow(v6):
+    """A 20-octet TCP header and no payload (an ACK without timestamps) is
+    passed on after its own flow only: the flow being joined goes on."""
+    segments: list[bytes] = []
+    tunmod.split_gso(super_packet(v6, os.urandom(1368 * 8), 1368, flags=0x10), segments)
+    ip = 40 if v6 else 20
+    ack = bytearray(segments[0][: ip + 20])
+    ack[ip + 12] = 5 << 4  # data offset 5: no options
+    ack[ip + 1] ^= 1  # another source port: another flow
+    if v6:
+        ack[4:6] = struct.pack("!H", 20)
+    else:
+        ack[2:4] = struct.pack("!H", 40)
+        ack = bytearray(_ipv4_fixed(ack))
+    writes = _writes([*segments[:4], bytes(ack), *segments[4:]])
+    assert len(writes) == 2 and bytes(ack) in [w[10:] for w in writes]
+
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
 def test_coalescer_keeps_segments_whose_df_bit_differs_apart(fast):
     """DF is not a byte the kernel's segmentation may change: segments that

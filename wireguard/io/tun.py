@@ -691,7 +691,7 @@ class Coalescer:
                     packet[IPV4_PROTOCOL] != IPPROTO_TCP
                     or packet[IPV4_FLAGS_FRAGMENT] & 0x3F
                     or packet[IPV4_FLAGS_FRAGMENT + 1]
-                    or len(packet) <= IPV4_HEADER_LEN + 20
+                    or len(packet) < IPV4_HEADER_LEN + 20  # (a pure ACK goes on below)
                 ):
                     if flows and packet[IPV4_PROTOCOL] == IPPROTO_TCP:
                         _flush(flows, append)  # it may be of a flow: after its segments
@@ -703,7 +703,7 @@ class Coalescer:
             elif (
                 b0 >> 4 == 6
                 and packet[IPV6_NEXT_HEADER] == IPPROTO_TCP
-                and len(packet) > IPV6_HEADER_LEN + 20
+                and len(packet) >= IPV6_HEADER_LEN + 20
             ):
                 ip = IPV6_HEADER_LEN
                 key = packet[IPV6_SRC.start : ip + 4]
