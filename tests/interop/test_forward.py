@@ -167,9 +167,11 @@ def nobody_script(workdir: Path, args: list[str]) -> str:
     path = [workdir / "src"]
     for i, entry in enumerate(sys.path):
         p = Path(entry or ".").resolve()
-        if not p.is_dir() or p == repo or p.is_relative_to(repo):
+        if not p.is_dir() or p == repo:
             continue
-        if p.is_relative_to(base):
+        if p.is_relative_to(repo):  # the README's .venv, say: its site-packages
+            path.append(workdir / "src" / p.relative_to(repo))
+        elif p.is_relative_to(base):
             path.append(workdir / "python" / p.relative_to(base))
         else:
             mounts.append((p, workdir / f"path{i}"))
