@@ -757,8 +757,9 @@ def test_an_mtu_below_ipv6s_minimum_is_refused_when_the_mesh_has_ipv6(tmp_path: 
     """RFC 8200 section 5: IPv6 needs a link MTU of at least 1280; Linux
     removes IPv6 from an interface with a smaller one (checked below in a
     network namespace when root), so wg-quick could not bring the file up."""
-    if os.geteuid() == 0 and shutil.which("ip"):
-        assert not _ipv6_survives_mtu(1279) and _ipv6_survives_mtu(1280)
+    need(os.geteuid() == 0, "Linux's own rule is checked in a network namespace: root")
+    need_tool("ip")
+    assert not _ipv6_survives_mtu(1279) and _ipv6_survives_mtu(1280)
     inv = tmp_path / "mesh.toml"
     ok(inv, "init", "--ipv4", "10.9.0.0/24", "--ipv6", "fd09::/64")
     before = snapshot(tmp_path)
