@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +34,12 @@ def need_tool(name: str) -> str:
     need(path is not None, f"`{name}` is not installed")
     assert path is not None
     return path
+
+
+async def until(condition: Callable[[], bool], limit: float = 60.0) -> None:
+    """Wait for *condition* (polled; the limit only stops a hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need_tool
+from tests.conftest import need_tool, until
 from tests.http_origin import PAYLOAD, Origin
 from tests.test_dns import HOSTS, Dnsmasq
 from wireguard.device import Device
@@ -194,15 +194,6 @@ async def curl(*args: str) -> tuple[int, bytes, str]:
     out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out, err.decode()
-
-
-async def until(condition: Callable[[], bool], limit: float = 60.0) -> None:
-    """Wait for *condition* (polled; the limit only stops a hang)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
 
 
 def sha(data: bytes) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.conftest import until
 from wireguard.cli import forward as forward_cli
 from wireguard.cli import main as cli_main
 from wireguard.config import parse_wg_quick
@@ -713,15 +714,6 @@ def test_forward_tcp_connections_are_capped() -> None:
     run(body, timeout=120)
 
 
-async def _until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    """Wait for *condition* (polled; the limit only stops a hang)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not condition():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.02)
-
-
 class _Opening:
     """Wraps a create_connection: counts the connections being opened at once
     (held at a gate until the test opens it)."""
@@ -775,8 +767,8 @@ def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> 
             for _ in range(clients):
                 _connect_and_reset(port)
                 await asyncio.sleep(0.005)  # the forward accepts, and sees the reset
-            await _until(lambda: local.counters.total + local.counters.refused >= cap + 1)
-            await _until(lambda: opening.now == 0 and local.counters.active == 0)
+            await until(lambda: local.counters.total + local.counters.refused >= cap + 1)
+            await until(lambda: opening.now == 0 and local.counters.active == 0)
             c = local.counters
             assert opening.peak <= cap, (opening.peak, local.line())
             assert c.failed == 0, local.line()
@@ -786,7 +778,7 @@ def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> 
             writer.write_eof()
             assert await reader.read() == b"after the flood"
             writer.close()
-            await _until(lambda: c.active == 0)
+            await until(lambda: c.active == 0)
             await local.close()
 
             # -R: peers in the tunnel, connections opened to a local service.
@@ -803,8 +795,8 @@ def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> 
                     _, w = await b.open_connection(A_ADDR[0], 7070)
                     w.transport.abort()  # a RST
                     await asyncio.sleep(0.005)
-                await _until(lambda: remote.counters.total >= cap + 1)
-                await _until(
+                await until(lambda: remote.counters.total >= cap + 1)
+                await until(
                     lambda: kernel.now == 0
                     and remote.counters.active == 0
                     and remote.server.active == 0
@@ -819,7 +811,7 @@ def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> 
                 writer.write_eof()
                 assert await reader.read() == b"after the flood"
                 writer.close()
-                await _until(lambda: r.active == 0)
+                await until(lambda: r.active == 0)
             finally:
                 del loop.create_connection
             await remote.close()
@@ -879,11 +871,11 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
             try:
                 if not first:
                     client.sendto(b"one", ("127.0.0.1", port))
-                    await _until(lambda: sink.got == [b"one"])
+                    await until(lambda: sink.got == [b"one"])
                 for _ in range(3):
                     client.sendto(b"y" * 1450, ("127.0.0.1", port))
                 client.sendto(b"last", ("127.0.0.1", port))
-                await _until(lambda: sink.got[-1:] == [b"last"])
+                await until(lambda: sink.got[-1:] == [b"last"])
             finally:
                 client.close()
             c = local.counters
@@ -915,7 +907,7 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
             peer.sendto(b"small?")
             assert await asyncio.wait_for(got.get(), 30) == b"small"
             r = remote.counters
-            await _until(lambda: r.dropped == 2)
+            await until(lambda: r.dropped == 2)
             # -R: the peer's datagrams come from the tunnel, the replies go into it.
             assert (r.datagrams_from_tunnel, r.datagrams_to_tunnel) == (3, 1), remote.line()
             assert r.to_tunnel == len(b"small"), remote.line()

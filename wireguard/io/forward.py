@@ -328,7 +328,6 @@ class _Link:
         self.gone = [False, False]  # connection_lost seen, per side
         self.connecting: asyncio.Task[Any] | None = None  # opening side 1, until it is done
         self.released = False  # no longer counted in counters.active
-        self.opening = True  # side 1 is being opened: neither connected() nor failed() yet
         counters.active += 1
         counters.total += 1
 
@@ -350,7 +349,7 @@ class _Link:
 
     def connected(self) -> None:
         """Side 1 is connected: what side 0 sent meanwhile (and its EOF) goes first."""
-        self.opening = self.held = False
+        self.held = False
         pending, self.pending = self.pending, bytearray()
         side0, side1 = self.sides
         if self.done or side0 is None or side0.transport is None:
@@ -367,7 +366,6 @@ class _Link:
         self.update_reading(0)
 
     def failed(self) -> None:
-        self.opening = False
         self.counters.failed += 1
         self.counters.discarded += len(self.pending)
         self.pending.clear()
@@ -454,7 +452,7 @@ class _Link:
         if index == 0 and self.pending:
             self.counters.discarded += len(self.pending)
             self.pending.clear()
-        if index == 0 and self.opening and self.connecting is not None:
+        if index == 0 and self.connecting is not None:  # (a no-op once it is done)
             self.connecting.cancel()  # nobody to connect for any more
         other = self.sides[1 - index]
         if other is not None and other.transport is not None and not other.transport.is_closing():
