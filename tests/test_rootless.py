@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import until
+from tests.conftest import need, until
 from wireguard.cli import forward as forward_cli
 from wireguard.cli import main as cli_main
 from wireguard.config import parse_wg_quick
@@ -561,13 +561,13 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_forward_udp_flow_table_is_capped() -> None:
     """3,000 senders in the tunnel reach a -R udp forward capped at 100 flows:
     each flow is a kernel socket, so descriptors stay bounded by the cap (under a
     descriptor limit 3,000 sockets would exceed), the least recently active flows
     are evicted and counted, and a -L TCP listener in the same process still
     accepts and relays."""
+    need(os.path.isdir("/proc/self/fd"), "no /proc/self/fd to count descriptors")
     sources, cap = 3000, 100
 
     class UdpEcho(asyncio.DatagramProtocol):
