@@ -613,6 +613,20 @@ def test_stray_answers_are_counted_and_ignored():
     assert lookup.result().addresses == (ipaddress.ip_address("10.0.0.1"),)
 
 
+def test_a_failure_for_a_query_not_in_flight_is_counted_and_ignored():
+    """An unreachable-server report for a query id that is not in flight (a
+    stale one, or one the lookup never sent) changes nothing and is counted."""
+    r = d.Resolver([S1, S2])
+    lookup = r.lookup("web.test", (d.A,))
+    (q,) = lookup.start(0)
+    assert lookup.failed(q.id ^ 1, 0) == []
+    assert r.stats["late"] == 1 and r.stats["send_failures"] == 0
+    lookup.receive(_reply(q, "web.test. 60 IN A 10.0.0.1"), S1, 0)
+    assert lookup.failed(q.id, 0) == []  # answered: no longer in flight
+    assert r.stats["late"] == 2 and r.stats["send_failures"] == 0
+    assert lookup.result().addresses == (ipaddress.ip_address("10.0.0.1"),)
+
+
 def test_truncated_udp_answer_is_asked_over_tcp_of_the_same_server():
     r = d.Resolver([S1, S2])
     lookup = r.lookup("big.test", (d.A,))

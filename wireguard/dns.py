@@ -902,12 +902,14 @@ class Lookup:
     def failed(self, query_id: int, now: float) -> list[Query]:
         """The query ``query_id`` could not be sent or its server is
         unreachable (TCP connection refused or reset, ICMP unreachable):
-        the next server is asked at once."""
+        the next server is asked at once. A report for a query not in
+        flight (answered, moved on, or never sent) is counted as late."""
         for current in self._tries:
-            if current.outcome is None and current.id == query_id:
+            if current.outcome is None and current.id == query_id and not self.done:
                 self.resolver.stats["send_failures"] += 1
                 current.failures.add("timeout")
                 return self._next_server(current, now)
+        self.resolver.stats["late"] += 1
         return []
 
     def handle_timer(self, now: float) -> list[Query]:
