@@ -42,6 +42,7 @@ __all__ = [
     "build_port_unreachable",
     "build_protocol_unreachable",
     "echo_reply_for",
+    "echo_reply_length",
     "is_single_host",
     "parse_icmp",
 ]
@@ -185,14 +186,22 @@ def build_echo(src: bytes, dst: bytes, ident: int, seq: int, data: bytes, *, rep
     return build_icmp(src, dst, type_, 0, struct.pack("!HH", ident, seq), data)
 
 
+def echo_reply_length(packet: IPPacket, msg: IcmpMessage) -> int | None:
+    """The length of the reply :func:`echo_reply_for` builds, or None if *msg*
+    is not an echo request: known before the reply is built and checksummed."""
+    request = ICMP_ECHO_REQUEST if packet.version == 4 else ICMPV6_ECHO_REQUEST
+    if msg.type != request or msg.code != 0:
+        return None
+    return (20 if packet.version == 4 else 40) + 8 + len(msg.body)
+
+
 def echo_reply_for(packet: IPPacket, msg: IcmpMessage) -> bytes | None:
     """The reply to an echo request addressed to us, or None if *msg* is not one.
 
     The reply echoes identifier, sequence number and data unchanged and is sent
     from the address the request was sent to (RFC 1122 3.2.2.6, RFC 4443 4.2).
     """
-    request = ICMP_ECHO_REQUEST if packet.version == 4 else ICMPV6_ECHO_REQUEST
-    if msg.type != request or msg.code != 0:
+    if echo_reply_length(packet, msg) is None:
         return None
     return build_echo(packet.dst, packet.src, msg.ident, msg.seq, msg.body, reply=True)
 

@@ -49,6 +49,7 @@ from .icmp import (
     build_port_unreachable,
     build_protocol_unreachable,
     echo_reply_for,
+    echo_reply_length,
     is_single_host,
     parse_icmp,
 )
@@ -251,13 +252,15 @@ class NetStack:
                 proto == IPPROTO_ICMPV6 and pkt.version == 6
             ):
                 msg = parse_icmp(pkt)
-                reply = echo_reply_for(pkt, msg)
-                if reply is not None:
-                    if len(reply) > self.mtu:
+                length = echo_reply_length(pkt, msg)
+                if length is not None:
+                    if length > self.mtu:
                         # The reply is as large as the request (RFC 792, RFC 4443
                         # 4.2) and the stack never fragments: unanswered.
                         self.stats.icmp_echo_too_big += 1
                         return
+                    reply = echo_reply_for(pkt, msg)
+                    assert reply is not None and len(reply) == length
                     self.stats.icmp_echo_answered += 1
                     self._out.append(reply)
                 elif msg.type == (ICMP_ECHO_REPLY if pkt.version == 4 else ICMPV6_ECHO_REPLY):
