@@ -231,6 +231,19 @@ def test_a_units_python_systemd_cannot_run_is_refused(golden: Path, directory: s
     ok(golden, "render", "--python", python)  # no unit: run.sh quotes it for sh
 
 
+@pytest.mark.parametrize("prefix", ["-", "@", ":", "+", "!"])
+def test_a_units_python_systemd_reads_as_a_prefix_is_refused(golden: Path, prefix: str):
+    """systemd.service(5): a leading '-', '@', ':', '+' or '!' of ExecStart's
+    executable is a prefix, even quoted ('+' runs it with full privileges, '-'
+    ignores its failure): such a --python is refused before anything is
+    written, not turned into another command."""
+    before = snapshot(golden.parent)
+    rc, _, err = run_mesh(golden, "render", "--systemd", f"--python={prefix}python3")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"systemd reads a leading '{prefix}' as an ExecStart prefix" in err, err
+    assert snapshot(golden.parent) == before
+
+
 def test_the_forward_command_line_is_one_the_forward_command_takes(golden: Path):
     """Checked against the real parser, so the two cannot drift apart."""
     inventory = mesh.parse_inventory(golden.read_text())
@@ -610,6 +623,10 @@ def test_rekey_and_remove_mend_what_is_missing(golden: Path):
         (("add", "x", "--kind", "kernel", "--ipv4", "10.9.0.1"), "node 'x': ipv4: 10.9.0.1 is"),
         (("add", "x", "--kind", "kernel", "--route", "10.77.0.0/16"), "routes: 10.77.0.0/16"),
         (("add", "x", "--kind", "kernel", "--endpoint", "2001:db8::1"), "needs brackets"),
+        (
+            ("add", "x", "--kind", "kernel", "--endpoint", "[::ffff:192.0.2.9]:51820"),
+            "IPv4-mapped address; write 192.0.2.9",
+        ),
         (("add", "x", "--kind", "kernel", "--socks5", "1080"), "only a rootless node runs"),
         (("add", "x", "--kind", "rootless", "--route", "10.1.0.0/24"), "no subnet to route"),
         (("add", "x", "--kind", "rootless", "--http", "10.0.0.1:99999"), "--http: "),

@@ -385,6 +385,17 @@ def _check_endpoint(text: object) -> str:
     text = _str(text, "an endpoint (host or host:port)")
     host, port = _split_endpoint(text)
     try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        mapped = None
+    if mapped is not None:
+        # The kernel's and wireguard-go's IPv6 sockets are IPv6-only: such an
+        # endpoint is sent to over IPv6 and never reaches the IPv4 host.
+        raise _Problem(
+            f"{_shown(text)} is an IPv4-mapped address; write {mapped}"
+            " (WireGuard's IPv6 socket does not reach IPv4)"
+        )
+    try:
         Endpoint(host, port or 1)
     except ConfigError as exc:
         raise _Problem(f"{_shown(text)}: {exc.message}") from None
@@ -1248,6 +1259,8 @@ _SYSTEMD_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 # What systemd refuses in an executable's path (its string_is_safe: quotes,
 # backslashes, control characters), however it is quoted.
 _SYSTEMD_UNSAFE = re.compile(r"[\"'\\\x00-\x1f\x7f]")
+# What systemd takes as a prefix of ExecStart's executable, not as its name.
+_SYSTEMD_PREFIXES = frozenset("-@:+!")
 
 
 def _systemd_word(text: str) -> str:
@@ -1368,6 +1381,11 @@ def render(
                 raise InventoryError(
                     f"{_shown(unit_python)}: systemd refuses an executable path with a quote,"
                     " a backslash or a control character (the unit could not start)"
+                )
+            if unit_python[:1] in _SYSTEMD_PREFIXES:
+                raise InventoryError(
+                    f"{_shown(unit_python)}: systemd reads a leading '{unit_python[0]}' as an"
+                    " ExecStart prefix (systemd.service(5)), quoted or not: give its absolute path"
                 )
             unit_name = f"{iface}-{node.runs}.service"
             files.append(
