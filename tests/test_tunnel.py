@@ -455,7 +455,7 @@ def test_device_from_config_skips_a_peer_with_the_interfaces_own_key(
     # wireguard-go (device/uapi.go handlePublicKeyLine: "Ignore peer with the
     # same public key as this device") and the kernel (netlink set_peer) skip
     # such a peer, so a shared list of all nodes works on every node.
-    from wireguard.config import parse_wg_quick
+    from wireguard.config import Config, PeerConfig, parse_wg_quick
     from wireguard.io.tunnel import device_from_config
 
     me, other = PrivateKey.generate(), PrivateKey.generate()
@@ -471,3 +471,12 @@ def test_device_from_config_skips_a_peer_with_the_interfaces_own_key(
     skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(skipped) == 1 and str(me.public_key) in skipped[0], skipped
     assert str(other.public_key) not in skipped[0]
+    # Where it is, as every other config note says it: file, line, key.
+    assert skipped[0].startswith("wg0.conf:5: PublicKey: "), skipped
+    # A Config built in code has no file to name.
+    built = Config(config.interface, (PeerConfig(me.public_key),))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wireguard.io.tunnel"):
+        asyncio.run(device_from_config(built))
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.startswith("PublicKey: peer "), line

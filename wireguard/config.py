@@ -443,6 +443,10 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...] = ()
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
+    #: ``(filename, line of its PublicKey)`` when parsed from a file, for a note
+    #: about the peer made later (not compared: the same peer from another file
+    #: is equal).
+    location: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allowed_ips", tuple(self.allowed_ips))
@@ -635,7 +639,7 @@ class _PeerBuilder:
         self.endpoint: Endpoint | None = None
         self.persistent_keepalive: int | None = None
 
-    def build(self) -> PeerConfig:
+    def build(self, filename: str) -> PeerConfig:
         assert self.public_key is not None
         return PeerConfig(
             public_key=self.public_key,
@@ -643,6 +647,7 @@ class _PeerBuilder:
             allowed_ips=tuple(self.allowed_ips),
             endpoint=self.endpoint,
             persistent_keepalive=self.persistent_keepalive,
+            location=(filename, self.seen["PublicKey"]),
         )
 
 
@@ -887,7 +892,7 @@ class _Parser:
             self.warn(
                 "PrivateKey", "no PrivateKey: the interface has no identity", self.iface.lineno
             )
-        peers = [builder.build() for builder in self.peers]
+        peers = [builder.build(self.filename) for builder in self.peers]
         return Config(self.iface.build(), tuple(peers), tuple(self.warnings))
 
 

@@ -67,7 +67,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from ..address import Address
-from ..config import Config
+from ..config import Config, ConfigWarning
 from ..crypto import slow_aead_note
 from ..device import Device, Effects, EndpointChanged, Event
 from ..keys import PresharedKey, PublicKey
@@ -932,10 +932,15 @@ async def device_from_config(config: Config, **device_options) -> Device:  # typ
     loop = asyncio.get_running_loop()
     for peer in config.peers:
         if peer.public_key == device.public_key:
-            log.warning(
-                "peer %s ignored: it has the interface's own public key (as wg ignores it)",
-                peer.public_key,
+            filename, lineno = peer.location or (None, None)
+            note = ConfigWarning(
+                f"peer {peer.public_key} ignored: it has the interface's own public key"
+                " (as wg ignores it)",
+                filename=filename,
+                lineno=lineno,
+                key="PublicKey",
             )
+            log.warning("%s", note)
             continue
         endpoint = None
         if peer.endpoint is not None:
