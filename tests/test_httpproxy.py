@@ -535,3 +535,88 @@ def test_random_upstream_bytes_raise_only_upstream_errors(chunks, method):
         upstream.receive_eof()
     except hp.UpstreamError as exc:
         assert isinstance(exc, RemoteProtocolError)
+
+
+# --- review: framing and bounds defects -------------------------------------------
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"gzip", b"chunked, chunked"])
+def test_response_with_other_transfer_codings_is_refused(codings):
+    # RFC 9112 section 6.1: the proxy removes Transfer-Encoding (hop by hop),
+    # so a body it cannot decode would reach the client with its chunk
+    # framing or its coding and nothing saying so: refuse it, as nginx does.
+    upstream = hp.UpstreamResponse("GET")
+    with pytest.raises(hp.UpstreamError, match="transfer coding"):
+        upstream.receive_data(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + codings + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+
+
+@pytest.mark.parametrize("status", [b"000", b"099"])
+def test_response_status_below_100_is_refused(status):
+    # RFC 9110 section 15: 100..599; "HTTP/1.1 099" would be sent on as "99"
+    upstream = hp.UpstreamResponse("GET")
+    with pytest.raises(hp.UpstreamError, match="status"):
+        upstream.receive_data(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_response_whitespace_before_colon_is_removed():
+    # RFC 9112 section 5.1: a proxy MUST remove it from a response (a request gets 400)
+    upstream = hp.UpstreamResponse("GET")
+    events = upstream.receive_data(b"HTTP/1.1 200 OK\r\nX-A : 1\r\nContent-Length : 2\r\n\r\nhi")
+    head = events[0]
+    assert head.headers == [(b"X-A", b"1")] and (head.framing, head.length) == ("length", 2)
+    assert events[1:] == [hp.ResponseBody(b"hi"), hp.ResponseEnd([])]
+    upstream = hp.UpstreamResponse("GET")
+    events = upstream.receive_data(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T\t: 1\r\n\r\n"
+    )
+    assert events[-1] == hp.ResponseEnd([(b"X-T", b"1")])
+
+
+def test_bytes_after_the_response_make_the_upstream_connection_not_reusable():
+    # The proxy does not pipeline to the target: whatever follows the end of
+    # a response (a body on a 204, a longer body than Content-Length) would be
+    # read as the response to the next request on a reused connection.
+    for wire in (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\nbody",
+    ):
+        upstream = hp.UpstreamResponse("GET")
+        upstream.receive_data(wire)
+        assert upstream.done and upstream.discarded > 0
+        assert not upstream.reusable
+    upstream = hp.UpstreamResponse("GET")
+    upstream.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert upstream.reusable
+    upstream.receive_data(b"late")
+    assert upstream.discarded == 4 and not upstream.reusable
+
+
+def test_pipelining_overflow_does_not_splice_a_400_into_a_response():
+    core = hp.HTTPProxyServer(via=None, limits=hp.Limits(max_pipelined=1000))
+    core.receive_data(b"GET http://x/ HTTP/1.1\r\n\r\n")
+    core.send_response(hp.ResponseHead(200, b"OK", [], "length", 10))
+    core.send_response(hp.ResponseBody(b"hello"))
+    assert core.receive_data(b"x" * 1001) == []  # held past the limit: dropped, counted
+    core.send_response(hp.ResponseBody(b"world"))
+    core.send_response(hp.ResponseEnd([]))
+    assert core.data_to_send() == b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhelloworld"
+    assert core.closing and core.stats["discarded_bytes"] == 1001
+
+
+def test_pipelined_requests_after_connection_close_are_counted():
+    core = hp.HTTPProxyServer(via=None)
+    second = b"GET http://x/2 HTTP/1.1\r\n\r\n"
+    core.receive_data(b"GET http://x/1 HTTP/1.1\r\nConnection: close\r\n\r\n" + second)
+    core.send_response(hp.ResponseHead(204, b"No Content", [], "none"))
+    core.send_response(hp.ResponseEnd([]))
+    assert core.closing and core.stats["discarded_bytes"] == len(second)
+
+
+def test_several_host_fields_are_a_bad_request():
+    # RFC 9112 section 3.2: 400 for a request with more than one Host field line
+    core = hp.HTTPProxyServer()
+    with pytest.raises(hp.HTTPProxyError) as info:
+        core.receive_data(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert info.value.status == 400 and core.closing

@@ -395,3 +395,9 @@ def test_random_udp_datagrams(packet):
     assert s.build_udp_datagram(d.host, d.port, d.data, d.frag) == packet or d.address_type == (
         s.AddressType.DOMAIN
     )
+
+
+def test_encode_address_refuses_bad_names_with_a_local_error():
+    for host in ("é" * 70, "a." + "ü" * 64 + ".de"):
+        with pytest.raises(LocalProtocolError):
+            s.encode_address(host, 80)

@@ -16,7 +16,9 @@ Two state machines, one for each side of a proxied exchange:
   the caller reports (502, 504);
 - :class:`UpstreamResponse` reads the target's response to one request and
   says how it is framed (RFC 9112 section 6.3: HEAD, 1xx, 204 and 304 have
-  no body, then chunked, Content-Length, or until the connection closes),
+  no body, then chunked, Content-Length, or until the connection closes;
+  a transfer coding other than chunked is an error, as the field is hop by
+  hop),
   so that the client connection can stay open: the response goes back to the
   client through :meth:`HTTPProxyServer.send_response`.
 
@@ -276,14 +278,18 @@ class _HeadReader:
             self.lines.append(line)
 
 
-def _parse_fields(lines: list[bytes]) -> Headers:
+def _parse_fields(lines: list[bytes], response: bool = False) -> Headers:
     """Field lines (RFC 9112 section 5.1): a token name, a colon with no
-    space before it, the value without surrounding whitespace."""
+    space before it, the value without surrounding whitespace. In a
+    ``response`` whitespace before the colon is removed (section 5.1: a
+    proxy MUST remove it from a response; a request with it gets 400)."""
     out: Headers = []
     for line in lines:
         if line[:1] in (b" ", b"\t"):
             raise _HeadError(400, "obsolete line folding in a header field")
         name, colon, value = line.partition(b":")
+        if response:
+            name = name.rstrip(b" \t")
         if not colon or not _TOKEN.match(name):
             raise _HeadError(400, f"malformed header field {line[:40]!r}")
         value = value.strip(b" \t")
@@ -321,8 +327,9 @@ class _Chunked:
     (at most 16 digits), extensions ignored, the CRLF after each chunk's
     data required, trailer fields limited as header fields are."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, response: bool = False) -> None:
         self.limits = limits
+        self.response = response
         self.remaining = 0
         self.state = "size"  # size, data, crlf, trailers
         self.trailers = _HeadReader(limits, 400)
@@ -377,7 +384,7 @@ class _Chunked:
                 lines = self.trailers.lines[1:]
                 del buf[:end]
                 self.state = "done"
-                return _parse_fields(lines)
+                return _parse_fields(lines, self.response)
             else:
                 return []
 
@@ -510,7 +517,10 @@ class HTTPProxyServer:
     def paused(self) -> bool:
         """Stop reading from the client until the current response is done
         or the tunnel is up (what it sent meanwhile is held, at most
-        ``limits.max_pipelined`` bytes)."""
+        ``limits.max_pipelined`` bytes; beyond that, a 400 if the response
+        has not started, else the held bytes are dropped, counted in
+        ``stats["discarded_bytes"]``, and the connection closes after the
+        response)."""
         return (
             self.state in (State.WAIT, State.TUNNEL_WAIT)
             and len(self._buffer) >= self.limits.max_pipelined
@@ -545,7 +555,14 @@ class HTTPProxyServer:
         except _HeadError as exc:
             self._error(exc.status, str(exc))
         if self.state is State.WAIT and len(self._buffer) > self.limits.max_pipelined:
-            self._error(400, "too much pipelined data while a response is pending")
+            if self._response is None:
+                self._error(400, "too much pipelined data while a response is pending")
+            # the response is under way: a 400 now would land inside it; finish
+            # it, then close (the client retries what it pipelined)
+            self.stats["pipelined_overflow"] += 1
+            self.stats["discarded_bytes"] += len(self._buffer)
+            self._buffer.clear()
+            self._close_after = True
         return events
 
     def receive_eof(self) -> None:
@@ -585,6 +602,8 @@ class HTTPProxyServer:
             raise _HeadError(505, f"HTTP/{major}.{minor} is not supported")
         self._client_version = (1, minor)
         headers = _parse_fields(lines[1:])
+        if len(_get_all(headers, b"host")) > 1:  # RFC 9112 section 3.2
+            raise _HeadError(400, "more than one Host field")
         if any(c < 0x21 or c > 0x7E or c == 0x23 for c in target):  # CTLs, space, '#'
             raise _HeadError(400, "invalid characters in the request target")
         self.stats["requests"] += 1
@@ -695,6 +714,9 @@ class HTTPProxyServer:
     def _maybe_next(self) -> None:
         if self._request_done and self._response_done and self.state is State.WAIT:
             self.state = State.CLOSED if self._close_after else State.HEAD
+            if self.state is State.CLOSED:  # requests pipelined after the last one
+                self.stats["discarded_bytes"] += len(self._buffer)
+                self._buffer.clear()
 
     # --- the caller's reports -----------------------------------------------
 
@@ -839,6 +861,8 @@ class UpstreamResponse:
         """Events for these bytes. Raises :class:`UpstreamError`."""
         if self.done:
             self.discarded += len(data)
+            if data:  # not asked for (no pipelining to the target): not reusable
+                self.reusable = False
             return []
         self._buffer += data
         events: list[ResponseEvent] = []
@@ -883,8 +907,11 @@ class UpstreamResponse:
     def _finish(self, events: list[ResponseEvent], trailers: Headers) -> None:
         events.append(ResponseEnd(trailers))
         self.done = True
-        self.discarded += len(self._buffer)
-        self._buffer.clear()
+        if self._buffer:
+            # bytes past the end would be taken for the next response
+            self.reusable = False
+            self.discarded += len(self._buffer)
+            self._buffer.clear()
 
     def _parse_head(self, lines: list[bytes]) -> ResponseHead:
         version, _, rest = lines[0].partition(b" ")
@@ -895,7 +922,9 @@ class UpstreamResponse:
         if any((c < 0x20 and c != 0x09) or c == 0x7F for c in reason):
             raise _HeadError(502, "control characters in the reason phrase")
         code = int(status)
-        headers = _parse_fields(lines[1:])
+        if code < 100:  # RFC 9110 section 15: 100..599 (and it would go out as "99")
+            raise _HeadError(502, f"status code {code:03d} is below 100")
+        headers = _parse_fields(lines[1:], response=True)
         connection = _tokens(headers, b"connection")
         keep = (b"close" not in connection) if matched[2] != b"0" else (b"keep-alive" in connection)
         kept = [
@@ -914,12 +943,12 @@ class UpstreamResponse:
             if code != 204:  # the length of what a GET would get (RFC 9110 section 8.6)
                 kept += [(b"Content-Length", v) for v in _get_all(headers, b"content-length")][:1]
         elif te:
-            framing = "chunked" if te[-1] == b"chunked" else "close"
-            if framing == "chunked" and te != [b"chunked"]:
-                framing = "close"  # other codings under chunked: pass it all as is
-            if framing == "chunked":
-                self._body = _Chunked(self.limits)
-            keep = keep and framing == "chunked"
+            if te != [b"chunked"]:
+                # Transfer-Encoding is hop by hop and removed: a body in another
+                # coding would reach the client undecodable (as nginx, 502)
+                raise _HeadError(502, f"transfer coding {b', '.join(te).decode()!r}")
+            framing = "chunked"
+            self._body = _Chunked(self.limits, response=True)
         else:
             try:
                 length = _content_length(_get_all(headers, b"content-length"))

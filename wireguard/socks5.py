@@ -188,7 +188,10 @@ def encode_address(host: str, port: int) -> bytes:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        raw = host.encode("idna") if not host.isascii() else host.encode()
+        try:
+            raw = host.encode("idna") if not host.isascii() else host.encode()
+        except UnicodeError:
+            raise LocalProtocolError(f"not a domain name: {host!r}") from None
         if not 1 <= len(raw) <= 255:
             raise LocalProtocolError(f"a SOCKS5 domain name is 1 to 255 bytes: {host!r}") from None
         return bytes([AddressType.DOMAIN, len(raw)]) + raw + struct.pack("!H", port)
