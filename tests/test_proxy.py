@@ -571,6 +571,29 @@ def test_curl_through_the_http_proxy_keep_alive_chunked_and_connect(dnsmasq, tmp
     run(body)
 
 
+def test_http_proxy_answers_504_when_no_name_server_answers(dnsmasq) -> None:
+    """docs/proxy.md: failures are 502, 504 on a timeout. A name whose DNS
+    servers never answer is a timeout too (RFC 9110 15.6.5: no timely
+    response from a server the proxy needed), for a request and for CONNECT,
+    and the body says so; a name that does not exist stays 502."""
+
+    async def body() -> None:
+        async with world(dnsmasq, servers=[SILENT], timeout=0.2) as w:
+            proxy = f"http://127.0.0.1:{w.http_port}"
+            for extra in ([], ["--proxytunnel"]):
+                _, out, err = await curl("-i", "--proxy", proxy, *extra, "http://b.test/file")
+                status = out.split(b"\r\n", 1)[0]
+                assert status.startswith(b"HTTP/1.1 504 "), (extra, out, err)
+                if not extra:  # curl shows no body of a refused CONNECT
+                    assert b"timed out" in out, out
+        async with world(dnsmasq) as w:
+            _, out, err = await curl("-i", "--proxy", f"http://127.0.0.1:{w.http_port}",
+                                     "http://nothere.test/")  # fmt: skip
+            assert out.startswith(b"HTTP/1.1 502 "), out
+
+    run(body)
+
+
 def test_http_proxy_basic_authentication(dnsmasq) -> None:
     async def body() -> None:
         options = ProxyOptions(credentials={"bob": "pw"})

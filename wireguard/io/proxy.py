@@ -698,7 +698,10 @@ class HTTPProxy(_Proxy):
         try:
             return await self._connect(host, port)
         except (OSError, TimeoutError, WireGuardError, ValueError) as exc:
-            status = 504 if isinstance(exc, TimeoutError) else 502
+            # A timeout, the target's or the name servers', is 504 (RFC 9110
+            # 15.6.5: no timely response from a server needed for the request).
+            timed_out = isinstance(exc, TimeoutError) or getattr(exc, "reason", "") == "timeout"
+            status = 504 if timed_out else 502
             text = f"cannot connect to {_fmt(host, port)}: {_detail(exc)}"
             core.failed(status, text)
             reply = Reply.for_error(exc)
