@@ -347,3 +347,88 @@ def test_cli_registration() -> None:
     )
     assert args.rule == ["data:drop@2"] and args.ping == "10.0.0.2" and args.pcap == "x"
     assert callable(args.func)
+
+
+# --- review: defects found and fixed ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mac1", "mac2"])
+def test_corrupting_a_mac_is_never_undone_by_remac(name: str) -> None:
+    # "Corrupting mac1 or mac2 never recomputes anything": remac=True on a
+    # rule for every kind must not put back the MAC it was asked to break.
+    pair = Pair(Policy([Rule("any", Corrupt(name, remac=True), count=1)]))
+    pair.ping(1)
+    sent = pair.at_b[0]
+    start, _ = field_range("initiation", name, len(sent))
+    assert sent[start] & 1 != pair.policy.history[("out", "initiation")][0][0][start] & 1
+    if name == "mac1":
+        assert pair.b.drops == {DropReason.INVALID_MAC1: 1}
+    # On a rule for the kind itself, the contradiction is refused.
+    with pytest.raises(ValueError, match="never recomputes"):
+        Rule("initiation", Corrupt(name, remac=True))
+    with pytest.raises(ValueError, match="no MACs"):
+        Rule("data", Corrupt("counter", remac=True))
+
+
+def test_corrupt_for_any_kind_skips_messages_without_the_field() -> None:
+    # Was: ValueError out of Policy.outgoing on the initiation (no counter),
+    # i.e. out of the endpoint's send path.
+    pair = Pair(Policy([Rule("any", Corrupt("counter"))]))
+    pair.ping(1)
+    assert pair.b.drops == {DropReason.DECRYPTION_FAILED: 1}  # the data packet, not the init
+    assert pair.handshakes() == 1
+    assert pair.policy.log[0].note == "corrupt: no field counter here"
+    with pytest.raises(ValueError, match="no message has a field 'bogus'"):
+        Rule("any", Corrupt("bogus"))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Corrupt("counter", xor=0x100), "xor is a byte"),  # was: crash when sending
+        (lambda: Corrupt("counter", xor=0), "xor is a byte"),  # was: a no-op
+        (lambda: Corrupt("counter", value=b""), "empty value"),
+        (lambda: Duplicate(0), "1 or more copies"),
+        (lambda: Duplicate(gap=-1), "0 or more seconds"),
+        (lambda: Delay(-0.5), "0 or more seconds"),
+        (lambda: Delay(float("nan")), "0 or more seconds"),
+        (lambda: Reorder(max_hold=-1), "0 or more seconds"),
+        (lambda: Replay(kind="handshake"), "unknown message kind"),
+        (lambda: StaleTimestamp(age=-60), "in the past"),
+        (lambda: Rule("data", Drop(), count=0), "count is 1 or more"),
+        (lambda: Rule("keepalive", Corrupt("packet")), "packet is empty"),
+    ],
+    ids=[
+        "xor-256",
+        "xor-0",
+        "empty-value",
+        "no-copies",
+        "negative-gap",
+        "negative-delay",
+        "nan-delay",
+        "negative-hold",
+        "replay-kind",
+        "future-stale",
+        "count-0",
+        "keepalive-packet",
+    ],
+)
+def test_actions_refuse_arguments_that_do_nothing_or_crash_later(make, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data:drop:5", "drop takes no argument"),
+        ("data:reorder:2", "reorder takes no argument"),
+        ("data:corrupt:counter:extra", "corrupt takes one argument"),
+        ("data:replay:handshake", "unknown message kind 'handshake'"),
+        ("data:duplicate:0", "1 or more copies"),
+        ("data:drop@2+0", "count is 1 or more"),
+    ],
+)
+def test_parse_rule_refuses_ignored_or_void_arguments(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_rule(text)

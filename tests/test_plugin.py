@@ -304,3 +304,38 @@ def test_importing_the_plugin_loads_none_of_the_machinery() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True,
                          text=True, timeout=60, check=True).stdout  # fmt: skip
     assert out.splitlines() == ["[]", "[]"], out
+
+
+# --- cleanup when a fixture's setup fails ----------------------------------------------
+
+VM_START_FAILS = """
+import os, shutil
+from wireguard.testbed import kernel_vm
+
+kernel_vm.missing = lambda: None
+
+def start(self, timeout=120.0):
+    # As when qemu runs but its command channel cannot be connected to.
+    raise ConnectionRefusedError("the guest's command channel refused")
+
+def stop(self):
+    with open(os.environ["PLUGIN_TEST_RECORD"], "a") as f:
+        f.write("stopped\\n")
+    shutil.rmtree(self.dir, ignore_errors=True)
+
+kernel_vm.KernelVM.start = start
+kernel_vm.KernelVM.stop = stop
+"""
+
+
+def test_kernel_vm_is_stopped_when_its_start_fails_with_any_error(tmp_path: Path) -> None:
+    """Not only GuestError: an OSError out of KernelVM.start (after qemu was
+    started) must still stop the VM, or qemu and its namespace outlive the run."""
+    (tmp_path / "conftest.py").write_text(VM_START_FAILS)
+    (tmp_path / "test_mine.py").write_text("def test_vm(wireguard_kernel_vm):\n    pass\n")
+    record = tmp_path / "record"
+    run = pytest_run(
+        tmp_path, "-p", PLUGIN, "test_mine.py", env=clean_env(PLUGIN_TEST_RECORD=str(record))
+    )
+    assert "1 error" in run.stdout and "ConnectionRefusedError" in run.stdout, run.stdout
+    assert record.exists() and record.read_text() == "stopped\n", run.stdout

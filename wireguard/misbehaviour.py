@@ -113,6 +113,16 @@ FIELDS: dict[str, dict[str, tuple[int, int | None]]] = {
 }
 
 _MAC1_END = {"initiation": INITIATION_LEN - MAC_LEN, "response": RESPONSE_LEN - MAC_LEN}
+# A message of each kind as long as it can be, for checking a field exists
+# and is not empty (a keepalive is a transport message with no packet).
+_LONGEST = {
+    "initiation": INITIATION_LEN,
+    "response": RESPONSE_LEN,
+    "cookie_reply": COOKIE_REPLY_LEN,
+    "transport": 1 << 16,
+    "data": 1 << 16,
+    "keepalive": TRANSPORT_MIN_LEN,
+}
 _u32 = struct.Struct("<I").unpack_from
 
 
@@ -176,6 +186,11 @@ class Duplicate:
     copies: int = 1
     gap: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise ValueError(f"duplicate sends 1 or more copies, not {self.copies}")
+        _not_negative("the gap between copies", self.gap)
+
     def __str__(self) -> str:
         return f"duplicate x{self.copies}" + (f" every {self.gap}s" if self.gap else "")
 
@@ -185,6 +200,9 @@ class Delay:
     """Let the message through *seconds* later."""
 
     seconds: float
+
+    def __post_init__(self) -> None:
+        _not_negative("a delay", self.seconds)
 
     def __str__(self) -> str:
         return f"delay {self.seconds}s"
@@ -197,6 +215,9 @@ class Reorder:
     seconds if nothing else comes."""
 
     max_hold: float = 1.0
+
+    def __post_init__(self) -> None:
+        _not_negative("max_hold", self.max_hold)
 
     def __str__(self) -> str:
         return "reorder (held for the next datagram)"
@@ -214,6 +235,11 @@ class Replay:
     index: int = -1
     delay: float = 0.0
     instead: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"unknown message kind {self.kind!r} (one of {', '.join(KINDS)})")
+        _not_negative("a replay's delay", self.delay)
 
     def __str__(self) -> str:
         which = {-1: "the latest", 0: "the first"}.get(self.index, f"#{self.index} of the")
@@ -233,6 +259,14 @@ class Corrupt:
     value: bytes | None = None
     remac: bool | None = None
 
+    def __post_init__(self) -> None:
+        if not any(self.name in table for table in FIELDS.values()):
+            raise ValueError(f"no message has a field {self.name!r}")
+        if self.value is None and not 0 < self.xor < 256:
+            raise ValueError(f"xor is a byte from 1 to 255, not {self.xor}")
+        if self.value is not None and not self.value:
+            raise ValueError("an empty value changes nothing")
+
     def __str__(self) -> str:
         how = f"= {self.value.hex()}" if self.value is not None else f"^ {self.xor:#04x}"
         return f"corrupt {self.name} {how}"
@@ -246,8 +280,17 @@ class StaleTimestamp:
 
     age: float = 3600.0
 
+    def __post_init__(self) -> None:
+        if not self.age > 0:
+            raise ValueError(f"a stale timestamp is in the past: age > 0, not {self.age}")
+
     def __str__(self) -> str:
         return f"stale timestamp (-{self.age:g}s)"
+
+
+def _not_negative(what: str, seconds: float) -> None:
+    if not seconds >= 0:  # NaN too
+        raise ValueError(f"{what} is 0 or more seconds, not {seconds}")
 
 
 Action = Drop | Duplicate | Delay | Reorder | Replay | Corrupt | StaleTimestamp
@@ -275,8 +318,17 @@ class Rule:
             raise ValueError("direction is 'out' (what we send) or 'in' (what we receive)")
         if self.first < 1:
             raise ValueError("first counts from 1")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count is 1 or more (None: no end), not {self.count}")
         if isinstance(self.action, Corrupt) and self.kind != "any":
-            field_range(self.kind, self.action.name, 148)  # the field must exist
+            name = self.action.name
+            start, end = field_range(self.kind, name, _LONGEST[self.kind])  # the field exists
+            if start == end:
+                raise ValueError(f"a {self.kind}'s {name} is empty: nothing to corrupt")
+            if self.action.remac and self.kind not in _MAC1_END:
+                raise ValueError(f"remac: a {self.kind} has no MACs to recompute")
+            if self.action.remac and end > _MAC1_END[self.kind] - MAC_LEN:
+                raise ValueError(f"remac: corrupting {name} never recomputes the MACs")
         if isinstance(self.action, StaleTimestamp) and (
             self.kind != "initiation" or self.direction != "out"
         ):
@@ -336,6 +388,17 @@ class Policy:
 
     def bind(self, device: Device) -> Policy:
         self.device = device
+        return self
+
+    def reset(self) -> Policy:
+        """Forget what was seen and done: the rules count from their first
+        message again, and the log, history and held datagrams are emptied
+        (a policy reused for a new endpoint, or a new test)."""
+        for rule in self.rules:
+            rule.seen = rule.applied = 0
+        self.log.clear()
+        self.history.clear()
+        self._held.clear()
         return self
 
     # what the binding calls
@@ -435,6 +498,9 @@ class Policy:
             self._note(rule, direction, kind, now, note)
             return [replayed] if action.instead else [*pending, replayed]
         if isinstance(action, Corrupt):
+            if kind is None or action.name not in FIELDS[kind]:  # a rule for "any"
+                self._note(rule, direction, kind, now, f"corrupt: no field {action.name} here")
+                return pending
             out = [
                 Send(s.at, self._corrupt(direction, s.data, action, now), s.address, note)
                 for s in pending
@@ -465,7 +531,8 @@ class Policy:
         remac = action.remac
         if remac is None:
             remac = kind in _MAC1_END and end <= mac1_start
-        if remac and kind in _MAC1_END:
+        # Never over mac1 or mac2 themselves: that would undo the corruption.
+        if remac and kind in _MAC1_END and end <= mac1_start:
             return self._remac(direction, kind, bytes(data), bytes(out), now)
         return bytes(out)
 
@@ -544,6 +611,11 @@ def parse_rule(text: str) -> Rule:
     arg = args[0] if args else None
     action: Action
     try:
+        if len(args) > 1 or (arg is not None and verb in ("drop", "reorder")):
+            raise ValueError(
+                f"{verb} takes {'no' if verb in ('drop', 'reorder') else 'one'}"
+                f" argument, not {':'.join(args)!r}"
+            )
         if verb == "drop":
             action = Drop()
         elif verb == "duplicate":

@@ -89,6 +89,9 @@ def wireguard_kernel_vm() -> Iterator[KernelVM]:
     except kernel_vm.GuestError as exc:
         vm.stop()
         pytest.fail(f"the kernel WireGuard guest did not start: {exc}")
+    except BaseException:  # OSError, CalledProcessError, KeyboardInterrupt: qemu may run
+        vm.stop()
+        raise
     try:
         yield vm
     finally:

@@ -435,6 +435,9 @@ class MisbehavingPeer(Peer):
         from ..io.tap import attach
 
         self._namespaces += [self.hosts.a, self.hosts.b]
+        # A policy given to several peers (one pytest parameter for several
+        # tests, a rerun) starts afresh: "the first initiation" is this peer's.
+        self.policy.reset()
         self.hosts.create()
         sock = socket_in_netns(self.ns, socket.AF_INET, PEER_PORT)
         self._runner = _LoopThread(f"misbehaving-peer-{self.hosts.tag}")
