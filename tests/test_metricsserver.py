@@ -215,3 +215,109 @@ def test_listen_addresses(text, expected):
 def test_bad_listen_addresses(text):
     with pytest.raises(ValueError, match="--metrics"):
         parse_listen(text)
+
+
+def test_a_client_that_does_not_read_is_cut_off_and_counted():
+    """A scrape whose client never reads its answer is abandoned after the
+    timeout: the connection is aborted (the unsent answer not kept for it)
+    and counted as a timeout."""
+    import socket
+
+    big = Metric("big_answer", "gauge", "x" * (16 << 20))
+    big.add(1)
+
+    async def main() -> tuple[int, int]:
+        async with MetricsServer([lambda: [big]], timeout=0.3) as s:
+            port = s.addresses[0][1]
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(2.0)  # never reading, well past the timeouts
+            received = 0
+            try:
+                while True:
+                    chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except (ConnectionError, TimeoutError):
+                pass
+            finally:
+                sock.close()
+            return received, s.counters.timeouts
+
+    received, timeouts = asyncio.run(main())
+    assert received < 16 << 20, "the whole answer was kept for a client that did not read"
+    assert timeouts == 1
+
+
+def test_a_huge_request_head_gets_its_431_not_a_reset():
+    """Far more than max_request of request head: the client still reads the
+    431 (the server discards the rest for a moment before it closes, rather
+    than close with unread input, which the kernel turns into a reset that
+    loses the answer)."""
+
+    async def main() -> None:
+        async with MetricsServer([], timeout=5) as s:
+            port = s.addresses[0][1]
+            request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (1 << 20) + b"\r\n\r\n"
+            (response,) = _responses(await _raw(port, request))
+            assert response[0] == 431 and response[2] == b"request head too large\n"
+            assert s.counters.bad_requests == 1
+
+    asyncio.run(main())
+
+
+def test_a_failing_health_check_is_answered_500_and_counted():
+    """A health callable that raises gets the probe a 500 with one line (not
+    a connection closed without an answer), and is counted."""
+
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        async with MetricsServer([], broken) as s:
+            port = s.addresses[0][1]
+            got = await _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ((status, _, body),) = _responses(got)
+            assert status == 500 and body == b"the health check failed (see the log)\n"
+            assert s.counters.health_errors == 1
+
+    asyncio.run(main())
+
+
+def test_close_does_not_wait_for_a_client_that_does_not_read():
+    """close() hangs up on a client that reads none of its answer at once,
+    rather than waiting out the timeout for it, and quietly."""
+    import socket
+    import time
+
+    big = Metric("big_answer", "gauge", "x" * (16 << 20))
+    big.add(1)
+
+    errors: list[dict] = []
+
+    async def main() -> float:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        s = MetricsServer([lambda: [big]], timeout=30)
+        await s.start()
+        port = s.addresses[0][1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            await asyncio.wait_for(s.close(), 20)
+            return time.monotonic() - started
+        finally:
+            sock.close()
+
+    assert asyncio.run(main()) < 5
+    assert errors == []  # no "unhandled exception" for the client cut off

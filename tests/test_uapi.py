@@ -973,3 +973,30 @@ def test_close_hangs_up_on_clients_quietly(sock_path: str) -> None:
 
     assert asyncio.run(main()) == b""
     assert errors == []
+
+
+def test_close_does_not_wait_for_a_client_that_does_not_read(sock_path: str) -> None:
+    """A client that asked for a large answer and reads none of it does not
+    keep close() (the daemon's SIGTERM) waiting: it is hung up on, as the
+    other clients are."""
+    device = Device(key(1), listen_port=51820)
+    for n in range(2, 5002):
+        device.add_peer(PublicKey(n.to_bytes(32, "big")), endpoint=("192.0.2.1", n % 60000 + 1))
+    uapi = UAPI(device, now=time.monotonic)
+
+    async def main() -> float:
+        server = ControlServer(uapi, sock_path)
+        await server.start()
+        _reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(b"get=1\n\n")  # and never read the answer
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(server.close(), 5)
+        finally:
+            writer.transport.abort()
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 5
+    assert not os.path.exists(sock_path)

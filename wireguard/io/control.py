@@ -248,9 +248,24 @@ class ControlServer(Lifecycle):
             if holding:
                 lock.release()
             self._clients.discard(task)
+            await self._hang_up(writer)
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        """Close a client's connection: once what was written is out, or at
+        once when the server is closing (a client that reads nothing would
+        otherwise keep close(), and the daemon's exit, waiting for ever)."""
+        if self._server is None:
+            writer.transport.abort()
+        else:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        try:
+            await writer.wait_closed()
+        except asyncio.CancelledError:
+            writer.transport.abort()  # close() came while waiting
+            if self._server is not None:
+                raise
+        except Exception:
+            pass
 
 
 class _FileWatch:

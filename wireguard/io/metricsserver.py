@@ -20,7 +20,8 @@ The server is bounded whatever a client does: a request head of at most
 *max_request* bytes (431 beyond it), no request body (400), at most
 *max_connections* connections at once (the next ones get 503 and are
 closed), and a client that takes more than *timeout* seconds to send a
-request, or idles that long on a kept-alive connection, is disconnected.
+request or to read an answer, or idles that long on a kept-alive
+connection, is disconnected.
 Everything refused is counted (``wireguard_metrics_http_*`` families). It
 listens on loopback unless told otherwise: the metrics name peers' keys and
 addresses.
@@ -61,6 +62,9 @@ Collector = Callable[[], Iterable[Metric]]
 # A handshake younger than this means a session may be in use: keys are
 # refused REJECT_AFTER_TIME (180 s) after their handshake.
 DEFAULT_HEALTH_AGE = REJECT_AFTER_TIME
+
+# How long a closing connection's input is still read and dropped.
+_LINGER = 1.0
 
 _REASONS = {
     200: "OK",
@@ -145,6 +149,7 @@ class ServerCounters:
     bad_requests: int = 0  # malformed, with a body, too large, wrong method or version
     timeouts: int = 0  # clients disconnected for being slow or idle
     collector_errors: int = 0  # scrapes answered 500: a collector raised
+    health_errors: int = 0  # probes answered 500: the health check raised
 
 
 class _BadRequest(Exception):
@@ -258,13 +263,37 @@ class MetricsServer:
         self.counters.connections += 1
         try:
             await self._requests(reader, writer)
+            await self._linger(reader, writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() hangs up on clients by cancelling them; ending quietly,
+            # as asyncio (3.11) reports a client task that ends cancelled.
+            if self._server is not None:
+                raise
         finally:
             self._clients.discard(task)
+            await self._hang_up(writer)
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        """Close the connection once what was written is out, for *timeout*
+        at most, or at once when the server is closing: a client that reads
+        nothing would otherwise keep the unsent answer (and the connection,
+        no longer counted in max_connections) for ever."""
+        if self._server is None:
+            writer.transport.abort()
+        else:
             writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), self.timeout)
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self.timeout)
+        except TimeoutError:
+            writer.transport.abort()
+        except asyncio.CancelledError:
+            writer.transport.abort()  # close() came while waiting
+            if self._server is not None:
+                raise
+        except Exception:
+            pass
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -293,10 +322,28 @@ class MetricsServer:
             writer.write(
                 self._response(status, payload, close=not keep_alive, extra=extra, length=len(body))
             )
-            async with asyncio.timeout(self.timeout):
-                await writer.drain()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await writer.drain()
+            except TimeoutError:
+                self.counters.timeouts += 1  # a client too slow to read
+                writer.transport.abort()
+                return
             if not keep_alive:
                 return
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Before the close: the end of the answer sent, and what the client
+        still sends read and dropped, for a second at most. Closing with
+        unread input makes the kernel reset the connection, and the client
+        may then lose the answer (a 431 for a head far over the limit)."""
+        if writer.transport.is_closing():
+            return
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER):
+                while await reader.read(65536):
+                    pass
 
     def _bad(self, writer: asyncio.StreamWriter, status: int, text: str) -> None:
         self.counters.bad_requests += 1
@@ -341,7 +388,12 @@ class MetricsServer:
         if path == "/healthz":
             if self.health is None:
                 return 200, b"ok\n", {}
-            good, why = self.health()
+            try:
+                good, why = self.health()
+            except Exception:
+                self.counters.health_errors += 1
+                log.exception("the health check failed")
+                return 500, b"the health check failed (see the log)\n", {}
             return (200 if good else 503), why.encode() + b"\n", {}
         try:
             text = self.exposition()
