@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import struct
 
 import pytest
 
@@ -432,3 +433,47 @@ def test_actions_refuse_arguments_that_do_nothing_or_crash_later(make, message) 
 def test_parse_rule_refuses_ignored_or_void_arguments(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_rule(text)
+
+
+def _transport(counter: int, size: int = 64) -> bytes:
+    """A transport datagram as classify() sees one: type 4, an index, a counter."""
+    return struct.pack("<IIQ", 4, 7, counter) + bytes(size)
+
+
+def test_history_and_log_stay_bounded_on_a_long_run() -> None:
+    """`misbehave` runs until stopped, and every datagram passes the policy:
+    its history keeps the first message of each kind and the latest `keep`,
+    its log the latest `keep` entries at least, and counts what it forgot, so
+    memory does not grow with the traffic. Replay still finds the first and
+    the latest."""
+    keep = 50
+    policy = Policy([Rule("data", Drop(), direction="out")], keep=keep)
+    for counter in range(5_000):
+        policy.outgoing(_transport(counter), A_ADDR, float(counter))
+    for key in (("out", "transport"), ("out", "data")):
+        kept = policy.history[key]
+        assert len(kept) == keep + 1, (key, len(kept))
+        assert kept[0][0] == _transport(0) and kept[-1][0] == _transport(4_999)
+        assert policy.forgotten[key] == 5_000 - keep - 1
+    assert keep <= len(policy.log) <= 2 * keep
+    assert policy.log_forgotten + len(policy.log) == 5_000
+    assert policy.log[-1].now == 4_999.0
+    first = Policy([Rule("data", Replay(index=0, instead=True), direction="out")], keep=keep)
+    for counter in range(500):
+        (sent,) = first.outgoing(_transport(counter), A_ADDR, 0.0)
+    assert sent.data == _transport(0)
+
+
+def test_misbehave_shows_each_log_entry_once_while_the_log_is_trimmed() -> None:
+    from wireguard.cli.misbehave import unseen_entries
+
+    policy = Policy([Rule("data", Drop(), direction="out")], keep=10)
+    shown, seen = 0, []
+    for counter in range(1_000):
+        policy.outgoing(_transport(counter), A_ADDR, float(counter))
+        if counter % 7 == 0:  # the command shows the log now and then
+            entries, shown = unseen_entries(policy, shown)
+            seen += [e.now for e in entries]
+    entries, shown = unseen_entries(policy, shown)
+    seen += [e.now for e in entries]
+    assert seen == [float(c) for c in range(1_000)] and shown == 1_000

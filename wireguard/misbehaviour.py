@@ -40,6 +40,7 @@ timestamp alone (whitepaper 5.1: the timestamp must grow per peer).
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -124,6 +125,10 @@ _LONGEST = {
     "keepalive": TRANSPORT_MIN_LEN,
 }
 _u32 = struct.Struct("<I").unpack_from
+
+#: What a :class:`Policy` keeps of each kind of message, and of its log: a
+#: run of `misbehave` lasts until it is stopped, and every datagram passes.
+HISTORY_KEEP = 1000
 
 
 def classify(data: bytes) -> str | None:
@@ -379,11 +384,20 @@ class Policy:
     it) for what needs the endpoint's keys: recomputing MACs, forging stale
     timestamps."""
 
-    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+    def __init__(self, rules: Iterable[Rule] = (), *, keep: int = HISTORY_KEEP) -> None:
+        if keep < 1:
+            raise ValueError(f"keep is 1 or more, not {keep}")
         self.rules = list(rules)
         self.device: Device | None = None
+        self.keep = keep
+        # What was done, the latest *keep* entries at least (trimmed in steps
+        # of *keep*); log_forgotten counts the older ones.
         self.log: list[LogEntry] = []
+        self.log_forgotten = 0
+        # Per (direction, kind): the first message and the latest *keep*;
+        # forgotten counts the ones between.
         self.history: dict[tuple[str, str], list[tuple[bytes, Address]]] = {}
+        self.forgotten: Counter[tuple[str, str]] = Counter()
         self._held: list[tuple[float, Direction, Send]] = []
 
     def bind(self, device: Device) -> Policy:
@@ -397,7 +411,9 @@ class Policy:
         for rule in self.rules:
             rule.seen = rule.applied = 0
         self.log.clear()
+        self.log_forgotten = 0
         self.history.clear()
+        self.forgotten.clear()
         self._held.clear()
         return self
 
@@ -426,10 +442,17 @@ class Policy:
     def _record(self, direction: str, kind: str | None, data: bytes, address: Address) -> None:
         if kind is None:
             return
-        self.history.setdefault((direction, kind), []).append((data, address))
+        self._remember((direction, kind), (data, address))
         if kind == "transport":
             half = "keepalive" if len(data) == TRANSPORT_MIN_LEN else "data"
-            self.history.setdefault((direction, half), []).append((data, address))
+            self._remember((direction, half), (data, address))
+
+    def _remember(self, key: tuple[str, str], item: tuple[bytes, Address]) -> None:
+        kept = self.history.setdefault(key, [])
+        kept.append(item)
+        if len(kept) > self.keep + 1:  # the first stays: Replay(index=0)
+            del kept[1]
+            self.forgotten[key] += 1
 
     def _process(
         self, direction: Direction, data: bytes, address: Address, now: float
@@ -456,7 +479,11 @@ class Policy:
     def _note(
         self, rule: Rule, direction: Direction, kind: str | None, now: float, note: str
     ) -> None:
-        self.log.append(LogEntry(now, direction, kind, str(rule), note))
+        log = self.log
+        log.append(LogEntry(now, direction, kind, str(rule), note))
+        if len(log) > 2 * self.keep:
+            del log[: self.keep]
+            self.log_forgotten += self.keep
 
     def _apply(
         self, rule: Rule, direction: Direction, kind: str | None, pending: list[Send], now: float
@@ -649,6 +676,7 @@ def parse_rule(text: str) -> Rule:
 
 __all__ = [
     "FIELDS",
+    "HISTORY_KEEP",
     "KINDS",
     "Action",
     "Corrupt",

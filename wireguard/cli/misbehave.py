@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..misbehaviour import Policy, parse_rule
+from ..misbehaviour import LogEntry, Policy, parse_rule
 from . import CommandError
 
 
@@ -62,6 +62,13 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
+def unseen_entries(policy: Policy, shown: int) -> tuple[list[LogEntry], int]:
+    """The log entries after the first *shown* ever made (forgotten ones
+    included: the log is trimmed on a long run), and the new count."""
+    start = max(0, shown - policy.log_forgotten)
+    return policy.log[start:], policy.log_forgotten + len(policy.log)
+
+
 async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
     import asyncio
     import time
@@ -84,9 +91,9 @@ async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
 
     def show_log() -> None:
         nonlocal shown
-        for entry in policy.log[shown:]:
+        entries, shown = unseen_entries(policy, shown)
+        for entry in entries:
             print(f"{entry.direction:>3} {entry.kind or '?':<12} {entry.note}  [{entry.rule}]")
-        shown = len(policy.log)
 
     def on_packet(packet: bytes) -> None:
         try:
