@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import logging
 import os
 import shutil
 import socket
@@ -1000,3 +1001,48 @@ def test_close_does_not_wait_for_a_client_that_does_not_read(sock_path: str) -> 
 
     assert asyncio.run(main()) < 5
     assert not os.path.exists(sock_path)
+
+
+def test_refused_requests_are_reported_as_wireguard_go_logs_them() -> None:
+    """wireguard-go (device/uapi.go IpcHandle) logs every request it refuses
+    at error level: a bad set line, a get with a trailing byte, an unknown
+    operation, a line over 64 KiB. The connection reports each to its
+    on_error, with the errno the client got (none for a hang-up)."""
+    device = Device(key(1))
+    got: list[tuple[int, str]] = []
+
+    def talk(data: bytes) -> bytes:
+        connection = UAPIConnection(
+            UAPI(device, now=lambda: 0.0), on_error=lambda e: got.append((e.errno, str(e)))
+        )
+        connection.receive_data(data)
+        connection.receive_eof()
+        return b"".join(connection.outputs())
+
+    assert talk(b"set=1\nbogus_key=1\n\n") == b"errno=-22\n\n"
+    assert talk(b"get=1\nx") == b"errno=-22\n\n"
+    assert talk(b"hello=1\n") == b""
+    assert talk(b"set=1\nprivate_key=" + b"0" * 70_000 + b"\n\n") == b"errno=-5\n\n"
+    assert talk(b"get=1\n\n").endswith(b"errno=0\n\n")  # no error, no report
+    assert [code for code, _ in got] == [-22, -22, -22, -5], got
+    assert "invalid UAPI device key: 'bogus_key'" in got[0][1]
+    assert "trailing character" in got[1][1] and "invalid UAPI operation" in got[2][1]
+
+
+def test_the_control_server_logs_a_refused_request(
+    sock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    uapi = UAPI(Device(key(1)), now=time.monotonic)
+
+    async def main() -> bytes:
+        async with ControlServer(uapi, sock_path):
+            reader, writer = await asyncio.open_unix_connection(sock_path)
+            writer.write(b"set=1\nbogus_key=1\n\n")
+            answer = await reader.readuntil(b"\n\n")
+            writer.close()
+            return answer
+
+    with caplog.at_level(logging.ERROR, logger="wireguard.io.control"):
+        assert asyncio.run(main()) == b"errno=-22\n\n"
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "IPC error -22: invalid UAPI device key: 'bogus_key'" in record.getMessage()

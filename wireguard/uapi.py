@@ -674,8 +674,12 @@ class UAPIConnection:
     errno at once; the rest of its request is dropped (see the module).
     """
 
-    def __init__(self, uapi: UAPI) -> None:
+    def __init__(self, uapi: UAPI, *, on_error: Callable[[UAPIError], None] | None = None) -> None:
         self.uapi = uapi
+        #: Called with each request refused (the errno the client got; an
+        #: unknown operation is hung up on), for the binding to log as
+        #: wireguard-go does (IpcHandle: device.log.Errorf).
+        self.on_error = on_error
         self.closed = False
         self._buffer = bytearray()
         self._eof = False
@@ -746,6 +750,9 @@ class UAPIConnection:
                     self._chunk = next(self._answer)
                     return self.next_output()
                 self._state = _State.OPERATION
+                self._refused(
+                    UAPIError(IPC_ERROR_INVALID, f"trailing character in UAPI get: {byte:#04x}")
+                )
                 return f"errno={IPC_ERROR_INVALID}\n\n".encode()
             end = buffer.find(b"\n")
             if end < 0:
@@ -761,7 +768,7 @@ class UAPIConnection:
                     self._state = _State.SET
                     self._set = self.uapi.begin_set()
                 else:
-                    self._close()
+                    self._unknown(_shown(line.decode("utf-8", "surrogateescape")))
                     return None
                 continue
             if line.endswith(b"\r"):  # bufio.ScanLines drops one "\r" too
@@ -782,7 +789,7 @@ class UAPIConnection:
         # No complete line is buffered.
         if len(buffer) > MAX_LINE:
             if self._state is _State.OPERATION:
-                self._close()
+                self._unknown("a line over 64 KiB")
                 return None
             return self._overlong()
         if not self._eof:
@@ -828,6 +835,7 @@ class UAPIConnection:
                 try:
                     apply(line.decode("utf-8", "surrogateescape"))
                 except UAPIError as exc:
+                    self._refused(exc)
                     answer = self._set.abort(exc)
                     self._set = None
                     self._state = _State.SKIP
@@ -842,6 +850,7 @@ class UAPIConnection:
         try:
             self._set.line(line.decode("utf-8", "surrogateescape"))
         except UAPIError as exc:
+            self._refused(exc)
             answer = self._set.abort(exc)
             self._set = None
             self._state = _State.SKIP
@@ -864,8 +873,18 @@ class UAPIConnection:
             assert self._set is not None
             self._set.end()
             out = f"errno={IPC_ERROR_IO}\n\n".encode()
+        self._refused(UAPIError(IPC_ERROR_IO, "a line over 64 KiB"))
         self._close()
         return out
+
+    def _unknown(self, what: str) -> None:
+        """Not an operation: hung up on without an answer, as wireguard-go does."""
+        self._refused(UAPIError(IPC_ERROR_INVALID, f"invalid UAPI operation: {what}"))
+        self._close()
+
+    def _refused(self, error: UAPIError) -> None:
+        if self.on_error is not None:
+            self.on_error(error)
 
     def _close(self) -> None:
         self.closed = True

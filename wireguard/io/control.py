@@ -40,7 +40,7 @@ import socket
 import stat
 from collections.abc import Callable
 
-from ..uapi import UAPI, UAPIConnection
+from ..uapi import UAPI, UAPIConnection, UAPIError
 from .lifecycle import Lifecycle
 
 __all__ = ["SOCKET_DIRECTORY", "ControlServer", "query", "socket_path"]
@@ -205,7 +205,7 @@ class ControlServer(Lifecycle):
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
-        connection = UAPIConnection(self.uapi)
+        connection = UAPIConnection(self.uapi, on_error=self._refused)
         lock = self._device_lock
         holding = False
         try:
@@ -249,6 +249,10 @@ class ControlServer(Lifecycle):
                 lock.release()
             self._clients.discard(task)
             await self._hang_up(writer)
+
+    def _refused(self, error: UAPIError) -> None:
+        """A request refused: logged as wireguard-go logs it ("IPC error -22: ...")."""
+        log.error("control socket %s: IPC error %d: %s", self.path, error.errno, error)
 
     async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
         """Close a client's connection: once what was written is out, or at
