@@ -498,6 +498,7 @@ def test_udp_associate_with_a_stdlib_socket_client(dnsmasq) -> None:
             udp.sendto(_udp_header("10.1.2.3", 7) + b"nowhere", relay)  # no route: dropped
             udp.sendto(_udp_header(B_ADDR[0], 7) + b"last", relay)
             got.append(udp.recv(65535))
+            tcp.sendall(b"junk")  # the TCP connection only holds the association
         finally:
             udp.close()
             tcp.close()
@@ -518,8 +519,41 @@ def test_udp_associate_with_a_stdlib_socket_client(dnsmasq) -> None:
             assert counters.refusals["UDP fragmented"] == 1
             assert counters.refusals["UDP malformed"] == 1
             assert counters.refusals["UDP host unreachable"] == 1
+            assert counters.discarded == 4, w.socks.line()  # type: ignore[attr-defined]
+            assert "discarded 4 bytes" in w.socks.line()  # type: ignore[attr-defined]
 
     run(body)
+
+
+def test_http_proxy_counts_what_a_client_pipelined_after_its_last_request(dnsmasq) -> None:
+    """Bytes the proxy received and did not pass on are counted in the
+    proxy's counters (and its status line), not only in the core of a
+    connection that is gone: here a request pipelined after one with
+    Connection: close."""
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"GET http://b.test/file HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n"
+                + EXTRA
+            )
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    async def body() -> None:
+        async with world(dnsmasq) as w:
+            out = await asyncio.to_thread(client, w.http_port)
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(PAYLOAD), out[:200]
+            counters = w.http.counters  # type: ignore[attr-defined]
+            await until(lambda: counters.active == 0)
+            assert counters.discarded == len(EXTRA), w.http.line()  # type: ignore[attr-defined]
+
+    run(body)
+
+
+EXTRA = b"GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n"
 
 
 def test_socks5_username_password(dnsmasq) -> None:

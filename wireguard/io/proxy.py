@@ -165,6 +165,9 @@ class ProxyCounters:
     from_tunnel: int = 0
     datagrams_to_tunnel: int = 0
     datagrams_from_tunnel: int = 0
+    # Bytes received and not passed on: after a failure or a client's last
+    # request, on a UDP ASSOCIATE's TCP connection, a target's past its response.
+    discarded: int = 0
     # Everything refused or lost, by reason: "connection cap", "handshake
     # timeout", "bad request", "authentication", "host unreachable", ...
     refusals: Counter[str] = field(default_factory=Counter)
@@ -247,6 +250,8 @@ class _Proxy(ABC):
         )
         if c.datagrams_to_tunnel or c.datagrams_from_tunnel:
             text += f" ({c.datagrams_to_tunnel}/{c.datagrams_from_tunnel} datagrams)"
+        if c.discarded:
+            text += f", discarded {c.discarded} bytes"
         if c.refusals:
             text += "; refused: " + ", ".join(
                 f"{why} {n}" for why, n in sorted(c.refusals.items())
@@ -408,6 +413,18 @@ class Socks5Proxy(_Proxy):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str
     ) -> None:
         core = Socks5Server(self.options.credentials)
+        try:
+            await self._session(core, reader, writer, who)
+        finally:
+            self.counters.discarded += core.discarded
+
+    async def _session(
+        self,
+        core: Socks5Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        who: str,
+    ) -> None:
         request: Request | None = None
         early = bytearray()
         try:
@@ -511,8 +528,8 @@ class Socks5Proxy(_Proxy):
         core.connected((bound[0], bound[1]))
         writer.write(core.data_to_send())
         try:
-            while await reader.read(4096):
-                pass  # the connection only holds the association (counted by the core)
+            while data := await reader.read(4096):
+                core.receive_data(data)  # it only holds the association: counted, dropped
         finally:
             c.relaying -= 1
             relay.close()
@@ -687,6 +704,7 @@ class HTTPProxy(_Proxy):
                 # RequestBody / RequestEnd outside an exchange cannot happen:
                 # _exchange consumes them.
         finally:
+            self.counters.discarded += core.stats["discarded_bytes"]
             if upstream is not None:
                 upstream.writer.transport.abort()
             with contextlib.suppress(ConnectionError):
@@ -825,6 +843,7 @@ class HTTPProxy(_Proxy):
             return None, []
         finally:
             c.relaying -= 1
+            c.discarded += response.discarded
             for pending in (answer, reading):  # still running only if we were cancelled
                 if pending is not None and not pending.done():
                     pending.cancel()
