@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+from collections import deque
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1510,6 +1511,19 @@ def test_rate_limiter_table_is_bounded():
     assert len(limiter) == 1
 
 
+def test_rate_limiter_keeps_one_bucket_per_ipv4_address_behind_a_dual_stack_socket():
+    # kernel ratelimiter.c: a bucket per IPv4 address, per IPv6 /64. An IPv4
+    # source as a dual-stack socket gives it (asyncio: "::ffff:a.b.c.d") is
+    # that IPv4 address, not the /64 every IPv4 address shares.
+    from wireguard.ratelimit import RateLimiter
+
+    limiter = RateLimiter()
+    assert sum(limiter.allow("::ffff:192.0.2.1", 5.0) for _ in range(10)) == 5
+    assert limiter.allow("::ffff:198.51.100.7", 5.0)
+    assert not limiter.allow("192.0.2.1", 5.0)  # the same address, either form
+    assert len(limiter) == 2
+
+
 def test_gro_read_shapes_kept_are_bounded():
     """A peer chooses its datagram sizes and counts, so the per-shape
     readers of GRO reads are bounded whatever it sends: many shapes keep
@@ -1559,3 +1573,46 @@ def test_packet_longer_than_the_mtu_is_padded_as_the_kernel_pads(n: int, pad: in
     assert [len(m) for m in messages] == [16 + n + pad + 16] * 3
     got = b.device.receive_datagrams([(m, a.address) for m in messages], net.now).packets
     assert got == [packet] * 3
+
+
+def test_persistent_keepalive_before_an_endpoint_starts_the_handshake_once_there_is_one():
+    # kernel send.c wg_packet_send_keepalive stages the keepalive whatever the
+    # endpoint, and wg_packet_send_handshake_initiation re-arms the persistent
+    # keepalive before its send fails for want of one (wireguard-go's
+    # SendKeepalive / SendHandshakeInitiation likewise): once an endpoint is
+    # configured the peer comes up, with no traffic to start it.
+    for flush in (True, False):
+        net = Network(5)
+        a, b = net.add("a", 1), net.add("b", 2)
+        a.device.add_peer(b.device.public_key, allowed_ips=[f"{b.tunnel_ip}/32"],
+                          persistent_keepalive=25, now=net.now)  # fmt: skip
+        b.device.add_peer(a.device.public_key, allowed_ips=[f"{a.tunnel_ip}/32"])
+        net.run_for(60)
+        pa = a.device.peers[b.device.public_key]
+        assert kinds_sent(net, a) == [] and pa.staged == deque([b""])
+        a.device.add_peer(b.device.public_key, endpoint=b.address)  # `wg set ... endpoint`
+        if flush:  # as the UAPI and the re-resolver follow it
+            net.apply(a, a.device.send_staged(b.device.public_key, net.now))
+            assert kinds_sent(net, a) == [1]
+        net.run_for(25)
+        assert kinds_sent(net, a)[:2] == [1, 4] and pa.current is not None
+
+
+def test_staged_packets_beyond_the_keypairs_last_nonces_wait_for_a_new_session():
+    # kernel send.c wg_packet_send_staged_packets: if the keypair cannot give
+    # every staged packet a nonce below REJECT_AFTER_MESSAGES, none is sent,
+    # they go back on the queue, the keypair stops sending and a handshake is
+    # sought. Nothing raises out of the device, nothing is lost.
+    net, a, b = pair()
+    net.send(a, b, 1)
+    net.run_for(1)
+    pa = a.device.peers[b.device.public_key]
+    pa.current.send_counter = REJECT_AFTER_MESSAGES - 1
+    pa.stage(ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 2)))
+    pa.stage(ipv4_packet(a.tunnel_ip, b.tunnel_ip, struct.pack(">Q", 3)))
+    pa.last_sent_handshake = None
+    start = len(net.tap)
+    net.apply(a, a.device.send_staged(b.device.public_key, net.now))
+    assert kinds_sent(net, a, start) == [1] and len(pa.staged) == 2
+    net.run_for(1)
+    assert ids(b) == [1, 2, 3]

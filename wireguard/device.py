@@ -44,6 +44,7 @@ from .constants import (
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT_DATA,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -635,9 +636,8 @@ class Device:
         return out
 
     def _send_keepalive(self, peer: Peer, now: float, out: Effects) -> None:
-        if peer.endpoint is None:
-            self.drops[Drop.NO_ENDPOINT] += 1
-            return
+        # Staged whatever the endpoint, as the kernel stages it (send.c
+        # wg_packet_send_keepalive): without one it waits for the endpoint.
         if not peer.staged:
             peer.stage(b"")
         self._send_staged(peer, now, out)
@@ -649,6 +649,12 @@ class Device:
             return
         staged = peer.staged
         if not staged:
+            return
+        if len(staged) > REJECT_AFTER_MESSAGES - keypair.send_counter:
+            # Not a nonce for each: none goes, and a new session is sought
+            # (kernel send.c wg_packet_send_staged_packets, out_invalid).
+            keypair.sending_valid = False
+            self._send_initiation(peer, now, out, is_retry=False)
             return
         endpoint = peer.endpoint
         if endpoint is None:
@@ -683,7 +689,12 @@ class Device:
         if last is not None and now - last < REKEY_TIMEOUT:
             return
         if peer.endpoint is None:
+            # Nowhere to send it. The persistent keepalive still runs, as the
+            # kernel's does (send.c wg_packet_send_handshake_initiation re-arms
+            # it before its send fails): what is staged goes out once an
+            # endpoint is configured, without traffic to start it.
             self.drops[Drop.NO_ENDPOINT] += 1
+            timers.on_authenticated_packet_traversal(now)
             return
         if self._static is None:
             self.drops[Drop.NO_PRIVATE_KEY] += 1

@@ -19,6 +19,7 @@ PACKET_COST = 1.0 / RATELIMIT_PACKETS_PER_SECOND
 TOKEN_MAX = PACKET_COST * RATELIMIT_PACKETS_BURSTABLE
 _GC_INTERVAL = 1.0
 MAX_ENTRIES = 8 * 8192
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
 
 
 class RateLimiter:
@@ -40,8 +41,12 @@ class RateLimiter:
             packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
         except ValueError:
             return host.encode()
+        if len(packed) == 4:
+            return packed
+        if packed[:12] == _V4_MAPPED:
+            return packed[12:]  # IPv4 through a dual-stack socket: that address
         # One bucket per IPv6 /64: an attacker holds a whole prefix.
-        return packed[:8] if len(packed) == 16 else packed
+        return packed[:8]
 
     def allow(self, host: str, now: float) -> bool:
         if now - self._last_gc >= _GC_INTERVAL:
