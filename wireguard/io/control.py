@@ -41,7 +41,7 @@ import stat
 from collections.abc import Callable
 
 from ..uapi import UAPI, UAPIConnection, UAPIError
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, hang_up
 
 __all__ = ["SOCKET_DIRECTORY", "ControlServer", "query", "socket_path"]
 
@@ -248,29 +248,15 @@ class ControlServer(Lifecycle):
             if holding:
                 lock.release()
             self._clients.discard(task)
-            await self._hang_up(writer)
+            await hang_up(writer, self._closing)
+
+    def _closing(self) -> bool:
+        """close() has begun: clients are hung up on at once."""
+        return self._server is None
 
     def _refused(self, error: UAPIError) -> None:
         """A request refused: logged as wireguard-go logs it ("IPC error -22: ...")."""
         log.error("control socket %s: IPC error %d: %s", self.path, error.errno, error)
-
-    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
-        """Close a client's connection: once what was written is out, or at
-        once when the server is closing (a client that reads nothing would
-        otherwise keep close(), and the daemon's exit, waiting for ever)."""
-        if self._server is None:
-            writer.transport.abort()
-        else:
-            writer.close()
-        try:
-            await writer.wait_closed()
-        except asyncio.CancelledError:
-            writer.transport.abort()  # close() came while waiting
-            if self._server is not None:
-                raise
-        except Exception:
-            pass
-
 
 class _FileWatch:
     """Calls *on_gone* once when the file at *path* is no longer the one with

@@ -1,9 +1,12 @@
 """What every long-lived object of the I/O layer shares: ``start()``,
-``close()`` and ``async with`` around them."""
+``close()`` and ``async with`` around them; and how its servers end a
+client's connection (:func:`hang_up`)."""
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -29,3 +32,28 @@ class Lifecycle(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def hang_up(
+    writer: asyncio.StreamWriter, closing: Callable[[], bool], timeout: float | None = None
+) -> None:
+    """End a served client's connection: once what was written is out (for
+    *timeout* seconds at most, then it is aborted), or at once when the
+    server is *closing*. A client that reads nothing would otherwise keep its
+    unsent answer, and the server's close() (a daemon's exit), waiting for
+    ever. A close() that comes while waiting aborts it too; any other
+    cancellation goes on."""
+    if closing():
+        writer.transport.abort()
+    else:
+        writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except TimeoutError:
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        if not closing():
+            raise
+    except Exception:
+        pass

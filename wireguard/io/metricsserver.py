@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..constants import REJECT_AFTER_TIME
 from ..metrics import CONTENT_TYPE, Metric, counter_metrics, device_metrics, render
+from .lifecycle import hang_up
 
 if TYPE_CHECKING:
     from ..device import Device
@@ -273,27 +274,11 @@ class MetricsServer:
                 raise
         finally:
             self._clients.discard(task)
-            await self._hang_up(writer)
+            await hang_up(writer, self._closing, self.timeout)
 
-    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
-        """Close the connection once what was written is out, for *timeout*
-        at most, or at once when the server is closing: a client that reads
-        nothing would otherwise keep the unsent answer (and the connection,
-        no longer counted in max_connections) for ever."""
-        if self._server is None:
-            writer.transport.abort()
-        else:
-            writer.close()
-        try:
-            await asyncio.wait_for(writer.wait_closed(), self.timeout)
-        except TimeoutError:
-            writer.transport.abort()
-        except asyncio.CancelledError:
-            writer.transport.abort()  # close() came while waiting
-            if self._server is not None:
-                raise
-        except Exception:
-            pass
+    def _closing(self) -> bool:
+        """close() has begun: clients are hung up on at once."""
+        return self._server is None
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
