@@ -185,6 +185,26 @@ def test_ping_both_ways_and_errors() -> None:
     run(body)
 
 
+def test_getaddrinfo_family_and_service_name() -> None:
+    """As loop.getaddrinfo: *family* holds for IP literals too (an IPv4
+    literal has no AF_INET6 address), and the port may be a service name."""
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            infos = await a.getaddrinfo(B_ADDR[1], 80, socket.AF_INET6, socket.SOCK_STREAM)
+            assert infos == [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (B_ADDR[1], 80, 0, 0))]
+            for host, family in ((B_ADDR[0], socket.AF_INET6), (B_ADDR[1], socket.AF_INET)):
+                with pytest.raises(socket.gaierror):
+                    await a.getaddrinfo(host, 80, family)
+            infos = await a.getaddrinfo(B_ADDR[0], "https", type=socket.SOCK_STREAM)
+            assert infos == [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (B_ADDR[0], 443))]
+            with pytest.raises(socket.gaierror):
+                await a.getaddrinfo(B_ADDR[0], "no-such-service")
+
+    run(body)
+
+
 def test_not_started_and_from_config(tmp_path) -> None:
     key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
     conf = tmp_path / "a.conf"

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_CI, need, need_tool
+from tests.conftest import IN_CI, need, need_tool, self_signed_pem
 from tests.interop.harness import UNDER_V4, Hosts, WireGuardGo, hosts
 from tests.interop.test_forward import Forwarder, nobody_script
 from wireguard.keys import PrivateKey
@@ -417,36 +417,6 @@ server.serve_forever()
 """
 
 
-def _certificate(path: Path, ip: str) -> None:
-    """A self-signed certificate for *ip* (key and certificate in one PEM file)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )  # fmt: skip
-
-
 def test_https_through_the_tunnel_with_httpx_httpcore_and_aiohttp() -> None:
     """TLS runs in the process over the stack's connection: a server with a
     certificate the client is told to trust, and one it does not trust."""
@@ -465,7 +435,7 @@ def test_https_through_the_tunnel_with_httpx_httpcore_and_aiohttp() -> None:
 
     with site(f"{UNDER_V4[1]}:{PORT_B}", b_knows_a=False) as s:
         pem = s.workdir / "tls.pem"
-        _certificate(pem, TUN_B)
+        self_signed_pem(pem, [TUN_B])
         s.spawn(s.h.b, sys.executable, "-c", TLS_SERVER, TUN_B, "8443", str(pem),
                 str(s.workdir / "www"))  # fmt: skip
         url = f"https://{TUN_B}:8443/file"

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
+from ..dns import ResolutionError
 from ..io.rootless import RootlessTunnel
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ __all__ = ["TunnelConnector"]
 class TunnelConnector(aiohttp.BaseConnector):
     """aiohttp's connections through *tunnel* (started). *ssl* is an
     :class:`ssl.SSLContext`, True (the system's CAs) or False (no certificate
-    check) for ``https://``; the other options are
+    check) for ``https://``, unless a request's own ``ssl=`` (a context,
+    False, an :class:`aiohttp.Fingerprint`) says otherwise; the other options are
     :class:`aiohttp.BaseConnector`'s (``limit``, ``keepalive_timeout``, ...)."""
 
     def __init__(
@@ -51,12 +53,14 @@ class TunnelConnector(aiohttp.BaseConnector):
         self.tunnel = tunnel
         self._ssl_option = ssl
 
-    def _context(self) -> ssl.SSLContext:
-        option = self._ssl_option
+    def _context(self, req: ClientRequest) -> ssl.SSLContext:
+        # the request's ``ssl=`` first, as aiohttp's TCPConnector does: a
+        # context is used as is, False or a Fingerprint skip the CA check
+        option = req.ssl if req.ssl is not True else self._ssl_option
         if isinstance(option, ssl.SSLContext):
             return option
         context = ssl.create_default_context()
-        if not option:
+        if option is not True:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
@@ -77,8 +81,17 @@ class TunnelConnector(aiohttp.BaseConnector):
             raise aiohttp.ServerTimeoutError(
                 f"connection to {host}:{port} through the tunnel timed out"
             ) from None
+        except ResolutionError as exc:
+            dns_error = getattr(aiohttp, "ClientConnectorDNSError", aiohttp.ClientConnectorError)
+            raise dns_error(req.connection_key, OSError(None, str(exc))) from exc
+        except ssl.CertificateError as exc:
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
         except (OSError, ValueError) as exc:
-            error = exc if isinstance(exc, OSError) else OSError(str(exc))
+            error = exc if isinstance(exc, OSError) else OSError(None, str(exc))
+            if error.strerror is None:  # the stack's errors (ConnectionRefused...)
+                error.strerror = str(exc) or type(exc).__name__  # aiohttp shows it
             raise aiohttp.ClientConnectorError(req.connection_key, error) from exc
 
     async def _tls(self, host: str, port: int, req: ClientRequest) -> ResponseHandler:
@@ -87,13 +100,17 @@ class TunnelConnector(aiohttp.BaseConnector):
         waiter: asyncio.Future[None] = loop.create_future()
         server_hostname = req.server_hostname or host.rstrip(".")
         tls = sslproto.SSLProtocol(
-            loop, application, self._context(), waiter, server_hostname=server_hostname
+            loop, application, self._context(req), waiter, server_hostname=server_hostname
         )
         transport, _ = await self.tunnel.create_connection(lambda: _Feed(tls), host, port)
         try:
             await waiter
+            fingerprint = req.ssl if isinstance(req.ssl, aiohttp.Fingerprint) else None
+            if fingerprint is not None:
+                assert application.transport is not None
+                fingerprint.check(application.transport)
         except BaseException:
-            transport.close()
+            transport.abort()
             raise
         assert isinstance(application, ResponseHandler)
         return application
@@ -105,9 +122,11 @@ class _Feed(asyncio.Protocol):
 
     def __init__(self, inner: asyncio.BufferedProtocol) -> None:
         self.inner = inner
+        self.error: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.inner.connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.inner.connection_made(_Lower(transport, self))
 
     def data_received(self, data: bytes) -> None:
         view = memoryview(data)
@@ -124,10 +143,50 @@ class _Feed(asyncio.Protocol):
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
+        self.inner.connection_lost(exc if exc is not None else self.error)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+
+
+class _Lower(asyncio.Transport):
+    """The tunnel's transport as asyncio's TLS protocol uses it, which also
+    calls ``_force_close(exc)`` (asyncio's own transports have it) when the
+    handshake or a record fails, and from Python 3.13 on for ``abort()``:
+    the connection is reset and ``connection_lost`` gets *exc*."""
+
+    def __init__(self, transport: asyncio.Transport, feed: _Feed) -> None:
+        super().__init__()
+        self._transport, self._feed = transport, feed
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self._feed.error is None:
+            self._feed.error = exc
+        self._transport.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._transport.write(data)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)

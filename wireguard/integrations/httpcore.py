@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpcore
 
+from ..dns import ResolutionError
 from ..io.rootless import RootlessTunnel
 
 __all__ = ["TunnelBackend", "TunnelStream"]
@@ -45,7 +46,7 @@ async def _limits(
             yield
     except TimeoutError:
         raise on_timeout(f"timed out after {timeout} s") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ResolutionError) as exc:
         raise on_error(str(exc) or type(exc).__name__) from exc
 
 
@@ -92,8 +93,9 @@ class TunnelStream(httpcore.AsyncNetworkStream):
         if info == "server_addr":
             return self._writer.get_extra_info("peername")
         if info == "is_readable":
-            # an idle pooled connection that the server closed
-            return self._reader.at_eof()
+            # an idle pooled connection that the server closed (FIN) or reset
+            reader = self._reader
+            return reader.at_eof() or reader.exception() is not None
         return None
 
 
@@ -130,9 +132,11 @@ class _TlsStream(httpcore.AsyncNetworkStream):
             return result
 
     async def handshake(self) -> None:
+        # every failure of the handshake is a connect error, as in httpcore's
+        # own backends (the pool retries those when asked to)
         try:
             await self._run(self._ssl.do_handshake, timeout=None)
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, httpcore.ReadError, httpcore.WriteError) as exc:
             raise httpcore.ConnectError(f"TLS handshake: {exc}") from exc
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:

@@ -296,8 +296,14 @@ class RootlessTunnel(StackBinding, Lifecycle):
         """Like :meth:`asyncio.loop.getaddrinfo`, names resolved as by
         :meth:`resolve`; only the addresses a peer's AllowedIPs cover (those
         the tunnel can reach) are returned, or ``OSError(ENETUNREACH)``."""
-        number = 0 if port is None or port == "" else int(port)
+        number = _port_number(port)
         addresses = await self.resolve(host, family)
+        if family in (socket.AF_INET, socket.AF_INET6):  # a literal of the other family
+            addresses = [a for a in addresses if (":" in a) == (family == socket.AF_INET6)]
+            if not addresses:
+                raise socket.gaierror(
+                    socket.EAI_ADDRFAMILY, f"{host}: address family for hostname not supported"
+                )
         reachable = [a for a in addresses if self.routable(a)]
         if not reachable:
             raise unreachable(host, [ipaddress.ip_address(a) for a in addresses])
@@ -399,6 +405,19 @@ class RootlessTunnel(StackBinding, Lifecycle):
             tcp_connections=len(self.stack.tcp_connections),
             losses={k: v for k, v in losses.items() if v},
         )
+
+
+def _port_number(port: int | str | None) -> int:
+    """A port as :func:`socket.getaddrinfo` takes it: a number, its text, a
+    service name (``"https"``), or None / "" for 0."""
+    if port is None or port == "":
+        return 0
+    if isinstance(port, int) or port.isdigit():
+        return int(port)
+    try:
+        return socket.getservbyname(port)
+    except OSError:
+        raise socket.gaierror(socket.EAI_SERVICE, f"{port}: servname not supported") from None
 
 
 async def open_tunnel(config: Config | str | os.PathLike[str], **options: Any) -> RootlessTunnel:
