@@ -38,7 +38,7 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
@@ -494,6 +494,9 @@ class InterfaceConfig:
     pre_down: tuple[str, ...] = ()
     post_down: tuple[str, ...] = ()
     save_config: bool = False
+    #: The line of each key (``"Table"``: 4) when parsed from a file, for a
+    #: note about a value made later (not compared).
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and frozen, so a Config is hashable.
@@ -626,6 +629,7 @@ class _InterfaceBuilder:
             pre_down=tuple(self.hooks["PreDown"]),
             post_down=tuple(self.hooks["PostDown"]),
             save_config=self.save_config,
+            lines=dict(self.seen),
         )
 
 

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -28,6 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import need, need_tool
 from tests.interop.harness import UNDER_V4, Hosts, WireGuardGo, hosts, run, socket_in_netns
 from wireguard.io import tun as tunmod
 from wireguard.keys import PrivateKey
@@ -522,6 +524,31 @@ def test_hook_failure_in_a_condition_is_not_fatal_as_with_set_e(tmp_path):
     hook = f"false || true; if false; then :; fi; false && :; touch {marker}"
     asyncio.run(Service("pyhook0", Config())._hooks("PostUp", [hook]))
     assert marker.exists()
+
+
+def test_sigterm_while_endpoint_names_are_looked_up_ends_the_service(monkeypatch):
+    """``up`` gives up on a service that does not come up in time and sends it
+    SIGTERM; one still looking up an endpoint name (wg's retries last
+    minutes) went on, and could bring the interface up long after ``up``
+    had failed."""
+    import asyncio
+
+    from wireguard.config import parse_wg_quick
+    from wireguard.io import tunnel
+    from wireguard.io.up import Service, UpError
+
+    async def never(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(tunnel, "device_from_config", never)
+    config = parse_wg_quick(f"[Interface]\nPrivateKey = {PrivateKey.generate()}\n")
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(Service("rvupsig0", config).run(lambda line: None), 10)
+
+    with pytest.raises(UpError, match="stopped before it was up"):
+        asyncio.run(main())
 
 
 def test_up_without_root_is_one_line(tmp_path, monkeypatch, capsys):
@@ -1086,3 +1113,259 @@ def test_udp_receive_buffer_drops_are_counted_as_the_kernel_counts_them():
     got = json.loads(out.stdout)
     assert got["kernel"] > 0
     assert got["counted"] == got["kernel"]
+
+
+# --------------------------------------------------------------------------- against wg-quick
+#
+# The same wg-quick file brought up by wg-quick (with wireguard-go) and by
+# `up`, each in a namespace of its own, and what the user sees compared.
+
+WG_QUICK_ENV = {
+    "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+    "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go",
+}
+
+
+class Lone:
+    """One namespace ``rvup-TAG`` with a veth pair (both ends inside, the
+    underlay 192.168.56.1/24 on ``rvupaTAG``), where *impl* (``ours`` or
+    ``wg-quick``) brings up ``rvupTAG`` from the file :attr:`conf`."""
+
+    def __init__(self, tmp: Path, impl: str, veth_mtu: int = 1500) -> None:
+        import secrets
+
+        from tests.interop.harness import need_netns
+
+        need_netns()
+        if impl == "wg-quick":
+            need_tool("wg-quick")
+        self.impl = impl
+        self.tag = secrets.token_hex(3)
+        self.ns = f"rvup-{self.tag}"
+        self.name = f"rvup{self.tag}"
+        self.conf = tmp / f"{self.name}.conf"
+        self.log = tmp / f"{self.name}.log"
+        run("ip", "netns", "add", self.ns)
+        va, vb = f"rvupa{self.tag}", f"rvupb{self.tag}"
+        self.sh(f"ip link set lo up && ip link add {va} mtu {veth_mtu} type veth peer name {vb}"
+                f" && ip link set {vb} up && ip link set {va} up"
+                f" && ip addr add 192.168.56.1/24 dev {va}")  # fmt: skip
+        self.veth = va
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.ns, "sh", "-c", script, check=check)
+
+    def write(self, interface: str = "", peer: str = "") -> None:
+        self.conf.write_text(
+            f"[Interface]\nPrivateKey = {PrivateKey.generate()}\n{interface}"
+            f"[Peer]\nPublicKey = {PrivateKey.generate().public_key}\n{peer}"
+        )
+        self.conf.chmod(0o600)
+
+    def up(self, target: str | None = None) -> subprocess.CompletedProcess:
+        target = target or str(self.conf)
+        if self.impl == "wg-quick":
+            argv: list[str] = ["wg-quick", "up", target]
+        else:
+            argv = [*UP, "up", "--log", str(self.log), target]
+        env = dict(os.environ, **WG_QUICK_ENV)
+        return run("ip", "netns", "exec", self.ns, *argv, check=False, env=env, timeout=90)
+
+    def down(self) -> subprocess.CompletedProcess:
+        if self.impl == "wg-quick":
+            argv: list[str] = ["wg-quick", "down", str(self.conf)]
+        else:
+            argv = [*UP, "down", self.name]
+        return run("ip", "netns", "exec", self.ns, *argv, check=False, timeout=60)
+
+    def mtu(self) -> int:
+        shown = run("ip", "-n", self.ns, "link", "show", self.name).stdout
+        found = re.search(r" mtu (\d+) ", shown)
+        assert found, shown
+        return int(found.group(1))
+
+    def close(self) -> None:
+        from wireguard.testbed.netns import kill_namespace_processes
+
+        with contextlib.suppress(Exception):
+            self.down()
+        kill_namespace_processes(self.ns)  # only what this test started lives there
+        run("ip", "netns", "del", self.ns, check=False)
+        for suffix in (".sock", ".pid", ".rules"):
+            with contextlib.suppress(FileNotFoundError):
+                (RUN_DIR / f"{self.name}{suffix}").unlink()
+
+
+@contextlib.contextmanager
+def lone(tmp: Path, impl: str, veth_mtu: int = 1500):
+    ns = Lone(tmp, impl, veth_mtu)
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+IMPLS = pytest.mark.parametrize("impl", ["wg-quick", "ours"])
+
+
+@IMPLS
+def test_mtu_without_mtu_line_is_wg_quicks(tmp_path, impl):
+    """No ``MTU =``: wg-quick's set_mtu_up takes the largest MTU of the routes
+    to the peers' endpoints (the route's ``mtu``, else its device's), else the
+    default route's, else 1500; minus 80. Ours was 1420 whatever the links."""
+    with lone(tmp_path, impl, veth_mtu=9000) as ns:
+        ns.sh("ip route add 10.201.0.0/16 via 192.168.56.254 mtu 1400")
+        # The endpoint's route carries an MTU: 1400 - 80.
+        ns.write("Address = 10.79.9.1/24\n", "AllowedIPs = 10.79.9.2/32\n"
+                 "Endpoint = 10.201.0.5:51820\n")  # fmt: skip
+        result = ns.up()
+        assert result.returncode == 0, result.stderr
+        assert ns.mtu() == 1320
+        assert ns.down().returncode == 0
+        # The endpoint's route has none: its device's (the veth's 9000) - 80.
+        ns.write("", "AllowedIPs = 10.79.9.2/32\nEndpoint = 192.168.56.7:51820\n")
+        assert ns.up().returncode == 0
+        assert ns.mtu() == 8920
+        assert ns.down().returncode == 0
+        # No endpoint: the default route's device's.
+        ns.sh("ip route add default via 192.168.56.254")
+        ns.write("", "AllowedIPs = 10.79.9.2/32\n")
+        assert ns.up().returncode == 0
+        assert ns.mtu() == 8920
+        assert ns.down().returncode == 0
+        # MTU = wins.
+        ns.write("MTU = 1280\n", "AllowedIPs = 10.79.9.2/32\nEndpoint = 192.168.56.7:51820\n")
+        assert ns.up().returncode == 0
+        assert ns.mtu() == 1280
+
+
+@IMPLS
+def test_table_by_name_from_rt_tables(tmp_path, impl):
+    """``Table = NAME``: wg-quick hands it to ``ip route add ... table NAME``,
+    which looks it up in /etc/iproute2/rt_tables (and rt_tables.d). Ours
+    refused anything but a number (after PreUp, with the TUN made)."""
+    with lone(tmp_path, impl) as ns:
+        table_name, number = f"rvup{ns.tag}", 2000 + int(ns.tag, 16) % 10000
+        entry = Path(f"/etc/iproute2/rt_tables.d/{ns.ns}.conf")
+        need(entry.parent.is_dir(), "no /etc/iproute2/rt_tables.d (iproute2's)")
+        entry.write_text(f"{number} {table_name}\n")
+        try:
+            ns.write(f"Address = 10.79.9.1/24\nTable = {table_name}\n",
+                     "AllowedIPs = 0.0.0.0/0, 10.80.0.0/16\n")  # fmt: skip
+            result = ns.up()
+            assert result.returncode == 0, result.stderr
+            table = run("ip", "-n", ns.ns, "route", "show", "table", str(number)).stdout
+            assert f"default dev {ns.name}" in table and f"10.80.0.0/16 dev {ns.name}" in table
+            assert "10.80.0.0/16" not in run("ip", "-n", ns.ns, "route", "show").stdout
+            assert "fwmark" not in run("ip", "-n", ns.ns, "rule").stdout
+        finally:
+            entry.unlink()
+
+
+def test_unknown_table_name_is_one_line_before_anything_runs(tmp_path):
+    with lone(tmp_path, "ours") as ns:
+        marker = tmp_path / "pre-up-ran"
+        ns.write(f"Table = rvup-no-such-table\nPreUp = touch {marker}\n",
+                 "AllowedIPs = 10.80.0.0/16\n")  # fmt: skip
+        result = ns.up()
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"python -m wireguard up: {ns.conf}:3: Table: 'rvup-no-such-table' "
+            "is not a number or a name in /etc/iproute2/rt_tables"
+        ]
+        assert not marker.exists()
+
+
+@IMPLS
+def test_pre_up_runs_before_endpoint_names_are_resolved(tmp_path, impl):
+    """wg-quick runs PreUp first, then ``wg setconf`` looks the endpoint
+    names up: a PreUp may make a name resolvable (here: an /etc/hosts line).
+    Ours looked the names up before PreUp."""
+    with lone(tmp_path, impl) as ns:
+        etc = Path("/etc/netns") / ns.ns  # `ip netns exec` mounts etc/hosts over /etc/hosts
+        etc.mkdir(parents=True)
+        try:
+            (etc / "hosts").write_text("127.0.0.1 localhost\n")
+            ns.write(f"PreUp = echo '192.168.56.7 {ns.name}.test' >> /etc/hosts\n",
+                     f"AllowedIPs = 10.80.0.0/16\nEndpoint = {ns.name}.test:51820\n")  # fmt: skip
+            result = ns.up()
+            assert result.returncode == 0, result.stderr + (
+                ns.log.read_text() if ns.log.exists() else ""
+            )
+            shown = run("ip", "netns", "exec", ns.ns, "wg", "show", ns.name, "endpoints").stdout
+            assert "192.168.56.7:51820" in shown
+        finally:
+            shutil.rmtree(etc, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                etc.parent.rmdir()
+
+
+@IMPLS
+def test_up_with_a_bare_name_reads_etc_wireguard(tmp_path, impl):
+    """``wg-quick up NAME`` reads /etc/wireguard/NAME.conf; ours read ./NAME."""
+    with lone(tmp_path, impl) as ns:
+        etc = Path("/etc/wireguard")
+        need(etc.is_dir(), "no /etc/wireguard (wireguard-tools')")
+        ns.conf = etc / f"{ns.name}.conf"
+        try:
+            ns.write("Address = 10.79.9.1/24\n", "AllowedIPs = 10.80.0.0/16\n")
+            result = ns.up(ns.name)
+            assert result.returncode == 0, result.stderr
+            assert "10.79.9.1/24" in run("ip", "-n", ns.ns, "addr", "show", ns.name).stdout
+        finally:
+            ns.close()
+            ns.conf.unlink()
+
+
+@IMPLS
+def test_name_taken_in_another_namespace_is_not_in_the_way(tmp_path, impl):
+    """``nsenter --net`` keeps the /sys of where it was called: wg-quick asks
+    netlink whether the name exists, in the namespace it runs in; ours read
+    /sys/class/net and refused a name taken only in the other namespace."""
+    nsenter = need_tool("nsenter")
+    with lone(tmp_path, impl) as ns:
+        other = f"{ns.ns}-o"
+        run("ip", "netns", "add", other)
+        try:
+            run("ip", "-n", other, "link", "add", ns.name, "type", "veth",
+                "peer", "name", f"rvupc{ns.tag}")  # fmt: skip
+            ns.write("Address = 10.79.9.1/24\n", "AllowedIPs = 10.80.0.0/16\n")
+            if impl == "wg-quick":
+                argv: list[str] = ["wg-quick", "up", str(ns.conf)]
+            else:
+                argv = [*UP, "up", "--log", str(ns.log), str(ns.conf)]
+            env = dict(os.environ, **WG_QUICK_ENV)
+            result = run("ip", "netns", "exec", other, nsenter, f"--net=/var/run/netns/{ns.ns}",
+                         *argv, check=False, env=env, timeout=90)  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert "10.79.9.1/24" in run("ip", "-n", ns.ns, "addr", "show", ns.name).stdout
+            # And a name taken where it runs is refused, whatever /sys shows.
+            again = run("ip", "netns", "exec", other, nsenter, f"--net=/var/run/netns/{ns.ns}",
+                        *argv, check=False, env=env, timeout=90)  # fmt: skip
+            assert again.returncode == 1 and "already exists" in again.stderr, again.stderr
+        finally:
+            run("ip", "netns", "del", other, check=False)
+
+
+@IMPLS
+def test_route_of_another_interface_to_an_allowed_ip_fails_up(tmp_path, impl):
+    """wg-quick's add_route skips a route its interface already has (the
+    prefix route of an Address) and otherwise runs ``ip route add``, which
+    fails if another interface has the route: up fails and tears down. Ours
+    said nothing and came up with the traffic going elsewhere."""
+    with lone(tmp_path, impl) as ns:
+        ns.sh("ip route add 10.80.0.0/16 via 192.168.56.254")
+        ns.write("Address = 10.79.9.1/24\n",
+                 "AllowedIPs = 10.79.9.0/24, 10.80.0.0/16\n")  # fmt: skip
+        result = ns.up()
+        assert result.returncode != 0, result.stderr  # wg-quick: ip's status, 2
+        assert run("ip", "-n", ns.ns, "link", "show", ns.name, check=False).returncode != 0
+        if impl == "ours":
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines() == [
+                "python -m wireguard up: route 10.80.0.0/16: "
+                "a route to it through another interface exists"
+            ]
+        # The Address's own prefix route is no obstacle.
+        ns.sh("ip route del 10.80.0.0/16")
+        assert ns.up().returncode == 0

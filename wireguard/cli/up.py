@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from ..io.up import LOG_DIRECTORY
@@ -16,8 +15,9 @@ def _service_formatter(args: argparse.Namespace) -> logging.Formatter:
     if not args.foreground:
         return _Plain()
     from ..io.tun import interface_name
+    from ..io.up import config_file
 
-    name = interface_name(os.path.abspath(args.config))
+    name = interface_name(config_file(args.config))
     return logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
 
 
@@ -59,7 +59,11 @@ def add_parser(subparsers: Any) -> None:
         description="Create interface NAME (the file name without .conf), set its addresses "
         "and routes, and run the endpoint in the background.",
     )
-    up.add_argument("config", metavar="CONFIG", help="wg-quick file, e.g. /etc/wireguard/wg0.conf")
+    up.add_argument(
+        "config",
+        metavar="CONFIG|NAME",
+        help="wg-quick file, e.g. wg0.conf, or an interface name for /etc/wireguard/NAME.conf",
+    )
     up.add_argument("--foreground", action="store_true", help="stay attached and log to stderr")
     up.add_argument("--log", metavar="FILE", help=f"log file (default {LOG_DIRECTORY}/NAME.log)")
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

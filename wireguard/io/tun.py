@@ -2,7 +2,8 @@
 
 :class:`Tun` opens a layer-3 TUN interface (``IFF_TUN | IFF_NO_PI``: raw IPv4
 and IPv6 packets, no link header) and :func:`configure` sets it up as
-``wg-quick`` would: MTU (1420 unless the config says otherwise), the
+``wg-quick`` would: MTU (unless the config sets one, that of the routes to
+the peers' endpoints less 80, as wg-quick chooses it), the
 ``Address`` entries, link up, and a route for every peer's ``AllowedIPs``
 (through pyroute2, in the caller's network namespace). A default route
 (``0.0.0.0/0`` or ``::/0``) gets wg-quick's policy routing: its own table, a
@@ -56,7 +57,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ __all__ = [
     "TunPump",
     "configure",
     "interface_name",
+    "routing_table",
     "split_gso",
     "validate_name",
 ]
@@ -1302,29 +1304,83 @@ def _is_default(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     return network.prefixlen == 0
 
 
+# Where ``ip`` finds table names (iproute2's rt_names.c), the first file that
+# exists, then each directory's rt_tables.d/*.conf.
+RT_TABLES = ("/etc/iproute2/rt_tables", "/usr/lib/iproute2/rt_tables",
+             "/usr/share/iproute2/rt_tables")  # fmt: skip
+_BUILTIN_TABLES = {"unspec": 0, "default": 253, "main": 254, "local": 255}
+_TABLE_LINE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s+([^\s#]+)")
+
+
+def _table_names() -> dict[str, int]:
+    names = dict(_BUILTIN_TABLES)
+    files = [next((f for f in RT_TABLES if os.path.isfile(f)), RT_TABLES[0])]
+    for directory in dict.fromkeys(os.path.dirname(f) for f in RT_TABLES):
+        with contextlib.suppress(OSError):
+            d = os.path.join(directory, "rt_tables.d")
+            files += sorted(os.path.join(d, n) for n in os.listdir(d) if n.endswith(".conf"))
+    for path in files:
+        with contextlib.suppress(OSError), open(path, errors="replace") as f:
+            for line in f:
+                found = _TABLE_LINE.match(line)
+                if found and not line.lstrip().startswith("#"):
+                    names[found.group(2)] = _number(found.group(1))
+    return names
+
+
+def _number(text: str) -> int:
+    return int(text, 16 if text[:2].lower() == "0x" else 10)
+
+
+def routing_table(setting: str) -> int:
+    """The number of the routing table ``Table = setting`` names, as ``ip
+    route add ... table setting`` reads it: a number (decimal or 0x hex) or a
+    name from ``/etc/iproute2/rt_tables`` (and ``rt_tables.d/*.conf``).
+    Raises :class:`TunError` for anything else."""
+    if re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", setting):
+        number = _number(setting)
+        if number <= 0xFFFFFFFF:
+            return number
+    else:
+        number = _table_names().get(setting, -1)
+        if number >= 0:
+            return number
+    shown = "(not shown: it could be a key)" if looks_like_key(setting) else repr(setting)
+    raise TunError(f"{shown} is not a number or a name in {RT_TABLES[0]}")
+
+
 def configure(
     tun: Tun,
     config: Config,
     *,
     mtu: int | None = None,
     set_fwmark: Callable[[int], None] | None = None,
+    endpoints: Sequence[str] = (),
 ) -> NetlinkConfig:
     """Set MTU, addresses, link up and routes for *config* on *tun*, as
     wg-quick's ``add_if``/``set_mtu_up``/``add_addr``/``add_route`` do.
 
-    ``Table = off`` adds no routes; ``Table = N`` puts them in table N; by
-    default a route to 0.0.0.0/0 or ::/0 gets wg-quick's policy routing, for
-    which *set_fwmark* is called to mark the tunnel's UDP socket."""
+    Without ``MTU =`` (or *mtu*) the MTU is wg-quick's: that of the route to
+    each of the peers' *endpoints* (IP addresses; the route's own MTU, else
+    its device's), the largest, else the default route's, else 1500; less 80.
+    ``Table = off`` adds no routes; ``Table = N`` (a number or a name from
+    rt_tables) puts them in table N; by default a route to 0.0.0.0/0 or ::/0
+    gets wg-quick's policy routing, for which *set_fwmark* is called to mark
+    the tunnel's UDP socket."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     iface = config.interface
-    mtu = mtu or iface.mtu or DEFAULT_MTU
-    table_setting = (iface.table or "auto").lower()
-    if table_setting not in ("auto", "main", "off") and not table_setting.isdigit():
-        table = iface.table or ""
-        shown = "(not shown: it could be a key)" if looks_like_key(table) else table
-        raise TunError(f"Table = {shown}: use a number, auto, main or off")
+    mtu = mtu or iface.mtu
+    table_setting = iface.table or "auto"
+    if table_setting.lower() in ("auto", "off"):
+        table_setting = table_setting.lower()
+        table = None
+    else:
+        try:
+            table = routing_table(table_setting)
+        except TunError as exc:
+            raise TunError(f"Table: {exc}") from None
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=tun.name)
         if not found:
@@ -1332,7 +1388,7 @@ def configure(
         index = found[0]
         result = NetlinkConfig(tun.name, index)
         try:
-            ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, mtu=mtu or _auto_mtu(ipr, endpoints))
             for address in iface.addresses:
                 try:
                     ipr.addr(
@@ -1357,17 +1413,67 @@ def configure(
                     _default_route(ipr, result, network, set_fwmark, config.interface.fwmark)
                     continue
                 kwargs = {"dst": str(network), "oif": index}
-                if table_setting not in ("auto", "main"):
-                    kwargs["table"] = int(table_setting)
+                if table is not None:
+                    kwargs["table"] = table
                 try:
                     ipr.route("add", **kwargs)
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:
                         raise
+                    # Ours already (the prefix route of an Address), as
+                    # wg-quick skips it; another interface's, wg-quick's
+                    # `ip route add` fails, and so does this.
+                    if not _route_is_ours(ipr, network, index, table):
+                        raise TunError(
+                            f"route {network}: a route to it through another interface exists"
+                        ) from None
         except NetlinkError as exc:
             result.undo()
             raise TunError(f"netlink: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+        except BaseException:
+            result.undo()
+            raise
     return result
+
+
+def _route_is_ours(ipr, network, index: int, table: int | None) -> bool:  # type: ignore[no-untyped-def]
+    family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+    for route in ipr.get_routes(family=family, table=table or 254):
+        if route["dst_len"] != network.prefixlen or route.get_attr("RTA_OIF") != index:
+            continue
+        dst = route.get_attr("RTA_DST") or str(network.network_address)
+        if ipaddress.ip_address(dst) == network.network_address:
+            return True
+    return False
+
+
+def _route_mtu(ipr, route) -> int:  # type: ignore[no-untyped-def]
+    """What wg-quick reads off ``ip route``: the route's ``mtu``, else its
+    device's."""
+    metrics = route.get_attr("RTA_METRICS")
+    mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+    if mtu:
+        return int(mtu)
+    oif = route.get_attr("RTA_OIF")
+    links = ipr.get_links(oif) if oif else []
+    return int(links[0].get_attr("IFLA_MTU") or 0) if links else 0
+
+
+def _auto_mtu(ipr, endpoints: Sequence[str]) -> int:  # type: ignore[no-untyped-def]
+    """wg-quick's ``set_mtu_up`` without ``MTU =``."""
+    best = 0
+    for host in endpoints:
+        with contextlib.suppress(Exception):  # no route: wg-quick's `|| true`
+            for route in ipr.route("get", dst=host):
+                best = max(best, _route_mtu(ipr, route))
+    if not best:
+        # `ip route show default`: the main table's first IPv4 default route.
+        with contextlib.suppress(Exception):
+            for route in ipr.get_routes(family=socket.AF_INET, table=254):
+                if route["dst_len"] == 0:
+                    best = _route_mtu(ipr, route)
+                    break
+    return (best or 1500) - 80
 
 
 def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> None:  # type: ignore[no-untyped-def]

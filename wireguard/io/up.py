@@ -1,10 +1,11 @@
 """``python -m wireguard up CONFIG`` and ``down CONFIG|NAME``, as ``wg-quick``.
 
-``up`` checks what it can in the calling process (root, ``/dev/net/tun``, the
-configuration, the interface name), then starts the endpoint as a background
-process (a re-executed ``up --foreground``, its own session, output appended to
-``/var/log/wireguard-py/NAME.log``) and waits until that process reports the
-interface up, addresses and routes set and the control socket
+``up`` reads ``CONFIG`` (a bare interface name: ``/etc/wireguard/NAME.conf``,
+as wg-quick), checks what it can in the calling process (root,
+``/dev/net/tun``, the configuration, the interface name), then starts the
+endpoint as a background process (a re-executed ``up --foreground``, its own
+session, output appended to ``/var/log/wireguard-py/NAME.log``) and waits
+until that process reports the interface up, addresses and routes set and the control socket
 ``/var/run/wireguard/NAME.sock`` answering; then it exits 0. An error on
 either side is one line on stderr and exit status 1.
 
@@ -29,9 +30,9 @@ PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
 with ``%i`` replaced by the interface name, by bash with errexit and pipefail
 (``sh -e`` if there is none, which is logged), in the service, output to its
 log: the first failing command ends the hook, as under wg-quick's ``set -e -o
-pipefail``. PreUp runs before the interface exists and
-PostUp once addresses and routes are set; if either fails, ``up`` fails with
-one line naming it and nothing stays behind. PreDown runs before the teardown
+pipefail``. PreUp runs before the interface exists and the endpoint names
+are looked up, PostUp once addresses and routes are set; if either fails,
+``up`` fails with one line naming it and nothing stays behind. PreDown runs before the teardown
 and PostDown after it; a failure there is logged and the teardown goes on.
 DNS is not applied: that is reported as a warning.
 """
@@ -53,21 +54,24 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from ..errors import LocalProtocolError
 from .control import SOCKET_DIRECTORY, socket_path
 from .resolve import REKEY_FAILED_AFTER, reresolver_for
-from .tun import TUN_PATH, TunError, interface_name, validate_name
+from .tun import TUN_PATH, TunError, interface_name, routing_table, validate_name
 
 log = logging.getLogger(__name__)
 
 LOG_DIRECTORY = "/var/log/wireguard-py"
+CONFIG_DIRECTORY = "/etc/wireguard"  # where wg-quick looks for NAME.conf
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 __all__ = ["LOG_DIRECTORY", "UpError", "down", "load_config", "run_foreground", "up"]
 
@@ -97,6 +101,15 @@ def _netns_id() -> str:
         return os.readlink("/proc/self/ns/net")
     except OSError:
         return ""
+
+
+def config_file(target: str) -> str:
+    """The file ``up`` reads: as wg-quick's, a bare interface name (no ``/``,
+    no ``.conf``) is ``/etc/wireguard/NAME.conf``; anything else a path."""
+    if "/" not in target and not target.endswith(".conf"):
+        with contextlib.suppress(TunError):
+            return os.path.join(CONFIG_DIRECTORY, f"{validate_name(target)}.conf")
+    return os.path.abspath(target)
 
 
 def target_name(target: str) -> str:
@@ -155,6 +168,13 @@ def load_config(path: str) -> tuple[Config, list[str]]:
     iface = config.interface
     if iface.private_key is None:
         raise UpError(f"{path}: [Interface] has no PrivateKey")
+    if iface.table and iface.table.lower() not in ("auto", "off"):
+        try:
+            routing_table(iface.table)
+        except TunError as exc:
+            line = iface.lines.get("Table")
+            located = ConfigError(str(exc), filename=path, lineno=line, key="Table")
+            raise UpError(str(located)) from None
     if iface.dns or iface.dns_search:
         notes.append(f"{path}: DNS is not applied by this implementation")
     if iface.save_config:
@@ -163,7 +183,13 @@ def load_config(path: str) -> tuple[Config, list[str]]:
 
 
 def _link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    """In this process's network namespace (asked of the kernel, as wg-quick's
+    ``ip link show`` does: /sys may be another namespace's, under nsenter)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -258,12 +284,13 @@ def up(
     reresolve_after: float | None = REKEY_FAILED_AFTER,
 ) -> int:
     """``up``: bring up the interface of the wg-quick file at *config_path*
+    (a bare interface name: ``/etc/wireguard/NAME.conf``, as wg-quick reads it)
     (in the background, or in this process with *foreground*). Raises
     :class:`UpError` (or :class:`TunError`) with one line of why not.
     Endpoint names are looked up again as
     :class:`~wireguard.io.resolve.EndpointReresolver` says (*reresolve_after*,
     *reresolve_interval*; None for off)."""
-    path = os.path.abspath(config_path)
+    path = config_file(config_path)
     name = interface_name(path)
     _need_root()
     _need_tun()
@@ -437,11 +464,13 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop)
         try:
+            # As wg-quick: PreUp first (it may make the endpoints' names
+            # resolvable), then the names looked up (its `wg setconf`).
+            await self._hooks("PreUp", settings.pre_up)
             try:
-                device = await device_from_config(config)
+                device = await self._unless_stopped(device_from_config(config))
             except OSError as exc:
                 raise UpError(f"endpoint: {exc}") from None
-            await self._hooks("PreUp", settings.pre_up)
             tun = Tun.create(name)
             engine = TunInterface(name, device, tun, listen_port=port)
             tun = None  # the engine's now: closed by its close()
@@ -460,7 +489,10 @@ class Service:
             if settings.fwmark:
                 set_fwmark(settings.fwmark)
             # pyroute2's synchronous API runs its own event loop: in a thread.
-            netlink = await asyncio.to_thread(configure, engine.tun, config, set_fwmark=set_fwmark)
+            endpoints = [p.endpoint[0] for p in device.peers.values() if p.endpoint is not None]
+            netlink = await asyncio.to_thread(
+                configure, engine.tun, config, set_fwmark=set_fwmark, endpoints=endpoints
+            )
             if netlink.rules:
                 self._write_rules(netlink.rules)
             # The link is up now; the engine opens the UDP socket when it hears
@@ -471,6 +503,8 @@ class Service:
                 if exc.errno == errno.EADDRINUSE:
                     raise UpError(f"UDP port {port} is in use") from None
                 raise UpError(f"cannot listen on UDP port {port}: {exc.strerror}") from None
+            if self.stopping.is_set():
+                raise UpError(f"{name}: stopped before it was up")
             await self._hooks("PostUp", settings.post_up)
             up = True
             self._write_pid_file()
@@ -510,6 +544,23 @@ class Service:
                 await self._hooks("PostDown", settings.post_down, fatal=False)
             if pid_written:
                 self._remove_pid_file()
+
+    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+        """*work*, unless a signal comes first: then it is cancelled and
+        ``up`` fails (a name being looked up again and again must not keep a
+        service that ``up`` gave up on)."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise UpError(f"{self.name}: stopped before it was up")
+        return task.result()
 
     async def _hooks(self, key: str, commands: Sequence[str], *, fatal: bool = True) -> None:
         """Run one kind of hook, as wg-quick: ``%i`` is the interface name,
