@@ -477,3 +477,42 @@ def test_misbehave_shows_each_log_entry_once_while_the_log_is_trimmed() -> None:
     entries, shown = unseen_entries(policy, shown)
     seen += [e.now for e in entries]
     assert seen == [float(c) for c in range(1_000)] and shown == 1_000
+
+
+def test_misbehave_stopped_with_ctrl_c_reports_and_closes_its_capture(tmp_path) -> None:
+    """Run until stopped (no --ping, no --duration), the usual way out is
+    Ctrl-C: the command still prints what the policy did and its drops, and
+    closes the capture, and exits 130 as the other commands do."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from wireguard.capture import PcapReader
+
+    conf = tmp_path / "wg0.conf"
+    peer = PrivateKey.generate().public_key
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {PrivateKey.generate()}\n\n"
+        f"[Peer]\nPublicKey = {peer}\nAllowedIPs = 10.9.0.2/32\n"
+    )
+    os.chmod(conf, 0o600)
+    pcap = tmp_path / "out.pcap"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wireguard", "misbehave", str(conf), "--pcap", str(pcap),
+         "--rule", "data:drop"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("listening on UDP port"), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "our drops: " in out, (out, err)
+    assert "Traceback" not in err, err
+    with open(pcap, "rb") as f:
+        assert list(PcapReader(f)) == []  # a whole, empty capture

@@ -108,67 +108,69 @@ async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
 
     tunnel.on_packet = on_packet
     status = 0
-    async with tunnel:
-        print(
-            f"listening on UDP port {tunnel.listen_port}; rules:\n{policy.describe() or '(none)'}"
-        )
-        start = time.monotonic()
-        if args.ping:
-            src = next((a for a in addresses if (":" in a) == (":" in args.ping)), None)
-            if src is None:
-                raise ValueError("--ping needs an --address of the same family")
-            answered: set[int] = set()
-            sent_at: dict[int, float] = {}
+    try:
+        async with tunnel:
+            rules = policy.describe() or "(none)"
+            print(f"listening on UDP port {tunnel.listen_port}; rules:\n{rules}")
+            start = time.monotonic()
+            if args.ping:
+                src = next((a for a in addresses if (":" in a) == (":" in args.ping)), None)
+                if src is None:
+                    raise ValueError("--ping needs an --address of the same family")
+                answered: set[int] = set()
+                sent_at: dict[int, float] = {}
 
-            async def collect(until: float, waiting_for: int | None) -> None:
-                """Print replies as they come until *until*, or until the
-                reply to *waiting_for*; late and duplicate replies too."""
-                while (left := until - time.monotonic()) > 0:
-                    try:
-                        packet = await asyncio.wait_for(replies.get(), left)
-                        msg = parse_icmp(parse_ip(packet))
-                    except TimeoutError:
-                        return
-                    except Exception:  # not ICMP: nothing to report
-                        continue
-                    ms = (time.monotonic() - sent_at.get(msg.seq, time.monotonic())) * 1000
-                    if msg.seq in answered:
-                        print(f"DUPLICATE reply from {args.ping}: seq={msg.seq}")
-                    elif msg.seq in sent_at:
-                        late = "" if msg.seq == waiting_for else " (late)"
-                        print(f"reply from {args.ping}: seq={msg.seq} time={ms:.1f} ms{late}")
-                        answered.add(msg.seq)
-                    if msg.seq == waiting_for:
-                        return
+                async def collect(until: float, waiting_for: int | None) -> None:
+                    """Print replies as they come until *until*, or until the
+                    reply to *waiting_for*; late and duplicate replies too."""
+                    while (left := until - time.monotonic()) > 0:
+                        try:
+                            packet = await asyncio.wait_for(replies.get(), left)
+                            msg = parse_icmp(parse_ip(packet))
+                        except TimeoutError:
+                            return
+                        except Exception:  # not ICMP: nothing to report
+                            continue
+                        ms = (time.monotonic() - sent_at.get(msg.seq, time.monotonic())) * 1000
+                        if msg.seq in answered:
+                            print(f"DUPLICATE reply from {args.ping}: seq={msg.seq}")
+                        elif msg.seq in sent_at:
+                            late = "" if msg.seq == waiting_for else " (late)"
+                            print(f"reply from {args.ping}: seq={msg.seq} time={ms:.1f} ms{late}")
+                            answered.add(msg.seq)
+                        if msg.seq == waiting_for:
+                            return
 
-            for seq in range(1, args.count + 1):
-                sent_at[seq] = sent = time.monotonic()
-                tunnel.send_packet(
-                    build_echo(
-                        addr_bytes(src),
-                        addr_bytes(args.ping),
-                        0x6D62,
-                        seq,
-                        b"misbehave",
-                        reply=False,
+                for seq in range(1, args.count + 1):
+                    sent_at[seq] = sent = time.monotonic()
+                    tunnel.send_packet(
+                        build_echo(
+                            addr_bytes(src),
+                            addr_bytes(args.ping),
+                            0x6D62,
+                            seq,
+                            b"misbehave",
+                            reply=False,
+                        )
                     )
-                )
-                await collect(sent + max(args.interval, 1.0), seq)
-                if seq not in answered:
-                    print(f"no reply from {args.ping} yet: seq={seq}")
+                    await collect(sent + max(args.interval, 1.0), seq)
+                    if seq not in answered:
+                        print(f"no reply from {args.ping} yet: seq={seq}")
+                    show_log()
+                    await collect(sent + args.interval, None)
+                await collect(time.monotonic() + 1.0, None)  # stragglers and copies
                 show_log()
-                await collect(sent + args.interval, None)
-            await collect(time.monotonic() + 1.0, None)  # stragglers and copies
-            show_log()
-            print(f"{len(answered)} of {args.count} pings answered")
-            status = 0 if answered else 2
-        while (args.duration is None and not args.ping) or (
-            args.duration is not None and time.monotonic() - start < args.duration
-        ):
-            await asyncio.sleep(0.5)
-            show_log()
+                print(f"{len(answered)} of {args.count} pings answered")
+                status = 0 if answered else 2
+            while (args.duration is None and not args.ping) or (
+                args.duration is not None and time.monotonic() - start < args.duration
+            ):
+                await asyncio.sleep(0.5)
+                show_log()
+    finally:
+        # Also on Ctrl-C, the way out of a run without --ping or --duration.
         show_log()
-    tap.close()
-    drops = ", ".join(f"{k} {v}" for k, v in sorted(device.drops.items())) or "none"
-    print(f"our drops: {drops}")
+        tap.close()
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(device.drops.items())) or "none"
+        print(f"our drops: {drops}")
     return status
