@@ -1262,6 +1262,25 @@ def test_table_by_name_from_rt_tables(tmp_path, impl):
             entry.unlink()
 
 
+@IMPLS
+@pytest.mark.parametrize("fwmark", ["", "FwMark = off\n", "FwMark = 0\n"])
+def test_default_route_takes_the_first_free_table_without_a_fwmark(tmp_path, impl, fwmark):
+    """wg-quick's add_default: with no fwmark (none given, or off / 0, which
+    get_fwmark treats alike) the table and mark are the first number from
+    51820 whose table has no routes. Ours took 51820 with FwMark = off even
+    when another interface's routes were in it."""
+    with lone(tmp_path, impl) as ns:
+        ns.sh(f"ip route add 10.33.0.0/16 dev {ns.veth} table 51820")  # table 51820 is taken
+        ns.write(f"Address = 10.79.9.1/24\n{fwmark}", "AllowedIPs = 0.0.0.0/0\n")
+        result = ns.up()
+        assert result.returncode == 0, result.stderr
+        rules = run("ip", "-n", ns.ns, "rule").stdout
+        assert "not from all fwmark 0xca6d lookup 51821" in rules, rules
+        assert f"default dev {ns.name}" in run(
+            "ip", "-n", ns.ns, "route", "show", "table", "51821"
+        ).stdout
+
+
 def test_unknown_table_name_is_one_line_before_anything_runs(tmp_path):
     with lone(tmp_path, "ours") as ns:
         marker = tmp_path / "pre-up-ran"

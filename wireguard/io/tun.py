@@ -1484,8 +1484,9 @@ def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> N
 
     if result.table is None:
         table = fwmark or POLICY_TABLE
-        # The first table number with no routes, from 51820 up.
-        while fwmark is None and _table_in_use(ipr, table):
+        # The first table number with no routes, from 51820 up, unless a mark
+        # is set (off and 0 are none, as for wg-quick's get_fwmark).
+        while not fwmark and _table_in_use(ipr, table):
             table += 1
         result.table = table
         result.fwmark = table
