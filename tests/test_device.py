@@ -1616,3 +1616,40 @@ def test_staged_packets_beyond_the_keypairs_last_nonces_wait_for_a_new_session()
     assert kinds_sent(net, a, start) == [1] and len(pa.staged) == 2
     net.run_for(1)
     assert ids(b) == [1, 2, 3]
+
+
+class _Acts:
+    def __init__(self) -> None:
+        self.done: list[str] = []
+
+    def send_initiation(self, *, is_retry: bool) -> None:
+        self.done.append("initiation")
+
+    def send_keepalive(self) -> None:
+        self.done.append("keepalive")
+
+    def give_up(self) -> None:
+        self.done.append("give up")
+
+    def zero_key_material(self) -> None:
+        self.done.append("zero")
+
+
+def test_a_timer_an_earlier_one_stopped_does_not_fire_when_the_call_is_late() -> None:
+    """The kernel's wg_expired_retransmit_handshake, giving up, stops the
+    passive keepalive (del_timer). If the owner calls late (a loop blocked, a
+    machine resumed) and both are past their deadline, the keepalive must not
+    run after the give-up: it would start another handshake. Timers an
+    earlier one stops or moves later are skipped; the others run in deadline
+    order."""
+    from wireguard.constants import MAX_TIMER_HANDSHAKES
+
+    timers = PeerTimers()
+    timers.handshake_attempts = MAX_TIMER_HANDSHAKES + 1
+    timers.retransmit_handshake = 100.0
+    timers.send_keepalive = 101.0
+    timers.new_handshake = 102.0
+    acts = _Acts()
+    timers.run_due(110.0, acts)
+    assert acts.done == ["give up", "initiation"], acts.done  # no keepalive
+    assert timers.send_keepalive is None and timers.new_handshake is None

@@ -75,7 +75,6 @@ from .peer import Peer, PendingHandshake
 from .ratelimit import RateLimiter
 from .session import Keypair, KeypairExhausted
 from .timerheap import TimerHeap
-from .timers import Timer
 
 _u32 = struct.Struct("<I").unpack_from
 _u16be = struct.Struct(">H").unpack_from
@@ -476,16 +475,12 @@ class Device:
         while (peer := heap.pop_due(now)) is not None:
             if self.peers.get(peer.public_key) is not peer:
                 continue
-            for timer in peer.timers.due(now):
-                self._expire(peer, timer, now, out)
+            peer.timers.run_due(now, _TimerActions(self, peer, now, out))
             self._reschedule(peer)
         return out
 
     def _jitter(self) -> float:
         return int.from_bytes(self._random(2), "little") % 334 / 1000.0
-
-    def _expire(self, peer: Peer, timer: Timer, now: float, out: Effects) -> None:
-        peer.timers.expire(timer, now, _TimerActions(self, peer, now, out))
 
     # --- sending -----------------------------------------------------------
 

@@ -214,21 +214,26 @@ class PeerTimers:
                 best = t
         return best
 
-    def due(self, now: float) -> list[Timer]:
-        """The timers expired at *now*, each cleared as it is reported, in the
-        order the kernel would have run them (by deadline)."""
-        fired: list[tuple[float, Timer]] = []
-        for timer, attr in _ATTRS:
-            t = getattr(self, attr)
-            if t is not None and t <= now:
-                setattr(self, attr, None)
-                fired.append((t, timer))
-        fired.sort()
-        return [timer for _, timer in fired]
+    def run_due(self, now: float, act: TimerActions) -> None:
+        """Run the timers expired at *now*, in the order the kernel would have
+        run them (by deadline), each cleared as it runs. One that an earlier
+        one stopped or moved on is skipped, as ``del_timer``/``mod_timer``
+        would have it: a late call (a blocked loop, a resumed machine) finds
+        several expired at once."""
+        fired = sorted(
+            (t, timer, attr)
+            for timer, attr in _ATTRS
+            if (t := getattr(self, attr)) is not None and t <= now
+        )
+        for t, timer, attr in fired:
+            if getattr(self, attr) != t:
+                continue  # stopped or moved by a timer that ran before it
+            setattr(self, attr, None)
+            self.expire(timer, now, act)
 
     def expire(self, timer: Timer, now: float, act: TimerActions) -> None:
         """What the kernel's ``wg_expired_*`` function for *timer* does (its
-        deadline was cleared by :meth:`due`)."""
+        deadline was cleared by :meth:`run_due`)."""
         if timer is Timer.RETRANSMIT_HANDSHAKE:
             if self.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 # REKEY_ATTEMPT_TIME is over: no passive keepalive, drop what
