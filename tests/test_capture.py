@@ -1073,3 +1073,159 @@ def test_pcapng_writer_round_trip_with_secrets(tmp_path: Path) -> None:
     out = subprocess.run([tshark, "-r", str(path), *fields], capture_output=True, text=True,
                          check=True)  # fmt: skip
     assert out.stdout.split() == ["1700000000.250000000", "13", "4294967296.500000000", "13"]
+
+
+# --- review: readers against libpcap, the pcapng draft and Wireshark -------------------------
+
+
+def _pcap_of(linktype: int, *frames: bytes) -> bytes:
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for n, frame in enumerate(frames):
+        data += struct.pack("<IIII", 1_700_000_000 + n, 0, len(frame), len(frame)) + frame
+    return data
+
+
+def _tshark_ip_src(path: Path) -> list[str]:
+    return [row[0] for row in tshark("-r", path, "-T", "fields", "-e", "ip.src")]
+
+
+@pytest.mark.parametrize("linktype", [LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2])
+def test_reader_linux_cooked_with_a_vlan_tag(linktype: int, tmp_path: Path) -> None:
+    """libpcap puts the 802.1Q tag the kernel took off back in at the SLL
+    header's protocol field (pcap-linux.c, vlan_offset = SLL_HDR_LEN - 2), so
+    a cooked capture on a VLAN's parent reads protocol 0x8100, then the TCI
+    and the real protocol; Wireshark reads the IP packet after it."""
+    packet = build_udp_packet(("10.1.1.1", 1234), ("10.1.1.2", 51820), b"\x04\0\0\0" + bytes(28))
+    tag = struct.pack("!HH", 5, 0x0800)
+    if linktype == LINKTYPE_LINUX_SLL:
+        frame = struct.pack("!HHH8sH", 0, 1, 6, bytes(8), 0x8100) + tag + packet
+    else:
+        frame = struct.pack("!HHIHBB8s", 0x8100, 0, 3, 1, 0, 6, bytes(8)) + tag + packet
+    path = tmp_path / "vlan.pcap"
+    path.write_bytes(_pcap_of(linktype, frame))
+    with PcapReader(path) as reader:
+        assert [p.packet for p in reader] == [packet]
+        assert reader.skipped == 0
+    assert _tshark_ip_src(path) == ["10.1.1.1"]
+
+
+@pytest.mark.parametrize("linktype", [12, 14])
+def test_reader_old_dlt_raw_numbers(linktype: int, tmp_path: Path) -> None:
+    """Files written before LINKTYPE_RAW (101) carry DLT_RAW as the writing
+    system numbered it: 12 on most, 14 on OpenBSD. Wireshark reads both as
+    raw IP (wiretap's pcap-common.c), and so must we."""
+    packet = build_udp_packet(("10.1.1.1", 1234), ("10.1.1.2", 51820), b"x")
+    path = tmp_path / "raw.pcap"
+    path.write_bytes(_pcap_of(linktype, packet))
+    with PcapReader(path) as reader:
+        assert [p.packet for p in reader] == [packet]
+    assert _tshark_ip_src(path) == ["10.1.1.1"]
+
+
+def _pcapng_raw(*blocks: bytes) -> bytes:
+    shb = _pcapng_block("<", 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    return shb + b"".join(blocks)
+
+
+def _epb(packet: bytes) -> bytes:
+    return _pcapng_block("<", 6, struct.pack("<IIIII", 0, 0, 1, len(packet), len(packet)) + packet)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        struct.pack("<HH", 9, 1),  # if_tsresol with its value missing
+        struct.pack("<HH", 14, 8) + bytes(4),  # if_tsoffset with half of it
+    ],
+)
+def test_reader_interface_option_overrunning_its_block_is_one_error(option: bytes) -> None:
+    """An option whose length runs past the end of its block (Wireshark:
+    "option goes past the end of the block") is a format error saying where,
+    not an IndexError or struct.error."""
+    idb = _pcapng_block("<", 1, struct.pack("<HHI", LINKTYPE_RAW, 0, 0) + option)
+    data = _pcapng_raw(idb)
+    with pytest.raises(CaptureFormatError, match=r"option .* overruns the block at offset 28"):
+        list(PcapReader(io.BytesIO(data)))
+
+
+def test_reader_refuses_block_lengths_that_disagree(tmp_path: Path) -> None:
+    """A pcapng block gives its total length twice (draft-ietf-opsawg-pcapng
+    section 3.1); when the two differ one of them is wrong, and Wireshark
+    calls the file damaged rather than read on from a wrong place."""
+    packet = build_udp_packet(("10.0.0.1", 1), ("10.0.0.2", 2), b"hi")
+    idb = _pcapng_block("<", 1, struct.pack("<HHI", LINKTYPE_RAW, 0, 0))
+    epb = bytearray(_epb(packet))
+    epb[-4:] = struct.pack("<I", len(epb) + 8)
+    path = tmp_path / "disagree.pcapng"
+    path.write_bytes(_pcapng_raw(idb, bytes(epb)))
+    with pytest.raises(CaptureFormatError, match="block at offset 48 gives its length as"):
+        list(PcapReader(path))
+    exe = need_tool("tshark")
+    result = subprocess.run([exe, "-r", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "damaged or corrupt" in result.stderr
+
+
+def test_reader_refuses_secrets_overrunning_their_block(tmp_path: Path) -> None:
+    """A Decryption Secrets Block whose secrets length is more than its block
+    holds is refused (as tshark refuses the file), not cut to a key log that
+    ends mid-line."""
+    secrets = b"LOCAL_STATIC_PRIVATE_KEY = " + base64.b64encode(bytes(32)) + b"\n"
+    dsb = struct.pack("<II", SECRETS_TYPE_WIREGUARD, len(secrets) + 100) + secrets
+    idb = _pcapng_block("<", 1, struct.pack("<HHI", LINKTYPE_RAW, 0, 0))
+    packet = build_udp_packet(("10.0.0.1", 1), ("10.0.0.2", 2), b"hi")
+    path = tmp_path / "dsb.pcapng"
+    path.write_bytes(_pcapng_raw(idb, _pcapng_block("<", 0x0A, dsb), _epb(packet)))
+    with pytest.raises(CaptureFormatError, match="secrets block at offset 48 overruns"):
+        list(PcapReader(path))
+    exe = need_tool("tshark")
+    result = subprocess.run([exe, "-r", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+
+
+def test_decrypt_counts_datagrams_it_cannot_read(
+    scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """A capture taken with a small snap length (tcpdump -s 100) holds every
+    WireGuard datagram, most of them cut short; tshark lists all of them. They
+    cannot be opened, but they must not vanish from the summary, and neither
+    may UDP fragments (which are not reassembled)."""
+    cap = tmp_path / "snap100.pcap"
+    with PcapWriter(cap, snaplen=100) as w:
+        for d in scenario.datagrams:
+            w.write_udp(d.timestamp, d.src, d.dst, d.payload)
+        whole = build_udp_packet(I4, R4, scenario.datagrams[3].payload)
+        first = bytearray(whole[:20] + whole[20:60])  # MF set, offset 0
+        first[2:4], first[6:8] = struct.pack("!H", 60), struct.pack("!H", 0x2000)
+        w.write_ip(T0 + 100, bytes(first))
+    cut = sum(len(d.payload) + 28 > 100 for d in scenario.datagrams)
+    assert 0 < cut < len(scenario.datagrams)
+    assert len(tshark("-r", cap)) == len(scenario.datagrams) + 1
+    code, out, _ = run_cli(capsys, cap, "--keylog", files["initiator"])
+    assert code == 0
+    summary = out.splitlines()[-1]
+    assert f"; {cut} UDP packets cut short by the capture's snap length, not read" in summary
+    assert "; 1 UDP fragment not read (no reassembly)" in summary
+
+
+def test_decrypt_embed_keys_writes_lines_wireshark_reads(
+    scenario: Scenario, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """Our key log parser takes a line with trailing spaces or a tab, which
+    Wireshark's (packet-wireguard.c, wg_keylog_process_lines: the value runs
+    to the end of the line and must be 44 characters) skips. --embed-keys
+    promises a file Wireshark opens decrypted, so it must embed the keys as
+    Wireshark reads them, not the text as given."""
+    loose = tmp_path / "loose.keys"
+    text = files["initiator"].read_text()
+    loose.write_text("".join(f"\t{line}  \n" for line in text.splitlines()))
+    loose.chmod(0o600)
+    out = tmp_path / "embedded.pcapng"
+    code, summary, _ = run_cli(capsys, files["cap"], "--keylog", loose, "--embed-keys", out)
+    assert code == 0 and "2 handshakes followed" in summary
+    with PcapReader(out) as reader:
+        list(reader)
+        assert reader.secrets == [(SECRETS_TYPE_WIREGUARD, text.encode())]
+    rows = tshark(
+        "-r", out, "-o", "wg.dissect_packet:TRUE", "-T", "fields", "-e", "wg.handshake_ok"
+    )
+    assert [r[0] for r in rows].count("1") == len(scenario.handshakes)

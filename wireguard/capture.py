@@ -12,9 +12,9 @@ the formats the rest of the world already reads:
 - :class:`PcapReader` reads classic pcap (either byte order, microsecond or
   nanosecond magic) and pcapng (section header, interface description, enhanced,
   simple and obsolete packet blocks, and decryption secrets blocks) over raw IP,
-  Ethernet, Linux cooked (SLL and SLL2) and BSD loopback link types, yielding
-  ``(timestamp, ip_packet)``; :func:`udp_datagrams` turns those into UDP
-  datagrams.
+  Ethernet, Linux cooked (SLL and SLL2), each with VLAN tags, and BSD
+  loopback link types, yielding ``(timestamp, ip_packet)``;
+  :func:`udp_datagrams` turns those into UDP datagrams.
 - :class:`KeyLogWriter` writes the key log that Wireshark's WireGuard dissector
   reads (preference ``wg.keylog_file``); :func:`parse_keylog` reads it back.
 
@@ -84,6 +84,7 @@ __all__ = [
     "PcapngWriter",
     "UDPDatagram",
     "build_udp_packet",
+    "canonical_keylog",
     "extract_udp",
     "format_address",
     "handshake_keylog",
@@ -93,6 +94,7 @@ __all__ = [
     "parse_keylog",
     "read_keylog",
     "udp_datagrams",
+    "unread_udp",
 ]
 
 
@@ -105,6 +107,11 @@ LINKTYPE_LINUX_SLL: Final = 113
 LINKTYPE_IPV4: Final = 228
 LINKTYPE_IPV6: Final = 229
 LINKTYPE_LINUX_SLL2: Final = 276
+# DLT_RAW as some systems numbered it before LINKTYPE_RAW (101) existed: 12 on
+# most, 14 on OpenBSD. Old files carry these values; libpcap and Wireshark
+# (wiretap's pcap-common.c) read both as raw IP.
+_LINKTYPE_RAW_12: Final = 12
+_LINKTYPE_RAW_14: Final = 14
 
 SECRETS_TYPE_WIREGUARD: Final = 0x57474B4C
 """The pcapng Decryption Secrets Block type for a WireGuard key log ("WGKL"),
@@ -128,6 +135,8 @@ _LINKTYPE_NAMES: Final = {
     LINKTYPE_IPV4: "IPV4",
     LINKTYPE_IPV6: "IPV6",
     LINKTYPE_LINUX_SLL2: "LINUX_SLL2",
+    _LINKTYPE_RAW_12: "RAW (12)",
+    _LINKTYPE_RAW_14: "RAW (14)",
 }
 
 IPPROTO_UDP: Final = 17
@@ -274,6 +283,26 @@ def extract_udp(packet: bytes) -> tuple[Address, Address, bytes] | None:
     if length < 8 or length > len(ip.payload):
         return None
     return (ip.src, sport), (ip.dst, dport), ip.payload[8:length]
+
+
+def unread_udp(packet: bytes) -> str | None:
+    """Why :func:`extract_udp` gives nothing for an IP packet that does hold
+    UDP: ``"cut short"`` when the capture kept fewer bytes than the IP header
+    says the packet has (a snap length, ``tcpdump -s``), ``"fragment"`` when
+    it is a fragment; None for anything else (not IP, not UDP, readable).
+    Wireshark shows such packets (as truncated, or as fragments); a reader
+    that skips them should say how many it skipped."""
+    ip = parse_ip(packet)
+    if ip is None:
+        claimed = ip_packet_length(packet)
+        if claimed is None or claimed <= len(packet):
+            return None
+        # Parse the header as if the missing bytes were there.
+        ip = parse_ip(packet + bytes(claimed - len(packet)))
+        if ip is None or ip.protocol != IPPROTO_UDP:
+            return None
+        return "fragment" if ip.fragment else "cut short"
+    return "fragment" if ip.protocol == IPPROTO_UDP and ip.fragment else None
 
 
 class UDPDatagram(NamedTuple):
@@ -505,38 +534,43 @@ class CapturedPacket(NamedTuple):
 
 def _strip_link_layer(linktype: int, frame: bytes) -> bytes | None:
     """The IP packet inside a link-layer frame, or None if it holds none."""
-    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, _LINKTYPE_RAW_12, _LINKTYPE_RAW_14):
         packet = frame
     elif linktype == LINKTYPE_ETHERNET:
         if len(frame) < 14:
             return None
-        offset, ethertype = 14, int.from_bytes(frame[12:14], "big")
-        while ethertype in _ETHERTYPE_VLAN and len(frame) >= offset + 4:
-            ethertype = int.from_bytes(frame[offset + 2 : offset + 4], "big")
-            offset += 4
-        if ethertype not in (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6):
-            return None
-        packet = frame[offset:]
+        return _after_ethertype(frame, int.from_bytes(frame[12:14], "big"), 14)
     elif linktype == LINKTYPE_LINUX_SLL:
-        if len(frame) < 16 or int.from_bytes(frame[14:16], "big") not in (
-            _ETHERTYPE_IPV4,
-            _ETHERTYPE_IPV6,
-        ):
+        if len(frame) < 16:
             return None
-        packet = frame[16:]
+        return _after_ethertype(frame, int.from_bytes(frame[14:16], "big"), 16)
     elif linktype == LINKTYPE_LINUX_SLL2:
-        if len(frame) < 20 or int.from_bytes(frame[0:2], "big") not in (
-            _ETHERTYPE_IPV4,
-            _ETHERTYPE_IPV6,
-        ):
+        if len(frame) < 20:
             return None
-        packet = frame[20:]
+        return _after_ethertype(frame, int.from_bytes(frame[0:2], "big"), 20)
     elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         # The family value differs between systems (AF_INET6 is 10, 24, 28 or
         # 30); the IP version nibble below says the same thing portably.
         packet = frame[4:]
     else:
         return None
+    if not packet or packet[0] >> 4 not in (4, 6):
+        return None
+    return bytes(packet)
+
+
+def _after_ethertype(frame: bytes, ethertype: int, offset: int) -> bytes | None:
+    """The IP packet at *offset* of *frame*, whose protocol is *ethertype*,
+    after any VLAN tags (each a 2-byte TCI and the next ethertype). Linux
+    cooked captures carry them too: libpcap puts the tag the kernel took off
+    back in at the SLL header's protocol field, which then reads 0x8100, and
+    an SLL2 frame holds one where the kernel left it in; Wireshark reads both."""
+    while ethertype in _ETHERTYPE_VLAN and len(frame) >= offset + 4:
+        ethertype = int.from_bytes(frame[offset + 2 : offset + 4], "big")
+        offset += 4
+    if ethertype not in (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6):
+        return None
+    packet = frame[offset:]
     if not packet or packet[0] >> 4 not in (4, 6):
         return None
     return bytes(packet)
@@ -565,6 +599,11 @@ def _pcapng_interface(body: bytes, endian: str) -> _Interface:
     pos = 8
     while pos + 4 <= len(body):
         code, length = struct.unpack_from(endian + "HH", body, pos)
+        if pos + 4 + length > len(body):
+            # As Wireshark refuses it ("option goes past the end of the block").
+            raise CaptureFormatError(
+                f"pcapng interface description block: option {code} overruns the block"
+            )
         value = body[pos + 4 : pos + 4 + length]
         pos += 4 + length + (-length % 4)
         if code == 0:  # opt_endofopt
@@ -670,6 +709,7 @@ class PcapReader:
         endian = "<"
         interfaces: list[_Interface | None] = []
         last_time = 0.0
+        offset = 0  # of the block being read, for errors to say where
         while True:
             start = head if head is not None else self._file.read(4)
             head = None
@@ -697,18 +737,33 @@ class PcapReader:
                 (block_type,) = struct.unpack(endian + "I", start)
                 (length,) = struct.unpack(endian + "I", rest)
                 body_prefix = b""
-            if length < 12 or length % 4 or length > _MAX_BLOCK:
-                raise CaptureFormatError(f"{self.name}: bad pcapng block length {length}")
+            shortest = 28 if block_type == _PCAPNG_SHB else 12
+            if length < shortest or length % 4 or length > _MAX_BLOCK:
+                raise CaptureFormatError(
+                    f"{self.name}: bad pcapng block length {length} at offset {offset}"
+                )
             remaining = length - 12 - len(body_prefix)
             data = self._file.read(remaining + 4)
             if len(data) < remaining + 4:
                 raise CaptureCutShortError(f"{self.name}: pcapng file is cut short")
             body = body_prefix + data[:remaining]
+            (trailer,) = struct.unpack(endian + "I", data[remaining:])
+            if trailer != length:
+                # The two copies of the length disagree: one of them is wrong,
+                # and what follows cannot be trusted (Wireshark: "damaged").
+                raise CaptureFormatError(
+                    f"{self.name}: pcapng block at offset {offset} gives its length as "
+                    f"{length} at its start and {trailer} at its end"
+                )
+            where, offset = offset, offset + length
             if block_type == _PCAPNG_SHB:
                 if len(body) < 8 or struct.unpack_from(endian + "H", body, 4)[0] != 1:
                     raise CaptureFormatError(f"{self.name}: unsupported pcapng version")
             elif block_type == _PCAPNG_IDB:
-                iface = _pcapng_interface(body, endian)
+                try:
+                    iface = _pcapng_interface(body, endian)
+                except CaptureFormatError as exc:
+                    raise CaptureFormatError(f"{self.name}: {exc} at offset {where}") from None
                 interfaces.append(iface if iface.linktype in _LINKTYPE_NAMES else None)
             elif block_type in (_PCAPNG_EPB, _PCAPNG_OPB, _PCAPNG_SPB):
                 self.frames += 1
@@ -718,8 +773,15 @@ class PcapReader:
                     continue
                 last_time = got.timestamp
                 yield got
-            elif block_type == _PCAPNG_DSB and len(body) >= 8:
-                secrets_type, secrets_len = struct.unpack_from(endian + "II", body)
+            elif block_type == _PCAPNG_DSB:
+                secrets_type, secrets_len = struct.unpack_from(endian + "II", body + bytes(8))
+                if len(body) < 8 or 8 + secrets_len > len(body):
+                    # Cut secrets would be a key log cut mid-line (Wireshark
+                    # refuses the file).
+                    raise CaptureFormatError(
+                        f"{self.name}: decryption secrets block at offset {where} "
+                        "overruns its block"
+                    )
                 self.secrets.append((secrets_type, bytes(body[8 : 8 + secrets_len])))
             # Other blocks (name resolution, statistics, custom) say nothing we use.
 
@@ -941,6 +1003,30 @@ class KeyLog:
         )
 
 
+def _keylog_entries(text: str, name: str) -> Iterator[tuple[str, bytes]]:
+    """``(type, key)`` of each key line of *text*, in order."""
+    for number, line in enumerate(text.splitlines(), 1):
+        kind, sep, value = line.strip(" \r\t").partition("=")
+        kind = kind.strip(" ")
+        if not sep or kind not in _KEYLOG_TYPES:
+            continue
+        try:
+            raw = PublicKey.from_base64(value.strip(" ")).raw
+        except KeyFormatError as exc:
+            raise CaptureFormatError(f"{name}, line {number}: {kind}: {exc}") from None
+        yield kind, raw
+
+
+def canonical_keylog(text: str, *, name: str = "key log") -> str:
+    """The key lines of *text* (as :func:`parse_keylog` reads them), in their
+    order, each written ``TYPE = base64`` as Wireshark reads it.
+
+    :func:`parse_keylog` is more lenient than Wireshark: it also takes tabs
+    and trailing spaces, which make Wireshark ignore a line. A key log copied
+    into a capture for Wireshark to read is written this way instead."""
+    return _keylog_text(_keylog_entries(text, name))
+
+
 def parse_keylog(text: str, *, name: str = "key log") -> KeyLog:
     """Parse a key log as Wireshark does: ``TYPE = base64`` per line, leading
     spaces and spaces around ``=`` ignored, other lines (such as the
@@ -951,15 +1037,7 @@ def parse_keylog(text: str, *, name: str = "key log") -> KeyLog:
     turns into an afternoon of "why does nothing decrypt"."""
     log = KeyLog()
     last_ephemeral_public: bytes | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        kind, sep, value = line.strip(" \r\t").partition("=")
-        kind = kind.strip(" ")
-        if not sep or kind not in _KEYLOG_TYPES:
-            continue
-        try:
-            raw = PublicKey.from_base64(value.strip(" ")).raw
-        except KeyFormatError as exc:
-            raise CaptureFormatError(f"{name}, line {number}: {kind}: {exc}") from None
+    for kind, raw in _keylog_entries(text, name):
         if kind == "LOCAL_STATIC_PRIVATE_KEY":
             log.static_private.append(raw)
         elif kind == "REMOTE_STATIC_PUBLIC_KEY":

@@ -25,8 +25,10 @@ from ..capture import (
     PcapngWriter,
     PcapReader,
     PcapWriter,
+    canonical_keylog,
     extract_udp,
     parse_keylog,
+    unread_udp,
 )
 from ..config import ConfigError, check_access, read_key_file
 from ..decrypt import CaptureDecryptor, KeyRing
@@ -138,7 +140,8 @@ def _load_keys(args: argparse.Namespace) -> tuple[KeyRing, str]:
         if not len(log):
             raise CommandError(f"--keylog {path}: no WireGuard keys in it")
         keys.add_keylog(log)
-        texts.append(text if text.endswith("\n") else text + "\n")
+        # Embedded as Wireshark reads it (it skips a line with a trailing space).
+        texts.append(canonical_keylog(text, name=path))
     for text in args.private_key:
         raw = _key_argument(text, "--private-key")
         keys.add_static_private(raw)
@@ -197,6 +200,7 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
     writer: PcapWriter | PcapngWriter | None = None
     embedded: PcapngWriter | None = None
     secrets_seen = 0
+    unread = {"cut short": 0, "fragment": 0}  # UDP packets extract_udp cannot read
     start: float | None = None
     cut: list[CaptureCutShortError] = []  # a capture cut short: what was read is kept
     try:
@@ -223,7 +227,7 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                             text = data.decode("ascii", "replace")
                             keys.add_keylog(parse_keylog(text, name=f"{args.capture} secrets"))
                             if embedded is not None:
-                                embedded.write_secrets(text)
+                                embedded.write_secrets(canonical_keylog(text))
                     if embedded is not None:
                         try:
                             embedded.write_ip(timestamp, packet)
@@ -233,6 +237,9 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                             ) from None
                     udp = extract_udp(packet)
                     if udp is None:
+                        reason = unread_udp(packet)
+                        if reason is not None:
+                            unread[reason] += 1
                         continue
                     src, dst, payload = udp
                     if ports and src[1] not in ports and dst[1] not in ports:
@@ -256,7 +263,7 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         except OSError as exc:
             raise CommandError(f"{exc.filename or args.write}: {exc.strerror}") from None
     s = decryptor.stats
-    forgotten = [
+    notes = [
         f"{_plural(s[key], noun)} forgotten"
         for key, noun in (
             ("forgotten initiations", "unanswered initiation"),
@@ -265,11 +272,18 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         )
         if s[key]
     ]
+    if unread["cut short"]:
+        notes.append(
+            f"{_plural(unread['cut short'], 'UDP packet')} cut short by the capture's "
+            "snap length, not read"
+        )
+    if unread["fragment"]:
+        notes.append(f"{_plural(unread['fragment'], 'UDP fragment')} not read (no reassembly)")
     print(
         f"{_plural(s['messages'], 'WireGuard message')}, "
         f"{_plural(s['handshakes'], 'handshake')} followed, "
         f"{s['decrypted']} of {_plural(s['transport'], 'transport data message')} decrypted"
-        + "".join(f"; {text}" for text in forgotten),
+        + "".join(f"; {text}" for text in notes),
         file=out,
     )
     if cut:
