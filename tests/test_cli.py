@@ -56,3 +56,63 @@ def test_walkthrough_with_a_seed_is_the_same_every_run() -> None:
     assert timed.stdout == first.stdout  # the fixed time is the docs' example's
     fresh = _run(["walkthrough", "--seed", "x", "--time", "1700000001"])
     assert fresh.stdout != first.stdout  # the time is in it
+
+
+def test_an_os_error_is_one_line_and_status_1(tmp_path, capsys) -> None:
+    # cli/__init__.py promises an OSError is reported as the command's other
+    # mistakes are: one line, status 1, no traceback.
+    from wireguard.cli import main
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    assert main(["show", "--socket-dir", str(not_a_directory)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"python -m wireguard show: {not_a_directory}: Not a directory\n", err
+
+
+SECONDS_OPTIONS = [
+    ("forward", "--status"),
+    ("forward", "--connect-timeout"),
+    ("forward", "--udp-timeout"),
+    ("forward", "--reresolve-after"),
+    ("forward", "--reresolve-interval"),
+    ("forward", "--healthz-max-age"),
+    ("proxy", "--handshake-timeout"),
+    ("proxy", "--idle-timeout"),
+]
+
+
+@pytest.mark.parametrize(("command", "option"), SECONDS_OPTIONS)
+@pytest.mark.parametrize("value", ["nan", "NaN"])
+def test_a_time_that_is_not_a_number_is_refused(
+    tmp_path, capsys, command: str, option: str, value: str
+) -> None:
+    # float() takes 'nan', and nan passes every `< 0` and `<= 0` check: a
+    # --connect-timeout of nan timed every connection out at once, a
+    # --udp-timeout of nan expired every flow each second. (The config is
+    # missing: the option must be refused before that is found.)
+    from wireguard.cli import main
+
+    args = [command, str(tmp_path / "wg0.conf"), "-L", "8080:10.0.0.1:80", f"{option}={value}"]
+    if command == "proxy":
+        args += ["--socks5", "1080"]
+    try:
+        status = main(args)
+    except SystemExit as exc:  # the parser's own exit, as for any bad argument
+        status = exc.code
+    assert status == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"python -m wireguard {command}: argument {option}"), lines[0]
+    assert value in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e30", "-1e30"])
+def test_walkthrough_refuses_a_time_outside_tai64n(value: str) -> None:
+    result = _run(["walkthrough", "--seed", "x", f"--time={value}"])
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("python -m wireguard walkthrough: "), lines[0]
+    assert "--time" in lines[0], lines[0]

@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -426,6 +427,39 @@ def test_forward_command_bad_arguments(tmp_path, capsys) -> None:
         result.stderr == "python -m wireguard forward: -L x:1.2.3.4:5: listening port 'x'"
         " is not a port number\n"
     )
+
+
+def test_forward_status_below_a_second_is_printed_that_often(tmp_path) -> None:
+    """--status SECONDS prints a line that often, also below one second (the
+    loop woke once a second, so --status 0.2 printed one line a second), and
+    SIGINT stops it with the exit report and status 0."""
+    key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+    config = forward_config(tmp_path, key_a, key_b, ("127.0.0.1", 9), 0)
+    proc = subprocess.Popen(
+        [*FORWARD, config, "-L", f"0:{B_ADDR[0]}:80", "--status", "0.2"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("forward: ready"):
+                break
+        else:
+            raise AssertionError("no ready line")
+        start = time.monotonic()
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        elapsed = time.monotonic() - start
+        assert proc.wait(10) == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "forward: exiting" in rest, rest
+    lines = re.findall(r"^forward: \d\d:\d\d:\d\d peer ", rest, re.M)
+    # 15 are due in 3 s; a loaded machine may lose some, not two thirds.
+    assert len(lines) >= elapsed / 0.2 / 2, (len(lines), elapsed, rest)
 
 
 def test_forward_report_prints_the_stacks_nonzero_counters(capsys) -> None:

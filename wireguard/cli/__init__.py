@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import warnings
@@ -32,13 +33,25 @@ from typing import NoReturn, TextIO
 
 from ..errors import WireGuardError
 
-__all__ = ["PROG", "CommandError", "build_parser", "log_level", "main"]
+__all__ = ["PROG", "CommandError", "build_parser", "log_level", "main", "seconds"]
 
 PROG = "python -m wireguard"
 
 
 class CommandError(Exception):
     """A command cannot do what was asked: one line on stderr, exit status 1."""
+
+
+def seconds(text: str) -> float:
+    """The ``type`` of an option taking a time in seconds: a number, and not
+    ``nan`` (which :func:`float` takes, and which every range check passes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +166,12 @@ def _run(args: argparse.Namespace) -> int:
             return int(args.func(args))
         except (CommandError, WireGuardError) as exc:
             print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            what = exc.strerror or str(exc)
+            if exc.filename is not None:
+                what = f"{exc.filename}: {what}"
+            print(f"{PROG} {args.command}: {what}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130

@@ -40,7 +40,7 @@ from ..io.forward import (
 )
 from ..io.rootless import RootlessTunnel, format_bytes
 from . import PROG as _PROG
-from . import CommandError, log_level
+from . import CommandError, log_level, seconds
 from . import ops as _ops
 
 PROG = f"{_PROG} forward"
@@ -188,8 +188,11 @@ async def serve(
         interval = args.status
         next_status = loop.time() + interval if interval > 0 else None
         while not stop.is_set():
+            # Awake at least once a second (idle UDP flows expire), and when
+            # the next status line is due (--status may be below a second).
+            wait = 1.0 if next_status is None else min(1.0, next_status - loop.time())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(max(0.0, wait)):
                     await stop.wait()
             now = loop.time()
             for service in running:
@@ -258,21 +261,21 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--status",
-        type=float,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="print a status line this often (0: only on SIGUSR1 and at exit; default 10)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help="give up on a connection's other side after this long (default 30)",
     )
     parser.add_argument(
         "--udp-timeout",
-        type=float,
+        type=seconds,
         default=60.0,
         metavar="SECONDS",
         help="forget a UDP flow idle this long (default 60)",

@@ -30,7 +30,7 @@ from ..io.metricsserver import (
 from ..io.resolve import REKEY_FAILED_AFTER, EndpointReresolver, reresolver_for
 from ..io.rootless import RootlessTunnel
 from ..keys import PublicKey
-from . import CommandError
+from . import CommandError, seconds
 
 __all__ = [
     "Ops",
@@ -44,7 +44,7 @@ __all__ = [
 def add_reresolve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reresolve-after",
-        type=float,
+        type=seconds,
         default=REKEY_FAILED_AFTER,
         metavar="SECONDS",
         help="look a peer's Endpoint name up again while its latest handshake is older than "
@@ -52,7 +52,7 @@ def add_reresolve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reresolve-interval",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="also look every Endpoint name up this often, following a changed address "
@@ -69,7 +69,7 @@ def add_metrics_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--healthz-max-age",
-        type=float,
+        type=seconds,
         default=DEFAULT_HEALTH_AGE,
         metavar="SECONDS",
         help="/healthz answers 200 while a handshake is younger than this, else 503 "

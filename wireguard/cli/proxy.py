@@ -25,7 +25,7 @@ from ..io.proxy import (
     parse_listen,
 )
 from ..io.rootless import RootlessTunnel
-from . import CommandError
+from . import CommandError, seconds
 from .forward import add_runtime_arguments, check_runtime_arguments, run_runtime
 
 __all__ = ["add_parser", "parse_users", "run"]
@@ -73,12 +73,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="require the users in environment VARIABLE: user:password a line",
     )  # fmt: skip
     parser.add_argument(
-        "--handshake-timeout", type=float, default=10.0, metavar="SECONDS",
+        "--handshake-timeout", type=seconds, default=10.0, metavar="SECONDS",
         help="close a client that has not sent its SOCKS5 request or HTTP request head "
         "within this long (counted; default 10)",
     )  # fmt: skip
     parser.add_argument(
-        "--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+        "--idle-timeout", type=seconds, default=60.0, metavar="SECONDS",
         help="close a keep-alive HTTP client idle this long (default 60)",
     )  # fmt: skip
 

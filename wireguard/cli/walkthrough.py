@@ -8,10 +8,10 @@ import os
 import time
 from typing import Any, TypeVar
 
-from ..crypto import seeded_random
+from ..crypto import TAI64_EPOCH, seeded_random
 from ..errors import WireGuardError
 from ..keys import PresharedKey, PrivateKey
-from . import CommandError
+from . import CommandError, seconds
 
 _K = TypeVar("_K", PrivateKey, PresharedKey)
 
@@ -35,6 +35,9 @@ def cmd_walkthrough(args: argparse.Namespace) -> int:
 
     if args.time is not None:
         now = args.time
+        # A TAI64 label (2**62 + 10 + the Unix seconds) is below 2**63.
+        if not -TAI64_EPOCH <= now < (1 << 63) - TAI64_EPOCH:
+            raise CommandError(f"--time {now:g}: outside what a TAI64N timestamp holds")
     elif args.seed is not None:
         now = _SEEDED_TIME
     else:
@@ -57,7 +60,7 @@ def add_parser(sub: Any) -> None:
     w.add_argument("--psk", metavar="BASE64", help="preshared key")
     w.add_argument(
         "--time",
-        type=float,
+        type=seconds,
         help="Unix time for the TAI64N timestamp (default: now; with --seed, 1700000000)",
     )
     w.add_argument(
