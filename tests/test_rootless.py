@@ -794,6 +794,37 @@ def _connect_and_reset(port: int) -> None:
     s.close()  # a RST at once
 
 
+@pytest.mark.parametrize("target", ["192.0.2.1", "nothere.internal"])
+def test_forward_tcp_connect_that_fails_at_once_closes_its_client(target: str) -> None:
+    """A -L connection whose other side fails before any await (a destination
+    outside every AllowedIPs, a name with no DNS = line) is closed at once and
+    frees its slot. The connect's failure came before the accepted socket's
+    connection_made, so nothing was closed: the client hung, holding one of
+    --max-connections, and after that many every client was refused."""
+
+    async def body() -> None:
+        a, b = pair()
+        async with a, b:
+            forward = forward_module.TcpLocalForward(
+                forward_module.parse_forward(f"0:{target}:80", "L"),
+                a,
+                forward_options("--max-connections", "2"),
+            )
+            await forward.start()
+            port = int(forward.where.rsplit(":", 1)[1])
+            for _ in range(3):  # more than the cap
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                async with asyncio.timeout(10):
+                    with contextlib.suppress(ConnectionResetError):
+                        assert await reader.read() == b""  # closed (reset) at once
+                writer.close()
+            await until(lambda: forward.counters.active == 0)
+            assert forward.counters.failed == 3 and forward.counters.refused == 0
+            await forward.close()
+
+    run(body, timeout=60)
+
+
 def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> None:
     """Clients that connect and reset at once, while their connection's other
     side is still being opened, cannot make a TCP forward open more than its

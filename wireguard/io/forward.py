@@ -328,11 +328,16 @@ class _Link:
         self.gone = [False, False]  # connection_lost seen, per side
         self.connecting: asyncio.Task[Any] | None = None  # opening side 1, until it is done
         self.released = False  # no longer counted in counters.active
+        self.broken = False  # side 1 failed or was abandoned: side 0 is reset
         counters.active += 1
         counters.total += 1
 
     def made(self, side: _Side) -> None:
         self.sides[side.index] = side
+        if side.index == 0 and self.broken and side.transport is not None:
+            # Side 1 failed before side 0 was made (at once: no route, no
+            # name server), so there was nothing to reset then.
+            side.transport.abort()
 
     def update_reading(self, index: int) -> None:
         """Pause or resume reading side *index*: paused while the other side's
@@ -366,6 +371,7 @@ class _Link:
         self.update_reading(0)
 
     def failed(self) -> None:
+        self.broken = True
         self.counters.failed += 1
         self.counters.discarded += len(self.pending)
         self.pending.clear()
@@ -423,6 +429,7 @@ class _Link:
     def abandoned(self) -> None:
         """The opening of side 1 was cancelled (side 0 went, or the forward
         closes): side 0 cannot be relayed."""
+        self.broken = True
         self.counters.discarded += len(self.pending)
         self.pending.clear()
         side0 = self.sides[0]
