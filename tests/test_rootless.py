@@ -611,6 +611,61 @@ def test_forward_resets_a_connection_whose_reading_does_not_pause(monkeypatch, c
     )
 
 
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_forward_remote_port_0_takes_a_free_port_and_says_which(proto: str) -> None:
+    """ssh(1): a -R listen port of 0 is allocated (ssh reports it). The stack
+    gives the listener a free port, and `where` (the start-up line) names it;
+    the forward relays through it."""
+
+    class UdpEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+            self.transport.sendto(b"echo:" + data, addr)
+
+    async def body() -> None:
+        a, b = pair()
+        loop = asyncio.get_running_loop()
+        async with a, b:
+            if proto == "udp":
+                service, _ = await loop.create_datagram_endpoint(
+                    UdpEcho, local_addr=("127.0.0.1", 0)
+                )
+                cls: type = forward_module.UdpRemoteForward
+            else:
+                service = await asyncio.start_server(echo, "127.0.0.1", 0)
+                cls = forward_module.TcpRemoteForward
+            port = (service.get_extra_info("sockname") if proto == "udp"
+                    else service.sockets[0].getsockname())[1]  # fmt: skip
+            spec = forward_module.parse_forward(f"{proto}:0:127.0.0.1:{port}", "R")
+            forward = cls(spec, a, forward_options())
+            await forward.start()
+            shown = int(re.split(r"[, ]", forward.where)[0].rsplit(":", 1)[1])
+            assert shown != 0, forward.where
+            if proto == "tcp":
+                reader, writer = await b.open_connection(A_ADDR[0], shown)
+                writer.write(b"allocated")
+                writer.write_eof()
+                assert await reader.read() == b"allocated"
+                writer.close()
+            else:
+                got: asyncio.Queue[bytes] = asyncio.Queue()
+
+                class Collect(asyncio.DatagramProtocol):
+                    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+                        got.put_nowait(data)
+
+                t, _ = await b.create_datagram_endpoint(Collect, remote_addr=(A_ADDR[0], shown))
+                t.sendto(b"allocated")
+                assert await asyncio.wait_for(got.get(), 10) == b"echo:allocated"
+                t.close()
+            await forward.close()
+            service.close()
+
+    run(body, timeout=60)
+
+
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 

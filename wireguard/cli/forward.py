@@ -252,7 +252,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="[udp:][ADDR:]PORT:LOCAL_HOST:LOCAL_PORT",
-        help="listen in the tunnel on the stack's PORT, pass connections to LOCAL_HOST:LOCAL_PORT",
+        help="listen in the tunnel on the stack's PORT (0: a free one, named at start-up), "
+        "pass connections to LOCAL_HOST:LOCAL_PORT",
     )
     parser.add_argument(
         "--control",

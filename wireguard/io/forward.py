@@ -143,8 +143,9 @@ def _port(text: str, what: str, *, zero: bool = False) -> int:
         value = int(text, 10)
     except ValueError:
         raise ForwardSpecError(f"{what} {text!r} is not a port number") from None
-    if not (0 if zero else 1) <= value <= 65535:
-        raise ForwardSpecError(f"{what} {value} is out of range (1..65535)")
+    low = 0 if zero else 1
+    if not low <= value <= 65535:
+        raise ForwardSpecError(f"{what} {value} is out of range ({low}..65535)")
     return value
 
 
@@ -194,7 +195,8 @@ def parse_forward(text: str, kind: str) -> ForwardSpec:
         else:
             form = "port:host:hostport" if kind == "L" else "port:local_host:local_port"
             raise ForwardSpecError(f"expected [udp:][bind_address:]{form}")
-        bind_port = _port(port_text, "listening port", zero=kind == "L")
+        # 0: a free port, for -L and, as ssh(1) allows, -R (the start-up line names it).
+        bind_port = _port(port_text, "listening port", zero=True)
         port = _port(hostport_text, "destination port")
         if not host:
             raise ForwardSpecError("the destination host is empty")
@@ -808,8 +810,9 @@ class UdpRemoteForward(_UdpForward):
             local_addr=(spec.bind_host, spec.bind_port),
         )
         self.listener = transport
+        port = transport.get_extra_info("sockname")[1]  # the stack's choice for port 0
         hosts = [spec.bind_host] if spec.bind_host else self.tunnel.addresses
-        self.where = ", ".join(_fmt(h, spec.bind_port) for h in hosts) + " (in the tunnel)"
+        self.where = ", ".join(_fmt(h, port) for h in hosts) + " (in the tunnel)"
 
     def line(self) -> str:
         text = super().line()
