@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 
@@ -129,6 +130,23 @@ def test_show_missing_interface(tmp_path):
     result = _show("nosuch", "--socket-dir", str(tmp_path))
     assert result.returncode == 1
     assert "cannot query" in result.stderr and result.stdout == ""
+
+
+def test_show_with_no_interfaces_is_wg_shows_nothing(tmp_path):
+    """`wg show` with no interface prints nothing and exits 0 (checked here
+    against the real one, with an empty socket directory mounted over
+    /var/run/wireguard in a mount namespace and no kernel interfaces in a new
+    network namespace). Ours said so on stderr and exited 1."""
+    ours = _show("--socket-dir", str(tmp_path))
+    wg = need_tool("wg")
+    need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    ns = "rvshow" + secrets.token_hex(3)
+    script = (f"mount -t tmpfs none /var/run/wireguard && ip netns add {ns} && "
+              f"ip netns exec {ns} {wg} show; rc=$?; ip netns del {ns}; exit $rc")  # fmt: skip
+    theirs = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert (theirs.returncode, theirs.stdout) == (0, ""), theirs
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), ours
+    assert _show("all", "--socket-dir", str(tmp_path)).returncode == 0
 
 
 def test_format_state_spells_times_and_sizes_as_show_c():
