@@ -247,8 +247,11 @@ class ControlServer(Lifecycle):
         finally:
             if holding:
                 lock.release()
-            self._clients.discard(task)
-            await hang_up(writer, self._closing)
+            try:
+                await hang_up(writer, self._closing)
+            finally:
+                # Only now: close() must reach a client still being hung up on.
+                self._clients.discard(task)
 
     def _closing(self) -> bool:
         """close() has begun: clients are hung up on at once."""

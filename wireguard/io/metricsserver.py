@@ -273,8 +273,12 @@ class MetricsServer:
             if self._server is not None:
                 raise
         finally:
-            self._clients.discard(task)
-            await hang_up(writer, self._closing, self.timeout)
+            try:
+                await hang_up(writer, self._closing, self.timeout)
+            finally:
+                # Only now: close() must reach a client still being hung up on,
+                # and the connection counts against max_connections till then.
+                self._clients.discard(task)
 
     def _closing(self) -> bool:
         """close() has begun: clients are hung up on at once."""
