@@ -129,11 +129,9 @@ def test_aiohttp_untrusted_certificate_fails_at_once(tmp_path: Path) -> None:
         timeout = aiohttp.ClientTimeout(total=20)
         async with a, b, https_on(b, pem):
             async with aiohttp.ClientSession(connector=TunnelConnector(a)) as session:
-                loop = asyncio.get_running_loop()
-                start = loop.time()
+                # (Before the fix: a timeout error, once the request timed out.)
                 with pytest.raises(aiohttp.ClientConnectorCertificateError):
                     await session.get(f"https://{B_ADDR[0]}/", timeout=timeout)
-                assert loop.time() - start < 10
             assert not a._transports  # the failed connection was not left open
 
     run(body)

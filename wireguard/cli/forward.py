@@ -135,6 +135,15 @@ def runtime_options(args: argparse.Namespace) -> ForwardOptions:
     )
 
 
+def _next_wake(now: float, next_status: float | None) -> float:
+    """How long the serving loop sleeps: at most a second (idle UDP flows
+    expire), and no later than the next status line (--status may be below a
+    second)."""
+    if next_status is None:
+        return 1.0
+    return max(0.0, min(1.0, next_status - now))
+
+
 async def serve(
     args: argparse.Namespace,
     specs: list[ForwardSpec],
@@ -188,11 +197,8 @@ async def serve(
         interval = args.status
         next_status = loop.time() + interval if interval > 0 else None
         while not stop.is_set():
-            # Awake at least once a second (idle UDP flows expire), and when
-            # the next status line is due (--status may be below a second).
-            wait = 1.0 if next_status is None else min(1.0, next_status - loop.time())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wait)):
+                async with asyncio.timeout(_next_wake(loop.time(), next_status)):
                     await stop.wait()
             now = loop.time()
             for service in running:
