@@ -472,11 +472,27 @@ def test_misbehave_shows_each_log_entry_once_while_the_log_is_trimmed() -> None:
     for counter in range(1_000):
         policy.outgoing(_transport(counter), A_ADDR, float(counter))
         if counter % 7 == 0:  # the command shows the log now and then
-            entries, shown = unseen_entries(policy, shown)
+            entries, missed, shown = unseen_entries(policy, shown)
+            assert missed == 0
             seen += [e.now for e in entries]
-    entries, shown = unseen_entries(policy, shown)
+    entries, missed, shown = unseen_entries(policy, shown)
     seen += [e.now for e in entries]
     assert seen == [float(c) for c in range(1_000)] and shown == 1_000
+
+
+def test_misbehave_says_how_many_log_entries_went_before_they_were_shown() -> None:
+    """Faster traffic than the command shows: entries the log trimmed before
+    they were shown are counted in a line of their own, not skipped unsaid."""
+    from wireguard.cli.misbehave import log_lines
+
+    policy = Policy([Rule("data", Drop(), direction="out")], keep=10)
+    for counter in range(25):
+        policy.outgoing(_transport(counter), A_ADDR, float(counter))
+    lines, shown = log_lines(policy, 0)
+    assert shown == 25
+    assert lines[0] == "(10 log entries not shown: the log keeps the latest 10 at least)"
+    assert len(lines) == 1 + 15 and all("drop" in line for line in lines[1:])
+    assert log_lines(policy, shown) == ([], 25)
 
 
 def test_misbehave_stopped_with_ctrl_c_reports_and_closes_its_capture(tmp_path) -> None:

@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from ..misbehaviour import LogEntry, Policy, parse_rule
-from . import CommandError
+from . import CommandError, seconds
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,9 +32,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--ping", metavar="ADDR", help="ping this address through the tunnel")
     parser.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between pings")
+    parser.add_argument("--interval", type=seconds, default=1.0, help="seconds between pings")
     parser.add_argument(
-        "--duration", type=float, help="seconds to run (default: the pings, or forever)"
+        "--duration", type=seconds, help="seconds to run (default: the pings, or forever)"
     )
     parser.add_argument(
         "--pcap", help="write the datagrams as on the wire to this capture (pcapng if .pcapng)"
@@ -62,11 +62,25 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
 
 
-def unseen_entries(policy: Policy, shown: int) -> tuple[list[LogEntry], int]:
+def unseen_entries(policy: Policy, shown: int) -> tuple[list[LogEntry], int, int]:
     """The log entries after the first *shown* ever made (forgotten ones
-    included: the log is trimmed on a long run), and the new count."""
-    start = max(0, shown - policy.log_forgotten)
-    return policy.log[start:], policy.log_forgotten + len(policy.log)
+    included: the log is trimmed on a long run), how many of those the log
+    forgot before they could be shown, and the new count."""
+    start = shown - policy.log_forgotten
+    missed = max(0, -start)
+    return policy.log[max(0, start) :], missed, policy.log_forgotten + len(policy.log)
+
+
+def log_lines(policy: Policy, shown: int) -> tuple[list[str], int]:
+    """The lines for the entries not shown yet (a count first of any the log
+    forgot before they were), and the new count."""
+    entries, missed, shown = unseen_entries(policy, shown)
+    lines = [f"{e.direction:>3} {e.kind or '?':<12} {e.note}  [{e.rule}]" for e in entries]
+    if missed:
+        lines.insert(
+            0, f"({missed} log entries not shown: the log keeps the latest {policy.keep} at least)"
+        )
+    return lines, shown
 
 
 async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
@@ -91,9 +105,9 @@ async def _misbehave(args: argparse.Namespace, policy: Policy) -> int:
 
     def show_log() -> None:
         nonlocal shown
-        entries, shown = unseen_entries(policy, shown)
-        for entry in entries:
-            print(f"{entry.direction:>3} {entry.kind or '?':<12} {entry.note}  [{entry.rule}]")
+        lines, shown = log_lines(policy, shown)
+        for line in lines:
+            print(line)
 
     def on_packet(packet: bytes) -> None:
         try:
