@@ -140,10 +140,18 @@ def test_show_with_no_interfaces_is_wg_shows_nothing(tmp_path):
     ours = _show("--socket-dir", str(tmp_path))
     wg = need_tool("wg")
     need(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root and unshare")
+    made = not os.path.isdir("/var/run/wireguard")  # the mount point, as wg makes it
+    os.makedirs("/var/run/wireguard", exist_ok=True)
     ns = "rvshow" + secrets.token_hex(3)
     script = (f"mount -t tmpfs none /var/run/wireguard && ip netns add {ns} && "
               f"ip netns exec {ns} {wg} show; rc=$?; ip netns del {ns}; exit $rc")  # fmt: skip
-    theirs = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    try:
+        theirs = subprocess.run(
+            ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True
+        )
+    finally:
+        if made:
+            os.rmdir("/var/run/wireguard")
     assert (theirs.returncode, theirs.stdout) == (0, ""), theirs
     assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), ours
     assert _show("all", "--socket-dir", str(tmp_path)).returncode == 0

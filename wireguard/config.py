@@ -494,8 +494,9 @@ class InterfaceConfig:
     pre_down: tuple[str, ...] = ()
     post_down: tuple[str, ...] = ()
     save_config: bool = False
-    #: The line of each key (``"Table"``: 4) when parsed from a file, for a
-    #: note about a value made later (not compared).
+    #: The line of each key that is set once (``"Table"``: 4; not Address,
+    #: DNS or the hooks, which may repeat) when parsed from a file, for a note
+    #: about a value made later (not compared).
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
