@@ -480,3 +480,18 @@ def test_device_from_config_skips_a_peer_with_the_interfaces_own_key(
         asyncio.run(device_from_config(built))
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert line.startswith("PublicKey: peer "), line
+
+
+def test_routing_table_numbers_are_read_as_ip_reads_them() -> None:
+    """``Table = N`` goes to ``ip route add ... table N`` in wg-quick, and
+    iproute2 (rtnl_rttable_a2n) reads N with strtoul in base 0: 0x hex, a
+    leading 0 octal (010 is table 8; 0518 is no number), else decimal; a
+    table above 2**32 - 1 is none. The built-in names are its own."""
+    from wireguard.io.tun import TunError, routing_table
+
+    assert [routing_table(t) for t in ("7", "0x10", "010", "0", "main", "local")] == [
+        7, 16, 8, 0, 254, 255
+    ]
+    for bad in ("0518", "4294967296", "0x", "ten"):
+        with pytest.raises(TunError):
+            routing_table(bad)

@@ -1334,19 +1334,25 @@ def _number(text: str) -> int:
 
 def routing_table(setting: str) -> int:
     """The number of the routing table ``Table = setting`` names, as ``ip
-    route add ... table setting`` reads it: a number (decimal or 0x hex) or a
-    name from ``/etc/iproute2/rt_tables`` (and ``rt_tables.d/*.conf``).
-    Raises :class:`TunError` for anything else."""
-    if re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]+", setting):
-        number = _number(setting)
+    route add ... table setting`` reads it (iproute2's rtnl_rttable_a2n): a
+    name from ``/etc/iproute2/rt_tables`` (and ``rt_tables.d/*.conf``), else
+    a number as strtoul reads it in base 0 (0x hex, a leading 0 octal, else
+    decimal). Raises :class:`TunError` for anything else."""
+    number = _table_names().get(setting, -1)
+    if number >= 0:
+        return number
+    if re.fullmatch(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*", setting):
+        if setting[:2].lower() == "0x":
+            number = int(setting, 16)
+        elif setting.startswith("0"):
+            number = int(setting, 8)
+        else:
+            number = int(setting, 10)
         if number <= 0xFFFFFFFF:
             return number
-    else:
-        number = _table_names().get(setting, -1)
-        if number >= 0:
-            return number
     shown = "(not shown: it could be a key)" if looks_like_key(setting) else repr(setting)
-    raise TunError(f"{shown} is not a number or a name in {RT_TABLES[0]}")
+    where = next((f for f in RT_TABLES if os.path.isfile(f)), RT_TABLES[0])
+    raise TunError(f"{shown} is not a number or a name in {where}")
 
 
 def configure(
