@@ -1051,9 +1051,16 @@ def test_the_control_server_logs_a_refused_request(
             writer.write(b"set=1\nbogus_key=1\n\n")
             answer = await reader.readuntil(b"\n\n")
             writer.close()
+            reader, writer = await asyncio.open_unix_connection(sock_path)
+            writer.write(b"hello=1\n")  # hung up on, without an answer
+            assert await reader.read() == b""
+            writer.close()
             return answer
 
     with caplog.at_level(logging.ERROR, logger="wireguard.io.control"):
         assert asyncio.run(main()) == b"errno=-22\n\n"
-    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "IPC error -22: invalid UAPI device key: 'bogus_key'" in record.getMessage()
+    refused, unknown = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "IPC error -22: invalid UAPI device key: 'bogus_key'" in refused
+    # wireguard-go logs an unknown operation without the IPC error's number.
+    assert unknown.endswith(": invalid UAPI operation: 'hello=1'"), unknown
+    assert "IPC error" not in unknown

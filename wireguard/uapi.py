@@ -61,6 +61,7 @@ __all__ = [
     "SetRequest",
     "UAPIConnection",
     "UAPIError",
+    "UAPIUnknownOperation",
     "format_allowed_ip",
     "format_endpoint",
     "parse_allowed_ip",
@@ -104,6 +105,12 @@ class UAPIError(LocalProtocolError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.errno = code
+
+
+class UAPIUnknownOperation(UAPIError):
+    """Not ``get=1`` or ``set=1``: the connection is hung up on without an
+    answer, so no errno reaches the client (reported to
+    :attr:`UAPIConnection.on_error` all the same)."""
 
 
 # --- value parsers (as strict as Go's strconv and net/netip) -------------------
@@ -751,7 +758,7 @@ class UAPIConnection:
                     return self.next_output()
                 self._state = _State.OPERATION
                 self._refused(
-                    UAPIError(IPC_ERROR_INVALID, f"trailing character in UAPI get: {byte:#04x}")
+                    UAPIError(IPC_ERROR_INVALID, f"trailing character in UAPI get: {chr(byte)!r}")
                 )
                 return f"errno={IPC_ERROR_INVALID}\n\n".encode()
             end = buffer.find(b"\n")
@@ -879,7 +886,7 @@ class UAPIConnection:
 
     def _unknown(self, what: str) -> None:
         """Not an operation: hung up on without an answer, as wireguard-go does."""
-        self._refused(UAPIError(IPC_ERROR_INVALID, f"invalid UAPI operation: {what}"))
+        self._refused(UAPIUnknownOperation(IPC_ERROR_INVALID, f"invalid UAPI operation: {what}"))
         self._close()
 
     def _refused(self, error: UAPIError) -> None:

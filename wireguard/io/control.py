@@ -40,7 +40,7 @@ import socket
 import stat
 from collections.abc import Callable
 
-from ..uapi import UAPI, UAPIConnection, UAPIError
+from ..uapi import UAPI, UAPIConnection, UAPIError, UAPIUnknownOperation
 from .lifecycle import Lifecycle, hang_up
 
 __all__ = ["SOCKET_DIRECTORY", "ControlServer", "query", "socket_path"]
@@ -258,8 +258,12 @@ class ControlServer(Lifecycle):
         return self._server is None
 
     def _refused(self, error: UAPIError) -> None:
-        """A request refused: logged as wireguard-go logs it ("IPC error -22: ...")."""
-        log.error("control socket %s: IPC error %d: %s", self.path, error.errno, error)
+        """A request refused: logged as wireguard-go's IpcHandle logs it
+        ("IPC error -22: ..."; an unknown operation without the number)."""
+        if isinstance(error, UAPIUnknownOperation):
+            log.error("control socket %s: %s", self.path, error)
+        else:
+            log.error("control socket %s: IPC error %d: %s", self.path, error.errno, error)
 
 class _FileWatch:
     """Calls *on_gone* once when the file at *path* is no longer the one with
