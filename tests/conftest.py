@@ -4,7 +4,7 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,18 @@ def need_tool(name: str) -> str:
     need(path is not None, f"`{name}` is not installed")
     assert path is not None
     return path
+
+
+async def closed_leaving(close: Awaitable[object], what: str, limit: float = 60.0) -> list[Any]:
+    """Await *close* (the limit only stops a hang: then the test fails, naming
+    *what* it waited for) and return the tasks still running besides this one."""
+    try:
+        await asyncio.wait_for(close, limit)
+    except TimeoutError:
+        pytest.fail(f"close() waited for {what}")
+    await asyncio.sleep(0)
+    me = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not me and not t.done()]
 
 
 async def until(condition: Callable[[], bool], limit: float = 60.0) -> None:

@@ -269,16 +269,19 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+class UdpEcho(asyncio.DatagramProtocol):
+    """A local UDP service: answers each datagram with b"echo:" and it."""
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+        self.transport.sendto(b"echo:" + data, addr)
+
+
 def test_forward_command_end_to_end(tmp_path) -> None:
     """The CLI in a subprocess against an in-process peer: -L tcp, -L udp,
     -R tcp, a ping to the stack, SIGUSR1 and the exit report."""
-
-    class UdpEcho(asyncio.DatagramProtocol):
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
-            self.transport.sendto(b"echo:" + data, addr)
 
     async def body() -> None:
         key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
@@ -620,13 +623,6 @@ def test_forward_remote_port_0_takes_a_free_port_and_says_which(proto: str) -> N
     gives the listener a free port, and `where` (the start-up line) names it;
     the forward relays through it."""
 
-    class UdpEcho(asyncio.DatagramProtocol):
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
-            self.transport.sendto(b"echo:" + data, addr)
-
     async def body() -> None:
         a, b = pair()
         loop = asyncio.get_running_loop()
@@ -681,13 +677,6 @@ def test_forward_udp_flow_table_is_capped() -> None:
     accepts and relays."""
     need(os.path.isdir("/proc/self/fd"), "no /proc/self/fd to count descriptors")
     sources, cap = 3000, 100
-
-    class UdpEcho(asyncio.DatagramProtocol):
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
-            self.transport.sendto(b"echo:" + data, addr)
 
     async def body() -> None:
         a, b = pair()
