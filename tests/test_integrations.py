@@ -10,16 +10,14 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp  # the [test] extra has both clients: missing is a failure, not a skip
+import httpx
 import pytest
 
 from tests.conftest import self_signed_pem, until
 from tests.test_rootless import B_ADDR, pair, run
-
-httpx = pytest.importorskip("httpx")
-aiohttp = pytest.importorskip("aiohttp")
-
-from wireguard.integrations.aiohttp import TunnelConnector  # noqa: E402
-from wireguard.integrations.httpx import TunnelTransport  # noqa: E402
+from wireguard.integrations.aiohttp import TunnelConnector
+from wireguard.integrations.httpx import TunnelTransport
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
