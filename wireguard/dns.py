@@ -904,8 +904,8 @@ class Lookup:
         unreachable (TCP connection refused or reset, ICMP unreachable):
         the next server is asked at once. A report for a query not in
         flight (answered, moved on, or never sent) is counted as late."""
-        for current in self._tries:
-            if current.outcome is None and current.id == query_id and not self.done:
+        for current in () if self.done else self._tries:
+            if current.outcome is None and current.id == query_id:
                 self.resolver.stats["send_failures"] += 1
                 current.failures.add("timeout")
                 return self._next_server(current, now)

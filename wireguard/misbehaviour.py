@@ -554,12 +554,10 @@ class Policy:
             out[start : start + len(value)] = value
         elif end > start:
             out[start] ^= action.xor
-        mac1_start = _MAC1_END.get(kind, 0) - MAC_LEN
-        remac = action.remac
-        if remac is None:
-            remac = kind in _MAC1_END and end <= mac1_start
-        # Never over mac1 or mac2 themselves: that would undo the corruption.
-        if remac and kind in _MAC1_END and end <= mac1_start:
+        # The MACs are recomputed over a change before them (unless
+        # remac=False), never over mac1 or mac2 themselves: that would undo
+        # the corruption.
+        if action.remac is not False and kind in _MAC1_END and end <= _MAC1_END[kind] - MAC_LEN:
             return self._remac(direction, kind, bytes(data), bytes(out), now)
         return bytes(out)
 

@@ -240,7 +240,7 @@ class ControlServer(Lifecycle):
             # close() hangs up on clients by cancelling them. Ending quietly:
             # asyncio (3.11) reports a client task that ends cancelled as an
             # unhandled exception with a traceback.
-            if self._server is not None:
+            if not self._closing():
                 raise
         except Exception:
             log.exception("control socket %s: request failed", self.path)
@@ -264,6 +264,7 @@ class ControlServer(Lifecycle):
             log.error("control socket %s: %s", self.path, error)
         else:
             log.error("control socket %s: IPC error %d: %s", self.path, error.errno, error)
+
 
 class _FileWatch:
     """Calls *on_gone* once when the file at *path* is no longer the one with

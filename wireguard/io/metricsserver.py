@@ -270,7 +270,7 @@ class MetricsServer:
         except asyncio.CancelledError:
             # close() hangs up on clients by cancelling them; ending quietly,
             # as asyncio (3.11) reports a client task that ends cancelled.
-            if self._server is not None:
+            if not self._closing():
                 raise
         finally:
             try:

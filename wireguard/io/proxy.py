@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..dns import ResolutionError
 from ..errors import LocalProtocolError, WireGuardError
 from ..httpproxy import (
     ForwardRequest,
@@ -718,7 +719,9 @@ class HTTPProxy(_Proxy):
         except (OSError, TimeoutError, WireGuardError, ValueError) as exc:
             # A timeout, the target's or the name servers', is 504 (RFC 9110
             # 15.6.5: no timely response from a server needed for the request).
-            timed_out = isinstance(exc, TimeoutError) or getattr(exc, "reason", "") == "timeout"
+            timed_out = isinstance(exc, TimeoutError) or (
+                isinstance(exc, ResolutionError) and exc.reason == "timeout"
+            )
             status = 504 if timed_out else 502
             text = f"cannot connect to {_fmt(host, port)}: {_detail(exc)}"
             core.failed(status, text)

@@ -1312,9 +1312,14 @@ _BUILTIN_TABLES = {"unspec": 0, "default": 253, "main": 254, "local": 255}
 _TABLE_LINE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s+([^\s#]+)")
 
 
+def _rt_tables() -> str:
+    """The rt_tables file ``ip`` reads: the first of :data:`RT_TABLES` there is."""
+    return next((f for f in RT_TABLES if os.path.isfile(f)), RT_TABLES[0])
+
+
 def _table_names() -> dict[str, int]:
     names = dict(_BUILTIN_TABLES)
-    files = [next((f for f in RT_TABLES if os.path.isfile(f)), RT_TABLES[0])]
+    files = [_rt_tables()]
     for directory in dict.fromkeys(os.path.dirname(f) for f in RT_TABLES):
         with contextlib.suppress(OSError):
             d = os.path.join(directory, "rt_tables.d")
@@ -1351,8 +1356,7 @@ def routing_table(setting: str) -> int:
         if number <= 0xFFFFFFFF:
             return number
     shown = "(not shown: it could be a key)" if looks_like_key(setting) else repr(setting)
-    where = next((f for f in RT_TABLES if os.path.isfile(f)), RT_TABLES[0])
-    raise TunError(f"{shown} is not a number or a name in {where}")
+    raise TunError(f"{shown} is not a number or a name in {_rt_tables()}")
 
 
 def configure(
