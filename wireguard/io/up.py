@@ -69,7 +69,8 @@ log = logging.getLogger(__name__)
 LOG_DIRECTORY = "/var/log/wireguard-py"
 CONFIG_DIRECTORY = "/etc/wireguard"  # where wg-quick looks for NAME.conf
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0  # then SIGKILL, unless a hook of the service is running
+HOOK_PROGRESS = 10.0  # how often `down` says it still waits for a hook
 
 T = TypeVar("T")
 
@@ -623,9 +624,17 @@ def down(target: str) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     if not _wait_gone(pid, STOP_TIMEOUT):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 5)
+        # wg-quick runs PreDown and PostDown with no time limit: while the
+        # service is running one (a child of it), wait for it, saying so.
+        said = 0.0
+        while _children(pid) and not _wait_gone(pid, 0.5):
+            if time.monotonic() - said >= HOOK_PROGRESS:
+                said = time.monotonic()
+                log.info("[#] waiting for %s's PreDown/PostDown hooks to finish", name)
+        if not _wait_gone(pid, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 5)
     _remove_leftovers(name)
     log.info("[#] %s is down", name)
     return 0
@@ -634,10 +643,27 @@ def down(target: str) -> int:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while _proc_start_time(pid) is not None:
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
     return True
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is *pid* (field 4 of /proc/N/stat)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2 :].split()
+        if len(rest) > 1 and rest[1] == str(pid) and rest[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
 
 
 def _remove_leftovers(name: str) -> list[str]:
