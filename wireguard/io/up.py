@@ -34,6 +34,9 @@ pipefail``. PreUp runs before the interface exists and the endpoint names
 are looked up, PostUp once addresses and routes are set; if either fails,
 ``up`` fails with one line naming it and nothing stays behind. PreDown runs before the teardown
 and PostDown after it; a failure there is logged and the teardown goes on.
+``down`` waits for them with no time limit, as wg-quick does (it says so
+every 10 s); a service that has not stopped after 10 s with no hook running
+is killed.
 DNS is not applied: that is reported as a warning.
 """
 
