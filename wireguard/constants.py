@@ -51,7 +51,9 @@ COUNTER_BITS_TOTAL = 8192
 COUNTER_REDUNDANT_BITS = 64
 COUNTER_WINDOW_SIZE = COUNTER_BITS_TOTAL - COUNTER_REDUNDANT_BITS
 # A counter at or above this is never accepted, so the window can never wrap.
-REJECT_AFTER_MESSAGES = 2**64 - COUNTER_WINDOW_SIZE - 1
+# messages.h: U64_MAX - COUNTER_WINDOW_SIZE - 1 (2^64 - 8130; wireguard-go's
+# RejectAfterMessages is 2^64 - 2^13 - 1, lower still).
+REJECT_AFTER_MESSAGES = (2**64 - 1) - COUNTER_WINDOW_SIZE - 1
 
 # Kernel behaviour (messages.h, ratelimiter.c, device.h).
 INITIATIONS_PER_SECOND = 50
