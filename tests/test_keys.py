@@ -172,3 +172,26 @@ def test_config_refuses_a_key_with_unicode_space_as_wg_setconf_does() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_setconf(f"[Interface]\nPrivateKey = {key}\u00a0\n", "wg0.conf")
     assert (exc.value.filename, exc.value.lineno, exc.value.key) == ("wg0.conf", 2, "PrivateKey")
+
+
+@pytest.mark.parametrize("command", ["genkey", "genpsk"])
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o604, 0o602, 0o601])
+def test_genkey_warns_of_a_world_accessible_file_as_wg_does(
+    command: str, mode: int, tmp_path
+) -> None:
+    # genkey.c: stdout a regular file with any "other" permission bit set.
+    wg = need_tool("wg")
+    said = {}
+    for who, argv in (("wg", [wg]), ("ours", [sys.executable, "-m", "wireguard"])):
+        out = tmp_path / f"{who}.key"
+        out.touch()
+        out.chmod(mode)
+        with out.open("w") as f:
+            result = subprocess.run([*argv, command], stdout=f, stderr=subprocess.PIPE,
+                                    text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 0
+        assert len(out.read_text().strip()) == 44
+        said[who] = result.stderr
+    assert said["ours"] == said["wg"]
+    # A pipe is not a file: nothing said.
+    assert run_cli(command).stderr == ""

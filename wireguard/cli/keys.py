@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from typing import Any
 
@@ -17,12 +19,28 @@ _TRAILING = "Trailing characters found after key"
 _SPACE = " \t\n\v\f\r\0"
 
 
+def _warn_if_world_accessible() -> None:
+    """What ``wg genkey`` and ``wg genpsk`` say (genkey.c) when standard
+    output is a regular file with a permission bit for others."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(mode) and mode & stat.S_IRWXO:
+        sys.stderr.write(
+            "Warning: writing to world accessible file.\n"
+            "Consider setting the umask to 077 and trying again.\n"
+        )
+
+
 def cmd_genkey(args: argparse.Namespace) -> int:
+    _warn_if_world_accessible()
     print(PrivateKey.generate().to_base64())
     return 0
 
 
 def cmd_genpsk(args: argparse.Namespace) -> int:
+    _warn_if_world_accessible()
     print(PresharedKey.generate().to_base64())
     return 0
 
