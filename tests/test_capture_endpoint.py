@@ -371,3 +371,55 @@ def test_decrypt_embed_keys_makes_one_file_tshark_opens(tmp_path: Path) -> None:
     # Without the secrets, the same capture does not open.
     rows = _tshark_rows(tshark, cap)
     assert not [r for r in rows if r["icmp.type"]]
+
+
+def test_outer_addresses_of_ever_new_sources_take_bounded_memory(tmp_path: Path) -> None:
+    """A wildcard-bound endpoint asks the routing table for the outer source
+    address of each remote it captures. Anyone can send it datagrams from
+    ever new (spoofed) sources: what it remembers of those answers must stay
+    bounded, and every datagram is still captured."""
+    from wireguard.io.tap import ROUTE_CACHE_SIZE
+
+    real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    real.bind(("0.0.0.0", 0))
+    tap = EndpointTap(Device(PrivateKey.generate()), pcap=tmp_path / "many.pcap")
+    try:
+        tap.wrap(real)
+        count = ROUTE_CACHE_SIZE + 300
+        for i in range(count):  # 198.18.0.0/15: the benchmarking range (RFC 2544)
+            tap._incoming(b"\x01junk", (f"198.18.{i >> 8}.{i & 255}", 40000))
+        assert len(tap._routes) <= ROUTE_CACHE_SIZE
+    finally:
+        tap.close()
+        real.close()
+    with PcapReader(tmp_path / "many.pcap") as reader:
+        datagrams = list(reader.udp_datagrams())
+    assert len(datagrams) == count == tap.received
+    assert datagrams[-1].src == (f"198.18.{(count - 1) >> 8}.{(count - 1) & 255}", 40000)
+
+
+def test_a_send_the_kernel_refuses_is_counted_where_an_untapped_tunnel_counts_it() -> None:
+    """A socket bound to 127.0.0.1 cannot send to 192.0.2.1 (the kernel says
+    EINVAL). Untapped, the tunnel counts that in its ``udp_send_errors``
+    (what the status line, the interface's log and /metrics show); tapped,
+    the same refusal must show there too, not only on the tap."""
+
+    async def refused(tapped: bool) -> tuple[dict[str, int], int | None]:
+        device = Device(PrivateKey.generate())
+        tunnel = Tunnel(device, host="127.0.0.1", listen_port=0)
+        tap = attach(tunnel) if tapped else None
+        try:
+            async with tunnel:
+                key = PrivateKey.generate().public_key
+                device.add_peer(key, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.1", 51820))
+                tunnel.initiate_handshake(key)
+                return tunnel.counters(), None if tap is None else tap.send_errors
+        finally:
+            if tap is not None:
+                tap.close()
+
+    untapped, _ = asyncio.run(refused(False))
+    assert untapped["udp_send_errors"] == 1  # the kernel's refusal, as the reference
+    tapped, on_tap = asyncio.run(refused(True))
+    assert on_tap == 1
+    assert tapped["udp_send_errors"] == untapped["udp_send_errors"]

@@ -131,3 +131,19 @@ def test_health_follows_the_latest_handshake():
     assert not m.healthy(a.device, net.now + 181 - age, 180)  # too old
     a.device.remove_peer(key)  # the peer went away
     assert not m.healthy(a.device, net.now, 180)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        m.Metric("x\n", "gauge", "", [((), 1)]),
+        m.Metric("x", "gauge", "", [((("a\n", "v"),), 1)]),
+    ],
+    ids=["metric-name", "label-name"],
+)
+def test_a_name_ending_in_a_line_feed_is_refused(metric):
+    """The exposition format's name rules ([a-zA-Z_:][a-zA-Z0-9_:]* for a
+    metric, [a-zA-Z_][a-zA-Z0-9_]* for a label) have no line feed; one
+    would end the line and break every line after it."""
+    with pytest.raises(LocalProtocolError):
+        m.render([metric])

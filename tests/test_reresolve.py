@@ -203,3 +203,41 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="positive"):
         EndpointReresolver(binding, {}, interval=0)
     assert not EndpointReresolver(binding, r.names, stale_after=None).active
+
+
+def test_a_peer_removed_and_added_again_is_still_looked_up():
+    """``wg set IF peer KEY remove`` and then the peer set again (as a
+    reconfiguration does): reresolve-dns runs from its timer whatever the
+    peers were in between, so the re-added peer's name is followed again.
+    The re-resolver's task must not stop for good while no named peer is
+    there."""
+
+    async def main() -> None:
+        _, dns, r, key = _setup()
+        loop = asyncio.get_running_loop()
+
+        class LoopBinding(Binding):
+            now = property(lambda self: loop.time())  # type: ignore[assignment]
+
+            def __init__(self, device: Device) -> None:
+                self.device, self.applied = device, []
+
+        binding = LoopBinding(r.binding.device)
+        device = binding.device
+        r = EndpointReresolver(binding, r.names, stale_after=0.05, lookup=dns)
+        device.remove_peer(key)
+        r.start()
+        for _ in range(5):  # the task wakes (nothing to do: the peer is gone)
+            await asyncio.sleep(0.02)
+        device.add_peer(key, allowed_ips=["10.0.0.2/32"], endpoint=("192.0.2.1", 51820))
+        dns.names["peer.example"] = "198.51.100.7"
+        try:
+            for _ in range(200):
+                if device.peers[key].endpoint == ("198.51.100.7", 51820):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await r.close()
+        assert device.peers[key].endpoint == ("198.51.100.7", 51820)
+
+    asyncio.run(main())

@@ -55,8 +55,9 @@ __all__ = [
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KINDS = ("counter", "gauge", "untyped")
 
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# fullmatch: "$" alone would let a name end in a line feed
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -106,7 +107,7 @@ def render(metrics: Iterable[Metric]) -> str:
     lines: list[str] = []
     seen: set[str] = set()
     for metric in metrics:
-        if not _METRIC_NAME.match(metric.name):
+        if not _METRIC_NAME.fullmatch(metric.name):
             raise LocalProtocolError(f"bad metric name {metric.name!r}")
         if metric.kind not in KINDS:
             raise LocalProtocolError(f"metric {metric.name}: kind {metric.kind!r} not in {KINDS}")
@@ -118,7 +119,7 @@ def render(metrics: Iterable[Metric]) -> str:
         for labels, value in metric.samples:
             names = [name for name, _ in labels]
             for name in names:
-                if not _LABEL_NAME.match(name) or name.startswith("__"):
+                if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
                     raise LocalProtocolError(f"metric {metric.name}: bad label name {name!r}")
             if len(set(names)) != len(names):
                 raise LocalProtocolError(f"metric {metric.name}: a label given twice")

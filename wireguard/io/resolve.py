@@ -290,6 +290,9 @@ class EndpointReresolver:
             if self.stale_after is not None and self.retry is not None:
                 peer = self.binding.device.peers.get(name.key)
                 if peer is None:
+                    # Removed (``wg set ... remove``), perhaps to be set again:
+                    # look for it again later, as reresolve-dns's timer would.
+                    due.append(max(now, name.last_attempt) + self.retry)
                     continue
                 since = peer.last_handshake if peer.last_handshake is not None else self._started_at
                 assert since is not None

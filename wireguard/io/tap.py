@@ -34,8 +34,8 @@ The tap wraps the socket object (composition, through
 Outer addresses: the socket's own address when it is bound to one; for a
 wildcard-bound socket, the loopback address when talking to loopback, else
 *local_address* if given, else the address the host's routing table picks
-(asked once per destination with an unconnected-then-connected UDP socket,
-which sends nothing).
+(asked once per remote host with an unconnected-then-connected UDP socket,
+which sends nothing; the latest :data:`ROUTE_CACHE_SIZE` answers are kept).
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
+
+# The outer source addresses asked of the routing table, one per remote host
+# of a wildcard-bound socket: anyone can send from ever new addresses, so only
+# the latest this many answers are kept (the oldest is asked again if needed).
+ROUTE_CACHE_SIZE = 1024
 
 
 def _plain_host(host: str) -> str:
@@ -246,6 +251,8 @@ class EndpointTap:
                     cached = _plain_host(probe.getsockname()[0])
             except OSError:
                 cached = "0.0.0.0" if peer_ip.version == 4 else "::"
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                del self._routes[next(iter(self._routes))]  # the oldest
             self._routes[peer_host] = cached
         return cached, port
 
@@ -263,13 +270,23 @@ class EndpointTap:
 
     def _wire_send(self, data: bytes, address: Any) -> None:
         sock = self._sock
+        tunnel = self.tunnel
         if sock is None:
             self.send_errors += 1  # the tunnel is not started, or closed
+            if tunnel is not None:
+                tunnel.dropped_datagrams += 1  # as the tunnel counts a send with no socket
             return
         try:
             sock.sendto(data, address)
         except OSError as exc:
             self.send_errors += 1
+            # Counted where the tunnel counts its own (its counters() are what
+            # the status, the interface's log and /metrics show).
+            if tunnel is not None:
+                if isinstance(exc, (BlockingIOError, InterruptedError)):
+                    tunnel.dropped_datagrams += 1  # a full send buffer
+                else:
+                    tunnel.send_errors += 1
             log.debug("UDP send to %s failed: %s", address, exc)
             return
         self.sent += 1
@@ -398,4 +415,4 @@ def attach(
     return tap
 
 
-__all__ = ["EndpointTap", "TappedSocket", "attach"]
+__all__ = ["ROUTE_CACHE_SIZE", "EndpointTap", "TappedSocket", "attach"]
