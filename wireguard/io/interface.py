@@ -84,6 +84,7 @@ class Interface(Lifecycle):
 
     async def start(self) -> None:
         await self.tunnel.start()
+        self._apply_fwmark()
         if self._want_control:
             self.control = self._control_server()
             try:
@@ -91,6 +92,23 @@ class Interface(Lifecycle):
             except BaseException:
                 await self.tunnel.close()
                 raise
+
+    def _apply_fwmark(self) -> None:
+        """The device's mark (``FwMark =``) on the UDP socket, as the kernel
+        and wireguard-go mark theirs. Where the kernel refuses it (SO_MARK
+        needs CAP_NET_ADMIN), the interface runs unmarked, says so once and
+        does not report the mark (``wg show``)."""
+        mark = self.device.fwmark
+        if not mark:
+            return
+        try:
+            self.tunnel.set_fwmark(mark)
+        except OSError as exc:
+            log.warning(
+                "%s: fwmark %#x not set on the UDP socket (%s): it runs unmarked",
+                self.name, mark, exc.strerror or exc,
+            )  # fmt: skip
+            self.device.fwmark = 0
 
     async def close(self) -> None:
         if self.control is not None:
