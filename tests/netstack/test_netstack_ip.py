@@ -317,3 +317,148 @@ def test_pseudo_header_sum_is_family_independent_in_form() -> None:
     # Both pseudo-headers reduce to: addresses + protocol + length (RFC 9293 3.1, RFC 8200 8.1).
     v6 = A6 + B6 + (20).to_bytes(4, "big") + bytes(3) + bytes((IPPROTO_TCP,))
     assert int.from_bytes(v6, "big") % 0xFFFF == pseudo_header_sum(A6, B6, IPPROTO_TCP, 20) % 0xFFFF
+
+
+# ------------------------------------------------------- martian sources
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "224.0.0.1",  # multicast (Linux ip_route_input_slow: ipv4_is_multicast(saddr))
+        "239.255.255.250",
+        "255.255.255.255",  # limited broadcast (ipv4_is_lbcast)
+        "0.0.0.0",  # "this network" (ipv4_is_zeronet)
+        "0.1.2.3",
+        "127.0.0.1",  # loopback (ipv4_is_loopback, route_localnet off)
+        "127.9.9.9",
+        "ff02::1",  # multicast (RFC 4291 2.7; Linux ip6_rcv_core)
+        "ff0e::1",
+        "::1",  # loopback (RFC 4291 2.5.3; Linux ip6_rcv_core)
+    ],
+)
+def test_packets_from_a_source_no_host_has_are_dropped_unanswered(source: str) -> None:
+    """A source address no single host can have (RFC 1122 3.2.1.3: a host MUST
+    silently discard such a datagram; RFC 4291 2.7 and 2.5.3 for IPv6) is
+    dropped before any socket sees it, as Linux drops martian sources: no
+    echo reply, SYN-ACK or RST goes to a group, the broadcast address or
+    loopback, and the drop is counted."""
+    src = ipaddress.ip_address(source).packed
+    dst = B4 if len(src) == 4 else B6
+    stack = PulledStack(["10.0.0.2", "fd00::2"])
+    stack.tcp_listen(80)
+    sock = stack.udp_bind(53)
+    stack.receive_packet(build_echo(src, dst, 1, 1, b"ping", reply=False), 0.0)
+    stack.receive_packet(SegmentBuilder(src, dst, 1234, 80).build(1, 0, SYN, 1000), 0.0)
+    stack.receive_packet(SegmentBuilder(src, dst, 1234, 81).build(1, 0, SYN, 1000), 0.0)
+    stack.receive_packet(build_udp(src, dst, 5000, 53, b"query"), 0.0)
+    assert stack.packets_to_send() == []
+    assert sock.recvfrom() is None
+    assert stack.stats.malformed == 4
+
+
+# ------------------------------------------------------- atomic fragments
+
+
+def _fragment_header(nxt: int, offset: int = 0, more: bool = False, ident: int = 0x1234) -> bytes:
+    # RFC 8200 4.5: next header, reserved, offset (13 bits) | res (2) | M, identification.
+    return bytes((nxt, 0)) + ((offset << 3) | more).to_bytes(2, "big") + ident.to_bytes(4, "big")
+
+
+def test_ipv6_atomic_fragment_is_processed_as_a_whole_packet() -> None:
+    """RFC 6946 section 4: a Fragment header with offset 0 and M 0 (an atomic
+    fragment) MUST be processed in isolation, as the packet it carries (Linux
+    ipv6_frag_rcv: "It is not a fragmented frame"). The reserved octet is
+    ignored on receipt (RFC 8200 4.5), not read as a length."""
+    stack = PulledStack(["fd00::2"])
+    sock = stack.udp_bind(53)
+    udp = parse_ip(build_udp(A6, B6, 5000, 53, b"atomic")).payload
+    stack.receive_packet(build_ipv6(A6, B6, 44, _fragment_header(IPPROTO_UDP) + udp), 0.0)
+    assert sock.recvfrom() == (b"atomic", ("fd00::1", 5000))
+    reserved = bytearray(_fragment_header(60))
+    reserved[1] = 0xFF
+    dest = bytes((IPPROTO_UDP, 0, 1, 4)) + bytes(4)  # Destination Options: PadN
+    stack.receive_packet(build_ipv6(A6, B6, 44, bytes(reserved) + dest + udp), 0.0)
+    assert sock.recvfrom() == (b"atomic", ("fd00::1", 5000))
+    echo = parse_ip(build_echo(A6, B6, 7, 8, b"ping", reply=False)).payload
+    stack.receive_packet(build_ipv6(A6, B6, 44, _fragment_header(58) + echo), 0.0)
+    (reply,) = stack.packets_to_send()
+    assert parse_icmp(parse_ip(reply)).type == ICMPV6_ECHO_REPLY
+    assert stack.stats.malformed == 0
+
+
+@pytest.mark.parametrize(("offset", "more"), [(0, True), (1, False), (185, True)])
+def test_ipv6_real_fragments_are_still_refused_and_counted(offset: int, more: bool) -> None:
+    stack = PulledStack(["fd00::2"])
+    sock = stack.udp_bind(53)
+    udp = parse_ip(build_udp(A6, B6, 5000, 53, b"part")).payload
+    packet = build_ipv6(A6, B6, 44, _fragment_header(IPPROTO_UDP, offset, more) + udp)
+    stack.receive_packet(packet, 0.0)
+    assert sock.recvfrom() is None
+    assert stack.stats.malformed == 1
+    assert stack.packets_to_send() == []
+
+
+def test_unknown_protocol_behind_an_atomic_fragment_is_pointed_at() -> None:
+    """RFC 8200 section 4: Parameter Problem code 1 points at the Next Header
+    field naming the protocol, here the Fragment header's (offset 40)."""
+    stack = PulledStack(["fd00::2"])
+    packet = build_ipv6(A6, B6, 44, _fragment_header(132) + bytes(20))
+    stack.receive_packet(packet, 0.0)
+    assert stack.stats.unknown_protocol == 1
+    (error,) = stack.packets_to_send()
+    msg = parse_icmp(parse_ip(error))
+    assert (msg.type, msg.code, (msg.ident << 16) | msg.seq) == (4, 1, 40)
+
+
+# ------------------------------------------------------------ IPv4 options
+
+
+def _with_options(packet: bytes, options: bytes) -> bytes:
+    """*packet* (an IPv4 packet without options) with *options* in its header."""
+    assert len(options) % 4 == 0
+    ihl = (20 + len(options)) // 4
+    head = bytearray(packet[:20])
+    head[0] = 0x40 | ihl
+    head[2:4] = (len(packet) + len(options)).to_bytes(2, "big")
+    return _fix_v4_checksum(head + options) + packet[20:]
+
+
+def test_ipv4_options_that_parse_are_skipped() -> None:
+    """RFC 791 3.1: options are NOP (1), End of Option List (0, after which
+    the rest is padding), or type, length (counting both), data. Router Alert
+    (RFC 2113) and NOPs are no reason to drop a datagram."""
+    stack = PulledStack(["10.0.0.2"])
+    sock = stack.udp_bind(53)
+    udp = build_udp(A4, B4, 5000, 53, b"opts")
+    stack.receive_packet(_with_options(udp, b"\x94\x04\x00\x00" + b"\x01\x01\x00\x07"), 0.0)
+    assert sock.recvfrom() == (b"opts", ("10.0.0.1", 5000))
+    assert stack.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        b"\x07\x00\x00\x00",  # length 0 (Linux ip_options_compile: optlen < 2)
+        b"\x07\x01\x00\x00",  # length 1
+        b"\x01\x01\x44\x0c",  # a timestamp option running past the header (optlen > l)
+        b"\x01\x01\x01\x07",  # a type with no room for its length (l < 2)
+        b"\x83\x07\x04\x0a\x00\x00\x09\x01",  # loose source route (RFC 7126 4.3)
+        b"\x89\x07\x04\x0a\x00\x00\x09\x01",  # strict source route (RFC 7126 4.4)
+    ],
+    ids=["length-0", "length-1", "overrun", "truncated", "lsrr", "ssrr"],
+)
+def test_ipv4_bad_or_source_route_options_are_dropped_and_counted(options: bytes) -> None:
+    """Linux drops a datagram whose options do not parse (ip_options_compile
+    fails: counted in InHdrErrors) and, with accept_source_route off as on
+    every host, one carrying a source route (ip_rcv_options); RFC 7126 4.3
+    and 4.4 advise the same. Neither reaches a socket; both are counted."""
+    stack = PulledStack(["10.0.0.2"])
+    sock = stack.udp_bind(53)
+    packet = _with_options(build_udp(A4, B4, 5000, 53, b"opts"), options)
+    with pytest.raises(MalformedPacketError):
+        parse_ip(packet)
+    stack.receive_packet(packet, 0.0)
+    assert sock.recvfrom() is None
+    assert stack.stats.malformed == 1
+    assert stack.packets_to_send() == []

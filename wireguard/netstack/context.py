@@ -66,7 +66,9 @@ class NetStackStats:
     icmp_unhandled: int = 0  # ICMP messages other than echo request and reply: dropped
     icmp_errors_rate_limited: int = 0  # ICMP errors not sent: over the rate limit
     icmp_echo_too_big: int = 0  # echo requests unanswered: the reply would exceed the MTU
-    ipv6_option_discarded: int = 0  # RFC 8200 4.2/4.4: an option or routing header says discard
+    # RFC 8200 4.2/4.4: an option or routing header says discard; section 4: a
+    # Hop-by-Hop Options header not first.
+    ipv6_option_discarded: int = 0
 
 
 def _unset(*_: Any) -> None:

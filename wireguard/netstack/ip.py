@@ -65,12 +65,25 @@ __all__ = [
 ]
 
 # RFC 8200 section 4: extension headers that may precede the upper layer and that
-# we walk. The fragment header (44) is recognised and refused (no reassembly).
+# we walk. A Fragment header (44) is walked only in an atomic fragment (offset
+# 0, M 0), which RFC 6946 section 4 says to process as a whole packet; a real
+# fragment is refused (no reassembly).
 _IPV6_HOP_BY_HOP: Final = 0
 _IPV6_ROUTING: Final = 43
-_IPV6_EXT_SKIPPABLE: Final = frozenset({_IPV6_HOP_BY_HOP, _IPV6_ROUTING, 60})
 _IPV6_FRAGMENT: Final = 44
+_IPV6_EXT_SKIPPABLE: Final = frozenset({_IPV6_HOP_BY_HOP, _IPV6_ROUTING, _IPV6_FRAGMENT, 60})
 _IPV6_NO_NEXT_HEADER: Final = 59
+_IPV6_FRAGMENT_HEADER_LEN: Final = 8  # fixed: its second octet is reserved, not a length
+
+# Source addresses no single host has, dropped on receipt as RFC 1122 3.2.1.3
+# says (a host MUST silently discard them) and as Linux does: IPv4 multicast,
+# limited broadcast, 0/8 and loopback (net/ipv4/route.c ip_route_input_slow,
+# "martian source"); IPv6 multicast (RFC 4291 2.7) and loopback (RFC 4291
+# 2.5.3), both dropped by net/ipv6/ip6_input.c ip6_rcv_core. Anything sent
+# back to such a source (an echo reply, a SYN-ACK, a RST) would go to a group,
+# to every host, or to the receiver itself.
+_IPV4_LIMITED_BROADCAST: Final = b"\xff\xff\xff\xff"
+_IPV6_LOOPBACK: Final = bytes(15) + b"\x01"
 
 # Bounds on the work an extension-header chain costs, Linux's (include/net/ipv6.h):
 # IP6_MAX_EXT_HDRS_CNT, headers walked per packet; IP6_DEFAULT_MAX_HBH_OPTS_CNT and
@@ -80,6 +93,12 @@ _IPV6_NO_NEXT_HEADER: Final = 59
 _IPV6_MAX_EXT_HEADERS: Final = 12
 _IPV6_MAX_OPTIONS: Final = 8
 _IPV6_MAX_PADDING: Final = 7
+
+# RFC 791 3.1: IPv4 options, End of Option List and No Operation one octet
+# each; Loose (131) and Strict (137) Source and Record Route.
+_IPOPT_END: Final = 0
+_IPOPT_NOOP: Final = 1
+_IPOPT_SOURCE_ROUTES: Final = frozenset({131, 137})
 
 # RFC 4443 section 3.4: Parameter Problem codes.
 PARAM_PROBLEM_HEADER_FIELD: Final = 0
@@ -94,11 +113,14 @@ class NetstackError(RemoteProtocolError):
 
 
 class MalformedPacketError(NetstackError):
-    """Truncated, inconsistent lengths, bad checksum, unsupported version or fragment."""
+    """Truncated, inconsistent lengths, bad checksum, unsupported version or
+    fragment, IPv4 options that do not parse or route by source, or a source
+    address no single host has."""
 
 
 class ExtensionHeaderDiscard(NetstackError):
-    """An IPv6 packet its extension headers say to discard (RFC 8200 4.2, 4.4).
+    """An IPv6 packet its extension headers say to discard (RFC 8200 4.2, 4.4;
+    section 4: a Hop-by-Hop Options header anywhere but first).
 
     *code* and *pointer* (the offset in the packet of the octet at fault) are
     those of the ICMPv6 Parameter Problem (RFC 4443 3.4) RFC 8200 asks for when
@@ -188,8 +210,13 @@ def parse_ip(packet: bytes) -> IPPacket:
     Trailing bytes beyond the length in the header are ignored (RFC 1122 3.2.1.2
     permits link padding). Fragments are refused: WireGuard peers send packets
     sized to the tunnel MTU, and a reassembly buffer is an attack surface that
-    rootless clients do not need. An IPv6 packet whose Routing header or
-    options say to discard it raises :class:`ExtensionHeaderDiscard`.
+    rootless clients do not need; an IPv6 atomic fragment (offset 0, M 0) is
+    no fragment and is accepted (RFC 6946). A source address no single host
+    has (multicast, broadcast, loopback, 0/8) is refused, as Linux refuses
+    martian sources, and so are IPv4 options that do not parse or carry a
+    source route. An IPv6 packet whose Routing header or options say to
+    discard it, or whose Hop-by-Hop Options header is not first, raises
+    :class:`ExtensionHeaderDiscard`.
     """
     if not packet:
         raise MalformedPacketError("empty packet")
@@ -214,9 +241,39 @@ def _parse_ipv4(packet: bytes) -> IPPacket:
         raise MalformedPacketError("IPv4 total length inconsistent")
     if int.from_bytes(packet[:ihl], "big") % 0xFFFF != 0:
         raise MalformedPacketError("IPv4 header checksum mismatch")
+    if ihl > IPV4_HEADER_LEN:  # rare: the fast path has no options
+        _check_ipv4_options(packet, ihl)
     if (packet[IPV4_FLAGS_FRAGMENT] & 0x3F) | packet[IPV4_FLAGS_FRAGMENT + 1]:
         raise MalformedPacketError("IPv4 fragments are not supported")  # MF, or an offset
-    return IPPacket(4, packet[IPV4_SRC], packet[IPV4_DST], packet[IPV4_PROTOCOL], packet[ihl:total])
+    src = packet[IPV4_SRC]
+    first = src[0]
+    if first == 0 or first == 127 or 224 <= first < 240 or src == _IPV4_LIMITED_BROADCAST:
+        raise MalformedPacketError("IPv4 source address is not a single host's")
+    return IPPacket(4, src, packet[IPV4_DST], packet[IPV4_PROTOCOL], packet[ihl:total])
+
+
+def _check_ipv4_options(packet: bytes, ihl: int) -> None:
+    """Refuse an IPv4 header whose options (RFC 791 3.1) do not parse, or
+    that carries a source route, as Linux does: ip_options_compile fails on
+    a length below 2 or past the header, and ip_rcv_options drops a source
+    route with accept_source_route off, its default on a host (RFC 7126 4.3
+    and 4.4 advise the same). Other options are ignored."""
+    pos = IPV4_HEADER_LEN
+    while pos < ihl:
+        kind = packet[pos]
+        if kind == _IPOPT_END:
+            return  # the rest of the header is padding
+        if kind == _IPOPT_NOOP:
+            pos += 1
+            continue
+        if pos + 2 > ihl:
+            raise MalformedPacketError("IPv4 option truncated")
+        length = packet[pos + 1]
+        if length < 2 or pos + length > ihl:
+            raise MalformedPacketError("IPv4 option length invalid")
+        if kind in _IPOPT_SOURCE_ROUTES:
+            raise MalformedPacketError("IPv4 source-routed packet")
+        pos += length
 
 
 def _parse_ipv6(packet: bytes) -> IPPacket:
@@ -228,6 +285,9 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
     if plen == 0 or end > len(packet):
         # A zero payload length means a jumbogram (RFC 2675), never on a tunnel.
         raise MalformedPacketError("IPv6 payload length inconsistent")
+    src = packet[IPV6_SRC]
+    if src[0] == 0xFF or src == _IPV6_LOOPBACK:
+        raise MalformedPacketError("IPv6 source address is not a single node's")
     nxt = packet[IPV6_NEXT_HEADER]
     off = IPV6_HEADER_LEN
     if nxt in _IPV6_EXT_SKIPPABLE:  # rare: the fast path does not walk
@@ -236,7 +296,7 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
         raise MalformedPacketError("IPv6 fragments are not supported")
     if nxt == _IPV6_NO_NEXT_HEADER:
         raise MalformedPacketError("IPv6 packet without upper-layer header")
-    return IPPacket(6, packet[IPV6_SRC], packet[IPV6_DST], nxt, packet[off:end])
+    return IPPacket(6, src, packet[IPV6_DST], nxt, packet[off:end])
 
 
 def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int]:
@@ -244,17 +304,33 @@ def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int
     protocol and its offset, or :class:`ExtensionHeaderDiscard` if a header
     says to discard the packet (the walk goes on to find the upper layer)."""
     off = IPV6_HEADER_LEN
+    named_at = IPV6_NEXT_HEADER  # the Next Header field that named the header at off
     discard: tuple[str, int, int, bool] | None = None  # reason, code, pointer, report
     count = 0
     while nxt in _IPV6_EXT_SKIPPABLE:
         count += 1
         if count > _IPV6_MAX_EXT_HEADERS:
             raise MalformedPacketError("too many IPv6 extension headers")
-        if nxt == _IPV6_HOP_BY_HOP and off != IPV6_HEADER_LEN:
-            # RFC 8200 4.3: Hop-by-Hop Options only right after the IPv6 header.
-            raise MalformedPacketError("IPv6 hop-by-hop options header not first")
+        if nxt == _IPV6_HOP_BY_HOP and off != IPV6_HEADER_LEN and discard is None:
+            # RFC 8200 4.3: Hop-by-Hop Options only right after the IPv6 header;
+            # section 4: a Next Header of zero anywhere else is unrecognised:
+            # discard, Parameter Problem code 1 at that field (as Linux, which
+            # has no handler for 0 past the IPv6 header: ICMPV6_UNK_NEXTHDR).
+            discard = (
+                "IPv6 hop-by-hop options header not first",
+                PARAM_PROBLEM_NEXT_HEADER,
+                named_at,
+                True,
+            )
         if off + 8 > end:
             raise MalformedPacketError("IPv6 extension header truncated")
+        named_at = off
+        if nxt == _IPV6_FRAGMENT:
+            if (packet[off + 2] << 8 | packet[off + 3]) & 0xFFF9:  # an offset, or M
+                break  # a real fragment: refused by the caller
+            nxt = packet[off]
+            off += _IPV6_FRAGMENT_HEADER_LEN
+            continue
         header_end = off + (packet[off + 1] + 1) * 8
         if header_end > end:
             raise MalformedPacketError("IPv6 extension header truncated")
@@ -298,8 +374,9 @@ def ipv6_upper_layer_pointer(packet: bytes) -> int:
     code 1 (RFC 8200 section 4, RFC 4443 3.4)."""
     pointer, nxt, off = IPV6_NEXT_HEADER, packet[IPV6_NEXT_HEADER], IPV6_HEADER_LEN
     while nxt in _IPV6_EXT_SKIPPABLE:
+        length = _IPV6_FRAGMENT_HEADER_LEN if nxt == _IPV6_FRAGMENT else (packet[off + 1] + 1) * 8
         pointer, nxt = off, packet[off]
-        off += (packet[off + 1] + 1) * 8
+        off += length
     return pointer
 
 
