@@ -133,6 +133,87 @@ def test_partial_checksum_of_a_single_packet_is_completed(v6):
     assert out[0][:at] + out[0][at + 2 :] == bytes(data[10 : 10 + at] + data[12 + at :])
 
 
+def test_split_gso_gives_ipv6_segments_with_extension_headers_their_payload_length():
+    """RFC 8200 section 3: the Payload Length counts the extension headers
+    too; the TCP checksum's pseudo-header (section 8.1) counts only TCP. A
+    super-packet with a Destination Options header (csum_start 48) is cut
+    into segments whose Payload Length was 8 bytes short."""
+    plain = super_packet(True, os.urandom(1368 * 3 + 7), 1368)
+    vnet, ip, rest = plain[:10], plain[10:50], plain[50:]
+    dest_opts = bytes([6, 0, 1, 4, 0, 0, 0, 0])  # next header TCP; a PadN of 4
+    ip = ip[:4] + struct.pack("!HB", len(dest_opts) + len(rest), 60) + ip[7:]
+    flags, gso_type, _, gso, start, offset = struct.unpack("=BBHHHH", vnet)
+    vnet = struct.pack("=BBHHHH", flags, gso_type, 48 + 32, gso, start + 8, offset)
+    out: list[bytes] = []
+    assert tunmod.split_gso(vnet + ip + dest_opts + rest, out) == 4
+    for segment in out:
+        assert struct.unpack_from("!H", segment, 4)[0] == len(segment) - 40
+        assert segment[40:48] == dest_opts
+        tcp = segment[48:]
+        pseudo = segment[8:40] + struct.pack("!IxxxB", len(tcp), 6)
+        assert ref_checksum(pseudo + tcp) == 0xFFFF
+
+
+def _lying(case: str) -> bytes:
+    """A read whose virtio-net header and packet do not agree, as
+    wireguard-go's handleVirtioRead refuses them."""
+    good = bytearray(super_packet(False, os.urandom(1368 * 3), 1368))
+    if case == "header cut short":
+        return bytes(good[:6])
+    if case == "tcp header under 20 bytes":
+        good[10 + 20 + 12] = 4 << 4
+    elif case == "packet shorter than its headers":
+        return bytes(good[: 10 + 20 + 10])  # cut before the TCP data offset
+    elif case == "checksum field past the end":
+        good[1] = tunmod.VIRTIO_NET_HDR_GSO_NONE
+        good[8:10] = struct.pack("=H", len(good))
+    elif case == "ipv4 gso type on ipv6":
+        return bytes(good[:1]) + bytes([tunmod.VIRTIO_NET_HDR_GSO_TCPV4]) + bytes(
+            super_packet(True, os.urandom(1368 * 3), 1368)[2:]
+        )
+    elif case == "transport inside the ip header":
+        good[6:8] = struct.pack("=H", 12)
+    return bytes(good)
+
+
+LYING = [
+    "header cut short", "tcp header under 20 bytes", "packet shorter than its headers",
+    "checksum field past the end", "ipv4 gso type on ipv6", "transport inside the ip header",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LYING)
+def test_split_gso_refuses_a_virtio_header_that_does_not_fit_its_packet(case):
+    """wireguard-go's handleVirtioRead checks the header against the packet
+    (the IP version against the GSO type, a TCP header of 20 to 60 bytes,
+    the headers and the checksum field within the read) and refuses the read;
+    ours raised IndexError or struct.error, or cut garbage segments."""
+    out: list[bytes] = []
+    assert tunmod.split_gso(_lying(case), out) == 0
+    assert out == []
+
+
+def test_a_read_with_a_lying_virtio_header_is_counted_and_the_batch_goes_on():
+    """One bad read among good ones: the good packets of the batch are
+    handed on, the bad one is counted in Tun.drops (it escaped as an
+    exception, and the packets already read in that batch were lost)."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    good = struct.pack("=BBHHHH", 0, 0, 0, 0, 0, 0) + bytes([0x45]) + bytes(27)
+    cut = bytes(4)  # a header cut short that starts as "no GSO" would
+    for data in (good, *(_lying(case) for case in LYING), cut, good):
+        theirs.send(data)
+    tun = tunmod.Tun(ours.detach(), "r26d-fake", vnet_hdr=True)
+    try:
+        assert tun.read_packets() == [good[10:], good[10:]]
+        assert sum(tun.drops.values()) == len(LYING) + 1
+    finally:
+        tun.close()
+        theirs.close()
+
+
 def _writes(packets: list[bytes], **options: bool) -> list[bytes]:
     """What the Coalescer has the TUN write: each writev's buffers, joined."""
     return [b"".join(buffers) for buffers in tunmod.Coalescer.join(packets, **options)]
@@ -1131,7 +1212,7 @@ class Lone:
     underlay 192.168.56.1/24 on ``rvupaTAG``), where *impl* (``ours`` or
     ``wg-quick``) brings up ``rvupTAG`` from the file :attr:`conf`."""
 
-    def __init__(self, tmp: Path, impl: str, veth_mtu: int = 1500) -> None:
+    def __init__(self, tmp: Path, impl: str, veth_mtu: int = 1500, prefix: str = "rvup") -> None:
         import secrets
 
         from tests.interop.harness import need_netns
@@ -1141,12 +1222,12 @@ class Lone:
             need_tool("wg-quick")
         self.impl = impl
         self.tag = secrets.token_hex(3)
-        self.ns = f"rvup-{self.tag}"
-        self.name = f"rvup{self.tag}"
+        self.ns = f"{prefix}-{self.tag}"
+        self.name = f"{prefix}{self.tag}"
         self.conf = tmp / f"{self.name}.conf"
         self.log = tmp / f"{self.name}.log"
         run("ip", "netns", "add", self.ns)
-        va, vb = f"rvupa{self.tag}", f"rvupb{self.tag}"
+        va, vb = f"{prefix}a{self.tag}", f"{prefix}b{self.tag}"
         self.sh(f"ip link set lo up && ip link add {va} mtu {veth_mtu} type veth peer name {vb}"
                 f" && ip link set {vb} up && ip link set {va} up"
                 f" && ip addr add 192.168.56.1/24 dev {va}")  # fmt: skip
@@ -1197,8 +1278,8 @@ class Lone:
 
 
 @contextlib.contextmanager
-def lone(tmp: Path, impl: str, veth_mtu: int = 1500):
-    ns = Lone(tmp, impl, veth_mtu)
+def lone(tmp: Path, impl: str, veth_mtu: int = 1500, prefix: str = "rvup"):
+    ns = Lone(tmp, impl, veth_mtu, prefix)
     try:
         yield ns
     finally:
@@ -1210,8 +1291,8 @@ IMPLS = pytest.mark.parametrize("impl", ["wg-quick", "ours"])
 
 @IMPLS
 def test_mtu_without_mtu_line_is_wg_quicks(tmp_path, impl):
-    """No ``MTU =``: wg-quick's set_mtu_up takes the largest MTU of the routes
-    to the peers' endpoints (the route's ``mtu``, else its device's), else the
+    """No ``MTU =``: wg-quick's set_mtu_up takes the MTU of the routes to the
+    peers' endpoints (the route's ``mtu``, else its device's), else the
     default route's, else 1500; minus 80. Ours was 1420 whatever the links."""
     with lone(tmp_path, impl, veth_mtu=9000) as ns:
         ns.sh("ip route add 10.201.0.0/16 via 192.168.56.254 mtu 1400")
@@ -1237,6 +1318,54 @@ def test_mtu_without_mtu_line_is_wg_quicks(tmp_path, impl):
         ns.write("MTU = 1280\n", "AllowedIPs = 10.79.9.2/32\nEndpoint = 192.168.56.7:51820\n")
         assert ns.up().returncode == 0
         assert ns.mtu() == 1280
+
+
+def test_mtu_without_mtu_line_takes_the_smallest_endpoint_route(tmp_path):
+    """Of several endpoints, wg-quick's set_mtu_up takes the smallest route
+    MTU (wireguard-tools 5150cd6, "use smallest mtu, not largest": the largest
+    was taken by accident, so one path of 1400 got packets too big for it).
+    Ours took the largest. (Only ours: the wg-quick installed here may
+    predate that fix.)"""
+    with lone(tmp_path, "ours", veth_mtu=9000, prefix="r26d") as ns:
+        ns.sh("ip route add 10.201.0.0/16 via 192.168.56.254 mtu 1400")
+        other = PrivateKey.generate().public_key
+        ns.write("Address = 10.79.9.1/24\n", "AllowedIPs = 10.79.9.2/32\n"
+                 "Endpoint = 192.168.56.7:51820\n"  # the veth's 9000
+                 f"[Peer]\nPublicKey = {other}\nAllowedIPs = 10.79.9.3/32\n"
+                 "Endpoint = 10.201.0.5:51820\n")  # fmt: skip
+        result = ns.up()
+        assert result.returncode == 0, result.stderr
+        assert ns.mtu() == 1400 - 80
+
+
+def _rule_priorities(ns: Lone, family: str) -> dict[str, int]:
+    found = {}
+    for line in run("ip", "-n", ns.ns, family, "rule").stdout.splitlines():
+        priority, _, rule = line.partition(":")
+        found[rule.strip()] = int(priority)
+    return found
+
+
+@IMPLS
+def test_default_route_rules_go_where_ip_rule_add_puts_them(tmp_path, impl):
+    """wg-quick's add_default runs ``ip rule add`` without a priority: the
+    kernel puts each new rule just before the first after the local table's
+    (fib_default_rule_pref), so both go before rules already there. Ours were
+    pinned at 32765 and 32764, after any such rule (a policy another tool set
+    up took precedence over the tunnel's default route)."""
+    with lone(tmp_path, impl, prefix="r26d") as ns:
+        ns.sh("ip -4 rule add priority 1000 from 192.0.2.7 lookup main")
+        ns.write("Address = 10.79.9.1/24\n", "AllowedIPs = 0.0.0.0/0\n")
+        result = ns.up()
+        assert result.returncode == 0, result.stderr
+        rules = _rule_priorities(ns, "-4")
+        assert rules["not from all fwmark 0xca6c lookup 51820"] == 999, rules
+        assert rules["from all lookup main suppress_prefixlength 0"] == 998, rules
+        assert rules["from 192.0.2.7 lookup main"] == 1000
+        assert ns.down().returncode == 0
+        rules = _rule_priorities(ns, "-4")
+        assert "fwmark" not in str(rules) and "suppress_prefixlength" not in str(rules), rules
+        assert rules["from 192.0.2.7 lookup main"] == 1000
 
 
 @IMPLS

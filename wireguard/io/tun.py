@@ -201,8 +201,9 @@ class Tun:
         self.vnet_hdr = vnet_hdr
         self.offload = "gro" if vnet_hdr else "off"
         #: Packets not passed on, by reason: "write_queue_full" and
-        #: "write_error" (into the kernel), "unsupported_gso" (out of it),
-        #: "closed" (for an interface already gone).
+        #: "write_error" (into the kernel), "unsupported_gso" (out of it: a
+        #: GSO type not handled, or a virtio-net header that does not fit
+        #: its packet), "closed" (for an interface already gone).
         self.drops: collections.Counter[str] = collections.Counter()
 
     @classmethod
@@ -370,7 +371,7 @@ class Tun:
                 data = read(fd, 65535 + VNET_HDR_LEN)
             except (BlockingIOError, InterruptedError):
                 break
-            if data[0] == 0 and data[1] == 0:  # no GSO, checksum complete
+            if len(data) >= VNET_HDR_LEN and data[0] == 0 and data[1] == 0:  # no GSO, checksum done
                 packets.append(data[VNET_HDR_LEN:])
                 n += 1
             else:
@@ -504,12 +505,20 @@ def split_gso(data: bytes, out: list[bytes]) -> int:
     """Cut one read from a TUN with a virtio-net header into IP packets
     appended to *out*; returns how many. A TCP super-packet becomes segments of
     ``gso_size`` payload bytes with their own lengths, IPv4 ids, sequence
-    numbers and checksums (what the NIC would do for TSO)."""
+    numbers and checksums (what the NIC would do for TSO). A read whose
+    header does not fit its packet gives none (0), as wireguard-go's
+    ``handleVirtioRead`` refuses it."""
+    if len(data) < VNET_HDR_LEN:
+        log.debug("TUN: a read of %d bytes, shorter than its virtio-net header", len(data))
+        return 0
     flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _vnet_hdr.unpack_from(data)
     kind = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
     if kind == VIRTIO_NET_HDR_GSO_NONE:
         packet = data[VNET_HDR_LEN:]
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            if csum_start + csum_offset + 2 > len(packet):
+                log.debug("TUN: checksum field past the end of a %d-byte packet", len(packet))
+                return 0
             buf = bytearray(packet)
             _complete_checksum(buf, csum_start, csum_offset)
             packet = bytes(buf)
@@ -520,12 +529,21 @@ def split_gso(data: bytes, out: list[bytes]) -> int:
         return 0
     pkt = memoryview(data)[VNET_HDR_LEN:]
     v4 = kind == VIRTIO_NET_HDR_GSO_TCPV4
+    if not pkt or pkt[0] >> 4 != (4 if v4 else 6):
+        log.debug("TUN: GSO type %d on a packet of another IP version", gso_type)
+        return 0
     ip_len = (pkt[0] & 15) * 4 if v4 else IPV6_HEADER_LEN
     # csum_start is authoritative for where TCP begins (IPv6 extension headers).
     if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and csum_start:
         ip_len = csum_start
-    tcp_len = (pkt[ip_len + 12] >> 4) * 4
+    # wireguard-go's handleVirtioRead: the TCP header (20 to 60 bytes) after
+    # the IP header and within the read; its hdr_len is not trusted.
+    tcp_len = (pkt[ip_len + 12] >> 4) * 4 if len(pkt) > ip_len + 12 else 0
     hlen = ip_len + tcp_len
+    least = IPV4_HEADER_LEN if v4 else IPV6_HEADER_LEN
+    if ip_len < least or not 20 <= tcp_len <= 60 or len(pkt) < hlen:
+        log.debug("TUN: a GSO read whose headers do not fit its %d bytes", len(pkt))
+        return 0
     payload = pkt[hlen:]
     total = len(payload)
     template = bytearray(pkt[:hlen])
@@ -563,7 +581,8 @@ def split_gso(data: bytes, out: list[bytes]) -> int:
             _pack_u16_into(hdr, 4, ident)
             _pack_u16_into(hdr, 10, _finish(ip_base + hlen + n + ident))
         else:
-            _pack_u16_into(hdr, 4, tcp_len + n)
+            # RFC 8200 section 3: the payload length counts extension headers.
+            _pack_u16_into(hdr, 4, hlen - IPV6_HEADER_LEN + n)
         seq = (seq0 + offset) & 0xFFFFFFFF
         _pack_u32_into(hdr, seq_at, seq)
         # CWR only on the first segment; FIN and PSH only on the last.
@@ -1372,7 +1391,7 @@ def configure(
 
     Without ``MTU =`` (or *mtu*) the MTU is wg-quick's: that of the route to
     each of the peers' *endpoints* (IP addresses; the route's own MTU, else
-    its device's), the largest, else the default route's, else 1500; less 80.
+    its device's), the smallest, else the default route's, else 1500; less 80.
     ``Table = off`` adds no routes; ``Table = N`` (a number or a name from
     rt_tables) puts them in table N; by default a route to 0.0.0.0/0 or ::/0
     gets wg-quick's policy routing, for which *set_fwmark* is called to mark
@@ -1470,12 +1489,15 @@ def _route_mtu(ipr, route) -> int:  # type: ignore[no-untyped-def]
 
 
 def _auto_mtu(ipr, endpoints: Sequence[str]) -> int:  # type: ignore[no-untyped-def]
-    """wg-quick's ``set_mtu_up`` without ``MTU =``."""
+    """wg-quick's ``set_mtu_up`` without ``MTU =``: the smallest of the
+    endpoints' (wireguard-tools 5150cd6, "use smallest mtu, not largest")."""
     best = 0
     for host in endpoints:
         with contextlib.suppress(Exception):  # no route: wg-quick's `|| true`
             for route in ipr.route("get", dst=host):
-                best = max(best, _route_mtu(ipr, route))
+                mtu = _route_mtu(ipr, route)
+                if mtu > 0:
+                    best = min(best, mtu) if best else mtu
     if not best:
         # `ip route show default`: the main table's first IPv4 default route.
         with contextlib.suppress(Exception):
@@ -1505,11 +1527,14 @@ def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> N
     table = result.table
     fam = socket.AF_INET if network.version == 4 else socket.AF_INET6
     ipr.route("add", dst=str(network), oif=result.index, table=table)
-    # The priorities wg-quick's `ip rule add` ends up with, below main (32766).
+    # No priority, as wg-quick's `ip rule add`: the kernel puts each just
+    # before the first rule after the local table's (fib_default_rule_pref),
+    # so before any rule another tool added; a delete without one matches any.
+    # (None, not left out: pyroute2 would send its own default, 32000.)
     rules = [
         {"family": fam, "table": table, "fwmark": table, "fwmask": 0xFFFFFFFF,
-         "flags": 0x2, "priority": 32765},  # FIB_RULE_INVERT: "not fwmark"
-        {"family": fam, "table": 254, "suppress_prefixlen": 0, "priority": 32764},
+         "flags": 0x2, "priority": None},  # FIB_RULE_INVERT: "not fwmark"
+        {"family": fam, "table": 254, "suppress_prefixlen": 0, "priority": None},
     ]  # fmt: skip
     for rule in rules:
         try:
