@@ -496,6 +496,52 @@ def test_persistent_keepalive_turned_on_sends_at_once(
     assert peer.persistent_keepalive == 0 and peer.timers.persistent_keepalive is None
 
 
+def keepalive_sent(device: Device, effects: list[Effects], until: float) -> list:
+    """What went out for the set (*effects*) and from the timers up to *until*."""
+    sent = [d for e in effects for d in e.datagrams]
+    for _ in range(100):
+        deadline = device.next_deadline()
+        if deadline is None or deadline > until:
+            break
+        sent += device.handle_timer(deadline).datagrams
+    return sent
+
+
+@pytest.mark.parametrize("callback", [True, False])
+def test_a_refused_set_sends_no_immediate_keepalive(callback: bool) -> None:
+    """wireguard-go sends the immediate keepalive of a newly enabled persistent
+    keepalive from handlePostConfig, which IpcSetOperation does not reach when
+    a later line of the peer's section is bad: the interval is stored (its
+    Swap happened), but nothing goes out at once."""
+    device = Device(key(1), listen_port=51820, random=os.urandom)  # handshakes need fresh indexes
+    effects: list[Effects] = []
+    uapi = UAPI(device, now=Clock(1000.0), on_effects=effects.append if callback else None)
+    device.add_peer(pub(2), endpoint=("192.0.2.2", 51820))
+    lines = (PK, "persistent_keepalive_interval=25", "endpoint=nonsense")
+    assert set_(uapi, *lines) == EINVAL
+    assert device.peers[pub(2)].persistent_keepalive == 25
+    assert keepalive_sent(device, effects, until=1000.0 + 24) == []
+
+
+def test_immediate_keepalive_follows_the_last_interval_line() -> None:
+    """wireguard-go decides the immediate keepalive at each
+    persistent_keepalive_interval line (pkaOn = old == 0 && new != 0): a
+    second line changing the interval just turned on takes it back."""
+    device = Device(key(1), listen_port=51820, random=os.urandom)
+    effects: list[Effects] = []
+    uapi = UAPI(device, now=Clock(1000.0), on_effects=effects.append)
+    device.add_peer(pub(2), endpoint=("192.0.2.2", 51820))
+    lines = (PK, "persistent_keepalive_interval=25", "persistent_keepalive_interval=30")
+    assert set_(uapi, *lines) == OK
+    assert device.peers[pub(2)].persistent_keepalive == 30
+    assert keepalive_sent(device, effects, until=1000.0 + 29) == []
+    # And turned off and on again within a request, it is sent.
+    lines = (PK, "persistent_keepalive_interval=0", "persistent_keepalive_interval=5")
+    assert set_(uapi, *lines) == OK
+    [(data, address)] = keepalive_sent(device, effects, until=1000.0)
+    assert (len(data), address) == (INITIATION_LEN, ("192.0.2.2", 51820))
+
+
 def test_persistent_keepalive_without_callback_is_left_to_the_timer(device: Device) -> None:
     uapi = UAPI(device, now=Clock(500.0))
     device.add_peer(pub(2), endpoint=("192.0.2.2", 51820))
@@ -734,6 +780,38 @@ def test_overlong_line(uapi: UAPI, device: Device) -> None:
         f"errno={-errno.EIO}\n\n".encode()
     )
     assert conn.closed and snapshot(device) == before
+
+
+# wireguard-go reads a set's lines with a bufio.Scanner, whose buffer
+# (bufio.MaxScanTokenSize, 64 KiB) must hold a line and its "\n" before the
+# buffer is full: a line (its "\r" included) is at most 65535 bytes, with or
+# without a newline after it.
+SCANNER_BUFFER = 64 * 1024
+
+
+@pytest.mark.parametrize("terminator", [b"\n\n", b"\r\n\n", b""])
+@pytest.mark.parametrize("fits", [True, False])
+def test_line_limit_is_the_scanners(
+    uapi: UAPI, device: Device, terminator: bytes, fits: bool
+) -> None:
+    cr = b"\r" if terminator.startswith(b"\r") else b""
+    size = SCANNER_BUFFER - 1 if fits else SCANNER_BUFFER  # with its "\r"
+    line = b"listen_port=" + b"0" * (size - len(cr) - 13) + b"1" + cr
+    assert len(line) == size
+    conn = UAPIConnection(uapi)
+    out = feed(conn, b"set=1\n" + line + terminator[len(cr) :]) + feed_eof(conn)
+    if fits:
+        assert out == OK.encode() and device.listen_port == 1
+    else:
+        assert out == f"errno={-errno.EIO}\n\n".encode() and device.listen_port == 51820
+
+
+def test_a_full_scanner_buffer_is_refused_without_waiting(uapi: UAPI) -> None:
+    conn = UAPIConnection(uapi)
+    assert feed(conn, b"set=1\nlisten_port=" + b"0" * (SCANNER_BUFFER - 12)) == (
+        f"errno={-errno.EIO}\n\n".encode()
+    )
+    assert conn.closed
 
 
 def test_non_utf8_is_invalid_not_a_crash(uapi: UAPI, device: Device) -> None:

@@ -76,7 +76,9 @@ IPC_ERROR_PROTOCOL = -errno.EPROTO
 IPC_ERROR_INVALID = -errno.EINVAL
 IPC_ERROR_PORT_IN_USE = -errno.EADDRINUSE
 
-# bufio.Scanner's default limit in wireguard-go: a longer line is an I/O error.
+# bufio.Scanner's buffer in wireguard-go (bufio.MaxScanTokenSize): a line must
+# fit in it with its "\n", so one of MAX_LINE bytes or more (its "\r"
+# counted, a newline after it or not) is an I/O error (ErrTooLong).
 MAX_LINE = 64 * 1024
 # How much work one UAPIConnection.next_output() call does at most: this many
 # lines of a set request, a public_key line counting as PEER_LINE_COST (it
@@ -593,15 +595,15 @@ class UAPI:
             interval = _uint(value, 16, "persistent_keepalive_interval")
             if peer is None:
                 return
-            old = peer.persistent_keepalive
-            if interval == 0 or old == 0:
-                # Off, or newly on: wireguard-go sends a keepalive at once when
-                # it goes from 0 to on; set_persistent_keepalive schedules it.
-                device.set_persistent_keepalive(section.key, interval, now)
-                section.keepalive_on = interval != 0
+            # wireguard-go decides at each such line whether the keepalive was
+            # just turned on (pkaOn), and sends one at once only from
+            # handlePostConfig, so not if a later line of the section is bad:
+            # _finish starts it. A new interval for a running keepalive takes
+            # effect from the next packet; off is off at once.
+            section.keepalive_on = peer.persistent_keepalive == 0 and interval != 0
+            if interval == 0:
+                device.set_persistent_keepalive(section.key, 0, now)
             else:
-                # A new interval for a running keepalive takes effect from the
-                # next packet, without an extra keepalive now.
                 device.add_peer(section.key, persistent_keepalive=interval)
         elif key == "replace_allowed_ips":
             _true(value, key)
@@ -636,6 +638,9 @@ class UAPI:
         self.device.send_staged(section.key, now, effects)
         if not section.keepalive_on:
             return
+        # Due at once (set_persistent_keepalive schedules it): from the timer
+        # without on_effects.
+        self.device.set_persistent_keepalive(section.key, section.peer.persistent_keepalive, now)
         if self.on_effects is not None:
             # Sent here rather than by the timer so that the binding gets it
             # with the answer; the send re-arms the persistent keepalive.
@@ -676,7 +681,7 @@ class UAPIConnection:
     As in wireguard-go: an unknown operation ends the connection without an
     answer; ``get=1`` must be followed by exactly one newline (anything else
     answers ``errno=-22``); a ``set`` cut off by the end of the stream is
-    ended there, as if it had ended properly; a line longer than 64 KiB
+    ended there, as if it had ended properly; a line of 64 KiB or more
     answers ``errno=-5`` (EIO) and ends the connection. A bad line answers its
     errno at once; the rest of its request is dropped (see the module).
     """
@@ -764,7 +769,7 @@ class UAPIConnection:
             end = buffer.find(b"\n")
             if end < 0:
                 break
-            if end > MAX_LINE and self._state is not _State.OPERATION:
+            if end >= MAX_LINE and self._state is not _State.OPERATION:
                 return self._overlong()
             line = bytes(buffer[:end])
             del buffer[: end + 1]
@@ -794,9 +799,9 @@ class UAPIConnection:
         else:
             return b""  # the budget is spent: more to do
         # No complete line is buffered.
-        if len(buffer) > MAX_LINE:
+        if len(buffer) >= MAX_LINE:
             if self._state is _State.OPERATION:
-                self._unknown("a line over 64 KiB")
+                self._unknown("a line of 64 KiB or more")
                 return None
             return self._overlong()
         if not self._eof:
@@ -815,7 +820,7 @@ class UAPIConnection:
 
     def _set_lines(self, budget: int) -> tuple[int, bytes | None]:
         """The common run of a set's lines (what a big configuration is
-        made of): complete, non-blank, at most MAX_LINE long, applied one
+        made of): complete, non-blank, shorter than MAX_LINE, applied one
         after the other without the general loop's state checks, the
         buffer cut once at the end. Stops at whatever else comes (a blank
         line, a long or incomplete one), for the general loop, or at a bad
@@ -828,7 +833,7 @@ class UAPIConnection:
         try:
             while budget > 0:
                 end = find(b"\n", pos)
-                if end <= pos or end - pos > MAX_LINE:
+                if end <= pos or end - pos >= MAX_LINE:
                     break  # none, blank or too long: the general loop's
                 line = buffer[pos:end]
                 if line[-1] == 0x0D:  # bufio.ScanLines drops one "\r" too
@@ -872,7 +877,7 @@ class UAPIConnection:
         return answer.encode()
 
     def _overlong(self) -> bytes:
-        """A line over 64 KiB: EIO (as bufio.Scanner's ErrTooLong), and the
+        """A line of 64 KiB or more: EIO (as bufio.Scanner's ErrTooLong), and the
         connection ends; a set is ended as wireguard-go ends it, with
         handlePostConfig but EIO for an answer."""
         out = b""
@@ -880,7 +885,7 @@ class UAPIConnection:
             assert self._set is not None
             self._set.end()
             out = f"errno={IPC_ERROR_IO}\n\n".encode()
-        self._refused(UAPIError(IPC_ERROR_IO, "a line over 64 KiB"))
+        self._refused(UAPIError(IPC_ERROR_IO, "a line of 64 KiB or more"))
         self._close()
         return out
 
