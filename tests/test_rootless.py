@@ -185,6 +185,27 @@ def test_ping_both_ways_and_errors() -> None:
     run(body)
 
 
+def test_close_fails_a_connect_and_a_ping_still_waiting() -> None:
+    """A connect or ping still waiting when the tunnel closes fails then, as a
+    connection error (the stack that would answer or time it out is gone),
+    rather than waiting forever."""
+
+    async def body() -> None:
+        a, b = pair()  # b never starts: nothing answers a's SYN or echo request
+        async with a:
+            connect = asyncio.create_task(a.open_connection(B_ADDR[0], 80))
+            ping = asyncio.create_task(a.ping(B_ADDR[0], timeout=3600))
+            await until(lambda: bool(a.stack.tcp_connections) and bool(a._pings))
+        for task in (connect, ping):
+            async with asyncio.timeout(10):  # only stops a hang
+                with pytest.raises(ConnectionError) as info:
+                    await task
+            assert info.value.errno is not None
+        b.tunnel._sock.close()  # type: ignore[union-attr]
+
+    run(body)
+
+
 def test_getaddrinfo_family_and_service_name() -> None:
     """As loop.getaddrinfo: *family* holds for IP literals too (an IPv4
     literal has no AF_INET6 address), and the port may be a service name."""
@@ -201,6 +222,16 @@ def test_getaddrinfo_family_and_service_name() -> None:
             assert infos == [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (B_ADDR[0], 443))]
             with pytest.raises(socket.gaierror):
                 await a.getaddrinfo(B_ADDR[0], "no-such-service")
+            # A protocol without a type: only the type that protocol is, as
+            # the C library's getaddrinfo answers for the same literal.
+            for host in B_ADDR:
+                for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                    ours = await a.getaddrinfo(host, 80, proto=proto)
+                    assert ours == socket.getaddrinfo(host, 80, proto=proto)
+            with pytest.raises(socket.gaierror):
+                socket.getaddrinfo(B_ADDR[0], 80, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_TCP)
+            with pytest.raises(socket.gaierror):
+                await a.getaddrinfo(B_ADDR[0], 80, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_TCP)
 
     run(body)
 

@@ -188,6 +188,33 @@ def test_event_stream_delivers_to_a_reader_and_ends_with_the_tunnel() -> None:
     asyncio.run(body())
 
 
+def test_recv_packet_ends_with_the_tunnel_as_an_event_stream_does() -> None:
+    """A reader of recv_packet() waiting when the tunnel closes is not left
+    waiting for ever: like an event stream (and a StreamReader at EOF), it
+    gets EOFError, and so does every later call."""
+
+    async def body() -> None:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        device_b = Device(key_b)
+        device_b.add_peer(key_a.public_key, allowed_ips=["10.0.0.1/32"])
+        tunnel = Tunnel(device_b, host="127.0.0.1", listen_port=0)
+        async with tunnel:
+            waiting = asyncio.create_task(tunnel.recv_packet())
+            a = Roamer(tunnel, key_b, key_a)
+            await a.handshake()
+            await a.send(1)
+            assert await asyncio.wait_for(waiting, 10) == PING
+            a.close()
+            waiting = asyncio.create_task(tunnel.recv_packet())
+            await asyncio.sleep(0.01)
+        with pytest.raises(EOFError):
+            await asyncio.wait_for(waiting, 10)  # the limit only stops a hang
+        with pytest.raises(EOFError):
+            await tunnel.recv_packet()
+
+    asyncio.run(body())
+
+
 def test_counters_count_every_datagram_read_and_each_wake_up() -> None:
     """The per-wake-up batch counters count each datagram a plain socket sent
     once (garbage, so the device drops and counts each: ``malformed``), and

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
+import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -332,5 +334,127 @@ def test_what_the_driver_does_not_pass_on_is_counted() -> None:
         da.close()
         da.deliver_ip(b"\x45" + bytes(19))
         assert da.drops["after close"] == 1
+
+    run(main)
+
+
+def test_binding_a_port_in_use_or_an_address_not_ours_fails_as_a_kernel_bind() -> None:
+    """create_server / create_datagram_endpoint refuse as asyncio's own do
+    over the kernel's bind(): OSError with EADDRINUSE for a port taken (also
+    under a wildcard listener), EADDRNOTAVAIL for an address not ours. The
+    errno each should carry is the kernel's, asked on loopback (and of an
+    address not the host's)."""
+
+    async def main() -> None:
+        da, _db = pair()
+        loop = asyncio.get_running_loop()
+
+        async def kernel_errno(attempt: Callable[[], Awaitable[object]]) -> int | None:
+            with pytest.raises(OSError) as info:
+                await attempt()
+            return info.value.errno
+
+        taken = await asyncio.start_server(echo_handler, "0.0.0.0", 0)
+        port = taken.sockets[0].getsockname()[1]
+        tcp_in_use = await kernel_errno(
+            lambda: asyncio.start_server(echo_handler, "127.0.0.1", port)
+        )
+        taken.close()
+        udp_taken, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        udp_port = udp_taken.get_extra_info("sockname")[1]
+        udp_in_use = await kernel_errno(
+            lambda: loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", udp_port)
+            )
+        )
+        udp_taken.close()
+        with socket.socket() as s, pytest.raises(OSError) as info:
+            s.bind(("192.0.2.1", 0))  # (asyncio 3.13 words this one without an errno)
+        not_ours = info.value.errno
+        assert (tcp_in_use, udp_in_use, not_ours) == (errno.EADDRINUSE, errno.EADDRINUSE,
+                                                      errno.EADDRNOTAVAIL)  # fmt: skip
+
+        await da.start_server(echo_handler, None, 7)  # all of the stack's addresses
+        in_use = await kernel_errno(lambda: da.start_server(echo_handler, "10.0.0.1", 7))
+        assert in_use == tcp_in_use
+        await da.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("10.0.0.1", 53))
+        assert (
+            await kernel_errno(
+                lambda: da.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=("10.0.0.1", 53)
+                )
+            )
+            == udp_in_use
+        )
+        assert await kernel_errno(lambda: da.start_server(echo_handler, "10.0.0.9", 80)) == not_ours
+        assert (
+            await kernel_errno(
+                lambda: da.create_datagram_endpoint(
+                    asyncio.DatagramProtocol, local_addr=("10.0.0.9", 53)
+                )
+            )
+            == not_ours
+        )
+        da.close()
+
+    run(main)
+
+
+def test_a_connected_datagram_endpoint_sends_only_to_its_peer_as_asyncios_does() -> None:
+    """sendto() with an address other than remote_addr is refused with the
+    ValueError asyncio's own connected datagram transport raises; its peer's
+    address (or none) is taken."""
+
+    async def main() -> None:
+        da, db = pair(6)
+        loop = asyncio.get_running_loop()
+        kernel, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("127.0.0.1", 9)
+        )
+        with pytest.raises(ValueError) as reference:
+            kernel.sendto(b"x", ("127.0.0.1", 10))
+        kernel.close()
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Collect(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got.put_nowait(data)
+
+        await db.create_datagram_endpoint(Collect, local_addr=("fd00::2", 53))
+        await db.create_datagram_endpoint(Collect, local_addr=("fd00::2", 54))
+        ta, _ = await da.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=("fd00::2", 53)
+        )
+        with pytest.raises(type(reference.value)):
+            ta.sendto(b"elsewhere", ("fd00::2", 54))
+        ta.sendto(b"to its peer", ("fd00:0::2", 53))
+        ta.sendto(b"no address")
+        assert [await got.get(), await got.get()] == [b"to its peer", b"no address"]
+        da.close()
+        db.close()
+
+    run(main)
+
+
+def test_cancelling_serve_forever_closes_the_server_as_asyncios_does() -> None:
+    """asyncio.Server.serve_forever(): "cancellation of serve_forever task
+    causes the server to be closed" (the asyncio docs); asked of asyncio's own
+    server on loopback, then of ours."""
+
+    async def main() -> None:
+        da, _db = pair()
+        kernel = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
+        ours = await da.start_server(echo_handler, "10.0.0.1", 7)
+        for server in (kernel, ours):
+            task = asyncio.create_task(server.serve_forever())
+            await asyncio.sleep(0)
+            assert server.is_serving()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not server.is_serving(), server
+        da.close()
 
     run(main)

@@ -307,14 +307,20 @@ class RootlessTunnel(StackBinding, Lifecycle):
         reachable = [a for a in addresses if self.routable(a)]
         if not reachable:
             raise unreachable(host, [ipaddress.ip_address(a) for a in addresses])
-        kinds = [type] if type else [socket.SOCK_STREAM, socket.SOCK_DGRAM]
+        # What the tunnel carries; a type or protocol asked for narrows it,
+        # as in the C library (a protocol alone: the type that it is).
+        carried = (
+            (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+            (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+        )
+        kinds = [(kind, p) for kind, p in carried if type in (0, kind) and proto in (0, p)]
+        if not kinds:
+            raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
         out: list[tuple[int, int, int, str, tuple[Any, ...]]] = []
         for a in reachable:
             fam = socket.AF_INET6 if ":" in a else socket.AF_INET
             sockaddr: tuple[Any, ...] = (a, number, 0, 0) if fam == socket.AF_INET6 else (a, number)
-            for kind in kinds:
-                stream = kind == socket.SOCK_STREAM
-                p = proto or (socket.IPPROTO_TCP if stream else socket.IPPROTO_UDP)
+            for kind, p in kinds:
                 out.append((fam, kind, p, "", sockaddr))
         return out
 

@@ -27,6 +27,7 @@ a :class:`~wireguard.io.tunnel.Tunnel`'s wake-ups, on its clock and timer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import itertools
 import logging
@@ -236,6 +237,17 @@ class StackBinding(ABC):
         """One of the stack's addresses to bind to, or None for all of them."""
         return None if host in (None, "") else str(ip_literal(host, "address"))
 
+    def _bind_error(self, exc: LocalProtocolError, local: str | None, port: int) -> Exception:
+        """What the kernel's bind() raises (and so asyncio's create_server and
+        create_datagram_endpoint) where the stack refused *local*:*port*:
+        EADDRNOTAVAIL for an address that is not the stack's, EADDRINUSE for
+        a port taken or no ephemeral port free; a port out of range as is."""
+        if local is not None and addr_bytes(local) not in self.stack.addresses:
+            return OSError(errno.EADDRNOTAVAIL, f"{exc} (cannot assign requested address)")
+        if not 0 <= port < 65536:
+            return exc
+        return OSError(errno.EADDRINUSE, str(exc))
+
     # --------------------------------------------------------------------- TCP
 
     async def create_connection(
@@ -302,11 +314,17 @@ class StackBinding(ABC):
         addresses (*host*; None: all of them). *max_connections* caps the
         connections accepted and open at once (None: no cap): beyond it
         connections wait in the listener's accept queue, which *backlog*
-        bounds (then SYNs are dropped, counted in ``listen_overflows``)."""
+        bounds (then SYNs are dropped, counted in ``listen_overflows``).
+        A port taken or an address not the stack's raises OSError with
+        EADDRINUSE or EADDRNOTAVAIL, as bind() does."""
         self._running()
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        listener = self.stack.tcp_listen(port, self._local(host), backlog)
+        local = self._local(host)
+        try:
+            listener = self.stack.tcp_listen(port, local, backlog)
+        except LocalProtocolError as exc:
+            raise self._bind_error(exc, local, port) from None
         server = TcpServer(self, listener, protocol_factory, max_connections)
         self._servers[listener] = server
         return server
@@ -348,7 +366,11 @@ class StackBinding(ABC):
         if remote_addr is not None:
             remote_addr = (self._destination(remote_addr[0]), remote_addr[1])
         host, port = local_addr if local_addr is not None else (None, 0)
-        sock = self.stack.udp_bind(port, self._local(host))
+        local = self._local(host)
+        try:
+            sock = self.stack.udp_bind(port, local)
+        except LocalProtocolError as exc:
+            raise self._bind_error(exc, local, port) from None
         protocol = protocol_factory()
         transport = _UdpTransport(self, sock, protocol, remote_addr)
         self._udp[sock] = transport
@@ -385,7 +407,8 @@ class StackBinding(ABC):
 
     def _shutdown(self) -> None:
         """Reset every connection and close every server and endpoint; the
-        RSTs leave at once (the tunnel is going away)."""
+        RSTs leave at once (the tunnel is going away). A connect or ping still
+        waiting fails with ConnectionAbortedError (ECONNABORTED)."""
         if self._closed:
             return
         for server in list(self._servers.values()):
@@ -394,6 +417,17 @@ class StackBinding(ABC):
             transport.abort()
         for u in list(self._udp.values()):
             u.close()
+        # A connect or ping still waiting would wait forever: nothing runs
+        # the stack's timers or hears its answers any more.
+        waiters: list[asyncio.Future[Any]] = [*self._connecting.values(), *self._pings.values()]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(
+                    ConnectionAbortedError(errno.ECONNABORTED, "the stack was closed")
+                )
+        for conn in self._connecting:
+            conn.abort()
+        self._connecting.clear()
         if self._loop is not None:
             now = self._loop.time()
             self._transmit(self._settle(now, self._pending), now)
@@ -511,7 +545,12 @@ class TcpServer:
         await asyncio.shield(self._closed_fut)
 
     async def serve_forever(self) -> None:
-        await asyncio.shield(self._closed_fut)
+        """Until the server closes; cancelling it closes the server (as asyncio's)."""
+        try:
+            await asyncio.shield(self._closed_fut)
+        except asyncio.CancelledError:
+            self.close()
+            raise
 
     async def start_serving(self) -> None:
         """Already serving from creation (the listener exists)."""
@@ -791,10 +830,18 @@ class _UdpTransport(asyncio.DatagramTransport):
         if self._closing:
             self._driver.drops["sendto after close"] += 1
             return
+        remote = self._remote
+        # As asyncio's connected datagram transport: its peer only.
+        if (
+            remote is not None
+            and addr is not None
+            and ((addr_str(addr_bytes(addr[0])), addr[1]) != remote)
+        ):
+            raise ValueError(f"Invalid address: must be None or {remote}")
         if addr is None:
-            if self._remote is None:
+            if remote is None:
                 raise ValueError("no remote address: pass addr or set remote_addr")
-            addr = self._remote
+            addr = remote
         self._sock.sendto(bytes(data), addr)
         self._driver._schedule_flush()
 

@@ -540,8 +540,25 @@ class Tunnel(Lifecycle):
         self.apply(self.device.send_packets(packets, now), now)
 
     async def recv_packet(self) -> bytes:
-        """The next IP packet that came out of the tunnel."""
-        return await self._packets.get()
+        """The next IP packet that came out of the tunnel; raises
+        :class:`EOFError` once the tunnel is closed and none is left (as
+        :meth:`EventStream.get` does), also in a reader waiting then."""
+        packets = self._packets
+        if not packets.empty():
+            return packets.get_nowait()
+        if self._closed.is_set():
+            raise EOFError("the tunnel is closed")
+        get = asyncio.ensure_future(packets.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((get, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not get.done():
+                get.cancel()  # (a packet it was about to take stays queued)
+        if get.done():
+            return get.result()
+        raise EOFError("the tunnel is closed")
 
     def initiate_handshake(self, peer) -> None:  # type: ignore[no-untyped-def]
         self.apply(self.device.initiate_handshake(peer, self.now))
