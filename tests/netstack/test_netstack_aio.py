@@ -113,11 +113,28 @@ def test_many_concurrent_echo_clients() -> None:
     run(main)
 
 
+def kernel_refusal() -> OSError:
+    """What a kernel socket's connect to a closed port on loopback raises."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()  # bound, not listening: refused
+        with socket.socket() as s:
+            try:
+                s.connect(closed)
+            except OSError as exc:
+                return exc
+    raise AssertionError("the kernel accepted a connect to a closed port")
+
+
 def test_connection_refused() -> None:
     async def main() -> None:
         da, _db = pair()
-        with pytest.raises(ConnectionRefusedError):
+        with pytest.raises(ConnectionRefusedError) as caught:
             await da.open_connection("10.0.0.2", 9)
+        # The errno an application checks, as on a kernel socket.
+        reference = kernel_refusal()
+        assert isinstance(reference, ConnectionRefusedError)
+        assert caught.value.errno == reference.errno
 
     run(main)
 
@@ -264,7 +281,9 @@ def test_abort_resets_peer() -> None:
         writer.write(b"partial")
         await asyncio.sleep(0.01)
         writer.transport.abort()
-        assert isinstance(await outcome, ConnectionResetError)
+        reset = await outcome
+        assert isinstance(reset, ConnectionResetError)
+        assert reset.errno == errno.ECONNRESET  # as a kernel socket's read after a RST
 
     run(main)
 

@@ -7,6 +7,7 @@ and every timer instant is checked exactly. Sequence numbers in these tests are
 
 from __future__ import annotations
 
+import errno
 import itertools
 
 import pytest
@@ -424,6 +425,7 @@ def test_abort_after_too_many_retransmissions() -> None:
     assert x.c.state is S.CLOSED
     (ev,) = events(x.s)
     assert isinstance(ev, TcpClosed) and isinstance(ev.error, ConnectionTimedOut)
+    assert ev.error.errno == errno.ETIMEDOUT  # what Linux's tcp_write_timeout reports
     assert x.s.tcp_connections == []
     with pytest.raises(ConnectionTimedOut):
         x.c.send(b"again")

@@ -845,7 +845,7 @@ def make_forward(spec: ForwardSpec, tunnel: RootlessTunnel, options: ForwardOpti
 
 
 def why(exc: BaseException) -> str:
-    """The C library's words for an error (the stack's errors carry no errno)."""
+    """The C library's words for an error (by its errno, else by its kind)."""
     if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH and exc.strerror:
         return exc.strerror  # the tunnel's: names the destination and its AllowedIPs
     if isinstance(exc, OSError) and exc.errno:

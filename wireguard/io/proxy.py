@@ -642,7 +642,8 @@ def _detail(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH and exc.strerror:
         return exc.strerror
     if isinstance(exc, WireGuardError):
-        return str(exc)
+        # The stack's connection errors carry an errno: their own words, bare.
+        return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return _why(exc)
 
 

@@ -57,6 +57,7 @@ Sequence numbers are kept *unwrapped* (see :func:`.segment.unwrap`).
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -154,15 +155,15 @@ class TcpConnectionError(RemoteProtocolError):
 
 
 class ConnectionReset(TcpConnectionError, ConnectionResetError):
-    """The peer sent an acceptable RST (ECONNRESET)."""
+    """The peer sent an acceptable RST (``errno`` ECONNRESET, as a kernel socket's)."""
 
 
 class ConnectionRefused(TcpConnectionError, ConnectionRefusedError):
-    """The peer answered our SYN with a RST (ECONNREFUSED)."""
+    """The peer answered our SYN with a RST (``errno`` ECONNREFUSED)."""
 
 
 class ConnectionTimedOut(TcpConnectionError, TimeoutError):
-    """Too many retransmissions without an acknowledgment (ETIMEDOUT)."""
+    """Too many retransmissions without an acknowledgment (``errno`` ETIMEDOUT)."""
 
 
 # ------------------------------------------------------------------- events
@@ -777,7 +778,7 @@ class TcpConnection:
                 return
         if flags & RST:
             if flags & ACK:  # acceptable ACK checked above
-                self._terminate(ConnectionRefused("connection refused"))
+                self._terminate(ConnectionRefused(errno.ECONNREFUSED, "connection refused"))
             else:
                 self._ctx.stats.tcp_segments_rejected += 1
             return
@@ -811,11 +812,11 @@ class TcpConnection:
                 # From a passive open: the embryo silently goes away ("return to LISTEN").
                 self._terminate(None)
             else:
-                self._terminate(ConnectionRefused("connection refused"))
+                self._terminate(ConnectionRefused(errno.ECONNREFUSED, "connection refused"))
         elif state in (_CLOSING, _LAST_ACK, _TIME_WAIT):
             self._terminate(None)
         else:
-            self._terminate(ConnectionReset("connection reset by peer"))
+            self._terminate(ConnectionReset(errno.ECONNRESET, "connection reset by peer"))
 
     def _ack_arrives(self, seg: TcpSegment, seq: int, ack: int, plen: int, now: float) -> bool:
         """RFC 9293 3.10.7.4 fifth check for synchronized states; False to stop."""
@@ -1233,7 +1234,7 @@ class TcpConnection:
                 return
             if self.state is not _SYN_SENT:
                 self._emit(self.snd_max, RST | ACK)
-            self._terminate(ConnectionTimedOut("connection timed out"))
+            self._terminate(ConnectionTimedOut(errno.ETIMEDOUT, "connection timed out"))
             return
         rtt = self._rtt
         rtt.backoff()  # RFC 6298 5.5
@@ -1269,7 +1270,7 @@ class TcpConnection:
             # are acknowledged: unanswered, they count against R2 (3.8.3), as
             # Linux's tcp_probe_timer gives up after tcp_retries2 of them.
             self._emit(self.snd_max, RST | ACK)
-            self._terminate(ConnectionTimedOut("connection timed out"))
+            self._terminate(ConnectionTimedOut(errno.ETIMEDOUT, "connection timed out"))
             return
         off = self.snd_nxt - self._sndbuf_seq
         if 0 <= off < len(self._sndbuf):
