@@ -419,6 +419,21 @@ def test_own_public_key_is_ignored(uapi: UAPI, device: Device) -> None:
     assert device.peers == {} and len(device.allowed_ips) == 0
 
 
+def test_all_zero_peer_key_is_a_peer_when_the_device_has_no_key(
+    uapi: UAPI, device: Device
+) -> None:
+    # The kernel skips a peer with the device's own key only when the device
+    # has one (netlink.c set_peer: static_identity.has_identity && memcmp).
+    # With no private key (wg set wg0 private-key /dev/null) the all-zero key
+    # is a peer like any other, its allowed IP routed to it.
+    assert set_(uapi, "private_key=" + "0" * 64) == OK
+    assert not device.has_identity
+    zero = PublicKey(bytes(32))
+    assert set_(uapi, "public_key=" + "0" * 64, "allowed_ip=10.9.0.0/16") == OK
+    assert list(device.peers) == [zero]
+    assert "public_key=" + "0" * 64 in uapi.get()
+
+
 def test_new_private_key_drops_peer_with_that_public_key(uapi: UAPI, device: Device) -> None:
     device.add_peer(pub(2))
     device.add_peer(pub(3))

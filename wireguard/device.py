@@ -348,7 +348,9 @@ class Device:
         interval is set on a running interface."""
         peer = self.peers.get(public_key)
         if peer is None:
-            if public_key == self.public_key:
+            # The kernel refuses our own key only while we have one (netlink.c
+            # set_peer): with none, the all-zero key is a peer like any other.
+            if self.has_identity and public_key == self.public_key:
                 raise ValueError("a peer cannot have the interface's own public key")
             static = self._static_static(public_key)
             peer = Peer(public_key, static, notify=self._schedule)

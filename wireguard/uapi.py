@@ -558,7 +558,7 @@ class UAPI:
     def _select(self, key: PublicKey) -> _PeerSection:
         """wireguard-go's handlePublicKeyLine: the peer is created here."""
         device = self.device
-        if key == device.public_key:
+        if device.has_identity and key == device.public_key:
             return _PeerSection(key, None, False)  # our own key: ignored
         peer = device.peers.get(key)
         if peer is not None:

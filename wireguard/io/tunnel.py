@@ -948,7 +948,7 @@ async def device_from_config(config: Config, **device_options) -> Device:  # typ
     device.fwmark = config.interface.fwmark or 0
     loop = asyncio.get_running_loop()
     for peer in config.peers:
-        if peer.public_key == device.public_key:
+        if device.has_identity and peer.public_key == device.public_key:
             filename, lineno = peer.location or (None, None)
             note = ConfigWarning(
                 f"peer {peer.public_key} ignored: it has the interface's own public key"
