@@ -173,16 +173,18 @@ def test_failures_are_counted_and_logged_once_per_change(caplog):
     assert binding.device.peers[key].endpoint == ("192.0.2.1", 51820)  # unchanged
 
 
+class LoopBinding(Binding):
+    """A binding on the running loop's clock (the re-resolver's own task)."""
+
+    now = property(lambda self: asyncio.get_running_loop().time())  # type: ignore[assignment]
+
+    def __init__(self, device: Device) -> None:
+        self.device, self.applied = device, []
+
+
 def test_the_task_runs_on_the_loop_clock_and_stops():
     async def main() -> None:
         _, dns, r, key = _setup(interval=0.05, stale_after=None)
-        loop = asyncio.get_running_loop()
-
-        class LoopBinding(Binding):
-            now = property(lambda self: loop.time())  # type: ignore[assignment]
-
-            def __init__(self, device: Device) -> None:
-                self.device, self.applied = device, []
 
         binding = LoopBinding(r.binding.device)
         r = EndpointReresolver(binding, r.names, interval=0.05, stale_after=None, lookup=dns)
@@ -214,13 +216,6 @@ def test_a_peer_removed_and_added_again_is_still_looked_up():
 
     async def main() -> None:
         _, dns, r, key = _setup()
-        loop = asyncio.get_running_loop()
-
-        class LoopBinding(Binding):
-            now = property(lambda self: loop.time())  # type: ignore[assignment]
-
-            def __init__(self, device: Device) -> None:
-                self.device, self.applied = device, []
 
         binding = LoopBinding(r.binding.device)
         device = binding.device
