@@ -423,3 +423,150 @@ def test_a_send_the_kernel_refuses_is_counted_where_an_untapped_tunnel_counts_it
     tapped, on_tap = asyncio.run(refused(True))
     assert on_tap == 1
     assert tapped["udp_send_errors"] == untapped["udp_send_errors"]
+
+
+# Run in a network namespace of its own, whose loopback carries only this:
+# A sends bursts of pings to B in UDP GSO sends, B (tapped) writes the key log.
+_GSO_SCRIPT = r"""
+import asyncio, sys
+from wireguard.device import Device
+from wireguard.io.tap import attach
+from wireguard.io.tunnel import Tunnel
+from wireguard.keys import PrivateKey
+from wireguard.netstack.icmp import build_echo
+from wireguard.netstack.ip import addr_bytes
+
+keys, sent_file = sys.argv[1], sys.argv[2]
+
+async def main():
+    a_dev, b_dev = Device(PrivateKey.generate()), Device(PrivateKey.generate())
+    a = Tunnel(a_dev, host="127.0.0.1", listen_port=0)
+    b = Tunnel(b_dev, host="127.0.0.1", listen_port=0)
+    got = []
+    b.on_packets = got.extend
+    tap = attach(b, keylog=keys)
+    async with a, b:
+        assert a.gso, "no UDP GSO on this loopback"
+        a_dev.add_peer(b_dev.public_key, allowed_ips=["10.6.0.2/32"],
+                       endpoint=("127.0.0.1", b.listen_port))
+        b_dev.add_peer(a_dev.public_key, allowed_ips=["10.6.0.1/32"])
+        pings = [build_echo(addr_bytes("10.6.0.1"), addr_bytes("10.6.0.2"), 1, i,
+                            bytes([i % 256]) * (600 + i % 7), reply=False) for i in range(120)]
+        a.send_packets(pings[:1])
+        while not got:
+            await asyncio.sleep(0.01)
+        for start in range(1, 120, 40):
+            a.send_packets(pings[start:start + 40])
+            await asyncio.sleep(0.05)
+        for _ in range(300):
+            if len(got) == len(pings):
+                break
+            await asyncio.sleep(0.01)
+        assert got == pings, (len(got), len(pings))
+    tap.close()
+    with open(sent_file, "wb") as f:
+        for p in pings:
+            f.write(len(p).to_bytes(2, "big") + p)
+
+asyncio.run(main())
+"""
+
+
+def test_decrypt_splits_udp_gso_sends_captured_before_segmentation(tmp_path: Path) -> None:
+    """dumpcap on a loopback records a UDP GSO send whole: one datagram
+    holding many transport messages, which tshark shows as one malformed
+    message. decrypt cuts it into its messages and opens every one: the
+    inner packets it writes are exactly the pings A sent."""
+    dumpcap = need_tool("dumpcap")
+    from tests.interop.harness import hosts
+
+    cap, keys, sent, inner = (tmp_path / n for n in ("lo.pcapng", "b.keys", "sent", "inner.pcap"))
+    with hosts() as h:
+        capture = subprocess.Popen(
+            ["ip", "netns", "exec", h.a, dumpcap, "-q", "-i", "lo", "-f", "udp", "-w", str(cap)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for _ in range(100):  # dumpcap writes the file once it captures
+                if cap.exists() and cap.stat().st_size > 0:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)
+            result = h.exec(h.a, sys.executable, "-c", _GSO_SCRIPT, str(keys), str(sent),
+                            check=False)  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            time.sleep(0.3)
+        finally:
+            capture.terminate()
+            capture.wait(timeout=30)
+    data = sent.read_bytes()
+    pings = []
+    while data:
+        n = int.from_bytes(data[:2], "big")
+        pings.append(data[2 : 2 + n])
+        data = data[2 + n :]
+    with PcapReader(cap) as reader:
+        sizes = [len(d.payload) for d in reader.udp_datagrams()]
+    assert max(sizes) > 2000, "no GSO datagram was captured whole: the test saw nothing to split"
+
+    out = subprocess.run(
+        [sys.executable, "-m", "wireguard", "decrypt", str(cap), "--keylog", str(keys),
+         "-w", str(inner)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    with PcapReader(inner) as reader:
+        got = [p.packet for p in reader]
+    assert got == pings
+    summary = out.stdout.splitlines()[-1]
+    assert f"{len(pings)} of {len(pings)} transport data messages decrypted" in summary
+    assert "UDP GSO datagram" in summary and "split into its messages" in summary
+    assert "segment 1 of " in out.stdout
+
+
+@pytest.mark.parametrize("when", ["before start", "after start"])
+def test_a_tapped_tunnel_gets_every_datagram_of_gso_sends(when: str, tmp_path: Path) -> None:
+    """A (untapped) sends bursts of equal-size pings in UDP GSO sends; B is
+    tapped. The tap takes datagrams one by one, so B must not read them
+    coalesced (UDP GRO): every ping arrives, each one in B's capture."""
+
+    async def body() -> tuple[list[bytes], list[bytes], int]:
+        a, b = End("a", A_IP), End("b", B_IP)
+        tap = attach(b.tunnel, pcap=tmp_path / "b.pcap") if when == "before start" else None
+        await a.tunnel.start()
+        await b.tunnel.start()
+        if tap is None:
+            tap = attach(b.tunnel, pcap=tmp_path / "b.pcap")
+        try:
+            assert a.tunnel.gso, "no UDP GSO on this loopback"
+            a.device.add_peer(b.device.public_key, allowed_ips=[f"{B_IP}/32"],
+                              endpoint=("127.0.0.1", b.tunnel.listen_port))  # fmt: skip
+            b.device.add_peer(a.device.public_key, allowed_ips=[f"{A_IP}/32"])
+            b.tunnel.on_packet = b.received.append  # no replies: one way only
+            pings = [
+                build_echo(addr_bytes(A_IP), addr_bytes(B_IP), 1, i, b"x" * 1000, reply=False)
+                for i in range(121)
+            ]
+            a.tunnel.send_packets(pings[:1])
+            for _ in range(300):
+                if b.received:
+                    break
+                await asyncio.sleep(0.01)
+            for start in range(1, 121, 40):
+                a.tunnel.send_packets(pings[start : start + 40])
+                await asyncio.sleep(0.05)
+            for _ in range(300):
+                if len(b.received) == len(pings):
+                    break
+                await asyncio.sleep(0.01)
+            return pings, list(b.received), sum(b.device.drops.values())
+        finally:
+            await close(a, b)
+            tap.close()
+
+    pings, received, dropped = asyncio.run(body())
+    assert dropped == 0
+    assert received == pings
+    with PcapReader(tmp_path / "b.pcap") as reader:
+        sizes = {len(d.payload) for d in reader.udp_datagrams()}
+    assert max(sizes) < 1500  # one datagram per record, as on the wire

@@ -77,6 +77,7 @@ __all__ = [
     "Record",
     "decrypt_datagrams",
     "describe_packet",
+    "gso_segments",
 ]
 
 
@@ -432,12 +433,15 @@ class CaptureDecryptor:
         self._pending: _Held[_Pending] = _Held(MAX_PENDING if max_pending is None else max_pending)
         self._sessions: _Held[_Keys] = _Held(MAX_SESSIONS if max_sessions is None else max_sessions)
         self._mac1_sent: _Held[tuple[bytes, bytes]] = _Held(self._pending.limit, per_index=1)
-        self._stats = {"messages": 0, "handshakes": 0, "transport": 0, "decrypted": 0}
+        self._stats = {
+            "messages": 0, "handshakes": 0, "transport": 0, "decrypted": 0, "gso datagrams": 0,
+        }  # fmt: skip
 
     @property
     def stats(self) -> dict[str, int]:
         """Counts so far: WireGuard messages, handshakes followed, transport
-        data messages and how many were decrypted; and what the bounds made
+        data messages and how many were decrypted, UDP GSO datagrams split
+        (:meth:`feed_all`); and what the bounds made
         it forget: unanswered initiations, transport keys, and mac1s of
         messages a cookie reply might answer (see :data:`MAX_PENDING`,
         :data:`MAX_SESSIONS`, :data:`PER_INDEX`)."""
@@ -448,10 +452,32 @@ class CaptureDecryptor:
             "forgotten mac1s": self._mac1_sent.forgotten,
         }
 
+    def feed_all(
+        self, frame: int, timestamp: float, src: Address, dst: Address, payload: bytes
+    ) -> list[Record]:
+        """Process one captured UDP payload: a record per WireGuard message in
+        it. That is one, but for a UDP GSO send captured before the kernel
+        cut it into datagrams (:func:`gso_segments`): then each of its
+        messages, noted as a segment of it."""
+        segments = gso_segments(payload)
+        if segments is None:
+            record = self.feed(frame, timestamp, src, dst, payload)
+            return [] if record is None else [record]
+        self._stats["gso datagrams"] += 1
+        records = []
+        for i, segment in enumerate(segments, 1):
+            record = self.feed(frame, timestamp, src, dst, segment)
+            if record is not None:
+                where = f"segment {i} of {len(segments)} of a UDP GSO datagram"
+                record.note = f"{where}; {record.note}" if record.note else where
+                records.append(record)
+        return records
+
     def feed(
         self, frame: int, timestamp: float, src: Address, dst: Address, payload: bytes
     ) -> Record | None:
-        """Process one UDP payload; None if it is not a WireGuard message.
+        """Process one UDP payload as one datagram; None if it is not a
+        WireGuard message (:meth:`feed_all` also splits UDP GSO sends).
 
         A datagram counts as WireGuard when its type, reserved bytes and size
         fit one of the four messages, as in Wireshark's heuristic."""
@@ -658,6 +684,54 @@ class CaptureDecryptor:
         record.note = "does not decrypt with this receiver's transport keys"
 
 
+_TRANSPORT_HEADER: Final = b"\x04\x00\x00\x00"
+_MIN_TRANSPORT: Final = 32  # header (16) and the tag of an empty packet (16)
+
+
+def gso_segments(payload: bytes) -> list[bytes] | None:
+    """The transport data messages of one UDP GSO send, if *payload* is one.
+
+    A sender using UDP_SEGMENT (wireguard-go and this project do) hands the
+    kernel a run of equal-size datagrams to one endpoint in one buffer; a
+    capture on a link that takes the buffer whole (``lo``, veth) records it
+    as one UDP datagram holding them back to back, which no dissector reads
+    as WireGuard. It is recognised by its structure: transport messages of
+    one size (a multiple of 16, the last one possibly shorter), each with
+    the first's receiver index and a greater counter than the one before.
+    None for anything else (a single message among them)."""
+    size = len(payload)
+    if size < 2 * _MIN_TRANSPORT or payload[:4] != _TRANSPORT_HEADER:
+        return None
+    head = payload[:8]  # type, reserved, receiver index
+    first = int.from_bytes(payload[8:16], "little")
+    at = payload.find(head, _MIN_TRANSPORT)
+    while at != -1:
+        if at % 16 == 0 and int.from_bytes(payload[at + 8 : at + 16], "little") > first:
+            segments = _cut(payload, at, head)
+            if segments is not None:
+                return segments
+        at = payload.find(head, at + 1)
+    return None
+
+
+def _cut(payload: bytes, step: int, head: bytes) -> list[bytes] | None:
+    """*payload* cut every *step* bytes, if every piece is a transport
+    message with *head* and counters that increase; else None."""
+    last = len(payload) % step or step
+    if last < _MIN_TRANSPORT or last % 16:
+        return None
+    pieces = [payload[at : at + step] for at in range(0, len(payload), step)]
+    counter = -1
+    for piece in pieces:
+        if piece[:8] != head:
+            return None
+        value = int.from_bytes(piece[8:16], "little")
+        if value <= counter:
+            return None
+        counter = value
+    return pieces
+
+
 def _initiation_hint(responder_public: bytes | None, have_ephemeral: bool) -> str:
     if responder_public is None:
         return "receiver's static key unknown (no key matches mac1)"
@@ -677,8 +751,6 @@ def decrypt_datagrams(
     decryptor = CaptureDecryptor(keys, trace=trace)
     records = []
     for number, (timestamp, src, dst, payload) in enumerate(datagrams, 1):
-        record = decryptor.feed(number, timestamp, src, dst, payload)
-        if record is not None:
-            records.append(record)
+        records += decryptor.feed_all(number, timestamp, src, dst, payload)
     return records
 

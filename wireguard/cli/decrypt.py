@@ -244,22 +244,20 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                     src, dst, payload = udp
                     if ports and src[1] not in ports and dst[1] not in ports:
                         continue
-                    record = decryptor.feed(reader.frames, timestamp, src, dst, payload)
-                    if record is None:
-                        continue
-                    if start is None:
-                        start = timestamp
-                    print(record.describe(start), file=out)
-                    for title, trace in record.traces:
-                        print(f"     == {title} ==", file=out)
-                        print(_indent(trace.format(), "     "), file=out)
-                    if writer is not None and record.inner:
-                        try:
-                            writer.write_ip(timestamp, record.inner)
-                        except CaptureFormatError as exc:
-                            raise CommandError(
-                                f"frame {reader.frames}: {exc}; {args.write} is not written"
-                            ) from None
+                    for record in decryptor.feed_all(reader.frames, timestamp, src, dst, payload):
+                        if start is None:
+                            start = timestamp
+                        print(record.describe(start), file=out)
+                        for title, trace in record.traces:
+                            print(f"     == {title} ==", file=out)
+                            print(_indent(trace.format(), "     "), file=out)
+                        if writer is not None and record.inner:
+                            try:
+                                writer.write_ip(timestamp, record.inner)
+                            except CaptureFormatError as exc:
+                                raise CommandError(
+                                    f"frame {reader.frames}: {exc}; {args.write} is not written"
+                                ) from None
         except OSError as exc:
             raise CommandError(f"{exc.filename or args.write}: {exc.strerror}") from None
     s = decryptor.stats
@@ -279,6 +277,11 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
         )
     if unread["fragment"]:
         notes.append(f"{_plural(unread['fragment'], 'UDP fragment')} not read (no reassembly)")
+    if s["gso datagrams"]:
+        notes.append(
+            f"{_plural(s['gso datagrams'], 'UDP GSO datagram')} captured before segmentation,"
+            " split into its messages"
+        )
     print(
         f"{_plural(s['messages'], 'WireGuard message')}, "
         f"{_plural(s['handshakes'], 'handshake')} followed, "

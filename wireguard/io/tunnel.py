@@ -335,6 +335,11 @@ class Tunnel(Lifecycle):
             raise ValueError("this tunnel's socket is already wrapped")
         self._wrap = wrap
         if self._loop is not None and self._sock is not None:
+            if self._gro_on:
+                # Read whole from now on: the wrapper sees each datagram (a
+                # wrapper that takes GRO buffers is not one this supports).
+                self._sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+                self._gro_on = False
             self._sock = wrap(self._sock)
 
     async def start(self, *, listen: bool = True) -> None:
@@ -385,10 +390,13 @@ class Tunnel(Lifecycle):
         self._family = sock.family
         self._sockaddrs.clear()
         _grow_buffers(sock)
+        # Receive offload through the wrapper, which may refuse it (a tap
+        # takes datagrams one by one).
+        wrapped = self._wrap(sock) if self._wrap is not None else sock
         self._gro_on = False
         if self.gro:
             try:
-                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                wrapped.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self._gro_on = True
             except OSError:
                 pass
@@ -411,8 +419,7 @@ class Tunnel(Lifecycle):
             with contextlib.suppress(OSError):  # it was accepted on the old socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._fwmark)
         self._loop.add_reader(sock.fileno(), self._on_readable)
-        if self._wrap is not None:
-            self._sock = self._wrap(sock)
+        self._sock = wrapped
         self.device.listen_port = self.listen_port
 
     def _detach(self) -> None:
