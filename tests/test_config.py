@@ -1121,3 +1121,22 @@ def test_endpoint_name_with_the_real_resolver() -> None:
         return await resolve_endpoint("localhost", 51820, retries=0)
 
     assert asyncio.run(main()) in (("127.0.0.1", 51820), ("::1", 51820))
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 70 + ".example", "bad\u00e9..name"])
+def test_endpoint_name_idna_refuses_is_the_c_librarys_answer(host: str) -> None:
+    # wg hands the name to getaddrinfo as it is; Python's own IDNA step
+    # raised UnicodeError for names the C library simply does not find.
+    async def main() -> tuple[str, int]:
+        return await resolve_endpoint(host, 51820, retries=0)
+
+    with pytest.raises(socket.gaierror) as caught:
+        asyncio.run(main())
+    try:
+        socket.getaddrinfo(host.encode("utf-8"), 51820)  # the C library, no IDNA
+    except socket.gaierror as reference:
+        assert caught.value.errno == reference.errno
+    else:
+        raise AssertionError(f"the C library resolved {host!r}")
+    # Named as wg names it (unless it looks like a key: then not shown).
+    assert f"`{host}:51820'" in str(caught.value) or "host not shown" in str(caught.value)

@@ -112,7 +112,13 @@ async def resolve_endpoint(
     pause = _FIRST_PAUSE_US
     while True:
         try:
-            infos = await lookup(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+            try:
+                infos = await lookup(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+            except UnicodeError:
+                # Python's IDNA step refused the name (an empty or long label):
+                # ask the C library with the name as it is, as wg does.
+                raw = host.encode("utf-8")
+                infos = await lookup(raw, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
             break
         except OSError as exc:  # gaierror, or plain OSError for EAI_SYSTEM
             why = exc.strerror or str(exc)
