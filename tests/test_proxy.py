@@ -34,7 +34,7 @@ from tests.conftest import need_tool, until
 from tests.http_origin import PAYLOAD, Origin
 from tests.test_dns import HOSTS, Dnsmasq
 from wireguard.device import Device
-from wireguard.dns import ResolutionError, Resolver
+from wireguard.dns import DNSNameError, ResolutionError, Resolver
 from wireguard.io.forward import ForwardOptions, make_forward, parse_forward
 from wireguard.io.names import TunnelResolver
 from wireguard.io.proxy import (
@@ -974,3 +974,26 @@ def test_proxy_command_bad_arguments(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.startswith("python -m wireguard proxy: ") and message in err, err
         assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example"])
+def test_a_name_that_cannot_be_asked_is_refused_alike_by_both_resolvers(name: str) -> None:
+    """An empty or over-long label (RFC 1035 2.3.4) is the same DNSNameError
+    whether the tunnel's servers or the host's resolver would be asked (the
+    host path raised Python's IDNA UnicodeError)."""
+    refusals = []
+
+    async def body() -> None:
+        for names in (
+            lambda a: TunnelResolver(a, Resolver([B_ADDR[0]])),
+            lambda a: TunnelResolver(a, None, host_resolver=True),
+        ):
+            a, b, _, _ = pair()
+            a.names = names(a)
+            async with b, a:
+                with pytest.raises(DNSNameError) as caught:
+                    await a.resolve(name)
+                refusals.append(str(caught.value))
+
+    run(body)
+    assert refusals[0] == refusals[1]

@@ -36,6 +36,7 @@ from ..dns import (
     Resolved,
     Resolver,
     TCPFrameReader,
+    encode_name,
     tcp_frame,
 )
 from ..errors import WireGuardError
@@ -217,6 +218,7 @@ class TunnelResolver:
             task.exception()  # retrieved: the waiters (if any) re-raise it
 
     async def _host(self, name: str, families: tuple[int, ...]) -> Resolved:
+        encode_name(name)  # a name that cannot be asked is refused as the DNS path refuses it
         loop = asyncio.get_running_loop()
         family = 0 if len(families) != 1 else (
             socket.AF_INET if families[0] == A else socket.AF_INET6
