@@ -47,7 +47,9 @@ def cmd_walkthrough(args: argparse.Namespace) -> int:
         _optional_key(PrivateKey, args.responder_key, "--responder-key"),
         _optional_key(PresharedKey, args.psk, "--psk"),
         now=now,
-        random=seeded_random(args.seed.encode()) if args.seed is not None else os.urandom,
+        # The seed's bytes as given: argv need not be UTF-8 (os.fsencode
+        # undoes the surrogateescape that decoded it).
+        random=seeded_random(os.fsencode(args.seed)) if args.seed is not None else os.urandom,
     )
     print(format_walkthrough(w))
     return 0 if w.keys_agree else 1
