@@ -15,6 +15,7 @@ import random
 import stat
 import struct
 import subprocess
+import sys
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1229,3 +1230,21 @@ def test_decrypt_embed_keys_writes_lines_wireshark_reads(
         "-r", out, "-o", "wg.dissect_packet:TRUE", "-T", "fields", "-e", "wg.handshake_ok"
     )
     assert [r[0] for r in rows].count("1") == len(scenario.handshakes)
+
+
+def test_decrypt_into_a_pipe_closed_early_ends_quietly(files: dict[str, Path]) -> None:
+    """``decrypt ... --trace | head -1``: the reader closes the pipe. A C tool
+    (``seq``) is ended by SIGPIPE without a word; ours says nothing either
+    and fails (it printed ``None: Broken pipe``)."""
+    argv = [sys.executable, "-m", "wireguard", "decrypt", str(files["cap"]),
+            "--keylog", str(files["initiator"]), "--trace"]  # fmt: skip
+    for command in (["seq", "1", "100000000"], argv):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(64)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        status = proc.wait(timeout=60)
+        proc.stderr.close()
+        assert err == b"", (command[0], err)
+        assert status != 0

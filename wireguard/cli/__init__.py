@@ -23,9 +23,11 @@ Without either, wireguard-go's ``LOG_LEVEL`` names apply: ``verbose`` (or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -163,7 +165,16 @@ def _run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         _show_access_warnings_as_wg_quick()
         try:
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # a reader gone shows here, not at exit
+            return status
+        except BrokenPipeError:
+            # The reader of our output left (``| head``): a C tool is ended
+            # by SIGPIPE without a word; say nothing, and fail as it does.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         except (CommandError, WireGuardError) as exc:
             print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
             return 1

@@ -258,8 +258,11 @@ def _decrypt(args: argparse.Namespace, out: IO[str]) -> int:
                                 raise CommandError(
                                     f"frame {reader.frames}: {exc}; {args.write} is not written"
                                 ) from None
+        except BrokenPipeError:
+            raise  # our output's reader left (see cli._run)
         except OSError as exc:
-            raise CommandError(f"{exc.filename or args.write}: {exc.strerror}") from None
+            where = exc.filename or args.write or "standard output"
+            raise CommandError(f"{where}: {exc.strerror}") from None
     s = decryptor.stats
     notes = [
         f"{_plural(s[key], noun)} forgotten"
