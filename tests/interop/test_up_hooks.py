@@ -26,15 +26,16 @@ def test_down_waits_for_a_slow_predown_hook(tmp_path: Path, monkeypatch, caplog)
         conf = tmp_path / f"{name}.conf"
         conf.write_text(
             f"[Interface]\nPrivateKey = {PrivateKey.generate()}\nAddress = 10.78.0.1/24\n"
-            f"PreDown = sleep 3; echo pre-down >> {marks}\n"
+            f"PreDown = sleep 4; echo pre-down >> {marks}\n"
             f"PostDown = echo post-down >> {marks}\n"
         )
         conf.chmod(0o600)
         started = h.exec(h.a, *UP, "up", "--log", str(tmp_path / "log"), str(conf), check=False)
         assert started.returncode == 0, started.stderr
         try:
-            # A stop timeout shorter than the hook: wg-quick would wait for it.
-            monkeypatch.setattr(upmod, "STOP_TIMEOUT", 1.0)
+            # A stop timeout shorter than the hook: wg-quick would wait for it,
+            # and for PostDown after the teardown between the two.
+            monkeypatch.setattr(upmod, "STOP_TIMEOUT", 2.0)
             with caplog.at_level(logging.INFO, logger=upmod.__name__):
                 assert upmod.down(name) == 0
             assert marks.read_text().splitlines() == ["pre-down", "post-down"]

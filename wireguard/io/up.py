@@ -35,8 +35,8 @@ are looked up, PostUp once addresses and routes are set; if either fails,
 ``up`` fails with one line naming it and nothing stays behind. PreDown runs before the teardown
 and PostDown after it; a failure there is logged and the teardown goes on.
 ``down`` waits for them with no time limit, as wg-quick does (it says so
-every 10 s); a service that has not stopped after 10 s with no hook running
-is killed.
+every 10 s); a service still there 10 s after its last hook (or after the
+signal, if it runs none) is killed.
 DNS is not applied: that is reported as a warning.
 """
 
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 LOG_DIRECTORY = "/var/log/wireguard-py"
 CONFIG_DIRECTORY = "/etc/wireguard"  # where wg-quick looks for NAME.conf
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0  # then SIGKILL, unless a hook of the service is running
+STOP_TIMEOUT = 10.0  # then SIGKILL, counted from the service's last hook
 HOOK_PROGRESS = 10.0  # how often `down` says it still waits for a hook
 
 T = TypeVar("T")
@@ -626,18 +626,24 @@ def down(target: str) -> int:
         log.info("[#] %s was not running; removed %s", name, ", ".join(leftovers))
         return 0
     os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, STOP_TIMEOUT):
-        # wg-quick runs PreDown and PostDown with no time limit: while the
-        # service is running one (a child of it), wait for it, saying so.
-        said = 0.0
-        while _children(pid) and not _wait_gone(pid, 0.5):
-            if time.monotonic() - said >= HOOK_PROGRESS:
-                said = time.monotonic()
+    # wg-quick runs PreDown and PostDown with no time limit: while the service
+    # runs one (a child of it), it is waited for, and said so from the stop
+    # timeout on; it is killed only STOP_TIMEOUT after the last hook it ran
+    # (or after the signal, if it ran none).
+    quiet_since = time.monotonic()
+    said = quiet_since + STOP_TIMEOUT - HOOK_PROGRESS
+    while not _wait_gone(pid, 0.2):
+        now = time.monotonic()
+        if _children(pid):
+            quiet_since = now
+            if now - said >= HOOK_PROGRESS:
+                said = now
                 log.info("[#] waiting for %s's PreDown/PostDown hooks to finish", name)
-        if not _wait_gone(pid, 0):
+        elif now - quiet_since >= STOP_TIMEOUT:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_gone(pid, 5)
+            break
     _remove_leftovers(name)
     log.info("[#] %s is down", name)
     return 0
