@@ -1046,8 +1046,10 @@ def test_default_route_gets_wg_quick_policy_routing(tmp_path):
 
 
 def test_down_after_sigkill_removes_the_policy_rules(tmp_path):
-    """A killed service cannot take its policy rules down; it noted them, and
-    down (in the same namespace) removes them with the other leftovers."""
+    """A killed service cannot take its policy rules (and firewall rules)
+    down; it noted them, and down (in the same namespace) removes them with
+    the other leftovers."""
+    need_firewall_tool()
     with hosts() as h:
         key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
         ours = Ours(h, tmp_path, key_a, key_b)
@@ -1066,15 +1068,19 @@ def test_down_after_sigkill_removes_the_policy_rules(tmp_path):
                 time.sleep(0.05)
             for family in ("-4", "-6"):
                 assert f"lookup {mark}" in h.exec(h.a, "ip", family, "rule").stdout
+            # And the firewall rules of wg-quick's add_default.
+            assert "wg-quick" in firewall_rules(h.a, ours.name)
             # From another namespace down touches no rules, and says so.
             elsewhere = run(*UP, "down", ours.name, check=False)
             assert "another network namespace" in elsewhere.stderr
             assert f"lookup {mark}" in h.exec(h.a, "ip", "-4", "rule").stdout
+            assert "wg-quick" in firewall_rules(h.a, ours.name)
             down = h.exec(h.a, *UP, "down", ours.name, check=False)
             assert down.returncode == 0 and "4 policy rule(s)" in down.stderr, down.stderr
             for family in ("-4", "-6"):
                 rules = h.exec(h.a, "ip", family, "rule").stdout
                 assert f"lookup {mark}" not in rules and "suppress_prefixlength" not in rules
+            assert "wg-quick" not in firewall_rules(h.a, ours.name)
             assert not (RUN_DIR / f"{ours.name}.rules").exists()
         finally:
             ours.cleanup()
@@ -1243,13 +1249,15 @@ class Lone:
         )
         self.conf.chmod(0o600)
 
-    def up(self, target: str | None = None) -> subprocess.CompletedProcess:
+    def up(self, target: str | None = None, path: str | None = None) -> subprocess.CompletedProcess:
         target = target or str(self.conf)
         if self.impl == "wg-quick":
             argv: list[str] = ["wg-quick", "up", target]
         else:
             argv = [*UP, "up", "--log", str(self.log), target]
         env = dict(os.environ, **WG_QUICK_ENV)
+        if path is not None:
+            env["PATH"] = path
         return run("ip", "netns", "exec", self.ns, *argv, check=False, env=env, timeout=90)
 
     def down(self) -> subprocess.CompletedProcess:
@@ -1517,3 +1525,151 @@ def test_route_of_another_interface_to_an_allowed_ip_fails_up(tmp_path, impl):
         # The Address's own prefix route is no obstacle.
         ns.sh("ip route del 10.80.0.0/16")
         assert ns.up().returncode == 0
+
+
+def need_firewall_tool() -> None:
+    """What wg-quick's add_default runs: nft if it is installed, else
+    iptables-restore (.ci/run installs iptables)."""
+    if shutil.which("nft") is None:
+        need_tool("iptables-restore")
+
+
+def firewall_rules(ns: str, name: str) -> str:
+    """The firewall of namespace *ns* as the tool wg-quick uses shows it
+    (``nft list ruleset``, else ``iptables-save`` and ``ip6tables-save``),
+    without the save tools' comment lines, with interface *name* written
+    NAME and link-local addresses (random on a TUN) fe80::X."""
+    if shutil.which("nft") is not None:
+        shown = run("ip", "netns", "exec", ns, "nft", "list", "ruleset").stdout
+    else:
+        shown = "".join(
+            run("ip", "netns", "exec", ns, need_tool(tool)).stdout
+            for tool in ("iptables-save", "ip6tables-save")
+        )
+    lines = [line for line in shown.splitlines() if not line.startswith("#")]
+    return re.sub(r"fe80::[0-9a-f:]+", "fe80::X", "\n".join(lines).replace(name, "NAME"))
+
+
+def test_default_route_firewall_rules_are_wg_quicks(tmp_path):
+    """wg-quick's add_default also sets up the firewall: for each address of
+    the interface a raw PREROUTING drop of packets to it from another
+    interface and a non-local source, and the mangle CONNMARK save (UDP with
+    the mark) and restore; an nft table ``wg-quick-NAME`` if nft is
+    installed, else iptables-restore rules commented ``wg-quick(8) rule for
+    NAME``. down removes them. Ours set up none."""
+    need_firewall_tool()
+    shown = {}
+    for impl in ("wg-quick", "ours"):
+        with lone(tmp_path, impl, prefix="r26g") as ns:
+            ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
+            result = ns.up()
+            assert result.returncode == 0, result.stderr
+            shown[impl] = firewall_rules(ns.ns, ns.name)
+            assert ns.down().returncode == 0
+            shown[f"{impl} down"] = firewall_rules(ns.ns, ns.name)
+    assert "10.79.9.1" in shown["wg-quick"] and "fd79:9::1" in shown["wg-quick"]
+    assert "NAME" in shown["wg-quick"] and "ca6c" in shown["wg-quick"]  # the mark, 51820
+    assert shown["ours"] == shown["wg-quick"]
+    assert "NAME" not in shown["wg-quick down"] and "wg-quick" not in shown["wg-quick down"]
+    assert shown["ours down"] == shown["wg-quick down"]
+
+
+@IMPLS
+def test_failed_up_with_a_default_route_leaves_no_firewall_rules(tmp_path, impl):
+    """wg-quick's cmd_up tears down on an error (its trap runs del_if, whose
+    remove_firewall takes what add_default added): here a PostUp that fails."""
+    need_firewall_tool()
+    with lone(tmp_path, impl, prefix="r26g") as ns:
+        ns.write("Address = 10.79.9.1/24, fd79:9::1/64\nPostUp = false\n",
+                 "AllowedIPs = 0.0.0.0/0, ::/0\n")  # fmt: skip
+        result = ns.up()
+        assert result.returncode != 0
+        assert run("ip", "-n", ns.ns, "link", "show", ns.name, check=False).returncode != 0
+        assert "wg-quick" not in firewall_rules(ns.ns, ns.name)
+        assert "fwmark" not in run("ip", "-n", ns.ns, "rule").stdout
+
+
+@IMPLS
+def test_default_route_without_a_firewall_tool_fails_up(tmp_path, impl):
+    """With neither nft nor iptables-restore, wg-quick's add_default fails
+    (bash: command not found, status 127) and up tears down: no interface,
+    no policy rules. Ours came up without the firewall rules (and took the
+    IPv4 routes first, so it would have named iptables-restore)."""
+    with lone(tmp_path, impl, prefix="r26g") as ns:
+        bare = tmp_path / "bin"  # the PATH, without the firewall tools
+        bare.mkdir()
+        for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"]:
+            with contextlib.suppress(OSError):
+                for entry in os.listdir(directory):
+                    if re.match(r"(ip6?tables|nft$|xtables)", entry) or (bare / entry).exists():
+                        continue
+                    (bare / entry).symlink_to(os.path.join(directory, entry))
+        ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
+        result = ns.up(path=str(bare))
+        assert result.returncode != 0, result.stderr
+        # The first it needs: wg-quick's routes go in `sort -nr -k 2 -t /`
+        # order (longest prefix first; of equals, the greater text), so
+        # ::/0 before 0.0.0.0/0.
+        assert "ip6tables-restore" in result.stderr, result.stderr
+        assert run("ip", "-n", ns.ns, "link", "show", ns.name, check=False).returncode != 0
+        assert "fwmark" not in run("ip", "-n", ns.ns, "rule").stdout
+        if impl == "ours":
+            assert result.returncode == 1
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@IMPLS
+def test_mtu_is_set_after_the_addresses(tmp_path, impl):
+    """wg-quick's cmd_up adds the addresses, then set_mtu_up: with MTU = 1200
+    the IPv6 address goes on first and the MTU then takes IPv6 off the link
+    (the kernel keeps none below 1280), so up succeeds with the IPv4 address
+    alone, and a route to an IPv6 AllowedIPs then fails up. Ours set the MTU
+    first: the kernel refused the IPv6 address and up failed either way."""
+    with lone(tmp_path, impl, prefix="r26g") as ns:
+        interface = "Address = 10.79.9.1/24, fd79:9::1/64\nMTU = 1200\n"
+        ns.write(interface, "AllowedIPs = 10.80.0.0/16\n")
+        result = ns.up()
+        assert result.returncode == 0, result.stderr
+        assert ns.mtu() == 1200
+        shown = run("ip", "-n", ns.ns, "addr", "show", ns.name).stdout
+        assert "inet 10.79.9.1/24" in shown and "inet6" not in shown, shown
+        assert "10.80.0.0/16" in run("ip", "-n", ns.ns, "route").stdout
+        assert ns.down().returncode == 0
+        ns.write(interface, "AllowedIPs = 10.80.0.0/16, fd79:80::/64\n")
+        result = ns.up()
+        assert result.returncode != 0
+        assert run("ip", "-n", ns.ns, "link", "show", ns.name, check=False).returncode != 0
+        if impl == "ours":
+            assert result.returncode == 1
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_default_route_goes_into_its_table_after_the_rules(tmp_path):
+    """Current wg-quick's add_default adds the two rules, then the default
+    route to their table (wireguard-tools 71799a8, "prevent traffic from
+    momentarily leaking into tunnel": the table must stay empty until the
+    suppress_prefixlength rule is in). Ours added the route first, as
+    Debian's wg-quick (which predates it) does; so only ours here."""
+    with lone(tmp_path, "ours", prefix="r26g") as ns:
+        monitor = subprocess.Popen(["ip", "-n", ns.ns, "monitor", "rule", "route"],
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            # Listening once it reports a change made after it started.
+            assert monitor.stdout is not None
+            ns.sh("ip rule add priority 5000 lookup main")
+            while "5000" not in monitor.stdout.readline():
+                pass
+            ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
+            result = ns.up()
+            assert result.returncode == 0, result.stderr
+            ns.sh("ip rule del priority 5000")
+            seen = []
+            while "5000" not in (line := monitor.stdout.readline()):
+                seen.append(line)
+        finally:
+            monitor.kill()
+            monitor.wait()
+        # Per family (::/0 first): the two rules, then the route to their table.
+        kinds = ["route" if e.startswith("default") else "rule" for e in seen
+                 if "51820" in e or "suppress_prefixlength" in e]  # fmt: skip
+        assert kinds == ["rule", "rule", "route"] * 2, seen

@@ -7,8 +7,9 @@ the peers' endpoints less 80, as wg-quick chooses it), the
 ``Address`` entries, link up, and a route for every peer's ``AllowedIPs``
 (through pyroute2, in the caller's network namespace). A default route
 (``0.0.0.0/0`` or ``::/0``) gets wg-quick's policy routing: its own table, a
-rule sending everything not carrying our firewall mark there, and the UDP
-socket marked so the tunnel's own datagrams still take the main table.
+rule sending everything not carrying our firewall mark there, the UDP
+socket marked so the tunnel's own datagrams still take the main table, and
+wg-quick's firewall rules (by ``nft``, else ``iptables-restore``).
 
 :class:`TunPump` moves packets between the TUN file descriptor and a
 :class:`~wireguard.io.tunnel.Tunnel`: on each wake-up it reads the TUN until
@@ -55,8 +56,10 @@ import logging
 import operator
 import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -145,6 +148,9 @@ TUN_TXQUEUELEN = 5000
 
 # wg-quick's choice: the table and the firewall mark are both 51820 unless taken.
 POLICY_TABLE = 51820
+# wg-quick's add_default: the comment on its iptables rules, its nft table.
+FIREWALL_MARKER = '-m comment --comment "wg-quick(8) rule for {name}"'
+FIREWALL_TABLE = "wg-quick-{name}"
 
 _NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
@@ -1294,28 +1300,32 @@ def _netns_identity(fd: int | None) -> tuple[int, int]:
 @dataclass
 class NetlinkConfig:
     """What :func:`configure` set up beyond the interface itself, so that
-    :meth:`undo` can take it down (routes and addresses go with the link)."""
+    :meth:`undo` can take it down (routes and addresses go with the link):
+    policy rules, and whether wg-quick's firewall rules were added."""
 
     name: str
     index: int
     fwmark: int = 0
     table: int | None = None
     rules: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
+    firewall: bool = False
 
     def undo(self) -> int:
-        """Delete the rules (routes and addresses went with the link); how
-        many were still there to delete."""
-        if not self.rules:
-            return 0
-        from pyroute2 import IPRoute
-
+        """Delete the rules (routes and addresses went with the link) and
+        the firewall rules; how many policy rules were still there to delete."""
         removed = 0
-        with IPRoute() as ipr:
-            for rule in reversed(self.rules):
-                with contextlib.suppress(Exception):
-                    ipr.rule("del", **rule)
-                    removed += 1
-        self.rules.clear()
+        if self.rules:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                for rule in reversed(self.rules):
+                    with contextlib.suppress(Exception):
+                        ipr.rule("del", **rule)
+                        removed += 1
+            self.rules.clear()
+        if self.firewall:
+            remove_firewall(self.name)
+            self.firewall = False
         return removed
 
 
@@ -1386,8 +1396,9 @@ def configure(
     set_fwmark: Callable[[int], None] | None = None,
     endpoints: Sequence[str] = (),
 ) -> NetlinkConfig:
-    """Set MTU, addresses, link up and routes for *config* on *tun*, as
-    wg-quick's ``add_if``/``set_mtu_up``/``add_addr``/``add_route`` do.
+    """Set addresses, MTU, link up and routes for *config* on *tun*, as
+    wg-quick's ``add_addr``/``set_mtu_up``/``add_route`` do, in that order
+    (an MTU below 1280 takes IPv6, and an IPv6 address, off the link).
 
     Without ``MTU =`` (or *mtu*) the MTU is wg-quick's: that of the route to
     each of the peers' *endpoints* (IP addresses; the route's own MTU, else
@@ -1395,7 +1406,7 @@ def configure(
     ``Table = off`` adds no routes; ``Table = N`` (a number or a name from
     rt_tables) puts them in table N; by default a route to 0.0.0.0/0 or ::/0
     gets wg-quick's policy routing, for which *set_fwmark* is called to mark
-    the tunnel's UDP socket."""
+    the tunnel's UDP socket, and its firewall rules."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -1417,7 +1428,6 @@ def configure(
         index = found[0]
         result = NetlinkConfig(tun.name, index)
         try:
-            ipr.link("set", index=index, mtu=mtu or _auto_mtu(ipr, endpoints))
             for address in iface.addresses:
                 try:
                     ipr.addr(
@@ -1429,14 +1439,18 @@ def configure(
                 except NetlinkError as exc:
                     if exc.code != errno.EEXIST:
                         raise
-            ipr.link("set", index=index, state="up")
+            # wg-quick's cmd_up: the addresses, then `ip link set mtu N up`.
+            ipr.link("set", index=index, mtu=mtu or _auto_mtu(ipr, endpoints), state="up")
             if table_setting == "off":
                 return result
+            # In wg-quick's order, `sort -nr -k 2 -t /` of `wg show
+            # allowed-ips`: the longest prefix first, of equal ones the
+            # greater text (so ::/0 before 0.0.0.0/0).
             networks = sorted(
                 {n for peer in config.peers for n in peer.allowed_ips},
-                key=lambda n: (n.version, -n.prefixlen, int(n.network_address)),
+                key=lambda n: (n.prefixlen, str(n)),
+                reverse=True,
             )
-            # Most specific first, as wg-quick sorts them.
             for network in networks:
                 if table_setting == "auto" and _is_default(network):
                     _default_route(ipr, result, network, set_fwmark, config.interface.fwmark)
@@ -1511,7 +1525,8 @@ def _auto_mtu(ipr, endpoints: Sequence[str]) -> int:  # type: ignore[no-untyped-
 def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> None:  # type: ignore[no-untyped-def]
     """wg-quick's ``add_default``: a table and a mark (51820 unless set),
     everything without the mark looks up that table, and the main table is
-    consulted first for anything but its default route."""
+    consulted first for anything but its default route; then its firewall
+    rules (:func:`_add_firewall`)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     if result.table is None:
@@ -1526,7 +1541,6 @@ def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> N
             set_fwmark(table)
     table = result.table
     fam = socket.AF_INET if network.version == 4 else socket.AF_INET6
-    ipr.route("add", dst=str(network), oif=result.index, table=table)
     # No priority, as wg-quick's `ip rule add`: the kernel puts each just
     # before the first rule after the local table's (fib_default_rule_pref),
     # so before any rule another tool added; a delete without one matches any.
@@ -1543,13 +1557,125 @@ def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> N
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
+    # The route after the rules, as current wg-quick (wireguard-tools 71799a8,
+    # "prevent traffic from momentarily leaking into tunnel"; Debian's
+    # v1.0.20210914 adds it first): the table stays empty until the
+    # suppress_prefixlength rule is in.
+    ipr.route("add", dst=str(network), oif=result.index, table=table)
     if network.version == 4:
-        # As wg-quick: let the mark take part in reverse-path filtering.
+        # As wg-quick: let the mark take part in reverse-path filtering (set
+        # only if it is not 1 yet, as current wg-quick since wireguard-tools
+        # ac74ed6; Debian's v1.0.20210914 sets it every time).
         path = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
         with contextlib.suppress(OSError), open(path, "r+") as f:
             if f.read().strip() != "1":
                 f.seek(0)
                 f.write("1")
+    _add_firewall(ipr, result, network.version, table)
+
+
+def _add_firewall(ipr, result: NetlinkConfig, version: int, mark: int) -> None:  # type: ignore[no-untyped-def]
+    """The rest of wg-quick's ``add_default`` (wireguard-tools
+    src/wg-quick/linux.bash), for one family: for each address the interface
+    has now, drop packets to it that come in on another interface from a
+    source that is not local (raw PREROUTING); and the mark of UDP saved to
+    its connection (mangle POSTROUTING) and restored from it (mangle
+    PREROUTING). By ``nft -f`` (a table ``wg-quick-NAME`` of family ip or
+    ip6) if nft is installed, else by ``iptables-restore -n`` (or
+    ip6tables-restore), each rule commented ``wg-quick(8) rule for NAME``;
+    with neither, wg-quick's command fails and so does ``up``."""
+    name = result.name
+    pf, iptables = ("ip", "iptables") if version == 4 else ("ip6", "ip6tables")
+    nftable = FIREWALL_TABLE.format(name=name)
+    marker = FIREWALL_MARKER.format(name=name)
+    nft = [f"add table {pf} {nftable}"] + [
+        f"add chain {pf} {nftable} {chain} {{ type filter hook {hook} priority {priority}; }}"
+        for chain, hook, priority in (("preraw", "prerouting", -300),
+                                      ("premangle", "prerouting", -150),
+                                      ("postmangle", "postrouting", -150))
+    ]  # fmt: skip
+    restore = ["*raw"]
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    # `ip -o -4|-6 addr show dev NAME`: every address, link-local too.
+    for message in ipr.get_addr(family=family, index=result.index):
+        address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
+        if not address:
+            continue
+        restore.append(f"-I PREROUTING ! -i {name} -d {address} -m addrtype "
+                       f"! --src-type LOCAL -j DROP {marker}")  # fmt: skip
+        nft.append(f'add rule {pf} {nftable} preraw iifname != "{name}" {pf} daddr {address} '
+                   "fib saddr type != local drop")  # fmt: skip
+    restore += [
+        "COMMIT",
+        "*mangle",
+        f"-I POSTROUTING -m mark --mark {mark} -p udp -j CONNMARK --save-mark {marker}",
+        f"-I PREROUTING -p udp -j CONNMARK --restore-mark {marker}",
+        "COMMIT",
+    ]
+    nft += [
+        f"add rule {pf} {nftable} postmangle meta l4proto udp mark {mark} ct mark set mark",
+        f"add rule {pf} {nftable} premangle meta l4proto udp meta mark set ct mark",
+    ]
+    if shutil.which("nft") is not None:
+        argv, text = ["nft", "-f", "/dev/stdin"], nft
+    elif shutil.which(f"{iptables}-restore") is not None:
+        argv, text = [f"{iptables}-restore", "-n"], restore
+    else:
+        raise TunError(
+            f"the firewall rules of a default route need nft or {iptables}-restore: "
+            "neither is installed"
+        )
+    result.firewall = True  # from now on (a failed restore may have done part)
+    log.info("[#] %s", " ".join(argv))
+    _run_firewall(argv, "".join(line + "\n" for line in text))
+
+
+def _run_firewall(argv: list[str], text: str = "", *, check: bool = True) -> str:
+    """Run a firewall tool with *text* on its standard input; its output.
+    A failure is a :class:`TunError` with its first line of error (or, with
+    *check* false, logged)."""
+    try:
+        done = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+    else:
+        if done.returncode == 0:
+            return done.stdout
+        lines = done.stderr.strip().splitlines()
+        why = lines[0] if lines else f"exit status {done.returncode}"
+    if check:
+        raise TunError(f"{argv[0]}: {why}")
+    log.warning("%s: %s", argv[0], why)
+    return ""
+
+
+def remove_firewall(name: str) -> None:
+    """wg-quick's ``remove_firewall``: delete the nft tables ``wg-quick-NAME``
+    (if nft is installed) and every iptables and ip6tables rule commented
+    ``wg-quick(8) rule for NAME`` (if iptables is), whoever added them, as
+    ``wg-quick down`` does."""
+    if shutil.which("nft") is not None:
+        listed = _run_firewall(["nft", "list", "tables"], check=False)
+        suffix = " " + FIREWALL_TABLE.format(name=name)
+        doomed = [f"delete {t}\n" for t in listed.splitlines() if t.endswith(suffix)]
+        if doomed:
+            _run_firewall(["nft", "-f", "/dev/stdin"], "".join(doomed), check=False)
+    if shutil.which("iptables") is None:
+        return
+    marker = FIREWALL_MARKER.format(name=name)
+    for iptables in ("iptables", "ip6tables"):
+        if shutil.which(f"{iptables}-save") is None:
+            continue
+        restore, found = [], False
+        for line in _run_firewall([f"{iptables}-save"], check=False).splitlines():
+            if line.startswith("-A ") and marker in line[3:]:
+                found = True
+                restore.append("-D" + line[2:])
+            elif line.startswith("*") or line == "COMMIT":
+                restore.append(line)
+        if found:
+            _run_firewall([f"{iptables}-restore", "-n"], "".join(x + "\n" for x in restore),
+                          check=False)  # fmt: skip
 
 
 def _table_in_use(ipr, table: int) -> bool:  # type: ignore[no-untyped-def]

@@ -15,16 +15,25 @@ control socket, the link followed through netlink) with the rest of what
 wg-quick does around it: the configuration, addresses, routes, policy rules
 and hooks. It owns everything it made: the TUN interface
 (closing it removes the interface with its addresses and routes), the policy
-rules of a default route, the UDP socket, the control socket and the pid file
+rules and firewall rules of a default route, the UDP socket, the control socket and the pid file
 ``/var/run/wireguard/NAME.pid`` (pid and start time, so a reused pid is never
 mistaken for it). SIGTERM or SIGINT shuts it down cleanly.
 
 ``down`` finds the process by the pid file (or, failing that, by the peer
 credentials of the control socket), sends SIGTERM, waits for it to go, and
 removes whatever a killed process left behind: the socket and pid files, and
-the policy rules of a default route, which the service notes in
-``/var/run/wireguard/NAME.rules`` (removed only from the network namespace
-they were added in).
+the policy rules and firewall rules of a default route, which the service
+notes in ``/var/run/wireguard/NAME.rules`` (removed only from the network
+namespace they were added in).
+
+The firewall rules are wg-quick's (its ``add_default``): for each address
+of the interface, a drop of packets to it arriving on another interface from
+a source that is not local, and the connection mark saved and restored for
+UDP; as an nft table ``wg-quick-NAME`` if ``nft`` is installed, else by
+``iptables-restore`` with the comment ``wg-quick(8) rule for NAME``. With
+neither, ``up`` of a default route fails, as wg-quick's does. Taking them
+down removes, as wg-quick's ``remove_firewall``, every such table and rule
+of that name.
 
 PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
 with ``%i`` replaced by the interface name, by bash with errexit and pipefail
@@ -94,8 +103,9 @@ def log_path(name: str) -> str:
 
 
 def rules_path(name: str) -> str:
-    """Where a running service notes the policy rules it added (a default
-    route), so that ``down`` can remove them if the service was killed."""
+    """Where a running service notes the policy rules (and whether the
+    firewall rules) it added for a default route, so that ``down`` can
+    remove them if the service was killed."""
     return os.path.join(SOCKET_DIRECTORY, f"{name}.rules")
 
 
@@ -497,8 +507,8 @@ class Service:
             netlink = await asyncio.to_thread(
                 configure, engine.tun, config, set_fwmark=set_fwmark, endpoints=endpoints
             )
-            if netlink.rules:
-                self._write_rules(netlink.rules)
+            if netlink.rules or netlink.firewall:
+                self._write_rules(netlink.rules, netlink.firewall)
             # The link is up now; the engine opens the UDP socket when it hears
             # of it, or here, where a port in use is an error of `up`.
             try:
@@ -595,8 +605,8 @@ class Service:
                     raise UpError(message)
                 log.error("%s", message)
 
-    def _write_rules(self, rules: list[dict[str, Any]]) -> None:
-        noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules}
+    def _write_rules(self, rules: list[dict[str, Any]], firewall: bool) -> None:
+        noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules, "firewall": firewall}
         _write_run_file(rules_path(self.name), json.dumps(noted))
 
     def _write_pid_file(self) -> None:
@@ -677,7 +687,7 @@ def _children(pid: int) -> list[int]:
 
 def _remove_leftovers(name: str) -> list[str]:
     """What a dead process left: its socket file, pid file and the policy
-    rules of a default route. The TUN interface, its addresses and routes
+    and firewall rules of a default route. The TUN interface, its addresses and routes
     went with its file descriptor."""
     removed = _remove_stale_rules(name)
     sock = socket_path(name)
@@ -694,8 +704,8 @@ def _remove_leftovers(name: str) -> list[str]:
 
 
 def _remove_stale_rules(name: str) -> list[str]:
-    """The policy rules a killed service noted (see :func:`rules_path`),
-    removed if we are in the namespace they were added in."""
+    """The policy and firewall rules a killed service noted (see
+    :func:`rules_path`), removed if we are in the namespace they were added in."""
     path = rules_path(name)
     try:
         with open(path) as f:
@@ -706,7 +716,7 @@ def _remove_stale_rules(name: str) -> list[str]:
         return []  # still running
     if noted.get("netns") != _netns_id():
         log.warning(
-            "[#] %s: its policy rules are in another network namespace; "
+            "[#] %s: its policy and firewall rules are in another network namespace; "
             "run down there to remove them",
             name,
         )
@@ -714,9 +724,11 @@ def _remove_stale_rules(name: str) -> list[str]:
     try:
         from .tun import NetlinkConfig
 
-        count = NetlinkConfig(name, 0, rules=list(noted.get("rules", []))).undo()
+        firewall = bool(noted.get("firewall"))
+        count = NetlinkConfig(name, 0, rules=list(noted.get("rules", [])), firewall=firewall).undo()
     except ImportError:  # no pyroute2
         return []
     with contextlib.suppress(OSError):
         os.unlink(path)
-    return [f"{count} policy rule(s)"] if count else []
+    removed = [f"{count} policy rule(s)"] if count else []
+    return [*removed, "its firewall rules"] if firewall else removed
