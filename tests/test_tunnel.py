@@ -522,3 +522,32 @@ def test_routing_table_numbers_are_read_as_ip_reads_them() -> None:
     for bad in ("0518", "4294967296", "0x", "ten"):
         with pytest.raises(TunError):
             routing_table(bad)
+
+
+def test_a_reader_cancelled_at_any_moment_loses_no_packet() -> None:
+    """A ``recv_packet()`` cancelled (``asyncio.wait_for`` timing out) just as
+    a packet arrives: asyncio.Queue.get's own guarantee holds, the packet is
+    either returned or still queued for the next reader, never lost."""
+
+    async def trial(spins: int) -> str:
+        tunnel = Tunnel(Device(PrivateKey.generate()), host="127.0.0.1", listen_port=0)
+        reader = asyncio.create_task(tunnel.recv_packet())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the reader waits
+        tunnel._packets.put_nowait(b"packet")  # as the tunnel queues one
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        reader.cancel()
+        try:
+            return f"got {await reader!r}"
+        except asyncio.CancelledError:
+            try:
+                return "queued" if await asyncio.wait_for(tunnel.recv_packet(), 1) else "?"
+            except TimeoutError:
+                return "lost"
+
+    async def main() -> list[str]:
+        return [await trial(spins) for spins in range(5)]
+
+    outcomes = asyncio.run(main())
+    assert all(o in ("queued", "got b'packet'") for o in outcomes), outcomes

@@ -245,7 +245,7 @@ class Tunnel(Lifecycle):
         self._sock = sock
         self.on_packet = on_packet
         self.on_event = on_event
-        self._packets: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self._packets: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: DeadlineTimer | None = None
         self._family = socket.AF_INET6
@@ -488,6 +488,8 @@ class Tunnel(Lifecycle):
                 log.info("peer %s: %d more endpoint changes not logged", peer, unlogged)
         self._endpoint_logged.clear()
         self._closed.set()
+        with contextlib.suppress(asyncio.QueueFull):  # full: no reader is waiting
+            self._packets.put_nowait(None)  # wakes a reader waiting: the end
 
     def receive_buffer_drops(self) -> int | None:
         """Datagrams the kernel dropped because this socket's receive buffer
@@ -551,21 +553,16 @@ class Tunnel(Lifecycle):
         :class:`EOFError` once the tunnel is closed and none is left (as
         :meth:`EventStream.get` does), also in a reader waiting then."""
         packets = self._packets
-        if not packets.empty():
-            return packets.get_nowait()
-        if self._closed.is_set():
+        if packets.empty() and self._closed.is_set():
             raise EOFError("the tunnel is closed")
-        get = asyncio.ensure_future(packets.get())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait((get, closed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            if not get.done():
-                get.cancel()  # (a packet it was about to take stays queued)
-        if get.done():
-            return get.result()
-        raise EOFError("the tunnel is closed")
+        # Awaited directly: a reader cancelled while waiting leaves the queue
+        # as it was (Queue.get takes the packet only in the reader's own step).
+        packet = await packets.get()
+        if packet is None:  # close()'s mark: no packet will come
+            with contextlib.suppress(asyncio.QueueFull):
+                packets.put_nowait(None)  # for the next reader waiting
+            raise EOFError("the tunnel is closed")
+        return packet
 
     def initiate_handshake(self, peer) -> None:  # type: ignore[no-untyped-def]
         self.apply(self.device.initiate_handshake(peer, self.now))
