@@ -163,6 +163,19 @@ print(total, flush=True)
 """
 
 
+async def _kernel_echo_server(ns: Namespace, addr: str) -> asyncio.subprocess.Process:
+    """SERVER in the namespace, on port 9090, once it says it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        *ns.exec_args(sys.executable, "-c", SERVER, addr, "9090"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready"
+    return proc
+
+
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     while data := await reader.read(1 << 16):
         writer.write(data)
@@ -207,14 +220,7 @@ def test_kernel_client_to_stack_server(netns: Namespace, family: int, loss: floa
 def test_stack_client_to_kernel_server(netns: Namespace, family: int, loss: float) -> None:
     async def main() -> None:
         driver = _attach(_stack(), netns.fd, loss)
-        proc = await asyncio.create_subprocess_exec(
-            *netns.exec_args(sys.executable, "-c", SERVER, KERNEL_ADDR[family], "9090"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"ready"
+        proc = await _kernel_echo_server(netns, KERNEL_ADDR[family])
         reader, writer = await driver.open_connection(KERNEL_ADDR[family], 9090)
         data = random.Random(2).randbytes(SIZE)
 
@@ -282,5 +288,100 @@ def test_kernel_ping_and_udp(netns: Namespace) -> None:
         assert rtt < 1.0
         driver.close()
         asyncio.get_running_loop().remove_reader(netns.fd)
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------ path MTU discovery through a router
+
+ROUTED_SERVER = {4: "198.18.1.2", 6: "fd5e:2::2"}
+NARROW_MTU = {4: 1000, 6: 1280}  # of the router's onward hop to the server
+
+
+@pytest.fixture
+def routed() -> Iterator[Namespace]:
+    """The TUN in a router namespace whose route on to a server namespace
+    has a small MTU (locked, so forwarding honours it), while every link is
+    1420: the server advertises an MSS for 1420, and the router itself
+    sends the "fragmentation needed" / Packet Too Big for our segments."""
+    _require()
+    tag = uuid.uuid4().hex[:8]
+    router, server = f"r26h-rt-{os.getpid()}-{tag}", f"r26h-sv-{os.getpid()}-{tag}"
+    tun_name, veth_r, veth_s = f"r26ht{tag}", f"r26hr{tag[:6]}", f"r26hs{tag[:6]}"
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+    made: list[str] = []
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", tun_name.encode(), IFF_TUN | IFF_NO_PI))
+        for ns in (router, server):
+            _ip("netns", "add", ns)
+            made.append(ns)
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"],
+                capture_output=True,
+                timeout=30,
+            )
+            _ip("-n", ns, "link", "set", "lo", "up")
+        r, s = ["-n", router], ["-n", server]
+        _ip("link", "set", "dev", tun_name, "netns", router)
+        _ip(*r, "link", "set", tun_name, "mtu", "1420")
+        _ip(*r, "addr", "add", f"{KERNEL_ADDR[4]}/24", "dev", tun_name)
+        _ip(*r, "-6", "addr", "add", f"{KERNEL_ADDR[6]}/64", "dev", tun_name, "nodad")
+        _ip(*r, "link", "set", tun_name, "up")
+        _ip(*r, "link", "add", veth_r, "mtu", "1420", "type", "veth", "peer", "name", veth_s,
+            "mtu", "1420", "netns", server)  # fmt: skip
+        _ip(*r, "addr", "add", "198.18.1.1/24", "dev", veth_r)
+        _ip(*r, "-6", "addr", "add", "fd5e:2::1/64", "dev", veth_r, "nodad")
+        _ip(*r, "link", "set", veth_r, "up")
+        _ip(*s, "addr", "add", f"{ROUTED_SERVER[4]}/24", "dev", veth_s)
+        _ip(*s, "-6", "addr", "add", f"{ROUTED_SERVER[6]}/64", "dev", veth_s, "nodad")
+        _ip(*s, "link", "set", veth_s, "up")
+        _ip(*s, "route", "add", "default", "via", "198.18.1.1")
+        _ip(*s, "-6", "route", "add", "default", "via", "fd5e:2::1")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            subprocess.run(
+                ["ip", "netns", "exec", router, "sysctl", "-qw", key],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        _ip(*r, "route", "add", f"{ROUTED_SERVER[4]}/32", "dev", veth_r,
+            "mtu", "lock", str(NARROW_MTU[4]))  # fmt: skip
+        _ip(*r, "-6", "route", "add", f"{ROUTED_SERVER[6]}/128", "dev", veth_r,
+            "mtu", "lock", str(NARROW_MTU[6]))  # fmt: skip
+        yield Namespace(server, tun_name, fd)
+    finally:
+        os.close(fd)
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_path_mtu_discovery_through_a_kernel_router(routed: Namespace, family: int) -> None:
+    """Our full-size segments (DF set) do not fit the router's onward hop:
+    the kernel router answers "fragmentation needed" (RFC 1191) or Packet
+    Too Big (RFC 4443 3.2), the stack lowers its MSS and the transfer to the
+    kernel's echo server completes byte for byte instead of timing out."""
+
+    async def main() -> None:
+        stack = _stack()
+        driver = _attach(stack, routed.fd)
+        proc = await _kernel_echo_server(routed, ROUTED_SERVER[family])
+        reader, writer = await driver.open_connection(ROUTED_SERVER[family], 9090)
+        size = 1 << 20
+        data = random.Random(3).randbytes(size)
+        writer.write(data)
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(), 60)
+        assert len(echoed) == size
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(data).digest()
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert int(out.split()[-1]) == size
+        assert stack.stats.icmp_pmtu_reductions >= 1
+        narrow_mss = NARROW_MTU[family] - (40 if family == 4 else 60)
+        assert all(c.smss <= narrow_mss for c in stack.tcp_connections if c.remote_port == 9090)
+        writer.close()
+        driver.close()
+        asyncio.get_running_loop().remove_reader(routed.fd)
 
     asyncio.run(main())

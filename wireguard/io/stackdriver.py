@@ -31,6 +31,7 @@ import errno
 import ipaddress
 import itertools
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
@@ -49,6 +50,7 @@ from ..netstack import (
     TcpListener,
     TcpReadable,
     TcpWritable,
+    UdpError,
     UdpReadable,
     UdpSocket,
 )
@@ -204,6 +206,10 @@ class StackBinding(ABC):
         if (u := self._udp.get(ev.socket)) is not None:
             u._read_ready()
 
+    def _udp_error(self, ev: UdpError) -> None:
+        if (u := self._udp.get(ev.socket)) is not None:
+            u._error_received(ev.errno)
+
     def _echo_reply(self, ev: EchoReplyReceived) -> None:
         fut = self._pings.get((ev.src, ev.ident, ev.seq))
         if fut is not None and not fut.done():
@@ -219,6 +225,7 @@ class StackBinding(ABC):
         TcpClosed: _tcp_closed,
         TcpIncoming: _incoming,
         UdpReadable: _udp_readable,
+        UdpError: _udp_error,
         EchoReplyReceived: _echo_reply,
     }
 
@@ -371,6 +378,8 @@ class StackBinding(ABC):
             sock = self.stack.udp_bind(port, local)
         except LocalProtocolError as exc:
             raise self._bind_error(exc, local, port) from None
+        if remote_addr is not None:
+            sock.connect(remote_addr)  # its ICMP errors come to error_received
         protocol = protocol_factory()
         transport = _UdpTransport(self, sock, protocol, remote_addr)
         self._udp[sock] = transport
@@ -858,6 +867,12 @@ class _UdpTransport(asyncio.DatagramTransport):
 
     def abort(self) -> None:
         self.close()
+
+    def _error_received(self, err: int) -> None:
+        # As asyncio's own datagram transport: the socket's error, an OSError
+        # (ConnectionRefusedError for ECONNREFUSED), to error_received.
+        if not self._closing:
+            self._protocol.error_received(OSError(err, os.strerror(err)))
 
     def _read_ready(self) -> None:
         while not self._closing and (item := self._sock.recvfrom()) is not None:

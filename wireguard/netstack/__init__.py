@@ -31,6 +31,7 @@ from .tcp import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    IcmpConnectionError,
     TcpClosed,
     TcpConfig,
     TcpConnection,
@@ -42,7 +43,7 @@ from .tcp import (
     TcpState,
     TcpWritable,
 )
-from .udp import UdpReadable, UdpSocket
+from .udp import UdpError, UdpReadable, UdpSocket
 
 __all__ = [
     "ConnectionRefused",
@@ -50,6 +51,7 @@ __all__ = [
     "ConnectionTimedOut",
     "EchoReplyReceived",
     "Event",
+    "IcmpConnectionError",
     "LocalProtocolError",
     "MalformedPacketError",
     "NetStack",
@@ -66,6 +68,7 @@ __all__ = [
     "TcpReadable",
     "TcpState",
     "TcpWritable",
+    "UdpError",
     "UdpReadable",
     "UdpSocket",
 ]

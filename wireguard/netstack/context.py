@@ -63,7 +63,14 @@ class NetStackStats:
     udp_queue_overflows: int = 0  # datagrams dropped: the socket's receive queue was full
     udp_closed_unread: int = 0  # datagrams still queued when their socket closed
     icmp_echo_answered: int = 0
-    icmp_unhandled: int = 0  # ICMP messages other than echo request and reply: dropped
+    icmp_unhandled: int = 0  # ICMP messages nothing acts on (NDP, redirects, ...): dropped
+    # ICMP errors about no packet of ours (a quote that is not ours, of no
+    # socket, a sequence number outside SND.UNA..SND.NXT, RFC 5927), or that
+    # change nothing (an MTU not below the path's, a soft error for an
+    # unconnected UDP socket): dropped.
+    icmp_errors_ignored: int = 0
+    icmp_errors_reported: int = 0  # ICMP errors that ended a connect or reached a socket
+    icmp_pmtu_reductions: int = 0  # "fragmentation needed" / Packet Too Big acted on
     icmp_errors_rate_limited: int = 0  # ICMP errors not sent: over the rate limit
     icmp_echo_too_big: int = 0  # echo requests unanswered: the reply would exceed the MTU
     # RFC 8200 4.2/4.4: an option or routing header says discard; section 4: a
@@ -88,10 +95,12 @@ class Context:
         "addresses",
         "closed",
         "emit",
+        "learn_path_mtu",
         "mtu",
         "notify",
         "now",
         "opened",
+        "path_mtu",
         "random",
         "schedule",
         "stats",
@@ -114,6 +123,10 @@ class Context:
         self.schedule: Callable[[Any], None] = _unset
         self.opened: Callable[[Any], None] = _unset
         self.closed: Callable[[Any], None] = _unset
+        # The path MTU to a destination (the MTU if none was learned), and a
+        # lower one learned from a "fragmentation needed" or Packet Too Big.
+        self.path_mtu: Callable[[bytes], int] = lambda _dst: self.mtu
+        self.learn_path_mtu: Callable[[bytes, int], None] = _unset
 
     def source_address(self, dst: bytes) -> bytes:
         """Our address to send to *dst* from: the first of its family."""

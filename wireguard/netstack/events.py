@@ -6,9 +6,10 @@ reacts to each (wakes a reader, resumes a writer, accepts a connection).
 Each event is defined by the module of the socket that raises it:
 :class:`~.tcp.connection.TcpEstablished`, :class:`~.tcp.connection.TcpReadable`,
 :class:`~.tcp.connection.TcpWritable`, :class:`~.tcp.connection.TcpClosed`,
-:class:`~.tcp.listener.TcpIncoming` and :class:`~.udp.UdpReadable`; the
-stack's own is :class:`EchoReplyReceived`. All are importable from
-:mod:`wireguard.netstack`.
+:class:`~.tcp.listener.TcpIncoming`, :class:`~.udp.UdpReadable` and
+:class:`~.udp.UdpError` (an ICMP error for a connected UDP socket); the
+stack's own is :class:`EchoReplyReceived`. All but :class:`~.udp.UdpError`
+are importable from :mod:`wireguard.netstack` (it is in :mod:`~.udp`).
 
 Readiness events are edge triggered: :class:`~.tcp.connection.TcpReadable`
 comes when data or end-of-stream becomes available after the buffer was

@@ -1,15 +1,19 @@
 """ICMP (RFC 792) and ICMPv6 (RFC 4443): echo both ways, "port unreachable" and
-"parameter problem".
+"parameter problem", and what the errors others send about our packets mean.
 
 Only what a host behind a tunnel needs: answer pings to our own addresses, let
 the application ping through the tunnel, report a closed UDP port and an IPv6
-extension header that says so (RFC 8200 4.2, 4.4), at a limited rate. There is
-no link layer under WireGuard, so no ARP and no Neighbor Discovery: every other
-ICMPv6 message (router advertisements, MLD, NDP) is dropped.
+extension header that says so (RFC 8200 4.2, 4.4), at a limited rate. The
+errors that come back about our own packets are read by :func:`icmp_error`
+and :func:`parse_quote` (which socket, what errno, a path MTU) and acted on
+by the stack as Linux does. There is no link layer under WireGuard, so no ARP
+and no Neighbor Discovery: every other ICMPv6 message (router advertisements,
+MLD, NDP) is dropped.
 """
 
 from __future__ import annotations
 
+import errno
 import struct
 from typing import Final
 
@@ -34,6 +38,9 @@ __all__ = [
     "ICMP_ECHO_REQUEST",
     "ICMP_ERRORS_BURST",
     "ICMP_ERRORS_PER_SEC",
+    "IPV4_MIN_PMTU",
+    "IPV6_MIN_MTU",
+    "IcmpError",
     "IcmpErrorLimit",
     "IcmpMessage",
     "build_echo",
@@ -43,18 +50,25 @@ __all__ = [
     "build_protocol_unreachable",
     "echo_reply_for",
     "echo_reply_length",
+    "icmp_error",
     "is_single_host",
     "parse_icmp",
+    "parse_quote",
 ]
 
 ICMP_ECHO_REPLY: Final = 0
 ICMP_DEST_UNREACHABLE: Final = 3
 ICMP_PROTOCOL_UNREACHABLE: Final = 2  # code
 ICMP_PORT_UNREACHABLE: Final = 3  # code
+ICMP_FRAG_NEEDED: Final = 4  # code (RFC 1191 4: the next-hop MTU in the header)
 ICMP_ECHO_REQUEST: Final = 8
+ICMP_TIME_EXCEEDED: Final = 11
+ICMP_PARAMETER_PROBLEM: Final = 12
 
 ICMPV6_DEST_UNREACHABLE: Final = 1
 ICMPV6_PORT_UNREACHABLE: Final = 4  # code
+ICMPV6_PACKET_TOO_BIG: Final = 2
+ICMPV6_TIME_EXCEEDED: Final = 3
 ICMPV6_PARAM_PROBLEM: Final = 4
 ICMPV6_ECHO_REQUEST: Final = 128
 ICMPV6_ECHO_REPLY: Final = 129
@@ -257,3 +271,121 @@ def build_parameter_problem(
     """
     rest = pointer.to_bytes(4, "big")
     return build_icmp(dst, src, ICMPV6_PARAM_PROBLEM, code, rest, _quote(original))
+
+
+# ------------------------------------------------------------ errors about our packets
+
+# The least path MTUs a report can bring us to: IPv4's is Linux's ip_rt_min_pmtu
+# (net/ipv4/route.c: 512 + 20 + 20; a report below it, or the 0 of a router
+# older than RFC 1191, is taken as 552); IPv6's is the minimum link MTU (RFC
+# 8200 section 5), below which Linux's tcp_v6_err ignores a Packet Too Big.
+IPV4_MIN_PMTU: Final = 552
+IPV6_MIN_MTU: Final = 1280
+
+# Linux's icmp_err_convert (net/ipv4/icmp.c): the errno of each destination
+# unreachable code 0-15 (NR_ICMP_UNREACH), and whether it is "fatal", i.e.
+# reported to a connected UDP socket (__udp4_lib_err). Code 4 (fragmentation
+# needed) is the path MTU's, handled apart.
+_V4_UNREACH: Final = (
+    (errno.ENETUNREACH, False),  # net unreachable
+    (errno.EHOSTUNREACH, False),  # host unreachable
+    (errno.ENOPROTOOPT, True),  # protocol unreachable
+    (errno.ECONNREFUSED, True),  # port unreachable
+    (errno.EMSGSIZE, False),  # fragmentation needed and DF set
+    (errno.EOPNOTSUPP, False),  # source route failed
+    (errno.ENETUNREACH, True),  # destination network unknown
+    (errno.EHOSTDOWN, True),  # destination host unknown
+    (errno.ENONET, True),  # source host isolated
+    (errno.ENETUNREACH, True),  # network administratively prohibited
+    (errno.EHOSTUNREACH, True),  # host administratively prohibited
+    (errno.ENETUNREACH, False),  # network unreachable for TOS
+    (errno.EHOSTUNREACH, False),  # host unreachable for TOS
+    (errno.EHOSTUNREACH, True),  # communication administratively prohibited
+    (errno.EHOSTUNREACH, True),  # host precedence violation
+    (errno.EHOSTUNREACH, True),  # precedence cutoff in effect
+)
+# Linux's icmpv6_err_convert (net/ipv6/icmp.c), tab_unreach: codes 0-6.
+_V6_UNREACH: Final = (
+    (errno.ENETUNREACH, False),  # no route to destination
+    (errno.EACCES, True),  # administratively prohibited
+    (errno.EHOSTUNREACH, False),  # beyond the scope of the source address
+    (errno.EHOSTUNREACH, False),  # address unreachable
+    (errno.ECONNREFUSED, True),  # port unreachable
+    (errno.EACCES, True),  # source address failed ingress/egress policy
+    (errno.EACCES, True),  # reject route to destination
+)
+
+
+class IcmpError:
+    """What an ICMP or ICMPv6 error means for the socket whose packet it quotes.
+
+    *errno* is Linux's for it; *fatal* is whether Linux reports it to a
+    connected UDP socket (a "hard" error); *mtu* is the MTU a "fragmentation
+    needed" or Packet Too Big reports (None for the others); *abort_request*
+    whether it ends a half-open passive connection (Linux's tcp_req_err).
+    """
+
+    __slots__ = ("abort_request", "errno", "fatal", "mtu")
+
+    def __init__(
+        self, err: int, fatal: bool, mtu: int | None = None, abort_request: bool = False
+    ) -> None:
+        self.errno = err
+        self.fatal = fatal
+        self.mtu = mtu
+        self.abort_request = abort_request
+
+
+def icmp_error(version: int, msg: IcmpMessage) -> IcmpError | None:
+    """The error *msg* (an ICMP message of IP *version*) reports, or None if
+    it is not an error any socket acts on (Linux's tcp_v4_err and
+    __udp4_lib_err ignore source quench, redirects, unreachable codes above
+    15; there are no routes here for a redirect to change)."""
+    type_, code = msg.type, msg.code
+    if version == 4:
+        if type_ == ICMP_DEST_UNREACHABLE:
+            if code == ICMP_FRAG_NEEDED:
+                # RFC 1191 4: the next-hop MTU is the low 16 bits of the second word.
+                return IcmpError(errno.EMSGSIZE, True, msg.seq)
+            if code < len(_V4_UNREACH):
+                err, fatal = _V4_UNREACH[code]
+                return IcmpError(err, fatal, None, code <= 1)
+            return None
+        if type_ == ICMP_TIME_EXCEEDED:
+            return IcmpError(errno.EHOSTUNREACH, False, None, True)
+        if type_ == ICMP_PARAMETER_PROBLEM:
+            return IcmpError(errno.EPROTO, True, None, True)
+        return None
+    if type_ >= ICMPV6_ECHO_REQUEST:
+        return None  # informational (RFC 4443 2.1)
+    if type_ == ICMPV6_PACKET_TOO_BIG:
+        return IcmpError(errno.EMSGSIZE, True, (msg.ident << 16) | msg.seq)  # RFC 4443 3.2
+    if type_ == ICMPV6_DEST_UNREACHABLE:
+        err, fatal = _V6_UNREACH[code] if code < len(_V6_UNREACH) else (errno.EPROTO, True)
+    elif type_ == ICMPV6_TIME_EXCEEDED:
+        err, fatal = errno.EHOSTUNREACH, False
+    elif type_ == ICMPV6_PARAM_PROBLEM:
+        err, fatal = errno.EPROTO, True
+    else:
+        # RFC 4443 2.4(b): an error of unknown type goes to the upper layer.
+        err, fatal = errno.EPROTO, False
+    return IcmpError(err, fatal, None, fatal)
+
+
+def parse_quote(version: int, quote: bytes) -> tuple[bytes, bytes, int, bytes] | None:
+    """(source, destination, protocol, transport octets) of the packet an
+    ICMP error of IP *version* quotes, or None if the quote cannot be one of
+    ours: shorter than its IP header and 8 octets (the least RFC 792 and RFC
+    4443 2.4(c) quote; Linux needs as much), of the other version, a
+    fragment other than the first (none of ours), or with IPv6 extension
+    headers (we send none)."""
+    if version == 4:
+        if len(quote) < 28 or quote[0] >> 4 != 4:
+            return None
+        ihl = (quote[0] & 0x0F) << 2
+        if ihl < 20 or len(quote) < ihl + 8 or (quote[6] & 0x1F) | quote[7]:
+            return None
+        return quote[12:16], quote[16:20], quote[9], quote[ihl:]
+    if len(quote) < 48 or quote[0] >> 4 != 6:
+        return None
+    return quote[8:24], quote[24:40], quote[6], quote[40:]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -43,6 +44,7 @@ from .icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
     ICMPV6_ECHO_REQUEST,
+    IcmpError,
     IcmpErrorLimit,
     build_echo,
     build_parameter_problem,
@@ -50,8 +52,10 @@ from .icmp import (
     build_protocol_unreachable,
     echo_reply_for,
     echo_reply_length,
+    icmp_error,
     is_single_host,
     parse_icmp,
+    parse_quote,
 )
 from .ip import (
     PARAM_PROBLEM_NEXT_HEADER,
@@ -70,6 +74,19 @@ __all__ = ["NetStack", "NetStackStats", "RandomSource", "StackEffects"]
 
 # RFC 6335 section 6: the dynamic (ephemeral) port range.
 EPHEMERAL_PORTS: Final = (49152, 65535)
+
+# The path MTU cache: a lower path MTU learned for a destination (RFC 1191
+# 6.3, RFC 8201 4) is kept for new connections to it for PMTU_EXPIRES, Linux's
+# ip_rt_mtu_expires (10 minutes), after which the full MTU is tried again.
+# Only a TCP connection's validated "fragmentation needed" / Packet Too Big
+# fills it, so it names hosts we talk to; at most PMTU_CACHE_SIZE of them
+# (the oldest entry goes first), as Linux bounds its route exceptions.
+PMTU_EXPIRES: Final = 600.0
+PMTU_CACHE_SIZE: Final = 1024
+
+# What an ICMP error's quote must hold of the transport header: the ports
+# (TCP and UDP alike) and TCP's sequence number, its first 8 octets.
+_QUOTED_PORTS_SEQ: Final = struct.Struct("!HHI")
 
 AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -143,6 +160,9 @@ class NetStack:
         ctx.schedule = self._reschedule
         ctx.opened = self._opened
         ctx.closed = self._closed
+        self._pmtu: dict[bytes, tuple[int, float]] = {}  # dst -> (MTU, expiry)
+        ctx.path_mtu = self._path_mtu
+        ctx.learn_path_mtu = self._learn_path_mtu
 
         self._tcp: dict[tuple[bytes, int, bytes, int], TcpConnection] = {}
         self._tcp_listeners: dict[tuple[bytes | None, int], TcpListener] = {}
@@ -268,7 +288,12 @@ class NetStack:
                         EchoReplyReceived(addr_str(pkt.src), msg.ident, msg.seq, msg.body, now)
                     )
                 else:
-                    self.stats.icmp_unhandled += 1  # errors, NDP: nothing here acts on them
+                    error = icmp_error(pkt.version, msg)
+                    if error is None:
+                        self.stats.icmp_unhandled += 1  # NDP, redirects: nothing acts on them
+                    else:
+                        # Never answered (RFC 1122 3.2.2, RFC 4443 2.4(e.1)).
+                        self._icmp_error_arrives(pkt.version, error, msg.body, now)
             else:
                 self.stats.unknown_protocol += 1
                 if self._icmp_error_allowed(pkt.src, now):  # RFC 1122 3.2.2.1, RFC 8200 4
@@ -285,6 +310,53 @@ class NetStack:
             self._extension_header_discard(packet, discard, now)
         except NetstackError:
             self.stats.malformed += 1
+
+    def _icmp_error_arrives(self, version: int, error: IcmpError, quote: bytes, now: float) -> None:
+        """An ICMP error about a packet we sent (the start of which it
+        quotes): to its TCP connection or UDP socket, which acts on it as
+        Linux's tcp_v4_err / __udp4_lib_err (and their IPv6 twins) do.
+        Counted in ``icmp_errors_ignored`` unless acted on."""
+        stats = self.stats
+        quoted = parse_quote(version, quote)
+        if quoted is not None and quoted[0] in self._addr_set and len(quoted[3]) >= 8:
+            src, dst, proto, transport = quoted
+            sport, dport, seq = _QUOTED_PORTS_SEQ.unpack_from(transport)
+            if proto == IPPROTO_TCP:
+                conn = self._tcp.get((src, sport, dst, dport))
+                if conn is not None and conn.icmp_error(error, seq, now):
+                    self._arrived[conn] = None  # its deadline is filed after the batch
+                    if error.mtu is not None:
+                        stats.icmp_pmtu_reductions += 1
+                    else:
+                        stats.icmp_errors_reported += 1
+                    return
+            elif proto == IPPROTO_UDP:
+                sock = self._udp.get((src, sport)) or self._udp.get((None, sport))
+                if sock is not None and sock.icmp_error(error, dst, dport):
+                    stats.icmp_errors_reported += 1
+                    return
+        stats.icmp_errors_ignored += 1
+
+    def _path_mtu(self, dst: bytes) -> int:
+        entry = self._pmtu.get(dst)
+        if entry is None:
+            return self.mtu
+        if self._ctx.now >= entry[1]:
+            del self._pmtu[dst]  # expired: try the full MTU again (RFC 1191 6.3)
+            return self.mtu
+        return entry[0]
+
+    def _learn_path_mtu(self, dst: bytes, mtu: int) -> None:
+        cache = self._pmtu
+        cache.pop(dst, None)
+        if len(cache) >= PMTU_CACHE_SIZE:
+            del cache[next(iter(cache))]  # the oldest
+        cache[dst] = (mtu, self._ctx.now + PMTU_EXPIRES)
+
+    @property
+    def path_mtu_entries(self) -> int:
+        """Destinations the path MTU cache holds (at most PMTU_CACHE_SIZE)."""
+        return len(self._pmtu)
 
     def _extension_header_discard(
         self, packet: bytes, discard: ExtensionHeaderDiscard, now: float

@@ -11,6 +11,7 @@ from ..errors import LocalProtocolError
 from ..ipheader import IPPROTO_UDP
 from .context import Context
 from .events import Event
+from .icmp import IcmpError
 from .ip import (
     IPPacket,
     MalformedPacketError,
@@ -22,7 +23,7 @@ from .ip import (
     verify_checksum,
 )
 
-__all__ = ["UdpReadable", "UdpSocket", "build_udp", "parse_udp"]
+__all__ = ["UdpError", "UdpReadable", "UdpSocket", "build_udp", "parse_udp"]
 
 _HDR = struct.Struct("!HHHH")
 
@@ -68,6 +69,16 @@ class UdpReadable(Event):
     socket: UdpSocket
 
 
+@dataclass(slots=True)
+class UdpError(Event):
+    """An ICMP error about a datagram this connected socket sent to its peer
+    (Linux sets sk_err for it: ``errno`` ECONNREFUSED for port unreachable,
+    ...), as asyncio reports it to a connected endpoint's ``error_received``."""
+
+    socket: UdpSocket
+    errno: int
+
+
 class UdpSocket:
     """A UDP port bound on the stack: ``sendto`` and ``recvfrom``, never blocking.
 
@@ -84,6 +95,7 @@ class UdpSocket:
         self._queue_limit = queue_limit
         self.dropped = 0
         self.closed = False
+        self.peer: tuple[bytes, int] | None = None  # set by connect()
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -111,6 +123,16 @@ class UdpSocket:
             raise LocalProtocolError(f"datagram of {len(data)} bytes exceeds the MTU of {mtu}")
         self._ctx.emit(build_udp(src, dst, self.port, port, bytes(data)))
         return len(data)
+
+    def connect(self, address: tuple[str, int]) -> None:
+        """Name the socket's one peer, as ``connect()`` on a kernel UDP socket
+        does for its errors: hard ICMP errors about datagrams to *address*
+        come as :class:`UdpError` events (an unconnected socket hears none,
+        as in Linux without IP_RECVERR). Sending and receiving are unchanged."""
+        dst = addr_bytes(address[0])
+        if not 0 < address[1] < 65536:
+            raise LocalProtocolError(f"invalid port {address[1]}")
+        self.peer = (dst, address[1])
 
     def recvfrom(self) -> tuple[bytes, tuple[str, int]] | None:
         """The oldest received datagram and its sender, or None if there is none."""
@@ -142,3 +164,13 @@ class UdpSocket:
         self._queue.append((data, (addr_str(src), sport)))
         if was_empty:
             self._ctx.notify(UdpReadable(self))
+
+    def icmp_error(self, error: IcmpError, dst: bytes, dport: int) -> bool:
+        """An ICMP error quoting a datagram of ours to *dst*:*dport* came (the
+        stack's side). Linux's __udp4_lib_err / __udp6_lib_err: only a hard
+        error, and only to a connected socket whose peer it names. True if
+        it was reported."""
+        if self.closed or not error.fatal or self.peer != (dst, dport):
+            return False
+        self._ctx.notify(UdpError(self, error.errno))
+        return True

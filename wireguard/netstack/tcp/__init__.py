@@ -6,6 +6,7 @@ from .connection import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    IcmpConnectionError,
     TcpClosed,
     TcpConnection,
     TcpConnectionError,
@@ -19,7 +20,8 @@ from .segment import ACK, FIN, PSH, RST, SYN, URG, SegmentBuilder, TcpSegment, p
 
 __all__ = [
     "ACK", "FIN", "PSH", "RST", "SYN", "URG",
-    "ConnectionRefused", "ConnectionReset", "ConnectionTimedOut", "SegmentBuilder",
+    "ConnectionRefused", "ConnectionReset", "ConnectionTimedOut", "IcmpConnectionError",
+    "SegmentBuilder",
     "TcpClosed", "TcpConfig", "TcpConnection", "TcpConnectionError", "TcpEstablished",
     "TcpIncoming", "TcpListener", "TcpReadable", "TcpSegment", "TcpState", "TcpWritable",
     "parse_tcp",

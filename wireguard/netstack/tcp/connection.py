@@ -37,6 +37,12 @@ What is implemented, with the section that asks for it:
   tcp_syncookies=1), so a flood of spoofed SYNs does not lock clients out.
 * RST generation and validation (3.10.7 and RFC 5961: exact-match RST, challenge
   ACK for in-window RST and for SYN in a synchronized state, ACK range check).
+* ICMP errors about our segments, as Linux's tcp_v4_err / tcp_v6_err: only
+  for a quoted sequence number within SND.UNA..SND.NXT (RFC 5927 4.1); path
+  MTU discovery (RFC 1191, RFC 8201), the send MSS lowered and the flight
+  retransmitted at once without a window cut (tcp_simple_retransmit); hard
+  errors end a connect, soft ones are remembered and reported if the
+  connection then times out (RFC 1122 4.2.3.9).
 * TIME-WAIT of 2*MSL, FIN-WAIT-2 timeout for connections the application closed
   (as Linux's tcp_fin_timeout), abort after too many retransmissions (3.8.3).
 
@@ -58,12 +64,14 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from ...errors import LocalProtocolError, RemoteProtocolError
 from ..context import Context
 from ..events import Event
+from ..icmp import IPV4_MIN_PMTU, IPV6_MIN_MTU, IcmpError
 from ..ip import addr_str
 from .config import TcpConfig
 from .congestion import Reno
@@ -92,6 +100,7 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionReset",
     "ConnectionTimedOut",
+    "IcmpConnectionError",
     "TcpClosed",
     "TcpConnection",
     "TcpConnectionError",
@@ -164,6 +173,17 @@ class ConnectionRefused(TcpConnectionError, ConnectionRefusedError):
 
 class ConnectionTimedOut(TcpConnectionError, TimeoutError):
     """Too many retransmissions without an acknowledgment (``errno`` ETIMEDOUT)."""
+
+
+class IcmpConnectionError(TcpConnectionError, OSError):
+    """An ICMP error ended the connect, or was the last word before a timeout
+    (``errno`` as Linux's: EHOSTUNREACH, ENETUNREACH, EACCES, EPROTO, ...)."""
+
+
+def _icmp_exception(err: int) -> TcpConnectionError:
+    if err == errno.ECONNREFUSED:
+        return ConnectionRefused(err, "connection refused")
+    return IcmpConnectionError(err, os.strerror(err))
 
 
 # ------------------------------------------------------------------- events
@@ -252,9 +272,15 @@ class TcpConnection:
         # RFC 9293 3.7.1: MMS_S is the MTU less IP header; our MSS option advertises
         # the largest segment we accept, the MTU less the IP and TCP headers.
         self.rmss = mss_for_mtu(ctx.mtu, v4)
-        self.smss = min(DEFAULT_MSS_V4 if v4 else DEFAULT_MSS_V6, self.rmss)
+        # The path MTU (RFC 1191, RFC 8201): the MTU, or less if the stack
+        # learned less for this destination; it bounds the send MSS.
+        self.pmtu = ctx.path_mtu(remote_addr)
+        self.smss = min(DEFAULT_MSS_V4 if v4 else DEFAULT_MSS_V6, self._path_mss())
         self.state = _CLOSED
         self.error: Exception | None = None
+        # An ICMP error that did not end the connection (Linux's sk_err_soft):
+        # the error it ends with if it then times out; an ACK clears it.
+        self._soft_error: int | None = None
 
         self._cc = Reno(0)  # congestion control, RFC 5681 / RFC 6582
         self._set_iss(int.from_bytes(ctx.random(4), "big"))
@@ -534,12 +560,12 @@ class TcpConnection:
         self.rcv_nxt = irs + 1
         self.rcv_adv = irs + 1 + wnd
         self.snd_wl1 = irs
-        self.smss = min(mss, self.rmss)
+        self.smss = min(mss, self._path_mss())
         self.state = _SYN_RECEIVED
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss is not None and seg.mss > 0:
-            self.smss = min(max(seg.mss, _MIN_SND_MSS), self.rmss)
+            self.smss = min(max(seg.mss, _MIN_SND_MSS), self._path_mss())
         if seg.wscale is not None and self._cfg.window_scaling:
             # RFC 7323 2.2: scaling is on only if both sides sent the option.
             self.snd_wscale = min(seg.wscale, _MAX_WSCALE)
@@ -550,6 +576,11 @@ class TcpConnection:
         # RFC 2018 2: SACK only if both SYNs carried SACK-permitted.
         self._sack_in_syn = seg.sack_ok
         self._sack = seg.sack_ok and self._cfg.sack
+
+    def _path_mss(self) -> int:
+        """The largest segment the path takes (RFC 9293 3.7.1, Linux's
+        tcp_mtu_to_mss): the path MTU less the IP and TCP headers."""
+        return mss_for_mtu(self.pmtu, len(self.local_addr) == 4)
 
     def _send_syn(self, now: float, *, ack: bool) -> None:
         cfg = self._cfg
@@ -821,6 +852,7 @@ class TcpConnection:
     def _ack_arrives(self, seg: TcpSegment, seq: int, ack: int, plen: int, now: float) -> bool:
         """RFC 9293 3.10.7.4 fifth check for synchronized states; False to stop."""
         self._probes_out = 0  # the peer answers: it may keep its window shut
+        self._soft_error = None  # "something worked" (Linux's tcp_ack)
         snd_una = self.snd_una
         wnd = seg.wnd << self.snd_wscale
         newly_sacked = 0
@@ -897,6 +929,80 @@ class TcpConnection:
                 self._terminate(None)
                 return False
         return True
+
+    # ------------------------------------------------------------- ICMP errors
+
+    def icmp_error(self, error: IcmpError, seq: int, now: float) -> bool:
+        """An ICMP error quoting our segment with sequence number *seq* (32
+        bits) came (the stack's side), as Linux's tcp_v4_err / tcp_v6_err
+        take it. True if it was acted on, False if it was ignored: the
+        connection lingers in TIME-WAIT, or *seq* is outside
+        SND.UNA..SND.NXT (not a segment in flight: RFC 5927 4.1, Linux's
+        LINUX_MIB_OUTOFWINDOWICMPS)."""
+        state = self.state
+        if state is _CLOSED or state is _TIME_WAIT:
+            return False
+        seq = unwrap(seq, self.snd_una)
+        if state is _SYN_RECEIVED and self._listener is not None:
+            # A half-open passive connection (Linux's tcp_req_err): only an
+            # error about our SYN-ACK, and only some, drop it; no PMTU here.
+            if seq != self.iss or not error.abort_request or error.mtu is not None:
+                return False
+            self._terminate(None)
+            return True
+        if not self.snd_una <= seq <= self.snd_max:
+            return False
+        if error.mtu is not None:
+            return self._mtu_reduced(error.mtu, now)
+        if state is _SYN_SENT or state is _SYN_RECEIVED:
+            self._terminate(_icmp_exception(error.errno))
+        else:
+            self._soft_error = error.errno  # RFC 1122 4.2.3.9: not fatal
+        return True
+
+    def _mtu_reduced(self, mtu: int, now: float) -> bool:
+        """A "fragmentation needed" (RFC 1191) or Packet Too Big (RFC 8201)
+        reported *mtu*: as Linux's tcp_v4_mtu_reduced / tcp_v6_mtu_reduced,
+        the path MTU only goes down, to no less than 552 (IPv4; lower
+        reports are raised to it) or 1280 (IPv6; lower ones are ignored);
+        if the send MSS shrinks, what is in flight goes again at once."""
+        if len(self.local_addr) == 4:
+            if mtu < IPV4_MIN_PMTU:
+                # DF stays set, so a path below 552 still drops our segments:
+                # if the connection then times out, this is why.
+                self._soft_error = errno.EMSGSIZE
+                mtu = IPV4_MIN_PMTU
+        elif mtu < IPV6_MIN_MTU:
+            return False
+        if mtu >= self.pmtu:
+            return False
+        self.pmtu = mtu
+        self._ctx.learn_path_mtu(self.remote_addr, mtu)
+        mss = self._path_mss()
+        if mss < self.smss:
+            self.smss = mss
+            if self.state in _SEND_STATES and self.snd_max > self.snd_una:
+                self._simple_retransmit(now)
+        return True
+
+    def _simple_retransmit(self, now: float) -> None:
+        """Send what is outstanding again in the new MSS, now (Linux's
+        tcp_simple_retransmit): the segments were dropped for their size,
+        not by congestion, so the window is not cut ("units changed", in
+        Linux's words); as after a timeout, no fast retransmit for what was
+        sent before (RFC 6582 3.2 step 4) and SACK information is dropped."""
+        cc = self._cc
+        if cc.in_recovery:
+            cc.cwnd = min(cc.cwnd, cc.ssthresh)  # without NewReno's inflation
+            cc.in_recovery = False
+        cc.dupacks = 0
+        cc.recover = self.snd_max
+        self._sacked.reset()
+        self._timers.tlp = None
+        self._count_retransmission()
+        self.snd_nxt = self.snd_una
+        self._timers.rto = now + self._rtt.rto
+        self.output(now)
 
     # ----------------------------------------------------- congestion and recovery
 
@@ -1234,7 +1340,7 @@ class TcpConnection:
                 return
             if self.state is not _SYN_SENT:
                 self._emit(self.snd_max, RST | ACK)
-            self._terminate(ConnectionTimedOut(errno.ETIMEDOUT, "connection timed out"))
+            self._terminate(self._timed_out())
             return
         rtt = self._rtt
         rtt.backoff()  # RFC 6298 5.5
@@ -1259,6 +1365,13 @@ class TcpConnection:
             # probe (RFC 9293 3.8.6.1: probe even if the send window is zero).
             self._retransmit_first()
 
+    def _timed_out(self) -> TcpConnectionError:
+        """The error of a connection given up: the soft error an ICMP error
+        left, if any, else ETIMEDOUT (Linux's tcp_write_err)."""
+        if self._soft_error is not None:
+            return _icmp_exception(self._soft_error)
+        return ConnectionTimedOut(errno.ETIMEDOUT, "connection timed out")
+
     def _persist_expired(self, now: float) -> None:
         """Zero-window probe with one octet of new data (RFC 9293 3.8.6.1)."""
         self._timers.persist = None
@@ -1270,7 +1383,7 @@ class TcpConnection:
             # are acknowledged: unanswered, they count against R2 (3.8.3), as
             # Linux's tcp_probe_timer gives up after tcp_retries2 of them.
             self._emit(self.snd_max, RST | ACK)
-            self._terminate(ConnectionTimedOut(errno.ETIMEDOUT, "connection timed out"))
+            self._terminate(self._timed_out())
             return
         off = self.snd_nxt - self._sndbuf_seq
         if 0 <= off < len(self._sndbuf):
