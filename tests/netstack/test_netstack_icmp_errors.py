@@ -255,6 +255,29 @@ def test_the_path_mtu_is_remembered_for_the_destination(family: int) -> None:
     assert c.smss == 1420 - HEADERS[family]
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_lowered_mss_rises_again_when_the_path_mtu_expires(family: int) -> None:
+    """Linux's tcp_current_mss compares the route's MTU with the one the
+    connection's MSS was computed for (icsk_pmtu_cookie) on every send and
+    re-syncs (tcp_sync_mss): once the learned path MTU expires, a connection
+    that lives on sends full-size segments again, up to the peer's MSS."""
+    mtu = 1000 if family == 4 else 1280
+    t = established(family)
+    t.c.send(bytes(3000))
+    flight = sent(t.s, 0.02)
+    t.s.receive_packet(too_big(family, flight[0], mtu), 0.03)
+    sent(t.s, 0.03)
+    t.p.send(ACK, P + 1, (t.c.snd_una + 3000) & 0xFFFFFFFF, now=0.05)
+    assert t.c.snd_una == t.c.snd_max
+    t.c.send(bytes(3000))  # before the expiry: still the small size
+    assert all(len(p) <= mtu for p in sent(t.s, 300.0))
+    t.p.send(ACK, P + 1, t.c.snd_max & 0xFFFFFFFF, now=300.1)
+    t.c.send(bytes(3000))
+    later = sent(t.s, 0.03 + 601.0)
+    assert max(len(p) for p in later) == 1420
+    assert t.c.smss == 1420 - HEADERS[family]
+
+
 def test_the_path_mtu_cache_is_bounded() -> None:
     """Whatever errors come, the stack remembers at most PMTU_CACHE_SIZE
     destinations (and only destinations it has connections to)."""

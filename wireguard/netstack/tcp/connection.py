@@ -275,7 +275,10 @@ class TcpConnection:
         # The path MTU (RFC 1191, RFC 8201): the MTU, or less if the stack
         # learned less for this destination; it bounds the send MSS.
         self.pmtu = ctx.path_mtu(remote_addr)
-        self.smss = min(DEFAULT_MSS_V4 if v4 else DEFAULT_MSS_V6, self._path_mss())
+        # The peer's MSS (its SYN's option, else RFC 9293's default): the send
+        # MSS is the smaller of it and the path's (Linux's rx_opt.mss_clamp).
+        self._mss_clamp = DEFAULT_MSS_V4 if v4 else DEFAULT_MSS_V6
+        self.smss = min(self._mss_clamp, self._path_mss())
         self.state = _CLOSED
         self.error: Exception | None = None
         # An ICMP error that did not end the connection (Linux's sk_err_soft):
@@ -560,12 +563,14 @@ class TcpConnection:
         self.rcv_nxt = irs + 1
         self.rcv_adv = irs + 1 + wnd
         self.snd_wl1 = irs
+        self._mss_clamp = mss
         self.smss = min(mss, self._path_mss())
         self.state = _SYN_RECEIVED
 
     def _take_syn_options(self, seg: TcpSegment) -> None:
         if seg.mss is not None and seg.mss > 0:
-            self.smss = min(max(seg.mss, _MIN_SND_MSS), self._path_mss())
+            self._mss_clamp = max(seg.mss, _MIN_SND_MSS)
+            self.smss = min(self._mss_clamp, self._path_mss())
         if seg.wscale is not None and self._cfg.window_scaling:
             # RFC 7323 2.2: scaling is on only if both sides sent the option.
             self.snd_wscale = min(seg.wscale, _MAX_WSCALE)
@@ -581,6 +586,16 @@ class TcpConnection:
         """The largest segment the path takes (RFC 9293 3.7.1, Linux's
         tcp_mtu_to_mss): the path MTU less the IP and TCP headers."""
         return mss_for_mtu(self.pmtu, len(self.local_addr) == 4)
+
+    def _path_mtu_expired(self) -> None:
+        """The path MTU was lowered (by an ICMP error, or the stack's cache
+        when the connection began): if the stack no longer holds that lower
+        value (it expired), the send MSS grows back, as Linux's
+        tcp_current_mss re-syncs when the route's MTU changed."""
+        pmtu = self._ctx.path_mtu(self.remote_addr)
+        if pmtu > self.pmtu:
+            self.pmtu = pmtu
+            self.smss = min(self._mss_clamp, self._path_mss())
 
     def _send_syn(self, now: float, *, ack: bool) -> None:
         cfg = self._cfg
@@ -1409,6 +1424,8 @@ class TcpConnection:
             return
         sent = False
         if state in _SEND_STATES:
+            if self.pmtu < self._ctx.mtu:
+                self._path_mtu_expired()
             cc = self._cc
             smss = self.smss
             sndbuf = self._sndbuf
