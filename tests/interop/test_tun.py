@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1644,6 +1647,23 @@ def test_mtu_is_set_after_the_addresses(tmp_path, impl):
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def _line_reader(proc: subprocess.Popen[str], timeout: float = 30.0) -> Callable[[], str]:
+    """The next line *proc* prints, failing the test if none comes within
+    *timeout* (a bare readline would hang instead)."""
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in stdout], daemon=True).start()
+
+    def line_of() -> str:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"{proc.args[0]} printed nothing for {timeout:.0f} s")
+
+    return line_of
+
+
 def test_default_route_goes_into_its_table_after_the_rules(tmp_path):
     """Current wg-quick's add_default adds the two rules, then the default
     route to their table (wireguard-tools 71799a8, "prevent traffic from
@@ -1655,16 +1675,16 @@ def test_default_route_goes_into_its_table_after_the_rules(tmp_path):
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
             # Listening once it reports a change made after it started.
-            assert monitor.stdout is not None
+            line_of = _line_reader(monitor)
             ns.sh("ip rule add priority 5000 lookup main")
-            while "5000" not in monitor.stdout.readline():
+            while "5000" not in line_of():
                 pass
             ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
             result = ns.up()
             assert result.returncode == 0, result.stderr
             ns.sh("ip rule del priority 5000")
             seen = []
-            while "5000" not in (line := monitor.stdout.readline()):
+            while "5000" not in (line := line_of()):
                 seen.append(line)
         finally:
             monitor.kill()
