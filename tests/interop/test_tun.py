@@ -1089,6 +1089,41 @@ def test_down_after_sigkill_removes_the_policy_rules(tmp_path):
             ours.cleanup()
 
 
+
+def test_down_after_a_sigkill_inside_the_setup_removes_the_policy_rules(tmp_path):
+    """Killed while it sets the firewall rules (after the policy rules of the
+    first family are in, before configuring is done), the service has noted
+    what it added so far: down removes it, as after a SIGKILL once up."""
+    with hosts() as h:
+        key_a, key_b = PrivateKey.generate(), PrivateKey.generate()
+        ours = Ours(h, tmp_path, key_a, key_b)
+        text = ours.conf.read_text().replace(
+            f"AllowedIPs = {TUN_B[0]}/32, {TUN_B[1]}/128", "AllowedIPs = 0.0.0.0/0, ::/0"
+        )
+        ours.conf.write_text(text)
+        # The firewall tool `up` runs (nft if installed, else ip6tables-restore
+        # for ::/0, the first) kills the service that runs it.
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        for tool in ("nft", "iptables-restore", "ip6tables-restore"):
+            (fake / tool).write_text("#!/bin/sh\nkill -KILL $PPID\nsleep 10\n")
+            (fake / tool).chmod(0o755)
+        path = f"{fake}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        try:
+            result = h.exec(h.a, "env", f"PATH={path}", *UP, "up", "--log", str(ours.log),
+                            str(ours.conf), check=False)  # fmt: skip
+            assert result.returncode != 0
+            rules = h.exec(h.a, "ip", "-6", "rule").stdout
+            assert "suppress_prefixlength" in rules, rules  # killed after adding them
+            down = h.exec(h.a, *UP, "down", ours.name, check=False)
+            assert down.returncode == 0 and "2 policy rule(s)" in down.stderr, down.stderr
+            for family in ("-4", "-6"):
+                rules = h.exec(h.a, "ip", family, "rule").stdout
+                assert "51820" not in rules and "suppress_prefixlength" not in rules, rules
+            assert not (RUN_DIR / f"{ours.name}.rules").exists()
+        finally:
+            ours.cleanup()
+
 def test_port_in_use_is_one_line_and_leaves_nothing(tmp_path):
     with hosts() as h:
         key_a, key_b = PrivateKey.generate(), PrivateKey.generate()

@@ -1301,7 +1301,12 @@ def _netns_identity(fd: int | None) -> tuple[int, int]:
 class NetlinkConfig:
     """What :func:`configure` set up beyond the interface itself, so that
     :meth:`undo` can take it down (routes and addresses go with the link):
-    policy rules, and whether wg-quick's firewall rules were added."""
+    policy rules, and whether wg-quick's firewall rules were added.
+
+    *note*, if given, is called with it before each rule or firewall change
+    is made and after :meth:`undo`: what it holds then covers what the
+    kernel may hold, so a process killed at any moment has noted all it
+    added (``up`` writes it to NAME.rules for ``down``)."""
 
     name: str
     index: int
@@ -1309,6 +1314,11 @@ class NetlinkConfig:
     table: int | None = None
     rules: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
     firewall: bool = False
+    note: Callable[[NetlinkConfig], None] | None = field(default=None, repr=False, compare=False)
+
+    def noted(self) -> None:
+        if self.note is not None:
+            self.note(self)
 
     def undo(self) -> int:
         """Delete the rules (routes and addresses went with the link) and
@@ -1326,6 +1336,7 @@ class NetlinkConfig:
         if self.firewall:
             remove_firewall(self.name)
             self.firewall = False
+        self.noted()
         return removed
 
 
@@ -1395,6 +1406,7 @@ def configure(
     mtu: int | None = None,
     set_fwmark: Callable[[int], None] | None = None,
     endpoints: Sequence[str] = (),
+    note: Callable[[NetlinkConfig], None] | None = None,
 ) -> NetlinkConfig:
     """Set addresses, MTU, link up and routes for *config* on *tun*, as
     wg-quick's ``add_addr``/``set_mtu_up``/``add_route`` do, in that order
@@ -1406,7 +1418,8 @@ def configure(
     ``Table = off`` adds no routes; ``Table = N`` (a number or a name from
     rt_tables) puts them in table N; by default a route to 0.0.0.0/0 or ::/0
     gets wg-quick's policy routing, for which *set_fwmark* is called to mark
-    the tunnel's UDP socket, and its firewall rules."""
+    the tunnel's UDP socket, and its firewall rules. *note* is
+    :attr:`NetlinkConfig.note`."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -1426,7 +1439,7 @@ def configure(
         if not found:
             raise TunError(f"interface {tun.name!r} vanished")
         index = found[0]
-        result = NetlinkConfig(tun.name, index)
+        result = NetlinkConfig(tun.name, index, note=note)
         try:
             for address in iface.addresses:
                 try:
@@ -1551,10 +1564,13 @@ def _default_route(ipr, result: NetlinkConfig, network, set_fwmark, fwmark) -> N
         {"family": fam, "table": 254, "suppress_prefixlen": 0, "priority": None},
     ]  # fmt: skip
     for rule in rules:
+        result.rules.append(rule)
+        result.noted()  # before it is in: a kill in between leaves nothing unnoted
         try:
             ipr.rule("add", **rule)
-            result.rules.append(rule)
         except NetlinkError as exc:
+            result.rules.pop()
+            result.noted()
             if exc.code != errno.EEXIST:
                 raise
     # The route after the rules, as current wg-quick (wireguard-tools 71799a8,
@@ -1626,6 +1642,7 @@ def _add_firewall(ipr, result: NetlinkConfig, version: int, mark: int) -> None: 
             "neither is installed"
         )
     result.firewall = True  # from now on (a failed restore may have done part)
+    result.noted()
     log.info("[#] %s", " ".join(argv))
     _run_firewall(argv, "".join(line + "\n" for line in text))
 

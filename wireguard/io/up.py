@@ -68,13 +68,20 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..config import HOOK_KEYS, AccessWarning, Config, ConfigError, ConfigWarning, load
 from ..errors import LocalProtocolError
 from .control import SOCKET_DIRECTORY, socket_path
 from .resolve import REKEY_FAILED_AFTER, reresolver_for
-from .tun import TUN_PATH, TunError, interface_name, routing_table, validate_name
+from .tun import (
+    TUN_PATH,
+    NetlinkConfig,
+    TunError,
+    interface_name,
+    routing_table,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -505,10 +512,9 @@ class Service:
             # pyroute2's synchronous API runs its own event loop: in a thread.
             endpoints = [p.endpoint[0] for p in device.peers.values() if p.endpoint is not None]
             netlink = await asyncio.to_thread(
-                configure, engine.tun, config, set_fwmark=set_fwmark, endpoints=endpoints
-            )
-            if netlink.rules or netlink.firewall:
-                self._write_rules(netlink.rules, netlink.firewall)
+                configure, engine.tun, config, set_fwmark=set_fwmark, endpoints=endpoints,
+                note=self._note_rules,
+            )  # fmt: skip
             # The link is up now; the engine opens the UDP socket when it hears
             # of it, or here, where a port in use is an error of `up`.
             try:
@@ -605,9 +611,18 @@ class Service:
                     raise UpError(message)
                 log.error("%s", message)
 
-    def _write_rules(self, rules: list[dict[str, Any]], firewall: bool) -> None:
-        noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": rules, "firewall": firewall}
-        _write_run_file(rules_path(self.name), json.dumps(noted))
+    def _note_rules(self, netlink: NetlinkConfig) -> None:
+        """NAME.rules: the policy and firewall rules that may be in the
+        kernel (called before each is added, so a SIGKILL at any moment
+        leaves them noted for ``down``); none, no file."""
+        path = rules_path(self.name)
+        if not netlink.rules and not netlink.firewall:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
+        noted = {"netns": _netns_id(), "pid": os.getpid(), "rules": netlink.rules,
+                 "firewall": netlink.firewall}  # fmt: skip
+        _write_run_file(path, json.dumps(noted))
 
     def _write_pid_file(self) -> None:
         pid = os.getpid()
@@ -722,8 +737,6 @@ def _remove_stale_rules(name: str) -> list[str]:
         )
         return []
     try:
-        from .tun import NetlinkConfig
-
         firewall = bool(noted.get("firewall"))
         count = NetlinkConfig(name, 0, rules=list(noted.get("rules", [])), firewall=firewall).undo()
     except ImportError:  # no pyroute2
