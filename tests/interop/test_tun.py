@@ -546,6 +546,11 @@ def test_interface_names():
     for bad in ("/tmp/sixteen-chars-xx.conf", "/tmp/.conf", "/tmp/a b.conf", "/tmp/ä.conf"):
         with pytest.raises(tunmod.TunError):
             tunmod.interface_name(bad)
+    # wg-quick's [[ $x =~ ^[a-zA-Z0-9_=+.-]{1,15}$ ]] matches the whole
+    # name: a trailing line feed is not in the set.
+    for bad in ("wg0\n", "wg0\n\n", "\nwg0"):
+        with pytest.raises(tunmod.TunError):
+            tunmod.validate_name(bad)
 
 
 def test_up_rejects_bad_name_and_bad_config(tmp_path):

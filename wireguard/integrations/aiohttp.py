@@ -90,7 +90,7 @@ class TunnelConnector(aiohttp.BaseConnector):
             raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
         except (OSError, ValueError) as exc:
             error = exc if isinstance(exc, OSError) else OSError(None, str(exc))
-            if error.strerror is None:  # the stack's errors (ConnectionRefused...)
+            if error.strerror is None:  # an OSError made without one (ValueError's above)
                 error.strerror = str(exc) or type(exc).__name__  # aiohttp shows it
             raise aiohttp.ClientConnectorError(req.connection_key, error) from exc
 

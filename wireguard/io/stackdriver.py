@@ -269,7 +269,10 @@ class StackBinding(ABC):
 
         Raises :class:`ConnectionRefusedError` or :class:`TimeoutError` (the stack's
         :class:`~wireguard.netstack.ConnectionRefused` /
-        :class:`~wireguard.netstack.ConnectionTimedOut`).
+        :class:`~wireguard.netstack.ConnectionTimedOut`), an
+        :class:`~wireguard.netstack.IcmpConnectionError` (an OSError with
+        Linux's errno) if an ICMP error ends the connect, and
+        :class:`ConnectionAbortedError` if the binding closes first.
         """
         loop = self._running()
         host = self._destination(host)

@@ -152,7 +152,7 @@ POLICY_TABLE = 51820
 FIREWALL_MARKER = '-m comment --comment "wg-quick(8) rule for {name}"'
 FIREWALL_TABLE = "wg-quick-{name}"
 
-_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+_NAME = re.compile(r"[a-zA-Z0-9_=+.-]{1,15}")
 
 
 class TunError(LocalProtocolError):
@@ -178,7 +178,7 @@ def validate_kernel_name(name: str) -> str:
 def validate_name(name: str) -> str:
     """An interface name as wg-quick accepts it: 1 to 15 (IFNAMSIZ - 1)
     characters from ``[a-zA-Z0-9_=+.-]``."""
-    if not _NAME.match(name) or name in (".", ".."):
+    if not _NAME.fullmatch(name) or name in (".", ".."):
         raise TunError(
             f"invalid interface name {name!r}: 1 to 15 characters from a-z A-Z 0-9 _ = + . -"
         )

@@ -213,18 +213,23 @@ def _link_exists(name: str) -> bool:
     return True
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the
-    process is gone or a zombie."""
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (the first is
+    field 3, the state), None if the process is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode()
+            stat = f.read().decode(errors="replace")
     except OSError:
         return None
     rest = stat[stat.rindex(")") + 2 :].split()
-    if rest[0] in ("Z", "X"):
-        return None
-    return rest[19]
+    return None if not rest or rest[0] in ("Z", "X") else rest
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks), None if the
+    process is gone or a zombie."""
+    rest = _proc_stat(pid)
+    return rest[19] if rest is not None else None
 
 
 def _read_pid_file(name: str) -> int | None:
@@ -687,15 +692,7 @@ def _children(pid: int) -> list[int]:
     """The live processes whose parent is *pid* (field 4 of /proc/N/stat)."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        rest = stat[stat.rindex(")") + 2 :].split()
-        if len(rest) > 1 and rest[1] == str(pid) and rest[0] not in ("Z", "X"):
+        if entry.isdigit() and (rest := _proc_stat(entry)) is not None and rest[1] == str(pid):
             found.append(int(entry))
     return found
 
