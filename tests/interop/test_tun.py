@@ -943,11 +943,15 @@ def test_down_removes_interface_socket_and_pid_file(tmp_path):
 
 
 def test_hooks_run_as_wg_quick_runs_them(tmp_path):
-    """PreUp before the interface exists, PostUp once it is up, PreDown before
-    the teardown, PostDown after it; %i is the interface name."""
+    """PreUp once the interface exists and before it is configured (current
+    wg-quick, wireguard-tools e6888dd "run PreUp hook after creating
+    interface", in v1.0.20250521: so a PreUp can, say, put it in a VRF before
+    its addresses are set; Debian 12's v1.0.20210914 runs PreUp first),
+    PostUp once it is up, PreDown before the teardown, PostDown after it; %i
+    is the interface name."""
     with pair(tmp_path) as (_h, ours, _wg, _, _):
         assert ours.hooks.read_text().splitlines() == [
-            f"pre-up {ours.name} absent",
+            f"pre-up {ours.name} present",
             f"post-up {ours.name} present",
         ]
         assert ours.down().returncode == 0

@@ -39,8 +39,10 @@ PreUp, PostUp, PreDown and PostDown run as wg-quick runs them: each command
 with ``%i`` replaced by the interface name, by bash with errexit and pipefail
 (``sh -e`` if there is none, which is logged), in the service, output to its
 log: the first failing command ends the hook, as under wg-quick's ``set -e -o
-pipefail``. PreUp runs before the interface exists and the endpoint names
-are looked up, PostUp once addresses and routes are set; if either fails,
+pipefail``. PreUp runs once the interface exists, before it is configured and
+the endpoint names are looked up (current wg-quick's order, wireguard-tools
+e6888dd; Debian 12's older wg-quick runs it before creating the interface),
+PostUp once addresses and routes are set; if either fails,
 ``up`` fails with one line naming it and nothing stays behind. PreDown runs before the teardown
 and PostDown after it; a failure there is logged and the teardown goes on.
 ``down`` waits for them with no time limit, as wg-quick does (it says so
@@ -490,14 +492,16 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop)
         try:
-            # As wg-quick: PreUp first (it may make the endpoints' names
-            # resolvable), then the names looked up (its `wg setconf`).
+            # As current wg-quick's cmd_up: the interface (add_if), PreUp
+            # (wireguard-tools e6888dd: it may act on the interface before
+            # it has addresses, and may make the endpoints' names
+            # resolvable), then the names looked up (its `wg addconf`).
+            tun = Tun.create(name)
             await self._hooks("PreUp", settings.pre_up)
             try:
                 device = await self._unless_stopped(device_from_config(config))
             except OSError as exc:
                 raise UpError(f"endpoint: {exc}") from None
-            tun = Tun.create(name)
             engine = TunInterface(name, device, tun, listen_port=port)
             tun = None  # the engine's now: closed by its close()
             try:
