@@ -1296,6 +1296,9 @@ class Lone:
         )
         self.conf.chmod(0o600)
 
+    # The PATH up and down run with (None: this process's).
+    path: str | None = None
+
     def up(self, target: str | None = None, path: str | None = None) -> subprocess.CompletedProcess:
         target = target or str(self.conf)
         if self.impl == "wg-quick":
@@ -1303,7 +1306,7 @@ class Lone:
         else:
             argv = [*UP, "up", "--log", str(self.log), target]
         env = dict(os.environ, **WG_QUICK_ENV)
-        if path is not None:
+        if (path := path or self.path) is not None:
             env["PATH"] = path
         return run("ip", "netns", "exec", self.ns, *argv, check=False, env=env, timeout=90)
 
@@ -1312,7 +1315,8 @@ class Lone:
             argv: list[str] = ["wg-quick", "down", str(self.conf)]
         else:
             argv = [*UP, "down", self.name]
-        return run("ip", "netns", "exec", self.ns, *argv, check=False, timeout=60)
+        env = dict(os.environ) if self.path is None else dict(os.environ, PATH=self.path)
+        return run("ip", "netns", "exec", self.ns, *argv, check=False, env=env, timeout=60)
 
     def mtu(self) -> int:
         shown = run("ip", "-n", self.ns, "link", "show", self.name).stdout
@@ -1576,17 +1580,48 @@ def test_route_of_another_interface_to_an_allowed_ip_fails_up(tmp_path, impl):
 
 def need_firewall_tool() -> None:
     """What wg-quick's add_default runs: nft if it is installed, else
-    iptables-restore (.ci/run installs iptables)."""
+    iptables-restore (.ci/run installs both)."""
     if shutil.which("nft") is None:
         need_tool("iptables-restore")
 
 
-def firewall_rules(ns: str, name: str) -> str:
-    """The firewall of namespace *ns* as the tool wg-quick uses shows it
-    (``nft list ruleset``, else ``iptables-save`` and ``ip6tables-save``),
-    without the save tools' comment lines, with interface *name* written
-    NAME and link-local addresses (random on a TUN) fe80::X."""
-    if shutil.which("nft") is not None:
+def path_without(bare: Path, hidden: str) -> str:
+    """A PATH of one directory, *bare*, of links to everything on this
+    process's PATH (and /usr/sbin, /sbin) but the names *hidden* matches."""
+    bare.mkdir()
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"]:
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(directory):
+                if re.match(hidden, entry) or (bare / entry).exists():
+                    continue
+                (bare / entry).symlink_to(os.path.join(directory, entry))
+    return str(bare)
+
+
+# wg-quick's add_default and remove_firewall take nft if it is installed
+# (`type -p nft`), else iptables: each test of the firewall rules runs once
+# with only nft on the PATH and once with only the iptables tools.
+FIREWALL_TOOLS = pytest.mark.parametrize("tool", ["nft", "iptables"])
+
+
+def firewall_path(tmp: Path, tool: str) -> str:
+    """A PATH on which *tool* (``nft`` or ``iptables``) is the only firewall tool."""
+    if tool == "nft":
+        need_tool("nft")
+        return path_without(tmp / "bin-nft", r"(ip6?tables|xtables)")
+    need_tool("iptables-restore")
+    return path_without(tmp / "bin-iptables", r"nft$")
+
+
+def firewall_rules(ns: str, name: str, tool: str | None = None) -> str:
+    """The firewall of namespace *ns* as *tool* (by default the one wg-quick
+    uses) shows it (``nft list ruleset``, else ``iptables-save`` and
+    ``ip6tables-save``), without the save tools' comment lines, with
+    interface *name* written NAME and link-local addresses (random on a
+    TUN) fe80::X."""
+    if tool is None:
+        tool = "nft" if shutil.which("nft") is not None else "iptables"
+    if tool == "nft":
         shown = run("ip", "netns", "exec", ns, "nft", "list", "ruleset").stdout
     else:
         shown = "".join(
@@ -1597,23 +1632,25 @@ def firewall_rules(ns: str, name: str) -> str:
     return re.sub(r"fe80::[0-9a-f:]+", "fe80::X", "\n".join(lines).replace(name, "NAME"))
 
 
-def test_default_route_firewall_rules_are_wg_quicks(tmp_path):
+@FIREWALL_TOOLS
+def test_default_route_firewall_rules_are_wg_quicks(tmp_path, tool):
     """wg-quick's add_default also sets up the firewall: for each address of
     the interface a raw PREROUTING drop of packets to it from another
     interface and a non-local source, and the mangle CONNMARK save (UDP with
     the mark) and restore; an nft table ``wg-quick-NAME`` if nft is
     installed, else iptables-restore rules commented ``wg-quick(8) rule for
     NAME``. down removes them. Ours set up none."""
-    need_firewall_tool()
+    path = firewall_path(tmp_path, tool)
     shown = {}
     for impl in ("wg-quick", "ours"):
         with lone(tmp_path, impl, prefix="r26g") as ns:
+            ns.path = path
             ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
             result = ns.up()
             assert result.returncode == 0, result.stderr
-            shown[impl] = firewall_rules(ns.ns, ns.name)
+            shown[impl] = firewall_rules(ns.ns, ns.name, tool)
             assert ns.down().returncode == 0
-            shown[f"{impl} down"] = firewall_rules(ns.ns, ns.name)
+            shown[f"{impl} down"] = firewall_rules(ns.ns, ns.name, tool)
     assert "10.79.9.1" in shown["wg-quick"] and "fd79:9::1" in shown["wg-quick"]
     assert "NAME" in shown["wg-quick"] and "ca6c" in shown["wg-quick"]  # the mark, 51820
     assert shown["ours"] == shown["wg-quick"]
@@ -1622,17 +1659,19 @@ def test_default_route_firewall_rules_are_wg_quicks(tmp_path):
 
 
 @IMPLS
-def test_failed_up_with_a_default_route_leaves_no_firewall_rules(tmp_path, impl):
+@FIREWALL_TOOLS
+def test_failed_up_with_a_default_route_leaves_no_firewall_rules(tmp_path, impl, tool):
     """wg-quick's cmd_up tears down on an error (its trap runs del_if, whose
     remove_firewall takes what add_default added): here a PostUp that fails."""
-    need_firewall_tool()
+    path = firewall_path(tmp_path, tool)
     with lone(tmp_path, impl, prefix="r26g") as ns:
+        ns.path = path
         ns.write("Address = 10.79.9.1/24, fd79:9::1/64\nPostUp = false\n",
                  "AllowedIPs = 0.0.0.0/0, ::/0\n")  # fmt: skip
         result = ns.up()
         assert result.returncode != 0
         assert run("ip", "-n", ns.ns, "link", "show", ns.name, check=False).returncode != 0
-        assert "wg-quick" not in firewall_rules(ns.ns, ns.name)
+        assert "wg-quick" not in firewall_rules(ns.ns, ns.name, tool)
         assert "fwmark" not in run("ip", "-n", ns.ns, "rule").stdout
 
 
@@ -1643,16 +1682,10 @@ def test_default_route_without_a_firewall_tool_fails_up(tmp_path, impl):
     no policy rules. Ours came up without the firewall rules (and took the
     IPv4 routes first, so it would have named iptables-restore)."""
     with lone(tmp_path, impl, prefix="r26g") as ns:
-        bare = tmp_path / "bin"  # the PATH, without the firewall tools
-        bare.mkdir()
-        for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/sbin"]:
-            with contextlib.suppress(OSError):
-                for entry in os.listdir(directory):
-                    if re.match(r"(ip6?tables|nft$|xtables)", entry) or (bare / entry).exists():
-                        continue
-                    (bare / entry).symlink_to(os.path.join(directory, entry))
+        # The PATH, without the firewall tools.
+        bare = path_without(tmp_path / "bin", r"(ip6?tables|nft$|xtables)")
         ns.write("Address = 10.79.9.1/24, fd79:9::1/64\n", "AllowedIPs = 0.0.0.0/0, ::/0\n")
-        result = ns.up(path=str(bare))
+        result = ns.up(path=bare)
         assert result.returncode != 0, result.stderr
         # The first it needs: wg-quick's routes go in `sort -nr -k 2 -t /`
         # order (longest prefix first; of equals, the greater text), so
