@@ -458,17 +458,20 @@ def test_httpx_through_the_socks5_proxy(dnsmasq) -> None:
     run(body)
 
 
-def _socks5_udp_associate(port: int) -> tuple[socket.socket, tuple[str, int]]:
+def _socks5_udp_associate(
+    port: int, host: str = "127.0.0.1"
+) -> tuple[socket.socket, tuple[str, int]]:
     """RFC 1928 by hand: no-auth greeting, UDP ASSOCIATE 0.0.0.0:0."""
-    tcp = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tcp = socket.create_connection((host, port), timeout=10)
     tcp.sendall(b"\x05\x01\x00")
     assert tcp.recv(2) == b"\x05\x00"
     tcp.sendall(b"\x05\x03\x00\x01" + bytes(4) + b"\x00\x00")
+    size = 10 if ":" not in host else 22
     reply = b""
-    while len(reply) < 10:
-        reply += tcp.recv(10 - len(reply))
-    assert reply[:4] == b"\x05\x00\x00\x01", reply
-    relay = (str(ipaddress.IPv4Address(reply[4:8])), struct.unpack("!H", reply[8:10])[0])
+    while len(reply) < size:
+        reply += tcp.recv(size - len(reply))
+    assert reply[:4] == b"\x05\x00\x00" + (b"\x01" if size == 10 else b"\x04"), reply
+    relay = (str(ipaddress.ip_address(reply[4:-2])), struct.unpack("!H", reply[-2:])[0])
     return tcp, relay
 
 
@@ -738,11 +741,13 @@ def test_a_flood_of_half_open_connections_is_bounded(dnsmasq) -> None:
     run(body)
 
 
-def test_socks5_udp_datagram_too_large_for_the_tunnel_is_refused_and_counted(caplog) -> None:
-    """A UDP ASSOCIATE client's datagram that does not fit in one tunnel packet
-    (MTU 1420; the stack does not fragment) is dropped, counted by reason and
-    not as carried, logged once for the association, and no exception escapes
-    to the loop; the datagrams around it are relayed."""
+def test_socks5_udp_over_the_mtu_is_carried_and_over_the_ipv4_limit_refused(caplog) -> None:
+    """A UDP ASSOCIATE client's datagram larger than the tunnel MTU (1420)
+    is carried, in IP fragments the other stack joins; one too large for any
+    IPv4 datagram (65,510 octets, which IPv6 loopback carries) is dropped,
+    counted by reason and not as carried, logged once for the association,
+    and no exception escapes to the loop; the datagrams around it are
+    relayed."""
 
     class Sink(asyncio.DatagramProtocol):
         def __init__(self) -> None:
@@ -759,15 +764,17 @@ def test_socks5_udp_datagram_too_large_for_the_tunnel_is_refused_and_counted(cap
         async with b, a:
             sink = Sink()
             await b.create_datagram_endpoint(lambda: sink, local_addr=(None, 9))
-            socks = await start_socks5(a, "127.0.0.1", 0)
-            tcp, relay = await asyncio.to_thread(_socks5_udp_associate, socks.port)
-            udp = udp_socket()
+            socks = await start_socks5(a, "::1", 0)
+            tcp, relay = await asyncio.to_thread(_socks5_udp_associate, socks.port, "::1")
+            udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            udp.bind(("::1", 0))
             try:
                 header = _udp_header(B_ADDR[0], 9)
                 udp.sendto(header + b"first", relay)
                 await until(lambda: sink.got == [b"first"])
-                udp.sendto(header + b"y" * 1450, relay)
-                udp.sendto(header + b"z" * 1450, relay)
+                udp.sendto(header + b"y" * 65510, relay)
+                udp.sendto(header + b"z" * 65510, relay)
+                udp.sendto(header + b"w" * 1450, relay)
                 udp.sendto(header + b"last", relay)
                 await until(lambda: sink.got[-1:] == [b"last"])
             finally:
@@ -775,8 +782,9 @@ def test_socks5_udp_datagram_too_large_for_the_tunnel_is_refused_and_counted(cap
                 tcp.close()
             c = socks.counters
             await until(lambda: c.relaying == 0)
-            assert sink.got == [b"first", b"last"]
-            assert c.datagrams_to_tunnel == 2 and c.to_tunnel == len(b"firstlast"), socks.line()
+            assert sink.got == [b"first", b"w" * 1450, b"last"]
+            assert c.datagrams_to_tunnel == 3, socks.line()
+            assert c.to_tunnel == len(b"firstlast") + 1450, socks.line()
             assert c.refusals["UDP too large for the tunnel"] == 2, socks.line()
             assert sum(c.refusals.values()) == 2, socks.line()
             await socks.close()
@@ -784,7 +792,7 @@ def test_socks5_udp_datagram_too_large_for_the_tunnel_is_refused_and_counted(cap
 
     with caplog.at_level(logging.DEBUG, logger="wireguard.io.proxy"):
         run(body)
-    told = [r.getMessage() for r in caplog.records if "MTU" in r.getMessage()]
+    told = [r.getMessage() for r in caplog.records if "65507" in r.getMessage()]
     assert len(told) == 1, told  # once for the association, not per datagram
 
 

@@ -984,8 +984,9 @@ def test_forward_tcp_cap_counts_connections_until_their_other_side_is_done() -> 
 
 
 class _Sink(asyncio.DatagramProtocol):
-    """Collects datagrams; answers b"big?" with one too large for the tunnel
-    and b"small?" with a small one."""
+    """Collects datagrams; answers b"big?" with one larger than the tunnel
+    MTU, b"huge?" with one too large for any IPv4 datagram and b"small?"
+    with a small one."""
 
     def __init__(self) -> None:
         self.got: list[bytes] = []
@@ -999,19 +1000,23 @@ class _Sink(asyncio.DatagramProtocol):
         assert self.transport is not None
         if data == b"big?":
             self.transport.sendto(b"B" * 1450, addr)
+        elif data == b"huge?":
+            self.transport.sendto(b"H" * 65520, addr)
         elif data == b"small?":
             self.transport.sendto(b"small", addr)
 
 
 @pytest.mark.parametrize("first", [False, True], ids=["open-flow", "opening-flow"])
-def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
+def test_forward_udp_over_the_mtu_is_carried_and_over_the_ipv4_limit_dropped(
     caplog, first: bool
 ) -> None:
-    """A datagram that does not fit in one tunnel packet (MTU 1420; the stack
-    does not fragment) is dropped and counted in `dropped`, not counted as
-    carried, logged once for its flow, and no exception escapes to the loop:
-    a -L client's datagram into the tunnel (the first of its flow, waiting for
-    the flow to open, or a later one) and a -R local service's reply."""
+    """A datagram larger than the tunnel MTU (1420) is carried, in IP
+    fragments the other stack joins; one too large for any IPv4 datagram
+    (65,520 octets, which IPv6 loopback carries) is dropped and counted in
+    `dropped`, not counted as carried, logged once for its flow, and no
+    exception escapes to the loop: a -L client's datagram into the tunnel
+    (the first of its flow, waiting for the flow to open, or a later one)
+    and a -R local service's reply."""
 
     async def body() -> None:
         a, b = pair()
@@ -1023,26 +1028,28 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
             sink = _Sink()
             await b.create_datagram_endpoint(lambda: sink, local_addr=(None, 9))
             local = forward_module.UdpLocalForward(
-                forward_module.parse_forward(f"udp:127.0.0.1:0:{B_ADDR[0]}:9", "L"),
+                forward_module.parse_forward(f"udp:[::1]:0:{B_ADDR[0]}:9", "L"),
                 a,
                 forward_options(),
             )
             await local.start()
             port = int(local.where.rsplit(":", 1)[1])
-            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            client.bind(("127.0.0.1", 0))
+            client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            client.bind(("::1", 0))
             try:
                 if not first:
-                    client.sendto(b"one", ("127.0.0.1", port))
+                    client.sendto(b"one", ("::1", port))
                     await until(lambda: sink.got == [b"one"])
                 for _ in range(3):
-                    client.sendto(b"y" * 1450, ("127.0.0.1", port))
-                client.sendto(b"last", ("127.0.0.1", port))
+                    client.sendto(b"y" * 65520, ("::1", port))
+                client.sendto(b"y" * 1450, ("::1", port))
+                client.sendto(b"last", ("::1", port))
                 await until(lambda: sink.got[-1:] == [b"last"])
             finally:
                 client.close()
             c = local.counters
             relayed = len(sink.got)
+            assert sink.got[-2:] == [b"y" * 1450, b"last"]
             assert (c.datagrams_to_tunnel, c.dropped) == (relayed, 3), local.line()
             assert c.to_tunnel == sum(map(len, sink.got)), local.line()
             assert "3 datagrams dropped" in local.line()
@@ -1050,12 +1057,10 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
 
             # -R udp: a local service's reply into the tunnel.
             service = _Sink()
-            st, _ = await loop.create_datagram_endpoint(
-                lambda: service, local_addr=("127.0.0.1", 0)
-            )
+            st, _ = await loop.create_datagram_endpoint(lambda: service, local_addr=("::1", 0))
             remote = forward_module.UdpRemoteForward(
                 forward_module.parse_forward(
-                    f"udp:5355:127.0.0.1:{st.get_extra_info('sockname')[1]}", "R"
+                    f"udp:5355:[::1]:{st.get_extra_info('sockname')[1]}", "R"
                 ),
                 a,
                 forward_options(),
@@ -1065,15 +1070,17 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
             peer, _ = await b.create_datagram_endpoint(
                 lambda: _Collect(got), remote_addr=(A_ADDR[0], 5355)
             )
-            peer.sendto(b"big?")
+            peer.sendto(b"huge?")
+            peer.sendto(b"huge?")
             peer.sendto(b"big?")
             peer.sendto(b"small?")
+            assert await asyncio.wait_for(got.get(), 30) == b"B" * 1450
             assert await asyncio.wait_for(got.get(), 30) == b"small"
             r = remote.counters
             await until(lambda: r.dropped == 2)
             # -R: the peer's datagrams come from the tunnel, the replies go into it.
-            assert (r.datagrams_from_tunnel, r.datagrams_to_tunnel) == (3, 1), remote.line()
-            assert r.to_tunnel == len(b"small"), remote.line()
+            assert (r.datagrams_from_tunnel, r.datagrams_to_tunnel) == (4, 2), remote.line()
+            assert r.to_tunnel == 1450 + len(b"small"), remote.line()
             peer.close()
             await remote.close()
             st.close()
@@ -1081,7 +1088,7 @@ def test_forward_udp_datagram_too_large_for_the_tunnel_is_dropped_and_counted(
 
     with caplog.at_level(logging.DEBUG, logger="wireguard.io.forward"):
         run(body)
-    told = [r.getMessage() for r in caplog.records if "MTU" in r.getMessage()]
+    told = [r.getMessage() for r in caplog.records if "65507" in r.getMessage()]
     assert len(told) == 2, told  # once per flow, not once per datagram
 
 

@@ -292,6 +292,82 @@ def test_kernel_ping_and_udp(netns: Namespace) -> None:
     asyncio.run(main())
 
 
+# ------------------------------------------------------------------- fragments
+
+UDP_BIG = r"""
+import hashlib, random, socket, sys
+host, size = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(10)
+data = random.Random(size).randbytes(size)
+s.sendto(data, (host, 5353))
+got, _ = s.recvfrom(1 << 16)
+print(len(got), hashlib.sha256(got).hexdigest() == hashlib.sha256(data[::-1]).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_kernel_fragments_both_ways(netns: Namespace, family: int) -> None:
+    """Datagrams larger than the tunnel MTU, as a kernel sends them: it
+    fragments a 3,000-octet ping and a 5,000-octet UDP datagram at its
+    interface's 1,420; the stack joins them, answers as large, and its
+    answers (fragmented by the stack) are joined by the kernel: ping
+    succeeds and the UDP answer is the datagram reversed."""
+
+    async def main() -> None:
+        stack = _stack()
+        driver = _attach(stack, netns.fd)
+        sock = stack.udp_bind(5353)
+        addr = STACK_ADDR[family]
+        need(shutil.which("ping") is not None, "no ping (iputils-ping)")
+        ping = await asyncio.create_subprocess_exec(
+            *netns.exec_args(
+                "ping",
+                f"-{family}",
+                "-M",
+                "dont",
+                "-s",
+                "3000",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "3",
+                addr,
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        udp = await asyncio.create_subprocess_exec(
+            *netns.exec_args(sys.executable, "-c", UDP_BIG, addr, "5000"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(1000):
+            item = sock.recvfrom()
+            if item is not None:
+                assert len(item[0]) == 5000
+                sock.sendto(item[0][::-1], item[1])
+                driver._schedule_flush()
+                break
+            await asyncio.sleep(0.01)
+        out, err = await asyncio.wait_for(udp.communicate(), 30)
+        assert out.split() == [b"5000", b"True"], err
+        pout, _ = await asyncio.wait_for(ping.communicate(), 30)
+        assert ping.returncode == 0, pout.decode()
+        assert b"3 received" in pout, pout.decode()
+        stats = stack.stats
+        assert stats.datagrams_reassembled == 4, stats  # 3 echo requests, 1 datagram
+        assert stats.datagrams_fragmented == 4, stats
+        assert stats.malformed == stats.reassembly_failures == stats.reassembly_timeouts == 0
+        driver.close()
+        asyncio.get_running_loop().remove_reader(netns.fd)
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------ path MTU discovery through a router
 
 ROUTED_SERVER = {4: "198.18.1.2", 6: "fd5e:2::2"}

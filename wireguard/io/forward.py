@@ -234,7 +234,7 @@ class Counters:
     overflows: int = 0  # connections reset: their side ignored pause_reading()
     evicted: int = 0  # UDP flows dropped to make room (--udp-flows)
     refused: int = 0  # -L connections refused: --max-connections were open
-    dropped: int = 0  # UDP datagrams not relayed (backlog full, flow gone, too large for the MTU)
+    dropped: int = 0  # UDP datagrams not relayed (backlog full, flow gone, too large for IPv4/IPv6)
     unreachable: int = 0  # ICMP errors on a flow's socket (the destination dropped one)
 
     def line(self, proto: str) -> str:
@@ -676,8 +676,8 @@ class _UdpForward(Forward):
         addr: Any = None,
     ) -> None:
         """Send one datagram of *flow*, counted as carried or, if the stack
-        refuses it (larger than one tunnel packet: the stack does not
-        fragment), as dropped."""
+        refuses it (larger than any UDP datagram of the destination's IP
+        version; one larger than the MTU leaves in fragments), as dropped."""
         try:
             transport.sendto(data, addr)
         except LocalProtocolError as exc:

@@ -65,6 +65,7 @@ from ..httpproxy import (
     UpstreamError,
     UpstreamResponse,
 )
+from ..netstack.udp import MAX_UDP_PAYLOAD_V4, MAX_UDP_PAYLOAD_V6
 from ..socks5 import (
     Command,
     Data,
@@ -604,10 +605,11 @@ class _UdpRelay:
         try:
             self.inside.sendto(data, (host, port))
         except LocalProtocolError as exc:
-            # Larger than one tunnel packet (the stack does not fragment), or
-            # an address the stack cannot send from: dropped, counted.
-            header = 20 if ipaddress.ip_address(host).version == 4 else 40
-            big = header + 8 + len(data) > self.proxy.tunnel.mtu
+            # Larger than any UDP datagram of the destination's IP version
+            # (what is larger than the MTU leaves in fragments), or an
+            # address the stack cannot send from: dropped, counted.
+            v4 = ipaddress.ip_address(host).version == 4
+            big = len(data) > (MAX_UDP_PAYLOAD_V4 if v4 else MAX_UDP_PAYLOAD_V6)
             c.refusals["UDP too large for the tunnel" if big else "UDP not sendable"] += 1
             if not self.told:
                 self.told = True  # once for the association: a flood is counted, not logged

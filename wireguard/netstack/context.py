@@ -72,10 +72,21 @@ class NetStackStats:
     icmp_errors_reported: int = 0  # ICMP errors that ended a connect or reached a socket
     icmp_pmtu_reductions: int = 0  # "fragmentation needed" / Packet Too Big acted on
     icmp_errors_rate_limited: int = 0  # ICMP errors not sent: over the rate limit
-    icmp_echo_too_big: int = 0  # echo requests unanswered: the reply would exceed the MTU
     # RFC 8200 4.2/4.4: an option or routing header says discard; section 4: a
     # Hop-by-Hop Options header not first.
     ipv6_option_discarded: int = 0
+    # IP fragments (wireguard.netstack.fragment), as Linux's Reasm* counters.
+    fragments_received: int = 0  # fragments for us taken to reassembly
+    datagrams_reassembled: int = 0  # datagrams made whole
+    fragments_duplicate: int = 0  # fragments dropped: their data was held already
+    # Datagrams abandoned with their fragments: an overlap (RFC 5722), lengths
+    # that disagree, no data, longer than 65,535 octets.
+    reassembly_failures: int = 0
+    reassembly_timeouts: int = 0  # datagrams abandoned: not whole in time
+    fragments_memory_full: int = 0  # fragments dropped: the reassembly memory was full
+    fragments_refused: int = 0  # IPv6 fragments refused with a Parameter Problem (RFC 8200 4.5)
+    datagrams_fragmented: int = 0  # of ours, larger than the path MTU, sent in fragments
+    fragments_created: int = 0  # the fragments they were sent in
 
 
 def _unset(*_: Any) -> None:
@@ -95,6 +106,7 @@ class Context:
         "addresses",
         "closed",
         "emit",
+        "emit_datagram",
         "learn_path_mtu",
         "mtu",
         "notify",
@@ -118,6 +130,8 @@ class Context:
         self.now = 0.0
         self.time_wait = 0
         self.emit: Callable[[bytes], None] = _unset
+        # A packet that may exceed the path MTU: sent in fragments if it does.
+        self.emit_datagram: Callable[[bytes], None] = _unset
         self.notify: Callable[[Event], None] = _unset
         self.wake: Callable[[Any], None] = _unset
         self.schedule: Callable[[Any], None] = _unset

@@ -48,9 +48,11 @@ __all__ = [
     "build_parameter_problem",
     "build_port_unreachable",
     "build_protocol_unreachable",
+    "build_reassembly_time_exceeded",
     "echo_reply_for",
     "echo_reply_length",
     "icmp_error",
+    "is_icmp_error",
     "is_single_host",
     "parse_icmp",
     "parse_quote",
@@ -271,6 +273,37 @@ def build_parameter_problem(
     """
     rest = pointer.to_bytes(4, "big")
     return build_icmp(dst, src, ICMPV6_PARAM_PROBLEM, code, rest, _quote(original))
+
+
+def build_reassembly_time_exceeded(first_fragment: bytes, src: bytes, dst: bytes) -> bytes:
+    """Time Exceeded, code 1 "fragment reassembly time exceeded" (RFC 792;
+    RFC 4443 3.3), to *src*, the sender of a datagram whose fragments did not
+    all come in time; it quotes the first fragment (RFC 8200 4.5)."""
+    return build_icmp(
+        dst,
+        src,
+        ICMP_TIME_EXCEEDED if len(src) == 4 else ICMPV6_TIME_EXCEEDED,
+        1,
+        b"\x00\x00\x00\x00",
+        _quote(first_fragment),
+    )
+
+
+# ICMP error message types (RFC 792, RFC 1812 4.3.2.4): destination
+# unreachable, source quench, redirect, time exceeded, parameter problem. In
+# ICMPv6 every type below 128 is one (RFC 4443 2.1).
+_ICMP_ERROR_TYPES: Final = frozenset({3, 4, 5, 11, 12})
+
+
+def is_icmp_error(version: int, proto: int, message: bytes) -> bool:
+    """Whether *message*, the start of an upper-layer payload of *proto*, is
+    an ICMP or ICMPv6 error message, about which no error is sent (RFC 1122
+    3.2.2, RFC 4443 2.4(e.1))."""
+    if not message:
+        return False
+    if version == 4:
+        return proto == IPPROTO_ICMP and message[0] in _ICMP_ERROR_TYPES
+    return proto == IPPROTO_ICMPV6 and message[0] < ICMPV6_ECHO_REQUEST
 
 
 # ------------------------------------------------------------ errors about our packets

@@ -48,6 +48,7 @@ __all__ = [
     "PARAM_PROBLEM_NEXT_HEADER",
     "PARAM_PROBLEM_UNRECOGNISED_OPTION",
     "ExtensionHeaderDiscard",
+    "FragmentArrived",
     "IPPacket",
     "MalformedPacketError",
     "NetstackError",
@@ -66,8 +67,8 @@ __all__ = [
 
 # RFC 8200 section 4: extension headers that may precede the upper layer and that
 # we walk. A Fragment header (44) is walked only in an atomic fragment (offset
-# 0, M 0), which RFC 6946 section 4 says to process as a whole packet; a real
-# fragment is refused (no reassembly).
+# 0, M 0), which RFC 6946 section 4 says to process as a whole packet; at a
+# real fragment the walk stops and the fragment goes to reassembly.
 _IPV6_HOP_BY_HOP: Final = 0
 _IPV6_ROUTING: Final = 43
 _IPV6_FRAGMENT: Final = 44
@@ -116,6 +117,52 @@ class MalformedPacketError(NetstackError):
     """Truncated, inconsistent lengths, bad checksum, unsupported version or
     fragment, IPv4 options that do not parse or route by source, or a source
     address no single host has."""
+
+
+class FragmentArrived(NetstackError):
+    """Not an error: *packet* is a fragment (RFC 791 2.3, RFC 8200 4.5), which
+    :func:`parse_ip` does not take apart; the stack hands it to reassembly
+    (:mod:`wireguard.netstack.fragment`) with what its header says.
+
+    *ident* is the Identification (16 bits in IPv4, 32 in IPv6), *offset* the
+    fragment's place in the datagram in octets, *more* its MF / M flag.
+    *header_end* is where the part every fragment repeats ends (the IPv4
+    header with its options; the IPv6 header and the extension headers before
+    the Fragment header), *data* and *end* where this fragment's share of the
+    datagram starts and ends in *packet*, *proto* the protocol it carries.
+    For IPv6, *named_at* is the offset of the Next Header field that names the
+    Fragment header (rewritten when the fragments are joined), else 0.
+    """
+
+    def __init__(
+        self,
+        packet: bytes,
+        *,
+        version: int,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        ident: int,
+        offset: int,
+        more: bool,
+        header_end: int,
+        data: int,
+        end: int,
+        named_at: int = 0,
+    ) -> None:
+        super().__init__("IP fragment")
+        self.packet = packet
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.proto = proto
+        self.ident = ident
+        self.offset = offset
+        self.more = more
+        self.header_end = header_end
+        self.data = data
+        self.end = end
+        self.named_at = named_at
 
 
 class ExtensionHeaderDiscard(NetstackError):
@@ -208,10 +255,9 @@ def parse_ip(packet: bytes) -> IPPacket:
     """Parse an IPv4 or IPv6 packet; raise :class:`MalformedPacketError` if it is not one.
 
     Trailing bytes beyond the length in the header are ignored (RFC 1122 3.2.1.2
-    permits link padding). Fragments are refused: WireGuard peers send packets
-    sized to the tunnel MTU, and a reassembly buffer is an attack surface that
-    rootless clients do not need; an IPv6 atomic fragment (offset 0, M 0) is
-    no fragment and is accepted (RFC 6946). A source address no single host
+    permits link padding). A fragment raises :class:`FragmentArrived` for
+    the stack to reassemble; an IPv6 atomic fragment (offset 0, M 0) is no
+    fragment and is accepted (RFC 6946). A source address no single host
     has (multicast, broadcast, loopback, 0/8) is refused, as Linux refuses
     martian sources, and so are IPv4 options that do not parse or carry a
     source route. An IPv6 packet whose Routing header or options say to
@@ -243,12 +289,25 @@ def _parse_ipv4(packet: bytes) -> IPPacket:
         raise MalformedPacketError("IPv4 header checksum mismatch")
     if ihl > IPV4_HEADER_LEN:  # rare: the fast path has no options
         _check_ipv4_options(packet, ihl)
-    if (packet[IPV4_FLAGS_FRAGMENT] & 0x3F) | packet[IPV4_FLAGS_FRAGMENT + 1]:
-        raise MalformedPacketError("IPv4 fragments are not supported")  # MF, or an offset
     src = packet[IPV4_SRC]
     first = src[0]
     if first == 0 or first == 127 or 224 <= first < 240 or src == _IPV4_LIMITED_BROADCAST:
         raise MalformedPacketError("IPv4 source address is not a single host's")
+    if (packet[IPV4_FLAGS_FRAGMENT] & 0x3F) | packet[IPV4_FLAGS_FRAGMENT + 1]:  # MF, or an offset
+        flags = (packet[IPV4_FLAGS_FRAGMENT] << 8) | packet[IPV4_FLAGS_FRAGMENT + 1]
+        raise FragmentArrived(
+            packet,
+            version=4,
+            src=src,
+            dst=packet[IPV4_DST],
+            proto=packet[IPV4_PROTOCOL],
+            ident=(packet[4] << 8) | packet[5],
+            offset=(flags & 0x1FFF) * 8,
+            more=bool(flags & 0x2000),
+            header_end=ihl,
+            data=ihl,
+            end=total,
+        )
     return IPPacket(4, src, packet[IPV4_DST], packet[IPV4_PROTOCOL], packet[ihl:total])
 
 
@@ -292,8 +351,6 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
     off = IPV6_HEADER_LEN
     if nxt in _IPV6_EXT_SKIPPABLE:  # rare: the fast path does not walk
         nxt, off = _ipv6_extension_headers(packet, nxt, end)
-    if nxt == _IPV6_FRAGMENT:
-        raise MalformedPacketError("IPv6 fragments are not supported")
     if nxt == _IPV6_NO_NEXT_HEADER:
         raise MalformedPacketError("IPv6 packet without upper-layer header")
     return IPPacket(6, src, packet[IPV6_DST], nxt, packet[off:end])
@@ -302,7 +359,9 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
 def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int]:
     """Walk the extension headers from the IPv6 header on: the upper-layer
     protocol and its offset, or :class:`ExtensionHeaderDiscard` if a header
-    says to discard the packet (the walk goes on to find the upper layer)."""
+    says to discard the packet (the walk goes on to find the upper layer),
+    or :class:`FragmentArrived` at a Fragment header of a real fragment (the
+    headers after it are the datagram's, read once it is whole)."""
     off = IPV6_HEADER_LEN
     named_at = IPV6_NEXT_HEADER  # the Next Header field that named the header at off
     discard: tuple[str, int, int, bool] | None = None  # reason, code, pointer, report
@@ -324,13 +383,30 @@ def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int
             )
         if off + 8 > end:
             raise MalformedPacketError("IPv6 extension header truncated")
-        named_at = off
         if nxt == _IPV6_FRAGMENT:
-            if (packet[off + 2] << 8 | packet[off + 3]) & 0xFFF9:  # an offset, or M
-                break  # a real fragment: refused by the caller
+            field = packet[off + 2] << 8 | packet[off + 3]
+            if field & 0xFFF9:  # an offset, or M: a real fragment
+                if discard is not None:
+                    break  # a header before it said discard
+                raise FragmentArrived(
+                    packet,
+                    version=6,
+                    src=packet[IPV6_SRC],
+                    dst=packet[IPV6_DST],
+                    proto=packet[off],
+                    ident=int.from_bytes(packet[off + 4 : off + 8], "big"),
+                    offset=field & 0xFFF8,
+                    more=bool(field & 1),
+                    header_end=off,
+                    data=off + _IPV6_FRAGMENT_HEADER_LEN,
+                    end=end,
+                    named_at=named_at,
+                )
+            named_at = off
             nxt = packet[off]
             off += _IPV6_FRAGMENT_HEADER_LEN
             continue
+        named_at = off
         header_end = off + (packet[off + 1] + 1) * 8
         if header_end > end:
             raise MalformedPacketError("IPv6 extension header truncated")
@@ -429,7 +505,9 @@ class IPv4HeaderTemplate:
     Every field but the total length and the checksum is fixed for a connection,
     so their sum is computed once; per packet only the length is added. DF is set
     and the identification is 0, as RFC 6864 section 4.1 allows for atomic
-    datagrams (the stack never fragments; MSS and UDP size are bounded by the MTU).
+    datagrams (a packet larger than the path MTU is cut by
+    :func:`~wireguard.netstack.fragment.fragment`, which gives its fragments
+    an identification and clears DF).
     """
 
     __slots__ = ("_addrs", "_fixed_sum", "_tail")

@@ -40,6 +40,7 @@ from ..ipheader import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from ..timerheap import TimerHeap
 from .context import Context, NetStackStats, RandomSource
 from .events import EchoReplyReceived, Event
+from .fragment import Reassembler, fragment, ipv6_fragment_problem
 from .icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
@@ -50,9 +51,11 @@ from .icmp import (
     build_parameter_problem,
     build_port_unreachable,
     build_protocol_unreachable,
+    build_reassembly_time_exceeded,
     echo_reply_for,
     echo_reply_length,
     icmp_error,
+    is_icmp_error,
     is_single_host,
     parse_icmp,
     parse_quote,
@@ -60,6 +63,7 @@ from .icmp import (
 from .ip import (
     PARAM_PROBLEM_NEXT_HEADER,
     ExtensionHeaderDiscard,
+    FragmentArrived,
     NetstackError,
     addr_bytes,
     addr_str,
@@ -163,6 +167,12 @@ class NetStack:
         self._pmtu: dict[bytes, tuple[int, float]] = {}  # dst -> (MTU, expiry)
         ctx.path_mtu = self._path_mtu
         ctx.learn_path_mtu = self._learn_path_mtu
+        ctx.emit_datagram = self._emit_datagram
+        self._reassembly = {4: Reassembler(4, self.stats), 6: Reassembler(6, self.stats)}
+        # Identifications of the datagrams we fragment, from a random start
+        # (RFC 6864 4.1: unique per source, destination and protocol within
+        # the datagram's lifetime; RFC 7739: not predictable from outside).
+        self._ident = int.from_bytes(random(4), "big")
 
         self._tcp: dict[tuple[bytes, int, bytes, int], TcpConnection] = {}
         self._tcp_listeners: dict[tuple[bytes | None, int], TcpListener] = {}
@@ -226,8 +236,11 @@ class NetStack:
             events.clear()
         return out
 
-    def _receive(self, packet: bytes, now: float) -> None:
-        self.stats.packets_received += 1
+    def _receive(self, packet: bytes, now: float, whole: bool = False) -> None:
+        """One packet out of the tunnel (*whole*: one reassembly joined,
+        not counted again in ``packets_received``)."""
+        if not whole:
+            self.stats.packets_received += 1
         try:
             pkt = parse_ip(packet)
             if pkt.dst not in self._addr_set:
@@ -274,15 +287,12 @@ class NetStack:
                 msg = parse_icmp(pkt)
                 length = echo_reply_length(pkt, msg)
                 if length is not None:
-                    if length > self.mtu:
-                        # The reply is as large as the request (RFC 792, RFC 4443
-                        # 4.2) and the stack never fragments: unanswered.
-                        self.stats.icmp_echo_too_big += 1
-                        return
                     reply = echo_reply_for(pkt, msg)
                     assert reply is not None and len(reply) == length
                     self.stats.icmp_echo_answered += 1
-                    self._out.append(reply)
+                    # As large as the request (RFC 792, RFC 4443 4.2): a
+                    # request that came in fragments is answered in fragments.
+                    self._emit_datagram(reply)
                 elif msg.type == (ICMP_ECHO_REPLY if pkt.version == 4 else ICMPV6_ECHO_REPLY):
                     self._events.append(
                         EchoReplyReceived(addr_str(pkt.src), msg.ident, msg.seq, msg.body, now)
@@ -306,10 +316,73 @@ class NetStack:
                                 packet, pkt.src, pkt.dst, PARAM_PROBLEM_NEXT_HEADER, pointer
                             )
                         )
+        except FragmentArrived as frag:
+            if whole:
+                self.stats.malformed += 1  # a fragment inside a fragmented datagram
+            else:
+                self._fragment_arrives(frag, now)
         except ExtensionHeaderDiscard as discard:
             self._extension_header_discard(packet, discard, now)
         except NetstackError:
             self.stats.malformed += 1
+
+    # ----------------------------------------------------------- fragments
+
+    def _fragment_arrives(self, frag: FragmentArrived, now: float) -> None:
+        """A fragment for reassembly (see :mod:`.fragment`): the datagram it
+        completes is received as if it had come whole."""
+        if frag.dst not in self._addr_set:
+            self.stats.not_for_us += 1
+            return
+        if frag.version == 6:
+            problem = ipv6_fragment_problem(frag)
+            if problem is not None:
+                self.stats.fragments_refused += 1
+                if not self._about_icmp_error(frag) and self._icmp_error_allowed(frag.src, now):
+                    code, pointer = problem
+                    self._out.append(
+                        build_parameter_problem(frag.packet, frag.src, frag.dst, code, pointer)
+                    )
+                return
+        whole = self._reassembly[frag.version].add(frag, now)
+        if whole is not None:
+            self._receive(whole, now, whole=True)
+
+    @staticmethod
+    def _about_icmp_error(frag: FragmentArrived) -> bool:
+        return frag.offset == 0 and is_icmp_error(
+            frag.version, frag.proto, frag.packet[frag.data : frag.data + 1]
+        )
+
+    def _reassembly_expires(self, now: float) -> None:
+        """Abandon what did not come whole in time; a Time Exceeded to the
+        sender of each that had its first fragment (RFC 792, RFC 8200 4.5)."""
+        for reassembler in self._reassembly.values():
+            for first in reassembler.expire(now):
+                if not self._about_icmp_error(first) and self._icmp_error_allowed(first.src, now):
+                    self._out.append(
+                        build_reassembly_time_exceeded(first.packet, first.src, first.dst)
+                    )
+
+    @property
+    def reassembling(self) -> int:
+        """Datagrams whose fragments are being reassembled."""
+        return sum(len(r) for r in self._reassembly.values())
+
+    def _emit_datagram(self, packet: bytes) -> None:
+        """Send one of our packets that may exceed the path MTU to its
+        destination: in fragments if it does (RFC 791 3.2, RFC 8200 4.5), as
+        a kernel's UDP socket does by default (IP_PMTUDISC_WANT)."""
+        v4 = packet[0] >> 4 == 4
+        mtu = self._path_mtu(packet[16:20] if v4 else packet[24:40])
+        if len(packet) <= mtu:
+            self._out.append(packet)
+            return
+        self._ident = (self._ident + 1) & 0xFFFFFFFF
+        pieces = fragment(packet, mtu, self._ident & 0xFFFF if v4 else self._ident)
+        self.stats.datagrams_fragmented += 1
+        self.stats.fragments_created += len(pieces)
+        self._out += pieces
 
     def _icmp_error_arrives(self, version: int, error: IcmpError, quote: bytes, now: float) -> None:
         """An ICMP error about a packet we sent (the start of which it
@@ -405,6 +478,14 @@ class NetStack:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called next, or None if no timer runs."""
+        due = self._tcp_deadline()
+        for reassembler in self._reassembly.values():
+            t = reassembler.next_deadline()
+            if t is not None and (due is None or t < due):
+                due = t
+        return due
+
+    def _tcp_deadline(self) -> float | None:
         timers = self._timers
         while (first := timers.first()) is not None:
             t, conn = first
@@ -425,6 +506,7 @@ class NetStack:
         while (conn := timers.pop_due(now)) is not None:
             conn.on_timer(now)
             self._reschedule(conn)
+        self._reassembly_expires(now)
         return self._hand_over(out)
 
     def _file_arrived(self) -> None:

@@ -23,9 +23,23 @@ from .ip import (
     verify_checksum,
 )
 
-__all__ = ["UdpError", "UdpReadable", "UdpSocket", "build_udp", "parse_udp"]
+__all__ = [
+    "MAX_UDP_PAYLOAD_V4",
+    "MAX_UDP_PAYLOAD_V6",
+    "UdpError",
+    "UdpReadable",
+    "UdpSocket",
+    "build_udp",
+    "parse_udp",
+]
 
 _HDR = struct.Struct("!HHHH")
+
+# The largest UDP payloads (what Linux's udp_sendmsg refuses with EMSGSIZE
+# above): an IPv4 packet's 65,535 octets less its header and UDP's, and the
+# 65,535 octets of an IPv6 payload less UDP's header.
+MAX_UDP_PAYLOAD_V4: Final = 65535 - 20 - 8
+MAX_UDP_PAYLOAD_V6: Final = 65535 - 8
 
 DEFAULT_UDP_QUEUE: Final = 512
 """Datagrams a socket holds before dropping new ones (like a full SO_RCVBUF)."""
@@ -105,8 +119,10 @@ class UdpSocket:
     def sendto(self, data: bytes, address: tuple[str, int]) -> int:
         """Queue one datagram to *address*; return its length.
 
-        Datagrams that would not fit in one tunnel packet are refused (EMSGSIZE):
-        the stack does not fragment.
+        A datagram larger than the path MTU leaves in IP fragments, as from
+        a kernel's UDP socket; one too large for any IP packet (more than
+        65,507 octets over IPv4, 65,527 over IPv6) is refused, as the
+        kernel refuses it with EMSGSIZE.
         """
         if self.closed:
             raise LocalProtocolError("socket is closed")
@@ -117,11 +133,12 @@ class UdpSocket:
         src = self.addr or self._ctx.source_address(dst)
         if len(src) != len(dst):
             raise LocalProtocolError("address family mismatch")
-        header = 20 if len(dst) == 4 else 40
-        mtu = self._ctx.mtu
-        if header + 8 + len(data) > mtu:
-            raise LocalProtocolError(f"datagram of {len(data)} bytes exceeds the MTU of {mtu}")
-        self._ctx.emit(build_udp(src, dst, self.port, port, bytes(data)))
+        largest = MAX_UDP_PAYLOAD_V4 if len(dst) == 4 else MAX_UDP_PAYLOAD_V6
+        if len(data) > largest:
+            raise LocalProtocolError(
+                f"datagram of {len(data)} bytes exceeds the largest UDP datagram ({largest})"
+            )
+        self._ctx.emit_datagram(build_udp(src, dst, self.port, port, bytes(data)))
         return len(data)
 
     def connect(self, address: tuple[str, int]) -> None:
