@@ -73,7 +73,7 @@ class NetStackStats:
     icmp_pmtu_reductions: int = 0  # "fragmentation needed" / Packet Too Big acted on
     icmp_errors_rate_limited: int = 0  # ICMP errors not sent: over the rate limit
     # RFC 8200 4.2/4.4: an option or routing header says discard; section 4: a
-    # Hop-by-Hop Options header not first.
+    # Hop-by-Hop Options header not first; 4.1: a second Fragment header.
     ipv6_option_discarded: int = 0
     # IP fragments (wireguard.netstack.fragment), as Linux's Reasm* counters.
     fragments_received: int = 0  # fragments for us taken to reassembly

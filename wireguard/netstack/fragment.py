@@ -16,18 +16,24 @@ ip_fragment.c, net/ipv6/reassembly.c):
   or 60 s (IPv6, RFC 8200 4.5 and Linux's ``IPV6_FRAG_TIMEOUT``) from its first
   fragment, and if its first fragment came, its sender gets a Time Exceeded
   (code 1, "fragment reassembly time exceeded").
-- A fragment inside the data already held is a duplicate and dropped alone;
-  one that overlaps it otherwise drops the whole datagram (RFC 5722 4 with
-  erratum 3089, which Linux applies to IPv4 as well); so does a last fragment
-  that disagrees with the length known, data past a known end, or a fragment
-  with no data.
+- Fragments are held in runs: one that continues the last run joins it, any
+  other starts a run. A fragment within one run is a duplicate and dropped
+  alone; one that overlaps held data otherwise drops the whole datagram (RFC
+  5722 4 with erratum 3089, which Linux applies to IPv4 as well); so does a
+  last fragment that disagrees with the length known, data past a known end,
+  or a fragment with no data. A datagram longer than 65,535 octets, or whose
+  fragments mix Not-ECT with ECT or CE (RFC 3168 5.3), is dropped when it is
+  complete; CE in any fragment is CE in the datagram.
+- A datagram whose time is up is abandoned when the next fragment or timer
+  call comes after its deadline, whichever is first.
 - A fragment that is not the last carries a multiple of 8 octets: IPv4 data
   past one is cut off, as Linux does; an IPv6 one is refused with a
   Parameter Problem (RFC 8200 4.5), as is one that would make the datagram
   longer than 65,535 octets, or a first fragment that does not hold the whole
   header chain up to the upper-layer header (RFC 7112, code 3).
-- Memory is bounded: every held fragment is charged its data and a fixed
-  overhead against :data:`REASSEMBLY_MEMORY` per IP version (Linux's
+- Memory is bounded: every held fragment is charged its data (the first one
+  also the start of its packet, kept for the header and the quote) and a
+  fixed overhead against :data:`REASSEMBLY_MEMORY` per IP version (Linux's
   ``ipfrag_high_thresh``, 4 MiB), and a fragment that would go over it is
   dropped (a datagram already started included), as Linux's inet_frag_find
   refuses fragments over the threshold.
@@ -46,12 +52,14 @@ from typing import Final
 
 from ..ipheader import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from .context import NetStackStats
+from .icmp import is_icmp_error
 from .ip import FragmentArrived
 
 __all__ = [
     "IPV4_REASSEMBLY_TIMEOUT",
     "IPV6_REASSEMBLY_TIMEOUT",
     "REASSEMBLY_MEMORY",
+    "FirstFragment",
     "Reassembler",
     "fragment",
     "ipv6_fragment_problem",
@@ -64,8 +72,12 @@ REASSEMBLY_MEMORY: Final = 4 * 1024 * 1024  # Linux's ipfrag_high_thresh default
 # What a held fragment and a datagram under reassembly are charged beyond
 # their data (the objects that hold them; Linux charges an skb's truesize),
 # so that many tiny fragments cannot hold more than the budget says.
+# Measured with tracemalloc (tests/netstack/test_netstack_fragments_linux.py):
+# a datagram's objects (its queue entry, key, runs and first fragment's
+# record) take about 750 octets besides the data.
 FRAGMENT_OVERHEAD: Final = 64
-DATAGRAM_OVERHEAD: Final = 512
+DATAGRAM_OVERHEAD: Final = 768
+_FIRST_KEPT: Final = 1280  # what of a first fragment is kept: the most an error quotes
 
 _IPV4_MAX: Final = 65535  # total length, header included (RFC 791)
 _IPV6_MAX_PAYLOAD: Final = 65535  # payload length without a jumbogram (RFC 8200 4.5)
@@ -78,19 +90,66 @@ _IPV6_NO_NEXT_HEADER: Final = 59
 _IPV6_AH: Final = 51
 _IPV6_OPTIONS_OR_ROUTING: Final = frozenset({0, 43, 60})
 
+# RFC 3168 5.3 / Linux's IPFRAG_ECN_*: a bit per ECN codepoint seen.
+_ECN_NOT_ECT: Final = 1 << 0
+_ECN_CE: Final = 1 << 3
+
+
+class FirstFragment:
+    """What is kept of a datagram's fragment at offset 0: the start of its
+    packet (never link padding) and where its parts are (see
+    :class:`~wireguard.netstack.ip.FragmentArrived`), for the joined
+    header and a Time Exceeded's quote."""
+
+    __slots__ = ("data", "dst", "header_end", "named_at", "packet", "proto", "src", "version")
+
+    def __init__(self, frag: FragmentArrived) -> None:
+        # Its header and what a Time Exceeded quotes (at most 1,280 octets).
+        self.packet = frag.packet[: max(frag.header_end, min(frag.end, _FIRST_KEPT))]
+        self.version = frag.version
+        self.src = frag.src
+        self.dst = frag.dst
+        self.proto = frag.proto
+        self.header_end = frag.header_end
+        self.data = frag.data
+        self.named_at = frag.named_at
+
+    def quotes_icmp_error(self) -> bool:
+        """Whether the datagram is an ICMP or ICMPv6 error message, about
+        which no error is sent (RFC 1122 3.2.2, RFC 4443 2.4(e.1)); IPv6
+        extension headers after the Fragment header are walked to find out,
+        as Linux's is_ineligible does."""
+        return quotes_icmp_error(self.version, self.packet, self.proto, self.data, len(self.packet))
+
+
+def quotes_icmp_error(version: int, packet: bytes, proto: int, off: int, end: int) -> bool:
+    """Whether the upper layer that starts, after any IPv6 extension
+    headers, at *off* with protocol *proto* is an ICMP error message."""
+    if version == 6:
+        upper = _upper_layer(packet, proto, off, end)
+        if upper is None:
+            return False
+        proto, off = upper
+    return is_icmp_error(version, proto, packet[off : off + 1])
+
 
 class _Datagram:
-    """One datagram under reassembly: the runs of contiguous data it has."""
+    """One datagram under reassembly: the runs of data it holds, as Linux's
+    (inet_frag_queue_insert): a fragment that continues the last run joins
+    it, any other starts a run of its own, and a fragment is a duplicate only
+    if it lies within one run."""
 
-    __slots__ = ("charged", "deadline", "end", "first", "runs", "starts")
+    __slots__ = ("charged", "deadline", "ecn", "end", "first", "received", "runs", "starts")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.starts: list[int] = []  # where each run begins, ascending
         self.runs: list[bytearray] = []  # the data of each run
+        self.received = 0  # octets held (runs never overlap)
         self.end: int | None = None  # the datagram's length, once its last fragment came
-        self.first: FragmentArrived | None = None  # the fragment at offset 0, once it came
+        self.first: FirstFragment | None = None  # once the fragment at offset 0 came
         self.charged = DATAGRAM_OVERHEAD
+        self.ecn = 0  # one bit per ECN codepoint seen (Linux's IPFRAG_ECN_*)
 
 
 class Reassembler:
@@ -136,10 +195,10 @@ class Reassembler:
             return d.deadline
         return None
 
-    def expire(self, now: float) -> list[FragmentArrived]:
+    def expire(self, now: float) -> list[FirstFragment]:
         """Abandon the datagrams whose time is up at *now* (counted in
         ``reassembly_timeouts``); the first fragments of those that had one."""
-        firsts: list[FragmentArrived] = []
+        firsts: list[FirstFragment] = []
         datagrams = self._datagrams
         while datagrams:
             key = next(iter(datagrams))
@@ -163,14 +222,18 @@ class Reassembler:
             end &= ~7  # IPv4: data past a multiple of 8 is cut off (IPv6 refused it before)
         key = (frag.src, frag.dst, frag.ident, frag.proto if version == 4 else 0)
         d = self._datagrams.get(key)
-        limit = _IPV4_MAX - frag.header_end if version == 4 else _IPV6_MAX_PAYLOAD
-        if end > limit:
-            # No datagram can be this long (Linux's "oversized IP packet").
-            if d is not None:
-                self._drop(key)
-            stats.reassembly_failures += 1
-            return None
-        cost = end - offset + FRAGMENT_OVERHEAD + (frag.header_end if offset == 0 else 0)
+        if d is not None and d.deadline <= now:
+            # Its time is up, and the timer has not run yet (Linux's timer
+            # would have killed the queue): abandoned, this one begins anew.
+            self._drop(key)
+            stats.reassembly_timeouts += 1
+            d = None
+        # IPv4 past 65,535 octets is refused only when joining, as Linux's
+        # ip_frag_reasm; the datagram is held until then, or its time is up.
+        # (IPv6 refused it with a Parameter Problem before, RFC 8200 4.5.)
+        cost = end - offset + FRAGMENT_OVERHEAD
+        if offset == 0:
+            cost += max(frag.header_end, min(frag.end, _FIRST_KEPT))  # FirstFragment.packet
         if self.memory + cost + (0 if d is not None else DATAGRAM_OVERHEAD) > self.memory_limit:
             stats.fragments_memory_full += 1
             return None
@@ -191,16 +254,23 @@ class Reassembler:
             return None
         d.charged += cost
         self.memory += cost
+        d.received += end - offset
+        # RFC 3168 5.3: the ECN codepoint, IPv4's TOS or IPv6's traffic class.
+        d.ecn |= 1 << ((frag.packet[1] if version == 4 else frag.packet[1] >> 4) & 3)
         if offset == 0:
-            d.first = frag
-        if d.end is None or d.first is None or d.starts != [0] or len(d.runs[0]) != d.end:
+            d.first = FirstFragment(frag)
+        if d.end is None or d.first is None or d.received != d.end:
             return None
         self._drop(key)
         if d.first.header_end + d.end > (_IPV4_MAX if version == 4 else 40 + _IPV6_MAX_PAYLOAD):
-            stats.reassembly_failures += 1  # the first fragment's header made it too long
+            stats.reassembly_failures += 1  # longer than an IP packet can be ("oversized")
             return None
-        stats.datagrams_reassembled += 1
-        return self._join(d.first, d.runs[0])
+        if d.ecn & _ECN_NOT_ECT and d.ecn != _ECN_NOT_ECT:
+            # RFC 3168 5.3: Not-ECT with ECT or CE fragments; Linux's
+            # ip_frag_ecn_table says drop.
+            stats.reassembly_failures += 1
+            return None
+        return self._join(d.first, d.runs, bool(d.ecn & _ECN_CE))
 
     @staticmethod
     def _inconsistent(d: _Datagram, offset: int, end: int, more: bool) -> bool:
@@ -232,25 +302,22 @@ class Reassembler:
         if j < len(starts) and end > starts[j]:
             return None
         data = frag.packet[frag.data : frag.data + end - offset]
-        joins_before = i >= 0 and starts[i] + len(runs[i]) == offset
-        joins_after = j < len(starts) and starts[j] == end
-        if joins_before:
-            runs[i] += data
-            if joins_after:
-                runs[i] += runs[j]
-                del starts[j], runs[j]
-        elif joins_after:
-            runs[j][:0] = data
-            starts[j] = offset
+        if j == len(starts) and i >= 0 and starts[i] + len(runs[i]) == offset:
+            runs[i] += data  # continues the last run
         else:
             starts.insert(j, offset)
             runs.insert(j, bytearray(data))
         return True
 
-    def _join(self, first: FragmentArrived, data: bytearray) -> bytes:
-        """The whole packet: the first fragment's header, the data joined."""
+    def _join(self, first: FirstFragment, runs: list[bytearray], ce: bool) -> bytes:
+        """The whole packet: the first fragment's header, the data joined
+        (CE set if a fragment had it, RFC 3168 5.3)."""
         head = bytearray(first.packet[: first.header_end])
+        data = b"".join(runs)
+        self._stats.datagrams_reassembled += 1
         if self.version == 4:
+            if ce:
+                head[1] |= 3
             total = len(head) + len(data)
             head[2:4] = total.to_bytes(2, "big")
             head[6:8] = b"\x00\x00"  # no fragment: flags and offset clear (RFC 791 3.2)
@@ -261,9 +328,11 @@ class Reassembler:
             # RFC 8200 4.5: the Next Header field that named the Fragment
             # header names what it carried; the payload length covers the
             # extension headers before it and the data.
+            if ce:
+                head[1] |= 0x30
             head[first.named_at] = first.proto
             head[4:6] = (len(head) - 40 + len(data)).to_bytes(2, "big")
-        return bytes(head + data)
+        return bytes(head) + data
 
     def _drop(self, key: tuple[bytes, bytes, int, int]) -> None:
         d = self._datagrams.pop(key)
@@ -279,7 +348,7 @@ def ipv6_fragment_problem(frag: FragmentArrived) -> tuple[int, int] | None:
     65,535 octets (code 0, at its fragment offset), one not the last whose
     data is not a multiple of 8 octets (code 0, at the payload length)."""
     length = frag.end - frag.data
-    if frag.offset == 0 and _header_chain_truncated(frag.packet, frag.proto, frag.data, frag.end):
+    if frag.offset == 0 and _upper_layer(frag.packet, frag.proto, frag.data, frag.end) is None:
         return 3, 0
     if frag.offset + length > _IPV6_MAX_PAYLOAD:
         return 0, frag.header_end + 2
@@ -288,21 +357,24 @@ def ipv6_fragment_problem(frag: FragmentArrived) -> tuple[int, int] | None:
     return None
 
 
-def _header_chain_truncated(packet: bytes, nxt: int, off: int, end: int) -> bool:
+def _upper_layer(packet: bytes, nxt: int, off: int, end: int) -> tuple[int, int] | None:
+    """The upper-layer protocol and its offset, past the IPv6 extension
+    headers from *off* (protocol *nxt*) to *end*, or None if the chain up to
+    the upper-layer header's fixed part does not fit (RFC 7112)."""
     for _ in range(16):  # more headers than parse_ip walks: refused after joining anyway
         if nxt in _IPV6_OPTIONS_OR_ROUTING or nxt == _IPV6_AH:
             if off + 2 > end:
-                return True
+                return None
             length = (packet[off + 1] + 2) * 4 if nxt == _IPV6_AH else (packet[off + 1] + 1) * 8
             nxt = packet[off]
             off += length
             if off > end:
-                return True
+                return None
             continue
-        if nxt == _IPV6_NO_NEXT_HEADER:
-            return False
-        return off + _UPPER_HEADER.get(nxt, 1) > end
-    return False
+        if nxt != _IPV6_NO_NEXT_HEADER and off + _UPPER_HEADER.get(nxt, 1) > end:
+            return None
+        return nxt, off
+    return nxt, off
 
 
 _FRAGMENT_HEADER: Final = struct.Struct("!BBHI")

@@ -251,7 +251,7 @@ class IPPacket:
         )
 
 
-def parse_ip(packet: bytes) -> IPPacket:
+def parse_ip(packet: bytes, reassembled: bool = False) -> IPPacket:
     """Parse an IPv4 or IPv6 packet; raise :class:`MalformedPacketError` if it is not one.
 
     Trailing bytes beyond the length in the header are ignored (RFC 1122 3.2.1.2
@@ -262,7 +262,10 @@ def parse_ip(packet: bytes) -> IPPacket:
     martian sources, and so are IPv4 options that do not parse or carry a
     source route. An IPv6 packet whose Routing header or options say to
     discard it, or whose Hop-by-Hop Options header is not first, raises
-    :class:`ExtensionHeaderDiscard`.
+    :class:`ExtensionHeaderDiscard`, and so does a Fragment header after
+    another (RFC 8200 4.1; Linux's ipv6_frag_rcv refuses one with a
+    Parameter Problem), *reassembled* saying the packet was joined from
+    fragments already.
     """
     if not packet:
         raise MalformedPacketError("empty packet")
@@ -270,7 +273,7 @@ def parse_ip(packet: bytes) -> IPPacket:
     if version == 4:
         return _parse_ipv4(packet)
     if version == 6:
-        return _parse_ipv6(packet)
+        return _parse_ipv6(packet, reassembled)
     raise MalformedPacketError(f"unsupported IP version {version}")
 
 
@@ -335,7 +338,7 @@ def _check_ipv4_options(packet: bytes, ihl: int) -> None:
         pos += length
 
 
-def _parse_ipv6(packet: bytes) -> IPPacket:
+def _parse_ipv6(packet: bytes, reassembled: bool = False) -> IPPacket:
     # RFC 8200 section 3; the offsets are ipheader's.
     if len(packet) < IPV6_HEADER_LEN:
         raise MalformedPacketError("IPv6 header truncated")
@@ -350,13 +353,15 @@ def _parse_ipv6(packet: bytes) -> IPPacket:
     nxt = packet[IPV6_NEXT_HEADER]
     off = IPV6_HEADER_LEN
     if nxt in _IPV6_EXT_SKIPPABLE:  # rare: the fast path does not walk
-        nxt, off = _ipv6_extension_headers(packet, nxt, end)
+        nxt, off = _ipv6_extension_headers(packet, nxt, end, reassembled)
     if nxt == _IPV6_NO_NEXT_HEADER:
         raise MalformedPacketError("IPv6 packet without upper-layer header")
     return IPPacket(6, src, packet[IPV6_DST], nxt, packet[off:end])
 
 
-def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int]:
+def _ipv6_extension_headers(
+    packet: bytes, nxt: int, end: int, fragmented: bool = False
+) -> tuple[int, int]:
     """Walk the extension headers from the IPv6 header on: the upper-layer
     protocol and its offset, or :class:`ExtensionHeaderDiscard` if a header
     says to discard the packet (the walk goes on to find the upper layer),
@@ -384,6 +389,19 @@ def _ipv6_extension_headers(packet: bytes, nxt: int, end: int) -> tuple[int, int
         if off + 8 > end:
             raise MalformedPacketError("IPv6 extension header truncated")
         if nxt == _IPV6_FRAGMENT:
+            if fragmented:
+                # A second Fragment header, or one in a joined datagram:
+                # Linux's ipv6_frag_rcv (IP6SKB_FRAGMENTED) answers a
+                # Parameter Problem code 0 at it, and joins nothing again.
+                if discard is None:
+                    discard = (
+                        "IPv6 fragment header after another",
+                        PARAM_PROBLEM_HEADER_FIELD,
+                        off,
+                        True,
+                    )
+                break
+            fragmented = True
             field = packet[off + 2] << 8 | packet[off + 3]
             if field & 0xFFF9:  # an offset, or M: a real fragment
                 if discard is not None:

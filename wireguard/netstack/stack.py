@@ -40,7 +40,7 @@ from ..ipheader import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from ..timerheap import TimerHeap
 from .context import Context, NetStackStats, RandomSource
 from .events import EchoReplyReceived, Event
-from .fragment import Reassembler, fragment, ipv6_fragment_problem
+from .fragment import Reassembler, fragment, ipv6_fragment_problem, quotes_icmp_error
 from .icmp import (
     ICMP_ECHO_REPLY,
     ICMPV6_ECHO_REPLY,
@@ -55,7 +55,6 @@ from .icmp import (
     echo_reply_for,
     echo_reply_length,
     icmp_error,
-    is_icmp_error,
     is_single_host,
     parse_icmp,
     parse_quote,
@@ -169,10 +168,11 @@ class NetStack:
         ctx.learn_path_mtu = self._learn_path_mtu
         ctx.emit_datagram = self._emit_datagram
         self._reassembly = {4: Reassembler(4, self.stats), 6: Reassembler(6, self.stats)}
-        # Identifications of the datagrams we fragment, from a random start
-        # (RFC 6864 4.1: unique per source, destination and protocol within
-        # the datagram's lifetime; RFC 7739: not predictable from outside).
-        self._ident = int.from_bytes(random(4), "big")
+        # IPv4 Identifications of the datagrams we fragment: a counter from a
+        # random start (RFC 6864 4.1: unique per source, destination and
+        # protocol within the datagram's lifetime). IPv6's are drawn afresh
+        # for each datagram (RFC 7739; Linux's __ipv6_select_ident).
+        self._ident = int.from_bytes(random(2), "big")
 
         self._tcp: dict[tuple[bytes, int, bytes, int], TcpConnection] = {}
         self._tcp_listeners: dict[tuple[bytes | None, int], TcpListener] = {}
@@ -242,7 +242,7 @@ class NetStack:
         if not whole:
             self.stats.packets_received += 1
         try:
-            pkt = parse_ip(packet)
+            pkt = parse_ip(packet, whole)
             if pkt.dst not in self._addr_set:
                 self.stats.not_for_us += 1
                 return
@@ -317,10 +317,7 @@ class NetStack:
                             )
                         )
         except FragmentArrived as frag:
-            if whole:
-                self.stats.malformed += 1  # a fragment inside a fragmented datagram
-            else:
-                self._fragment_arrives(frag, now)
+            self._fragment_arrives(frag, now)
         except ExtensionHeaderDiscard as discard:
             self._extension_header_discard(packet, discard, now)
         except NetstackError:
@@ -334,6 +331,7 @@ class NetStack:
         if frag.dst not in self._addr_set:
             self.stats.not_for_us += 1
             return
+        self._reassembly_expires(now)  # what is due goes first, as a kernel's timer would
         if frag.version == 6:
             problem = ipv6_fragment_problem(frag)
             if problem is not None:
@@ -350,8 +348,8 @@ class NetStack:
 
     @staticmethod
     def _about_icmp_error(frag: FragmentArrived) -> bool:
-        return frag.offset == 0 and is_icmp_error(
-            frag.version, frag.proto, frag.packet[frag.data : frag.data + 1]
+        return frag.offset == 0 and quotes_icmp_error(
+            frag.version, frag.packet, frag.proto, frag.data, frag.end
         )
 
     def _reassembly_expires(self, now: float) -> None:
@@ -359,7 +357,7 @@ class NetStack:
         sender of each that had its first fragment (RFC 792, RFC 8200 4.5)."""
         for reassembler in self._reassembly.values():
             for first in reassembler.expire(now):
-                if not self._about_icmp_error(first) and self._icmp_error_allowed(first.src, now):
+                if not first.quotes_icmp_error() and self._icmp_error_allowed(first.src, now):
                     self._out.append(
                         build_reassembly_time_exceeded(first.packet, first.src, first.dst)
                     )
@@ -378,8 +376,13 @@ class NetStack:
         if len(packet) <= mtu:
             self._out.append(packet)
             return
-        self._ident = (self._ident + 1) & 0xFFFFFFFF
-        pieces = fragment(packet, mtu, self._ident & 0xFFFF if v4 else self._ident)
+        if v4:
+            self._ident = ident = (self._ident + 1) & 0xFFFF
+        else:
+            ident = 0
+            while not ident:  # 0 is avoided, as Linux does
+                ident = int.from_bytes(self._random(4), "big")
+        pieces = fragment(packet, mtu, ident)
         self.stats.datagrams_fragmented += 1
         self.stats.fragments_created += len(pieces)
         self._out += pieces
