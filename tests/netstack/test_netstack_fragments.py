@@ -411,3 +411,14 @@ def test_echo_larger_than_the_mtu_is_answered_in_fragments(version: int) -> None
     event = pinger.next_event()
     assert event.data == bytes(range(256)) * 12
     assert stack.stats.datagrams_fragmented == 1
+
+
+def test_a_random_source_of_zeros_does_not_hang_fragmenting() -> None:
+    """Randomness is an input (deterministic runs pass their own source): an
+    IPv6 Identification of 0 is avoided without drawing until it is not 0."""
+    stack = PulledStack(["fd00::2"], mtu=1420, random=lambda n: bytes(n))
+    sock = stack.udp_bind(53)
+    sock.sendto(bytes(3000), ("fd00::1", 1))
+    packets = stack.flush(0.0).packets
+    assert len(packets) == 3
+    assert {int.from_bytes(p[44:48], "big") for p in packets} == {1}

@@ -379,9 +379,9 @@ class NetStack:
         if v4:
             self._ident = ident = (self._ident + 1) & 0xFFFF
         else:
-            ident = 0
-            while not ident:  # 0 is avoided, as Linux does
-                ident = int.from_bytes(self._random(4), "big")
+            # Linux draws again on 0; one draw and 1 instead keeps a
+            # deterministic source of zeros from looping.
+            ident = int.from_bytes(self._random(4), "big") or 1
         pieces = fragment(packet, mtu, ident)
         self.stats.datagrams_fragmented += 1
         self.stats.fragments_created += len(pieces)
