@@ -75,7 +75,7 @@ def datagram(version: int, size: int, port: int = 53) -> bytes:
     return build_udp(src, dst, 4000, port, bytes(i * 7 % 251 for i in range(size)))
 
 
-def received(stack: PulledStack, sock: object) -> list[bytes]:
+def received(sock: object) -> list[bytes]:
     got = []
     while (item := sock.recvfrom()) is not None:  # type: ignore[attr-defined]
         got.append(item[0])
@@ -154,7 +154,7 @@ def test_reassembly_agrees_with_the_octet_set_model(
     delivered = outcome == "delivered"
     for start, stop, _last in pieces[:used]:
         stack.receive_packet(cut(whole, start, stop, ident), 1.0)
-        if received_now := received(stack, sock):
+        if received_now := received(sock):
             assert received_now == [whole[header + 8 :]]
             break
     else:
@@ -168,7 +168,7 @@ def test_reassembly_agrees_with_the_octet_set_model(
     assert stack.reassembling == int(outcome == "held"), pieces
 
 
-def test_fragments_in_reverse_order_with_a_duplicate_make_the_datagram() -> None:
+def test_fragments_in_reverse_order_make_the_datagram_and_a_repeat_starts_another() -> None:
     for version in (4, 6):
         stack = _stack()
         sock = stack.udp_bind(53)
@@ -177,7 +177,7 @@ def test_fragments_in_reverse_order_with_a_duplicate_make_the_datagram() -> None
         total = len(whole) - header
         pieces = [cut(whole, a, min(a + 1000, total), 7) for a in range(0, total, 1000)]
         stack.receive_packets([*reversed(pieces), pieces[1]], 0.0)
-        assert received(stack, sock) == [whole[header + 8 :]]
+        assert received(sock) == [whole[header + 8 :]]
         assert stack.stats.datagrams_reassembled == 1
         assert stack.stats.fragments_received == 5
         assert stack.stats.fragments_duplicate == 0  # the repeat came after: a new datagram
@@ -197,7 +197,7 @@ def test_overlapping_fragment_abandons_the_datagram(version: int) -> None:
     stack.receive_packet(cut(whole, 0, 1000, 9), 0.0)
     stack.receive_packet(cut(whole, 992, total, 9), 0.0)  # shares 8 octets
     stack.receive_packet(cut(whole, 1000, total, 9), 0.0)  # a new datagram now
-    assert received(stack, sock) == []
+    assert received(sock) == []
     assert stack.stats.reassembly_failures == 1
     assert stack.reassembling == 1
 
@@ -223,7 +223,7 @@ def test_ipv4_data_past_a_multiple_of_8_in_a_middle_fragment_is_cut_off() -> Non
     total = len(whole) - 20
     stack.receive_packet(cut(whole, 0, 1005, 1), 0.0)  # 5 octets too many
     stack.receive_packet(cut(whole, 1000, total, 1), 0.0)
-    assert received(stack, sock) == [whole[28:]]
+    assert received(sock) == [whole[28:]]
 
 
 @pytest.mark.parametrize(
@@ -330,7 +330,7 @@ def test_reassembly_memory_is_bounded_and_drops_are_counted() -> None:
     sock = stack.udp_bind(53)
     whole6 = datagram(6, 1400)
     stack.receive_packets([cut(whole6, 0, 1000, 1), cut(whole6, 1000, 1408, 1)], 0.0)
-    assert received(stack, sock) == [whole6[48:]]
+    assert received(sock) == [whole6[48:]]
     # Time frees it all.
     stack.handle_timer(IPV4_REASSEMBLY_TIMEOUT)
     assert stack.reassembling == 0
@@ -368,7 +368,7 @@ def test_udp_larger_than_the_mtu_leaves_in_fragments_another_stack_joins(
             assert all(p[6] & 0x40 == 0 for p in packets)  # DF clear
             assert len({p[4:6] for p in packets}) == 1
     receiver.receive_packets(packets, 0.0)
-    assert received(receiver, sock) == [payload]
+    assert received(sock) == [payload]
 
 
 def test_udp_too_large_for_any_datagram_is_refused() -> None:

@@ -53,7 +53,7 @@ from typing import Final
 from ..ipheader import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from .context import NetStackStats
 from .icmp import is_icmp_error
-from .ip import FragmentArrived
+from .ip import FragmentArrived, checksum
 
 __all__ = [
     "IPV4_REASSEMBLY_TIMEOUT",
@@ -322,8 +322,7 @@ class Reassembler:
             head[2:4] = total.to_bytes(2, "big")
             head[6:8] = b"\x00\x00"  # no fragment: flags and offset clear (RFC 791 3.2)
             head[10:12] = b"\x00\x00"
-            csum = 0xFFFF - (int.from_bytes(head, "big") % 0xFFFF)
-            head[10:12] = csum.to_bytes(2, "big")
+            head[10:12] = checksum(head).to_bytes(2, "big")
         else:
             # RFC 8200 4.5: the Next Header field that named the Fragment
             # header names what it carried; the payload length covers the
@@ -399,7 +398,7 @@ def fragment(packet: bytes, mtu: int, ident: int) -> list[bytes]:
             h[2:4] = (20 + len(chunk)).to_bytes(2, "big")
             h[6:8] = ((0x2000 if more else 0) | (start >> 3)).to_bytes(2, "big")
             h[10:12] = b"\x00\x00"
-            h[10:12] = (0xFFFF - int.from_bytes(h, "big") % 0xFFFF).to_bytes(2, "big")
+            h[10:12] = checksum(h).to_bytes(2, "big")
             out.append(bytes(h) + chunk)
         return out
     header, data = packet[:40], packet[40:]
