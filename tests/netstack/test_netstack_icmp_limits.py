@@ -415,3 +415,14 @@ def test_port_unreachable_quotes_the_packet_not_the_link_padding(family: int) ->
     stack.receive_packet(packet + b"PAD" * 4, 0.0)
     (error,) = _errors(stack, 0.0)
     assert parse_icmp(parse_ip(error)).body == packet
+
+
+@pytest.mark.parametrize("byte", [0x00, 0xFF])
+def test_a_constant_random_source_does_not_hang_the_error_limit(byte: int) -> None:
+    """Randomness is an input, and a deterministic run may pass a source that
+    repeats one byte: the random cost of an error (0-2 tokens) is taken from
+    one draw, never by drawing again until a value fits."""
+    stack = PulledStack(["10.0.0.2", "fd00::2"], mtu=1420, random=lambda n: bytes([byte]) * n)
+    for family in (4, 6):
+        stack.receive_packet(_closed_port(family), 0.0)
+    assert len(_errors(stack, 0.0)) == 2

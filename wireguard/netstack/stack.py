@@ -469,10 +469,10 @@ class NetStack:
         """
         if not is_single_host(src):
             return False
-        draw = self._random(1)[0]
-        while draw == 255:  # 0-254: uniform over the three costs
-            draw = self._random(1)[0]
-        if self._icmp_errors.allow(now, draw % 3):
+        # One draw, never a loop until a value fits (a deterministic source
+        # may repeat one value): 2**32 % 3 == 1, a bias of one in 2**32.
+        cost = int.from_bytes(self._random(4), "big") % 3
+        if self._icmp_errors.allow(now, cost):
             return True
         self.stats.icmp_errors_rate_limited += 1
         return False
