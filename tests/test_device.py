@@ -1653,3 +1653,21 @@ def test_a_timer_an_earlier_one_stopped_does_not_fire_when_the_call_is_late() ->
     timers.run_due(110.0, acts)
     assert acts.done == ["give up", "initiation"], acts.done  # no keepalive
     assert timers.send_keepalive is None and timers.new_handshake is None
+
+
+def test_a_constant_random_source_still_gives_each_session_its_own_index():
+    """Randomness is an input, and a scripted peer may pass one that repeats
+    a value: the second handshake's sender index then collides with the first
+    one's. It must still get an unused index (bounded by the indices in use),
+    not draw for ever, and both sessions work."""
+    net = Network(11)
+    a = net.add("a", 1, random=lambda n: b"\x07" * n)
+    b, c = net.add("b", 2), net.add("c", 3)
+    net.connect(a, b)
+    net.connect(a, c)
+    net.send(a, b, 1)
+    net.send(a, c, 2)
+    net.run_for(1)
+    assert ids(b) == [1] and ids(c) == [2]
+    sessions = [a.device.peers[n.device.public_key].current for n in (b, c)]
+    assert sessions[0].local_index != sessions[1].local_index

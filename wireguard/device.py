@@ -744,10 +744,14 @@ class Device:
         return key
 
     def _new_index(self) -> int:
-        while True:
-            index: int = _u32(self._random(4))[0]
-            if index not in self._index:
-                return index
+        """A random unused receiver index. On a collision (one in 2**32 per
+        index in use with a real source) the next free value is taken rather
+        than drawing again: a deterministic source that repeats itself would
+        otherwise loop for ever. Bounded by the number of indices in use."""
+        index: int = _u32(self._random(4))[0]
+        while index in self._index:
+            index = (index + 1) & 0xFFFFFFFF
+        return index
 
     # --- receiving ---------------------------------------------------------
 
